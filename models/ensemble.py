@@ -1,0 +1,256 @@
+"""Combine component detectors into one score, a severity and an explanation.
+
+:class:`Ensemble` owns the detector set used by the detect stage, backtests and training; its
+:meth:`Ensemble.process` is the one call per batch of closed windows: it scores every window with
+every component *before* learning it (prequential, no look-ahead), combines, applies the alert
+cooldown, then learns.  Windows of the same series in one batch are processed in order (rounds).
+
+Combination: ``score = 1 - prod_i (1 - w_i s_i)`` ("noisy-or" of weighted component scores,
+``combine="noisy_or"``), or the weighted ``max`` / ``mean``.  After a window scores
+``>= cooldown_level``, the next ``cooldown`` windows of the series are multiplied by
+``cooldown_factor`` (an alert that is already open should not fire again; NAB-style scoring also
+rewards only the first detection).  Severity: ``ok`` / ``warning`` (``>= warning``) /
+``critical`` (``>= critical``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models.base import Detector, VectorDetector, _grow, rounds, take
+
+__all__ = ["SEVERITIES", "Ensemble", "EnsembleResult"]
+
+#: Severity labels indexed by the codes in :attr:`EnsembleResult.severity`.
+SEVERITIES: tuple[str, ...] = ("ok", "warning", "critical")
+
+
+@dataclass
+class EnsembleResult:
+    """Scores of one batch of windows (row order of the input ``X``).
+
+    Attributes
+    ----------
+    score : numpy.ndarray
+        float64 (n,), in [0, 1].
+    severity : numpy.ndarray
+        int8 (n,), index into :data:`SEVERITIES`.
+    components : dict of str to numpy.ndarray
+        Component scores, float64 (n,) each.
+    expected, scale : numpy.ndarray
+        Expected value of the window mean and its typical deviation, from the highest-scoring
+        component that can tell (NaN when none can).
+    """
+
+    score: np.ndarray
+    severity: np.ndarray
+    components: dict[str, np.ndarray]
+    expected: np.ndarray
+    scale: np.ndarray
+    actual: np.ndarray
+
+    def explain(self, i: int, fired: float = 0.5) -> dict[str, Any]:
+        """Explanation of row ``i``: components that fired, actual vs expected, top components."""
+        comps = {k: float(v[i]) for k, v in self.components.items()}
+        top = sorted(comps.items(), key=lambda kv: -kv[1])
+        return {
+            "score": float(self.score[i]),
+            "severity": SEVERITIES[int(self.severity[i])],
+            "fired": [k for k, v in top if v >= fired],
+            "actual": float(self.actual[i]),
+            "expected": None if np.isnan(self.expected[i]) else float(self.expected[i]),
+            "typical_deviation": None if np.isnan(self.scale[i]) else float(self.scale[i]),
+            "top": [{"component": k, "score": round(v, 4)} for k, v in top[:3]],
+        }
+
+
+class Ensemble:
+    """The detector set plus the combination rule.
+
+    Parameters
+    ----------
+    components : dict of str to Detector
+        Named component detectors.
+    weights : dict of str to float, optional
+        Weight in [0, 1] per component (default 1).
+    combine : {"noisy_or", "max", "mean"}
+    warning, critical : float
+        Severity thresholds on the combined score.
+    cooldown : int
+        Windows after a firing window during which scores are damped (0 = off).
+    cooldown_level, cooldown_factor : float
+        Score that starts a cooldown; multiplier applied during it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from models.baselines import EWMAZScore
+    >>> ens = Ensemble({"ewma": EWMAZScore(alpha=0.1, warmup=3)})
+    >>> X = {"series": np.zeros(30, np.int64), "mean": np.r_[np.ones(29), 50.0]}
+    >>> X["mean"][::2] += 0.1
+    >>> res = ens.process(X)
+    >>> float(res.score[-1]) > 0.8, res.explain(29)["fired"]
+    (True, ['ewma'])
+    """
+
+    def __init__(
+        self,
+        components: dict[str, Detector],
+        weights: dict[str, float] | None = None,
+        combine: str = "noisy_or",
+        warning: float = 0.5,
+        critical: float = 0.8,
+        cooldown: int = 0,
+        cooldown_level: float = 0.8,
+        cooldown_factor: float = 0.5,
+    ) -> None:
+        if not components:
+            raise ValueError("an ensemble needs at least one component")
+        if combine not in ("noisy_or", "max", "mean"):
+            raise ValueError(f"unknown combine rule {combine!r}")
+        weights = dict(weights or {})
+        unknown = set(weights) - set(components)
+        if unknown:
+            raise ValueError(f"weights for unknown components: {sorted(unknown)}")
+        if any(not 0.0 <= w <= 1.0 for w in weights.values()):
+            raise ValueError("weights must be in [0, 1]")
+        if not 0.0 <= warning <= critical <= 1.0:
+            raise ValueError("need 0 <= warning <= critical <= 1")
+        if cooldown < 0 or not 0.0 <= cooldown_factor <= 1.0:
+            raise ValueError("cooldown must be >= 0 and cooldown_factor in [0, 1]")
+        self.components = dict(components)
+        self.weights = {k: float(weights.get(k, 1.0)) for k in components}
+        self.combine = combine
+        self.warning, self.critical = float(warning), float(critical)
+        self.cooldown = int(cooldown)
+        self.cooldown_level, self.cooldown_factor = float(cooldown_level), float(cooldown_factor)
+        self._left = np.zeros(0)  # cooldown windows left per series
+
+    # ------------------------------------------------------------------ scoring
+    def _combine(self, comp: dict[str, np.ndarray]) -> np.ndarray:
+        ws = [(self.weights[k], v) for k, v in comp.items()]
+        if self.combine == "max":
+            return np.max([w * v for w, v in ws], axis=0)
+        if self.combine == "mean":
+            return sum(w * v for w, v in ws) / max(sum(w for w, _ in ws), 1e-12)
+        keep = np.ones_like(ws[0][1])
+        for w, v in ws:
+            keep = keep * (1.0 - w * v)
+        return 1.0 - keep
+
+    def _round(self, X: dict[str, np.ndarray], learn: bool):
+        s = np.asarray(X["series"], np.int64)
+        comp = {k: d.score_many(X) for k, d in self.components.items()}
+        raw = np.clip(self._combine(comp), 0.0, 1.0)
+        if self.cooldown:
+            self._left = _grow(self._left, int(s.max()) + 1, 0.0)
+            left = self._left[s]
+            score = np.where(left > 0, raw * self.cooldown_factor, raw)
+            if learn:
+                fire = score >= self.cooldown_level
+                self._left[s] = np.where(fire, self.cooldown, np.maximum(left - 1, 0))
+        else:
+            score = raw
+        exp = np.full(s.size, np.nan)
+        sc = np.full(s.size, np.nan)
+        best = -np.ones(s.size)
+        for k, d in self.components.items():
+            if hasattr(d, "expected_many") and getattr(d, "feature", "mean") == "mean":
+                e, sd = d.expected_many(X)
+                better = comp[k] > best
+                exp, sc = np.where(better, e, exp), np.where(better, sd, sc)
+                best = np.where(better, comp[k], best)
+        if learn:
+            for d in self.components.values():
+                d.learn_many(X)
+        return score, comp, exp, sc
+
+    def process(
+        self, X: dict[str, np.ndarray], learn: bool = True, on_round=None
+    ) -> EnsembleResult:
+        """Score the windows ``X`` (then learn them when ``learn``); see :class:`EnsembleResult`.
+
+        ``on_round(done, total)`` is called after each round (progress reporting).
+        """
+        s = np.asarray(X["series"], np.int64)
+        n = s.size
+        score = np.zeros(n)
+        exp, sc = np.full(n, np.nan), np.full(n, np.nan)
+        comp = {k: np.zeros(n) for k in self.components}
+        parts = rounds(s) if learn else [np.arange(n)]
+        for r in parts:
+            Xr = X if r.size == n else take(X, r)
+            sr, cr, er, scr = self._round(Xr, learn)
+            score[r], exp[r], sc[r] = sr, er, scr
+            for k in comp:
+                comp[k][r] = cr[k]
+            if on_round is not None:
+                on_round(int(r.size), n)
+        sev = np.zeros(n, np.int8)
+        sev[score >= self.warning] = 1
+        sev[score >= self.critical] = 2
+        actual = np.asarray(X.get("mean", np.full(n, np.nan)), np.float64)
+        return EnsembleResult(score, sev, comp, exp, sc, actual)
+
+    def score_many(self, X: dict[str, np.ndarray]) -> np.ndarray:
+        """Combined score without learning or touching the cooldown state."""
+        return self.process(X, learn=False).score
+
+    # ------------------------------------------------------------------ state
+    def to_state(self) -> dict[str, Any]:
+        """Picklable checkpoint: configuration plus every component's state."""
+        return {
+            "config": {
+                "weights": dict(self.weights),
+                "combine": self.combine,
+                "warning": self.warning,
+                "critical": self.critical,
+                "cooldown": self.cooldown,
+                "cooldown_level": self.cooldown_level,
+                "cooldown_factor": self.cooldown_factor,
+            },
+            "components": {
+                k: {"class": type(d).__name__, "state": d.to_state()}
+                for k, d in self.components.items()
+            },
+            "cooldown_left": self._left.copy(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], registry: dict[str, type] | None = None) -> Ensemble:
+        """Rebuild from :meth:`to_state`; ``registry`` maps class names to detector classes."""
+        reg = dict(default_registry())
+        reg.update(registry or {})
+        comps = {}
+        for k, c in state["components"].items():
+            if c["class"] not in reg:
+                raise ValueError(f"unknown detector class {c['class']!r}")
+            comps[k] = reg[c["class"]].from_state(c["state"])
+        ens = cls(comps, **state["config"])
+        ens._left = np.array(state["cooldown_left"], np.float64)
+        return ens
+
+    def clone(self) -> Ensemble:
+        return copy.deepcopy(self)
+
+
+def default_registry() -> dict[str, type]:
+    """Detector classes known to :meth:`Ensemble.from_state`."""
+    from models import baselines, batch, online
+
+    out: dict[str, type] = {}
+    for mod in (baselines, online, batch):
+        for name in getattr(mod, "__all__", []):
+            obj = getattr(mod, name)
+            if isinstance(obj, type) and issubclass(obj, Detector):
+                out[name] = obj
+    return out
+
+
+def is_vectorized(det: Detector) -> bool:
+    """True when ``det`` scores batches without a Python loop per window."""
+    return isinstance(det, VectorDetector)

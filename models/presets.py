@@ -1,0 +1,60 @@
+"""The default detector set (one configuration for live detection and backtests).
+
+>>> ens = default_ensemble()
+>>> sorted(ens.components)
+['ewma_diff', 'ewma_value', 'mad', 'seasonal']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.baselines import EWMAZScore, RobustMAD, SeasonalProfile
+from models.ensemble import Ensemble
+
+__all__ = ["DEFAULTS", "default_ensemble"]
+
+#: Default parameters; ``default_ensemble(**overrides)`` replaces entries by name.
+DEFAULTS: dict[str, Any] = {
+    "value_alpha": 0.01,
+    "diff_alpha": 0.01,
+    "seasonal_alpha": 0.1,
+    "mad_size": 64,
+    "decades": 4.0,
+    "warmup": 30,
+    "combine": "noisy_or",
+    "cooldown": 0,
+    "cooldown_level": 0.8,
+    "cooldown_factor": 0.5,
+    "weights": None,
+    "online": False,
+}
+
+
+def default_ensemble(**overrides: Any) -> Ensemble:
+    """Build the default :class:`~models.ensemble.Ensemble`; unknown keys raise."""
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown detector settings: {sorted(unknown)}")
+    c = {**DEFAULTS, **overrides}
+    d = c["decades"]
+    comps = {
+        "ewma_value": EWMAZScore("mean", alpha=c["value_alpha"], warmup=c["warmup"], decades=d),
+        "ewma_diff": EWMAZScore(
+            "mean", alpha=c["diff_alpha"], diff=True, warmup=c["warmup"], decades=d
+        ),
+        "seasonal": SeasonalProfile("mean", alpha=c["seasonal_alpha"], decades=d),
+        "mad": RobustMAD("mean", size=c["mad_size"], decades=d),
+    }
+    if c["online"]:
+        from models.online import FamilyHalfSpaceTrees
+
+        comps["hst"] = FamilyHalfSpaceTrees()
+    return Ensemble(
+        comps,
+        weights=c["weights"],
+        combine=c["combine"],
+        cooldown=c["cooldown"],
+        cooldown_level=c["cooldown_level"],
+        cooldown_factor=c["cooldown_factor"],
+    )

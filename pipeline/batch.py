@@ -1,0 +1,79 @@
+"""Columnar micro-batches handed from stage to stage.
+
+A batch is a handful of numpy columns of equal length; stages never hold per-event Python
+objects beyond what decoding produced (strings and the tags dicts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """An input that could not be processed, with the original bytes and why."""
+
+    raw: bytes
+    reason: str
+    detail: str
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+    stage: str = "normalize"
+
+
+@dataclass(slots=True)
+class MetricBatch:
+    """Validated metric events as columns.
+
+    ``ts`` is event time in float64 epoch seconds; ``tags`` holds a dict (or None) per event.
+    ``key`` is ``tenant_id|host``, the Kafka partitioning key of a series' events.
+    """
+
+    event_id: np.ndarray
+    tenant_id: np.ndarray
+    host: np.ndarray
+    metric: np.ndarray
+    value: np.ndarray
+    ts: np.ndarray
+    unit: np.ndarray
+    tags: np.ndarray
+
+    COLUMNS = ("event_id", "tenant_id", "host", "metric", "value", "ts", "unit", "tags")
+
+    def __len__(self) -> int:
+        return int(self.value.shape[0])
+
+    @classmethod
+    def empty(cls) -> MetricBatch:
+        obj = np.empty(0, dtype=object)
+        return cls(obj, obj, obj, obj, np.empty(0), np.empty(0), obj, obj)
+
+    def take(self, idx: np.ndarray) -> MetricBatch:
+        """Rows selected by an index array or boolean mask."""
+        return MetricBatch(*(getattr(self, c)[idx] for c in self.COLUMNS))
+
+    @classmethod
+    def concat(cls, batches: list[MetricBatch]) -> MetricBatch:
+        batches = [b for b in batches if len(b)]
+        if not batches:
+            return cls.empty()
+        if len(batches) == 1:
+            return batches[0]
+        return cls(*(np.concatenate([getattr(b, c) for b in batches]) for c in cls.COLUMNS))
+
+    def keys(self) -> np.ndarray:
+        """Partition keys ``tenant_id|host`` (object array)."""
+        return np.char.add(np.char.add(self.tenant_id.astype(str), "|"), self.host.astype(str)).astype(object)
+
+
+@dataclass(slots=True)
+class AlertBatch:
+    """Alert transitions produced by detect: one dict per transition (they are rare)."""
+
+    events: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.events)

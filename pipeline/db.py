@@ -1,0 +1,238 @@
+"""PostgreSQL for the pipeline: migrations, inventory/tenants snapshots and the sink's writes.
+
+This is the only pipeline module that writes to PostgreSQL. Every statement is parameterized.
+Metric rows go through ``COPY`` (binary) into a temporary staging table and then
+``INSERT … ON CONFLICT (event_id) DO NOTHING``, so a replayed batch writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from importlib import resources
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from pipeline.batch import MetricBatch
+from pipeline.errors import ServiceError
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def connect(settings: Settings, database: str | None = None, autocommit: bool = False) -> psycopg.Connection:
+    try:
+        return psycopg.connect(settings.pg_dsn(database), autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        raise ServiceError(
+            f"PostgreSQL at {settings.pg_host}:{settings.pg_port} is not reachable "
+            "(run `make services-up`)"
+        ) from e
+
+
+# --- migrations -----------------------------------------------------------------------------
+
+def migrations() -> list[tuple[str, str]]:
+    """(version, sql) of every migration shipped with the package, in order."""
+    files = sorted(
+        (p for p in resources.files("pipeline.migrations").iterdir() if p.name.endswith(".sql")),
+        key=lambda p: p.name,
+    )
+    return [(p.name.removesuffix(".sql"), p.read_text()) for p in files]
+
+
+def migrate(conn: psycopg.Connection) -> list[str]:
+    """Apply the migrations not yet applied; returns their versions. Safe to run concurrently."""
+    applied: list[str] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(727274)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+        for version, text in migrations():
+            if version in done:
+                continue
+            conn.execute(text)
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+            applied.append(version)
+    return applied
+
+
+# --- reference data ---------------------------------------------------------------------------
+
+def load_inventory(conn: psycopg.Connection) -> dict[tuple[str, str], dict]:
+    rows = conn.execute("SELECT tenant_id, source_id, tags FROM inventory").fetchall()
+    conn.commit()
+    return {(t, s): tags for t, s, tags in rows}
+
+
+def set_inventory(conn: psycopg.Connection, tenant: str, source: str, tags: dict, replace: bool = False) -> dict:
+    """Upsert one inventory entry; merges into existing tags unless ``replace``."""
+    merge = "EXCLUDED.tags" if replace else "inventory.tags || EXCLUDED.tags"
+    row = conn.execute(
+        "INSERT INTO inventory (tenant_id, source_id, tags) VALUES (%s, %s, %s) "
+        f"ON CONFLICT (tenant_id, source_id) DO UPDATE SET tags = {merge}, updated_at = now() "
+        "RETURNING tags",
+        (tenant, source, Jsonb(tags)),
+    ).fetchone()
+    conn.commit()
+    return row[0]
+
+
+def delete_inventory(conn: psycopg.Connection, tenant: str, source: str) -> bool:
+    n = conn.execute(
+        "DELETE FROM inventory WHERE tenant_id = %s AND source_id = %s", (tenant, source)
+    ).rowcount
+    conn.commit()
+    return n > 0
+
+
+def load_tenants(conn: psycopg.Connection) -> frozenset[str]:
+    rows = conn.execute("SELECT tenant_id FROM tenants").fetchall()
+    conn.commit()
+    return frozenset(r[0] for r in rows)
+
+
+def create_tenant(conn: psycopg.Connection, tenant: str, name: str = "") -> bool:
+    n = conn.execute(
+        "INSERT INTO tenants (tenant_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        (tenant, name),
+    ).rowcount
+    conn.commit()
+    return n > 0
+
+
+def load_open_alerts(conn: psycopg.Connection) -> list[dict]:
+    rows = conn.execute(
+        "SELECT alert_id, tenant_id, host, metric, severity, "
+        " extract(epoch FROM opened_at)::float8, extract(epoch FROM updated_at)::float8 "
+        "FROM alerts WHERE state = 'open'"
+    ).fetchall()
+    conn.commit()
+    return [
+        dict(alert_id=a, tenant_id=t, host=h, metric=m, severity=s, opened_at=o, last_ts=u)
+        for a, t, h, m, s, o, u in rows
+    ]
+
+
+# --- sink -----------------------------------------------------------------------------------
+
+_STAGE_METRICS = """
+CREATE TEMP TABLE IF NOT EXISTS metrics_stage (
+    event_id text, tenant_id text, host text, metric text,
+    value float8, ts float8, unit text, tags text
+) ON COMMIT DELETE ROWS
+"""
+_COPY_TYPES = ["text", "text", "text", "text", "float8", "float8", "text", "text"]
+
+
+class Sink:
+    """Writes batches in one transaction per call: metrics, alerts, alert events (outbox)."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        conn.execute(_STAGE_METRICS)
+        conn.commit()
+
+    def write(self, batch: MetricBatch, alert_events: Iterable[dict] = ()) -> tuple[int, list[dict]]:
+        """Store a batch; returns (new metric rows, alert events newly stored with their ``seq``).
+
+        Runs in one transaction: either everything of the batch is stored or nothing.
+        """
+        alert_events = list(alert_events)
+        with self.conn.transaction():
+            inserted = self._write_metrics(batch) if len(batch) else 0
+            stored = self._write_alerts(alert_events) if alert_events else []
+        return inserted, stored
+
+    def _write_metrics(self, b: MetricBatch) -> int:
+        cur = self.conn.cursor()
+        tags = [b"{}" if t is None else orjson.dumps(t) for t in b.tags]
+        with cur.copy(
+            "COPY metrics_stage (event_id, tenant_id, host, metric, value, ts, unit, tags) "
+            "FROM STDIN (FORMAT BINARY)"
+        ) as cp:
+            cp.set_types(_COPY_TYPES)
+            value = b.value.tolist()
+            ts = b.ts.tolist()
+            for row in zip(b.event_id, b.tenant_id, b.host, b.metric, value, ts, b.unit,
+                           (t.decode() for t in tags), strict=True):
+                cp.write_row(row)
+        cur.execute(
+            "INSERT INTO metrics (event_id, tenant_id, host, metric, value, ts_event, unit, tags) "
+            "SELECT event_id, tenant_id, host, metric, value, to_timestamp(ts), unit, tags::jsonb "
+            "FROM metrics_stage ON CONFLICT (event_id) DO NOTHING"
+        )
+        n = cur.rowcount
+        cur.execute("TRUNCATE metrics_stage")
+        return n
+
+    def _write_alerts(self, events: list[dict]) -> list[dict]:
+        cur = self.conn.cursor()
+        stored: list[dict] = []
+        for ev in events:
+            payload = {k: v for k, v in ev.items() if k not in ("ts",)}
+            row = cur.execute(
+                "INSERT INTO alert_events (event_key, alert_id, tenant_id, kind, payload) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_key) DO NOTHING RETURNING seq",
+                (ev["event_key"], ev["alert_id"], ev["tenant_id"], ev["kind"], Jsonb(payload)),
+            ).fetchone()
+            if row is None:
+                continue  # replayed transition: already stored (and published)
+            ev = {**payload, "seq": row[0]}
+            stored.append(ev)
+            if ev["kind"] == "open":
+                cur.execute(
+                    "INSERT INTO alerts (alert_id, tenant_id, host, metric, value, severity, ts_event,"
+                    " state, rule, threshold, message, score, explanation, model_version,"
+                    " opened_at, updated_at) VALUES (%s,%s,%s,%s,%s,%s,%s,'open',%s,%s,%s,%s,%s,%s,"
+                    " to_timestamp(%s), %s) ON CONFLICT (alert_id) DO NOTHING",
+                    (ev["alert_id"], ev["tenant_id"], ev["host"], ev["metric"], ev["value"],
+                     ev["severity"], ev["ts_event"], ev["rule"], ev["threshold"], ev["message"],
+                     ev["score"], Jsonb(ev["explanation"]), ev["model_version"], ev["opened_at"],
+                     ev["ts_event"]),
+                )
+            else:
+                cur.execute(
+                    "UPDATE alerts SET severity = %s, value = %s, message = %s, score = %s,"
+                    " threshold = %s, explanation = %s, updated_at = %s, state = %s,"
+                    " resolved_at = CASE WHEN %s::text = 'resolved' THEN %s::timestamptz END"
+                    " WHERE alert_id = %s AND updated_at <= %s",
+                    (ev["severity"], ev["value"], ev["message"], ev["score"], ev["threshold"],
+                     Jsonb(ev["explanation"]), ev["ts_event"], ev["state"], ev["state"],
+                     ev["ts_event"], ev["alert_id"], ev["ts_event"]),
+                )
+        return stored
+
+    def unpublished(self, limit: int = 10_000) -> list[dict]:
+        """Alert events stored but not yet confirmed on the alert topic (outbox)."""
+        rows = self.conn.execute(
+            "SELECT seq, payload FROM alert_events WHERE published_at IS NULL ORDER BY seq LIMIT %s",
+            (limit,),
+        ).fetchall()
+        self.conn.commit()
+        return [{**p, "seq": s} for s, p in rows]
+
+    def mark_published(self, seqs: list[int]) -> None:
+        if not seqs:
+            return
+        self.conn.execute(
+            "UPDATE alert_events SET published_at = now() WHERE seq = ANY(%s)", (seqs,)
+        )
+        self.conn.commit()
+
+
+def count_rows(conn: psycopg.Connection, table: str, where: str = "", params: Any = ()) -> int:
+    q = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+    if where:
+        q = q + sql.SQL(" WHERE ") + sql.SQL(where)
+    n = conn.execute(q, params).fetchone()[0]
+    conn.commit()
+    return int(n)
+

@@ -1,0 +1,244 @@
+"""Everything that talks to Kafka: admin, producers, consumers, wire formats.
+
+Stages never import this module; runners do. Settings that bite with librdkafka defaults are
+set explicitly: idempotent producer, ``auto.offset.reset=earliest``, no auto-commit (offsets
+are committed by the runner only after the database commit), short session timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipeline.batch import DeadLetter, MetricBatch
+from pipeline.errors import ServiceError
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def all_topics(s: Settings) -> list[str]:
+    return [s.topic_raw, s.topic_metric, s.topic_enriched, s.topic_score, s.topic_alert, s.topic_dlq]
+
+
+def admin(s: Settings) -> AdminClient:
+    return AdminClient(s.kafka_common())
+
+
+def wait_for_broker(s: Settings, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            md = admin(s).list_topics(timeout=5)
+            if md.brokers:
+                return
+        except KafkaException as e:
+            last = e
+        time.sleep(0.5)
+    raise ServiceError(f"no Kafka broker at {s.kafka_bootstrap} ({last}); run `make services-up`")
+
+
+def create_topics(
+    s: Settings, topics: Iterable[str] | None = None, partitions: int | None = None
+) -> list[str]:
+    """Create missing topics; returns the names created. Idempotent."""
+    a = admin(s)
+    wanted = list(topics or all_topics(s))
+    existing = set(a.list_topics(timeout=10).topics)
+    new = [
+        NewTopic(
+            t,
+            num_partitions=partitions or s.topic_partitions,
+            replication_factor=1,
+            config={"retention.ms": str(s.topic_retention_ms), "max.message.bytes": "2097152"},
+        )
+        for t in wanted
+        if t not in existing
+    ]
+    if not new:
+        return []
+    created = []
+    for name, fut in a.create_topics(new, operation_timeout=30).items():
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    # wait until metadata shows them, so producers do not race topic creation
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        md = a.list_topics(timeout=5).topics
+        if all(t in md and not md[t].error for t in wanted):
+            break
+        time.sleep(0.2)
+    return created
+
+
+def delete_topics(s: Settings, topics: Sequence[str]) -> None:
+    for _, fut in admin(s).delete_topics(list(topics), operation_timeout=30).items():
+        try:
+            fut.result()
+        except KafkaException:
+            pass
+
+
+def producer(s: Settings, **overrides: object) -> Producer:
+    conf = {
+        **s.kafka_common(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.size": 1_000_000,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 1_000_000,
+        "message.max.bytes": 2_000_000,
+        **overrides,
+    }
+    return Producer(conf)
+
+
+def consumer(s: Settings, group: str, **overrides: object) -> Consumer:
+    conf = {
+        **s.kafka_common(),
+        "group.id": group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": s.session_timeout_ms,
+        "heartbeat.interval.ms": max(500, s.session_timeout_ms // 4),
+        "fetch.max.bytes": 52_428_800,
+        "max.partition.fetch.bytes": 10_485_760,
+        "partition.assignment.strategy": "cooperative-sticky",
+        **overrides,
+    }
+    return Consumer(conf)
+
+
+def produce_all(p: Producer, topic: str, values: Iterable[bytes], keys: Iterable[bytes | str | None]) -> None:
+    """Produce many records, serving delivery callbacks when the local queue is full."""
+    for v, k in zip(values, keys, strict=True):
+        while True:
+            try:
+                p.produce(topic, v, k)
+                break
+            except BufferError:
+                p.poll(0.05)
+    p.poll(0)
+
+
+def flush(p: Producer, timeout: float = 60.0) -> None:
+    left = p.flush(timeout)
+    if left:
+        raise ServiceError(f"{left} Kafka records not delivered within {timeout}s")
+
+
+class DeliveryErrors:
+    """Delivery callback that remembers the first failure (raised by the runner)."""
+
+    def __init__(self) -> None:
+        self.error: KafkaError | None = None
+
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None and self.error is None:
+            self.error = err
+
+    def check(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise ServiceError(f"Kafka delivery failed: {err}")
+
+
+# --- wire formats ---------------------------------------------------------------------------
+
+def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:
+    return [
+        ("reason", d.reason.encode()),
+        ("detail", d.detail.encode("utf-8", "replace")[:1000]),
+        ("stage", d.stage.encode()),
+        ("source.topic", d.topic.encode()),
+        ("source.partition", str(d.partition).encode()),
+        ("source.offset", str(d.offset).encode()),
+        ("dlq.ts", str(int(time.time() * 1000)).encode()),
+    ]
+
+
+def produce_dead_letters(p: Producer, topic: str, dead: Sequence[DeadLetter]) -> None:
+    for d in dead:
+        while True:
+            try:
+                p.produce(topic, d.raw, None, headers=dead_letter_headers(d))
+                break
+            except BufferError:
+                p.poll(0.05)
+
+
+def encode_metrics(b: MetricBatch) -> tuple[list[bytes], list[str]]:
+    """signals.metric.v1 / signals.enriched.v1 records: one JSON object per event."""
+    dumps = orjson.dumps
+    vals = [
+        dumps({"event_id": e, "tenant_id": t, "host": h, "metric": m, "value": v, "ts": ts,
+               "unit": u, "tags": g})
+        for e, t, h, m, v, ts, u, g in zip(b.event_id, b.tenant_id, b.host, b.metric,
+                                          b.value.tolist(), b.ts.tolist(), b.unit, b.tags,
+                                          strict=True)
+    ]
+    return vals, list(b.keys())
+
+
+def decode_metrics(msgs: Sequence[Message], stage: str) -> tuple[MetricBatch, list[DeadLetter]]:
+    """Inverse of :func:`encode_metrics`; undecodable records become dead letters."""
+    cols: list[list] = [[] for _ in range(8)]
+    dead: list[DeadLetter] = []
+    loads = orjson.loads
+    for m in msgs:
+        try:
+            d = loads(m.value())
+            row = (d["event_id"], d["tenant_id"], d["host"], d["metric"], float(d["value"]),
+                   float(d["ts"]), d.get("unit", ""), d.get("tags"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            dead.append(DeadLetter(m.value() or b"", "bad_record", str(e)[:200], m.topic(),
+                                   m.partition(), m.offset(), stage))
+            continue
+        for c, v in zip(cols, row, strict=True):
+            c.append(v)
+    if not cols[0]:
+        return MetricBatch.empty(), dead
+
+    def obj(x: list) -> np.ndarray:
+        a = np.empty(len(x), dtype=object)
+        a[:] = x
+        return a
+
+    return MetricBatch(
+        obj(cols[0]), obj(cols[1]), obj(cols[2]), obj(cols[3]),
+        np.asarray(cols[4], dtype=np.float64), np.asarray(cols[5], dtype=np.float64),
+        obj(cols[6]), obj(cols[7]),
+    ), dead
+
+
+def encode_alert(ev: dict) -> bytes:
+    return orjson.dumps(ev)
+
+
+def next_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
+    """The offsets to commit after processing ``msgs``: last offset + 1 per partition."""
+    last: dict[tuple[str, int], int] = {}
+    for m in msgs:
+        k = (m.topic(), m.partition())
+        o = m.offset()
+        if o > last.get(k, -1):
+            last[k] = o
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+def unique_group(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"

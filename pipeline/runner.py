@@ -1,0 +1,336 @@
+"""Runners: wire the pure stages to a source and to sinks.
+
+* :class:`KafkaWorker` — a consumer-group member running a contiguous chain of stages
+  (``normalize,enrich,detect,sink`` or any sub-chain). Per micro-batch: consume → stages →
+  produce outputs and dead letters → flush → database commit (when the chain has ``sink``) →
+  publish alert events (outbox) → commit offsets. Offsets are committed only after everything
+  of the batch is durable, so a crash at any point replays the batch, and the deterministic
+  event ids make the replay write nothing twice.
+* :class:`EmbeddedPipeline` — all stages in one process, fed in memory (demo, backtests, tests);
+  dead letters go to the ``dead_letters`` table and alerts to an in-process :class:`Bus`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message
+
+from models.rules import RulesFile, RuleSet
+from pipeline import db
+from pipeline import kafka as kq
+from pipeline.batch import DeadLetter, MetricBatch
+from pipeline.settings import Settings
+from pipeline.stages.detect import Detector
+from pipeline.stages.enrich import Enricher
+from pipeline.stages.normalize import NormalizeConfig, Normalizer
+
+log = logging.getLogger(__name__)
+
+STAGES = ("normalize", "enrich", "detect", "sink")
+
+
+def parse_chain(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """Validate a stage list: known names, pipeline order, contiguous.
+
+    >>> parse_chain("normalize,enrich")
+    ('normalize', 'enrich')
+    """
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown or not names:
+        raise ValueError(f"unknown stages {unknown}; choose a chain of {','.join(STAGES)}")
+    idx = [STAGES.index(n) for n in names]
+    if idx != list(range(idx[0], idx[0] + len(idx))):
+        raise ValueError(f"stages must be contiguous and in order {','.join(STAGES)}: {names}")
+    return tuple(names)
+
+
+def normalize_config(s: Settings, tenants: frozenset[str] | None) -> NormalizeConfig:
+    known = (tenants or frozenset()) | s.tenant_allowlist()
+    return NormalizeConfig(
+        max_message_bytes=s.max_message_bytes,
+        max_tag_value_bytes=s.max_tag_value_bytes,
+        max_tags=s.max_tags,
+        max_future_skew_s=s.max_future_skew_s,
+        max_past_age_s=s.max_past_age_s,
+        known_tenants=known,
+    )
+
+
+@dataclass
+class Stats:
+    batches: int = 0
+    consumed: int = 0
+    stored: int = 0
+    dead: int = 0
+    alerts: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class _Stages:
+    """The stage objects of a chain plus their periodically refreshed reference data."""
+
+    def __init__(self, s: Settings, chain: tuple[str, ...], conn) -> None:
+        self.s, self.chain, self.conn = s, chain, conn
+        self.normalizer = Normalizer(normalize_config(s, frozenset()))
+        self.enricher = Enricher()
+        self.rules_file = RulesFile(s.rules_path) if "detect" in chain else None
+        self.detector = Detector(self.rules_file.rules if self.rules_file else RuleSet([]))
+        self._refreshed = 0.0
+        self._rules_checked = 0.0
+        self.refresh(force=True)
+        if "detect" in chain:
+            self.detector.restore(db.load_open_alerts(conn))
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.rules_file and now - self._rules_checked > 2.0:
+            self._rules_checked = now
+            try:
+                if self.rules_file.poll():
+                    self.detector.set_rules(self.rules_file.rules)
+                    log.info("rules reloaded from %s", self.rules_file.path)
+            except Exception as e:  # a broken edit keeps the previous rules in force
+                log.error("rules file %s not reloaded: %s", self.rules_file.path, e)
+        if not force and now - self._refreshed < self.s.inventory_refresh_s:
+            return
+        self._refreshed = now
+        if "normalize" in self.chain:
+            self.normalizer = Normalizer(normalize_config(self.s, db.load_tenants(self.conn)))
+        if "enrich" in self.chain:
+            self.enricher.update(db.load_inventory(self.conn))
+
+
+class KafkaWorker:
+    """A consumer-group member running ``chain`` over micro-batches."""
+
+    def __init__(self, s: Settings, chain: str | Sequence[str], group: str | None = None) -> None:
+        self.s = s
+        self.chain = parse_chain(chain)
+        first, last = self.chain[0], self.chain[-1]
+        self.group = group or f"{s.consumer_group_prefix}-{'-'.join(self.chain)}"
+        self.inputs = {
+            "normalize": [s.topic_raw],
+            "enrich": [s.topic_metric],
+            "detect": [s.topic_enriched],
+            "sink": [s.topic_enriched, s.topic_alert],
+        }[first]
+        # where the metric stream goes when the chain ends before the sink
+        self.metric_out = None if "sink" in self.chain else {
+            "normalize": s.topic_metric, "enrich": s.topic_enriched, "detect": s.topic_enriched,
+        }[last]
+        self.stats = Stats()
+        self.conn = db.connect(s)
+        self.sink = db.Sink(self.conn) if "sink" in self.chain else None
+        self.stages = _Stages(s, self.chain, self.conn)
+        self.errors = kq.DeliveryErrors()
+        self.producer = kq.producer(s, on_delivery=self.errors)
+        self.consumer = kq.consumer(s, self.group)
+        self._stop = threading.Event()
+        self._rebalanced = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def _on_assign(self, consumer, parts) -> None:
+        log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in parts])
+        self._rebalanced = True
+
+    def _on_revoke(self, consumer, parts) -> None:
+        log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in parts])
+
+    def run(self, idle_exit_s: float | None = None) -> Stats:
+        """Consume until :meth:`stop` (or SIGTERM), or after ``idle_exit_s`` without input."""
+        self.consumer.subscribe(self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        if self.sink is not None:
+            self._publish_outbox()  # alert events a previous run stored but did not publish
+        idle_since = time.monotonic()
+        log.info("worker %s group=%s inputs=%s", ",".join(self.chain), self.group, self.inputs)
+        try:
+            while not self._stop.is_set():
+                msgs = self.consumer.consume(self.s.batch_max_events, self.s.batch_max_wait_ms / 1000)
+                if self._rebalanced and "detect" in self.chain:
+                    self._rebalanced = False
+                    self.stages.detector.restore(db.load_open_alerts(self.conn))
+                good = []
+                for m in msgs:
+                    err = m.error()
+                    if err is None:
+                        good.append(m)
+                    elif err.code() != KafkaError._PARTITION_EOF:
+                        if err.fatal():
+                            raise KafkaException(err)
+                        log.warning("consumer error: %s", err)
+                if not good:
+                    self.stages.refresh()
+                    if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                        break
+                    continue
+                idle_since = time.monotonic()
+                self.process(good)
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        try:
+            self.producer.flush(10)
+            self.consumer.close()
+        finally:
+            self.conn.close()
+
+    # -- one micro-batch ---------------------------------------------------------------------
+    def process(self, msgs: list[Message]) -> None:
+        s, chain = self.s, self.chain
+        self.stages.refresh()
+        dead: list[DeadLetter] = []
+        alerts_in: list[dict] = []
+        try:
+            batch, dead = self._decode(msgs, alerts_in)
+            if "enrich" in chain:
+                batch = self.stages.enricher(batch)
+            alerts = self.stages.detector(batch).events if "detect" in chain else []
+        except Exception as e:  # a stage bug must not lose the batch: dead-letter it whole
+            log.exception("stage failure on %d records from %s", len(msgs), msgs[0].topic())
+            batch, alerts, alerts_in = MetricBatch.empty(), [], []
+            dead = [DeadLetter(m.value() or b"", "stage_error", f"{type(e).__name__}: {e}"[:500],
+                               m.topic(), m.partition(), m.offset(), chain[0]) for m in msgs]
+        if dead:
+            kq.produce_dead_letters(self.producer, s.topic_dlq, dead)
+        if self.metric_out and len(batch):
+            vals, keys = kq.encode_metrics(batch)
+            kq.produce_all(self.producer, self.metric_out, vals, keys)
+        if alerts and self.sink is None:
+            kq.produce_all(self.producer, s.topic_alert, [kq.encode_alert(a) for a in alerts],
+                           [f"{a['tenant_id']}|{a['host']}" for a in alerts])
+        kq.flush(self.producer)
+        self.errors.check()
+        if self.sink is not None:
+            stored_n, stored_alerts = self.sink.write(batch, alerts + alerts_in)
+            self.stats.stored += stored_n
+            if alerts_in:  # they came from the alert topic: already published
+                self.sink.mark_published([a["seq"] for a in stored_alerts])
+            elif stored_alerts:
+                self._publish(stored_alerts)
+        self.consumer.commit(offsets=kq.next_offsets(msgs), asynchronous=False)
+        st = self.stats
+        st.batches += 1
+        st.consumed += len(msgs)
+        st.dead += len(dead)
+        st.alerts += len(alerts)
+
+    def _decode(self, msgs: list[Message], alerts_in: list[dict]) -> tuple[MetricBatch, list[DeadLetter]]:
+        first = self.chain[0]
+        if first == "normalize":
+            return self.stages.normalizer(
+                [m.value() or b"" for m in msgs], self.s.topic_raw,
+                [m.partition() for m in msgs], [m.offset() for m in msgs],
+            )
+        if first == "sink":
+            metric_msgs = [m for m in msgs if m.topic() != self.s.topic_alert]
+            dead: list[DeadLetter] = []
+            for m in msgs:
+                if m.topic() == self.s.topic_alert:
+                    try:
+                        alerts_in.append(orjson.loads(m.value()))
+                    except orjson.JSONDecodeError as e:
+                        dead.append(DeadLetter(m.value() or b"", "bad_record", str(e), m.topic(),
+                                               m.partition(), m.offset(), "sink"))
+            batch, d2 = kq.decode_metrics(metric_msgs, "sink")
+            return batch, dead + d2
+        return kq.decode_metrics(msgs, first)
+
+    def _publish(self, events: list[dict]) -> None:
+        kq.produce_all(self.producer, self.s.topic_alert, [kq.encode_alert(a) for a in events],
+                       [f"{a['tenant_id']}|{a['host']}" for a in events])
+        kq.flush(self.producer)
+        self.errors.check()
+        self.sink.mark_published([a["seq"] for a in events])
+
+    def _publish_outbox(self) -> None:
+        pending = self.sink.unpublished()
+        if pending:
+            log.info("publishing %d alert events left by a previous run", len(pending))
+            self._publish(pending)
+
+
+class Bus:
+    """In-process publish/subscribe for the embedded runner's alert events."""
+
+    def __init__(self) -> None:
+        self._subs: list[Callable[[dict], None]] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, fn: Callable[[dict], None]) -> Callable[[], None]:
+        with self._lock:
+            self._subs.append(fn)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if fn in self._subs:
+                    self._subs.remove(fn)
+
+        return unsubscribe
+
+    def publish(self, event: dict) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        for fn in subs:
+            fn(event)
+
+
+class EmbeddedPipeline:
+    """normalize → enrich → detect → sink in one process, fed with raw event bytes."""
+
+    def __init__(self, s: Settings, bus: Bus | None = None, source: str | None = None) -> None:
+        self.s = s
+        self.bus = bus or Bus()
+        # events without an agent id get <source>:0:<n>; unique per process start
+        self.source = source or f"embedded-{int(time.time() * 1000)}"
+        self.conn = db.connect(s)
+        self.sink = db.Sink(self.conn)
+        self.stages = _Stages(s, STAGES, self.conn)
+        self.stats = Stats()
+        self._seq = 0
+
+    def feed(self, raws: Sequence[bytes]) -> tuple[int, list[DeadLetter], list[dict]]:
+        """Process one micro-batch; returns (rows stored, dead letters, alert events)."""
+        self.stages.refresh()
+        offs = range(self._seq, self._seq + len(raws))
+        self._seq += len(raws)
+        batch, dead = self.stages.normalizer(raws, self.source, [0] * len(raws), offs)
+        batch = self.stages.enricher(batch)
+        alerts = self.stages.detector(batch).events
+        with self.conn.transaction():
+            if dead:
+                with self.conn.cursor().copy(
+                    "COPY dead_letters (reason, detail, stage, source, raw) FROM STDIN"
+                ) as cp:
+                    for d in dead:
+                        cp.write_row((d.reason, d.detail, d.stage, f"{d.topic}:{d.offset}", d.raw))
+            stored, stored_alerts = self.sink.write(batch, alerts)
+        self.sink.mark_published([a["seq"] for a in stored_alerts])
+        for a in stored_alerts:
+            self.bus.publish(a)
+        st = self.stats
+        st.batches += 1
+        st.consumed += len(raws)
+        st.stored += stored
+        st.dead += len(dead)
+        st.alerts += len(stored_alerts)
+        return stored, dead, stored_alerts
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,92 @@
+"""One settings object for every EventOps process.
+
+Built once at the entry point (CLI, API factory, test fixture) and passed down; nothing else
+reads the environment. Every field is documented in ``.env.example`` with the same name
+prefixed ``EVENTOPS_``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Runtime configuration, read from ``EVENTOPS_*`` environment variables and ``.env``."""
+
+    model_config = SettingsConfigDict(env_prefix="EVENTOPS_", env_file=".env", extra="ignore")
+
+    # --- PostgreSQL -------------------------------------------------------------------------
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 55432
+    pg_user: str = "eventops"
+    pg_password: SecretStr = SecretStr("eventops")
+    pg_database: str = "eventops"
+    mlflow_database: str = "mlflow"
+
+    # --- Kafka ------------------------------------------------------------------------------
+    kafka_bootstrap: str = "127.0.0.1:59092"
+    topic_raw: str = "ingest.raw.agent"
+    topic_metric: str = "signals.metric.v1"
+    topic_enriched: str = "signals.enriched.v1"
+    topic_score: str = "signals.score.v1"
+    topic_alert: str = "ops.alert.v1"
+    topic_dlq: str = "ops.dlq.v1"
+    topic_partitions: int = 6
+    topic_retention_ms: int = 7 * 24 * 3600 * 1000
+    consumer_group_prefix: str = "eventops"
+    session_timeout_ms: int = 6000
+
+    # --- Worker / hot path ------------------------------------------------------------------
+    batch_max_events: int = 10_000
+    batch_max_wait_ms: int = 200
+    inventory_refresh_s: float = 30.0
+    rules_path: Path = REPO_ROOT / "pipeline" / "rules.default.toml"
+
+    # --- Validation limits ------------------------------------------------------------------
+    max_message_bytes: int = 64 * 1024
+    max_tag_value_bytes: int = 1024
+    max_tags: int = 64
+    max_future_skew_s: float = 300.0
+    max_past_age_s: float = 7 * 24 * 3600.0
+    known_tenants: str = Field(
+        default="",
+        description="Comma-separated tenant ids accepted at normalize; empty = use the tenants table.",
+    )
+
+    # --- Serving ----------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    sse_queue_size: int = 1000
+    sse_heartbeat_s: float = 15.0
+
+    # --- MLflow -----------------------------------------------------------------------------
+    mlflow_artifacts: Path = REPO_ROOT / "mlruns"
+    model_name: str = "eventops-detector"
+
+    # --- Local services ---------------------------------------------------------------------
+    state_dir: Path = REPO_ROOT / ".services"
+
+    def pg_dsn(self, database: str | None = None) -> str:
+        """libpq connection string (the password is only ever placed here, never logged)."""
+        return (
+            f"host={self.pg_host} port={self.pg_port} user={self.pg_user} "
+            f"password={self.pg_password.get_secret_value()} dbname={database or self.pg_database}"
+        )
+
+    def mlflow_tracking_uri(self) -> str:
+        pw = self.pg_password.get_secret_value()
+        return (
+            f"postgresql+psycopg://{self.pg_user}:{pw}@{self.pg_host}:{self.pg_port}/"
+            f"{self.mlflow_database}"
+        )
+
+    def tenant_allowlist(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.known_tenants.split(",") if t.strip())
+
+    def kafka_common(self) -> dict[str, object]:
+        return {"bootstrap.servers": self.kafka_bootstrap}

@@ -1,0 +1,332 @@
+"""Evaluation metrics computed by EventOps itself: NAB-style window score and event-wise metrics.
+
+Pure numpy/pandas; no MLflow, no database.  The NAB-style score follows
+``../shared/datasets/nab-dev/README.md`` literally:
+
+* a detector emits one score in [0, 1] per row, from the past only; a row is a *detection* when
+  ``score >= threshold``;
+* the first 15 % of each series (``floor(0.15 * n_rows)`` rows) is a probation period whose rows are
+  never scored;
+* inside a labelled window only the earliest detection counts, worth ``A_TP * w(y)`` with
+  ``w(y) = 2 / (1 + exp(5 y)) - 1`` and ``y = -(end_row - row) / (end_row - start_row)``
+  (-1 = first row of the window, 0 = last row); an undetected window costs ``-A_FN``;
+* a detection outside every window costs ``A_FP * w(y)`` with ``y = (row - prev_end_row) /
+  (prev_end_row - prev_start_row)`` (distance past the end of the previous window in window widths,
+  ``w`` is clamped to -1 for ``y > 3`` as in NAB); before the first window it costs ``-A_FP``;
+* corpus score ``100 * (raw - raw_null) / (raw_perfect - raw_null)`` with ``raw_null = -A_FN * W``
+  and ``raw_perfect = A_TP * w(-1) * W`` (``W`` = number of scored windows);
+* the threshold is chosen per profile to maximise the corpus score, by an exact sweep over every
+  distinct score value (so any monotone rescaling of the scores gives the same result).
+
+Choices the README leaves open (stated here so the numbers can be reproduced):
+
+* window membership is by timestamp, inclusive at both ends; window positions are measured in rows
+  (file order, duplicate timestamps kept);
+* a window none of whose rows lies after the probation period (it cannot be detected by anyone) is
+  not counted in ``W`` (it still acts as "previous window" for false-positive weighting).  This is
+  what NAB does, because it only scores post-probation rows;
+* event-wise metrics use the threshold that maximises the *standard* profile: a window is a true
+  positive when it contains at least one detection; false-positive *events* are runs of
+  consecutive detected rows outside every window; detection delay is the time from the window start
+  to its first detection.
+
+Examples
+--------
+>>> import numpy as np, pandas as pd
+>>> ts = pd.date_range("2024-01-01", periods=100, freq="5min")
+>>> scores = np.zeros(100); scores[60] = 0.9
+>>> s = LabelledSeries("a.csv", ts.to_numpy(), scores, [(ts[55], ts[74])])
+>>> r = nab_score([s], PROFILES["standard"])
+>>> round(r["score"], 1), r["threshold"]
+(98.2, 0.9)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "PROFILES",
+    "CostProfile",
+    "LabelledSeries",
+    "evaluate",
+    "event_metrics",
+    "load_windows",
+    "nab_score",
+    "scaled_sigmoid",
+]
+
+
+@dataclass(frozen=True)
+class CostProfile:
+    """Weights of one NAB application profile."""
+
+    name: str
+    a_tp: float
+    a_fp: float
+    a_fn: float
+
+
+PROFILES: dict[str, CostProfile] = {
+    "standard": CostProfile("standard", 1.0, 0.11, 1.0),
+    "reward_low_FP": CostProfile("reward_low_FP", 1.0, 0.22, 1.0),
+    "reward_low_FN": CostProfile("reward_low_FN", 1.0, 0.11, 2.0),
+}
+
+
+@dataclass
+class LabelledSeries:
+    """One scored series with its labelled windows.
+
+    Parameters
+    ----------
+    name : str
+        Key (e.g. ``"realKnownCause/nyc_taxi.csv"``).
+    timestamps : numpy.ndarray
+        ``datetime64`` array, shape (n,), file order.
+    scores : numpy.ndarray
+        float64, shape (n,), anomaly score per row (from the past only).
+    windows : list of (start, end)
+        Labelled windows (anything ``numpy.datetime64`` accepts), inclusive.
+    probation : float
+        Fraction of leading rows never scored.
+    """
+
+    name: str
+    timestamps: np.ndarray
+    scores: np.ndarray
+    windows: list
+    probation: float = 0.15
+
+    def __post_init__(self) -> None:
+        self.timestamps = np.asarray(self.timestamps).astype("datetime64[ns]")
+        self.scores = np.asarray(self.scores, dtype=np.float64)
+        if self.timestamps.shape != self.scores.shape or self.scores.ndim != 1:
+            raise ValueError(f"{self.name}: timestamps and scores must be 1-D of equal length")
+        if not 0.0 <= self.probation < 1.0:
+            raise ValueError("probation must be in [0, 1)")
+        if np.isnan(self.scores).any():
+            raise ValueError(f"{self.name}: NaN scores")
+
+
+def scaled_sigmoid(y: np.ndarray | float) -> np.ndarray:
+    """NAB's weighting ``2 / (1 + exp(5 y)) - 1``, clamped to -1 beyond ``y > 3``.
+
+    >>> [round(float(v), 3) for v in scaled_sigmoid(np.array([-1.0, 0.0, 3.5]))]
+    [0.987, 0.0, -1.0]
+    """
+    y = np.asarray(y, dtype=np.float64)
+    out = 2.0 / (1.0 + np.exp(np.minimum(5.0 * y, 700.0))) - 1.0
+    return np.where(y > 3.0, -1.0, out)
+
+
+def load_windows(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """Read a NAB ``windows.json`` (``{"cat/name.csv": [[start, end], …]}``)."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object of file -> windows")
+    return {k: [tuple(w) for w in v] for k, v in data.items()}
+
+
+@dataclass
+class _Prepared:
+    n: int
+    probation_rows: int
+    win_rows: list[tuple[int, int]]  # (start_row, end_row) of each window (all, incl. probation)
+    scored: list[bool]  # window has at least one post-probation row
+    win_start_ts: list[np.datetime64]
+    row_window: np.ndarray  # int64 (n,), window index or -1
+    fp_y: np.ndarray  # float (n,), y past the previous window (inf when none)
+
+
+def _prepare(s: LabelledSeries) -> _Prepared:
+    n = len(s.scores)
+    p = int(np.floor(s.probation * n))
+    row_window = np.full(n, -1, dtype=np.int64)
+    win_rows: list[tuple[int, int]] = []
+    scored: list[bool] = []
+    starts: list[np.datetime64] = []
+    for k, (a, b) in enumerate(s.windows):
+        a64, b64 = np.datetime64(pd.Timestamp(a), "ns"), np.datetime64(pd.Timestamp(b), "ns")
+        if b64 < a64:
+            raise ValueError(f"{s.name}: window {k} ends before it starts")
+        idx = np.flatnonzero((s.timestamps >= a64) & (s.timestamps <= b64))
+        if idx.size == 0:
+            continue
+        lo, hi = int(idx[0]), int(idx[-1])
+        row_window[lo : hi + 1] = len(win_rows)
+        win_rows.append((lo, hi))
+        scored.append(hi >= p)
+        starts.append(a64)
+    order = np.argsort([lo for lo, _ in win_rows], kind="stable")
+    if not np.array_equal(order, np.arange(len(win_rows))):
+        raise ValueError(f"{s.name}: windows must be sorted and non-overlapping")
+    fp_y = np.full(n, np.inf)
+    rows = np.arange(n)
+    for lo, hi in win_rows:
+        after = rows > hi
+        fp_y[after] = (rows[after] - hi) / max(hi - lo, 1)
+    return _Prepared(n, p, win_rows, scored, starts, row_window, fp_y)
+
+
+def _sweep_deltas(s: LabelledSeries, prep: _Prepared, prof: CostProfile):
+    """Threshold events: value v and change of raw score when the threshold drops to v."""
+    vals: list[np.ndarray] = []
+    dels: list[np.ndarray] = []
+    p = prep.probation_rows
+    sc = s.scores
+    out_rows = np.flatnonzero((prep.row_window < 0) & (np.arange(prep.n) >= p))
+    if out_rows.size:
+        y = prep.fp_y[out_rows]
+        vals.append(sc[out_rows])
+        dels.append(np.where(np.isinf(y), -prof.a_fp, prof.a_fp * scaled_sigmoid(np.where(np.isinf(y), 0, y))))
+    n_win = 0
+    for (lo, hi), ok in zip(prep.win_rows, prep.scored):
+        if not ok:
+            continue
+        n_win += 1
+        first = max(lo, p)
+        seg = sc[first : hi + 1]
+        rows = np.arange(first, hi + 1)
+        pm = np.maximum.accumulate(seg)
+        rec = np.ones(seg.size, dtype=bool)
+        rec[1:] = seg[1:] > pm[:-1]
+        rv, rr = seg[rec], rows[rec]
+        w = prof.a_tp * scaled_sigmoid(-(hi - rr) / max(hi - lo, 1))
+        d = np.empty_like(w)
+        d[-1] = w[-1] + prof.a_fn
+        d[:-1] = w[:-1] - w[1:]
+        vals.append(rv)
+        dels.append(d)
+    return vals, dels, n_win
+
+
+def nab_score(
+    series: list[LabelledSeries], profile: CostProfile, threshold: float | None = None
+) -> dict[str, Any]:
+    """Normalised NAB corpus score of ``series`` under ``profile``.
+
+    Parameters
+    ----------
+    series : list of LabelledSeries
+    profile : CostProfile
+    threshold : float, optional
+        Detection threshold; ``None`` picks the one that maximises the corpus score.
+
+    Returns
+    -------
+    dict
+        ``score`` (normalised, 100 = perfect, 0 = null), ``raw``, ``raw_null``, ``raw_perfect``,
+        ``threshold``, ``windows``.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> ts = pd.date_range("2024-01-01", periods=10, freq="h").to_numpy()
+    >>> s = LabelledSeries("x", ts, np.zeros(10), [(ts[4], ts[6])])
+    >>> nab_score([s], PROFILES["standard"], threshold=0.5)["score"]
+    0.0
+    """
+    vals, dels = [], []
+    n_win = 0
+    for s in series:
+        v, d, k = _sweep_deltas(s, _prepare(s), profile)
+        vals += v
+        dels += d
+        n_win += k
+    null = -profile.a_fn * n_win
+    perfect = profile.a_tp * float(scaled_sigmoid(-1.0)) * n_win
+    v = np.concatenate(vals) if vals else np.empty(0)
+    d = np.concatenate(dels) if dels else np.empty(0)
+    if threshold is None:
+        order = np.argsort(-v, kind="stable")
+        v, d = v[order], d[order]
+        cum = np.cumsum(d)
+        last = np.ones(v.size, dtype=bool)
+        last[:-1] = v[1:] != v[:-1]  # last position of each distinct value
+        cand_v = np.concatenate([[np.inf], v[last]])
+        cand_raw = null + np.concatenate([[0.0], cum[last]])
+        best = int(np.argmax(cand_raw))
+        thr, raw = float(cand_v[best]), float(cand_raw[best])
+    else:
+        thr = float(threshold)
+        raw = null + float(d[v >= thr].sum())
+    denom = perfect - null
+    score = 100.0 * (raw - null) / denom if denom > 0 else float("nan")
+    return {
+        "score": round(score, 4),
+        "raw": raw,
+        "raw_null": null,
+        "raw_perfect": perfect,
+        "threshold": thr,
+        "windows": n_win,
+    }
+
+
+def event_metrics(series: list[LabelledSeries], threshold: float) -> dict[str, Any]:
+    """Event-wise precision / recall / F1 and mean detection delay at ``threshold``.
+
+    A labelled window is detected when one of its post-probation rows scores ``>= threshold``;
+    each run of consecutive detected rows outside windows is one false-positive event.
+
+    >>> import numpy as np, pandas as pd
+    >>> ts = pd.date_range("2024-01-01", periods=100, freq="5min").to_numpy()
+    >>> sc = np.zeros(100); sc[[60, 61, 90]] = 1.0
+    >>> m = event_metrics([LabelledSeries("a", ts, sc, [(ts[58], ts[70])])], 0.5)
+    >>> m["tp"], m["fp"], m["fn"], m["mean_delay_s"]
+    (1, 1, 0, 600.0)
+    """
+    tp = fp = fn = 0
+    delays: list[float] = []
+    for s in series:
+        prep = _prepare(s)
+        det = s.scores >= threshold
+        det[: prep.probation_rows] = False
+        for k, ((lo, hi), ok) in enumerate(zip(prep.win_rows, prep.scored)):
+            if not ok:
+                continue
+            hits = np.flatnonzero(det[lo : hi + 1])
+            if hits.size:
+                tp += 1
+                t0 = s.timestamps[lo + hits[0]]
+                delays.append(float((t0 - prep.win_start_ts[k]) / np.timedelta64(1, "s")))
+            else:
+                fn += 1
+        outside = det & (prep.row_window < 0)
+        starts = outside.copy()
+        starts[1:] &= ~outside[:-1]
+        fp += int(starts.sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "threshold": float(threshold),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "mean_delay_s": float(np.mean(delays)) if delays else float("nan"),
+    }
+
+
+def evaluate(series: list[LabelledSeries]) -> dict[str, Any]:
+    """Full report: NAB score per profile (each with its own optimal threshold) + event metrics.
+
+    Event metrics are computed at the standard profile's threshold.
+    """
+    nab = {name: nab_score(series, prof) for name, prof in PROFILES.items()}
+    ev = event_metrics(series, nab["standard"]["threshold"])
+    per_file = {}
+    thr = nab["standard"]["threshold"]
+    for s in series:
+        r = nab_score([s], PROFILES["standard"], threshold=thr)
+        per_file[s.name] = {"raw_standard": r["raw"], "windows": r["windows"]}
+    return {"nab": nab, "events": ev, "per_file": per_file, "n_series": len(series)}
