@@ -298,26 +298,29 @@ class RobustMAD(VectorDetector):
         known = self._known(s)
         med, mad, cnt = np.zeros(s.size), np.zeros(s.size), np.zeros(s.size)
         if known.any():
-            buf = self.buf[s[known]]
-            cnt[known] = np.sum(~np.isnan(buf), axis=1)
-            full = cnt[known] >= self.min_count
-            if full.any():
-                b = buf[full]
-                med_k = np.nanmedian(b, axis=1)
-                mad_k = np.nanmedian(np.abs(b - med_k[:, None]), axis=1)
-                idx = np.flatnonzero(known)[full]
-                med[idx], mad[idx] = med_k, mad_k
+            buf = np.sort(self.buf[s[known]], axis=1)  # NaN (empty slots) sort last
+            c = np.sum(~np.isnan(buf), axis=1)
+            cnt[known] = c
+            rows = np.arange(buf.shape[0])
+            lo, hi = np.maximum((c - 1) // 2, 0), np.maximum(c // 2, 0)
+            m = 0.5 * (buf[rows, lo] + buf[rows, hi])
+            dev = np.sort(np.abs(buf - m[:, None]), axis=1)
+            med[known] = m
+            mad_k = 1.4826 * 0.5 * (dev[rows, lo] + dev[rows, hi])
+            # quantised/flat data: MAD = 0 -> fall back to the mean absolute deviation
+            mean_ad = 1.2533 * np.nansum(dev, axis=1) / np.maximum(c, 1)
+            mad[known] = np.where(mad_k > 0, mad_k, mean_ad)
         return med, mad, cnt
 
     def expected_many(self, X):
         med, mad, _ = self._med_mad(np.asarray(X["series"], np.int64))
-        return med, 1.4826 * mad
+        return med, mad
 
     def _score(self, X):
         s = np.asarray(X["series"], np.int64)
         med, mad, cnt = self._med_mad(s)
         x = np.asarray(X[self.feature], np.float64)
-        scale = 1.4826 * mad + self.min_scale * (np.abs(med) + 1e-9) + 1e-12
+        scale = mad + self.min_scale * (np.abs(med) + 1e-9) + 1e-12
         z = np.where(cnt >= self.min_count, np.abs(x - med) / scale, 0.0)
         return tail_score(z, self.decades)
 

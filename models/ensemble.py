@@ -107,6 +107,11 @@ class Ensemble:
         cooldown: int = 0,
         cooldown_level: float = 0.8,
         cooldown_factor: float = 0.5,
+        likelihood: bool = False,
+        short_alpha: float = 0.2,
+        long_alpha: float = 0.001,
+        likelihood_decades: float = 4.0,
+        min_windows: int = 100,
     ) -> None:
         if not components:
             raise ValueError("an ensemble needs at least one component")
@@ -129,6 +134,13 @@ class Ensemble:
         self.cooldown = int(cooldown)
         self.cooldown_level, self.cooldown_factor = float(cooldown_level), float(cooldown_factor)
         self._left = np.zeros(0)  # cooldown windows left per series
+        if not (0 < short_alpha < 1 and 0 < long_alpha < 1 and likelihood_decades > 0):
+            raise ValueError("short_alpha, long_alpha in (0, 1) and likelihood_decades > 0")
+        self.likelihood = bool(likelihood)
+        self.short_alpha, self.long_alpha = float(short_alpha), float(long_alpha)
+        self.likelihood_decades, self.min_windows = float(likelihood_decades), int(min_windows)
+        # per-series statistics of the raw combined score (anomaly likelihood)
+        self._lk = np.zeros((0, 4))  # n, short mean, long mean, long var
 
     # ------------------------------------------------------------------ scoring
     def _combine(self, comp: dict[str, np.ndarray]) -> np.ndarray:
@@ -146,6 +158,8 @@ class Ensemble:
         s = np.asarray(X["series"], np.int64)
         comp = {k: d.score_many(X) for k, d in self.components.items()}
         raw = np.clip(self._combine(comp), 0.0, 1.0)
+        if self.likelihood:
+            raw = self._likelihood(s, raw, learn)
         if self.cooldown:
             self._left = _grow(self._left, int(s.max()) + 1, 0.0)
             left = self._left[s]
@@ -168,6 +182,26 @@ class Ensemble:
             for d in self.components.values():
                 d.learn_many(X)
         return score, comp, exp, sc
+
+    def _likelihood(self, s: np.ndarray, raw: np.ndarray, learn: bool) -> np.ndarray:
+        """Calibrate ``raw`` per series: how unusual is its short-term average (HTM-style)."""
+        from models.baselines import tail_score
+
+        self._lk = _grow(self._lk, int(s.max()) + 1, 0.0)
+        n, sm, lm, lv = self._lk[s].T
+        a_s = np.maximum(self.short_alpha, 1.0 / (n + 1))
+        sm_new = sm + a_s * (raw - sm)
+        sd = np.sqrt(lv) + 1e-3
+        z = np.maximum(sm_new - lm, 0.0) / sd
+        out = np.where(n >= self.min_windows, tail_score(z, self.likelihood_decades), 0.0)
+        if learn:
+            a_l = np.maximum(self.long_alpha, 1.0 / (n + 1))
+            d = raw - lm
+            self._lk[s, 0] = n + 1
+            self._lk[s, 1] = sm_new
+            self._lk[s, 2] = lm + a_l * d
+            self._lk[s, 3] = (1 - a_l) * (lv + a_l * d * d)
+        return out
 
     def process(
         self, X: dict[str, np.ndarray], learn: bool = True, on_round=None
@@ -212,7 +246,13 @@ class Ensemble:
                 "cooldown": self.cooldown,
                 "cooldown_level": self.cooldown_level,
                 "cooldown_factor": self.cooldown_factor,
+                "likelihood": self.likelihood,
+                "short_alpha": self.short_alpha,
+                "long_alpha": self.long_alpha,
+                "likelihood_decades": self.likelihood_decades,
+                "min_windows": self.min_windows,
             },
+            "likelihood_state": self._lk.copy(),
             "components": {
                 k: {"class": type(d).__name__, "state": d.to_state()}
                 for k, d in self.components.items()
@@ -232,6 +272,7 @@ class Ensemble:
             comps[k] = reg[c["class"]].from_state(c["state"])
         ens = cls(comps, **state["config"])
         ens._left = np.array(state["cooldown_left"], np.float64)
+        ens._lk = np.array(state["likelihood_state"], np.float64).reshape(-1, 4)
         return ens
 
     def clone(self) -> Ensemble:

@@ -28,6 +28,11 @@ DEFAULTS: dict[str, Any] = {
     "cooldown_factor": 0.5,
     "weights": None,
     "online": False,
+    "likelihood": False,
+    "short_alpha": 0.2,
+    "long_alpha": 0.001,
+    "likelihood_decades": 4.0,
+    "components": ("ewma_value", "ewma_diff", "seasonal", "mad"),
 }
 
 
@@ -46,6 +51,10 @@ def default_ensemble(**overrides: Any) -> Ensemble:
         "seasonal": SeasonalProfile("mean", alpha=c["seasonal_alpha"], decades=d),
         "mad": RobustMAD("mean", size=c["mad_size"], decades=d),
     }
+    unknown_c = set(c["components"]) - set(comps)
+    if unknown_c:
+        raise ValueError(f"unknown components: {sorted(unknown_c)}")
+    comps = {k: v for k, v in comps.items() if k in c["components"]}
     if c["online"]:
         from models.online import FamilyHalfSpaceTrees
 
@@ -57,4 +66,8 @@ def default_ensemble(**overrides: Any) -> Ensemble:
         cooldown=c["cooldown"],
         cooldown_level=c["cooldown_level"],
         cooldown_factor=c["cooldown_factor"],
+        likelihood=c["likelihood"],
+        short_alpha=c["short_alpha"],
+        long_alpha=c["long_alpha"],
+        likelihood_decades=c["likelihood_decades"],
     )

@@ -35,7 +35,7 @@ from features.windows import ClosedWindows, WindowAggregator
 from models.presets import default_ensemble
 from training.evaluate import LabelledSeries, evaluate, load_windows
 
-__all__ = ["BacktestConfig", "backtest_command", "discover_csvs", "run_backtest"]
+__all__ = ["BacktestConfig", "backtest_command", "discover_csvs", "print_report", "run_backtest"]
 
 log = logging.getLogger(__name__)
 

@@ -77,7 +77,8 @@ def create_topics(
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         md = a.list_topics(timeout=5).topics
-        if all(t in md and not md[t].error for t in wanted):
+        if all(t in md and not md[t].error and md[t].partitions
+               and all(pm.leader >= 0 for pm in md[t].partitions.values()) for t in wanted):
             break
         time.sleep(0.2)
     return created

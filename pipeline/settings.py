@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     rules_path: Path = REPO_ROOT / "pipeline" / "rules.default.toml"
 
     # --- Validation limits ------------------------------------------------------------------
-    max_message_bytes: int = 64 * 1024
+    max_message_bytes: int = 1_000_000
     max_tag_value_bytes: int = 1024
     max_tags: int = 64
     max_future_skew_s: float = 300.0

@@ -293,7 +293,7 @@ pg_clear_stale() {
   [ -f "$pidfile" ] || return 0
   pg_running && return 0
   pid="$(pg_pid)"
-  log "removing stale $pidfile (pid ${pid:-?} is not running)"
+  log "removing stale $pidfile (pid ${pid:-?} is not a running postmaster)"
   rm -f "$pidfile" "$PG_SOCK/.s.PGSQL.$PG_PORT" "$PG_SOCK/.s.PGSQL.$PG_PORT.lock"
 }
 
@@ -610,18 +610,31 @@ kafka_start() { # start the JVM in the background (does not wait)
   KAFKA_START_TS="$(date +%s)"
 }
 
+kafka_tail_new_log() { # the server.log lines written since this start (or the last 40)
+  local f="$K_LOGS/server.log" off="${KAFKA_LOG_OFFSET:-}"
+  if [ -n "$off" ] && [ -f "$f" ] && [ "$(stat -c %s "$f")" -gt "$off" ]; then
+    printf -- '----- %s (this start, last 40 lines) -----\n' "$f" >&2
+    tail -c "+$((off + 1))" "$f" | tail -n 40 >&2 || true
+    printf -- '-----\n' >&2
+  elif [ -z "$off" ]; then
+    tail_log "$f" 40
+  else
+    log "(nothing new in $f)"
+  fi
+}
+
 kafka_wait() {
   local pid deadline
   deadline=$(( $(date +%s) + KAFKA_START_TIMEOUT ))
   while :; do
     if ! pid="$(kafka_pid)"; then
-      tail_log "$K_OUT" 30
-      tail_log "$K_LOGS/server.log" 40
+      tail_log "$K_OUT" 20
+      kafka_tail_new_log
       die "kafka exited during start-up"
     fi
     if port_open "$KAFKA_PORT" && kafka_probe; then break; fi
     if [ "$(date +%s)" -ge "$deadline" ]; then
-      tail_log "$K_LOGS/server.log" 40
+      kafka_tail_new_log
       die "kafka (pid $pid) not ready on 127.0.0.1:$KAFKA_PORT after ${KAFKA_START_TIMEOUT}s"
     fi
     sleep 0.3

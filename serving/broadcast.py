@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from pipeline import kafka as kq
 from pipeline.settings import Settings
@@ -71,26 +72,22 @@ class KafkaAlertSource(threading.Thread):
         super().__init__(name="alert-source", daemon=True)
         self.s = s
         self.b = broadcaster
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.error: Exception | None = None
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
         try:
             c: Consumer = kq.consumer(self.s, kq.unique_group("eventops-api"), **{
                 "enable.partition.eof": False,
             })
-            md = c.list_topics(self.s.topic_alert, timeout=10).topics[self.s.topic_alert]
-            parts = []
-            for p in md.partitions:
-                _, high = c.get_watermark_offsets(TopicPartition(self.s.topic_alert, p), timeout=10)
-                parts.append(TopicPartition(self.s.topic_alert, p, high))
+            parts = self._end_offsets(c)
             c.assign(parts)
             self.b.ready.set()
             log.info("alert broadcaster reading %s[%d partitions]", self.s.topic_alert, len(parts))
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 for m in c.consume(500, 0.25):
                     if m.error():
                         continue
@@ -105,3 +102,21 @@ class KafkaAlertSource(threading.Thread):
             self.error = e
             self.b.ready.clear()
             log.exception("alert broadcaster stopped")
+
+    def _end_offsets(self, c: Consumer, timeout: float = 30.0) -> list[TopicPartition]:
+        """Current end of every partition (retried while a new topic's leaders settle)."""
+        topic = self.s.topic_alert
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                md = c.list_topics(topic, timeout=10).topics[topic]
+                if md.error:
+                    raise KafkaException(md.error)
+                return [
+                    TopicPartition(topic, p, c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+                    for p in md.partitions
+                ]
+            except KafkaException:
+                if time.monotonic() > deadline or self._halt.is_set():
+                    raise
+                time.sleep(0.5)

@@ -85,7 +85,7 @@ UNITS: dict[str, tuple[str, float]] = {
 
 @dataclass(slots=True)
 class NormalizeConfig:
-    max_message_bytes: int = 64 * 1024
+    max_message_bytes: int = 1_000_000
     max_tag_value_bytes: int = 1024
     max_tags: int = 64
     max_future_skew_s: float = 300.0

@@ -1,0 +1,73 @@
+# EventOps — `make demo` runs it, `make test` tests it. Both provision everything they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+APT_PKGS := postgresql kcat docker-compose
+
+.PHONY: help setup apt venv services-up services-down services-status migrate topics demo test test-unit test-integration bench lint clean
+
+help:
+	@echo "make demo   - local PostgreSQL + embedded pipeline + simulator + API/UI"
+	@echo "make test   - unit, model and integration tests against real Kafka + PostgreSQL"
+	@echo "make bench  - benchmarks (results in benchmarks/results/)"
+	@echo "make setup | services-up | services-down | lint"
+
+setup: apt venv
+
+# Debian packages the project needs; `apt-get update` only when one is missing.
+apt:
+	@missing=""; \
+	command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v kcat >/dev/null || missing="$$missing kcat"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+services-up: setup
+	PYTHON=$(BIN)/python scripts/services.sh up
+	$(BIN)/eventops db migrate
+	$(BIN)/eventops topics create
+
+services-down:
+	scripts/services.sh down
+
+services-status:
+	scripts/services.sh status
+
+migrate: venv
+	$(BIN)/eventops db migrate
+
+demo: setup
+	PYTHON=$(BIN)/python scripts/services.sh pg-up
+	$(BIN)/eventops db migrate
+	$(BIN)/eventops demo
+
+test: services-up
+	$(BIN)/python -m pytest tests -q
+
+test-unit: venv
+	$(BIN)/python -m pytest tests/unit tests/model -q
+
+bench: services-up
+	$(BIN)/python -m benchmarks.bench_e2e
+	$(BIN)/python -m benchmarks.bench_detect
+
+lint: venv
+	$(BIN)/ruff check pipeline features models training serving tests benchmarks
+
+clean: services-down
+	rm -rf $(VENV) .services
