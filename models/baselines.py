@@ -15,7 +15,7 @@ own statistics and its *family prior* (the statistics of all series sharing its 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from scipy.special import log_ndtr

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 
 class ConfigError(ValueError):
@@ -112,11 +113,12 @@ class RuleSet:
         none = len(self.rules)
         if not self.rules or not len(metric):
             return np.full(len(metric), none, dtype=np.int64)
-        pairs = np.char.add(np.char.add(tenant.astype(str), "|"), metric.astype(str))
-        uniq, inv = np.unique(pairs, return_inverse=True)
+        ct, ut = pd.factorize(tenant)
+        cm, um = pd.factorize(metric)
+        uniq, inv = np.unique(ct.astype(np.int64) * len(um) + cm, return_inverse=True)
         idx = np.empty(len(uniq), dtype=np.int64)
-        for j, p in enumerate(uniq):
-            t, m = p.split("|", 1)
+        for j, k in enumerate(uniq.tolist()):
+            t, m = ut[k // len(um)], um[k % len(um)]
             idx[j] = self._index.get((t, m), self._index.get((None, m), none))
         return idx[inv]
 

@@ -161,7 +161,7 @@ def run_backtest(
 
     windows = load_windows(windows_path) if windows_path else None
     labelled: list[LabelledSeries] = []
-    for i, ((f, rel), df) in enumerate(zip(files, frames)):
+    for i, ((_f, rel), df) in enumerate(zip(files, frames, strict=False)):
         m = cw.series == i
         order = np.argsort(cw.end[m], kind="stable")
         scores = _row_scores(ts_s[i], cw.end[m][order], res.score[m][order])
@@ -186,7 +186,7 @@ def run_backtest(
         "runtime_s": round(time.perf_counter() - t0, 3),
         "detect_runtime_s": round(t_detect, 3),
         "config": asdict(cfg),
-        "window_s": {rel: wl for (_, rel), wl in zip(files, win_len)},
+        "window_s": {rel: wl for (_, rel), wl in zip(files, win_len, strict=False)},
     }
     if labelled:
         report["evaluation"] = evaluate(labelled)

@@ -9,6 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
+
+
+def factorize(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(uniques, codes) of an object column by hashing: per-unique work instead of a sort.
+
+    >>> u, c = factorize(np.array(["b", "a", "b"], dtype=object))
+    >>> u[c].tolist()
+    ['b', 'a', 'b']
+    """
+    codes, uniques = pd.factorize(col, sort=False)
+    return np.asarray(uniques, dtype=object), codes
 
 
 @dataclass(slots=True)
@@ -64,9 +76,27 @@ class MetricBatch:
             return batches[0]
         return cls(*(np.concatenate([getattr(b, c) for b in batches]) for c in cls.COLUMNS))
 
-    def keys(self) -> np.ndarray:
-        """Partition keys ``tenant_id|host`` (object array)."""
-        return np.char.add(np.char.add(self.tenant_id.astype(str), "|"), self.host.astype(str)).astype(object)
+    def keys(self) -> list[str]:
+        """Partition keys ``tenant_id|host``, one per event."""
+        return [f"{t}|{h}" for t, h in zip(self.tenant_id, self.host, strict=True)]
+
+    def sources(self) -> tuple[list[tuple[str, str]], np.ndarray]:
+        """Unique ``(tenant_id, host)`` pairs and each event's index into them."""
+        return pairs(self.tenant_id, self.host)
+
+
+def pairs(a: np.ndarray, b: np.ndarray) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Unique (a, b) pairs of two object columns and the code of each row, via hashing.
+
+    >>> u, c = pairs(np.array(["t", "t", "u"], dtype=object), np.array(["x", "x", "x"], dtype=object))
+    >>> [u[i] for i in c]
+    [('t', 'x'), ('t', 'x'), ('u', 'x')]
+    """
+    ua, ca = factorize(a)
+    ub, cb = factorize(b)
+    combined = ca.astype(np.int64) * len(ub) + cb
+    uniq, codes = np.unique(combined, return_inverse=True)
+    return [(ua[k // len(ub)], ub[k % len(ub)]) for k in uniq.tolist()], codes
 
 
 @dataclass(slots=True)

@@ -228,6 +228,17 @@ def simulate(
     typer.echo(f"sent {sent} events, {len(sim.anomalies)} anomalies injected")
 
 
+@app.command()
+def demo(
+    hosts: Annotated[int, typer.Option()] = 12,
+    backfill_hours: Annotated[float, typer.Option()] = 6.0,
+) -> None:
+    """Embedded pipeline + simulator with anomalies + API on one process (no Kafka needed)."""
+    from serving.demo import run_demo
+
+    run_demo(_settings(), hosts=hosts, backfill_s=backfill_hours * 3600)
+
+
 def main() -> None:
     app()
 

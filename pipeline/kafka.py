@@ -192,7 +192,7 @@ def encode_metrics(b: MetricBatch) -> tuple[list[bytes], list[str]]:
                                           b.value.tolist(), b.ts.tolist(), b.unit, b.tags,
                                           strict=True)
     ]
-    return vals, list(b.keys())
+    return vals, b.keys()
 
 
 def decode_metrics(msgs: Sequence[Message], stage: str) -> tuple[MetricBatch, list[DeadLetter]]:

@@ -16,6 +16,7 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -127,8 +128,10 @@ class KafkaWorker:
             "normalize": s.topic_metric, "enrich": s.topic_enriched, "detect": s.topic_enriched,
         }[last]
         self.stats = Stats()
-        self.conn = db.connect(s)
-        self.sink = db.Sink(self.conn) if "sink" in self.chain else None
+        self.conn = db.connect(s)  # reference data (tenants, inventory, open alerts)
+        self.sink = db.Sink(db.connect(s)) if "sink" in self.chain else None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sink")
+        self._pending: tuple | None = None
         self.stages = _Stages(s, self.chain, self.conn)
         self.errors = kq.DeliveryErrors()
         self.producer = kq.producer(s, on_delivery=self.errors)
@@ -174,6 +177,7 @@ class KafkaWorker:
                             raise KafkaException(err)
                         log.warning("consumer error: %s", err)
                 if not good:
+                    self.finish()
                     self.stages.refresh()
                     if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
@@ -186,13 +190,23 @@ class KafkaWorker:
 
     def close(self) -> None:
         try:
+            if self._pending is not None and not self._pending[1].exception():
+                self.finish()
             self.producer.flush(10)
             self.consumer.close()
         finally:
+            self._writer.shutdown()
             self.conn.close()
+            if self.sink is not None:
+                self.sink.conn.close()
 
     # -- one micro-batch ---------------------------------------------------------------------
     def process(self, msgs: list[Message]) -> None:
+        """Run the stages on one micro-batch; its database write overlaps the next batch.
+
+        The previous batch is finished (written, alerts published, offsets committed) before
+        this one is handed to the writer thread, so commits stay in consumption order.
+        """
         s, chain = self.s, self.chain
         self.stages.refresh()
         dead: list[DeadLetter] = []
@@ -215,21 +229,36 @@ class KafkaWorker:
         if alerts and self.sink is None:
             kq.produce_all(self.producer, s.topic_alert, [kq.encode_alert(a) for a in alerts],
                            [f"{a['tenant_id']}|{a['host']}" for a in alerts])
-        kq.flush(self.producer)
-        self.errors.check()
-        if self.sink is not None:
-            stored_n, stored_alerts = self.sink.write(batch, alerts + alerts_in)
-            self.stats.stored += stored_n
-            if alerts_in:  # they came from the alert topic: already published
-                self.sink.mark_published([a["seq"] for a in stored_alerts])
-            elif stored_alerts:
-                self._publish(stored_alerts)
-        self.consumer.commit(offsets=kq.next_offsets(msgs), asynchronous=False)
+        self.finish()
         st = self.stats
         st.batches += 1
         st.consumed += len(msgs)
         st.dead += len(dead)
         st.alerts += len(alerts)
+        offsets = kq.next_offsets(msgs)
+        if self.sink is None:
+            kq.flush(self.producer)
+            self.errors.check()
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        else:
+            fut = self._writer.submit(self.sink.write, batch, alerts + alerts_in)
+            self._pending = (offsets, fut, bool(alerts_in))
+
+    def finish(self) -> None:
+        """Complete the batch in flight: outputs delivered, rows committed, then offsets."""
+        if self._pending is None:
+            return
+        offsets, fut, from_topic = self._pending
+        self._pending = None
+        kq.flush(self.producer)
+        self.errors.check()
+        stored_n, stored_alerts = fut.result()  # a database failure stops the worker here
+        self.stats.stored += stored_n
+        if from_topic:  # they came from the alert topic: already published
+            self.sink.mark_published([a["seq"] for a in stored_alerts])
+        elif stored_alerts:
+            self._publish(stored_alerts)
+        self.consumer.commit(offsets=offsets, asynchronous=False)
 
     def _decode(self, msgs: list[Message], alerts_in: list[dict]) -> tuple[MetricBatch, list[DeadLetter]]:
         first = self.chain[0]

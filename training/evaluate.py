@@ -187,7 +187,7 @@ def _sweep_deltas(s: LabelledSeries, prep: _Prepared, prof: CostProfile):
         vals.append(sc[out_rows])
         dels.append(np.where(np.isinf(y), -prof.a_fp, prof.a_fp * scaled_sigmoid(np.where(np.isinf(y), 0, y))))
     n_win = 0
-    for (lo, hi), ok in zip(prep.win_rows, prep.scored):
+    for (lo, hi), ok in zip(prep.win_rows, prep.scored, strict=False):
         if not ok:
             continue
         n_win += 1
@@ -288,7 +288,7 @@ def event_metrics(series: list[LabelledSeries], threshold: float) -> dict[str, A
         prep = _prepare(s)
         det = s.scores >= threshold
         det[: prep.probation_rows] = False
-        for k, ((lo, hi), ok) in enumerate(zip(prep.win_rows, prep.scored)):
+        for k, ((lo, hi), ok) in enumerate(zip(prep.win_rows, prep.scored, strict=False)):
             if not ok:
                 continue
             hits = np.flatnonzero(det[lo : hi + 1])

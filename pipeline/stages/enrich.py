@@ -30,9 +30,8 @@ class Enricher:
     def __call__(self, batch: MetricBatch) -> MetricBatch:
         if not len(batch) or not self.inventory:
             return batch
-        keys = batch.keys()
-        uniq, inv = np.unique(keys, return_inverse=True)
-        found = [self.inventory.get(tuple(k.split("|", 1))) for k in uniq]
+        uniq, inv = batch.sources()
+        found = [self.inventory.get(k) for k in uniq]
         has = np.fromiter((f is not None for f in found), bool, len(found))
         if not has.any():
             return batch

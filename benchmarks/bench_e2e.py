@@ -1,0 +1,132 @@
+"""End-to-end throughput: raw topic -> chained Kafka worker -> PostgreSQL.
+
+Pre-loads N events into ``ingest.raw.agent`` (a scratch copy), starts
+``eventops worker normalize,enrich,detect,sink`` as a subprocess and measures the sustained rate
+at which rows land in ``metrics`` (from the first stored row to the last). The baseline, in the
+same run, is the MVP's sink: per event ``json.loads`` + a new PostgreSQL connection + INSERT +
+commit. Result: benchmarks/results/e2e.json.
+
+    python -m benchmarks.bench_e2e [--events 300000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import orjson
+import psycopg
+
+from benchmarks.common import median, scratch, write_results
+from pipeline import db
+from pipeline import kafka as kq
+from pipeline.settings import REPO_ROOT, Settings
+from pipeline.simulate import Simulator
+
+
+def make_events(n: int, tenant: str) -> tuple[list[bytes], list[str]]:
+    hosts = 500
+    sim = Simulator(hosts=hosts, tenant=tenant, seed=1, interval=10, start=time.time() - n / (hosts * 4) * 10 - 60)
+    evs: list[bytes] = []
+    for tick in sim.events():
+        for e in tick:
+            d = orjson.loads(e)
+            del d["event_id"]  # ids derived from topic/partition/offset, as for a plain agent
+            evs.append(orjson.dumps(d))
+        if len(evs) >= n:
+            break
+    evs = evs[:n]
+    keys = [f"{tenant}|{sim.names[(i // 4) % hosts]}" for i in range(n)]
+    return evs, keys
+
+
+def env_for(s: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for k, v in s.model_dump().items():
+        env[f"EVENTOPS_{k.upper()}"] = v.get_secret_value() if hasattr(v, "get_secret_value") else str(v)
+    return env
+
+
+def run_pipeline(base: Settings, n: int) -> float:
+    with scratch(base) as s:
+        with db.connect(s) as conn:
+            db.create_tenant(conn, "bench")
+        evs, keys = make_events(n, "bench")
+        p = kq.producer(s)
+        kq.produce_all(p, s.topic_raw, evs, keys)
+        kq.flush(p)
+        conn = db.connect(s, autocommit=True)
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "--log-level", "WARNING", "worker",
+                                 "normalize,enrich,detect,sink"], env=env_for(s), cwd=REPO_ROOT)
+        try:
+            t_first = c_first = None
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                c = conn.execute("SELECT count(*) FROM metrics").fetchone()[0]
+                now = time.monotonic()
+                if c and t_first is None:
+                    t_first, c_first = now, c
+                if c >= n:
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError("worker exited early")
+                time.sleep(0.05)
+            else:
+                raise RuntimeError("timed out")
+            rate = (n - c_first) / (now - t_first)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            conn.close()
+        return rate
+
+
+def run_mvp_baseline(base: Settings, n: int) -> float:
+    """The MVP's sink: one new connection, one INSERT and one commit per event."""
+    with scratch(base, partitions=1) as s:
+        evs, _ = make_events(n, "bench")
+        dsn = s.pg_dsn()
+        t0 = time.perf_counter()
+        for i, raw in enumerate(evs):
+            d = json.loads(raw)
+            with psycopg.connect(dsn) as c:
+                c.execute(
+                    "INSERT INTO metrics (event_id, tenant_id, host, metric, value, ts_event, unit, tags) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (f"mvp-{i}", d["tenant_id"], d["host"], d["metric"], d["value"], d["ts_event"],
+                     d["unit"], json.dumps(d["tags"])),
+                )
+                c.commit()
+        return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--baseline-events", type=int, default=1000)
+    a = ap.parse_args()
+    s = Settings()
+    kq.wait_for_broker(s)
+    rates = []
+    for i in range(a.runs):
+        r = run_pipeline(s, a.events)
+        rates.append(r)
+        print(f"run {i + 1}: {r:,.0f} events/s raw topic -> PostgreSQL")
+    base = run_mvp_baseline(s, a.baseline_events)
+    print(f"MVP-style baseline: {base:,.0f} events/s")
+    med = median(rates)
+    write_results("e2e", [{
+        "name": "e2e raw->postgres, chained kafka worker (median)",
+        "value": round(med, 1), "unit": "events/s",
+        "baseline": round(base, 1), "ratio": round(med / base, 1),
+        "runs": [round(r, 1) for r in rates], "events": a.events,
+    }])
+
+
+if __name__ == "__main__":
+    main()
