@@ -239,6 +239,29 @@ def demo(
     run_demo(_settings(), hosts=hosts, backfill_s=backfill_hours * 3600)
 
 
+def _register_plugins() -> None:
+    """Commands that live beside their packages (each module's ``register(app)``).
+
+    Those modules import heavy libraries (MLflow, uvicorn) inside their commands only.
+    """
+    import importlib
+
+    from pipeline.backtest import backtest_command
+
+    app.command("backtest")(backtest_command)
+    for name in ("serving.cli", "training.cli"):
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        mod.register(app)
+
+
+_register_plugins()
+
+
 def main() -> None:
     app()
 
