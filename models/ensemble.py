@@ -9,7 +9,8 @@ Combination: ``score = 1 - prod_i (1 - w_i s_i)`` ("noisy-or" of weighted compon
 ``combine="noisy_or"``), or the weighted ``max`` / ``mean``.  After a window scores
 ``>= cooldown_level``, the next ``cooldown`` windows of the series are multiplied by
 ``cooldown_factor`` (an alert that is already open should not fire again; NAB-style scoring also
-rewards only the first detection).  Severity: ``ok`` / ``warning`` (``>= warning``) /
+rewards only the first detection).  With ``calibrate=True`` each component's raw score is
+first replaced by its per-series tail rarity (:mod:`models.likelihood`).  Severity: ``ok`` / ``warning`` (``>= warning``) /
 ``critical`` (``>= critical``).
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from models.base import Detector, VectorDetector, _grow, rounds, take
+from models.likelihood import ScoreLikelihood
 
 __all__ = ["SEVERITIES", "Ensemble", "EnsembleResult"]
 
@@ -84,6 +86,16 @@ class Ensemble:
         Windows after a firing window during which scores are damped (0 = off).
     cooldown_level, cooldown_factor : float
         Score that starts a cooldown; multiplier applied during it.
+    likelihood, short_alpha, long_alpha, likelihood_decades : bool, float
+        Optional HTM-style post-processing of the *combined* score (off by default).
+    min_windows : int
+        Windows a series learns before the likelihood/calibration scores it.
+    calibrate : bool
+        Calibrate every component's raw score per series against that series' own score
+        history (:class:`models.likelihood.ScoreLikelihood`) before combining, so that one
+        threshold means the same rarity on every series.
+    calib_alpha, calib_floor, calib_decades : float
+        Parameters of that calibration (memory, standard-deviation floor, score-0.5 rarity).
 
     Examples
     --------
@@ -112,6 +124,10 @@ class Ensemble:
         long_alpha: float = 0.001,
         likelihood_decades: float = 4.0,
         min_windows: int = 100,
+        calibrate: bool = False,
+        calib_alpha: float = 0.001,
+        calib_floor: float = 0.05,
+        calib_decades: float = 4.0,
     ) -> None:
         if not components:
             raise ValueError("an ensemble needs at least one component")
@@ -141,6 +157,14 @@ class Ensemble:
         self.likelihood_decades, self.min_windows = float(likelihood_decades), int(min_windows)
         # per-series statistics of the raw combined score (anomaly likelihood)
         self._lk = np.zeros((0, 4))  # n, short mean, long mean, long var
+        # per-component calibration of raw scores against each series' own score history
+        self.calibrate = bool(calibrate)
+        self.calib_alpha, self.calib_floor = float(calib_alpha), float(calib_floor)
+        self.calib_decades = float(calib_decades)
+        self._cal = {
+            k: ScoreLikelihood(calib_alpha, calib_floor, calib_decades, self.min_windows)
+            for k in self.components
+        }
 
     # ------------------------------------------------------------------ scoring
     def _combine(self, comp: dict[str, np.ndarray]) -> np.ndarray:
@@ -157,6 +181,12 @@ class Ensemble:
     def _round(self, X: dict[str, np.ndarray], learn: bool):
         s = np.asarray(X["series"], np.int64)
         comp = {k: d.score_many(X) for k, d in self.components.items()}
+        if self.calibrate:
+            raw_comp = comp
+            comp = {k: self._cal[k].score(s, v) for k, v in raw_comp.items()}
+            if learn:
+                for k, v in raw_comp.items():
+                    self._cal[k].learn(s, v)
         raw = np.clip(self._combine(comp), 0.0, 1.0)
         if self.likelihood:
             raw = self._likelihood(s, raw, learn)
@@ -251,8 +281,13 @@ class Ensemble:
                 "long_alpha": self.long_alpha,
                 "likelihood_decades": self.likelihood_decades,
                 "min_windows": self.min_windows,
+                "calibrate": self.calibrate,
+                "calib_alpha": self.calib_alpha,
+                "calib_floor": self.calib_floor,
+                "calib_decades": self.calib_decades,
             },
             "likelihood_state": self._lk.copy(),
+            "calibration_state": {k: c.to_state() for k, c in self._cal.items()},
             "components": {
                 k: {"class": type(d).__name__, "state": d.to_state()}
                 for k, d in self.components.items()
@@ -273,6 +308,8 @@ class Ensemble:
         ens = cls(comps, **state["config"])
         ens._left = np.array(state["cooldown_left"], np.float64)
         ens._lk = np.array(state["likelihood_state"], np.float64).reshape(-1, 4)
+        for k, c in state.get("calibration_state", {}).items():
+            ens._cal[k] = ScoreLikelihood.from_state(c)
         return ens
 
     def clone(self) -> Ensemble:

@@ -2,7 +2,7 @@
 
 >>> ens = default_ensemble()
 >>> sorted(ens.components)
-['seasonal']
+['ewma_slow', 'seasonal']
 >>> sorted(default_ensemble(components=("ewma_value", "mad", "seasonal")).components)
 ['ewma_value', 'mad', 'seasonal']
 """
@@ -19,6 +19,7 @@ __all__ = ["DEFAULTS", "default_ensemble"]
 #: Default parameters; ``default_ensemble(**overrides)`` replaces entries by name.
 DEFAULTS: dict[str, Any] = {
     "value_alpha": 0.01,
+    "slow_alpha": 0.001,
     "diff_alpha": 0.01,
     "seasonal_alpha": 0.05,
     "mad_size": 64,
@@ -26,17 +27,26 @@ DEFAULTS: dict[str, Any] = {
     "warmup": 30,
     "combine": "max",
     "cooldown": 100,
-    "cooldown_level": 0.7,
-    "cooldown_factor": 0.3,
+    "cooldown_level": 0.5,
+    "cooldown_factor": 0.0,
     "weights": None,
     "online": False,
     "likelihood": False,
     "short_alpha": 0.2,
     "long_alpha": 0.001,
     "likelihood_decades": 4.0,
-    # Components switched on.  Tuned globally on nab-dev (see pipeline/backtest.py): the
-    # hour-of-day profile alone scored best there; the others stay available by name.
-    "components": ("seasonal",),
+    "calibrate": True,
+    "calib_alpha": 0.001,
+    "calib_floor": 0.05,
+    "min_windows": 100,
+    # Components switched on: the hour-of-day profile (seasonal residual) and a slow EWMA
+    # z-score of the value (level shifts / drifts against ~1000 windows of memory).  Each is
+    # calibrated per series against its own score history (``calibrate``, models/likelihood.py)
+    # before the max-combination, and a firing window mutes the series for ``cooldown`` windows.
+    # Chosen globally on nab-dev (ablation and held-out check in the backtest report of
+    # Nov 2026): adding ewma_value / ewma_diff / mad lowered the score; the others stay
+    # available by name.
+    "components": ("seasonal", "ewma_slow"),
 }
 
 
@@ -54,6 +64,7 @@ def default_ensemble(**overrides: Any) -> Ensemble:
         ),
         "seasonal": SeasonalProfile("mean", alpha=c["seasonal_alpha"], decades=d),
         "mad": RobustMAD("mean", size=c["mad_size"], decades=d),
+        "ewma_slow": EWMAZScore("mean", alpha=c["slow_alpha"], warmup=c["warmup"], decades=d),
     }
     unknown_c = set(c["components"]) - set(comps)
     if unknown_c:
@@ -74,4 +85,9 @@ def default_ensemble(**overrides: Any) -> Ensemble:
         short_alpha=c["short_alpha"],
         long_alpha=c["long_alpha"],
         likelihood_decades=c["likelihood_decades"],
+        min_windows=c["min_windows"],
+        calibrate=c["calibrate"],
+        calib_alpha=c["calib_alpha"],
+        calib_floor=c["calib_floor"],
+        calib_decades=d,
     )

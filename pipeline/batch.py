@@ -52,6 +52,8 @@ class MetricBatch:
     ts: np.ndarray
     unit: np.ndarray
     tags: np.ndarray
+    #: input partition of each event (int64), when the runner knows it; detect keeps state per partition
+    partition: np.ndarray | None = None
 
     COLUMNS = ("event_id", "tenant_id", "host", "metric", "value", "ts", "unit", "tags")
 
@@ -65,7 +67,8 @@ class MetricBatch:
 
     def take(self, idx: np.ndarray) -> MetricBatch:
         """Rows selected by an index array or boolean mask."""
-        return MetricBatch(*(getattr(self, c)[idx] for c in self.COLUMNS))
+        part = None if self.partition is None else self.partition[idx]
+        return MetricBatch(*(getattr(self, c)[idx] for c in self.COLUMNS), partition=part)
 
     @classmethod
     def concat(cls, batches: list[MetricBatch]) -> MetricBatch:
@@ -74,7 +77,10 @@ class MetricBatch:
             return cls.empty()
         if len(batches) == 1:
             return batches[0]
-        return cls(*(np.concatenate([getattr(b, c) for b in batches]) for c in cls.COLUMNS))
+        part = None
+        if all(b.partition is not None for b in batches):
+            part = np.concatenate([b.partition for b in batches])
+        return cls(*(np.concatenate([getattr(b, c) for b in batches]) for c in cls.COLUMNS), partition=part)
 
     def keys(self) -> list[str]:
         """Partition keys ``tenant_id|host``, one per event."""

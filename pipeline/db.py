@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -111,13 +112,13 @@ def create_tenant(conn: psycopg.Connection, tenant: str, name: str = "") -> bool
 def load_open_alerts(conn: psycopg.Connection) -> list[dict]:
     rows = conn.execute(
         "SELECT alert_id, tenant_id, host, metric, severity, "
-        " extract(epoch FROM opened_at)::float8, extract(epoch FROM updated_at)::float8 "
+        " extract(epoch FROM opened_at)::float8, extract(epoch FROM updated_at)::float8, rule "
         "FROM alerts WHERE state = 'open'"
     ).fetchall()
     conn.commit()
     return [
-        dict(alert_id=a, tenant_id=t, host=h, metric=m, severity=s, opened_at=o, last_ts=u)
-        for a, t, h, m, s, o, u in rows
+        dict(alert_id=a, tenant_id=t, host=h, metric=m, severity=s, opened_at=o, last_ts=u, rule=r)
+        for a, t, h, m, s, o, u, r in rows
     ]
 
 
@@ -129,7 +130,47 @@ CREATE TEMP TABLE IF NOT EXISTS metrics_stage (
     value float8, ts float8, unit text, tags text
 ) ON COMMIT DELETE ROWS
 """
+_STAGE_WINDOWS = """
+CREATE TEMP TABLE IF NOT EXISTS windows_stage (
+    tenant_id text, host text, metric text, ws float8, we float8, count int4,
+    mean float8, std float8, min float8, max float8, last float8, slope float8, change float8,
+    gap float8, score float8, severity text, components text, actual float8, expected float8,
+    explanation text, model_version text
+) ON COMMIT DELETE ROWS
+"""
 _COPY_TYPES = ["text", "text", "text", "text", "float8", "float8", "text", "text"]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Detect state of one input partition and the offset it is valid up to (exclusive)."""
+
+    group: str
+    topic: str
+    partition: int
+    next_offset: int
+    state: bytes
+
+
+def save_checkpoints(conn: psycopg.Connection, cps: Iterable[Checkpoint]) -> None:
+    for c in cps:
+        conn.execute(
+            "INSERT INTO checkpoints (consumer_group, topic, partition, next_offset, state, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (consumer_group, topic, partition)"
+            " DO UPDATE SET next_offset = EXCLUDED.next_offset, state = EXCLUDED.state,"
+            " updated_at = now()",
+            (c.group, c.topic, c.partition, c.next_offset, c.state),
+        )
+
+
+def load_checkpoints(conn: psycopg.Connection, group: str, topic: str) -> dict[int, tuple[int, bytes]]:
+    """partition -> (next offset, state) of a consumer group's checkpoints on a topic."""
+    rows = conn.execute(
+        "SELECT partition, next_offset, state FROM checkpoints WHERE consumer_group = %s AND topic = %s",
+        (group, topic),
+    ).fetchall()
+    conn.commit()
+    return {p: (o, bytes(st) if st is not None else None) for p, o, st in rows}
 
 
 class Sink:
@@ -138,18 +179,64 @@ class Sink:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         conn.execute(_STAGE_METRICS)
+        conn.execute(_STAGE_WINDOWS)
         conn.commit()
 
-    def write(self, batch: MetricBatch, alert_events: Iterable[dict] = ()) -> tuple[int, list[dict]]:
+    def write(
+        self, batch: MetricBatch, alert_events: Iterable[dict] = (), windows=None,
+        checkpoints: Iterable[Checkpoint] = (),
+    ) -> tuple[int, list[dict]]:
         """Store a batch; returns (new metric rows, alert events newly stored with their ``seq``).
 
-        Runs in one transaction: either everything of the batch is stored or nothing.
+        Runs in one transaction: metrics, window features and scores, alert transitions and
+        the detect state checkpoints (with their offsets) are stored together or not at all.
         """
         alert_events = list(alert_events)
         with self.conn.transaction():
             inserted = self._write_metrics(batch) if len(batch) else 0
+            if windows is not None and len(windows):
+                self._write_windows(windows)
             stored = self._write_alerts(alert_events) if alert_events else []
+            save_checkpoints(self.conn, checkpoints)
         return inserted, stored
+
+    def _write_windows(self, w) -> None:
+        """``features`` and ``scores`` rows of closed windows (idempotent on the window key)."""
+        cur = self.conn.cursor()
+        f = {k: w.features[k].tolist() for k in ("count", "mean", "std", "min", "max", "last",
+                                                 "slope", "change", "gap")}
+        start, end = w.start.tolist(), w.end.tolist()
+        expected = [None if x != x else x for x in w.expected.tolist()]
+        dumps = orjson.dumps
+        with cur.copy(
+            "COPY windows_stage (tenant_id, host, metric, ws, we, count, mean, std, min, max, last,"
+            " slope, change, gap, score, severity, components, actual, expected, explanation,"
+            " model_version) FROM STDIN (FORMAT BINARY)"
+        ) as cp:
+            cp.set_types(["text", "text", "text", "float8", "float8", "int4"] + ["float8"] * 8
+                         + ["float8", "text", "text", "float8", "float8", "text", "text"])
+            for i in range(len(w)):
+                cp.write_row((
+                    w.tenant_id[i], w.host[i], w.metric[i], start[i], end[i], int(f["count"][i]),
+                    f["mean"][i], f["std"][i], f["min"][i], f["max"][i], f["last"][i],
+                    f["slope"][i], f["change"][i], float(f["gap"][i]), float(w.score[i]),
+                    w.severity[i], dumps(w.components[i]).decode(), f["mean"][i], expected[i],
+                    dumps(w.explanation[i]).decode(), w.model_version[i],
+                ))
+        cur.execute(
+            "INSERT INTO features (tenant_id, host, metric, window_start, window_end, count, mean,"
+            " std, min, max, last, slope, change, gap) SELECT tenant_id, host, metric,"
+            " to_timestamp(ws), to_timestamp(we), count, mean, std, min, max, last, slope, change,"
+            " gap FROM windows_stage ON CONFLICT DO NOTHING"
+        )
+        cur.execute(
+            "INSERT INTO scores (tenant_id, host, metric, window_start, window_end, score, severity,"
+            " components, actual, expected, explanation, model_version) SELECT tenant_id, host,"
+            " metric, to_timestamp(ws), to_timestamp(we), score, severity, components::jsonb,"
+            " actual, expected, explanation::jsonb, model_version FROM windows_stage"
+            " ON CONFLICT DO NOTHING"
+        )
+        cur.execute("TRUNCATE windows_stage")
 
     def _write_metrics(self, b: MetricBatch) -> int:
         cur = self.conn.cursor()

@@ -198,6 +198,7 @@ def encode_metrics(b: MetricBatch) -> tuple[list[bytes], list[str]]:
 def decode_metrics(msgs: Sequence[Message], stage: str) -> tuple[MetricBatch, list[DeadLetter]]:
     """Inverse of :func:`encode_metrics`; undecodable records become dead letters."""
     cols: list[list] = [[] for _ in range(8)]
+    parts: list[int] = []
     dead: list[DeadLetter] = []
     loads = orjson.loads
     for m in msgs:
@@ -211,6 +212,7 @@ def decode_metrics(msgs: Sequence[Message], stage: str) -> tuple[MetricBatch, li
             continue
         for c, v in zip(cols, row, strict=True):
             c.append(v)
+        parts.append(m.partition())
     if not cols[0]:
         return MetricBatch.empty(), dead
 
@@ -222,7 +224,7 @@ def decode_metrics(msgs: Sequence[Message], stage: str) -> tuple[MetricBatch, li
     return MetricBatch(
         obj(cols[0]), obj(cols[1]), obj(cols[2]), obj(cols[3]),
         np.asarray(cols[4], dtype=np.float64), np.asarray(cols[5], dtype=np.float64),
-        obj(cols[6]), obj(cols[7]),
+        obj(cols[6]), obj(cols[7]), np.asarray(parts, dtype=np.int64),
     ), dead
 
 

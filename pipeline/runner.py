@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message
 
@@ -28,7 +29,7 @@ from pipeline import db
 from pipeline import kafka as kq
 from pipeline.batch import DeadLetter, MetricBatch
 from pipeline.settings import Settings
-from pipeline.stages.detect import Detector
+from pipeline.stages.anomaly import ANOMALY_RULE, DetectOutput, DetectStage, ModelProvider, WindowRows
 from pipeline.stages.enrich import Enricher
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
 
@@ -78,17 +79,18 @@ class Stats:
 class _Stages:
     """The stage objects of a chain plus their periodically refreshed reference data."""
 
-    def __init__(self, s: Settings, chain: tuple[str, ...], conn) -> None:
+    def __init__(self, s: Settings, chain: tuple[str, ...], conn, model: ModelProvider | None = None) -> None:
         self.s, self.chain, self.conn = s, chain, conn
         self.normalizer = Normalizer(normalize_config(s, frozenset()))
         self.enricher = Enricher()
         self.rules_file = RulesFile(s.rules_path) if "detect" in chain else None
-        self.detector = Detector(self.rules_file.rules if self.rules_file else RuleSet([]))
+        self.detect = DetectStage(
+            self.rules_file.rules if self.rules_file else RuleSet([]),
+            window_s=s.window_s, lateness_s=s.allowed_lateness_s, model=model,
+        )
         self._refreshed = 0.0
         self._rules_checked = 0.0
         self.refresh(force=True)
-        if "detect" in chain:
-            self.detector.restore(db.load_open_alerts(conn))
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -96,7 +98,7 @@ class _Stages:
             self._rules_checked = now
             try:
                 if self.rules_file.poll():
-                    self.detector.set_rules(self.rules_file.rules)
+                    self.detect.set_rules(self.rules_file.rules)
                     log.info("rules reloaded from %s", self.rules_file.path)
             except Exception as e:  # a broken edit keeps the previous rules in force
                 log.error("rules file %s not reloaded: %s", self.rules_file.path, e)
@@ -112,7 +114,8 @@ class _Stages:
 class KafkaWorker:
     """A consumer-group member running ``chain`` over micro-batches."""
 
-    def __init__(self, s: Settings, chain: str | Sequence[str], group: str | None = None) -> None:
+    def __init__(self, s: Settings, chain: str | Sequence[str], group: str | None = None,
+                 model: ModelProvider | None = None) -> None:
         self.s = s
         self.chain = parse_chain(chain)
         first, last = self.chain[0], self.chain[-1]
@@ -121,7 +124,7 @@ class KafkaWorker:
             "normalize": [s.topic_raw],
             "enrich": [s.topic_metric],
             "detect": [s.topic_enriched],
-            "sink": [s.topic_enriched, s.topic_alert],
+            "sink": [s.topic_enriched, s.topic_alert, s.topic_score],
         }[first]
         # where the metric stream goes when the chain ends before the sink
         self.metric_out = None if "sink" in self.chain else {
@@ -132,12 +135,18 @@ class KafkaWorker:
         self.sink = db.Sink(db.connect(s)) if "sink" in self.chain else None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sink")
         self._pending: tuple | None = None
-        self.stages = _Stages(s, self.chain, self.conn)
+        self.stages = _Stages(s, self.chain, self.conn, model=model)
         self.errors = kq.DeliveryErrors()
         self.producer = kq.producer(s, on_delivery=self.errors)
-        self.consumer = kq.consumer(s, self.group)
+        # detect keeps state per input partition and restores it on assignment from its
+        # checkpoint (seeking to the checkpoint's offset): that needs eager assignment
+        self.stateful = "detect" in self.chain
+        self.consumer = kq.consumer(
+            s, self.group, **({"partition.assignment.strategy": "range"} if self.stateful else {})
+        )
         self._stop = threading.Event()
-        self._rebalanced = False
+        self._next: dict[int, int] = {}  # input partition -> next offset processed
+        self._checkpointed = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -149,10 +158,27 @@ class KafkaWorker:
 
     def _on_assign(self, consumer, parts) -> None:
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in parts])
-        self._rebalanced = True
+        if not self.stateful:
+            return
+        cps = db.load_checkpoints(self.conn, self.group, self.inputs[0])
+        for tp in parts:
+            cp = cps.get(tp.partition)
+            self.stages.detect.restore(tp.partition, cp[1] if cp else None)
+            if cp:
+                tp.offset = cp[0]
+                log.info("%s[%d]: detect state restored, resuming at offset %d", tp.topic, tp.partition, cp[0])
+        consumer.assign(parts)
 
     def _on_revoke(self, consumer, parts) -> None:
         log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in parts])
+        if self.stateful:
+            try:
+                self.finish()
+            except Exception:  # the next owner replays from the last checkpoint
+                log.exception("could not finish the in-flight batch on revoke")
+            for tp in parts:
+                self.stages.detect.drop(tp.partition)
+                self._next.pop(tp.partition, None)
 
     def run(self, idle_exit_s: float | None = None) -> Stats:
         """Consume until :meth:`stop` (or SIGTERM), or after ``idle_exit_s`` without input."""
@@ -164,9 +190,6 @@ class KafkaWorker:
         try:
             while not self._stop.is_set():
                 msgs = self.consumer.consume(self.s.batch_max_events, self.s.batch_max_wait_ms / 1000)
-                if self._rebalanced and "detect" in self.chain:
-                    self._rebalanced = False
-                    self.stages.detector.restore(db.load_open_alerts(self.conn))
                 good = []
                 for m in msgs:
                     err = m.error()
@@ -211,14 +234,22 @@ class KafkaWorker:
         self.stages.refresh()
         dead: list[DeadLetter] = []
         alerts_in: list[dict] = []
+        windows: WindowRows | None = None
         try:
-            batch, dead = self._decode(msgs, alerts_in)
+            batch, dead, windows = self._decode(msgs, alerts_in)
             if "enrich" in chain:
                 batch = self.stages.enricher(batch)
-            alerts = self.stages.detector(batch).events if "detect" in chain else []
+            det = self.stages.detect(batch) if "detect" in chain else DetectOutput()
+            if len(det.late_idx):
+                dead += late_letters(batch, det.late_idx)
+                keep = np.ones(len(batch), bool)
+                keep[det.late_idx] = False
+                batch = batch.take(keep)
+            alerts = det.alerts
+            windows = det.windows if "detect" in chain else windows
         except Exception as e:  # a stage bug must not lose the batch: dead-letter it whole
             log.exception("stage failure on %d records from %s", len(msgs), msgs[0].topic())
-            batch, alerts, alerts_in = MetricBatch.empty(), [], []
+            batch, alerts, alerts_in, windows = MetricBatch.empty(), [], [], None
             dead = [DeadLetter(m.value() or b"", "stage_error", f"{type(e).__name__}: {e}"[:500],
                                m.topic(), m.partition(), m.offset(), chain[0]) for m in msgs]
         if dead:
@@ -226,6 +257,10 @@ class KafkaWorker:
         if self.metric_out and len(batch):
             vals, keys = kq.encode_metrics(batch)
             kq.produce_all(self.producer, self.metric_out, vals, keys)
+        if "detect" in chain and windows is not None:
+            recs = windows.records()
+            kq.produce_all(self.producer, s.topic_score, [orjson.dumps(r) for r in recs],
+                           [f"{r['tenant_id']}|{r['host']}" for r in recs])
         if alerts and self.sink is None:
             kq.produce_all(self.producer, s.topic_alert, [kq.encode_alert(a) for a in alerts],
                            [f"{a['tenant_id']}|{a['host']}" for a in alerts])
@@ -236,13 +271,33 @@ class KafkaWorker:
         st.dead += len(dead)
         st.alerts += len(alerts)
         offsets = kq.next_offsets(msgs)
+        cps = self._checkpoints(offsets)
         if self.sink is None:
             kq.flush(self.producer)
             self.errors.check()
+            if cps:
+                with self.conn.transaction():
+                    db.save_checkpoints(self.conn, cps)
             self.consumer.commit(offsets=offsets, asynchronous=False)
         else:
-            fut = self._writer.submit(self.sink.write, batch, alerts + alerts_in)
+            fut = self._writer.submit(self.sink.write, batch, alerts + alerts_in, windows, cps)
             self._pending = (offsets, fut, bool(alerts_in))
+
+    def _checkpoints(self, offsets) -> list[db.Checkpoint]:
+        """Detect state of every owned partition, every ``checkpoint_interval_s``."""
+        if not self.stateful:
+            return []
+        topic = self.inputs[0]
+        for tp in offsets:
+            if tp.topic == topic:
+                self._next[tp.partition] = tp.offset
+        now = time.monotonic()
+        if now - self._checkpointed < self.s.checkpoint_interval_s:
+            return []
+        self._checkpointed = now
+        det = self.stages.detect
+        return [db.Checkpoint(self.group, topic, p, o, det.snapshot(p))
+                for p, o in self._next.items() if p in det.parts]
 
     def finish(self) -> None:
         """Complete the batch in flight: outputs delivered, rows committed, then offsets."""
@@ -260,26 +315,30 @@ class KafkaWorker:
             self._publish(stored_alerts)
         self.consumer.commit(offsets=offsets, asynchronous=False)
 
-    def _decode(self, msgs: list[Message], alerts_in: list[dict]) -> tuple[MetricBatch, list[DeadLetter]]:
-        first = self.chain[0]
+    def _decode(self, msgs: list[Message], alerts_in: list[dict]) -> tuple[MetricBatch, list[DeadLetter], WindowRows | None]:
+        first, s = self.chain[0], self.s
         if first == "normalize":
-            return self.stages.normalizer(
-                [m.value() or b"" for m in msgs], self.s.topic_raw,
+            batch, dead = self.stages.normalizer(
+                [m.value() or b"" for m in msgs], s.topic_raw,
                 [m.partition() for m in msgs], [m.offset() for m in msgs],
             )
+            return batch, dead, None
         if first == "sink":
-            metric_msgs = [m for m in msgs if m.topic() != self.s.topic_alert]
+            metric_msgs = [m for m in msgs if m.topic() == s.topic_enriched]
             dead: list[DeadLetter] = []
+            score_recs: list[dict] = []
             for m in msgs:
-                if m.topic() == self.s.topic_alert:
+                if m.topic() in (s.topic_alert, s.topic_score):
                     try:
-                        alerts_in.append(orjson.loads(m.value()))
+                        rec = orjson.loads(m.value())
+                        (alerts_in if m.topic() == s.topic_alert else score_recs).append(rec)
                     except orjson.JSONDecodeError as e:
                         dead.append(DeadLetter(m.value() or b"", "bad_record", str(e), m.topic(),
                                                m.partition(), m.offset(), "sink"))
             batch, d2 = kq.decode_metrics(metric_msgs, "sink")
-            return batch, dead + d2
-        return kq.decode_metrics(msgs, first)
+            return batch, dead + d2, WindowRows.from_records(score_recs)
+        batch, dead = kq.decode_metrics(msgs, first)
+        return batch, dead, None
 
     def _publish(self, events: list[dict]) -> None:
         kq.produce_all(self.producer, self.s.topic_alert, [kq.encode_alert(a) for a in events],
@@ -293,6 +352,19 @@ class KafkaWorker:
         if pending:
             log.info("publishing %d alert events left by a previous run", len(pending))
             self._publish(pending)
+
+
+def late_letters(batch: MetricBatch, idx: np.ndarray) -> list[DeadLetter]:
+    """Events older than their closed window: dead letters with reason ``ts_too_old``."""
+    out = []
+    for i in idx.tolist():
+        ev = {"event_id": batch.event_id[i], "tenant_id": batch.tenant_id[i], "host": batch.host[i],
+              "metric": batch.metric[i], "value": float(batch.value[i]), "ts": float(batch.ts[i]),
+              "unit": batch.unit[i], "tags": batch.tags[i]}
+        part = -1 if batch.partition is None else int(batch.partition[i])
+        out.append(DeadLetter(orjson.dumps(ev), "ts_too_old", "event time behind a closed window",
+                              "", part, -1, "detect"))
+    return out
 
 
 class Bus:
@@ -323,14 +395,18 @@ class Bus:
 class EmbeddedPipeline:
     """normalize → enrich → detect → sink in one process, fed with raw event bytes."""
 
-    def __init__(self, s: Settings, bus: Bus | None = None, source: str | None = None) -> None:
+    def __init__(self, s: Settings, bus: Bus | None = None, source: str | None = None,
+                 model: ModelProvider | None = None) -> None:
         self.s = s
         self.bus = bus or Bus()
         # events without an agent id get <source>:0:<n>; unique per process start
         self.source = source or f"embedded-{int(time.time() * 1000)}"
         self.conn = db.connect(s)
         self.sink = db.Sink(self.conn)
-        self.stages = _Stages(s, STAGES, self.conn)
+        self.stages = _Stages(s, STAGES, self.conn, model=model)
+        # no partitions or checkpoints here: re-arm open threshold alerts from storage
+        self.stages.detect.partition(0).rule_alerts.restore(
+            [a for a in db.load_open_alerts(self.conn) if a["rule"] != ANOMALY_RULE])
         self.stats = Stats()
         self._seq = 0
 
@@ -341,7 +417,13 @@ class EmbeddedPipeline:
         self._seq += len(raws)
         batch, dead = self.stages.normalizer(raws, self.source, [0] * len(raws), offs)
         batch = self.stages.enricher(batch)
-        alerts = self.stages.detector(batch).events
+        det = self.stages.detect(batch)
+        alerts = det.alerts
+        if len(det.late_idx):
+            dead += late_letters(batch, det.late_idx)
+            keep = np.ones(len(batch), bool)
+            keep[det.late_idx] = False
+            batch = batch.take(keep)
         with self.conn.transaction():
             if dead:
                 with self.conn.cursor().copy(
@@ -349,7 +431,8 @@ class EmbeddedPipeline:
                 ) as cp:
                     for d in dead:
                         cp.write_row((d.reason, d.detail, d.stage, f"{d.topic}:{d.offset}", d.raw))
-            stored, stored_alerts = self.sink.write(batch, alerts)
+            stored, stored_alerts = self.sink.write(batch, alerts, det.windows)
+        self.last_windows = det.windows
         self.sink.mark_published([a["seq"] for a in stored_alerts])
         for a in stored_alerts:
             self.bus.publish(a)

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = 200
     inventory_refresh_s: float = 30.0
     rules_path: Path = REPO_ROOT / "pipeline" / "rules.default.toml"
+    window_s: float = 60.0
+    allowed_lateness_s: float = 30.0
+    checkpoint_interval_s: float = 10.0
 
     # --- Validation limits ------------------------------------------------------------------
     max_message_bytes: int = 1_000_000

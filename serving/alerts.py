@@ -1,23 +1,29 @@
-"""Alerts: list and live stream (Server-Sent Events)."""
+"""Alerts: filtered, cursor-paginated list; one alert with its history; the live SSE stream."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+import base64
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
-import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from serving.app import BroadcasterDep, PoolDep, SettingsDep
-from serving.broadcast import Broadcaster
+from pipeline.errors import NotFound
+from serving.deps import BroadcasterDep, PoolDep, ReadKey, ServingDep, SettingsDep, StreamKey
+from serving.errors import BadRequest
+from serving.sse import SSE_HEADERS, alert_stream, parse_last_id
+from serving.timerange import utc
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 
-TenantQ = Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+ALERT_COLS = ("alert_id", "tenant_id", "host", "metric", "value", "severity", "state", "ts_event",
+              "rule", "threshold", "message", "score", "explanation", "model_version", "opened_at",
+              "updated_at", "resolved_at")
+SELECT = ("SELECT " + ", ".join(f"a.{c}" for c in ALERT_COLS) +
+          ", (SELECT f.label FROM feedback f WHERE f.tenant_id = a.tenant_id AND f.alert_id = a.alert_id"
+          " ORDER BY f.created_at DESC LIMIT 1) AS feedback, a.id FROM alerts a ")
 
 
 class Alert(BaseModel):
@@ -36,56 +42,107 @@ class Alert(BaseModel):
     explanation: dict
     model_version: str | None
     opened_at: datetime
+    updated_at: datetime
     resolved_at: datetime | None
+    feedback: str | None = None  # latest label: true_positive | false_positive
 
 
-@router.get("", response_model=list[Alert])
+class AlertEvent(BaseModel):
+    seq: int
+    kind: str
+    created_at: datetime
+    payload: dict
+
+
+class AlertDetail(Alert):
+    events: list[AlertEvent]
+
+
+def to_alert(r) -> Alert:
+    return Alert(**dict(zip((*ALERT_COLS, "feedback"), r[:-1], strict=True)))
+
+
+def _cursor(ts: datetime, ident: int) -> str:
+    return base64.urlsafe_b64encode(f"{ts.isoformat()}|{ident}".encode()).decode().rstrip("=")
+
+
+def _uncursor(c: str) -> tuple[datetime, int]:
+    try:
+        ts, ident = base64.urlsafe_b64decode(c + "=" * (-len(c) % 4)).decode().split("|")
+        return utc(datetime.fromisoformat(ts)), int(ident)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("invalid cursor") from None
+
+
+@router.get("", response_model=list[Alert],
+            responses={200: {"headers": {"X-Next-Cursor": {"description": "cursor of the next page",
+                                                           "schema": {"type": "string"}}}}})
 async def list_alerts(
-    pool: PoolDep, tenant: TenantQ,
-    state: Annotated[str | None, Query(pattern="^(open|resolved)$")] = None,
+    response: Response, pool: PoolDep, key: ReadKey,
+    state: Annotated[Literal["open", "resolved"] | None, Query()] = None,
+    severity: Annotated[Literal["warning", "critical"] | None, Query()] = None,
+    host: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    metric: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    since: Annotated[datetime | None, Query(description="ts_event >= since")] = None,
+    until: Annotated[datetime | None, Query(description="ts_event < until")] = None,
+    cursor: Annotated[str | None, Query(max_length=200, description="X-Next-Cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[Alert]:
-    """Alerts of a tenant, newest first."""
+    """Alerts of the tenant, newest first; the next page's cursor is in ``X-Next-Cursor``."""
+    where = ["a.tenant_id = %(t)s"]
+    p: dict = {"t": key.tenant_id, "limit": limit + 1}
+    for name, val in (("state", state), ("severity", severity), ("host", host), ("metric", metric)):
+        if val is not None:
+            where.append(f"a.{name} = %({name})s")
+            p[name] = val
+    if since is not None:
+        where.append("a.ts_event >= %(since)s")
+        p["since"] = utc(since)
+    if until is not None:
+        where.append("a.ts_event < %(until)s")
+        p["until"] = utc(until)
+    if cursor:
+        p["cts"], p["cid"] = _uncursor(cursor)
+        where.append("(a.ts_event, a.id) < (%(cts)s, %(cid)s)")
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT alert_id, tenant_id, host, metric, value, severity, state, ts_event, rule,"
-            " threshold, message, score, explanation, model_version, opened_at, resolved_at "
-            "FROM alerts WHERE tenant_id = %s AND (%s::text IS NULL OR state = %s) "
-            "ORDER BY ts_event DESC LIMIT %s",
-            (tenant, state, state, limit),
-        )
-        cols = [d.name for d in cur.description]
+            SELECT + "WHERE " + " AND ".join(where) + " ORDER BY a.ts_event DESC, a.id DESC LIMIT %(limit)s", p)
         rows = await cur.fetchall()
-    return [Alert(**dict(zip(cols, r, strict=True))) for r in rows]
+    if len(rows) > limit:
+        rows = rows[:limit]
+        nxt = _cursor(rows[-1][ALERT_COLS.index("ts_event")], rows[-1][-1])
+        response.headers["X-Next-Cursor"] = nxt
+        response.headers["Link"] = f'<?cursor={nxt}&limit={limit}>; rel="next"'
+    return [to_alert(r) for r in rows]
 
 
 @router.get("/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def stream(
-    request: Request, broadcaster: BroadcasterDep, settings: SettingsDep,
-    tenant: Annotated[str | None, Query(max_length=64)] = None,
+    request: Request, pool: PoolDep, key: StreamKey, broadcaster: BroadcasterDep,
+    settings: SettingsDep, serving: ServingDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_id: Annotated[str | None, Query(alias="last_event_id", max_length=20)] = None,
 ) -> StreamingResponse:
-    """Live alert events as Server-Sent Events (``event: alert``), optionally for one tenant."""
-    sub = broadcaster.subscribe(tenant)
-    return StreamingResponse(
-        _events(request, broadcaster, sub, settings.sse_heartbeat_s),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    """Live alert events of the key's tenant as SSE (``id:`` = sequence; resumes after ``Last-Event-ID``)."""
+    resume = parse_last_id(last_event_id, last_id)
+    sub = broadcaster.subscribe(key.tenant_id)
+    body = alert_stream(request, pool, broadcaster, sub, key.tenant_id, resume,
+                        settings.sse_heartbeat_s, serving.sse_replay_max)
+    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _events(request: Request, b: Broadcaster, sub, heartbeat_s: float) -> AsyncIterator[bytes]:
-    try:
-        yield b"retry: 3000\n: connected\n\n"
-        while True:
-            try:
-                ev = await asyncio.wait_for(sub.queue.get(), timeout=heartbeat_s)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    return
-                yield b": heartbeat\n\n"
-                continue
-            ident = ev.get("seq") or ev.get("event_key", "")
-            yield b"id: %s\nevent: alert\ndata: %s\n\n" % (str(ident).encode(), orjson.dumps(ev))
-    finally:
-        b.unsubscribe(sub)
+@router.get("/{alert_id}", response_model=AlertDetail)
+async def get_alert(pool: PoolDep, key: ReadKey, alert_id: str) -> AlertDetail:
+    """One alert with its transitions (open, escalate, …, resolve)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(SELECT + "WHERE a.tenant_id = %s AND a.alert_id = %s",
+                                 (key.tenant_id, alert_id))
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"alert {alert_id!r} not found")
+        cur = await conn.execute(
+            "SELECT seq, kind, created_at, payload FROM alert_events WHERE tenant_id = %s "
+            "AND alert_id = %s ORDER BY seq LIMIT 1000", (key.tenant_id, alert_id))
+        events = [AlertEvent(seq=s, kind=k, created_at=c, payload=p) for s, k, c, p in await cur.fetchall()]
+    return AlertDetail(**to_alert(row).model_dump(), events=events)

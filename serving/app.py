@@ -1,54 +1,159 @@
 """FastAPI application factory.
 
 ``create_app(settings)`` opens an async PostgreSQL pool and starts the alert broadcaster in
-its lifespan. Routes live in one module per resource; they get the pool and the settings
-through the ``Annotated`` dependencies below, which tests override.
+its lifespan. Routes live in one module per resource and get the pool, the settings and the
+calling key through the ``Annotated`` dependencies of :mod:`serving.deps`, which tests override.
+Domain errors are mapped to HTTP statuses in one place (:data:`serving.errors.STATUS`); bad
+input is a 4xx with a ``detail`` message, never a 500. The dashboard (``serving/static``) is
+served at ``/``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
-from typing import Annotated
+from pathlib import Path
 
-import asyncio
-from fastapi import Depends, FastAPI, Request
+import psycopg
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
 
-from pipeline.errors import NotFound, ServiceError
+from pipeline.errors import EventOpsError
 from pipeline.runner import Bus
 from pipeline.settings import Settings
+from serving.auth import KeyStore, RateLimiter
 from serving.broadcast import Broadcaster, KafkaAlertSource
+from serving.config import ServingSettings
+from serving.deps import BroadcasterDep, PoolDep, SettingsDep  # noqa: F401 - re-exported
+from serving.errors import RateLimited, status_of
 
 log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+]
+# the dashboard loads only its own files; /docs and /redoc (CDN assets) get no CSP
+CSP = (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
-def get_pool(request: Request) -> AsyncConnectionPool:
-    return request.app.state.pool
+class SecurityHeaders:
+    """Adds security headers to every HTTP response (ASGI middleware: streaming-safe)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        docs = path.startswith(("/docs", "/redoc"))
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                extra = [h for h in SECURITY_HEADERS if h[0] not in names]
+                if not docs and b"content-security-policy" not in names:
+                    extra.append((b"content-security-policy", CSP))
+                if b"cache-control" not in names:
+                    extra.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers + extra}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+class BodyLimit:
+    """Refuses request bodies larger than ``limit`` bytes with 413 (declared or streamed)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for k, v in scope.get("headers", []):
+            if k == b"content-length":
+                try:
+                    declared = int(v)
+                except ValueError:
+                    declared = self.limit + 1
+                if declared > self.limit:
+                    resp = JSONResponse({"detail": f"request body larger than {self.limit} bytes"}, 413)
+                    return await resp(scope, receive, send)
+        if not any(k == b"transfer-encoding" for k, _ in scope.get("headers", [])):
+            return await self.app(scope, receive, send)
+        # chunked upload without a declared length: buffer up to the limit, then replay
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                resp = JSONResponse({"detail": f"request body larger than {self.limit} bytes"}, 413)
+                return await resp(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
-def get_broadcaster(request: Request) -> Broadcaster:
-    return request.app.state.broadcaster
+class ErrorBody(BaseModel):
+    detail: str
 
 
-PoolDep = Annotated[AsyncConnectionPool, Depends(get_pool)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-BroadcasterDep = Annotated[Broadcaster, Depends(get_broadcaster)]
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: {"model": ErrorBody, "description": "parameters that cannot be served"},
+    401: {"model": ErrorBody, "description": "missing, malformed, unknown or revoked API key"},
+    403: {"model": ErrorBody, "description": "the key's scope does not allow this"},
+    404: {"model": ErrorBody, "description": "not found (or another tenant's)"},
+    413: {"model": ErrorBody, "description": "request body too large"},
+    429: {"model": ErrorBody, "description": "rate limit exceeded (see Retry-After)"},
+    503: {"model": ErrorBody, "description": "database unavailable"},
+}
 
 
-def create_app(settings: Settings | None = None, bus: Bus | None = None) -> FastAPI:
+def _error(exc: Exception) -> JSONResponse:
+    status = status_of(exc)
+    headers = {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.5)))
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse({"detail": str(exc) or "error"}, status_code=status, headers=headers)
+
+
+def create_app(settings: Settings | None = None, bus: Bus | None = None,
+               serving: ServingSettings | None = None) -> FastAPI:
     """Build the API. With ``bus`` (embedded mode) alerts come in-process instead of from Kafka."""
     settings = settings or Settings()
+    serving = serving or ServingSettings()
+    cors = serving.cors_list()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        pool = AsyncConnectionPool(settings.pg_dsn(), min_size=1, max_size=20, open=False,
+        pool = AsyncConnectionPool(settings.pg_dsn(), min_size=2, max_size=20, open=False,
                                    kwargs={"autocommit": True})
         await pool.open(wait=True, timeout=30)
         b = Broadcaster(queue_size=settings.sse_queue_size, loop=asyncio.get_running_loop())
@@ -64,6 +169,7 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None) -> Fast
         try:
             yield
         finally:
+            b.close()
             if unsubscribe:
                 unsubscribe()
             if source:
@@ -73,28 +179,68 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None) -> Fast
 
     app = FastAPI(
         title="EventOps API",
-        version="0.1.0",
-        description="Anomaly scores, alerts and metrics of your telemetry, as JSON and SSE.",
+        version="0.2.0",
+        description="Anomaly scores, alerts, incidents and metrics of your telemetry, as JSON and "
+                    "Server-Sent Events. Every route except health needs a per-tenant API key "
+                    "(`Authorization: Bearer eo_…` or `X-API-Key`).",
         lifespan=lifespan,
     )
+    from serving.registry import model_status
+
     app.state.settings = settings
+    app.state.serving = serving
+    app.state.keys = KeyStore(ttl=serving.auth_cache_s)
+    app.state.limiter = RateLimiter(serving.rate_limit_rps, serving.rate_limit_burst)
+    app.state.model_status = model_status
+    app.state.bus = bus
 
-    @app.exception_handler(NotFound)
-    async def _not_found(request: Request, exc: NotFound):
-        return JSONResponse({"detail": str(exc) or "not found"}, status_code=404)
-
-    @app.exception_handler(ServiceError)
-    async def _unavailable(request: Request, exc: ServiceError):
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+    @app.exception_handler(EventOpsError)
+    async def _domain(request: Request, exc: EventOpsError):
+        if status_of(exc) >= 500:
+            log.error("%s %s: %s", request.method, request.url.path, exc)
+        return _error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        errs = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        errs = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                for e in exc.errors()]
         return JSONResponse({"detail": errs}, status_code=422)
 
-    from serving import alerts, health, metrics
+    @app.exception_handler(psycopg.errors.DataError)
+    async def _bad_data(request: Request, exc: psycopg.errors.DataError):
+        # values PostgreSQL cannot represent (out-of-range timestamps, …) are the caller's input
+        return JSONResponse({"detail": f"invalid value: {exc.diag.message_primary or exc}"}, 400)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def _db_down(request: Request, exc: psycopg.OperationalError):
+        log.error("database unavailable: %s", exc)
+        return JSONResponse({"detail": "database unavailable"}, 503)
+
+    from serving import (
+        alerts,
+        feedback,
+        health,
+        hosts,
+        incidents,
+        ingest,
+        inventory,
+        metrics,
+        registry,
+        series,
+    )
 
     app.include_router(health.router)
-    app.include_router(metrics.router)
-    app.include_router(alerts.router)
+    for mod in (metrics, series, hosts, alerts, incidents, feedback, inventory, registry, ingest):
+        app.include_router(mod.router, responses=ERROR_RESPONSES)
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="dashboard")
+
+    app.add_middleware(BodyLimit, limit=serving.max_request_bytes)
+    app.add_middleware(SecurityHeaders)
+    if cors:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=cors, allow_credentials=False,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
+            expose_headers=["X-Next-Cursor", "Link", "Retry-After"], max_age=600,
+        )
     return app

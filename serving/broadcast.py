@@ -38,6 +38,7 @@ class Broadcaster:
     loop: asyncio.AbstractEventLoop | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     delivered: int = 0
+    closed: bool = False
 
     def subscribe(self, tenant: str | None) -> Subscription:
         sub = Subscription(tenant, asyncio.Queue(self.queue_size))
@@ -46,6 +47,14 @@ class Broadcaster:
 
     def unsubscribe(self, sub: Subscription) -> None:
         self.subs.discard(sub)
+
+    def close(self) -> None:
+        """Tell every subscriber the process is shutting down (a ``None`` in its queue)."""
+        self.closed = True
+        for sub in list(self.subs):
+            if sub.queue.full():
+                sub.queue.get_nowait()
+            sub.queue.put_nowait(None)
 
     def publish_threadsafe(self, event: dict) -> None:
         """Called from a source thread; hands the event to the event loop."""

@@ -43,6 +43,7 @@ def feed_forever(s: Settings, bus: Bus, tenant: str, hosts: int, backfill_s: flo
 def run_demo(s: Settings, hosts: int = 12, backfill_s: float = 6 * 3600, interval: float = 10.0) -> None:
     import uvicorn
 
+    from serving import auth
     from serving.app import create_app
 
     tenant = "demo"
@@ -52,13 +53,21 @@ def run_demo(s: Settings, hosts: int = 12, backfill_s: float = 6 * 3600, interva
         for i in range(hosts):
             db.set_inventory(conn, tenant, f"host-{i:03d}",
                              {"team": ["payments", "search", "ingest"][i % 3], "env": "prod"})
+        # a fresh demo key per run (only hashes are stored, so an old one cannot be shown again)
+        for k in auth.list_keys(conn, tenant):
+            if k["label"] == "demo" and k["revoked_at"] is None:
+                auth.revoke_key(conn, k["key_id"])
+        _, key = auth.create_key(conn, tenant, "admin", label="demo")
     bus = Bus()
     stop = threading.Event()
     feeder = threading.Thread(target=feed_forever, name="demo-feeder", daemon=True,
                               args=(s, bus, tenant, hosts, backfill_s, interval, stop))
     feeder.start()
     url = f"http://{s.api_host}:{s.api_port}"
-    print(f"\nEventOps demo: {url}/  (tenant '{tenant}'; API docs {url}/docs)\n", flush=True)
+    print(f"\nEventOps demo (tenant '{tenant}')\n"
+          f"  dashboard: {url}/#key={key}\n"
+          f"  API key:   {key}   (admin scope; curl -H 'Authorization: Bearer {key}' {url}/alerts)\n"
+          f"  API docs:  {url}/docs\n", flush=True)
     try:
         uvicorn.run(create_app(s, bus=bus), host=s.api_host, port=s.api_port, log_level="warning")
     finally:

@@ -1,4 +1,4 @@
-"""Liveness and readiness."""
+"""Liveness and readiness (no key needed)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from serving.app import BroadcasterDep, PoolDep
+from serving.deps import BroadcasterDep, PoolDep
 
 router = APIRouter(tags=["health"])
 

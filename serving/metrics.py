@@ -1,19 +1,22 @@
-"""Metric reads (the MVP's endpoints)."""
+"""Metric reads: the MVP's endpoints and time ranges downsampled per bucket."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from serving.app import PoolDep
+from pipeline.errors import NotFound
+from serving.deps import PoolDep, ReadKey
+from serving.timerange import EndQ, StartQ, time_range
 
 router = APIRouter(prefix="/metrics", tags=["metrics"])
 
-TenantQ = Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 NameQ = Annotated[str, Query(min_length=1, max_length=255)]
+MAX_BUCKETS = 5000
 
 
 class Point(BaseModel):
@@ -25,34 +28,86 @@ class Point(BaseModel):
     tags: dict
 
 
+class Bucket(BaseModel):
+    ts: datetime
+    avg: float
+    min: float
+    max: float
+    count: int
+
+
+class Downsampled(BaseModel):
+    host: str
+    metric: str
+    start: datetime
+    end: datetime
+    step_s: float
+    points: list[Bucket]
+
+
 @router.get("/cpu", response_model=list[Point])
 async def cpu(
-    pool: PoolDep, tenant: TenantQ, host: NameQ,
+    pool: PoolDep, key: ReadKey, host: NameQ,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[Point]:
-    """Most recent ``cpu_load`` samples of one host, newest first."""
-    return await _series(pool, tenant, host, "cpu_load", limit)
-
-
-@router.get("/latest", response_model=list[Point])
-async def latest(pool: PoolDep, tenant: TenantQ, metric: NameQ) -> list[Point]:
-    """The latest sample of ``metric`` for every host of the tenant."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT DISTINCT ON (host) ts_event, value, host, metric, unit, tags FROM metrics "
-            "WHERE tenant_id = %s AND metric = %s ORDER BY host, ts_event DESC LIMIT 10000",
-            (tenant, metric),
-        )
-        rows = await cur.fetchall()
-    return [Point(ts_event=r[0], value=r[1], host=r[2], metric=r[3], unit=r[4], tags=r[5]) for r in rows]
-
-
-async def _series(pool, tenant: str, host: str, metric: str, limit: int) -> list[Point]:
+    """Most recent ``cpu_load`` samples of one host, newest first (the MVP's endpoint)."""
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT ts_event, value, host, metric, unit, tags FROM metrics "
-            "WHERE tenant_id = %s AND host = %s AND metric = %s ORDER BY ts_event DESC LIMIT %s",
-            (tenant, host, metric, limit),
+            "WHERE tenant_id = %s AND host = %s AND metric = 'cpu_load' ORDER BY ts_event DESC LIMIT %s",
+            (key.tenant_id, host, limit),
         )
         rows = await cur.fetchall()
     return [Point(ts_event=r[0], value=r[1], host=r[2], metric=r[3], unit=r[4], tags=r[5]) for r in rows]
+
+
+@router.get("/latest", response_model=list[Point])
+async def latest(pool: PoolDep, key: ReadKey, metric: NameQ) -> list[Point]:
+    """The latest sample of ``metric`` for every host of the tenant (the MVP's endpoint)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            # one index probe per host (loose index scan over metrics_series_ts)
+            "WITH RECURSIVE h AS ("
+            " (SELECT host FROM metrics WHERE tenant_id = %(t)s ORDER BY host LIMIT 1)"
+            " UNION ALL SELECT n.host FROM h, LATERAL (SELECT host FROM metrics"
+            "   WHERE tenant_id = %(t)s AND host > h.host ORDER BY host LIMIT 1) n)"
+            "SELECT l.ts_event, l.value, h.host, l.metric, l.unit, l.tags FROM h, LATERAL ("
+            " SELECT ts_event, value, metric, unit, tags FROM metrics m"
+            " WHERE m.tenant_id = %(t)s AND m.host = h.host AND m.metric = %(m)s"
+            " ORDER BY ts_event DESC LIMIT 1) l ORDER BY h.host",
+            {"t": key.tenant_id, "m": metric},
+        )
+        rows = await cur.fetchall()
+    return [Point(ts_event=r[0], value=r[1], host=r[2], metric=r[3], unit=r[4], tags=r[5]) for r in rows]
+
+
+@router.get("", response_model=Downsampled)
+async def metric_range(
+    pool: PoolDep, key: ReadKey, host: NameQ, metric: NameQ, start: StartQ = None, end: EndQ = None,
+    step: Annotated[float | None, Query(gt=0, le=366 * 86400, description="Bucket width in seconds (default: span / points)")] = None,
+    points: Annotated[int, Query(ge=1, le=MAX_BUCKETS, description="Target number of buckets when no step is given")] = 300,
+) -> Downsampled:
+    """Values of one series over ``[start, end)``, averaged per time bucket (min/max/count too)."""
+    start, end = time_range(start, end)
+    span = (end - start).total_seconds()
+    step_s = max(step or math.ceil(span / points), span / MAX_BUCKETS, 0.001)
+    async with pool.connection() as conn:
+        await _require_series(conn, key.tenant_id, host, metric)
+        cur = await conn.execute(
+            "SELECT date_bin(%s, ts_event, %s) AS b, avg(value), min(value), max(value), count(*) "
+            "FROM metrics WHERE tenant_id = %s AND host = %s AND metric = %s "
+            "AND ts_event >= %s AND ts_event < %s GROUP BY b ORDER BY b",
+            (timedelta(seconds=step_s), start, key.tenant_id, host, metric, start, end),
+        )
+        rows = await cur.fetchall()
+    return Downsampled(host=host, metric=metric, start=start, end=end, step_s=step_s,
+                       points=[Bucket(ts=r[0], avg=r[1], min=r[2], max=r[3], count=r[4]) for r in rows])
+
+
+async def _require_series(conn, tenant: str, host: str, metric: str) -> None:
+    cur = await conn.execute(
+        "SELECT 1 FROM metrics WHERE tenant_id = %s AND host = %s AND metric = %s LIMIT 1",
+        (tenant, host, metric),
+    )
+    if await cur.fetchone() is None:
+        raise NotFound(f"series {host}/{metric} not found")

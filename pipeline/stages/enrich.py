@@ -42,5 +42,5 @@ class Enricher:
             tags[j] = {**base, **own} if own else dict(base)
         return MetricBatch(
             batch.event_id, batch.tenant_id, batch.host, batch.metric,
-            batch.value, batch.ts, batch.unit, tags,
+            batch.value, batch.ts, batch.unit, tags, batch.partition,
         )

@@ -277,6 +277,7 @@ class Normalizer:
             ts=ts,
             unit=unit,
             tags=_object_array(tags),
+            partition=np.asarray(parts, dtype=np.int64)[src_idx],
         )
         if not ok.all():
             batch = batch.take(ok)

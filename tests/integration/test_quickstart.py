@@ -10,7 +10,13 @@ import orjson
 
 from pipeline import db
 from pipeline import kafka as kq
+from serving.auth import create_key
 from tests.integration.conftest import SseClient, consume_all, wait_for
+
+
+def key_for(conn, tenant: str, scope: str = "read") -> dict[str, str]:
+    """Headers carrying a fresh API key of ``tenant`` (every route but health needs one)."""
+    return {"Authorization": f"Bearer {create_key(conn, tenant, scope)[1]}"}
 
 
 def sample_event(tenant: str, value: float = 92, **kw) -> bytes:
@@ -26,7 +32,8 @@ def test_mvp_quickstart_event_to_metrics_alert_topic_and_two_sse_clients(
 ):
     db.set_inventory(conn, tenant, "host-a", {"team": "payments", "env": "prod"})
     api = api_server()
-    clients = [SseClient(f"{api.url}/alerts/stream?tenant={tenant}") for _ in range(2)]
+    auth = key_for(conn, tenant)
+    clients = [SseClient(f"{api.url}/alerts/stream?tenant={tenant}", headers=auth) for _ in range(2)]
     for c in clients:
         assert c.connected.wait(10), "SSE client did not connect"
     start_worker()
@@ -62,11 +69,11 @@ def test_mvp_quickstart_event_to_metrics_alert_topic_and_two_sse_clients(
         c.close()
 
     # the MVP's read endpoints
-    r = httpx.get(f"{api.url}/metrics/cpu", params={"tenant": tenant, "host": "host-a"})
+    r = httpx.get(f"{api.url}/metrics/cpu", params={"tenant": tenant, "host": "host-a"}, headers=auth)
     assert r.status_code == 200 and r.json()[0]["value"] == 92
-    r = httpx.get(f"{api.url}/metrics/latest", params={"tenant": tenant, "metric": "cpu_load"})
+    r = httpx.get(f"{api.url}/metrics/latest", params={"tenant": tenant, "metric": "cpu_load"}, headers=auth)
     assert r.status_code == 200 and [x["host"] for x in r.json()] == ["host-a"]
-    r = httpx.get(f"{api.url}/alerts", params={"tenant": tenant})
+    r = httpx.get(f"{api.url}/alerts", params={"tenant": tenant}, headers=auth)
     assert r.status_code == 200 and r.json()[0]["severity"] == "critical"
 
 
@@ -75,8 +82,8 @@ def test_sse_clients_only_see_their_tenant(settings, conn, start_worker, api_ser
     db.create_tenant(conn, a)
     db.create_tenant(conn, b)
     api = api_server()
-    ca = SseClient(f"{api.url}/alerts/stream?tenant={a}")
-    cb = SseClient(f"{api.url}/alerts/stream?tenant={b}")
+    ca = SseClient(f"{api.url}/alerts/stream?tenant={a}", headers=key_for(conn, a))
+    cb = SseClient(f"{api.url}/alerts/stream?tenant={b}", headers=key_for(conn, b))
     assert ca.connected.wait(10) and cb.connected.wait(10)
     start_worker()
     p = kq.producer(settings)
@@ -91,13 +98,17 @@ def test_sse_clients_only_see_their_tenant(settings, conn, start_worker, api_ser
     cb.close()
 
 
-def test_api_rejects_bad_parameters_with_4xx(settings, api_server):
+def test_api_rejects_bad_parameters_with_4xx(settings, conn, tenant, api_server):
     api = api_server()
-    for path, params in [("/metrics/cpu", {"tenant": "acme"}),
+    auth = key_for(conn, tenant)
+    for path, params in [("/metrics/cpu", {"tenant": tenant}),
                          ("/metrics/cpu", {"tenant": "a b", "host": "h"}),
-                         ("/metrics/cpu", {"tenant": "acme", "host": "h", "limit": "x"}),
+                         ("/metrics/cpu", {"tenant": tenant, "host": "h", "limit": "x"}),
                          ("/metrics/latest", {}),
-                         ("/alerts", {"tenant": "acme", "state": "bogus"})]:
-        r = httpx.get(api.url + path, params=params)
+                         ("/alerts", {"tenant": tenant, "state": "bogus"})]:
+        r = httpx.get(api.url + path, params=params, headers=auth)
         assert 400 <= r.status_code < 500, (path, params, r.status_code)
         assert r.json()["detail"]
+    # and without a key: 401, whatever the parameters
+    r = httpx.get(api.url + "/metrics/cpu", params={"tenant": tenant, "host": "h"})
+    assert r.status_code == 401 and r.json()["detail"]

@@ -1,4 +1,7 @@
-"""Behaviour of the default detector set on synthetic telemetry."""
+"""Behaviour of the shipped default detector set (``default_ensemble()``) on synthetic telemetry.
+
+"Flagged" means the combined score reaches the ensemble's ``warning`` level (the alert level).
+"""
 
 from __future__ import annotations
 
@@ -23,9 +26,12 @@ def run(t, v, codes=None):
     codes = np.arange(n_series) if codes is None else np.asarray(codes)
     s = np.repeat(codes, t.size)
     cw = window_features(s, np.tile(t, n_series), v.ravel(), W)
-    ens = default_ensemble(components=("ewma_value", "ewma_diff", "seasonal", "mad"))
+    ens = default_ensemble()
     res = ens.process(cw.columns())
     return cw, res.score
+
+
+ALERT = default_ensemble().warning
 
 
 def score_at(cw, scores, series, t):
@@ -37,7 +43,7 @@ def test_injected_spike_is_flagged():
     i = t.size - 100
     v[0, i] += 15
     cw, sc = run(t, v)
-    assert score_at(cw, sc, 0, t[i]) > 0.7
+    assert score_at(cw, sc, 0, t[i]) >= ALERT
     assert score_at(cw, sc, 0, t[i]) > np.quantile(sc[t.size // 2 :], 0.99)
 
 
@@ -46,14 +52,14 @@ def test_level_shift_is_flagged():
     i = t.size - 150
     v[0, i:] += 12
     cw, sc = run(t, v)
-    assert sc[i : i + 5].max() > 0.7
+    assert sc[i : i + 5].max() >= ALERT
 
 
 def test_usual_daily_peak_is_not_flagged():
     t, v = daily()
     cw, sc = run(t, v)
     last_day = cw.start >= (DAYS - 1) * 86400
-    assert np.quantile(sc[last_day], 0.95) < 0.6
+    assert sc[last_day].max() < ALERT
 
 
 def test_renaming_a_series_changes_nothing():

@@ -161,3 +161,37 @@ def test_ensemble_state_round_trip():
     a, b = ens.process(rest), clone.process(rest)
     np.testing.assert_array_equal(a.score, b.score)
     assert set(a.explain(0)) >= {"fired", "actual", "expected", "severity", "top"}
+
+
+def test_default_ensemble_state_round_trip_keeps_calibration():
+    """The shipped default (calibrated, with cooldown) resumes identically from a checkpoint."""
+    from models.ensemble import Ensemble
+    from models.presets import default_ensemble
+
+    X, _ = make_stream(0, n=800)
+    ens = default_ensemble()
+    assert ens.calibrate
+    ens.process(take(X, np.arange(1200)))
+    clone = Ensemble.from_state(pickle.loads(pickle.dumps(ens.to_state())))
+    rest = take(X, np.arange(1200, 2400))
+    a, b = ens.process(rest), clone.process(rest)
+    np.testing.assert_array_equal(a.score, b.score)
+    assert a.score.max() > 0  # calibration has warmed up: scores are not all zero
+
+
+def test_score_likelihood_calibrates_per_series():
+    """The same raw score is unusual on a quiet series and usual on a noisy one."""
+    from models.likelihood import ScoreLikelihood
+
+    rng = np.random.default_rng(0)
+    lk = ScoreLikelihood(min_windows=20)
+    s = np.array([0, 1])
+    for _ in range(300):
+        lk.learn(s, np.array([rng.uniform(0.0, 0.1), rng.uniform(0.3, 0.9)]))
+    quiet, noisy = lk.score(s, np.array([0.7, 0.7]))
+    assert quiet > 0.5 > noisy
+    before = lk.state.copy()
+    lk.score(s, np.array([1.0, 1.0]))
+    np.testing.assert_array_equal(before, lk.state)  # scoring does not mutate
+    with pytest.raises(ValueError):
+        ScoreLikelihood(alpha=0.0)

@@ -1,0 +1,297 @@
+"""The batch model from the MLflow registry: alias lookup, loading, hot swap.
+
+This is the only pipeline module that talks to MLflow.  The detect stage never waits on it:
+a :class:`ChampionWatcher` thread polls the ``champion`` alias (``get_model_version_by_alias``,
+~5 ms against Postgres), loads a new version in the background when the alias moves, and
+publishes ``(version, BatchModel)`` as one tuple that :meth:`ChampionWatcher.current` returns
+(a single attribute read, safe between batches without a lock).
+
+Usage in a detect worker::
+
+    watcher = ChampionWatcher(settings, poll_s=2.0, tracking_uri=override).start()
+    ...
+    version, model = watcher.current()           # between micro-batches
+    scores = model.score_many(X) if model else None  # record `version` with every score row
+    ...
+    watcher.stop()
+
+Failure policy: a registry or load error is logged and retried on the next poll; the current
+model stays in place.  When the alias is *deleted* the watcher publishes ``(None, None)``
+(no champion = no batch scoring).  Versions are compared as strings (the SQL store returns
+ints, REST returns strings).
+
+``import mlflow`` costs ~2 s; it happens in the watcher thread, never at import of this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from features.windows import FEATURES
+from models.batch import BatchModel
+from pipeline.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlflow import MlflowClient
+
+__all__ = [
+    "CHAMPION",
+    "CHALLENGER",
+    "TAG_FEATURES",
+    "TAG_SET_AT",
+    "ChampionWatcher",
+    "Swap",
+    "alias_version",
+    "load_version",
+    "measure_swap_delay",
+]
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+#: Model-version tag: JSON list of the window-feature columns the model reads, in order.
+TAG_FEATURES = "eventops.features"
+#: Registered-model tag ``eventops.<alias>_set_at``: epoch seconds of the last alias move.
+TAG_SET_AT = "eventops.{alias}_set_at"
+
+
+def _client(settings: Settings, tracking_uri: str | None) -> MlflowClient:
+    from training.tracking import client
+
+    return client(settings, tracking_uri)
+
+
+def _is_missing(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "")
+    # a missing model is RESOURCE_DOES_NOT_EXIST; a missing alias is INVALID_PARAMETER_VALUE
+    # ("Registered model alias champion not found.") in MLflow 3.17
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (
+        code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower()
+    )
+
+
+def alias_version(client: MlflowClient, name: str, alias: str = CHAMPION) -> str | None:
+    """Version (as ``str``) that ``alias`` points at, ``None`` when unset or no such model."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException as e:
+        if _is_missing(e):
+            return None
+        raise
+    return str(mv.version)
+
+
+def load_version(
+    client: MlflowClient, name: str, version: str | int, tracking_uri: str | None = None
+) -> BatchModel:
+    """Load registered ``name`` version ``version`` as a :class:`BatchModel`.
+
+    The estimator comes from ``mlflow.sklearn.load_model`` (the pyfunc of an anomaly detector
+    would return labels only); the feature columns from the version's ``eventops.features`` tag,
+    else from its signature, else :data:`features.windows.FEATURES`.
+    """
+    import mlflow.artifacts
+    import mlflow.sklearn
+
+    mv = client.get_model_version(name, str(version))
+    uri = client.get_model_version_download_uri(name, str(version))
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
+    est = mlflow.sklearn.load_model(local)
+    feats: tuple[str, ...] | None = None
+    if mv.tags.get(TAG_FEATURES):
+        feats = tuple(json.loads(mv.tags[TAG_FEATURES]))
+    else:
+        try:
+            from mlflow.models import Model
+
+            sig = Model.load(local).signature
+            feats = tuple(sig.inputs.input_names()) if sig is not None else None
+        except Exception:  # noqa: BLE001 - fall back to the default columns
+            feats = None
+    return BatchModel(est, feats or FEATURES, version=str(mv.version))
+
+
+@dataclass(frozen=True)
+class Swap:
+    """One model change seen by a watcher.
+
+    ``seen_s``/``ready_s`` are ``time.time()`` when the new alias target was first seen and when
+    the loaded model was published; ``alias_set_at`` is when training moved the alias (from the
+    registered-model tag, ``None`` if unknown); ``delay_s = ready_s - alias_set_at``.
+    """
+
+    old: str | None
+    new: str | None
+    seen_s: float
+    ready_s: float
+    load_s: float
+    alias_set_at: float | None
+
+    @property
+    def delay_s(self) -> float | None:
+        return None if self.alias_set_at is None else self.ready_s - self.alias_set_at
+
+
+class ChampionWatcher:
+    """Background poller of ``models:/<name>@<alias>``, loading new versions off the hot path.
+
+    Parameters
+    ----------
+    settings : Settings
+        ``model_name`` and the MLflow store.
+    poll_s : float
+        Seconds between alias checks (each ~5 ms against Postgres).
+    tracking_uri : str, optional
+        Override of the tracking URI (entry points pass ``MLFLOW_TRACKING_URI``).
+    alias : str
+        ``"champion"``, or ``"challenger"`` for shadow scoring.
+    on_swap : callable, optional
+        ``on_swap(swap: Swap)`` called from the watcher thread after each publish.
+
+    Attributes
+    ----------
+    swaps : list of Swap
+        Every change published so far.
+    last_error : BaseException or None
+        The last poll/load error (cleared by the next success).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        poll_s: float = 2.0,
+        *,
+        tracking_uri: str | None = None,
+        alias: str = CHAMPION,
+        on_swap: Any = None,
+    ) -> None:
+        if not poll_s > 0:
+            raise ValueError("poll_s must be > 0")
+        self.settings, self.poll_s, self.alias = settings, float(poll_s), alias
+        self.name = settings.model_name
+        self.tracking_uri = tracking_uri
+        self.on_swap = on_swap
+        self.swaps: list[Swap] = []
+        self.last_error: BaseException | None = None
+        self.checks = 0
+        self._current: tuple[str | None, BatchModel | None] = (None, None)
+        self._target: str | None = None  # alias target seen last
+        self._client = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ API for the detect stage
+    def current(self) -> tuple[str | None, BatchModel | None]:
+        """``(version, model)`` published last; ``(None, None)`` before the first load."""
+        return self._current
+
+    def start(self) -> ChampionWatcher:
+        """Start the polling thread (first check at once); returns ``self``."""
+        if self._thread is not None:
+            raise RuntimeError("watcher already started")
+        self._thread = threading.Thread(target=self._run, name=f"watch-{self.alias}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop polling and join the thread (a load in progress finishes first)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def poke(self) -> None:
+        """Check the alias now instead of at the next poll."""
+        self._wake.set()
+
+    def wait_for(self, version: str | int | None, timeout: float) -> bool:
+        """Block until ``current()[0] == str(version)`` (``None``: no model); ``False`` on timeout."""
+        want = None if version is None else str(version)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._current[0] != want:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 0.5))
+        return True
+
+    # ------------------------------------------------------------------ thread
+    def check_once(self) -> bool:
+        """One poll (and load when the alias moved); ``True`` when a new model was published."""
+        if self._client is None:
+            self._client = _client(self.settings, self.tracking_uri)
+        self.checks += 1
+        seen = time.time()
+        target = alias_version(self._client, self.name, self.alias)
+        if target == self._current[0]:
+            self._target = target
+            return False
+        self._target = target
+        t0 = time.perf_counter()
+        model = None if target is None else load_version(
+            self._client, self.name, target, self.tracking_uri
+        )
+        load_s = time.perf_counter() - t0
+        old = self._current[0]
+        with self._changed:
+            self._current = (target, model)
+            self._changed.notify_all()
+        swap = Swap(old, target, seen, time.time(), load_s, self._alias_set_at())
+        self.swaps.append(swap)
+        log.info("batch model %s@%s: %s -> %s (load %.2f s, %s after the alias moved)",
+                 self.name, self.alias, old, target, load_s,
+                 "?" if swap.delay_s is None else f"{swap.delay_s:.2f} s")
+        if self.on_swap is not None:
+            self.on_swap(swap)
+        return True
+
+    def _alias_set_at(self) -> float | None:
+        try:
+            rm = self._client.get_registered_model(self.name)
+            v = rm.tags.get(TAG_SET_AT.format(alias=self.alias))
+            return float(v) if v else None
+        except Exception:  # noqa: BLE001 - informational only
+            return None
+
+    def _run(self) -> None:
+        backoff = self.poll_s
+        while not self._stop.is_set():
+            try:
+                self.check_once()
+                self.last_error = None
+                backoff = self.poll_s
+            except Exception as e:  # noqa: BLE001 - keep the current model, retry
+                self.last_error = e
+                log.warning("model registry check failed (%s); retrying in %.1f s", e, backoff)
+                backoff = min(backoff * 2, max(self.poll_s, 30.0))
+            self._wake.wait(backoff)
+            self._wake.clear()
+
+
+def measure_swap_delay(
+    watcher: ChampionWatcher, client: MlflowClient, version: str | int, timeout: float = 30.0
+) -> float:
+    """Move the watcher's alias to ``version`` and return seconds until the watcher serves it.
+
+    Includes the alias write, the wait for the next poll and the background load.
+    """
+    t0 = time.perf_counter()
+    client.set_registered_model_alias(watcher.name, watcher.alias, str(version))
+    client.set_registered_model_tag(
+        watcher.name, TAG_SET_AT.format(alias=watcher.alias), repr(time.time())
+    )
+    if not watcher.wait_for(version, timeout):
+        raise TimeoutError(f"watcher did not swap to version {version} within {timeout} s")
+    return time.perf_counter() - t0

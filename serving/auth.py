@@ -1,0 +1,162 @@
+"""Per-tenant API keys: creation, hashing, constant-time verification, scopes and rate limits.
+
+A key looks like ``eo_<key_id>_<secret>``: ``key_id`` (12 hex digits) is the primary key of
+``api_keys`` and is safe to log; ``secret`` (256 random bits, url-safe base64) is shown once at
+creation and only its SHA-256 is stored. A fast hash is enough because the secret is
+high-entropy (nothing to brute-force); the comparison uses :func:`hmac.compare_digest`.
+
+Scopes: ``read`` (every GET, SSE streams and feedback on alerts), ``admin`` (everything ``read``
+may do plus inventory writes), ``ingest`` (only ``POST /ingest``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+
+from serving.errors import Forbidden, RateLimited, Unauthorized
+
+SCOPES = ("read", "ingest", "admin")
+#: what each scope of a key may do
+GRANTS: dict[str, frozenset[str]] = {
+    "read": frozenset({"read"}),
+    "admin": frozenset({"read", "admin"}),
+    "ingest": frozenset({"ingest"}),
+}
+_KEY_RE = re.compile(r"^eo_([0-9a-f]{12})_([A-Za-z0-9_-]{32,64})$")
+_DUMMY_HASH = hashlib.sha256(b"no such key").digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the key's id, tenant and scope."""
+
+    key_id: str
+    tenant_id: str
+    scope: str
+
+    def require(self, need: str) -> None:
+        if need not in GRANTS[self.scope]:
+            raise Forbidden(f"this key has scope '{self.scope}'; '{need}' is required")
+
+
+def hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def new_key() -> tuple[str, str, bytes]:
+    """A fresh ``(key_id, full_key, sha256(secret))``."""
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    return key_id, f"eo_{key_id}_{secret}", hash_secret(secret)
+
+
+def parse_key(key: str) -> tuple[str, str]:
+    """``(key_id, secret)`` of a well-formed key; raises :class:`Unauthorized` otherwise."""
+    m = _KEY_RE.match(key.strip())
+    if not m:
+        raise Unauthorized("malformed API key")
+    return m.group(1), m.group(2)
+
+
+# --- administration (CLI, demo; sync connections) ---------------------------------------------
+
+def create_key(conn: psycopg.Connection, tenant: str, scope: str, label: str = "") -> tuple[str, str]:
+    """Store a new key for ``tenant``; returns ``(key_id, full_key)`` — the only time it is seen."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+    if conn.execute("SELECT 1 FROM tenants WHERE tenant_id = %s", (tenant,)).fetchone() is None:
+        conn.rollback()
+        raise ValueError(f"unknown tenant {tenant!r} (create it with `eventops tenants create`)")
+    key_id, key, digest = new_key()
+    conn.execute(
+        "INSERT INTO api_keys (key_id, tenant_id, scope, key_hash, label) VALUES (%s, %s, %s, %s, %s)",
+        (key_id, tenant, scope, digest, label),
+    )
+    conn.commit()
+    return key_id, key
+
+
+def list_keys(conn: psycopg.Connection, tenant: str | None = None) -> list[dict]:
+    rows = conn.execute(
+        "SELECT key_id, tenant_id, scope, label, created_at, revoked_at FROM api_keys "
+        "WHERE %s::text IS NULL OR tenant_id = %s ORDER BY tenant_id, created_at",
+        (tenant, tenant),
+    ).fetchall()
+    conn.commit()
+    cols = ("key_id", "tenant_id", "scope", "label", "created_at", "revoked_at")
+    return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def revoke_key(conn: psycopg.Connection, key_id: str) -> bool:
+    n = conn.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE key_id = %s AND revoked_at IS NULL", (key_id,)
+    ).rowcount
+    conn.commit()
+    return n > 0
+
+
+# --- verification (API; async pool) -------------------------------------------------------------
+
+@dataclass
+class _Cached:
+    digest: bytes
+    principal: Principal | None  # None: unknown or revoked
+    until: float
+
+
+@dataclass
+class KeyStore:
+    """Verifies keys against ``api_keys``, caching lookups for ``ttl`` seconds."""
+
+    ttl: float = 5.0
+    _cache: dict[str, _Cached] = field(default_factory=dict)
+
+    async def verify(self, pool, key: str) -> Principal:
+        key_id, secret = parse_key(key)
+        now = time.monotonic()
+        hit = self._cache.get(key_id)
+        if hit is None or hit.until < now:
+            async with pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT tenant_id, scope, key_hash, revoked_at IS NOT NULL FROM api_keys "
+                    "WHERE key_id = %s", (key_id,),
+                )
+                row = await cur.fetchone()
+            if row is None or row[3]:
+                hit = _Cached(_DUMMY_HASH, None, now + self.ttl)
+            else:
+                hit = _Cached(bytes(row[2]), Principal(key_id, row[0], row[1]), now + self.ttl)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key_id] = hit
+        ok = hmac.compare_digest(hash_secret(secret), hit.digest)
+        if not ok or hit.principal is None:
+            raise Unauthorized("unknown or revoked API key")
+        return hit.principal
+
+
+@dataclass
+class RateLimiter:
+    """Token bucket per key id: ``rate`` requests/s sustained, ``burst`` at once; 0 = off."""
+
+    rate: float
+    burst: int
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (tokens, t)
+
+    def hit(self, key: str) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        tokens, t = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - t) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            raise RateLimited((1.0 - tokens) / self.rate)
+        self._buckets[key] = (tokens - 1.0, now)

@@ -1,0 +1,37 @@
+"""Serving-only configuration (``EVENTOPS_*`` variables, documented in ``.env.example``).
+
+Kept apart from :class:`pipeline.settings.Settings` because only the API process reads it;
+``create_app`` builds it once (tests pass their own).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.errors import ConfigError
+
+
+class ServingSettings(BaseSettings):
+    """CORS, limits and SSE knobs of the HTTP API."""
+
+    model_config = SettingsConfigDict(env_prefix="EVENTOPS_", env_file=".env", extra="ignore")
+
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins allowed by CORS (e.g. https://ops.example.com); "
+        "empty = no cross-origin access. '*' is refused: keys are credentials.",
+    )
+    max_request_bytes: int = Field(default=1_000_000, ge=1, description="Largest request body accepted (413 above).")
+    rate_limit_rps: float = Field(default=50.0, ge=0, description="Sustained requests per second per API key; 0 = no limit.")
+    rate_limit_burst: int = Field(default=200, ge=1, description="Requests a key may send at once before the rate applies.")
+    auth_cache_s: float = Field(default=5.0, ge=0, description="Seconds a verified key is cached (a revocation takes effect within this).")
+    sse_replay_max: int = Field(default=10_000, ge=1, description="Most alert events replayed to one SSE client on Last-Event-ID resume.")
+    score_poll_s: float = Field(default=1.0, gt=0, description="How often a score stream polls the scores table.")
+    incident_gap_s: float = Field(default=900.0, gt=0, description="Alerts of a host opened within this gap form one incident.")
+
+    def cors_list(self) -> list[str]:
+        out = [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+        if "*" in out:
+            raise ConfigError("EVENTOPS_CORS_ORIGINS='*' is not allowed; list the origins")
+        return out

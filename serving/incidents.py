@@ -1,0 +1,135 @@
+"""Incidents: a tenant's alerts grouped by host and time, the likely root series first.
+
+Alerts of one host whose opening falls within ``incident_gap_s`` of the end of the group so
+far (or while it is still open) form one incident. Ranking inside an incident: the series
+that went wrong first, then the more severe, then the higher score — the earliest symptom is
+the best guess for the cause. ``incident_id`` is ``inc-`` + the first alert's id, stable as
+long as no earlier alert of the host joins the group.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel
+
+from pipeline.errors import NotFound
+from serving.alerts import SELECT, Alert, to_alert
+from serving.deps import PoolDep, ReadKey, ServingDep
+from serving.timerange import EndQ, StartQ, time_range
+
+router = APIRouter(prefix="/incidents", tags=["incidents"])
+SEV = {"warning": 1, "critical": 2}
+MAX_ALERTS = 5000
+
+
+class RootSeries(BaseModel):
+    host: str
+    metric: str
+    alert_id: str
+
+
+class Incident(BaseModel):
+    incident_id: str
+    host: str
+    state: str  # open while any of its alerts is open
+    severity: str
+    started_at: datetime
+    ended_at: datetime | None
+    alert_count: int
+    root: RootSeries
+    series: list[str]  # metrics in rank order, root first
+
+
+class IncidentDetail(Incident):
+    alerts: list[Alert]  # in rank order, root first
+
+
+def group(alerts: list[Alert], gap: timedelta) -> list[IncidentDetail]:
+    """Group alerts (any order) into incidents per host."""
+    out: list[IncidentDetail] = []
+    by_host: dict[str, list[Alert]] = {}
+    for a in sorted(alerts, key=lambda a: (a.host, a.opened_at, a.alert_id)):
+        by_host.setdefault(a.host, []).append(a)
+    for host, xs in by_host.items():
+        cur: list[Alert] = []
+        end: datetime | None = None
+        is_open = False
+        for a in xs:
+            if cur and not is_open and a.opened_at > end + gap:
+                out.append(_incident(host, cur))
+                cur, end, is_open = [], None, False
+            cur.append(a)
+            a_end = a.resolved_at or a.updated_at
+            end = a_end if end is None else max(end, a_end)
+            is_open = is_open or a.state == "open"
+        if cur:
+            out.append(_incident(host, cur))
+    return out
+
+
+def _incident(host: str, xs: list[Alert]) -> IncidentDetail:
+    ranked = sorted(xs, key=lambda a: (a.opened_at, -SEV.get(a.severity, 0), -(a.score or 0.0)))
+    first = min(xs, key=lambda a: (a.opened_at, a.alert_id))
+    metrics: list[str] = []
+    for a in ranked:
+        if a.metric not in metrics:
+            metrics.append(a.metric)
+    is_open = any(a.state == "open" for a in xs)
+    return IncidentDetail(
+        incident_id=f"inc-{first.alert_id}", host=host, state="open" if is_open else "resolved",
+        severity=max((a.severity for a in xs), key=lambda s: SEV.get(s, 0)),
+        started_at=first.opened_at,
+        ended_at=None if is_open else max(a.resolved_at or a.updated_at for a in xs),
+        alert_count=len(xs), root=RootSeries(host=host, metric=ranked[0].metric, alert_id=ranked[0].alert_id),
+        series=metrics, alerts=ranked,
+    )
+
+
+@router.get("", response_model=list[Incident])
+async def list_incidents(
+    pool: PoolDep, key: ReadKey, serving: ServingDep, start: StartQ = None, end: EndQ = None,
+    state: Annotated[Literal["open", "resolved"] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[Incident]:
+    """Incidents whose alerts opened in ``[start, end)`` (default: last 24 h), newest first."""
+    start, end = time_range(start, end, timedelta(hours=24))
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            SELECT + "WHERE a.tenant_id = %s AND a.opened_at >= %s AND a.opened_at < %s "
+            "ORDER BY a.opened_at DESC LIMIT %s", (key.tenant_id, start, end, MAX_ALERTS))
+        alerts = [to_alert(r) for r in await cur.fetchall()]
+    incs = group(alerts, timedelta(seconds=serving.incident_gap_s))
+    if state:
+        incs = [i for i in incs if i.state == state]
+    incs.sort(key=lambda i: i.started_at, reverse=True)
+    return [Incident(**i.model_dump(exclude={"alerts"})) for i in incs[:limit]]
+
+
+@router.get("/{incident_id}", response_model=IncidentDetail)
+async def get_incident(
+    pool: PoolDep, key: ReadKey, serving: ServingDep,
+    incident_id: Annotated[str, Path(max_length=200)],
+) -> IncidentDetail:
+    """One incident with its alerts, the likely root series first."""
+    if not incident_id.startswith("inc-"):
+        raise NotFound(f"incident {incident_id!r} not found")
+    gap = timedelta(seconds=serving.incident_gap_s)
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT host, opened_at FROM alerts WHERE tenant_id = %s AND alert_id = %s",
+            (key.tenant_id, incident_id[4:]))
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"incident {incident_id!r} not found")
+        host, opened = row
+        cur = await conn.execute(
+            SELECT + "WHERE a.tenant_id = %s AND a.host = %s AND a.opened_at >= %s "
+            "ORDER BY a.opened_at LIMIT %s", (key.tenant_id, host, opened - 7 * gap, MAX_ALERTS))
+        alerts = [to_alert(r) for r in await cur.fetchall()]
+    for inc in group(alerts, gap):
+        if inc.incident_id == incident_id:
+            return inc
+    raise NotFound(f"incident {incident_id!r} not found")

@@ -1,0 +1,176 @@
+"""``eventops train`` and ``eventops models list|status|promote|rollback``.
+
+Registered by ``pipeline.cli`` (``register(app)``).  MLflow is imported inside the commands only
+(``import mlflow`` costs ~2 s, which every other ``eventops`` command should not pay).  The
+tracking URI override comes from ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` here, at the entry
+point; without it the project's PostgreSQL database ``mlflow`` is used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+log = logging.getLogger(__name__)
+
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                 help="MLflow tracking URI (default: the project's PostgreSQL, db `mlflow`)"),
+]  # fmt: skip
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_every(text: str) -> float:
+    """``"6h"`` -> 21600.0; accepts s/m/h/d suffixes (plain number = seconds).
+
+    >>> parse_every("6h"), parse_every("90s"), parse_every("1.5m"), parse_every("30")
+    (21600.0, 90.0, 90.0, 30.0)
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"bad interval {text!r}; use e.g. 30m, 6h, 1d")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _settings():
+    from pipeline.settings import Settings
+
+    return Settings()
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and the ``models`` group to the ``eventops`` app."""
+    models_app = typer.Typer(help="Registered batch models (MLflow).", no_args_is_help=True)
+    app.add_typer(models_app, name="models")
+
+    @app.command()
+    def train(
+        source: Annotated[str, typer.Option(help="postgres (features + feedback) or csv")] = "postgres",
+        csv: Annotated[list[Path] | None, typer.Option(help="CSV files/dirs (source=csv)")] = None,
+        windows: Annotated[Path | None, typer.Option(help="NAB windows.json labels (source=csv)")] = None,
+        window_s: Annotated[float | None, typer.Option(help="window length for CSV series")] = None,
+        tenant: Annotated[str | None, typer.Option(help="only this tenant (source=postgres)")] = None,
+        since_hours: Annotated[float | None, typer.Option(help="history to use (source=postgres)")] = None,
+        inject: Annotated[int, typer.Option(help="synthetic anomalies injected per series")] = 2,
+        seed: Annotated[int, typer.Option()] = 0,
+        family: Annotated[str, typer.Option(help="isolation_forest | robust_z")] = "isolation_forest",
+        n_estimators: Annotated[int, typer.Option(help="IsolationForest trees")] = 100,
+        max_train_windows: Annotated[int | None, typer.Option()] = 200_000,
+        margin: Annotated[float, typer.Option(help="NAB points the candidate must win by")] = 1.0,
+        max_alerts_per_series_day: Annotated[float, typer.Option()] = 6.0,
+        max_latency_ms: Annotated[float, typer.Option(help="per 10k windows")] = 500.0,
+        no_promote: Annotated[bool, typer.Option("--no-promote", help="register only")] = False,
+        every: Annotated[str | None, typer.Option(help="retrain forever at this interval, e.g. 6h")] = None,
+        experiment: Annotated[str, typer.Option()] = "eventops-detector",
+        tracking_uri: TrackingOpt = None,
+    ) -> None:
+        """Train a batch detector, log and register it in MLflow, promote it if it is better."""
+        from training import datasets
+        from training.promotion import PromotionPolicy
+        from training.train import TrainConfig, train_and_register
+
+        s = _settings()
+        cfg = TrainConfig(
+            family=family, seed=seed, max_train_windows=max_train_windows,
+            params={"n_estimators": n_estimators} if family == "isolation_forest" else {},
+        )  # fmt: skip
+        policy = PromotionPolicy(margin=margin, max_alerts_per_series_day=max_alerts_per_series_day,
+                                 max_latency_ms_per_10k=max_latency_ms)
+        interval = parse_every(every) if every else None
+
+        def once() -> None:
+            if source == "csv":
+                if not csv:
+                    raise typer.BadParameter("--csv is required with --source csv")
+                ds = datasets.from_csv(csv, windows, window_s)
+            elif source == "postgres":
+                since = time.time() - since_hours * 3600 if since_hours else None
+                ds = datasets.from_postgres(s, tenant=tenant, since=since)
+            else:
+                raise typer.BadParameter(f"unknown source {source!r}")
+            if inject:
+                ds = datasets.inject_anomalies(ds, per_series=inject, seed=seed)
+            r = train_and_register(s, ds, cfg, policy, tracking_uri=tracking_uri,
+                                   experiment=experiment, promote=not no_promote)
+            d = r.decision
+            typer.echo(json.dumps({
+                "version": r.version, "run_id": r.run_id, "dataset": ds.summary(),
+                "metrics": r.metrics, "timings_s": {k: round(v, 3) for k, v in r.timings.items()},
+                "decision": None if d is None else
+                {"action": d.action, "reason": d.reason, "champion_version": d.champion_version,
+                 "challenger": d.challenger},
+            }, indent=2, default=str))  # fmt: skip
+
+        if interval is None:
+            try:
+                once()
+            except ValueError as e:
+                raise typer.BadParameter(str(e)) from e
+            return
+        log.info("retraining every %s (%.0f s); Ctrl-C stops", every, interval)
+        while True:
+            t0 = time.monotonic()
+            try:
+                once()
+            except Exception:  # noqa: BLE001 - a failed round must not stop the schedule
+                log.exception("training round failed; next round in %s", every)
+            time.sleep(max(0.0, interval - (time.monotonic() - t0)))
+
+    @models_app.command("list")
+    def models_list(tracking_uri: TrackingOpt = None) -> None:
+        """Registered versions, newest first: aliases, decision and NAB score."""
+        from training.status import list_versions
+
+        rows = list_versions(_settings(), tracking_uri)
+        if not rows:
+            typer.echo("no registered versions")
+            return
+        for r in rows:
+            nab = (r["metrics"] or {}).get("nab_standard")
+            typer.echo(
+                f"v{r['version']:<4} {','.join(r['aliases']) or '-':<20} {r['family'] or '-':<17} "
+                f"nab={'-' if nab is None else f'{nab:.2f}':<8} {r['decision'] or '-':<12} "
+                f"{r['reason'] or ''}"
+            )
+
+    @models_app.command("status")
+    def models_status(tracking_uri: TrackingOpt = None) -> None:
+        """Champion, challenger and the last decision (the API's /models) as JSON."""
+        from training.status import model_status
+
+        typer.echo(json.dumps(model_status(_settings(), tracking_uri), indent=2, default=str))
+
+    @models_app.command("promote")
+    def models_promote(
+        version: Annotated[str, typer.Argument(help="registered version to make champion")],
+        reason: Annotated[str, typer.Option()] = "manual",
+        tracking_uri: TrackingOpt = None,
+    ) -> None:
+        """Make VERSION the champion now (operator override; no evaluation)."""
+        from training.promotion import promote
+        from training.tracking import client
+
+        s = _settings()
+        prev = promote(client(s, tracking_uri), s.model_name, version, reason)
+        typer.echo(f"{s.model_name}: champion {prev or '-'} -> {version}")
+
+    @models_app.command("rollback")
+    def models_rollback(tracking_uri: TrackingOpt = None) -> None:
+        """Restore the champion that the current champion replaced."""
+        from training.promotion import rollback
+        from training.tracking import client
+
+        s = _settings()
+        try:
+            cur, prev = rollback(client(s, tracking_uri), s.model_name)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from e
+        typer.echo(f"{s.model_name}: champion {cur} -> {prev} (rolled back)")

@@ -1,0 +1,340 @@
+"""Candidate vs champion on the same labelled set; promotion, challenger, rollback.
+
+Rule (:func:`decide`): a candidate must pass the guardrails -- alert volume
+(``alerts_per_series_day <= max_alerts_per_series_day``, an alert being a run of consecutive
+windows scoring ``>= alert_threshold``) and scoring latency (``latency_ms_per_10k <=
+max_latency_ms_per_10k``).  With no champion, passing the guardrails is enough.  Otherwise
+the candidate's ``metric`` (default the NAB standard score, 0-100) must beat the champion's by
+at least ``margin``.  A candidate that passes the guardrails but is not better becomes the
+``challenger`` (shadow scoring) unless ``challenger=False``.
+
+Every decision is written to MLflow:
+
+* on the candidate version: ``eventops.decision`` (``promoted`` / ``rejected``), ``eventops.reason``,
+  ``eventops.metrics`` and ``eventops.champion_metrics`` (JSON), ``eventops.compared_with``
+  (champion version or ``none``), ``eventops.policy`` (JSON), ``eventops.decided_at``;
+* on a promoted version: ``eventops.previous_champion`` (what ``rollback`` restores);
+* on the registered model: ``eventops.last_decision`` (JSON) and ``eventops.champion_set_at``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from models.batch import BatchModel
+from pipeline.registry import CHALLENGER, CHAMPION, TAG_SET_AT, alias_version, load_version
+from training.datasets import WindowDataset
+from training.evaluate import evaluate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlflow import MlflowClient
+
+    from pipeline.settings import Settings
+
+__all__ = [
+    "Decision",
+    "PromotionPolicy",
+    "decide",
+    "evaluate_and_promote",
+    "evaluate_model",
+    "evaluate_scores",
+    "promote",
+    "rollback",
+]
+
+log = logging.getLogger(__name__)
+
+TAG_DECISION = "eventops.decision"
+TAG_REASON = "eventops.reason"
+TAG_METRICS = "eventops.metrics"
+TAG_CHAMPION_METRICS = "eventops.champion_metrics"
+TAG_COMPARED = "eventops.compared_with"
+TAG_POLICY = "eventops.policy"
+TAG_DECIDED_AT = "eventops.decided_at"
+TAG_PREVIOUS = "eventops.previous_champion"
+TAG_LAST_DECISION = "eventops.last_decision"
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    """When a candidate may replace the champion.
+
+    Attributes
+    ----------
+    metric : str
+        Key of :func:`evaluate_scores` compared (higher = better).
+    margin : float
+        Required improvement over the champion, in units of ``metric``.
+    max_alerts_per_series_day : float
+        Guardrail on alert volume at ``alert_threshold``.
+    max_latency_ms_per_10k : float
+        Guardrail on scoring time of a 10k-window batch.
+    alert_threshold : float
+        Score at which a window counts as alerting (the ensemble's ``warning`` level).
+    """
+
+    metric: str = "nab_standard"
+    margin: float = 1.0
+    max_alerts_per_series_day: float = 6.0
+    max_latency_ms_per_10k: float = 500.0
+    alert_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.margin < 0 or self.max_alerts_per_series_day <= 0:
+            raise ValueError("margin must be >= 0 and max_alerts_per_series_day > 0")
+        if self.max_latency_ms_per_10k <= 0 or not 0 < self.alert_threshold <= 1:
+            raise ValueError("max_latency_ms_per_10k > 0 and alert_threshold in (0, 1]")
+
+
+@dataclass
+class Decision:
+    """Outcome of one candidate evaluation."""
+
+    version: str
+    promoted: bool
+    reason: str
+    metrics: dict[str, float]
+    champion_version: str | None = None
+    champion_metrics: dict[str, float] | None = None
+    challenger: bool = False
+    decided_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    @property
+    def action(self) -> str:
+        return "promoted" if self.promoted else "rejected"
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def _alert_runs(ds: WindowDataset, scores: np.ndarray, thr: float) -> int:
+    """Alert events: runs of consecutive windows of one series scoring ``>= thr``."""
+    s = ds.X["series"]
+    hot = scores >= thr
+    if not hot.any():
+        return 0
+    order = np.lexsort((ds.X["start"], s))
+    hs, ss = hot[order], s[order]
+    start = hs.copy()
+    start[1:] &= ~(hs[:-1] & (ss[1:] == ss[:-1]))
+    return int(start.sum())
+
+
+def evaluate_scores(
+    ds: WindowDataset, scores: np.ndarray, alert_threshold: float = 0.5
+) -> dict[str, float]:
+    """Backtest metrics of per-window ``scores`` on the labelled ``ds`` (flat dict, JSON-safe).
+
+    ``nab_*``: NAB-style scores per profile (0 = null, 100 = perfect; threshold optimised);
+    ``precision``/``recall``/``f1``/``mean_delay_s`` event-wise at the standard threshold;
+    ``alerts_per_series_day`` at ``alert_threshold``.
+    """
+    rep = evaluate(ds.labelled(scores))
+    ev = rep["events"]
+    out = {
+        "nab_standard": rep["nab"]["standard"]["score"],
+        "nab_low_fp": rep["nab"]["reward_low_FP"]["score"],
+        "nab_low_fn": rep["nab"]["reward_low_FN"]["score"],
+        "nab_threshold": rep["nab"]["standard"]["threshold"],
+        "precision": ev["precision"],
+        "recall": ev["recall"],
+        "f1": ev["f1"],
+        "tp": ev["tp"],
+        "fp": ev["fp"],
+        "fn": ev["fn"],
+        "mean_delay_s": ev["mean_delay_s"],
+        "alerts_per_series_day": _alert_runs(ds, scores, alert_threshold)
+        / max(ds.series_days(), 1e-9),
+        "eval_windows": len(ds),
+        "eval_labelled_windows": rep["nab"]["standard"]["windows"],
+    }
+    return {k: _clean(v) for k, v in out.items()}
+
+
+def _clean(v: Any) -> float | None:
+    v = float(v)
+    if math.isnan(v) or math.isinf(v):
+        return None
+    return round(v, 6)
+
+
+def evaluate_model(
+    model: BatchModel, ds: WindowDataset, policy: PromotionPolicy | None = None
+) -> dict[str, float]:
+    """Score every window of ``ds`` with ``model`` (10k batches, timed) and evaluate."""
+    policy = policy or PromotionPolicy()
+    n = len(ds)
+    scores = np.empty(n)
+    t = 0.0
+    for lo in range(0, n, 10_000):
+        part = ds.take(np.arange(lo, min(lo + 10_000, n)))
+        t0 = time.perf_counter()
+        scores[lo : lo + len(part["series"])] = model.score_many(part)
+        t += time.perf_counter() - t0
+    m = evaluate_scores(ds, scores, policy.alert_threshold)
+    m["latency_ms_per_10k"] = round(1000.0 * t * 10_000 / max(n, 1), 3)
+    return m
+
+
+def guardrail_failures(metrics: dict[str, Any], policy: PromotionPolicy) -> list[str]:
+    """Human-readable guardrail violations (empty = passes)."""
+    out = []
+    a = metrics.get("alerts_per_series_day")
+    if a is None or a > policy.max_alerts_per_series_day:
+        out.append(f"alerts_per_series_day {a} > {policy.max_alerts_per_series_day}")
+    lat = metrics.get("latency_ms_per_10k")
+    if lat is None or lat > policy.max_latency_ms_per_10k:
+        out.append(f"latency_ms_per_10k {lat} > {policy.max_latency_ms_per_10k}")
+    if metrics.get(policy.metric) is None:
+        out.append(f"{policy.metric} is undefined on this labelled set")
+    return out
+
+
+def decide(
+    candidate: dict[str, Any], champion: dict[str, Any] | None, policy: PromotionPolicy
+) -> tuple[bool, str]:
+    """``(promote, reason)`` for a candidate's metrics against the champion's (``None``: none).
+
+    >>> p = PromotionPolicy(margin=1.0)
+    >>> ok = {"nab_standard": 40.0, "alerts_per_series_day": 1, "latency_ms_per_10k": 9}
+    >>> decide(ok, None, p)
+    (True, 'first model: passes guardrails (nab_standard 40.0)')
+    >>> decide(ok, {**ok, "nab_standard": 39.5}, p)[1]
+    'not better by margin: nab_standard 40.0 vs champion 39.5 (margin 1.0)'
+    >>> decide({**ok, "alerts_per_series_day": 50}, None, p)[1]
+    'guardrail: alerts_per_series_day 50 > 6.0'
+    """
+    fails = guardrail_failures(candidate, policy)
+    if fails:
+        return False, "guardrail: " + "; ".join(fails)
+    c = candidate[policy.metric]
+    if champion is None:
+        return True, f"first model: passes guardrails ({policy.metric} {c})"
+    h = champion.get(policy.metric)
+    if h is None:
+        return True, f"champion's {policy.metric} is undefined; candidate {c}"
+    if c >= h + policy.margin:
+        return True, f"better: {policy.metric} {c} vs champion {h} (margin {policy.margin})"
+    return False, f"not better by margin: {policy.metric} {c} vs champion {h} (margin {policy.margin})"
+
+
+# --- registry operations ----------------------------------------------------------------------
+
+
+def _json(d: Any) -> str:
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def _move_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
+    client.set_registered_model_alias(name, alias, str(version))
+    client.set_registered_model_tag(name, TAG_SET_AT.format(alias=alias), repr(time.time()))
+
+
+def _record(client: MlflowClient, name: str, entry: dict[str, Any]) -> None:
+    client.set_registered_model_tag(name, TAG_LAST_DECISION, _json(entry))
+
+
+def promote(
+    client: MlflowClient, name: str, version: str | int, reason: str = "manual"
+) -> str | None:
+    """Make ``version`` the champion (no evaluation); returns the previous champion.
+
+    The previous champion is recorded on the new one (``eventops.previous_champion``) so
+    :func:`rollback` can restore it.
+    """
+    version = str(version)
+    prev = alias_version(client, name, CHAMPION)
+    if prev == version:
+        return prev
+    client.get_model_version(name, version)  # raises when it does not exist
+    if prev is not None:
+        client.set_model_version_tag(name, version, TAG_PREVIOUS, prev)
+    _move_alias(client, name, CHAMPION, version)
+    if alias_version(client, name, CHALLENGER) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    _record(client, name, {"action": "promoted", "version": version, "previous": prev,
+                           "reason": reason, "at": datetime.now(UTC).isoformat()})
+    log.info("%s: champion %s -> %s (%s)", name, prev, version, reason)
+    return prev
+
+
+def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
+    """Restore the champion that the current one replaced; returns ``(from, to)``.
+
+    Raises ``ValueError`` when there is no champion or it has no recorded predecessor.
+    """
+    cur = alias_version(client, name, CHAMPION)
+    if cur is None:
+        raise ValueError(f"{name} has no champion to roll back")
+    prev = client.get_model_version(name, cur).tags.get(TAG_PREVIOUS)
+    if not prev:
+        raise ValueError(f"{name} v{cur} has no previous champion recorded")
+    _move_alias(client, name, CHAMPION, prev)
+    now = datetime.now(UTC).isoformat()
+    client.set_model_version_tag(name, cur, TAG_DECISION, "rolled_back")
+    client.set_model_version_tag(name, cur, TAG_REASON, f"rolled back to v{prev} at {now}")
+    _record(client, name, {"action": "rollback", "version": prev, "previous": cur,
+                           "reason": f"rollback from v{cur}", "at": now})
+    log.info("%s: rolled back champion %s -> %s", name, cur, prev)
+    return cur, prev
+
+
+def evaluate_and_promote(
+    settings: Settings,
+    version: str | int,
+    ds: WindowDataset,
+    policy: PromotionPolicy | None = None,
+    *,
+    tracking_uri: str | None = None,
+    candidate_metrics: dict[str, Any] | None = None,
+    challenger: bool = True,
+) -> Decision:
+    """Evaluate ``version`` and the current champion on ``ds``; promote, or reject with a reason.
+
+    ``candidate_metrics`` skips re-scoring the candidate when the caller just evaluated it on
+    the same ``ds``.  Tags described in the module docstring are written either way.
+    """
+    from training.tracking import client as make_client
+
+    policy = policy or PromotionPolicy()
+    client = make_client(settings, tracking_uri)
+    name, version = settings.model_name, str(version)
+    if candidate_metrics is None:
+        cand = load_version(client, name, version, tracking_uri)
+        candidate_metrics = evaluate_model(cand, ds, policy)
+    champ_v = alias_version(client, name, CHAMPION)
+    champ_m = None
+    if champ_v is not None and champ_v != version:
+        champ_m = evaluate_model(load_version(client, name, champ_v, tracking_uri), ds, policy)
+    ok, reason = decide(candidate_metrics, champ_m, policy)
+    d = Decision(version, ok, reason, candidate_metrics, champ_v, champ_m)
+    tags = {
+        TAG_DECISION: d.action,
+        TAG_REASON: reason,
+        TAG_METRICS: _json(candidate_metrics),
+        TAG_CHAMPION_METRICS: _json(champ_m),
+        TAG_COMPARED: champ_v or "none",
+        TAG_POLICY: _json(asdict(policy)),
+        TAG_DECIDED_AT: d.decided_at,
+    }
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    if ok:
+        promote(client, name, version, reason)
+    else:
+        d.challenger = challenger and not guardrail_failures(candidate_metrics, policy)
+        if d.challenger:
+            _move_alias(client, name, CHALLENGER, version)
+        _record(client, name, {"action": "rejected", "version": version, "previous": champ_v,
+                               "reason": reason, "at": d.decided_at,
+                               "challenger": d.challenger})
+    log.info("%s v%s %s: %s", name, version, d.action, reason)
+    return d
