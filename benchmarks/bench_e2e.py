@@ -47,6 +47,8 @@ def make_events(n: int, tenant: str) -> tuple[list[bytes], list[str]]:
 def env_for(s: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for k, v in s.model_dump().items():
+        if v is None or k == "mlflow_tracking_uri_override":
+            continue
         env[f"EVENTOPS_{k.upper()}"] = v.get_secret_value() if hasattr(v, "get_secret_value") else str(v)
     return env
 

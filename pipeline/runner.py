@@ -131,6 +131,10 @@ class KafkaWorker:
             "normalize": s.topic_metric, "enrich": s.topic_enriched, "detect": s.topic_enriched,
         }[last]
         self.stats = Stats()
+        self.watcher = None
+        if model is None and "detect" in self.chain:
+            self.watcher = start_watcher(s)
+            model = self.watcher.current if self.watcher else None
         self.conn = db.connect(s)  # reference data (tenants, inventory, open alerts)
         self.sink = db.Sink(db.connect(s)) if "sink" in self.chain else None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sink")
@@ -219,6 +223,8 @@ class KafkaWorker:
             self.consumer.close()
         finally:
             self._writer.shutdown()
+            if self.watcher is not None:
+                self.watcher.stop()
             self.conn.close()
             if self.sink is not None:
                 self.sink.conn.close()
@@ -352,6 +358,16 @@ class KafkaWorker:
         if pending:
             log.info("publishing %d alert events left by a previous run", len(pending))
             self._publish(pending)
+
+
+def start_watcher(s: Settings):
+    """The champion-model watcher of a detect worker (``None`` when turned off)."""
+    if s.champion_poll_s <= 0:
+        return None
+    from pipeline.registry import ChampionWatcher
+
+    return ChampionWatcher(s, poll_s=s.champion_poll_s,
+                           tracking_uri=s.mlflow_tracking_uri_override).start()
 
 
 def late_letters(batch: MetricBatch, idx: np.ndarray) -> list[DeadLetter]:

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # --- MLflow -----------------------------------------------------------------------------
     mlflow_artifacts: Path = REPO_ROOT / "mlruns"
     model_name: str = "eventops-detector"
+    #: seconds between champion alias checks in detect workers (0 = no batch model)
+    champion_poll_s: float = 2.0
+    #: MLflow tracking server (compose: http://mlflow:5000); empty = the `mlflow` database above
+    mlflow_tracking_uri_override: str | None = Field(default=None, validation_alias="MLFLOW_TRACKING_URI")
 
     # --- Local services ---------------------------------------------------------------------
     state_dir: Path = REPO_ROOT / ".services"

@@ -74,6 +74,7 @@ def settings(base_settings: Settings, test_db: str, tmp_path: Path) -> Settings:
         "topic_partitions": 3,
         "consumer_group_prefix": f"g-{sfx}",
         "batch_max_wait_ms": 100,
+        "champion_poll_s": 0.0,  # tests of the batch model turn the champion watcher on
         "inventory_refresh_s": 0.5,
     })
     kq.wait_for_broker(s, timeout=60)
@@ -102,6 +103,11 @@ def settings_env(s: Settings) -> dict[str, str]:
     for k, v in s.model_dump().items():
         if hasattr(v, "get_secret_value"):
             v = v.get_secret_value()
+        if v is None:
+            continue
+        if k == "mlflow_tracking_uri_override":
+            env["MLFLOW_TRACKING_URI"] = str(v)
+            continue
         env[f"EVENTOPS_{k.upper()}"] = str(v)
     return env
 
