@@ -5,9 +5,8 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-APT_PKGS := postgresql kcat docker-compose
 
-.PHONY: help setup apt venv services-up services-down services-status migrate topics demo test test-unit test-integration bench lint clean
+.PHONY: help setup apt venv services-up services-down services-status migrate topics demo test test-unit test-integration bench lint clean mlflow
 
 help:
 	@echo "make demo   - local PostgreSQL + embedded pipeline + simulator + API/UI"
@@ -25,6 +24,7 @@ apt:
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing >/dev/null; \
@@ -65,6 +65,13 @@ test-unit: venv
 bench: services-up
 	$(BIN)/python -m benchmarks.bench_e2e
 	$(BIN)/python -m benchmarks.bench_detect
+	$(BIN)/python -m benchmarks.bench_train
+	$(BIN)/python -m benchmarks.bench_api
+
+# MLflow UI on the project's PostgreSQL (database `mlflow`), artifacts under mlruns/
+mlflow: services-up
+	$(BIN)/mlflow server --backend-store-uri "postgresql+psycopg://eventops:eventops@127.0.0.1:$${EVENTOPS_PG_PORT:-55432}/mlflow" \
+	  --artifacts-destination mlruns --workers 1 --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
 lint: venv
 	$(BIN)/ruff check pipeline features models training serving tests benchmarks
