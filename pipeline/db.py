@@ -8,11 +8,13 @@ Metric rows go through ``COPY`` (binary) into a temporary staging table and then
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import orjson
 import psycopg
 from psycopg import sql
@@ -141,6 +143,17 @@ CREATE TEMP TABLE IF NOT EXISTS windows_stage (
 _COPY_TYPES = ["text", "text", "text", "text", "float8", "float8", "text", "text"]
 
 
+_UNSAFE = re.compile(r"[\\\t\n\r]")
+
+
+def _SAFE(s: str) -> bool:
+    return _UNSAFE.search(s) is None
+
+
+def _copy_escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Detect state of one input partition and the offset it is valid up to (exclusive)."""
@@ -191,14 +204,49 @@ class Sink:
         Runs in one transaction: metrics, window features and scores, alert transitions and
         the detect state checkpoints (with their offsets) are stored together or not at all.
         """
-        alert_events = list(alert_events)
+        alert_events, checkpoints = list(alert_events), list(checkpoints)
+        try:
+            # fast path: plain COPY into metrics; a replayed event violates the unique key ...
+            return self._write(batch, alert_events, windows, checkpoints, fresh=True)
+        except psycopg.errors.UniqueViolation:
+            # ... and the whole batch is written again, skipping rows already stored
+            log.info("replayed events in a batch of %d: writing with ON CONFLICT", len(batch))
+            return self._write(batch, alert_events, windows, checkpoints, fresh=False)
+
+    def _write(self, batch, alert_events, windows, checkpoints, fresh: bool) -> tuple[int, list[dict]]:
         with self.conn.transaction():
-            inserted = self._write_metrics(batch) if len(batch) else 0
+            if not len(batch):
+                inserted = 0
+            elif fresh:
+                inserted = self._copy_metrics(batch)
+            else:
+                inserted = self._write_metrics(batch)
             if windows is not None and len(windows):
                 self._write_windows(windows)
             stored = self._write_alerts(alert_events) if alert_events else []
             save_checkpoints(self.conn, checkpoints)
         return inserted, stored
+
+    def _copy_metrics(self, b: MetricBatch) -> int:
+        """COPY (text) straight into ``metrics``; fails on the first already-stored event id."""
+        ts = np.datetime_as_string((b.ts * 1e6).astype("datetime64[us]"), unit="us").tolist()
+        dumps = orjson.dumps
+        lines = []
+        for e, t, h, m, v, d, u, g in zip(b.event_id, b.tenant_id, b.host, b.metric,
+                                          b.value.tolist(), ts, b.unit, b.tags, strict=True):
+            tags = "{}" if g is None else dumps(g).decode()
+            if "\\" in tags:
+                tags = tags.replace("\\", "\\\\")
+            if not _SAFE(e):
+                e = _copy_escape(e)
+            if not _SAFE(u):
+                u = _copy_escape(u)
+            lines.append(f"{e}\t{t}\t{h}\t{m}\t{v!r}\t{d}Z\t{u}\t{tags}\n")
+        with self.conn.cursor().copy(
+            "COPY metrics (event_id, tenant_id, host, metric, value, ts_event, unit, tags) FROM STDIN"
+        ) as cp:
+            cp.write("".join(lines))
+        return len(lines)
 
     def _write_windows(self, w) -> None:
         """``features`` and ``scores`` rows of closed windows (idempotent on the window key)."""

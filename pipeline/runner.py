@@ -16,20 +16,26 @@ import logging
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message
 
-from models.rules import RulesFile, RuleSet
+from models.rules import RuleSet, RulesFile
 from pipeline import db
 from pipeline import kafka as kq
 from pipeline.batch import DeadLetter, MetricBatch
 from pipeline.settings import Settings
-from pipeline.stages.anomaly import ANOMALY_RULE, DetectOutput, DetectStage, ModelProvider, WindowRows
+from pipeline.stages.anomaly import (
+    ANOMALY_RULE,
+    DetectOutput,
+    DetectStage,
+    ModelProvider,
+    WindowRows,
+)
 from pipeline.stages.enrich import Enricher
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
 

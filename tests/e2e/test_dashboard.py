@@ -16,7 +16,7 @@ from pipeline.simulate import Simulator
 from tests.integration.api_support import Api, make_key, raw_event
 from tests.integration.conftest import wait_for
 
-pytestmark = pytest.mark.integration  # TODO: an `e2e` marker once pyproject registers it
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
