@@ -10,8 +10,20 @@ Combination: ``score = 1 - prod_i (1 - w_i s_i)`` ("noisy-or" of weighted compon
 ``>= cooldown_level``, the next ``cooldown`` windows of the series are multiplied by
 ``cooldown_factor`` (an alert that is already open should not fire again; NAB-style scoring also
 rewards only the first detection).  With ``calibrate=True`` each component's raw score is
-first replaced by its per-series tail rarity (:mod:`models.likelihood`).  Severity: ``ok`` / ``warning`` (``>= warning``) /
-``critical`` (``>= critical``).
+first replaced by its per-series tail rarity (:mod:`models.likelihood`).
+
+Record gate (``record_halflife > 0``): a component's score only counts fully when the window is
+at least as surprising as the worst one the series has produced in its recent memory.  Per series
+and component the ensemble keeps ``M``, a running maximum of past surprises that decays by half
+every ``record_halflife`` windows, and multiplies the score by ``min(1, u / max(M, floor))``, with
+``u = s / (1 - s)`` the surprise on the score's own log-rarity scale (``s = u / (1 + u)``, see
+:func:`models.baselines.tail_score`).  A series that already produced big spikes (a load balancer,
+a bursty ad exchange) has its smaller spikes damped, while a quiet series keeps full scores on its
+first deviation and any series keeps them on a new record -- the per-series "is this worse than
+what we have seen lately" that operators apply by hand (and NAB rewards only the first detection).
+State: one float per series and component.
+
+Severity: ``ok`` / ``warning`` (``>= warning``) / ``critical`` (``>= critical``).
 """
 
 from __future__ import annotations
@@ -96,6 +108,11 @@ class Ensemble:
         threshold means the same rarity on every series.
     calib_alpha, calib_floor, calib_decades : float
         Parameters of that calibration (memory, standard-deviation floor, score-0.5 rarity).
+    record_halflife : float
+        Half-life in windows of the record gate's running maximum (0 = no record gate).
+    record_floor : float
+        Floor of the running maximum, in decades of rarity (``u * calib_decades``): surprises
+        below ``10**-record_floor`` never damp later scores.
 
     Examples
     --------
@@ -128,6 +145,8 @@ class Ensemble:
         calib_alpha: float = 0.001,
         calib_floor: float = 0.05,
         calib_decades: float = 4.0,
+        record_halflife: float = 0.0,
+        record_floor: float = 1.0,
     ) -> None:
         if not components:
             raise ValueError("an ensemble needs at least one component")
@@ -165,6 +184,10 @@ class Ensemble:
             k: ScoreLikelihood(calib_alpha, calib_floor, calib_decades, self.min_windows)
             for k in self.components
         }
+        if record_halflife < 0 or record_floor < 0:
+            raise ValueError("record_halflife and record_floor must be >= 0")
+        self.record_halflife, self.record_floor = float(record_halflife), float(record_floor)
+        self._rec = {k: np.zeros(0) for k in self.components}  # decayed max surprise per series
 
     # ------------------------------------------------------------------ scoring
     def _combine(self, comp: dict[str, np.ndarray]) -> np.ndarray:
@@ -187,6 +210,8 @@ class Ensemble:
             if learn:
                 for k, v in raw_comp.items():
                     self._cal[k].learn(s, v)
+        if self.record_halflife > 0:
+            comp = self._record(s, comp, learn)
         raw = np.clip(self._combine(comp), 0.0, 1.0)
         if self.likelihood:
             raw = self._likelihood(s, raw, learn)
@@ -212,6 +237,20 @@ class Ensemble:
             for d in self.components.values():
                 d.learn_many(X)
         return score, comp, exp, sc
+
+    def _record(self, s: np.ndarray, comp: dict[str, np.ndarray], learn: bool):
+        """Damp component scores that do not exceed the series' decayed record surprise."""
+        keep = 0.5 ** (1.0 / self.record_halflife)
+        floor = self.record_floor / self.calib_decades
+        out = {}
+        for k, v in comp.items():
+            rec = self._rec[k] = _grow(self._rec[k], int(s.max()) + 1, 0.0)
+            u = v / np.maximum(1.0 - v, 1e-12)
+            m = rec[s]
+            out[k] = v * np.minimum(1.0, u / np.maximum(m, floor))
+            if learn:
+                rec[s] = np.maximum(u, m * keep)
+        return out
 
     def _likelihood(self, s: np.ndarray, raw: np.ndarray, learn: bool) -> np.ndarray:
         """Calibrate ``raw`` per series: how unusual is its short-term average (HTM-style)."""
@@ -285,9 +324,12 @@ class Ensemble:
                 "calib_alpha": self.calib_alpha,
                 "calib_floor": self.calib_floor,
                 "calib_decades": self.calib_decades,
+                "record_halflife": self.record_halflife,
+                "record_floor": self.record_floor,
             },
             "likelihood_state": self._lk.copy(),
             "calibration_state": {k: c.to_state() for k, c in self._cal.items()},
+            "record_state": {k: r.copy() for k, r in self._rec.items()},
             "components": {
                 k: {"class": type(d).__name__, "state": d.to_state()}
                 for k, d in self.components.items()
@@ -310,6 +352,8 @@ class Ensemble:
         ens._lk = np.array(state["likelihood_state"], np.float64).reshape(-1, 4)
         for k, c in state.get("calibration_state", {}).items():
             ens._cal[k] = ScoreLikelihood.from_state(c)
+        for k, r in state.get("record_state", {}).items():
+            ens._rec[k] = np.array(r, np.float64)
         return ens
 
     def clone(self) -> Ensemble:
@@ -318,10 +362,10 @@ class Ensemble:
 
 def default_registry() -> dict[str, type]:
     """Detector classes known to :meth:`Ensemble.from_state`."""
-    from models import baselines, batch, online
+    from models import baselines, batch, context, online
 
     out: dict[str, type] = {}
-    for mod in (baselines, online, batch):
+    for mod in (baselines, context, online, batch):
         for name in getattr(mod, "__all__", []):
             obj = getattr(mod, name)
             if isinstance(obj, type) and issubclass(obj, Detector):

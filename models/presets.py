@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from models.baselines import EWMAZScore, RobustMAD, SeasonalProfile
+from models.context import ContextNovelty
 from models.ensemble import Ensemble
 
 __all__ = ["DEFAULTS", "default_ensemble"]
@@ -39,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "calib_alpha": 0.001,
     "calib_floor": 0.05,
     "min_windows": 100,
+    "record_halflife": 8000.0,
+    "record_floor": 1.0,
     # Components switched on: the hour-of-day profile (seasonal residual) and a slow EWMA
     # z-score of the value (level shifts / drifts against ~1000 windows of memory).  Each is
     # calibrated per series against its own score history (``calibrate``, models/likelihood.py)
@@ -65,6 +68,7 @@ def default_ensemble(**overrides: Any) -> Ensemble:
         "seasonal": SeasonalProfile("mean", alpha=c["seasonal_alpha"], decades=d),
         "mad": RobustMAD("mean", size=c["mad_size"], decades=d),
         "ewma_slow": EWMAZScore("mean", alpha=c["slow_alpha"], warmup=c["warmup"], decades=d),
+        "context": ContextNovelty("mean"),
     }
     unknown_c = set(c["components"]) - set(comps)
     if unknown_c:
@@ -90,4 +94,6 @@ def default_ensemble(**overrides: Any) -> Ensemble:
         calib_alpha=c["calib_alpha"],
         calib_floor=c["calib_floor"],
         calib_decades=d,
+        record_halflife=c["record_halflife"],
+        record_floor=c["record_floor"],
     )

@@ -171,12 +171,19 @@ class KafkaWorker:
         if not self.stateful:
             return
         cps = db.load_checkpoints(self.conn, self.group, self.inputs[0])
+        open_alerts = None
         for tp in parts:
             cp = cps.get(tp.partition)
             self.stages.detect.restore(tp.partition, cp[1] if cp else None)
             if cp:
                 tp.offset = cp[0]
                 log.info("%s[%d]: detect state restored, resuming at offset %d", tp.topic, tp.partition, cp[0])
+            else:
+                # no checkpoint yet: re-arm the open threshold alerts so they are not opened twice
+                # (alerts of series on other partitions never see an event here and stay inert)
+                if open_alerts is None:
+                    open_alerts = [a for a in db.load_open_alerts(self.conn) if a["rule"] != ANOMALY_RULE]
+                self.stages.detect.partition(tp.partition).rule_alerts.restore(open_alerts)
         consumer.assign(parts)
 
     def _on_revoke(self, consumer, parts) -> None:

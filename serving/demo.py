@@ -11,16 +11,35 @@ import threading
 import time
 
 from pipeline import db
-from pipeline.runner import Bus, EmbeddedPipeline
+from pipeline.runner import Bus, EmbeddedPipeline, start_watcher
 from pipeline.settings import Settings
 from pipeline.simulate import Simulator
 
 log = logging.getLogger(__name__)
 
 
+def train_first_model(s: Settings, tenant: str) -> None:
+    """Train a batch model on the back-filled windows (+ injected anomalies) and let promotion
+    decide; the champion watcher of the demo pipeline then swaps it in."""
+    try:
+        from training import datasets
+        from training.train import TrainConfig, train_and_register
+
+        ds = datasets.inject_anomalies(datasets.from_postgres(s, tenant=tenant), per_series=2, seed=0)
+        r = train_and_register(s, ds, TrainConfig(params={"n_estimators": 100}),
+                               tracking_uri=s.mlflow_tracking_uri_override)
+        d = r.decision
+        print(f"  model:     {s.model_name} v{r.version} trained on {len(ds)} windows; "
+              f"{d.action if d else 'registered'} ({d.reason if d else ''})", flush=True)
+    except Exception:  # the demo goes on without a batch model
+        log.exception("training the demo model failed")
+
+
 def feed_forever(s: Settings, bus: Bus, tenant: str, hosts: int, backfill_s: float,
                  interval: float, stop: threading.Event, seed: int = 7) -> None:
-    pipe = EmbeddedPipeline(s, bus, source=f"demo-{seed}")
+    watcher = start_watcher(s)
+    pipe = EmbeddedPipeline(s, bus, source=f"demo-{seed}", model=watcher.current if watcher else None)
+    trained = False
     sim = Simulator(hosts=hosts, tenant=tenant, seed=seed, interval=interval,
                     start=time.time() - backfill_s, anomaly_rate=0.003)
     chunk: list[bytes] = []
@@ -32,12 +51,17 @@ def feed_forever(s: Settings, bus: Bus, tenant: str, hosts: int, backfill_s: flo
             if len(chunk) >= s.batch_max_events or live:
                 pipe.feed(chunk)
                 chunk = []
+            if live and not trained:  # history is in: train the first model on it
+                trained = True
+                threading.Thread(target=train_first_model, args=(s, tenant), daemon=True).start()
             if live:
                 stop.wait(max(0.0, ts_next - time.time()))
             if stop.is_set():
                 break
     finally:
         pipe.close()
+        if watcher is not None:
+            watcher.stop()
 
 
 def run_demo(s: Settings, hosts: int = 12, backfill_s: float = 6 * 3600, interval: float = 10.0) -> None:

@@ -29,9 +29,15 @@ CACHE_S = 30.0
 class ModelVersion(BaseModel):
     version: str
     run_id: str | None = None
-    status: str | None = None
     created_at: float | None = None
-    tags: dict[str, str] = {}
+    aliases: list[str] = []
+    family: str | None = None
+    decision: str | None = None
+    reason: str | None = None
+    compared_with: str | None = None
+    previous_champion: str | None = None
+    decided_at: str | None = None
+    metrics: dict[str, Any] | None = None
 
 
 class ModelStatus(BaseModel):
@@ -40,22 +46,23 @@ class ModelStatus(BaseModel):
     detail: str = ""
     champion: ModelVersion | None = None
     challenger: ModelVersion | None = None
+    last_decision: dict[str, Any] | None = None
+    versions: int = 0
 
 
 def _query(s: Settings) -> dict[str, Any]:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    """Champion/challenger with their metrics and the last promotion decision (training.status)."""
+    from training.status import model_status as registry_status
 
-    client = MlflowClient(tracking_uri=s.mlflow_tracking_uri(), registry_uri=s.mlflow_tracking_uri())
-    out: dict[str, Any] = {"name": s.model_name, "available": True, "detail": ""}
+    st = registry_status(s, s.mlflow_tracking_uri_override)
+    out: dict[str, Any] = {"name": st["name"], "available": True, "detail": "",
+                           "last_decision": st.get("last_decision"), "versions": st.get("versions", 0)}
     for alias in ("champion", "challenger"):
-        try:
-            mv = client.get_model_version_by_alias(s.model_name, alias)
-        except MlflowException:
-            out[alias] = None
-            continue
-        out[alias] = {"version": str(mv.version), "run_id": mv.run_id, "status": mv.status,
-                      "created_at": (mv.creation_timestamp or 0) / 1000, "tags": dict(mv.tags or {})}
+        mv = st.get(alias)
+        if mv is not None:
+            mv = {**mv, "created_at": (mv.get("created_at") or 0) / 1000,
+                  "metrics": mv.get("metrics") if isinstance(mv.get("metrics"), dict) else None}
+        out[alias] = mv
     if out.get("champion") is None:
         out["detail"] = f"no version of {s.model_name!r} has the alias 'champion' yet"
     return out

@@ -87,3 +87,11 @@ def test_detect_worker_swaps_champion_within_10s_without_losing_events(settings,
     assert total == distinct == sent
     assert w.thread.is_alive() and w.error is None
     print(f"alias change -> swap in the running worker: {swap_s:.2f} s")
+
+    # the API's /models view of the same registry: champion, its predecessor, the last decision
+    from serving.registry import ModelStatus, _query
+
+    st = ModelStatus(**_query(s))
+    assert st.champion is not None and st.champion.version == v2
+    assert st.champion.previous_champion == v1
+    assert st.last_decision and st.last_decision.get("version") == v2

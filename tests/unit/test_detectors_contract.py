@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from models.baselines import EWMAZScore, RobustMAD, SeasonalProfile
 from models.batch import BatchModel
+from models.context import ContextNovelty
 from models.online import FamilyHalfSpaceTrees
 
 
@@ -53,6 +54,7 @@ FACTORIES = {
     "ewma_diff": lambda: EWMAZScore(alpha=0.05, diff=True, warmup=10),
     "seasonal": lambda: SeasonalProfile(alpha=0.2),
     "mad": lambda: RobustMAD(size=32),
+    "context": lambda: ContextNovelty(min_count=10),
     "hst": lambda: FamilyHalfSpaceTrees(n_trees=5, height=5, window_size=50, seed=3),
     "batch": _iforest,
 }
@@ -147,6 +149,8 @@ def test_bad_config_raises():
         RobustMAD(size=2)
     with pytest.raises(TypeError):
         BatchModel(object(), ("mean",))
+    with pytest.raises(ValueError):
+        ContextNovelty(n_bins=1)
 
 
 def test_ensemble_state_round_trip():
@@ -195,3 +199,43 @@ def test_score_likelihood_calibrates_per_series():
     np.testing.assert_array_equal(before, lk.state)  # scoring does not mutate
     with pytest.raises(ValueError):
         ScoreLikelihood(alpha=0.0)
+
+
+def test_default_ensemble_is_independent_of_batch_split_and_checkpoints():
+    """Regression pin for the live worker's kill -9 test: [w1..wN] in one call equals the same
+    windows split into arbitrary batches, with a to_state/from_state round trip in between."""
+    from models.ensemble import Ensemble
+    from models.presets import default_ensemble
+
+    X, _ = make_stream(3, n=700)  # interleaved series, injected spikes
+    n = len(X["series"])
+    whole = default_ensemble().process(X)
+    assert whole.score.max() > 0.5  # calibration, record gate and cooldown all take part
+    ens = default_ensemble()
+    parts = []
+    for lo, hi in [(0, 40), (40, 41), (41, 977), (977, 1500), (1500, n)]:
+        parts.append(ens.process(take(X, np.arange(lo, hi))).score)
+        ens = Ensemble.from_state(pickle.loads(pickle.dumps(ens.to_state())))
+    np.testing.assert_array_equal(np.concatenate(parts), whole.score)
+
+
+def test_record_gate_damps_spikes_smaller_than_the_series_record():
+    """After a series produced 12-sigma spikes, an 8-sigma one is damped; a new record is not."""
+    from models.baselines import EWMAZScore
+    from models.ensemble import Ensemble
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, 3000)
+    x[1000:2500:400] += 12
+    x[2600] += 8
+    x[2900] += 40
+    X = {"series": np.zeros(x.size, np.int64), "mean": x}
+    sc = {}
+    for half in (0.0, 8000.0):
+        ens = Ensemble({"ewma": EWMAZScore(alpha=0.01)}, calibrate=True, record_halflife=half)
+        sc[half] = ens.process(X).score
+    assert sc[8000.0][1000] == sc[0.0][1000] > 0.5  # the first spike is a record
+    assert sc[8000.0][2600] < sc[0.0][2600] - 0.05  # smaller than the record: damped
+    assert sc[8000.0][2900] == sc[0.0][2900] > 0.5  # a new record keeps its score
+    with pytest.raises(ValueError):
+        Ensemble({"ewma": EWMAZScore()}, record_halflife=-1)
