@@ -2,8 +2,8 @@
 
 Measures, in one run (so ratios are side by side):
 
-* events/s from decoded numpy columns: window aggregation (60 s windows, 10k series) + every
-  vectorized detector (EWMA value/diff, seasonal, MAD, ensemble) on the closed windows;
+* events/s from decoded numpy columns: window aggregation (60 s windows, 10k series) + the
+  shipped detector set (``models.presets.default_ensemble()``) on the closed windows;
 * events/s including ``orjson`` decode of ~180-byte JSON events into columns;
 * peak RSS vs active series (1k / 10k / 100k), each in a fresh subprocess (``ru_maxrss``);
 * the baseline: a naive per-event pure-Python implementation (dicts) of the same aggregation and
@@ -41,7 +41,7 @@ def detector_pipeline():
     from models.presets import default_ensemble
 
     agg = WindowAggregator(window_s=60.0, allowed_lateness_s=5.0)
-    ens = default_ensemble(components=("ewma_value", "ewma_diff", "seasonal", "mad"))
+    ens = default_ensemble()
     return agg, ens
 
 
