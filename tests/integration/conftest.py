@@ -176,47 +176,15 @@ def consume_all(s: Settings, topic: str, expect: int, timeout: float = 30.0) -> 
     return got
 
 
-class ApiServer:
-    """The FastAPI app served by uvicorn in a thread on a free loopback port."""
-
-    def __init__(self, s: Settings, bus=None) -> None:
-        import socket
-
-        import uvicorn
-
-        from serving.app import create_app
-
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cfg = uvicorn.Config(create_app(s, bus=bus), host="127.0.0.1", port=self.port,
-                             log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        import httpx
-
-        def ready() -> bool:
-            try:
-                return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, 30, what="API /readyz")
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture
 def api_server(settings: Settings):
-    servers: list[ApiServer] = []
+    """Start the API under uvicorn in a thread (``tests.integration.api_support.Api``)."""
+    from tests.integration.api_support import Api
 
-    def start(bus=None) -> ApiServer:
-        srv = ApiServer(settings, bus)
+    servers: list = []
+
+    def start(bus=None):
+        srv = Api(settings, bus)
         servers.append(srv)
         return srv
 
