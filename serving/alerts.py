@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pipeline.errors import NotFound
 from serving.deps import BroadcasterDep, PoolDep, ReadKey, ServingDep, SettingsDep, StreamKey
 from serving.errors import BadRequest
+from serving.render import json_response
 from serving.sse import SSE_HEADERS, alert_stream, parse_last_id
 from serving.timerange import utc
 
@@ -83,7 +84,7 @@ def _uncursor(c: str) -> tuple[datetime, int]:
             responses={200: {"headers": {"X-Next-Cursor": {"description": "cursor of the next page",
                                                            "schema": {"type": "string"}}}}})
 async def list_alerts(
-    response: Response, pool: PoolDep, key: ReadKey,
+    pool: PoolDep, key: ReadKey,
     state: Annotated[Literal["open", "resolved"] | None, Query()] = None,
     severity: Annotated[Literal["warning", "critical"] | None, Query()] = None,
     host: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
@@ -92,7 +93,7 @@ async def list_alerts(
     until: Annotated[datetime | None, Query(description="ts_event < until")] = None,
     cursor: Annotated[str | None, Query(max_length=200, description="X-Next-Cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[dict]:
+) -> Response:
     """Alerts of the tenant, newest first; the next page's cursor is in ``X-Next-Cursor``."""
     where = ["a.tenant_id = %(t)s"]
     p: dict = {"t": key.tenant_id, "limit": limit + 1}
@@ -113,13 +114,14 @@ async def list_alerts(
         cur = await conn.execute(
             SELECT + "WHERE " + " AND ".join(where) + " ORDER BY a.ts_event DESC, a.id DESC LIMIT %(limit)s", p)
         rows = await cur.fetchall()
+    headers = {}
     if len(rows) > limit:
         rows = rows[:limit]
         nxt = _cursor(rows[-1][ALERT_COLS.index("ts_event")], rows[-1][-1])
-        response.headers["X-Next-Cursor"] = nxt
-        response.headers["Link"] = f'<?cursor={nxt}&limit={limit}>; rel="next"'
-    # dicts: validated and serialized against list[Alert] in one pydantic-core call
-    return [alert_row(r) for r in rows]
+        headers["X-Next-Cursor"] = nxt
+        headers["Link"] = f'<?cursor={nxt}&limit={limit}>; rel="next"'
+    # typed columns in Alert's field order: serialized without a per-row model (serving.render)
+    return json_response([alert_row(r) for r in rows], headers)
 
 
 @router.get("/stream", response_class=StreamingResponse,

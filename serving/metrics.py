@@ -6,11 +6,12 @@ import math
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
 from pipeline.errors import NotFound
 from serving.deps import PoolDep, ReadKey
+from serving.render import json_response
 from serving.timerange import EndQ, StartQ, time_range
 
 router = APIRouter(prefix="/metrics", tags=["metrics"])
@@ -46,20 +47,18 @@ class Downsampled(BaseModel):
 
 
 POINT_COLS = tuple(Point.model_fields)
-BUCKET_COLS = tuple(Bucket.model_fields)
 
 
-def _points(rows) -> list[dict]:
-    # plain dicts: FastAPI validates and serializes the whole list against the response model
-    # in one pydantic-core call, far cheaper than building a model per row in Python
-    return [dict(zip(POINT_COLS, r, strict=True)) for r in rows]
+def _points(rows) -> Response:
+    # typed columns in Point's field order: serialized without a per-row model (serving.render)
+    return json_response([dict(zip(POINT_COLS, r, strict=True)) for r in rows])
 
 
 @router.get("/cpu", response_model=list[Point])
 async def cpu(
     pool: PoolDep, key: ReadKey, host: NameQ,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-) -> list[dict]:
+) -> Response:
     """Most recent ``cpu_load`` samples of one host, newest first (the MVP's endpoint)."""
     async with pool.connection() as conn:
         cur = await conn.execute(
@@ -72,7 +71,7 @@ async def cpu(
 
 
 @router.get("/latest", response_model=list[Point])
-async def latest(pool: PoolDep, key: ReadKey, metric: NameQ) -> list[dict]:
+async def latest(pool: PoolDep, key: ReadKey, metric: NameQ) -> Response:
     """The latest sample of ``metric`` for every host of the tenant (the MVP's endpoint)."""
     async with pool.connection() as conn:
         cur = await conn.execute(
@@ -96,7 +95,7 @@ async def metric_range(
     pool: PoolDep, key: ReadKey, host: NameQ, metric: NameQ, start: StartQ = None, end: EndQ = None,
     step: Annotated[float | None, Query(gt=0, le=366 * 86400, description="Bucket width in seconds (default: span / points)")] = None,
     points: Annotated[int, Query(ge=1, le=MAX_BUCKETS, description="Target number of buckets when no step is given")] = 300,
-) -> dict:
+) -> Response:
     """Values of one series over ``[start, end)``, averaged per time bucket (min/max/count too)."""
     start, end = time_range(start, end)
     span = (end - start).total_seconds()
@@ -111,8 +110,9 @@ async def metric_range(
         rows = await cur.fetchall()
         if not rows:  # rows prove the series exists; only an empty range needs the lookup
             await _require_series(conn, key.tenant_id, host, metric)
-    return {"host": host, "metric": metric, "start": start, "end": end, "step_s": step_s,
-            "points": [dict(zip(BUCKET_COLS, r, strict=True)) for r in rows]}
+    return json_response({"host": host, "metric": metric, "start": start, "end": end, "step_s": float(step_s),
+                          "points": [{"ts": ts, "avg": a, "min": lo, "max": hi, "count": n}
+                                     for ts, a, lo, hi, n in rows]})
 
 
 async def _require_series(conn, tenant: str, host: str, metric: str) -> None:

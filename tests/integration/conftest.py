@@ -199,12 +199,21 @@ class SseClient:
     def __init__(self, url: str, headers: dict | None = None) -> None:
         self.url, self.headers = url, headers or {}
         self.events: list[dict] = []
+        self.error: Exception | None = None
         self.connected = threading.Event()
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
+        import httpx
+
+        try:
+            self._read()
+        except httpx.HTTPError as e:  # the server went away (end of test): keep what was read
+            self.error = e
+
+    def _read(self) -> None:
         import httpx
         import orjson
 
