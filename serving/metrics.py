@@ -75,7 +75,7 @@ async def latest(pool: PoolDep, key: ReadKey, metric: NameQ) -> Response:
     """The latest sample of ``metric`` for every host of the tenant (the MVP's endpoint)."""
     async with pool.connection() as conn:
         cur = await conn.execute(
-            # one index probe per host (loose index scan over metrics_series_ts)
+            # one index probe per host (loose index scan over metrics_series_ts_value)
             "WITH RECURSIVE h AS ("
             " (SELECT host FROM metrics WHERE tenant_id = %(t)s ORDER BY host LIMIT 1)"
             " UNION ALL SELECT n.host FROM h, LATERAL (SELECT host FROM metrics"

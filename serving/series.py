@@ -60,7 +60,7 @@ class Features(BaseModel):
     gap: float | None
 
 
-# Distinct (host, metric) of a tenant by a loose index scan over metrics_series_ts: one index
+# Distinct (host, metric) of a tenant by a loose index scan over metrics_series_ts_value: one index
 # probe per series instead of a scan of every row; then the latest sample, score, open alert.
 SERIES_SQL = """
 WITH RECURSIVE s AS (
