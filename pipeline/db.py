@@ -146,8 +146,17 @@ _COPY_TYPES = ["text", "text", "text", "text", "float8", "float8", "text", "text
 _UNSAFE = re.compile(r"[\\\t\n\r]")
 
 
-def _SAFE(s: str) -> bool:
-    return _UNSAFE.search(s) is None
+_FEATURE_COLS = ("count", "mean", "std", "min", "max", "last", "slope", "change", "gap")
+
+
+_NULL = "\\N"
+
+
+def _num(x: float | int | None) -> str:
+    """A number in COPY text format (NULL for None/NaN)."""
+    if x is None or x != x:
+        return _NULL
+    return repr(x)
 
 
 def _copy_escape(s: str) -> str:
@@ -222,7 +231,10 @@ class Sink:
             else:
                 inserted = self._write_metrics(batch)
             if windows is not None and len(windows):
-                self._write_windows(windows)
+                if fresh:
+                    self._copy_windows(windows)
+                else:
+                    self._write_windows(windows)
             stored = self._write_alerts(alert_events) if alert_events else []
             save_checkpoints(self.conn, checkpoints)
         return inserted, stored
@@ -231,22 +243,58 @@ class Sink:
         """COPY (text) straight into ``metrics``; fails on the first already-stored event id."""
         ts = np.datetime_as_string((b.ts * 1e6).astype("datetime64[us]"), unit="us").tolist()
         dumps = orjson.dumps
-        lines = []
-        for e, t, h, m, v, d, u, g in zip(b.event_id, b.tenant_id, b.host, b.metric,
-                                          b.value.tolist(), ts, b.unit, b.tags, strict=True):
-            tags = "{}" if g is None else dumps(g).decode()
-            if "\\" in tags:
-                tags = tags.replace("\\", "\\\\")
-            if not _SAFE(e):
-                e = _copy_escape(e)
-            if not _SAFE(u):
-                u = _copy_escape(u)
-            lines.append(f"{e}\t{t}\t{h}\t{m}\t{v!r}\t{d}Z\t{u}\t{tags}\n")
+        tags = ["{}" if not g else dumps(g).decode() for g in b.tags]
+        eid, unit = b.event_id.tolist(), b.unit.tolist()
+        # escaping is needed only for agent-given ids/units with tabs, newlines or backslashes
+        # (tenant/host/metric are validated), checked once per batch, not per row
+        if _UNSAFE.search("".join(eid)):
+            eid = [_copy_escape(e) for e in eid]
+        if _UNSAFE.search("".join(unit)):
+            unit = [_copy_escape(u) for u in unit]
+        if "\\" in "".join(tags):
+            tags = [t.replace("\\", "\\\\") for t in tags]
+        buf = "".join([
+            f"{e}\t{t}\t{h}\t{m}\t{v!r}\t{d}Z\t{u}\t{g}\n"
+            for e, t, h, m, v, d, u, g in zip(eid, b.tenant_id, b.host, b.metric, b.value.tolist(),
+                                              ts, unit, tags, strict=True)
+        ])
         with self.conn.cursor().copy(
             "COPY metrics (event_id, tenant_id, host, metric, value, ts_event, unit, tags) FROM STDIN"
         ) as cp:
-            cp.write("".join(lines))
-        return len(lines)
+            cp.write(buf)
+        return len(b)
+
+    def _copy_windows(self, w) -> None:
+        """COPY (text) straight into ``features`` and ``scores``; fails on an already-stored window."""
+        ws = np.datetime_as_string((w.start * 1e6).astype("datetime64[us]"), unit="us").tolist()
+        we = np.datetime_as_string((w.end * 1e6).astype("datetime64[us]"), unit="us").tolist()
+        cols = [w.features[k].tolist() for k in _FEATURE_COLS]
+        keys = [f"{t}\t{h}\t{m}\t{a}Z\t{b}Z" for t, h, m, a, b in
+                zip(w.tenant_id, w.host, w.metric, ws, we, strict=True)]
+        feats = "".join([
+            k + "".join(["\t" + _num(x) for x in vals]) + "\n"
+            for k, vals in zip(keys, zip(*cols, strict=True), strict=True)
+        ])
+        dumps = orjson.dumps
+        comp = [dumps(c).decode() for c in w.components]
+        expl = [dumps(e).decode() for e in w.explanation]
+        if "\\" in "".join(comp) or "\\" in "".join(expl):
+            comp = [c.replace("\\", "\\\\") for c in comp]
+            expl = [e.replace("\\", "\\\\") for e in expl]
+        mean = w.features["mean"].tolist()
+        version = [_NULL if v is None else v for v in w.model_version]
+        scores = "".join([
+            f"{k}\t{_num(sc)}\t{sev}\t{c}\t{_num(a)}\t{_num(x)}\t{e}\t{v}\n"
+            for k, sc, sev, c, a, x, e, v in zip(keys, w.score.tolist(), w.severity, comp, mean,
+                                                 w.expected.tolist(), expl, version, strict=True)
+        ])
+        cur = self.conn.cursor()
+        with cur.copy("COPY features (tenant_id, host, metric, window_start, window_end, "
+                      + ", ".join(_FEATURE_COLS) + ") FROM STDIN") as cp:
+            cp.write(feats)
+        with cur.copy("COPY scores (tenant_id, host, metric, window_start, window_end, score, severity,"
+                      " components, actual, expected, explanation, model_version) FROM STDIN") as cp:
+            cp.write(scores)
 
     def _write_windows(self, w) -> None:
         """``features`` and ``scores`` rows of closed windows (idempotent on the window key)."""
