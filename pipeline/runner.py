@@ -461,7 +461,6 @@ class EmbeddedPipeline:
                     for d in dead:
                         cp.write_row((d.reason, d.detail, d.stage, f"{d.topic}:{d.offset}", d.raw))
             stored, stored_alerts = self.sink.write(batch, alerts, det.windows)
-        self.last_windows = det.windows
         self.sink.mark_published([a["seq"] for a in stored_alerts])
         for a in stored_alerts:
             self.bus.publish(a)
