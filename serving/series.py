@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from psycopg import sql
 from pydantic import BaseModel
 
 from pipeline.errors import NotFound
@@ -146,17 +147,8 @@ async def series_scores(
     start: StartQ = None, end: EndQ = None, limit: LimitQ = 2000,
 ) -> list[Score]:
     """Anomaly scores of the series' windows in ``[start, end)`` (default: last 6 h), oldest first."""
-    start, end = time_range(start, end, timedelta(hours=6))
-    async with pool.connection() as conn:
-        await _require(conn, key.tenant_id, host, metric)
-        cur = await conn.execute(
-            "SELECT " + ", ".join(SCORE_COLS) + " FROM scores WHERE tenant_id = %s AND host = %s "
-            "AND metric = %s AND window_start >= %s AND window_start < %s "
-            "ORDER BY window_start DESC LIMIT %s",
-            (key.tenant_id, host, metric, start, end, limit),
-        )
-        rows = await cur.fetchall()
-    return [Score(**score_row(r)) for r in reversed(rows)]
+    rows = await _windows(pool, "scores", SCORE_COLS, key.tenant_id, host, metric, start, end, limit)
+    return [Score(**score_row(r)) for r in rows]
 
 
 @router.get("/{host}/{metric}/features", response_model=list[Features])
@@ -165,18 +157,23 @@ async def series_features(
     start: StartQ = None, end: EndQ = None, limit: LimitQ = 2000,
 ) -> list[Features]:
     """Window features of the series in ``[start, end)`` (default: last 6 h), oldest first."""
+    cols = tuple(Features.model_fields)
+    rows = await _windows(pool, "features", cols, key.tenant_id, host, metric, start, end, limit)
+    return [Features(**dict(zip(cols, r, strict=True))) for r in rows]
+
+
+async def _windows(pool, table: str, cols, tenant: str, host: str, metric: str, start, end, limit: int) -> list:
+    """The newest ``limit`` window rows of a series in ``[start, end)`` (default last 6 h), oldest first."""
     start, end = time_range(start, end, timedelta(hours=6))
-    cols = list(Features.model_fields)
     async with pool.connection() as conn:
-        await _require(conn, key.tenant_id, host, metric)
-        cur = await conn.execute(
-            "SELECT " + ", ".join(cols) + " FROM features WHERE tenant_id = %s AND host = %s "
-            "AND metric = %s AND window_start >= %s AND window_start < %s "
-            "ORDER BY window_start DESC LIMIT %s",
-            (key.tenant_id, host, metric, start, end, limit),
-        )
+        await _require(conn, tenant, host, metric)
+        q = sql.SQL(
+            "SELECT {} FROM {} WHERE tenant_id = %s AND host = %s AND metric = %s"
+            " AND window_start >= %s AND window_start < %s ORDER BY window_start DESC LIMIT %s"
+        ).format(sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(table))
+        cur = await conn.execute(q, (tenant, host, metric, start, end, limit))
         rows = await cur.fetchall()
-    return [Features(**dict(zip(cols, r, strict=True))) for r in reversed(rows)]
+    return rows[::-1]
 
 
 @router.get("/{host}/{metric}/scores/stream", response_class=StreamingResponse,
