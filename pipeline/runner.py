@@ -72,6 +72,13 @@ def normalize_config(s: Settings, tenants: frozenset[str] | None) -> NormalizeCo
     )
 
 
+# commit errors meaning "this member no longer owns its partitions" (session expired, rebalance)
+_MEMBERSHIP_LOST = frozenset({
+    KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError._ASSIGNMENT_LOST, KafkaError.FENCED_INSTANCE_ID, KafkaError._STATE,
+})
+
+
 @dataclass
 class Stats:
     batches: int = 0
@@ -79,6 +86,7 @@ class Stats:
     stored: int = 0
     dead: int = 0
     alerts: int = 0
+    commit_failures: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -297,7 +305,7 @@ class KafkaWorker:
             if cps:
                 with self.conn.transaction():
                     db.save_checkpoints(self.conn, cps)
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self._commit(offsets)
         else:
             fut = self._writer.submit(self.sink.write, batch, alerts + alerts_in, windows, cps)
             self._pending = (offsets, fut, bool(alerts_in))
@@ -332,7 +340,26 @@ class KafkaWorker:
             self.sink.mark_published([a["seq"] for a in stored_alerts])
         elif stored_alerts:
             self._publish(stored_alerts)
-        self.consumer.commit(offsets=offsets, asynchronous=False)
+        self._commit(offsets)
+
+    def _commit(self, offsets) -> None:
+        """Commit input offsets; losing group membership on the way is not an error.
+
+        A worker that was paused past its session timeout (GC, CPU starvation, SIGSTOP) finds
+        its membership gone when it commits. Its rows and checkpoints are already in PostgreSQL
+        and idempotent, so the batch is not lost: the rebalance that follows revokes the
+        partitions and whoever owns them next resumes from the checkpoint or the last
+        committed offset, replaying at most what this commit would have covered.
+        """
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as e:
+            err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+            if err is None or err.fatal() or err.code() not in _MEMBERSHIP_LOST:
+                raise
+            self.stats.commit_failures += 1
+            log.warning("offset commit refused (%s); the partitions' next owner replays from the "
+                        "last checkpoint or committed offset", err.str())
 
     def _decode(self, msgs: list[Message], alerts_in: list[dict]) -> tuple[MetricBatch, list[DeadLetter], WindowRows | None]:
         first, s = self.chain[0], self.s

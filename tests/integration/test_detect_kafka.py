@@ -91,9 +91,12 @@ def two_dbs(base_settings):
     admin.close()
 
 
-def test_kill_9_detect_worker_during_replay_gives_tables_of_an_uninterrupted_run(
-    settings, two_dbs, tmp_path
+@pytest.mark.parametrize("interruption", ["kill -9", "pause past the session timeout"])
+def test_interrupted_detect_worker_gives_tables_of_an_uninterrupted_run(
+    settings, two_dbs, tmp_path, interruption
 ):
+    """kill -9 mid-replay and restart; or SIGSTOP the worker until the group evicts it, then
+    SIGCONT (its commits are refused, it rejoins and resumes from its checkpoints)."""
     tenant = "replay"
     runs = {}
     for label, dbname in zip(("clean", "killed"), two_dbs, strict=True):
@@ -119,25 +122,35 @@ def test_kill_9_detect_worker_during_replay_gives_tables_of_an_uninterrupted_run
                 wait_for(lambda: (count(s) >= kill_at and count(s, "checkpoints")) or w.poll() is not None,
                          90, what="rows and a checkpoint before the kill")
                 assert w.poll() is None, log.read_text()[-2000:]
-                os.kill(w.pid, signal.SIGKILL)
-                w.wait(10)
-                return
+                if interruption == "kill -9":
+                    os.kill(w.pid, signal.SIGKILL)
+                    w.wait(10)
+                    return
+                os.kill(w.pid, signal.SIGSTOP)
+                # paused past session.timeout.ms: the coordinator drops the silent member
+                wait_for(lambda: _members(s) == 0, 60, interval=0.5, what="the paused member evicted")
+                os.kill(w.pid, signal.SIGCONT)
             wait_for(lambda: count(s) >= n or w.poll() is not None, 120, interval=0.3, what="all rows")
             assert w.poll() is None, log.read_text()[-2000:]
             # drained: every record of the input topic is committed by this group
-            wait_for(lambda: _lag(s) == 0, 30, what="offsets committed")
+            wait_for(lambda: _lag(s) == 0 or w.poll() is not None, 30, what="offsets committed")
+            assert w.poll() is None, log.read_text()[-3000:]
         finally:
             if w.poll() is None:
                 w.send_signal(signal.SIGTERM)
                 w.wait(30)
 
     run_to_end(runs["clean"], tmp_path / "clean.log")
-    run_to_end(runs["killed"], tmp_path / "k1.log", kill_at=n // 3)
-    with db.connect(runs["killed"], autocommit=True) as c:
-        assert db.count_rows(c, "checkpoints") > 0
-        mid = db.count_rows(c, "metrics")
-    assert mid < n
-    run_to_end(runs["killed"], tmp_path / "k2.log")
+    if interruption == "kill -9":
+        run_to_end(runs["killed"], tmp_path / "k1.log", kill_at=n // 3)
+        with db.connect(runs["killed"], autocommit=True) as c:
+            assert db.count_rows(c, "checkpoints") > 0
+            mid = db.count_rows(c, "metrics")
+        assert mid < n
+        run_to_end(runs["killed"], tmp_path / "k2.log")
+    else:
+        run_to_end(runs["killed"], tmp_path / "k1.log", kill_at=n // 3)
+        assert "offset commit refused" in (tmp_path / "k1.log").read_text()
 
     with db.connect(runs["clean"], autocommit=True) as a, db.connect(runs["killed"], autocommit=True) as b:
         sa, sb = _snapshot(a), _snapshot(b)
@@ -147,6 +160,14 @@ def test_kill_9_detect_worker_during_replay_gives_tables_of_an_uninterrupted_run
     assert sa[1] == sb[1], "alerts differ: " + repr([(x, y) for x, y in zip(sa[1], sb[1], strict=False) if x != y][:3])
     assert sa[2] == sb[2], "alert transitions differ"
     assert sa[1], "no alert at all: the comparison would be empty"
+
+
+def _members(s) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    a = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    group = f"{s.consumer_group_prefix}-{CHAIN.replace(',', '-')}"
+    return len(a.describe_consumer_groups([group])[group].result(10).members)
 
 
 def _lag(s) -> int:
