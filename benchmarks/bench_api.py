@@ -3,7 +3,7 @@
 Loads ``--rows`` (default 5M) metric rows — 500 hosts x 4 metrics, one sample per 10 s — plus
 50k alerts into a scratch database server-side (``INSERT … SELECT generate_series``; the
 table's own secondary indexes, whatever the migrations define, are dropped first and rebuilt
-afterwards). Serves the API with uvicorn in a subprocess (``--workers`` processes, Kafka mode,
+afterwards). Serves the API with ``eventops api`` in a subprocess (``--workers`` processes, Kafka mode,
 rate limit off; uvloop/httptools when installed) and drives it from a *separate* load
 generator process so that the client does not run on the server's interpreter:
 
@@ -18,13 +18,13 @@ previous answer arrived, for ``--duration`` seconds per endpoint after a warm-up
 connections and the server's pool. Baseline: ``/healthz`` (HTTP + event loop, no database)
 measured the same way in the same run; ``ratio`` = value / the same statistic of ``/healthz``.
 
-``--workers`` defaults to 1: with 2 workers sharing the listening socket on a 2-core machine the
-throughput is higher, but the 50 long-lived connections are split unevenly at accept time (e.g.
-39/11), so the clients of the busier worker make the p99 worse than with one worker (while
-PostgreSQL uses the other core). Pass ``--workers 2`` to see it.
+``--workers`` defaults to 2, one per core: ``eventops api --workers 2`` runs two processes that
+each bind the port with ``SO_REUSEPORT`` (serving/serve.py), so the kernel spreads the 50
+connections over them. (With ``uvicorn --workers``, processes sharing one listening socket, the
+connections split unevenly at accept time, e.g. 39/11, and the busier process set the p99.)
 Result: benchmarks/results/api.json (``[{"name","value","unit","baseline","ratio"}, …]``).
 
-    python -m benchmarks.bench_api [--rows 5000000] [--clients 50] [--duration 10] [--workers 1]
+    python -m benchmarks.bench_api [--rows 5000000] [--clients 50] [--duration 10] [--workers 2]
                                    [--db NAME]   # keep/reuse a loaded database across runs
 """
 
@@ -188,9 +188,8 @@ def serve(s: Settings, workers: int) -> tuple[subprocess.Popen, str]:
         env[f"EVENTOPS_{k.upper()}"] = v.get_secret_value() if hasattr(v, "get_secret_value") else str(v)
     env["EVENTOPS_RATE_LIMIT_RPS"] = "0"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "serving.app:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log",
-         "--timeout-keep-alive", "60", "--backlog", "4096"],
+        [sys.executable, "-m", "pipeline", "api", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers), "--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "60"],
         cwd=REPO_ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -293,7 +292,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds measured per endpoint")
-    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (see module docstring)")
+    ap.add_argument("--workers", type=int, default=2, help="API processes sharing the port (see module docstring)")
     ap.add_argument("--db", default=None, help="keep the loaded database under this name and reuse it")
     a = ap.parse_args()
     loop = ("uvloop" if importlib.util.find_spec("uvloop") else "asyncio") + "/" + \
@@ -303,7 +302,7 @@ def main() -> None:
             key = auth.create_key(c, TENANT, "read", f"bench-{uuid.uuid4().hex[:6]}")[1]
         proc, url = serve(s, a.workers)
         gen = LoadGen(url, key, Path(tmp))
-        print(f"server: uvicorn --workers {a.workers} ({loop}); load generator: {gen.tool}, closed loop; "
+        print(f"server: eventops api --workers {a.workers} ({loop}); load generator: {gen.tool}, closed loop; "
               f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
         try:
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:

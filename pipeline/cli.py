@@ -148,14 +148,19 @@ def worker(
 def api(
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="processes sharing the port with SO_REUSEPORT (default EVENTOPS_API_WORKERS)")] = None,
+    log_level: Annotated[str, typer.Option()] = "info",
+    access_log: Annotated[bool, typer.Option()] = True,
+    timeout_keep_alive: Annotated[int, typer.Option(help="seconds an idle keep-alive connection stays open")] = 5,
 ) -> None:
     """Serve the HTTP API (alerts from the Kafka alert topic)."""
-    import uvicorn
-
-    from serving.app import create_app
+    from serving.serve import ServeOptions, serve
 
     s = _settings()
-    uvicorn.run(create_app(s), host=host or s.api_host, port=port or s.api_port, log_level="info")
+    raise typer.Exit(serve(ServeOptions(
+        host=host or s.api_host, port=port or s.api_port, workers=workers or s.api_workers,
+        log_level=log_level, access_log=access_log, timeout_keep_alive=timeout_keep_alive)))
 
 
 @app.command()

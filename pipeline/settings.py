@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     # --- Serving ----------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_workers: int = Field(default=1, ge=1, le=64,
+                             description="API processes sharing the port (SO_REUSEPORT); about one per core")
     sse_queue_size: int = 1000
     sse_heartbeat_s: float = 15.0
 

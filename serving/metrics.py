@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Query, Response
+from psycopg import sql
 from pydantic import BaseModel
 
 from pipeline.errors import NotFound
 from serving.deps import PoolDep, ReadKey
-from serving.render import json_response
+from serving.downsample import FLOAT8_ARRAY_OID, Float8Array, buckets
+from serving.render import json_body, json_response, json_rows_sql, ts_json
 from serving.timerange import EndQ, StartQ, time_range
 
 router = APIRouter(prefix="/metrics", tags=["metrics"])
@@ -46,12 +49,10 @@ class Downsampled(BaseModel):
     points: list[Bucket]
 
 
-POINT_COLS = tuple(Point.model_fields)
-
-
-def _points(rows) -> Response:
-    # typed columns in Point's field order: serialized without a per-row model (serving.render)
-    return json_response([dict(zip(POINT_COLS, r, strict=True)) for r in rows])
+# rendered by PostgreSQL in the models' field order (serving.render)
+POINT_JSON = {"ts_event": ts_json("r.ts_event"), "value": "value", "host": "host", "metric": "metric",
+              "unit": "unit", "tags": "tags"}
+assert tuple(POINT_JSON) == tuple(Point.model_fields)
 
 
 @router.get("/cpu", response_model=list[Point])
@@ -61,33 +62,18 @@ async def cpu(
 ) -> Response:
     """Most recent ``cpu_load`` samples of one host, newest first (the MVP's endpoint)."""
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT ts_event, value, host, metric, unit, tags FROM metrics "
-            "WHERE tenant_id = %s AND host = %s AND metric = 'cpu_load' ORDER BY ts_event DESC LIMIT %s",
-            (key.tenant_id, host, limit),
-        )
-        rows = await cur.fetchall()
-    return _points(rows)
+        cur = await conn.execute(_CPU, (key.tenant_id, host, limit))
+        body = (await cur.fetchone())[0]
+    return json_body(body)
 
 
 @router.get("/latest", response_model=list[Point])
 async def latest(pool: PoolDep, key: ReadKey, metric: NameQ) -> Response:
     """The latest sample of ``metric`` for every host of the tenant (the MVP's endpoint)."""
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            # one index probe per host (loose index scan over metrics_series_ts_value)
-            "WITH RECURSIVE h AS ("
-            " (SELECT host FROM metrics WHERE tenant_id = %(t)s ORDER BY host LIMIT 1)"
-            " UNION ALL SELECT n.host FROM h, LATERAL (SELECT host FROM metrics"
-            "   WHERE tenant_id = %(t)s AND host > h.host ORDER BY host LIMIT 1) n)"
-            "SELECT l.ts_event, l.value, h.host, l.metric, l.unit, l.tags FROM h, LATERAL ("
-            " SELECT ts_event, value, metric, unit, tags FROM metrics m"
-            " WHERE m.tenant_id = %(t)s AND m.host = h.host AND m.metric = %(m)s"
-            " ORDER BY ts_event DESC LIMIT 1) l ORDER BY h.host",
-            {"t": key.tenant_id, "m": metric},
-        )
-        rows = await cur.fetchall()
-    return _points(rows)
+        cur = await conn.execute(_LATEST, {"t": key.tenant_id, "m": metric})
+        body = (await cur.fetchone())[0]
+    return json_body(body)
 
 
 @router.get("", response_model=Downsampled)
@@ -101,18 +87,40 @@ async def metric_range(
     span = (end - start).total_seconds()
     step_s = max(step or math.ceil(span / points), span / MAX_BUCKETS, 0.001)
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT date_bin(%s, ts_event, %s) AS b, avg(value), min(value), max(value), count(*) "
-            "FROM metrics WHERE tenant_id = %s AND host = %s AND metric = %s "
-            "AND ts_event >= %s AND ts_event < %s GROUP BY b ORDER BY b",
-            (timedelta(seconds=step_s), start, key.tenant_id, host, metric, start, end),
-        )
-        rows = await cur.fetchall()
-        if not rows:  # rows prove the series exists; only an empty range needs the lookup
+        cur = conn.cursor(binary=True)
+        cur.adapters.register_loader(FLOAT8_ARRAY_OID, Float8Array)
+        await cur.execute(_RANGE, (key.tenant_id, host, metric, start, end))
+        ts, vals = await cur.fetchone()
+        if ts is None:  # rows prove the series exists; only an empty range needs the lookup
             await _require_series(conn, key.tenant_id, host, metric)
+            ts = vals = np.empty(0)
+    origin_us = round(start.timestamp() * 1e6)
+    b = buckets(ts, vals, origin_us, max(1, round(step_s * 1e6)))
+    stamps = np.datetime_as_string(b["start_us"].astype("datetime64[us]"), unit="us", timezone="UTC")
     return json_response({"host": host, "metric": metric, "start": start, "end": end, "step_s": float(step_s),
-                          "points": [{"ts": ts, "avg": a, "min": lo, "max": hi, "count": n}
-                                     for ts, a, lo, hi, n in rows]})
+                          "points": [{"ts": t, "avg": a, "min": lo, "max": hi, "count": n}
+                                     for t, a, lo, hi, n in zip(stamps.tolist(), b["avg"].tolist(),
+                                                                 b["min"].tolist(), b["max"].tolist(),
+                                                                 b["count"].tolist(), strict=True)]})
+
+
+_CPU = json_rows_sql(POINT_JSON, sql.SQL(
+    "SELECT ts_event, value, host, metric, unit, tags FROM metrics "
+    "WHERE tenant_id = %s AND host = %s AND metric = 'cpu_load' ORDER BY ts_event DESC LIMIT %s"),
+    "r.ts_event DESC")
+_LATEST = json_rows_sql(POINT_JSON, sql.SQL(
+    # one index probe per host (loose index scan over metrics_series_ts_value)
+    "WITH RECURSIVE h AS ("
+    " (SELECT host FROM metrics WHERE tenant_id = %(t)s ORDER BY host LIMIT 1)"
+    " UNION ALL SELECT n.host FROM h, LATERAL (SELECT host FROM metrics"
+    "   WHERE tenant_id = %(t)s AND host > h.host ORDER BY host LIMIT 1) n)"
+    "SELECT l.ts_event, l.value, h.host, l.metric, l.unit, l.tags FROM h, LATERAL ("
+    " SELECT ts_event, value, metric, unit, tags FROM metrics m"
+    " WHERE m.tenant_id = %(t)s AND m.host = h.host AND m.metric = %(m)s"
+    " ORDER BY ts_event DESC LIMIT 1) l"), "r.host")
+# the range as two arrays, bucketed in numpy (serving.downsample)
+_RANGE = ("SELECT array_agg(date_part('epoch', ts_event)), array_agg(value) FROM metrics"
+          " WHERE tenant_id = %s AND host = %s AND metric = %s AND ts_event >= %s AND ts_event < %s")
 
 
 async def _require_series(conn, tenant: str, host: str, metric: str) -> None:
