@@ -165,6 +165,8 @@ class KafkaWorker:
         self._stop = threading.Event()
         self._next: dict[int, int] = {}  # input partition -> next offset processed
         self._checkpointed = time.monotonic()
+        # partitions owned here that have a checkpoint in PostgreSQL (restored or written)
+        self._with_cp: set[int] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -185,6 +187,7 @@ class KafkaWorker:
             self.stages.detect.restore(tp.partition, cp[1] if cp else None)
             if cp:
                 tp.offset = cp[0]
+                self._with_cp.add(tp.partition)
                 log.info("%s[%d]: detect state restored, resuming at offset %d", tp.topic, tp.partition, cp[0])
             else:
                 # no checkpoint yet: re-arm the open threshold alerts so they are not opened twice
@@ -204,6 +207,7 @@ class KafkaWorker:
             for tp in parts:
                 self.stages.detect.drop(tp.partition)
                 self._next.pop(tp.partition, None)
+                self._with_cp.discard(tp.partition)
 
     def run(self, idle_exit_s: float | None = None) -> Stats:
         """Consume until :meth:`stop` (or SIGTERM), or after ``idle_exit_s`` without input."""
@@ -311,20 +315,28 @@ class KafkaWorker:
             self._pending = (offsets, fut, bool(alerts_in))
 
     def _checkpoints(self, offsets) -> list[db.Checkpoint]:
-        """Detect state of every owned partition, every ``checkpoint_interval_s``."""
+        """Detect state of every owned partition, every ``checkpoint_interval_s``.
+
+        A partition's *first* commit always carries a checkpoint: a partition with committed
+        offsets but no checkpoint would resume after the commit with empty windows and
+        detector state, and score differently from an uninterrupted run.
+        """
         if not self.stateful:
             return []
         topic = self.inputs[0]
         for tp in offsets:
             if tp.topic == topic:
                 self._next[tp.partition] = tp.offset
+        det = self.stages.detect
         now = time.monotonic()
-        if now - self._checkpointed < self.s.checkpoint_interval_s:
+        first = any(p not in self._with_cp for p in self._next if p in det.parts)
+        if not first and now - self._checkpointed < self.s.checkpoint_interval_s:
             return []
         self._checkpointed = now
-        det = self.stages.detect
-        return [db.Checkpoint(self.group, topic, p, o, det.snapshot(p))
-                for p, o in self._next.items() if p in det.parts]
+        cps = [db.Checkpoint(self.group, topic, p, o, det.snapshot(p))
+               for p, o in self._next.items() if p in det.parts]
+        self._with_cp.update(cp.partition for cp in cps)
+        return cps
 
     def finish(self) -> None:
         """Complete the batch in flight: outputs delivered, rows committed, then offsets."""

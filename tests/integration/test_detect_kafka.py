@@ -91,9 +91,14 @@ def two_dbs(base_settings):
     admin.close()
 
 
-@pytest.mark.parametrize("interruption", ["kill -9", "pause past the session timeout"])
+@pytest.mark.parametrize(("interruption", "checkpoint_s"), [
+    ("kill -9", 0.5), ("pause past the session timeout", 0.5),
+    # only the checkpoint that goes with each partition's first commit: a restart must never
+    # find committed offsets without detect state
+    ("kill -9", 3600.0),
+])
 def test_interrupted_detect_worker_gives_tables_of_an_uninterrupted_run(
-    settings, two_dbs, tmp_path, interruption
+    settings, two_dbs, tmp_path, interruption, checkpoint_s
 ):
     """kill -9 mid-replay and restart; or SIGSTOP the worker until the group evicts it, then
     SIGCONT (its commits are refused, it rejoins and resumes from its checkpoints)."""
@@ -101,7 +106,7 @@ def test_interrupted_detect_worker_gives_tables_of_an_uninterrupted_run(
     runs = {}
     for label, dbname in zip(("clean", "killed"), two_dbs, strict=True):
         s = settings.model_copy(update={
-            "pg_database": dbname, "checkpoint_interval_s": 0.5,
+            "pg_database": dbname, "checkpoint_interval_s": checkpoint_s,
             "batch_max_events": 1500, "consumer_group_prefix": f"{settings.consumer_group_prefix}-{label}",
         })
         with db.connect(s, autocommit=True) as c:
@@ -146,6 +151,9 @@ def test_interrupted_detect_worker_gives_tables_of_an_uninterrupted_run(
         with db.connect(runs["killed"], autocommit=True) as c:
             assert db.count_rows(c, "checkpoints") > 0
             mid = db.count_rows(c, "metrics")
+            if checkpoint_s > 60:  # one checkpoint per partition, written with its first commit
+                first = c.execute("SELECT min(next_offset) FROM checkpoints").fetchone()[0]
+                assert first <= 1500
         assert mid < n
         run_to_end(runs["killed"], tmp_path / "k2.log")
     else:
