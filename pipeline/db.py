@@ -210,8 +210,9 @@ class Sink:
     ) -> tuple[int, list[dict]]:
         """Store a batch; returns (new metric rows, alert events newly stored with their ``seq``).
 
-        Runs in one transaction: metrics, window features and scores, alert transitions and
-        the detect state checkpoints (with their offsets) are stored together or not at all.
+        Runs in one transaction: metrics, window features and scores, the challenger's shadow
+        scores, alert transitions and the detect state checkpoints (with their offsets) are
+        stored together or not at all.
         """
         alert_events, checkpoints = list(alert_events), list(checkpoints)
         try:
@@ -235,6 +236,9 @@ class Sink:
                     self._copy_windows(windows)
                 else:
                     self._write_windows(windows)
+                shadow = windows.shadow_idx()
+                if shadow.size:
+                    self._write_shadow(windows, shadow, fresh)
             stored = self._write_alerts(alert_events) if alert_events else []
             save_checkpoints(self.conn, checkpoints)
         return inserted, stored
@@ -333,6 +337,45 @@ class Sink:
             " ON CONFLICT DO NOTHING"
         )
         cur.execute("TRUNCATE windows_stage")
+
+    def _write_shadow(self, w, idx: np.ndarray, fresh: bool) -> None:
+        """``shadow_scores`` rows of the windows ``idx`` (COPY; ``ON CONFLICT`` on a replay).
+
+        The champion's side of the comparison is the window's ``batch`` score component.
+        """
+        version = [w.shadow_version[i] for i in idx.tolist()]
+        comp = [w.components[i] for i in idx.tolist()]
+        champ_v = [w.model_version[i] for i in idx.tolist()]
+        champ = [c.get("batch") for c in comp]
+        score, raw = w.shadow_score[idx].tolist(), w.shadow_raw[idx].tolist()
+        tenant, host, metric = w.tenant_id[idx], w.host[idx], w.metric[idx]
+        cols = ("tenant_id, model_version, window_start, host, metric, window_end, score, raw,"
+                " champion_version, champion_score")
+        cur = self.conn.cursor()
+        if not fresh:
+            nul = [None if x != x else x for x in raw]
+            cur.execute(
+                f"INSERT INTO shadow_scores ({cols}) SELECT t, v, to_timestamp(ws), h, m,"
+                " to_timestamp(we), sc, r, cv, cs FROM unnest(%s::text[], %s::text[], %s::float8[],"
+                " %s::text[], %s::text[], %s::float8[], %s::float8[], %s::float8[], %s::text[],"
+                " %s::float8[]) AS u(t, v, ws, h, m, we, sc, r, cv, cs) ON CONFLICT DO NOTHING",
+                (tenant.tolist(), version, w.start[idx].tolist(), host.tolist(), metric.tolist(),
+                 w.end[idx].tolist(), score, nul, champ_v, champ),
+            )
+            return
+        ws = np.datetime_as_string((w.start[idx] * 1e6).astype("datetime64[us]"), unit="us").tolist()
+        we = np.datetime_as_string((w.end[idx] * 1e6).astype("datetime64[us]"), unit="us").tolist()
+        if _UNSAFE.search("".join(version) + "".join(v or "" for v in champ_v)):
+            version = [_copy_escape(v) for v in version]
+            champ_v = [None if v is None else _copy_escape(v) for v in champ_v]
+        buf = "".join([
+            f"{t}\t{v}\t{a}Z\t{h}\t{m}\t{b}Z\t{_num(sc)}\t{_num(r)}\t"
+            f"{_NULL if cv is None else cv}\t{_num(cs)}\n"
+            for t, v, a, h, m, b, sc, r, cv, cs in zip(tenant, version, ws, host, metric, we, score,
+                                                       raw, champ_v, champ, strict=True)
+        ])
+        with cur.copy(f"COPY shadow_scores ({cols}) FROM STDIN") as cp:
+            cp.write(buf)
 
     def _write_metrics(self, b: MetricBatch) -> int:
         cur = self.conn.cursor()

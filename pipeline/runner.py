@@ -28,6 +28,7 @@ from models.rules import RuleSet, RulesFile
 from pipeline import db
 from pipeline import kafka as kq
 from pipeline.batch import DeadLetter, MetricBatch
+from pipeline.registry import CHALLENGER, CHAMPION
 from pipeline.settings import Settings
 from pipeline.stages.anomaly import (
     ANOMALY_RULE,
@@ -93,14 +94,15 @@ class Stats:
 class _Stages:
     """The stage objects of a chain plus their periodically refreshed reference data."""
 
-    def __init__(self, s: Settings, chain: tuple[str, ...], conn, model: ModelProvider | None = None) -> None:
+    def __init__(self, s: Settings, chain: tuple[str, ...], conn, model: ModelProvider | None = None,
+                 shadow: ModelProvider | None = None) -> None:
         self.s, self.chain, self.conn = s, chain, conn
         self.normalizer = Normalizer(normalize_config(s, frozenset()))
         self.enricher = Enricher()
         self.rules_file = RulesFile(s.rules_path) if "detect" in chain else None
         self.detect = DetectStage(
             self.rules_file.rules if self.rules_file else RuleSet([]),
-            window_s=s.window_s, lateness_s=s.allowed_lateness_s, model=model,
+            window_s=s.window_s, lateness_s=s.allowed_lateness_s, model=model, shadow=shadow,
         )
         self._refreshed = 0.0
         self._rules_checked = 0.0
@@ -126,10 +128,14 @@ class _Stages:
 
 
 class KafkaWorker:
-    """A consumer-group member running ``chain`` over micro-batches."""
+    """A consumer-group member running ``chain`` over micro-batches.
+
+    A detect worker given no ``model`` provider watches the registry itself (:func:`start_watcher`):
+    ``watcher`` follows the champion, ``shadow_watcher`` the challenger (shadow scoring).
+    """
 
     def __init__(self, s: Settings, chain: str | Sequence[str], group: str | None = None,
-                 model: ModelProvider | None = None) -> None:
+                 model: ModelProvider | None = None, shadow: ModelProvider | None = None) -> None:
         self.s = s
         self.chain = parse_chain(chain)
         first, last = self.chain[0], self.chain[-1]
@@ -145,15 +151,18 @@ class KafkaWorker:
             "normalize": s.topic_metric, "enrich": s.topic_enriched, "detect": s.topic_enriched,
         }[last]
         self.stats = Stats()
-        self.watcher = None
+        self.watcher = self.shadow_watcher = None
         if model is None and "detect" in self.chain:
             self.watcher = start_watcher(s)
             model = self.watcher.current if self.watcher else None
+            if shadow is None and self.watcher is not None:
+                self.shadow_watcher = start_watcher(s, CHALLENGER)
+                shadow = self.shadow_watcher.current if self.shadow_watcher else None
         self.conn = db.connect(s)  # reference data (tenants, inventory, open alerts)
         self.sink = db.Sink(db.connect(s)) if "sink" in self.chain else None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sink")
         self._pending: tuple | None = None
-        self.stages = _Stages(s, self.chain, self.conn, model=model)
+        self.stages = _Stages(s, self.chain, self.conn, model=model, shadow=shadow)
         self.errors = kq.DeliveryErrors()
         self.producer = kq.producer(s, on_delivery=self.errors)
         # detect keeps state per input partition and restores it on assignment from its
@@ -248,8 +257,9 @@ class KafkaWorker:
             self.consumer.close()
         finally:
             self._writer.shutdown()
-            if self.watcher is not None:
-                self.watcher.stop()
+            for w in (self.watcher, self.shadow_watcher):
+                if w is not None:
+                    w.stop()
             self.conn.close()
             if self.sink is not None:
                 self.sink.conn.close()
@@ -412,13 +422,16 @@ class KafkaWorker:
             self._publish(pending)
 
 
-def start_watcher(s: Settings):
-    """The champion-model watcher of a detect worker (``None`` when turned off)."""
-    if s.champion_poll_s <= 0:
+def start_watcher(s: Settings, alias: str = CHAMPION):
+    """A started watcher of the model ``alias`` for a detect worker; ``None`` when turned off.
+
+    ``champion_poll_s <= 0`` turns off both; ``shadow_scoring=False`` the challenger's.
+    """
+    if s.champion_poll_s <= 0 or (alias == CHALLENGER and not s.shadow_scoring):
         return None
     from pipeline.registry import ChampionWatcher
 
-    return ChampionWatcher(s, poll_s=s.champion_poll_s,
+    return ChampionWatcher(s, poll_s=s.champion_poll_s, alias=alias,
                            tracking_uri=s.mlflow_tracking_uri_override).start()
 
 
@@ -464,14 +477,14 @@ class EmbeddedPipeline:
     """normalize → enrich → detect → sink in one process, fed with raw event bytes."""
 
     def __init__(self, s: Settings, bus: Bus | None = None, source: str | None = None,
-                 model: ModelProvider | None = None) -> None:
+                 model: ModelProvider | None = None, shadow: ModelProvider | None = None) -> None:
         self.s = s
         self.bus = bus or Bus()
         # events without an agent id get <source>:0:<n>; unique per process start
         self.source = source or f"embedded-{int(time.time() * 1000)}"
         self.conn = db.connect(s)
         self.sink = db.Sink(self.conn)
-        self.stages = _Stages(s, STAGES, self.conn, model=model)
+        self.stages = _Stages(s, STAGES, self.conn, model=model, shadow=shadow)
         # no partitions or checkpoints here: re-arm open threshold alerts from storage
         self.stages.detect.partition(0).rule_alerts.restore(
             [a for a in db.load_open_alerts(self.conn) if a["rule"] != ANOMALY_RULE])

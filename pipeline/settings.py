@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     model_name: str = "eventops-detector"
     #: seconds between champion alias checks in detect workers (0 = no batch model)
     champion_poll_s: float = 2.0
+    #: detect workers also load the `challenger` alias (same poll) and store its scores in
+    #: `shadow_scores`, never alerting on them
+    shadow_scoring: bool = True
     #: MLflow tracking server (compose: http://mlflow:5000); empty = the `mlflow` database above
     mlflow_tracking_uri_override: str | None = Field(default=None, validation_alias="MLFLOW_TRACKING_URI")
 

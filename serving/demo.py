@@ -11,6 +11,7 @@ import threading
 import time
 
 from pipeline import db
+from pipeline.registry import CHALLENGER
 from pipeline.runner import Bus, EmbeddedPipeline, start_watcher
 from pipeline.settings import Settings
 from pipeline.simulate import Simulator
@@ -38,7 +39,9 @@ def train_first_model(s: Settings, tenant: str) -> None:
 def feed_forever(s: Settings, bus: Bus, tenant: str, hosts: int, backfill_s: float,
                  interval: float, stop: threading.Event, seed: int = 7) -> None:
     watcher = start_watcher(s)
-    pipe = EmbeddedPipeline(s, bus, source=f"demo-{seed}", model=watcher.current if watcher else None)
+    challenger = start_watcher(s, CHALLENGER) if watcher else None
+    pipe = EmbeddedPipeline(s, bus, source=f"demo-{seed}", model=watcher.current if watcher else None,
+                            shadow=challenger.current if challenger else None)
     trained = False
     sim = Simulator(hosts=hosts, tenant=tenant, seed=seed, interval=interval,
                     start=time.time() - backfill_s, anomaly_rate=0.003)
@@ -60,8 +63,9 @@ def feed_forever(s: Settings, bus: Bus, tenant: str, hosts: int, backfill_s: flo
                 break
     finally:
         pipe.close()
-        if watcher is not None:
-            watcher.stop()
+        for w in (watcher, challenger):
+            if w is not None:
+                w.stop()
 
 
 def run_demo(s: Settings, hosts: int = 12, backfill_s: float = 6 * 3600, interval: float = 10.0) -> None:

@@ -4,6 +4,10 @@
 by the registry code of ``training/`` / ``pipeline.registry``). It imports MLflow lazily,
 answers from a short cache, and reports ``champion: None`` with a reason when MLflow or its
 store is unavailable — the API never fails because the registry does.
+
+The challenger entry carries ``shadow``: what it scored in shadow over the last day for the
+key's tenant, beside the champion's batch score of the same windows (:func:`shadow_stats`,
+from PostgreSQL, cached per tenant and version like the registry status).
 """
 
 from __future__ import annotations
@@ -15,15 +19,42 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel, Field
 
 from pipeline.settings import Settings
-from serving.deps import ReadKey, SettingsDep
+from serving.deps import PoolDep, ReadKey, SettingsDep
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["models"])
 _CACHE: dict[str, tuple[float, dict]] = {}
+_SHADOW_CACHE: dict[tuple[str, str, str], tuple[float, dict]] = {}
 CACHE_S = 30.0
+SHADOW_HOURS = 24.0
+#: a window "scores high" at the ensemble's warning level
+SHADOW_THRESHOLD = 0.5
+
+
+class ScoreSummary(BaseModel):
+    """One model's batch scores over the shadow-scored windows."""
+
+    versions: list[str] = Field(description="model version(s) that scored these windows")
+    windows: int
+    mean_score: float | None = None
+    high_fraction: float | None = Field(None, description="share of windows scoring >= threshold")
+
+
+class ShadowStats(BaseModel):
+    """The challenger's shadow scores of the key's tenant beside the champion's."""
+
+    hours: float = Field(description="windows that started within this many hours")
+    threshold: float
+    windows: int = Field(description="windows the challenger scored")
+    first_window: float | None = Field(None, description="epoch s of the first window start")
+    last_window: float | None = Field(None, description="epoch s of the last window end")
+    challenger: ScoreSummary
+    champion: ScoreSummary | None = Field(
+        None, description="the champion's batch score of the same windows (None: no champion)")
 
 
 class ModelVersion(BaseModel):
@@ -38,6 +69,7 @@ class ModelVersion(BaseModel):
     previous_champion: str | None = None
     decided_at: str | None = None
     metrics: dict[str, Any] | None = None
+    shadow: ShadowStats | None = None
 
 
 class ModelStatus(BaseModel):
@@ -86,7 +118,34 @@ async def model_status(settings: Settings) -> dict:
     return out
 
 
+async def shadow_stats(pool: AsyncConnectionPool, settings: Settings, tenant: str,
+                       version: str) -> dict:
+    """Shadow-scoring statistics of challenger ``version`` for ``tenant`` (short cache)."""
+    from training.status import SHADOW_STATS_SQL, shadow_params, shadow_summary
+
+    key = (settings.model_name, tenant, str(version))
+    now = time.monotonic()
+    hit = _SHADOW_CACHE.get(key)
+    if hit and hit[0] > now:
+        return hit[1]
+    params = shadow_params(tenant, str(version), SHADOW_HOURS, SHADOW_THRESHOLD)
+    async with pool.connection() as conn:
+        cur = await conn.execute(SHADOW_STATS_SQL, params)
+        row = await cur.fetchone()
+    out = shadow_summary(row, params)
+    if len(_SHADOW_CACHE) > 1000:
+        for k in [k for k, (until, _) in _SHADOW_CACHE.items() if until <= now]:
+            del _SHADOW_CACHE[k]
+    _SHADOW_CACHE[key] = (now + CACHE_S, out)
+    return out
+
+
 @router.get("/models", response_model=ModelStatus)
-async def models(request: Request, key: ReadKey, settings: SettingsDep) -> ModelStatus:
-    """Champion and challenger of the batch model in the MLflow registry."""
-    return ModelStatus(**await request.app.state.model_status(settings))
+async def models(request: Request, key: ReadKey, settings: SettingsDep, pool: PoolDep) -> ModelStatus:
+    """Champion and challenger of the batch model; the challenger's last day of shadow scores."""
+    st = await request.app.state.model_status(settings)
+    challenger = st.get("challenger")
+    if challenger and challenger.get("version"):
+        shadow = await shadow_stats(pool, settings, key.tenant_id, challenger["version"])
+        st = {**st, "challenger": {**challenger, "shadow": shadow}}
+    return ModelStatus(**st)

@@ -1,7 +1,10 @@
 """Registry status for the API's ``/models`` and ``eventops models list``.
 
 :func:`model_status` is cheap (a handful of registry reads, no model loading) and never raises
-for a store without models: it reports what is there.
+for a store without models: it reports what is there.  :func:`shadow_stats` summarises what the
+challenger scored in shadow (table ``shadow_scores``) for one tenant, next to the champion's
+batch score of the same windows; the API runs the same query (:data:`SHADOW_STATS_SQL`) on its
+async pool and shapes the row with :func:`shadow_summary`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,28 @@ from training.promotion import (
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.settings import Settings
 
-__all__ = ["list_versions", "model_status"]
+__all__ = [
+    "SHADOW_STATS_SQL",
+    "list_versions",
+    "model_status",
+    "shadow_params",
+    "shadow_stats",
+    "shadow_summary",
+]
+
+#: One tenant's shadow scores of one challenger version over windows starting in the last
+#: ``seconds`` (a range scan of the primary key): count, mean, share >= ``threshold``, and the
+#: same of the champion's batch score of those windows.
+SHADOW_STATS_SQL = """
+SELECT count(*), avg(score), avg((score >= %(threshold)s)::int)::float8,
+       count(champion_score), avg(champion_score),
+       avg((champion_score >= %(threshold)s)::int)::float8,
+       array_agg(DISTINCT champion_version) FILTER (WHERE champion_score IS NOT NULL),
+       extract(epoch FROM min(window_start))::float8, extract(epoch FROM max(window_end))::float8
+FROM shadow_scores
+WHERE tenant_id = %(tenant)s AND model_version = %(version)s
+  AND window_start >= now() - make_interval(secs => %(seconds)s)
+"""
 
 
 def _loads(v: str | None) -> Any:
@@ -92,6 +116,55 @@ def model_status(settings: Settings, tracking_uri: str | None = None) -> dict[st
         if v is not None:
             out[alias] = _version_info(c.get_model_version(name, v))
     return out
+
+
+def shadow_params(tenant: str, version: str, hours: float = 24.0,
+                  threshold: float = 0.5) -> dict[str, Any]:
+    """Parameters of :data:`SHADOW_STATS_SQL`."""
+    if not hours > 0 or not 0 < threshold <= 1:
+        raise ValueError("hours must be > 0 and threshold in (0, 1]")
+    return {"tenant": tenant, "version": str(version), "seconds": float(hours) * 3600.0,
+            "threshold": float(threshold)}
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 6)
+
+
+def shadow_summary(row: tuple, params: dict[str, Any]) -> dict[str, Any]:
+    """The row of :data:`SHADOW_STATS_SQL` as the ``shadow`` entry of ``/models``.
+
+    Returns
+    -------
+    dict
+        ``{"hours", "threshold", "windows", "first_window", "last_window", "challenger",
+        "champion"}``; ``challenger``/``champion`` are ``{"versions", "windows", "mean_score",
+        "high_fraction"}`` (``high_fraction``: share of windows scoring ``>= threshold``);
+        ``champion`` is ``None`` when no window had a champion batch score.
+    """
+    n, mean, high, cn, cmean, chigh, cversions, first, last = row
+    n, cn = int(n or 0), int(cn or 0)
+    return {
+        "hours": params["seconds"] / 3600.0,
+        "threshold": params["threshold"],
+        "windows": n,
+        "first_window": first,
+        "last_window": last,
+        "challenger": {"versions": [params["version"]], "windows": n, "mean_score": _r(mean),
+                       "high_fraction": _r(high)},
+        "champion": None if not cn else {
+            "versions": sorted(cversions or [], key=lambda v: (len(v), v)), "windows": cn,
+            "mean_score": _r(cmean), "high_fraction": _r(chigh)},
+    }
+
+
+def shadow_stats(conn: Any, tenant: str, version: str, hours: float = 24.0,
+                 threshold: float = 0.5) -> dict[str, Any]:
+    """Shadow-scoring statistics of challenger ``version`` for ``tenant`` (see
+    :func:`shadow_summary`); ``conn`` is a psycopg connection to the EventOps database."""
+    params = shadow_params(tenant, version, hours, threshold)
+    row = conn.execute(SHADOW_STATS_SQL, params).fetchone()
+    return shadow_summary(row, params)
 
 
 def list_versions(settings: Settings, tracking_uri: str | None = None) -> list[dict[str, Any]]:

@@ -12,12 +12,20 @@ runner checkpoints together with the partition's next offset.
 
 Work is vectorized over the closed windows of a micro-batch; Python loops only run per closed
 window that is anomalous (explanations, alert transitions) and per new series.
+
+Shadow scoring: an optional second provider (``shadow``, the MLflow ``challenger``) scores the
+same closed-window feature matrix after everything else is decided, with the champion's
+calibration. Its scores ride along in :class:`WindowRows` (``shadow_*`` columns) to the
+``shadow_scores`` table only; they never reach the ensemble, severities, alerts, ``scores`` or
+the ``score`` of ``signals.score.v1`` records. A failing challenger is logged and skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import pickle
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +40,8 @@ from models.rules import RuleSet
 from pipeline.batch import MetricBatch, factorize
 from pipeline.stages.detect import Detector
 
+log = logging.getLogger(__name__)
+
 FEATURES = ("count", "mean", "std", "min", "max", "last", "slope", "change", "gap")
 ANOMALY_RULE = "anomaly:ensemble"
 
@@ -41,7 +51,13 @@ ModelProvider = Callable[[], tuple[str | None, Any]]
 
 @dataclass
 class WindowRows:
-    """Closed windows of a batch with their features and scores (columns)."""
+    """Closed windows of a batch with their features and scores (columns).
+
+    The ``shadow_*`` columns are the challenger's scores (``None`` when no window of the batch
+    was shadow-scored): ``shadow_version`` per row (``None`` = row not scored), ``shadow_score``
+    (calibrated like the champion's batch score) and ``shadow_raw`` (the model's own score),
+    float64 with NaN where not scored. Nothing but the ``shadow_scores`` table reads them.
+    """
 
     tenant_id: np.ndarray
     host: np.ndarray
@@ -55,9 +71,25 @@ class WindowRows:
     expected: np.ndarray
     explanation: list[dict]
     model_version: list[str | None]
+    shadow_version: list[str | None] | None = None
+    shadow_score: np.ndarray | None = None
+    shadow_raw: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.score.shape[0])
+
+    def shadow_idx(self) -> np.ndarray:
+        """Row indices (int64) that carry a shadow score."""
+        if self.shadow_version is None:
+            return np.empty(0, np.int64)
+        return np.flatnonzero(np.fromiter((v is not None for v in self.shadow_version), bool,
+                                          len(self.shadow_version)))
+
+    def _shadow_columns(self) -> tuple[list[str | None], np.ndarray, np.ndarray]:
+        if self.shadow_version is None:
+            nan = np.full(len(self), np.nan)
+            return [None] * len(self), nan, nan
+        return self.shadow_version, self.shadow_score, self.shadow_raw
 
     @staticmethod
     def concat(parts: list[WindowRows]) -> WindowRows | None:
@@ -67,7 +99,7 @@ class WindowRows:
         if len(parts) == 1:
             return parts[0]
         cat = np.concatenate
-        return WindowRows(
+        out = WindowRows(
             cat([p.tenant_id for p in parts]), cat([p.host for p in parts]),
             cat([p.metric for p in parts]), cat([p.start for p in parts]), cat([p.end for p in parts]),
             {k: cat([p.features[k] for p in parts]) for k in parts[0].features},
@@ -75,6 +107,12 @@ class WindowRows:
             [c for p in parts for c in p.components], cat([p.expected for p in parts]),
             [e for p in parts for e in p.explanation], [v for p in parts for v in p.model_version],
         )
+        if any(p.shadow_version is not None for p in parts):
+            cols = [p._shadow_columns() for p in parts]
+            out.shadow_version = [v for c in cols for v in c[0]]
+            out.shadow_score = cat([c[1] for c in cols])
+            out.shadow_raw = cat([c[2] for c in cols])
+        return out
 
     @staticmethod
     def from_records(recs: list[dict]) -> WindowRows | None:
@@ -89,7 +127,7 @@ class WindowRows:
 
         f = {k: np.asarray([r["features"][k] for r in recs], np.float64) for k in FEATURES}
         f["count"] = f["count"].astype(np.int64)
-        return WindowRows(
+        out = WindowRows(
             obj([r["tenant_id"] for r in recs]), obj([r["host"] for r in recs]),
             obj([r["metric"] for r in recs]), np.asarray([r["window_start"] for r in recs], np.float64),
             np.asarray([r["window_end"] for r in recs], np.float64), f,
@@ -98,20 +136,39 @@ class WindowRows:
             np.asarray([np.nan if r["expected"] is None else r["expected"] for r in recs], np.float64),
             [r["explanation"] for r in recs], [r["model_version"] for r in recs],
         )
+        shadow = [r.get("shadow") for r in recs]
+        if any(sh is not None for sh in shadow):
+            out.shadow_version = [None if sh is None else sh["model_version"] for sh in shadow]
+            out.shadow_score = np.asarray([np.nan if sh is None else sh["score"] for sh in shadow],
+                                          np.float64)
+            out.shadow_raw = np.asarray(
+                [np.nan if sh is None or sh.get("raw") is None else sh["raw"] for sh in shadow],
+                np.float64)
+        return out
 
     def records(self) -> list[dict]:
-        """One JSON-able dict per window (``signals.score.v1``)."""
+        """One JSON-able dict per window (``signals.score.v1``).
+
+        A shadow-scored window has a ``shadow`` entry ``{model_version, score, raw}``, apart from
+        its ``score`` (which is the champion's and the ensemble's only).
+        """
         out = []
         f = {k: v.tolist() for k, v in self.features.items()}
+        sv, ss, sr = self._shadow_columns()
+        ss, sr = ss.tolist(), sr.tolist()
         for i in range(len(self)):
-            out.append({
+            rec = {
                 "tenant_id": self.tenant_id[i], "host": self.host[i], "metric": self.metric[i],
                 "window_start": float(self.start[i]), "window_end": float(self.end[i]),
                 "features": {k: f[k][i] for k in f}, "score": float(self.score[i]),
                 "severity": self.severity[i], "components": self.components[i],
                 "expected": None if np.isnan(self.expected[i]) else float(self.expected[i]),
                 "explanation": self.explanation[i], "model_version": self.model_version[i],
-            })
+            }
+            if sv[i] is not None:
+                rec["shadow"] = {"model_version": sv[i], "score": ss[i],
+                                 "raw": None if sr[i] != sr[i] else sr[i]}
+            out.append(rec)
         return out
 
 
@@ -256,17 +313,34 @@ def calibrate_batch_score(raw: np.ndarray) -> np.ndarray:
     return np.clip((raw - 0.55) / 0.30, 0.0, 1.0)
 
 
+def _no_model() -> tuple[None, None]:
+    return None, None
+
+
 class DetectStage:
-    """The detect stage: rules on events, ensemble (+ champion model) on closed windows."""
+    """The detect stage: rules on events, ensemble (+ champion model) on closed windows.
+
+    ``model`` provides the champion batch model, whose calibrated score joins the ensemble's;
+    ``shadow`` the challenger, scored on the same windows for comparison only (see the module
+    docstring). Each provider is read once per batch.
+    """
+
+    #: seconds between two log lines about the same failing challenger
+    SHADOW_LOG_EVERY_S = 60.0
 
     def __init__(self, rules: RuleSet, window_s: float = 60.0, lateness_s: float = 30.0,
                  model: ModelProvider | None = None,
-                 ensemble_factory: Callable[[], Ensemble] = default_ensemble) -> None:
+                 ensemble_factory: Callable[[], Ensemble] = default_ensemble,
+                 shadow: ModelProvider | None = None) -> None:
         self.rules = rules
         self.window_s, self.lateness_s = window_s, lateness_s
-        self.model = model or (lambda: (None, None))
+        self.model = model or _no_model
+        self.shadow = shadow or _no_model
         self.ensemble_factory = ensemble_factory
         self.parts: dict[int, PartitionState] = {}
+        #: closed-window batches the challenger failed to score (skipped)
+        self.shadow_failures = 0
+        self._shadow_logged: tuple[str | None, float] = (None, -float("inf"))
 
     def set_rules(self, rules: RuleSet) -> None:
         self.rules = rules
@@ -303,6 +377,7 @@ class DetectStage:
         part = batch.partition if batch.partition is not None else np.zeros(n, np.int64)
         windows, late = [], []
         version, model = self.model()
+        shadow = self._challenger(version)
         for p in np.unique(part).tolist():
             idx = np.flatnonzero(part == p) if len(part) and part.min() != part.max() else np.arange(n)
             sub = batch if idx.size == n else batch.take(idx)
@@ -313,7 +388,7 @@ class DetectStage:
             if closed.late_idx.size:
                 late.append(idx[closed.late_idx])
             if len(closed):
-                w = self._score(ps, closed, version, model, out.alerts)
+                w = self._score(ps, closed, version, model, out.alerts, shadow)
                 windows.append(w)
         out.windows = WindowRows.concat(windows)
         if late:
@@ -324,15 +399,59 @@ class DetectStage:
         """Close every open window (end of a replay)."""
         out = DetectOutput()
         version, model = self.model()
+        shadow = self._challenger(version)
         windows = []
         for ps in self.parts.values():
             closed = ps.agg.flush()
             if len(closed):
-                windows.append(self._score(ps, closed, version, model, out.alerts))
+                windows.append(self._score(ps, closed, version, model, out.alerts, shadow))
         out.windows = WindowRows.concat(windows)
         return out
 
-    def _score(self, ps: PartitionState, closed, version: str | None, model, alerts: list[dict]) -> WindowRows:
+    def _challenger(self, champion: str | None) -> tuple[str, Any] | None:
+        """``(version, model)`` of the challenger when it is loaded and not the champion."""
+        version, model = self.shadow()
+        if model is None or version is None or version == champion:
+            return None
+        return version, model
+
+    def _shadow_score(self, rows: WindowRows, X: dict[str, np.ndarray], version: str, model) -> None:
+        """Fill ``rows.shadow_*`` with the challenger's scores of ``X`` (skipped on failure).
+
+        Runs after everything of the batch is decided, on read-only views of the columns: the
+        challenger can neither change the champion's results nor the stored features.
+        """
+        n = len(rows)
+        cols = {}
+        for k, v in X.items():
+            v = np.asarray(v).view()
+            v.flags.writeable = False
+            cols[k] = v
+        try:
+            raw = np.asarray(model.score_many(cols), np.float64)
+            if raw.shape != (n,):
+                raise ValueError(f"score_many returned shape {raw.shape} for {n} windows")
+        except Exception:  # noqa: BLE001 - a broken challenger must not cost the batch
+            self.shadow_failures += 1
+            now = time.monotonic()
+            last_version, last_t = self._shadow_logged
+            if version != last_version or now - last_t >= self.SHADOW_LOG_EVERY_S:
+                self._shadow_logged = (version, now)
+                log.warning("challenger v%s failed to score %d windows; shadow scores skipped "
+                            "(%d failed batches so far)", version, n, self.shadow_failures,
+                            exc_info=True)
+            return
+        ok = np.isfinite(raw)
+        if ok.all():
+            rows.shadow_version = [version] * n
+        else:  # a window the challenger cannot score is left out, not stored as NULL
+            rows.shadow_version = [version if o else None for o in ok.tolist()]
+            raw = np.where(ok, raw, np.nan)
+        rows.shadow_raw = raw
+        rows.shadow_score = calibrate_batch_score(raw)
+
+    def _score(self, ps: PartitionState, closed, version: str | None, model, alerts: list[dict],
+               shadow: tuple[str, Any] | None = None) -> WindowRows:
         X = closed.columns()
         s = np.asarray(X["series"], np.int64)
         X["family"] = np.asarray(ps.family, np.int64)[s]
@@ -391,8 +510,11 @@ class DetectStage:
             })
 
         ps.score_alerts.step(s, sev.astype(np.int8), on_event)
-        return WindowRows(
+        rows = WindowRows(
             tenant, host, metric, start, end, {k: X[k] for k in FEATURES if k in X}, score,
             np.array(SEVERITIES, dtype=object)[sev], components, res.expected, explanation,
             [version] * s.size,
         )
+        if shadow is not None:
+            self._shadow_score(rows, X, *shadow)
+        return rows
