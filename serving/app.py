@@ -186,7 +186,8 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        pool = AsyncConnectionPool(settings.pg_dsn(), min_size=2, max_size=20, open=False,
+        pool = AsyncConnectionPool(settings.pg_dsn(), min_size=min(2, serving.db_pool_size),
+                                   max_size=serving.db_pool_size, open=False,
                                    kwargs={"autocommit": True}, configure=_configure)
         await pool.open(wait=True, timeout=30)
         b = Broadcaster(queue_size=settings.sse_queue_size, loop=asyncio.get_running_loop())

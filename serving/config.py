@@ -28,6 +28,10 @@ class ServingSettings(BaseSettings):
     auth_cache_s: float = Field(default=5.0, ge=0, description="Seconds a verified key is cached (a revocation takes effect within this).")
     sse_replay_max: int = Field(default=10_000, ge=1, description="Most alert events replayed to one SSE client on Last-Event-ID resume.")
     score_poll_s: float = Field(default=1.0, gt=0, description="How often a score stream polls the scores table.")
+    db_pool_size: int = Field(
+        default=8, ge=1, le=200,
+        description="PostgreSQL connections per API process. Requests beyond it wait in the pool's "
+        "FIFO queue: a few connections per core keep the database's run queue short, which sets the tail.")
     incident_gap_s: float = Field(default=900.0, gt=0, description="Alerts of a host opened within this gap form one incident.")
 
     def cors_list(self) -> list[str]:

@@ -35,7 +35,7 @@ APP_SERVICES = {
     "worker-enrich": ["worker", "enrich"],
     "worker-detect": ["worker", "detect"],
     "worker-sink": ["worker", "sink"],
-    "api": ["api", "--host", "0.0.0.0", "--port", "8000"],
+    "api": ["api", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"],
 }
 INFRA_SERVICES = {"redpanda", "postgres", "ui"}
 APP_ENV = ("EVENTOPS_PG_HOST", "EVENTOPS_PG_PORT", "EVENTOPS_KAFKA_BOOTSTRAP", "MLFLOW_TRACKING_URI")
