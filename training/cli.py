@@ -142,11 +142,22 @@ def register(app: typer.Typer) -> None:
             )
 
     @models_app.command("status")
-    def models_status(tracking_uri: TrackingOpt = None) -> None:
+    def models_status(
+        tracking_uri: TrackingOpt = None,
+        tenant: Annotated[str | None, typer.Option(
+            help="add the challenger's shadow-scoring statistics for this tenant (last 24 h)")] = None,
+    ) -> None:
         """Champion, challenger and the last decision (the API's /models) as JSON."""
-        from training.status import model_status
+        from training.status import model_status, shadow_stats
 
-        typer.echo(json.dumps(model_status(_settings(), tracking_uri), indent=2, default=str))
+        s = _settings()
+        st = model_status(s, tracking_uri)
+        if tenant is not None and st.get("challenger"):
+            from pipeline import db
+
+            with db.connect(s, autocommit=True) as conn:
+                st["challenger"]["shadow"] = shadow_stats(conn, tenant, str(st["challenger"]["version"]))
+        typer.echo(json.dumps(st, indent=2, default=str))
 
     @models_app.command("promote")
     def models_promote(

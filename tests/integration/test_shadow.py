@@ -3,6 +3,7 @@ never alerting (real Kafka, PostgreSQL and a PostgreSQL-backed MLflow registry).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +18,7 @@ from pipeline.registry import CHALLENGER, TAG_SET_AT, load_version
 from pipeline.simulate import Simulator
 from pipeline.stages.anomaly import ANOMALY_RULE, calibrate_batch_score
 from tests.integration.api_support import Api, hdr, make_key
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import settings_env, wait_for
 
 NAB = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "nab-dev"
 
@@ -186,6 +187,15 @@ def test_worker_scores_challenger_in_shadow_without_alerting_on_it(settings, con
     st = shadow_stats(conn, tenant, v2)
     assert st["windows"] >= stats[0] and st["champion"]["versions"] == [v1]
     assert st["challenger"]["mean_score"] == pytest.approx(stats[1], abs=0.02)
+    # and on the command line: eventops models status --tenant T
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    r = CliRunner().invoke(app, ["models", "status", "--tenant", tenant], env=settings_env(s))
+    assert r.exit_code == 0, r.output
+    sh = json.loads(r.stdout)["challenger"]["shadow"]
+    assert sh["windows"] >= stats[0] and sh["challenger"]["versions"] == [v2]
 
 
 def test_replayed_shadow_rows_are_written_once(conn, tenant):
