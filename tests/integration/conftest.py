@@ -157,6 +157,21 @@ def spawn_worker(s: Settings, chain: str, log_path: Path) -> subprocess.Popen:
     )
 
 
+def group_lag(s: Settings, chain: str, topic: str | None = None) -> int:
+    """Records of ``topic`` (default: the raw topic) not yet committed by ``chain``'s consumer group."""
+    from confluent_kafka import TopicPartition
+
+    topic = topic or s.topic_raw
+    c = Consumer({"bootstrap.servers": s.kafka_bootstrap,
+                  "group.id": f"{s.consumer_group_prefix}-{chain.replace(',', '-')}"})
+    try:
+        md = c.list_topics(topic, timeout=10).topics[topic]
+        committed = c.committed([TopicPartition(topic, p) for p in md.partitions], timeout=10)
+        return sum(c.get_watermark_offsets(tp, timeout=10)[1] - max(tp.offset, 0) for tp in committed)
+    finally:
+        c.close()
+
+
 def consume_all(s: Settings, topic: str, expect: int, timeout: float = 30.0) -> list:
     """Read ``expect`` records of ``topic`` from the beginning (fails on timeout)."""
     c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": kq.unique_group("test"),

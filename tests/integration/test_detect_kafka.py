@@ -14,7 +14,7 @@ import pytest
 from pipeline import db
 from pipeline import kafka as kq
 from pipeline.simulate import Simulator
-from tests.integration.conftest import consume_all, spawn_worker, wait_for
+from tests.integration.conftest import consume_all, group_lag, spawn_worker, wait_for
 
 CHAIN = "normalize,enrich,detect,sink"
 
@@ -138,7 +138,7 @@ def test_interrupted_detect_worker_gives_tables_of_an_uninterrupted_run(
             wait_for(lambda: count(s) >= n or w.poll() is not None, 120, interval=0.3, what="all rows")
             assert w.poll() is None, log.read_text()[-2000:]
             # drained: every record of the input topic is committed by this group
-            wait_for(lambda: _lag(s) == 0 or w.poll() is not None, 30, what="offsets committed")
+            wait_for(lambda: group_lag(s, CHAIN) == 0 or w.poll() is not None, 30, what="offsets committed")
             assert w.poll() is None, log.read_text()[-3000:]
         finally:
             if w.poll() is None:
@@ -176,20 +176,3 @@ def _members(s) -> int:
     a = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
     group = f"{s.consumer_group_prefix}-{CHAIN.replace(',', '-')}"
     return len(a.describe_consumer_groups([group])[group].result(10).members)
-
-
-def _lag(s) -> int:
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"{s.consumer_group_prefix}-{CHAIN.replace(',', '-')}"})
-    try:
-        md = c.list_topics(s.topic_raw, timeout=10).topics[s.topic_raw]
-        parts = [TopicPartition(s.topic_raw, p) for p in md.partitions]
-        committed = c.committed(parts, timeout=10)
-        lag = 0
-        for tp in committed:
-            hi = c.get_watermark_offsets(tp, timeout=10)[1]
-            lag += hi - max(tp.offset, 0)
-        return lag
-    finally:
-        c.close()

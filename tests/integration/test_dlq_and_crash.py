@@ -11,7 +11,9 @@ import orjson
 
 from pipeline import db
 from pipeline import kafka as kq
-from tests.integration.conftest import consume_all, spawn_worker, wait_for
+from tests.integration.conftest import consume_all, group_lag, spawn_worker, wait_for
+
+CHAIN = "normalize,enrich,detect,sink"
 
 NOW = time.time()
 
@@ -81,7 +83,7 @@ def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(settings
     log = tmp_path / "worker.log"
 
     count = lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,))  # noqa: E731
-    w1 = spawn_worker(s, "normalize,enrich,detect,sink", log)
+    w1 = spawn_worker(s, CHAIN, log)
     try:
         wait_for(lambda: count() >= 15_000 or w1.poll() is not None, 90, what="first rows")
         assert w1.poll() is None, log.read_text()[-2000:]
@@ -93,16 +95,20 @@ def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(settings
     mid = count()
     assert mid < n, "the kill came too late to test anything"
 
-    w2 = spawn_worker(s, "normalize,enrich,detect,sink", log)
+    w2 = spawn_worker(s, CHAIN, log)
     try:
         wait_for(lambda: count() >= n or w2.poll() is not None, 120, interval=0.5, what="all rows")
-        time.sleep(1.0)  # give a duplicate (if any) the chance to land before counting
+        assert w2.poll() is None, log.read_text()[-2000:]
+        # drained (every input record committed), then stopped: nothing more can land
+        wait_for(lambda: group_lag(s, CHAIN) == 0, 30, what="offsets committed")
+        w2.send_signal(signal.SIGTERM)
+        assert w2.wait(30) == 0, log.read_text()[-2000:]
         total, distinct = conn.execute(
             "SELECT count(*), count(DISTINCT event_id) FROM metrics WHERE tenant_id = %s", (tenant,)
         ).fetchone()
     finally:
-        w2.send_signal(signal.SIGTERM)
-        w2.wait(30)
+        if w2.poll() is None:
+            w2.kill()
     assert (total, distinct) == (n, n), f"killed at {mid} rows"
     expected = {f"{settings.topic_raw}:{m.partition()}:{m.offset()}" for m in
                 consume_all(settings, settings.topic_raw, n, timeout=60)}
