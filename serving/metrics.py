@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import numpy as np
@@ -12,7 +12,13 @@ from pydantic import BaseModel
 
 from pipeline.errors import NotFound
 from serving.deps import PoolDep, ReadKey
-from serving.downsample import FLOAT8_ARRAY_OID, Float8Array, buckets
+from serving.downsample import (
+    FLOAT8_ARRAY_OID,
+    TIMESTAMPTZ_ARRAY_OID,
+    Float8Array,
+    TimestamptzArray,
+    buckets,
+)
 from serving.render import json_response
 from serving.timerange import EndQ, StartQ, time_range
 
@@ -20,6 +26,7 @@ router = APIRouter(prefix="/metrics", tags=["metrics"])
 
 NameQ = Annotated[str, Query(min_length=1, max_length=255)]
 MAX_BUCKETS = 5000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Point(BaseModel):
@@ -108,12 +115,13 @@ async def metric_range(
     async with pool.connection() as conn:
         cur = conn.cursor(binary=True)
         cur.adapters.register_loader(FLOAT8_ARRAY_OID, Float8Array)
+        cur.adapters.register_loader(TIMESTAMPTZ_ARRAY_OID, TimestamptzArray)
         await cur.execute(_RANGE, (key.tenant_id, host, metric, start, end))
         ts, vals = await cur.fetchone()
         if ts is None:  # rows prove the series exists; only an empty range needs the lookup
             await _require_series(conn, key.tenant_id, host, metric)
-            ts = vals = np.empty(0)
-    origin_us = round(start.timestamp() * 1e6)
+            ts, vals = np.empty(0, np.int64), np.empty(0)
+    origin_us = (start - _EPOCH) // timedelta(microseconds=1)  # exact, unlike float seconds
     b = buckets(ts, vals, origin_us, max(1, round(step_s * 1e6)))
     stamps = np.datetime_as_string(b["start_us"].astype("datetime64[us]"), unit="us", timezone="UTC")
     return json_response({"host": host, "metric": metric, "start": start, "end": end, "step_s": float(step_s),
@@ -124,7 +132,7 @@ async def metric_range(
 
 
 # the range as two arrays, bucketed in numpy (serving.downsample)
-_RANGE = ("SELECT array_agg(date_part('epoch', ts_event)), array_agg(value) FROM metrics"
+_RANGE = ("SELECT array_agg(ts_event), array_agg(value) FROM metrics"
           " WHERE tenant_id = %s AND host = %s AND metric = %s AND ts_event >= %s AND ts_event < %s")
 
 
