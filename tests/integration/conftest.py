@@ -83,6 +83,17 @@ def settings(base_settings: Settings, test_db: str, tmp_path: Path) -> Settings:
     kq.delete_topics(s, kq.all_topics(s))
 
 
+@pytest.fixture(scope="session")
+def mlflow_settings(base_settings: Settings, tmp_path_factory) -> Iterator[Settings]:
+    """Settings of a scratch PostgreSQL-backed MLflow store (tests name their own models)."""
+    from training import tracking
+
+    s = tracking.create_scratch_store(base_settings)
+    s = s.model_copy(update={"mlflow_artifacts": tmp_path_factory.mktemp("mlruns")})
+    yield s
+    tracking.drop_scratch_store(s)
+
+
 @pytest.fixture
 def conn(settings: Settings) -> Iterator[psycopg.Connection]:
     c = db.connect(settings, autocommit=True)

@@ -18,14 +18,8 @@ CHAIN = "normalize,enrich,detect,sink"
 
 
 @pytest.fixture(scope="module")
-def store(base_settings, tmp_path_factory):
-    from training import tracking
-
-    s = tracking.create_scratch_store(base_settings)
-    s = s.model_copy(update={"mlflow_artifacts": tmp_path_factory.mktemp("mlruns"),
-                             "model_name": f"swap-{uuid.uuid4().hex[:8]}"})
-    yield s
-    tracking.drop_scratch_store(s)
+def store(mlflow_settings):
+    return mlflow_settings.model_copy(update={"model_name": f"swap-{uuid.uuid4().hex[:8]}"})
 
 
 def test_detect_worker_swaps_champion_within_10s_without_losing_events(settings, conn, tenant, store, start_worker):

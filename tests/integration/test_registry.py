@@ -23,16 +23,6 @@ NAB = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "nab-dev"
 
 
 @pytest.fixture(scope="session")
-def mlflow_settings(base_settings: Settings, tmp_path_factory) -> Settings:
-    from training import tracking
-
-    s = tracking.create_scratch_store(base_settings)
-    s = s.model_copy(update={"mlflow_artifacts": tmp_path_factory.mktemp("mlruns")})
-    yield s
-    tracking.drop_scratch_store(s)
-
-
-@pytest.fixture(scope="session")
 def labelled():
     """6 labelled NAB series (5-min samples, 30-min windows) + 3 injected spikes per series."""
     from training import datasets

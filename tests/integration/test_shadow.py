@@ -24,14 +24,8 @@ NAB = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "nab-dev"
 
 
 @pytest.fixture(scope="module")
-def store(base_settings, tmp_path_factory):
-    from training import tracking
-
-    s = tracking.create_scratch_store(base_settings)
-    s = s.model_copy(update={"mlflow_artifacts": tmp_path_factory.mktemp("mlruns"),
-                             "model_name": f"shadow-{uuid.uuid4().hex[:8]}"})
-    yield s
-    tracking.drop_scratch_store(s)
+def store(mlflow_settings):
+    return mlflow_settings.model_copy(update={"model_name": f"shadow-{uuid.uuid4().hex[:8]}"})
 
 
 @pytest.fixture(scope="module")
