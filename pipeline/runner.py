@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from models.rules import RuleSet, RulesFile
 from pipeline import db
@@ -176,6 +176,8 @@ class KafkaWorker:
         self._checkpointed = time.monotonic()
         # partitions owned here that have a checkpoint in PostgreSQL (restored or written)
         self._with_cp: set[int] = set()
+        # restored partition -> its checkpoint's offset, until a batch of it is committed
+        self._restored: dict[int, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -191,12 +193,14 @@ class KafkaWorker:
             return
         cps = db.load_checkpoints(self.conn, self.group, self.inputs[0])
         open_alerts = None
+        self._restored = {}
         for tp in parts:
             cp = cps.get(tp.partition)
             self.stages.detect.restore(tp.partition, cp[1] if cp else None)
             if cp:
                 tp.offset = cp[0]
                 self._with_cp.add(tp.partition)
+                self._restored[tp.partition] = cp[0]
                 log.info("%s[%d]: detect state restored, resuming at offset %d", tp.topic, tp.partition, cp[0])
             else:
                 # no checkpoint yet: re-arm the open threshold alerts so they are not opened twice
@@ -217,6 +221,7 @@ class KafkaWorker:
                 self.stages.detect.drop(tp.partition)
                 self._next.pop(tp.partition, None)
                 self._with_cp.discard(tp.partition)
+                self._restored.pop(tp.partition, None)
 
     def run(self, idle_exit_s: float | None = None) -> Stats:
         """Consume until :meth:`stop` (or SIGTERM), or after ``idle_exit_s`` without input."""
@@ -239,6 +244,8 @@ class KafkaWorker:
                         log.warning("consumer error: %s", err)
                 if not good:
                     self.finish()
+                    if self._restored:
+                        self._commit_restored()
                     self.stages.refresh()
                     if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
@@ -337,6 +344,7 @@ class KafkaWorker:
         for tp in offsets:
             if tp.topic == topic:
                 self._next[tp.partition] = tp.offset
+                self._restored.pop(tp.partition, None)
         det = self.stages.detect
         now = time.monotonic()
         first = any(p not in self._with_cp for p in self._next if p in det.parts)
@@ -382,6 +390,28 @@ class KafkaWorker:
             self.stats.commit_failures += 1
             log.warning("offset commit refused (%s); the partitions' next owner replays from the "
                         "last checkpoint or committed offset", err.str())
+
+    def _commit_restored(self) -> None:
+        """Commit the offsets of restored checkpoints that are ahead of the group's commits.
+
+        A worker can write a batch and its checkpoint and then lose the commit (killed in
+        between, or its membership expired). Its successor resumes at the checkpoint; when no
+        input follows it, no batch would ever commit that position and the group would show
+        lag for records that are stored. Runs when the worker is idle, after a batch-less poll.
+        """
+        topic, restored = self.inputs[0], self._restored
+        try:
+            committed = self.consumer.committed([TopicPartition(topic, p) for p in restored], timeout=10)
+        except KafkaException as e:  # coordinator busy or moving: try again when next idle
+            log.warning("could not read committed offsets: %s", e)
+            return
+        self._restored = {}
+        ahead = [TopicPartition(topic, tp.partition, restored[tp.partition]) for tp in committed
+                 if restored[tp.partition] > tp.offset]
+        if ahead:
+            log.info("committing restored checkpoint offsets %s",
+                     {tp.partition: tp.offset for tp in ahead})
+            self._commit(ahead)
 
     def _decode(self, msgs: list[Message], alerts_in: list[dict]) -> tuple[MetricBatch, list[DeadLetter], WindowRows | None]:
         first, s = self.chain[0], self.s

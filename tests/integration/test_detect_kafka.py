@@ -176,3 +176,44 @@ def _members(s) -> int:
     a = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
     group = f"{s.consumer_group_prefix}-{CHAIN.replace(',', '-')}"
     return len(a.describe_consumer_groups([group])[group].result(10).members)
+
+
+def test_a_checkpoint_ahead_of_the_groups_commit_is_committed_on_restore(settings, two_dbs, tmp_path):
+    """Rows and checkpoint written, commit lost (kill -9 between them, or an expired membership):
+    the next owner resumes at the checkpoint and, with no input after it, still commits it."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    s = settings.model_copy(update={"pg_database": two_dbs[0], "checkpoint_interval_s": 0.5,
+                                    "consumer_group_prefix": f"{settings.consumer_group_prefix}-ahead"})
+    with db.connect(s, autocommit=True) as c:
+        db.migrate(c)
+        db.create_tenant(c, "ahead")
+    _, n = produce_sim(s, "ahead", hosts=4, ticks=60, seed=3)
+
+    def drain(log):
+        w = spawn_worker(s, CHAIN, log)
+        try:
+            wait_for(lambda: group_lag(s, CHAIN) == 0 or w.poll() is not None, 60, what="offsets committed")
+            assert w.poll() is None, log.read_text()[-3000:]
+        finally:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+            assert w.wait(30) == 0, log.read_text()[-3000:]
+
+    drain(tmp_path / "w1.log")
+    with db.connect(s, autocommit=True) as c:
+        cps = dict(c.execute("SELECT partition, next_offset FROM checkpoints").fetchall())
+        assert db.count_rows(c, "metrics") == n
+    assert cps, "no checkpoint written"
+    # the commits are lost: the group's offsets go back to the start, the checkpoints stay
+    group = f"{s.consumer_group_prefix}-{CHAIN.replace(',', '-')}"
+    parts = [TopicPartition(s.topic_raw, p, 0) for p in cps]
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, parts)])[group].result(30)
+    assert group_lag(s, CHAIN) == n
+    drain(tmp_path / "w2.log")
+    assert "committing restored checkpoint offsets" in (tmp_path / "w2.log").read_text()
+    with db.connect(s, autocommit=True) as c:
+        assert db.count_rows(c, "metrics") == n
+        assert dict(c.execute("SELECT partition, next_offset FROM checkpoints").fetchall()) == cps
