@@ -188,6 +188,7 @@ class ChampionWatcher:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._changed = threading.Condition()
+        self._first = threading.Event()  # the first check finished (loaded, none, or failed)
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ API for the detect stage
@@ -214,6 +215,11 @@ class ChampionWatcher:
     def poke(self) -> None:
         """Check the alias now instead of at the next poll."""
         self._wake.set()
+
+    def wait_first(self, timeout: float) -> bool:
+        """Block until the first check has finished (the model loaded, no alias, or an error);
+        ``False`` on timeout."""
+        return self._first.wait(timeout)
 
     def wait_for(self, version: str | int | None, timeout: float) -> bool:
         """Block until ``current()[0] == str(version)`` (``None``: no model); ``False`` on timeout."""
@@ -276,6 +282,7 @@ class ChampionWatcher:
                 self.last_error = e
                 log.warning("model registry check failed (%s); retrying in %.1f s", e, backoff)
                 backoff = min(backoff * 2, max(self.poll_s, 30.0))
+            self._first.set()
             self._wake.wait(backoff)
             self._wake.clear()
 

@@ -225,6 +225,7 @@ class KafkaWorker:
 
     def run(self, idle_exit_s: float | None = None) -> Stats:
         """Consume until :meth:`stop` (or SIGTERM), or after ``idle_exit_s`` without input."""
+        self._await_models()
         self.consumer.subscribe(self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke)
         if self.sink is not None:
             self._publish_outbox()  # alert events a previous run stored but did not publish
@@ -255,6 +256,27 @@ class KafkaWorker:
         finally:
             self.close()
         return self.stats
+
+    def _await_models(self) -> None:
+        """Wait (bounded) for the registry's first answer before consuming.
+
+        Otherwise the windows of the first seconds after every start would be scored without the
+        champion (its load takes seconds), unlike the same windows in an uninterrupted run, and
+        the watcher's imports and load would compete with the first batches for the CPU.
+        """
+        for w in (self.watcher, self.shadow_watcher):
+            if w is None or self._stop.is_set():
+                continue
+            t0 = time.monotonic()
+            while not w.wait_first(0.2):
+                if self._stop.is_set():
+                    return
+                if time.monotonic() - t0 > self.s.champion_startup_wait_s:
+                    log.warning("no answer from the model registry after %.0f s: consuming without "
+                                "the %s model until it loads", self.s.champion_startup_wait_s, w.alias)
+                    break
+            version = w.current()[0]
+            log.info("batch model %s@%s: %s", w.name, w.alias, version or "none")
 
     def close(self) -> None:
         try:

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     model_name: str = "eventops-detector"
     #: seconds between champion alias checks in detect workers (0 = no batch model)
     champion_poll_s: float = 2.0
+    #: a starting detect worker waits this long for the registry's first answer (the champion
+    #: loaded, or none registered) before it consumes; past it, it starts without a batch model
+    champion_startup_wait_s: float = Field(default=60.0, ge=0)
     #: detect workers also load the `challenger` alias (same poll) and store its scores in
     #: `shadow_scores`, never alerting on them
     shadow_scoring: bool = True
