@@ -1,12 +1,15 @@
 """End-to-end throughput: raw topic -> chained Kafka worker -> PostgreSQL.
 
 Pre-loads N events into ``ingest.raw.agent`` (a scratch copy), starts
-``eventops worker normalize,enrich,detect,sink`` as a subprocess and measures the sustained rate
-at which rows land in ``metrics`` (from the first stored row to the last). The baseline, in the
-same run, is the MVP's sink: per event ``json.loads`` + a new PostgreSQL connection + INSERT +
-commit. Result: benchmarks/results/e2e.json.
+``eventops worker normalize,enrich,detect,sink`` as one subprocess (and, as a second
+configuration, two subprocesses in one consumer group) and measures the sustained rate at which
+rows land in ``metrics``: rows stored after the first batch's transaction, over the time from
+that transaction to the last one (``ingested_at`` is the transaction time). Completion is polled
+twice a second so the measurement costs PostgreSQL next to nothing. The baseline, in the same
+run, is the MVP's sink: per event ``json.loads`` + a new PostgreSQL connection + INSERT +
+commit. Configurations alternate run by run. Result: benchmarks/results/e2e.json.
 
-    python -m benchmarks.bench_e2e [--events 300000] [--runs 3]
+    python -m benchmarks.bench_e2e [--events 600000] [--runs 3] [--workers 1 2]
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def env_for(s: Settings) -> dict[str, str]:
     return env
 
 
-def run_pipeline(base: Settings, n: int) -> float:
+def run_pipeline(base: Settings, n: int, workers: int = 1) -> float:
     with scratch(base) as s:
         with db.connect(s) as conn:
             db.create_tenant(conn, "bench")
@@ -62,29 +65,29 @@ def run_pipeline(base: Settings, n: int) -> float:
         kq.produce_all(p, s.topic_raw, evs, keys)
         kq.flush(p)
         conn = db.connect(s, autocommit=True)
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "--log-level", "WARNING", "worker",
-                                 "normalize,enrich,detect,sink"], env=env_for(s), cwd=REPO_ROOT)
+        procs = [subprocess.Popen([sys.executable, "-m", "pipeline", "--log-level", "WARNING", "worker",
+                                   "normalize,enrich,detect,sink"], env=env_for(s), cwd=REPO_ROOT)
+                 for _ in range(workers)]
         try:
-            t_first = c_first = None
             deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                c = conn.execute("SELECT count(*) FROM metrics").fetchone()[0]
-                now = time.monotonic()
-                if c and t_first is None:
-                    t_first, c_first = now, c
-                if c >= n:
-                    break
-                if proc.poll() is not None:
+            while conn.execute("SELECT count(*) FROM metrics").fetchone()[0] < n:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("timed out")
+                if any(p.poll() is not None for p in procs):
                     raise RuntimeError("worker exited early")
-                time.sleep(0.05)
-            else:
-                raise RuntimeError("timed out")
-            rate = (n - c_first) / (now - t_first)
+                time.sleep(0.5)
+            first_n, span = conn.execute(
+                "SELECT count(*) FILTER (WHERE ingested_at = t.lo),"
+                " extract(epoch FROM t.hi - t.lo)::float8"
+                " FROM metrics, (SELECT min(ingested_at) lo, max(ingested_at) hi FROM metrics) t"
+                " GROUP BY t.lo, t.hi").fetchone()
         finally:
-            proc.terminate()
-            proc.wait(30)
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(30)
             conn.close()
-        return rate
+        return (n - first_n) / span
 
 
 def run_mvp_baseline(base: Settings, n: int) -> float:
@@ -108,26 +111,32 @@ def run_mvp_baseline(base: Settings, n: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--events", type=int, default=600_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                    help="worker processes of the chain per configuration")
     ap.add_argument("--baseline-events", type=int, default=1000)
     a = ap.parse_args()
     s = Settings()
     kq.wait_for_broker(s)
-    rates = []
+    rates: dict[int, list[float]] = {w: [] for w in a.workers}
     for i in range(a.runs):
-        r = run_pipeline(s, a.events)
-        rates.append(r)
-        print(f"run {i + 1}: {r:,.0f} events/s raw topic -> PostgreSQL")
+        for w in a.workers:
+            r = run_pipeline(s, a.events, w)
+            rates[w].append(r)
+            print(f"run {i + 1}, {w} worker process(es): {r:,.0f} events/s raw topic -> PostgreSQL")
     base = run_mvp_baseline(s, a.baseline_events)
     print(f"MVP-style baseline: {base:,.0f} events/s")
-    med = median(rates)
-    write_results("e2e", [{
-        "name": "e2e raw->postgres, chained kafka worker (median)",
-        "value": round(med, 1), "unit": "events/s",
-        "baseline": round(base, 1), "ratio": round(med / base, 1),
-        "runs": [round(r, 1) for r in rates], "events": a.events,
-    }])
+    rows = []
+    for w, rs in rates.items():
+        med = median(rs)
+        rows.append({
+            "name": f"e2e raw->postgres, chained kafka worker x{w} (median)",
+            "value": round(med, 1), "unit": "events/s",
+            "baseline": round(base, 1), "ratio": round(med / base, 1),
+            "runs": [round(r, 1) for r in rs], "events": a.events, "worker_processes": w,
+        })
+    write_results("e2e", rows)
 
 
 if __name__ == "__main__":
