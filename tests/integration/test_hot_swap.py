@@ -89,3 +89,47 @@ def test_detect_worker_swaps_champion_within_10s_without_losing_events(settings,
     assert st.champion is not None and st.champion.version == v2
     assert st.champion.previous_champion == v1
     assert st.last_decision and st.last_decision.get("version") == v2
+
+
+def test_a_starting_worker_scores_its_first_windows_with_the_champion(settings, conn, tenant, store, tmp_path):
+    """Input already waiting when the worker starts: it consumes only once the champion is
+    loaded, so no window is scored without it (as none would be in an uninterrupted run)."""
+    import signal
+
+    from tests.integration.conftest import spawn_worker
+    from training import datasets
+    from training.promotion import promote
+    from training.tracking import client
+    from training.train import TrainConfig, train_and_register
+
+    st = store.model_copy(update={"model_name": f"start-{uuid.uuid4().hex[:8]}"})
+    ds = datasets.from_csv(NAB / "data" / "artificialWithAnomaly", NAB / "windows.json")
+    v1 = train_and_register(st, ds, TrainConfig(params={"n_estimators": 30}), promote=False).version
+    promote(client(st), st.model_name, v1, reason="test: champion before the worker starts")
+    s = settings.model_copy(update={
+        "mlflow_database": st.mlflow_database, "mlflow_artifacts": st.mlflow_artifacts,
+        "model_name": st.model_name, "champion_poll_s": 0.5, "window_s": 20.0, "allowed_lateness_s": 0.0,
+    })
+    sim = Simulator(hosts=5, tenant=tenant, seed=4, interval=10.0, start=time.time() - 2000)
+    p = kq.producer(s)
+    sent = 0
+    for evs in sim.events(ticks=150):
+        kq.produce_all(p, s.topic_raw, evs, [f"{tenant}|{sim.names[i // 4]}" for i in range(len(evs))])
+        sent += len(evs)
+    kq.flush(p)
+
+    log = tmp_path / "worker.log"
+    w = spawn_worker(s, CHAIN, log)
+    try:
+        wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == sent
+                 or w.poll() is not None, 90, what="all rows")
+        assert w.poll() is None, log.read_text()[-3000:]
+        # 150 ticks of 10 s = 75 windows of 20 s per series, all but the open last one closed
+        wait_for(lambda: db.count_rows(conn, "scores", "tenant_id = %s", (tenant,)) >= 5 * 4 * 74
+                 or w.poll() is not None, 60, what="scores")
+    finally:
+        w.send_signal(signal.SIGTERM)
+        w.wait(30)
+    versions = {r[0] for r in conn.execute(
+        "SELECT DISTINCT model_version FROM scores WHERE tenant_id = %s", (tenant,))}
+    assert versions == {v1}, log.read_text()[-2000:]
