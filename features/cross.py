@@ -32,6 +32,9 @@ Group: the windows with the same ``host`` code and the same ``start`` among the 
     :data:`DEVIATION_Z` = 3: the mean moved by three window standard deviations).
 ``host_max_z`` (float64)
     Largest ``z`` among the host's *other* metrics (0 when the host has no other metric there).
+``host_mean_z`` (float64)
+    Mean ``z`` of the host's *other* metrics (0 when none): unlike the maximum, it is only large
+    when several of them move.
 
 Every output is finite, and depends only on the multiset of the group's rows (not on their
 order, not on the host code's value).
@@ -66,6 +69,8 @@ Examples
 >>> out = cross_metric_features(host, start, X)
 >>> out["host_metrics"].tolist(), out["host_deviating"].tolist(), out["host_max_z"].tolist()
 ([3, 3, 3, 1], [1, 1, 2, 0], [5.0, 5.0, 5.0, 0.0])
+>>> out["host_mean_z"].tolist()
+[2.75, 2.75, 5.0, 0.0]
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ import numpy as np
 __all__ = ["CROSS_FEATURES", "DEVIATION_Z", "Z_MAX", "change_z", "cross_metric_features"]
 
 #: Names of the cross-metric columns, in output order.
-CROSS_FEATURES: tuple[str, ...] = ("host_metrics", "host_deviating", "host_max_z")
+CROSS_FEATURES: tuple[str, ...] = ("host_metrics", "host_deviating", "host_max_z", "host_mean_z")
 
 #: Default ``z`` from which another metric of the host counts as deviating.
 DEVIATION_Z = 3.0
@@ -135,8 +140,8 @@ def cross_metric_features(
     Returns
     -------
     dict of str to numpy.ndarray
-        :data:`CROSS_FEATURES`: ``host_metrics``, ``host_deviating`` (int64) and ``host_max_z``
-        (float64), shape (n,), in the row order of the input.
+        :data:`CROSS_FEATURES`: ``host_metrics``, ``host_deviating`` (int64), ``host_max_z`` and
+        ``host_mean_z`` (float64), shape (n,), in the row order of the input.
     """
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0, got {threshold!r}")
@@ -151,7 +156,8 @@ def cross_metric_features(
         raise ValueError("host, start and the feature columns must be 1-D arrays of equal length")
     if n == 0:
         e = np.empty(0, np.int64)
-        return {"host_metrics": e, "host_deviating": e.copy(), "host_max_z": np.empty(0)}
+        return {"host_metrics": e, "host_deviating": e.copy(), "host_max_z": np.empty(0),
+                "host_mean_z": np.empty(0)}
     # sort by group, then z: the last row of a group holds its largest z, the one before the second
     order = np.lexsort((z, start, host))
     hs, ss, zs = host[order], start[order], z[order]
@@ -168,10 +174,15 @@ def cross_metric_features(
     is_top[hi] = True
     dev = (zs >= threshold).astype(np.int64)
     ndev = np.add.reduceat(dev, lo)
+    zsum = np.add.reduceat(zs, lo)  # summed in z order: the same bits whatever the row order
+    others_max = np.where(is_top, top2[gid], top1[gid])
+    # the group sum minus the row's own z, clamped to [0, max]: rounding never breaks the order
+    others_mean = np.clip((zsum[gid] - zs) / np.maximum(size[gid] - 1, 1), 0.0, others_max)
     out_sorted = {
         "host_metrics": size[gid],
         "host_deviating": ndev[gid] - dev,
-        "host_max_z": np.where(is_top, top2[gid], top1[gid]),
+        "host_max_z": others_max,
+        "host_mean_z": others_mean,
     }
     out = {}
     for k, v in out_sorted.items():

@@ -139,7 +139,7 @@ CREATE TEMP TABLE IF NOT EXISTS windows_stage (
     mean float8, std float8, min float8, max float8, last float8, slope float8, change float8,
     gap float8, score float8, severity text, components text, actual float8, expected float8,
     explanation text, model_version text, host_metrics float8, host_deviating float8,
-    host_max_z float8
+    host_max_z float8, host_mean_z float8
 ) ON COMMIT DELETE ROWS
 """
 _COPY_TYPES = ["text", "text", "text", "text", "float8", "float8", "text", "text"]

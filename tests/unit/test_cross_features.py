@@ -43,6 +43,7 @@ def reference(host, start, X, thr=DEVIATION_Z):
         out["host_metrics"].append(len(group))
         out["host_deviating"].append(sum(1 for v in others if v >= thr))
         out["host_max_z"].append(max(others) if others else 0.0)
+        out["host_mean_z"].append(math.fsum(others) / len(others) if others else 0.0)
     return out
 
 
@@ -77,11 +78,14 @@ def test_matches_slow_per_row_reference(seed):
     got = cross_metric_features(host, start, X)
     want = reference(host.tolist(), start.tolist(), X)
     assert got["host_metrics"].dtype == got["host_deviating"].dtype == np.int64
-    assert got["host_max_z"].dtype == np.float64
+    assert got["host_max_z"].dtype == got["host_mean_z"].dtype == np.float64
     np.testing.assert_array_equal(got["host_metrics"], want["host_metrics"])
     np.testing.assert_array_equal(got["host_deviating"], want["host_deviating"])
     np.testing.assert_array_equal(got["host_max_z"], want["host_max_z"])
-    assert np.isfinite(got["host_max_z"]).all()
+    # a group sum minus the row's own z: equal up to rounding (Z_MAX rows are in the sums)
+    np.testing.assert_allclose(got["host_mean_z"], want["host_mean_z"], rtol=1e-12, atol=1e-9)
+    assert all(np.isfinite(got[k]).all() for k in CROSS_FEATURES)
+    assert (got["host_mean_z"] >= 0).all() and (got["host_mean_z"] <= got["host_max_z"]).all()
     assert (got["host_deviating"] > 0).any() and (got["host_deviating"] == 0).any()
     # a stricter threshold counts fewer metrics, never more
     strict = cross_metric_features(host, start, X, threshold=10.0)
@@ -96,7 +100,7 @@ def test_row_order_and_host_code_values_do_not_matter():
     perm = np.random.default_rng(1).permutation(host.size)
     relabel = (host * 7919 + 13)[perm]  # other codes, same grouping
     out = cross_metric_features(relabel, start[perm], {k: v[perm] for k, v in X.items()})
-    for k in CROSS_FEATURES:
+    for k in CROSS_FEATURES:  # bit for bit: live and training see the same values
         np.testing.assert_array_equal(out[k], base[k][perm])
 
 
@@ -108,6 +112,7 @@ def test_single_metric_host_and_other_windows_of_the_same_host():
     assert out["host_metrics"].tolist() == [1, 1, 1]
     assert out["host_deviating"].tolist() == [0, 0, 0]
     assert out["host_max_z"].tolist() == [0.0, 0.0, 0.0]
+    assert out["host_mean_z"].tolist() == [0.0, 0.0, 0.0]
 
 
 def test_zero_std_constant_metric_that_moves_deviates_and_one_that_stays_does_not():
@@ -119,6 +124,8 @@ def test_zero_std_constant_metric_that_moves_deviates_and_one_that_stays_does_no
     assert out["host_metrics"].tolist() == [4] * 4
     assert out["host_deviating"].tolist() == [0, 1, 1, 1]  # only the jumping constant counts
     assert out["host_max_z"].tolist() == [0.5, Z_MAX, Z_MAX, Z_MAX]
+    np.testing.assert_allclose(out["host_mean_z"], [0.5 / 3, (Z_MAX + 0.5) / 3,
+                                                    (Z_MAX + 0.5) / 3, Z_MAX / 3])
 
 
 def test_nan_inf_and_single_sample_windows_give_finite_output():
@@ -140,13 +147,14 @@ def test_ties_at_the_top_and_threshold_is_inclusive():
          "change": np.array([3.0, 3.0, 1.0])}
     out = cross_metric_features(np.zeros(3, np.int64), np.zeros(3), X)
     assert out["host_max_z"].tolist() == [3.0, 3.0, 3.0]
+    assert out["host_mean_z"].tolist() == [2.0, 2.0, 3.0]
     assert out["host_deviating"].tolist() == [1, 1, 2]
 
 
 def test_empty_input_and_bad_arguments():
     e = {k: np.empty(0) for k in ("count", "mean", "std", "change")}
     out = cross_metric_features(np.empty(0, np.int64), np.empty(0), e)
-    assert [out[k].dtype for k in CROSS_FEATURES] == [np.int64, np.int64, np.float64]
+    assert [out[k].dtype for k in CROSS_FEATURES] == [np.int64, np.int64, np.float64, np.float64]
     assert all(out[k].size == 0 for k in CROSS_FEATURES)
     X = {k: np.ones(2) for k in ("count", "mean", "std", "change")}
     with pytest.raises(ValueError):
