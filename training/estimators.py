@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from features.cross import CROSS_FEATURES
+from features.cross import CROSS_FEATURES, change_z
 from features.windows import FEATURES
 
 __all__ = [
@@ -68,11 +68,20 @@ RELATIVE: tuple[str, ...] = (
     "gap",
 )
 
-#: Scale-free view of the cross-metric columns (appended when ``features`` has them):
-#: the fraction of the host's other metrics deviating, ``host_deviating / max(host_metrics - 1,
-#: 1)``, and ``log1p(host_max_z)``.  The number of metrics itself is left out: it tells hosts
-#: apart (a host with 40 metrics is not anomalous), not windows.
-RELATIVE_CROSS: tuple[str, ...] = ("host_frac_deviating", "host_log_max_z")
+#: Scale-free view of the cross-metric columns (appended when ``features`` has them): the
+#: *co-deviation* of the window with the rest of its host, with ``z`` the window's own
+#: standardized change (:func:`features.cross.change_z`):
+#:
+#: * ``host_co_max_z = log1p(min(z, host_max_z))`` -- this metric and at least one other moved;
+#: * ``host_co_mean_z = log1p(min(z, host_mean_z))`` -- this metric and the others on average.
+#:
+#: Why these (``python -m benchmarks.eval_xmetric``, README "Cross-metric features"): the raw
+#: ``host_max_z`` / deviating fraction are high on every healthy *sibling* of a single deviating
+#: metric, and a model reading them flags the siblings (-3 to -9 NAB points on single-metric
+#: anomalies); a deviating fraction gated by ``z`` still cost 2-4 points there.  The ``min`` with
+#: the window's own ``z`` keeps the siblings quiet.  The number of metrics is left out: it tells
+#: hosts apart (a host with 40 metrics is not anomalous), not windows.
+RELATIVE_CROSS: tuple[str, ...] = ("host_co_max_z", "host_co_mean_z")
 
 
 def _slog(x: np.ndarray) -> np.ndarray:
@@ -84,7 +93,7 @@ def relative_names(features: tuple[str, ...] = FEATURES) -> tuple[str, ...]:
     """Column names of :func:`relative_features` for raw columns ``features``.
 
     >>> relative_names(FEATURES + CROSS_FEATURES)[-2:]
-    ('host_frac_deviating', 'host_log_max_z')
+    ('host_co_max_z', 'host_co_mean_z')
     """
     present = [k for k in CROSS_FEATURES if k in features]
     if present and len(present) != len(CROSS_FEATURES):
@@ -134,11 +143,11 @@ def relative_features(X: np.ndarray, features: tuple[str, ...] = FEATURES) -> np
         np.log1p(np.maximum(col["gap"], 0.0)),
     ])  # fmt: skip
     if len(relative_names(features)) > len(RELATIVE):
-        others = np.maximum(col["host_metrics"] - 1.0, 1.0)
+        z = change_z(col["count"], col["mean"], col["std"], col["change"])
         out = np.column_stack([
             out,
-            np.clip(col["host_deviating"] / others, 0.0, 1.0),
-            np.log1p(np.maximum(col["host_max_z"], 0.0)),
+            np.log1p(np.clip(np.fmin(z, col["host_max_z"]), 0.0, None)),
+            np.log1p(np.clip(np.fmin(z, col["host_mean_z"]), 0.0, None)),
         ])  # fmt: skip
     return np.nan_to_num(out, nan=0.0, posinf=50.0, neginf=-50.0)
 

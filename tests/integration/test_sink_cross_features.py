@@ -5,8 +5,10 @@ columns equal what the live detect stage computed."""
 from __future__ import annotations
 
 import time
+import uuid
 
 import numpy as np
+import pandas as pd
 
 from features.cross import CROSS_FEATURES
 from models.rules import RuleSet
@@ -55,14 +57,13 @@ def test_cross_metric_features_stored_by_the_sink_are_what_training_reads(conn, 
         sink.write(b, windows=w)
     assert len(w0) and len(w1) and len(w2)
 
-    n_null = conn.execute(
-        "SELECT count(*) FILTER (WHERE host_metrics IS NULL AND host_deviating IS NULL"
-        " AND host_max_z IS NULL), count(*) FROM features WHERE tenant_id = %s", (tenant,)).fetchone()
+    all_null = " AND ".join(f"{k} IS NULL" for k in CROSS_FEATURES)
+    n_null = conn.execute(f"SELECT count(*) FILTER (WHERE {all_null}), count(*) FROM features"
+                          " WHERE tenant_id = %s", (tenant,)).fetchone()
     assert n_null == (len(w2), len(live))
     stored = conn.execute(
-        "SELECT host, metric, extract(epoch FROM window_start)::float8, host_metrics,"
-        " host_deviating, host_max_z FROM features WHERE tenant_id = %s AND host_metrics IS NOT NULL",
-        (tenant,)).fetchall()
+        "SELECT host, metric, extract(epoch FROM window_start)::float8, " + ", ".join(CROSS_FEATURES)
+        + " FROM features WHERE tenant_id = %s AND host_metrics IS NOT NULL", (tenant,)).fetchall()
     key = {(h, m, s): i for i, (h, m, s) in enumerate(zip(live.host, live.metric, live.start.tolist(),
                                                             strict=True))}
     idx = np.array([key[(h, m, s)] for h, m, s, *_ in stored])
@@ -79,3 +80,34 @@ def test_cross_metric_features_stored_by_the_sink_are_what_training_reads(conn, 
         assert ds.X[k].dtype == live.features[k].dtype
     np.testing.assert_array_equal(ds.hosts[ds.X["series"]],
                                   np.unique(live.host[order], return_inverse=True)[1])
+
+
+def test_model_trained_with_cross_features_registers_loads_and_scores_live(mlflow_settings, tenant):
+    """``eventops train --cross-metric``'s config: logged with its feature tuple, loaded back from
+    the registry, it scores the detect stage's windows like the local model does."""
+    from features.cross import CROSS_FEATURES
+    from features.windows import FEATURES
+    from pipeline.registry import load_version
+    from training.datasets import from_frame, inject_host_incidents
+    from training.tracking import client
+    from training.train import TrainConfig, fit, log_and_register
+
+    pairs = detect_pairs(tenant)
+    live = WindowRows.concat([w for _, w in pairs if w is not None])
+    df = pd.DataFrame({"tenant_id": live.tenant_id.astype(str), "host": live.host.astype(str),
+                       "metric": live.metric.astype(str), "start": live.start, "end": live.end,
+                       **live.features})
+    ds = inject_host_incidents(from_frame(df), per_host=1, seed=0)
+    s = mlflow_settings.model_copy(update={"model_name": f"test-{uuid.uuid4().hex[:8]}"})
+    cfg = TrainConfig(features=FEATURES + CROSS_FEATURES, params={"n_estimators": 20})
+    local = fit(ds, cfg)
+    version, _ = log_and_register(s, local, cfg, ds)
+    loaded = load_version(client(s), s.model_name, version)
+    assert loaded.features == FEATURES + CROSS_FEATURES
+    det = DetectStage(RuleSet([]), window_s=60.0, model=lambda: (version, loaded))
+    rows = WindowRows.concat([w for w in (det(b).windows for b, _ in pairs[:-1]) if w is not None]
+                             + [det.flush().windows])
+    X = {**rows.features, "series": np.zeros(len(rows), np.int64)}
+    got = np.array([c["batch"] for c in rows.components])
+    np.testing.assert_allclose(got, np.round(np.clip((local.score_many(X) - 0.55) / 0.30, 0, 1), 4))
+    assert set(rows.model_version) == {version}
