@@ -77,7 +77,8 @@ class WindowDataset:
         Window length per series.
     hosts : numpy.ndarray, optional
         int64 host code of each series code, shape (n_series,); ``None``: every series is a host
-        of its own.  When ``X`` lacks the cross-metric columns they are computed on creation.
+        of its own.  When ``X`` lacks the cross-metric columns (and has the base ones) they are
+        computed on creation.
     """
 
     X: dict[str, np.ndarray]
@@ -93,7 +94,8 @@ class WindowDataset:
             if self.hosts.shape != (self.n_series,):
                 raise ValueError(f"hosts needs one code per series ({self.n_series}), "
                                  f"got shape {self.hosts.shape}")
-        if any(k not in self.X for k in CROSS_FEATURES):
+        inputs = ("start", "count", "mean", "std", "change")
+        if any(k not in self.X for k in CROSS_FEATURES) and all(k in self.X for k in inputs):
             self.X.update(self.cross_features())
 
     def __len__(self) -> int:

@@ -190,6 +190,9 @@ def test_csv_style_datasets_get_single_host_columns_and_models_keep_their_view()
         relative_names((*WINDOW_FEATURES, "host_max_z"))
     det = CalibratedDetector("robust_z", features=FEATURES).fit(M)
     assert det.model_.median_.shape == (10,)
+    # a scores-only dataset (no feature columns) still builds, without cross columns
+    bare = datasets.WindowDataset({k: X[k] for k in ("series", "start", "end")}, ["a", "b", "c"])
+    assert not set(CROSS_FEATURES) & set(bare.X) and bare.series_days() > 0
 
 
 def test_cross_function_matches_dataset_grouping_on_hosts_with_missing_metrics():
