@@ -2,8 +2,9 @@
 
 Measures, in one run (so ratios are side by side):
 
-* events/s from decoded numpy columns: window aggregation (60 s windows, 10k series) + the
-  shipped detector set (``models.presets.default_ensemble()``) on the closed windows;
+* events/s from decoded numpy columns: window aggregation (60 s windows, 10k series, 4 per
+  host) + the per-host cross-metric features (``features.cross``, as the detect stage adds them)
+  + the shipped detector set (``models.presets.default_ensemble()``) on the closed windows;
 * events/s including ``orjson`` decode of ~180-byte JSON events into columns;
 * peak RSS vs active series (1k / 10k / 100k), each in a fresh subprocess (``ru_maxrss``);
 * the baseline: a naive per-event pure-Python implementation (dicts) of the same aggregation and
@@ -45,17 +46,27 @@ def detector_pipeline():
     return agg, ens
 
 
+def detector_input(cw, host_of: np.ndarray) -> dict:
+    """Closed windows as the detect stage hands them to the detectors (+ cross-metric columns)."""
+    from features.cross import cross_metric_features
+
+    X = cw.columns()
+    X.update(cross_metric_features(host_of[cw.series], X["start"], X))
+    return X
+
+
 def run_columns(s, ts, v, batch: int = 100_000) -> tuple[float, int]:
     agg, ens = detector_pipeline()
+    host_of = np.arange(int(s.max()) + 1, dtype=np.int64) // 4  # 4 metrics per host
     n_win = 0
     t0 = time.perf_counter()
     for i in range(0, s.size, batch):
         cw = agg.push(s[i : i + batch], ts[i : i + batch], v[i : i + batch])
         if len(cw):
-            ens.process(cw.columns())
+            ens.process(detector_input(cw, host_of))
             n_win += len(cw)
     cw = agg.flush()
-    ens.process(cw.columns())
+    ens.process(detector_input(cw, host_of))
     return time.perf_counter() - t0, n_win + len(cw)
 
 
@@ -77,6 +88,14 @@ def run_json(msgs: list[bytes], batch: int = 10_000) -> float:
 
     agg, ens = detector_pipeline()
     codes: dict[tuple[str, str, str], int] = {}
+    hosts: dict[tuple[str, str], int] = {}
+    host_of: list[int] = []  # per series code, extended per new series (as the detect stage)
+
+    def host_codes() -> np.ndarray:
+        for key in list(codes)[len(host_of):]:
+            host_of.append(hosts.setdefault(key[:2], len(hosts)))
+        return np.asarray(host_of, np.int64)
+
     t0 = time.perf_counter()
     for i in range(0, len(msgs), batch):
         evs = [orjson.loads(m) for m in msgs[i : i + batch]]
@@ -88,8 +107,8 @@ def run_json(msgs: list[bytes], batch: int = 10_000) -> float:
         v = np.fromiter((e["value"] for e in evs), np.float64, len(evs))
         cw = agg.push(s, ts, v)
         if len(cw):
-            ens.process(cw.columns())
-    ens.process(agg.flush().columns())
+            ens.process(detector_input(cw, host_codes()))
+    ens.process(detector_input(agg.flush(), host_codes()))
     return time.perf_counter() - t0
 
 

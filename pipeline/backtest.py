@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.cross import cross_metric_features
 from features.windows import ClosedWindows, WindowAggregator
 from models.presets import default_ensemble
 from training.evaluate import LabelledSeries, evaluate, load_windows
@@ -154,6 +155,8 @@ def run_backtest(
             closed += [agg.push(s, t, v), agg.flush()]
         cw = ClosedWindows.concat(closed)
         X = cw.columns()
+        # the live detector input: each file is a host of its own (features.cross)
+        X.update(cross_metric_features(cw.series, cw.start, X))
         ens = default_ensemble(**cfg.detectors)
         task = progress.add_task("detect", total=len(cw))
         res = ens.process(X, on_round=lambda k, n: progress.advance(task, k))

@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from features.cross import CROSS_FEATURES
 from pipeline.batch import MetricBatch
 from pipeline.errors import ServiceError
 from pipeline.settings import Settings
@@ -137,7 +138,8 @@ CREATE TEMP TABLE IF NOT EXISTS windows_stage (
     tenant_id text, host text, metric text, ws float8, we float8, count int4,
     mean float8, std float8, min float8, max float8, last float8, slope float8, change float8,
     gap float8, score float8, severity text, components text, actual float8, expected float8,
-    explanation text, model_version text
+    explanation text, model_version text, host_metrics float8, host_deviating float8,
+    host_max_z float8, host_mean_z float8
 ) ON COMMIT DELETE ROWS
 """
 _COPY_TYPES = ["text", "text", "text", "text", "float8", "float8", "text", "text"]
@@ -147,6 +149,16 @@ _UNSAFE = re.compile(r"[\\\t\n\r]")
 
 
 _FEATURE_COLS = ("count", "mean", "std", "min", "max", "last", "slope", "change", "gap")
+#: nullable columns of ``features`` (migration 007); windows without them store NULL
+_CROSS_COLS = CROSS_FEATURES
+
+
+def _optional_column(w, k: str) -> list[float | None]:
+    """Column ``k`` of window rows ``w`` as floats, ``None`` for NaN or a missing column."""
+    col = w.features.get(k)
+    if col is None:
+        return [None] * len(w)
+    return [None if x != x else x for x in np.asarray(col, np.float64).tolist()]
 
 
 _NULL = "\\N"
@@ -273,6 +285,7 @@ class Sink:
         ws = np.datetime_as_string((w.start * 1e6).astype("datetime64[us]"), unit="us").tolist()
         we = np.datetime_as_string((w.end * 1e6).astype("datetime64[us]"), unit="us").tolist()
         cols = [w.features[k].tolist() for k in _FEATURE_COLS]
+        cols += [_optional_column(w, k) for k in _CROSS_COLS]
         keys = [f"{t}\t{h}\t{m}\t{a}Z\t{b}Z" for t, h, m, a, b in
                 zip(w.tenant_id, w.host, w.metric, ws, we, strict=True)]
         feats = "".join([
@@ -294,7 +307,7 @@ class Sink:
         ])
         cur = self.conn.cursor()
         with cur.copy("COPY features (tenant_id, host, metric, window_start, window_end, "
-                      + ", ".join(_FEATURE_COLS) + ") FROM STDIN") as cp:
+                      + ", ".join(_FEATURE_COLS + _CROSS_COLS) + ") FROM STDIN") as cp:
             cp.write(feats)
         with cur.copy("COPY scores (tenant_id, host, metric, window_start, window_end, score, severity,"
                       " components, actual, expected, explanation, model_version) FROM STDIN") as cp:
@@ -307,14 +320,17 @@ class Sink:
                                                  "slope", "change", "gap")}
         start, end = w.start.tolist(), w.end.tolist()
         expected = [None if x != x else x for x in w.expected.tolist()]
+        cross = [_optional_column(w, k) for k in _CROSS_COLS]
+        xcols = ", ".join(_CROSS_COLS)
         dumps = orjson.dumps
         with cur.copy(
             "COPY windows_stage (tenant_id, host, metric, ws, we, count, mean, std, min, max, last,"
             " slope, change, gap, score, severity, components, actual, expected, explanation,"
-            " model_version) FROM STDIN (FORMAT BINARY)"
+            f" model_version, {xcols}) FROM STDIN (FORMAT BINARY)"
         ) as cp:
             cp.set_types(["text", "text", "text", "float8", "float8", "int4"] + ["float8"] * 8
-                         + ["float8", "text", "text", "float8", "float8", "text", "text"])
+                         + ["float8", "text", "text", "float8", "float8", "text", "text"]
+                         + ["float8"] * len(_CROSS_COLS))
             for i in range(len(w)):
                 cp.write_row((
                     w.tenant_id[i], w.host[i], w.metric[i], start[i], end[i], int(f["count"][i]),
@@ -322,12 +338,13 @@ class Sink:
                     f["slope"][i], f["change"][i], float(f["gap"][i]), float(w.score[i]),
                     w.severity[i], dumps(w.components[i]).decode(), f["mean"][i], expected[i],
                     dumps(w.explanation[i]).decode(), w.model_version[i],
+                    *(c[i] for c in cross),
                 ))
         cur.execute(
             "INSERT INTO features (tenant_id, host, metric, window_start, window_end, count, mean,"
-            " std, min, max, last, slope, change, gap) SELECT tenant_id, host, metric,"
+            f" std, min, max, last, slope, change, gap, {xcols}) SELECT tenant_id, host, metric,"
             " to_timestamp(ws), to_timestamp(we), count, mean, std, min, max, last, slope, change,"
-            " gap FROM windows_stage ON CONFLICT DO NOTHING"
+            f" gap, {xcols} FROM windows_stage ON CONFLICT DO NOTHING"
         )
         cur.execute(
             "INSERT INTO scores (tenant_id, host, metric, window_start, window_end, score, severity,"

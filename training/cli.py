@@ -63,6 +63,9 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option()] = 0,
         family: Annotated[str, typer.Option(help="isolation_forest | robust_z")] = "isolation_forest",
         n_estimators: Annotated[int, typer.Option(help="IsolationForest trees")] = 100,
+        cross_metric: Annotated[bool, typer.Option(
+            "--cross-metric", help="also feed the per-host cross-metric features (features/cross.py)"
+        )] = False,
         max_train_windows: Annotated[int | None, typer.Option()] = 200_000,
         margin: Annotated[float, typer.Option(help="NAB points the candidate must win by")] = 1.0,
         max_alerts_per_series_day: Annotated[float, typer.Option()] = 6.0,
@@ -73,6 +76,8 @@ def register(app: typer.Typer) -> None:
         tracking_uri: TrackingOpt = None,
     ) -> None:
         """Train a batch detector, log and register it in MLflow, promote it if it is better."""
+        from features.cross import CROSS_FEATURES
+        from features.windows import FEATURES
         from training import datasets
         from training.promotion import PromotionPolicy
         from training.train import TrainConfig, train_and_register
@@ -81,6 +86,7 @@ def register(app: typer.Typer) -> None:
         cfg = TrainConfig(
             family=family, seed=seed, max_train_windows=max_train_windows,
             params={"n_estimators": n_estimators} if family == "isolation_forest" else {},
+            features=FEATURES + CROSS_FEATURES if cross_metric else FEATURES,
         )  # fmt: skip
         policy = PromotionPolicy(margin=margin, max_alerts_per_series_day=max_alerts_per_series_day,
                                  max_latency_ms_per_10k=max_latency_ms)

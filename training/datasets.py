@@ -2,7 +2,10 @@
 
 A :class:`WindowDataset` is a set of closed windows (the columns of
 :meth:`features.windows.ClosedWindows.columns`: ``series``, ``start``, ``end`` and every name in
-:data:`features.windows.FEATURES`) plus, per series, labelled anomaly intervals in epoch seconds.
+:data:`features.windows.FEATURES`, plus the per-host cross-metric columns of
+:data:`features.cross.CROSS_FEATURES`) plus, per series, labelled anomaly intervals in epoch
+seconds.  Each series belongs to a host (``tenant/host``; a CSV file is a host of its own); the
+cross-metric columns group the windows of a host by start, exactly as the live detect stage does.
 Evaluation treats each series' windows, ordered by end time, as the rows of a NAB series
 (:meth:`WindowDataset.labelled`), so the same metrics code scores CSV backtests and Postgres data.
 
@@ -13,9 +16,15 @@ Sources
   code path; labels from a NAB ``windows.json``.
 * :func:`from_postgres` -- rows of the ``features`` table written by the sink; labels from the
   ``feedback`` table (``true_positive`` feedback on an alert labels the alert's series and time
-  span; ``false_positive`` feedback is kept as known-normal spans).
+  span; ``false_positive`` feedback is kept as known-normal spans).  The cross-metric columns are
+  the stored ones (what the live models saw); rows stored before they existed get them recomputed
+  from their base features with :func:`features.cross.cross_metric_features`.
+* :func:`from_frame` -- the same from a data frame of window rows (e.g. the detect stage's output
+  in a simulation).
 * :func:`inject_anomalies` -- synthetic spikes / level shifts / dropouts written into real
-  history at the window-feature level, so a labelled set exists before anybody gave feedback.
+  history at the window-feature level, so a labelled set exists before anybody gave feedback;
+  :func:`inject_host_incidents` -- the same on several metrics of one host at once.  Both
+  recompute the cross-metric columns of every (host, window) group they touch.
 """
 
 from __future__ import annotations
@@ -28,13 +37,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from features.cross import CROSS_FEATURES, cross_metric_features
 from features.windows import FEATURES, window_features
 from training.evaluate import LabelledSeries, load_windows
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.settings import Settings
 
-__all__ = ["WindowDataset", "from_csv", "from_postgres", "inject_anomalies"]
+__all__ = [
+    "WindowDataset",
+    "from_csv",
+    "from_frame",
+    "from_postgres",
+    "inject_anomalies",
+    "inject_host_incidents",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +75,10 @@ class WindowDataset:
         Intervals confirmed normal (false-positive feedback).
     window_s : dict of int to float
         Window length per series.
+    hosts : numpy.ndarray, optional
+        int64 host code of each series code, shape (n_series,); ``None``: every series is a host
+        of its own.  When ``X`` lacks the cross-metric columns (and has the base ones) they are
+        computed on creation.
     """
 
     X: dict[str, np.ndarray]
@@ -65,9 +86,53 @@ class WindowDataset:
     labels: dict[int, list[Interval]] = field(default_factory=dict)
     normal: dict[int, list[Interval]] = field(default_factory=dict)
     window_s: dict[int, float] = field(default_factory=dict)
+    hosts: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.hosts is not None:
+            self.hosts = np.asarray(self.hosts, np.int64)
+            if self.hosts.shape != (self.n_series,):
+                raise ValueError(f"hosts needs one code per series ({self.n_series}), "
+                                 f"got shape {self.hosts.shape}")
+        inputs = ("start", "count", "mean", "std", "change")
+        if any(k not in self.X for k in CROSS_FEATURES) and all(k in self.X for k in inputs):
+            self.X.update(self.cross_features())
 
     def __len__(self) -> int:
         return int(self.X["series"].size)
+
+    def host_codes(self) -> np.ndarray:
+        """int64 (n,): host code of each window (its series code when ``hosts`` is None)."""
+        s = np.asarray(self.X["series"], np.int64)
+        return s.copy() if self.hosts is None else self.hosts[s]
+
+    def cross_features(self) -> dict[str, np.ndarray]:
+        """The cross-metric columns recomputed from the base window features of ``X``."""
+        return cross_metric_features(self.host_codes(), self.X["start"], self.X)
+
+    def refresh_cross_features(self, rows: np.ndarray) -> None:
+        """Recompute the cross-metric columns of every (host, start) group holding ``rows``.
+
+        ``rows``: bool mask (n,) or indices of windows whose base features changed.
+        """
+        rows = np.asarray(rows)
+        if rows.dtype != bool:
+            mask = np.zeros(len(self), dtype=bool)
+            mask[rows] = True
+            rows = mask
+        if not rows.any():
+            return
+        key = np.stack([self.host_codes().astype(np.float64), np.asarray(self.X["start"], np.float64)])
+        _, gid = np.unique(key, axis=1, return_inverse=True)
+        gid = gid.reshape(-1)
+        touched = np.zeros(int(gid.max()) + 1, dtype=bool)
+        touched[gid[rows]] = True
+        sel = touched[gid]
+        new = self.cross_features()
+        for k, v in new.items():
+            col = np.asarray(self.X[k]).astype(v.dtype, copy=True)
+            col[sel] = v[sel]
+            self.X[k] = col
 
     @property
     def n_series(self) -> int:
@@ -207,7 +272,7 @@ def from_csv(
 _FEATURES_SQL = """
 SELECT tenant_id, host, metric,
        extract(epoch FROM window_start)::float8, extract(epoch FROM window_end)::float8,
-       count, mean, std, min, max, last, slope, change, gap
+       count, mean, std, min, max, last, slope, change, gap, {cross}
 FROM features
 WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
   AND (%(since)s::float8 IS NULL OR window_end >= to_timestamp(%(since)s))
@@ -255,15 +320,57 @@ def from_postgres(
 
     q = {"tenant": tenant, "since": since, "until": until, "pad": float(label_pad_s)}
     with psycopg.connect(settings.pg_dsn(), connect_timeout=10) as conn:
-        rows = conn.execute(_FEATURES_SQL, q).fetchall()
+        # the cross-metric columns exist from migration 007 on; before it they are all recomputed
+        have = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema ="
+            " current_schema() AND table_name = 'features' AND column_name = ANY(%s)",
+            (list(CROSS_FEATURES),))}
+        cross = ", ".join(k if k in have else f"NULL::float8 AS {k}" for k in CROSS_FEATURES)
+        rows = conn.execute(_FEATURES_SQL.format(cross=cross), q).fetchall()
         has_fb = conn.execute("SELECT to_regclass('feedback') IS NOT NULL").fetchone()[0]
         fb = conn.execute(_FEEDBACK_SQL, q).fetchall() if has_fb else []
     if not rows:
         raise ValueError("no rows in the features table for this selection")
-    df = pd.DataFrame(rows, columns=["tenant_id", "host", "metric", "start", "end", *FEATURES])
+    df = pd.DataFrame(rows, columns=["tenant_id", "host", "metric", "start", "end", *FEATURES,
+                                     *CROSS_FEATURES])
+    ds = from_frame(df)
+    code_of = {n: i for i, n in enumerate(ds.names)}
+    # the latest label per (series, span) wins
+    latest: dict[tuple[int, float, float], str] = {}
+    for t, h, m, label, lo, hi in fb:
+        c = code_of.get(f"{t}/{h}/{m}")
+        if c is not None:
+            latest[(c, lo, hi)] = label
+    for (c, lo, hi), label in latest.items():
+        (ds.labels if label == "true_positive" else ds.normal).setdefault(c, []).append((lo, hi))
+    return ds
+
+
+def from_frame(
+    df: pd.DataFrame,
+    labels: dict[str, list[Interval]] | None = None,
+    normal: dict[str, list[Interval]] | None = None,
+) -> WindowDataset:
+    """Dataset of window rows given as a data frame (one row per window).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Columns ``tenant_id, host, metric, start, end`` (epoch s) and every name in
+        :data:`features.windows.FEATURES`; optionally the :data:`features.cross.CROSS_FEATURES`
+        columns as stored (NaN/None where not stored: recomputed from the base features, as are
+        all of them when the columns are absent).
+    labels, normal : dict of str to list of (start, end), optional
+        Anomalous / confirmed-normal intervals per series name ``tenant/host/metric``.
+
+    Series codes follow the sorted names; host codes the sorted ``tenant/host``.
+    """
     key = df["tenant_id"] + "/" + df["host"] + "/" + df["metric"]
     codes, uniq = pd.factorize(key, sort=True)
     names = [str(u) for u in uniq]
+    hcodes, _ = pd.factorize(df["tenant_id"] + "/" + df["host"], sort=True)
+    hosts = np.zeros(len(names), np.int64)
+    hosts[codes] = hcodes
     X: dict[str, np.ndarray] = {
         "series": codes.astype(np.int64),
         "start": df["start"].to_numpy(np.float64),
@@ -272,19 +379,24 @@ def from_postgres(
     for f in FEATURES:
         dtype = np.int64 if f == "count" else np.float64
         X[f] = df[f].to_numpy(dtype=np.float64, na_value=np.nan).astype(dtype, copy=False)
+    stored = all(k in df.columns for k in CROSS_FEATURES)
+    if stored:
+        for k in CROSS_FEATURES:
+            X[k] = pd.to_numeric(df[k], errors="raise").to_numpy(np.float64, na_value=np.nan)
     code_of = {n: i for i, n in enumerate(names)}
-    # the latest label per (series, span) wins
-    latest: dict[tuple[int, float, float], str] = {}
-    for t, h, m, label, lo, hi in fb:
-        c = code_of.get(f"{t}/{h}/{m}")
-        if c is not None:
-            latest[(c, lo, hi)] = label
-    labels: dict[int, list[Interval]] = {}
-    normal: dict[int, list[Interval]] = {}
-    for (c, lo, hi), label in latest.items():
-        (labels if label == "true_positive" else normal).setdefault(c, []).append((lo, hi))
+    lab = {code_of[n]: list(v) for n, v in (labels or {}).items() if n in code_of}
+    nor = {code_of[n]: list(v) for n, v in (normal or {}).items() if n in code_of}
     wl = df.assign(code=codes, w=df["end"] - df["start"]).groupby("code")["w"].median()
-    return WindowDataset(_sort(X), names, labels, normal, {int(k): float(v) for k, v in wl.items()})
+    ds = WindowDataset(_sort(X), names, lab, nor, {int(k): float(v) for k, v in wl.items()},
+                       hosts)
+    if stored:  # keep what the live models saw; fill rows stored without the columns
+        missing = np.zeros(len(ds), dtype=bool)
+        for k in CROSS_FEATURES:
+            missing |= np.isnan(ds.X[k])
+        calc = ds.cross_features()
+        for k in CROSS_FEATURES:
+            ds.X[k] = np.where(missing, calc[k], ds.X[k]).astype(calc[k].dtype)
+    return ds
 
 
 # --- synthetic anomalies --------------------------------------------------------------------
@@ -345,10 +457,7 @@ def inject_anomalies(
         lo_pos = int(np.ceil(probation * n)) + 1
         if n - lo_pos < shift_windows + sum(label_pad) + 4:
             continue
-        mean = X["mean"][idx]
-        d = np.diff(mean)
-        scale = np.median(np.abs(d - np.median(d))) / 0.6745 if d.size else 0.0
-        scale = max(scale, float(np.median(X["std"][idx])), 1e-6 * max(np.abs(mean).max(), 1.0))
+        scale = _scale(X, idx)
         for _ in range(per_series):
             kind = kinds[int(rng.integers(len(kinds)))]
             length = shift_windows if kind == "level_shift" else 1
@@ -366,7 +475,101 @@ def inject_anomalies(
             delta = sign * magnitude * scale
             _apply(X, kind, rows, idx[p + length] if p + length < n else None, delta)
             labels.setdefault(code, []).append((float(X["start"][lab[0]]), float(X["end"][lab[-1]])))
-    return WindowDataset(X, list(ds.names), labels, dict(ds.normal), dict(ds.window_s))
+    out = WindowDataset(X, list(ds.names), labels, dict(ds.normal), dict(ds.window_s), ds.hosts)
+    out.refresh_cross_features(_changed(ds.X, X))
+    return out
+
+
+def inject_host_incidents(
+    ds: WindowDataset,
+    per_host: int = 2,
+    magnitude: float = 3.0,
+    length: int = 3,
+    min_metrics: int = 2,
+    seed: int = 0,
+    probation: float = 0.15,
+    label_pad: tuple[int, int] = (2, 8),
+) -> WindowDataset:
+    """Copy of ``ds`` with host-wide incidents: several metrics of one host shift together.
+
+    An incident picks a window start of a host (one with at least ``min_metrics`` series, see
+    :attr:`WindowDataset.hosts`) after the probation part, and moves every metric of the host
+    that has a window there by ``magnitude`` times the metric's robust scale (as
+    :func:`inject_anomalies`, sign drawn per metric) for ``length`` consecutive windows of it: a
+    level shift on all of them at once.  Each moved series is labelled like
+    :func:`inject_anomalies` does (``label_pad`` windows around).  Incidents stay away from
+    existing labels; the cross-metric columns of every group touched are recomputed.
+
+    Real incidents (an overloaded host: CPU and latency up, throughput down) look like this; a
+    detector that only sees one series at a time needs a larger move per metric to notice.
+    """
+    if per_host < 0 or magnitude <= 0 or length < 1 or min_metrics < 1:
+        raise ValueError("need per_host >= 0, magnitude > 0, length >= 1, min_metrics >= 1")
+    rng = np.random.default_rng(seed)
+    X = {k: v.copy() for k, v in ds.X.items()}
+    X["count"] = X["count"].astype(np.int64)
+    X["gap"] = X["gap"].astype(np.float64)
+    labels = {k: list(v) for k, v in ds.labels.items()}
+    taken = ds.is_anomalous()
+    s, start = X["series"], X["start"]
+    hosts = ds.hosts if ds.hosts is not None else np.arange(ds.n_series, dtype=np.int64)
+    rows_of = [np.flatnonzero(s == c) for c in range(ds.n_series)]
+    scale = [_scale(X, idx) if idx.size else 0.0 for idx in rows_of]
+    for h in np.unique(hosts).tolist():
+        codes = np.flatnonzero(hosts == h).tolist()
+        if len(codes) < min_metrics:
+            continue
+        ref = rows_of[max(codes, key=lambda c: rows_of[c].size)]
+        n = ref.size
+        lo_pos = int(np.ceil(probation * n)) + 1
+        if n - lo_pos < length + sum(label_pad) + 4:
+            continue
+        for _ in range(per_host):
+            for _try in range(20):
+                t0 = start[ref[int(rng.integers(lo_pos, n - length - label_pad[1] - 1))]]
+                plan, clash = [], False
+                for c in codes:
+                    idx = rows_of[c]
+                    q = int(np.searchsorted(start[idx], t0))
+                    if q + length > idx.size or start[idx[q]] != t0:
+                        continue  # this metric has no window there
+                    guard = idx[max(q - 3, 0) : min(q + length + label_pad[1] + 3, idx.size)]
+                    if taken[guard].any():
+                        clash = True
+                        break
+                    plan.append((c, idx, q, guard))
+                if not clash and len(plan) >= min_metrics:
+                    break
+            else:
+                continue
+            for c, idx, q, guard in plan:
+                taken[guard] = True
+                sign = 1.0 if rng.random() < 0.5 else -1.0
+                after = idx[q + length] if q + length < idx.size else None
+                _apply(X, "level_shift", idx[q : q + length], after, sign * magnitude * scale[c])
+                lab = idx[max(q - label_pad[0], 0) : min(q + length + label_pad[1], idx.size)]
+                labels.setdefault(c, []).append((float(start[lab[0]]), float(X["end"][lab[-1]])))
+    out = WindowDataset(X, list(ds.names), labels, dict(ds.normal), dict(ds.window_s), ds.hosts)
+    out.refresh_cross_features(_changed(ds.X, X))
+    return out
+
+
+def _scale(X: dict[str, np.ndarray], idx: np.ndarray) -> float:
+    """Robust scale of a series' windows: MAD of the mean's first differences, or median std."""
+    mean = X["mean"][idx]
+    d = np.diff(mean)
+    scale = np.median(np.abs(d - np.median(d))) / 0.6745 if d.size else 0.0
+    return max(scale, float(np.median(X["std"][idx])), 1e-6 * max(np.abs(mean).max(), 1.0))
+
+
+def _changed(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> np.ndarray:
+    """bool (n,): windows whose base features differ (NaN equals NaN)."""
+    out = np.zeros(before["series"].size, dtype=bool)
+    for f in FEATURES:
+        a = np.asarray(before[f], np.float64)
+        b = np.asarray(after[f], np.float64)
+        out |= ~((a == b) | (np.isnan(a) & np.isnan(b)))
+    return out
 
 
 def _apply(X: dict[str, np.ndarray], kind: str, rows: np.ndarray, after: int | None, delta: float):

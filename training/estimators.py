@@ -7,7 +7,9 @@ sklearn's sign convention (higher = more normal), so ``BatchModel`` scores ``-sc
 :class:`CalibratedDetector` wraps a *family* (IsolationForest, robust z-score …):
 
 1. :func:`relative_features` turns raw window features into scale-free ones (a CPU series in
-   percent and a memory series in bytes can share one model);
+   percent and a memory series in bytes can share one model); a model whose ``features`` include
+   the per-host cross-metric columns (:data:`features.cross.CROSS_FEATURES`) also gets their
+   scale-free view (:data:`RELATIVE_CROSS`), one without them sees exactly what it saw before;
 2. the family is fitted on them;
 3. raw anomaly scores are *calibrated* to [0, 1] from the training distribution: the median
    training window scores 0, the ``quantile`` (default 99.5 %) scores 0.5, and the score
@@ -38,9 +40,18 @@ from typing import Any
 
 import numpy as np
 
+from features.cross import CROSS_FEATURES, change_z
 from features.windows import FEATURES
 
-__all__ = ["FAMILIES", "CalibratedDetector", "RobustZScore", "relative_features"]
+__all__ = [
+    "FAMILIES",
+    "RELATIVE",
+    "RELATIVE_CROSS",
+    "CalibratedDetector",
+    "RobustZScore",
+    "relative_features",
+    "relative_names",
+]
 
 #: Detector families :class:`CalibratedDetector` can wrap.
 FAMILIES: tuple[str, ...] = ("isolation_forest", "robust_z")
@@ -57,10 +68,37 @@ RELATIVE: tuple[str, ...] = (
     "gap",
 )
 
+#: Scale-free view of the cross-metric columns (appended when ``features`` has them): the
+#: *co-deviation* of the window with the rest of its host, with ``z`` the window's own
+#: standardized change (:func:`features.cross.change_z`):
+#:
+#: * ``host_co_max_z = log1p(min(z, host_max_z))`` -- this metric and at least one other moved;
+#: * ``host_co_mean_z = log1p(min(z, host_mean_z))`` -- this metric and the others on average.
+#:
+#: Why these (``python -m benchmarks.eval_xmetric``, README "Cross-metric features"): the raw
+#: ``host_max_z`` / deviating fraction are high on every healthy *sibling* of a single deviating
+#: metric, and a model reading them flags the siblings (-3 to -9 NAB points on single-metric
+#: anomalies); a deviating fraction gated by ``z`` still cost 2-4 points there.  The ``min`` with
+#: the window's own ``z`` keeps the siblings quiet.  The number of metrics is left out: it tells
+#: hosts apart (a host with 40 metrics is not anomalous), not windows.
+RELATIVE_CROSS: tuple[str, ...] = ("host_co_max_z", "host_co_mean_z")
+
 
 def _slog(x: np.ndarray) -> np.ndarray:
     """Signed log1p: keeps the sign, compresses the tails."""
     return np.sign(x) * np.log1p(np.abs(x))
+
+
+def relative_names(features: tuple[str, ...] = FEATURES) -> tuple[str, ...]:
+    """Column names of :func:`relative_features` for raw columns ``features``.
+
+    >>> relative_names(FEATURES + CROSS_FEATURES)[-2:]
+    ('host_co_max_z', 'host_co_mean_z')
+    """
+    present = [k for k in CROSS_FEATURES if k in features]
+    if present and len(present) != len(CROSS_FEATURES):
+        raise ValueError(f"cross-metric features go together: {CROSS_FEATURES}, got {present}")
+    return RELATIVE + (RELATIVE_CROSS if present else ())
 
 
 def relative_features(X: np.ndarray, features: tuple[str, ...] = FEATURES) -> np.ndarray:
@@ -78,7 +116,9 @@ def relative_features(X: np.ndarray, features: tuple[str, ...] = FEATURES) -> np
     -------
     numpy.ndarray
         float64, shape (n, 8): :data:`RELATIVE` -- spread and change relative to the window's
-        level, and the position of last/max/min in window standard deviations (signed log).
+        level, and the position of last/max/min in window standard deviations (signed log);
+        shape (n, 10) with :data:`RELATIVE_CROSS` appended when ``features`` has all of
+        :data:`features.cross.CROSS_FEATURES` (see :func:`relative_names`).
 
     >>> X = np.array([[4, 10, 1, 9, 12, 11, 0, 2, 0]], float)
     >>> np.round(relative_features(X), 2).tolist()[0][:4]
@@ -102,6 +142,13 @@ def relative_features(X: np.ndarray, features: tuple[str, ...] = FEATURES) -> np
         np.log1p(np.maximum(col["count"], 0.0)),
         np.log1p(np.maximum(col["gap"], 0.0)),
     ])  # fmt: skip
+    if len(relative_names(features)) > len(RELATIVE):
+        z = change_z(col["count"], col["mean"], col["std"], col["change"])
+        out = np.column_stack([
+            out,
+            np.log1p(np.clip(np.fmin(z, col["host_max_z"]), 0.0, None)),
+            np.log1p(np.clip(np.fmin(z, col["host_mean_z"]), 0.0, None)),
+        ])  # fmt: skip
     return np.nan_to_num(out, nan=0.0, posinf=50.0, neginf=-50.0)
 
 

@@ -65,7 +65,8 @@ class TrainConfig:
         ``"isolation_forest"`` or ``"robust_z"`` (:data:`training.estimators.FAMILIES`).
     features : tuple of str
         Raw window-feature columns the model reads (must include :data:`FEATURES` for the
-        relative transform).
+        relative transform; add :data:`features.cross.CROSS_FEATURES` for the per-host
+        cross-metric ones).
     params : dict
         Family hyper-parameters (IsolationForest: ``n_estimators``, ``max_samples`` …).
     quantile : float

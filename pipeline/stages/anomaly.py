@@ -10,6 +10,11 @@ the allowed lateness), the :class:`models.ensemble.Ensemble` built by
 (:class:`ScoreAlerts`). All of it is one picklable blob (:meth:`DetectStage.snapshot`) that the
 runner checkpoints together with the partition's next offset.
 
+The closed windows of a push get the per-host cross-metric features of :mod:`features.cross`
+(grouped by ``(tenant, host)`` code and window start) before any detector sees them, so the
+ensemble, the champion and the challenger all read the same columns that the sink stores and
+training reads back (:data:`FEATURES`).
+
 Work is vectorized over the closed windows of a micro-batch; Python loops only run per closed
 window that is anomalous (explanations, alert transitions) and per new series.
 
@@ -33,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from features.cross import CROSS_FEATURES, cross_metric_features
+from features.windows import FEATURES as WINDOW_FEATURES
 from features.windows import WindowAggregator
 from models.ensemble import SEVERITIES, Ensemble
 from models.presets import default_ensemble
@@ -42,7 +49,9 @@ from pipeline.stages.detect import Detector
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("count", "mean", "std", "min", "max", "last", "slope", "change", "gap")
+#: Feature columns of every scored window (stored in ``features``, sent on ``signals.score.v1``):
+#: the per-series window features, then the per-host cross-metric ones (:mod:`features.cross`).
+FEATURES = WINDOW_FEATURES + CROSS_FEATURES
 ANOMALY_RULE = "anomaly:ensemble"
 
 #: () -> (model version, model with ``score_many(X)``) or (None, None); see pipeline/registry.py
@@ -125,8 +134,12 @@ class WindowRows:
             a[:] = xs
             return a
 
-        f = {k: np.asarray([r["features"][k] for r in recs], np.float64) for k in FEATURES}
+        f = {k: np.asarray([r["features"][k] for r in recs], np.float64) for k in WINDOW_FEATURES}
         f["count"] = f["count"].astype(np.int64)
+        # records of producers older than the cross-metric features lack them: NaN (NULL)
+        nan = float("nan")
+        f.update({k: np.asarray([r["features"].get(k, nan) for r in recs], np.float64)
+                  for k in CROSS_FEATURES})
         out = WindowRows(
             obj([r["tenant_id"] for r in recs]), obj([r["host"] for r in recs]),
             obj([r["metric"] for r in recs]), np.asarray([r["window_start"] for r in recs], np.float64),
@@ -263,6 +276,9 @@ class PartitionState:
         self.names: list[tuple[str, str, str]] = []
         self.families: dict[str, int] = {}
         self.family: list[int] = []
+        self.hosts: dict[tuple[str, str], int] = {}
+        self.host: list[int] = []
+        self._host_codes = np.empty(0, np.int64)
         self.agg = WindowAggregator(window_s=window_s, allowed_lateness_s=lateness_s)
         self.ensemble = ensemble or default_ensemble()
         self.rule_alerts = Detector(rules)
@@ -285,8 +301,15 @@ class PartitionState:
                 self.names.append(key)
                 fam = self.families.setdefault(key[2], len(self.families))
                 self.family.append(fam)
+                self.host.append(self.hosts.setdefault(key[:2], len(self.hosts)))
             out[j] = code
         return out[inv]
+
+    def host_codes(self, series: np.ndarray) -> np.ndarray:
+        """int64 host code (one per ``(tenant, host)``) of each series code."""
+        if self._host_codes.size != len(self.host):
+            self._host_codes = np.asarray(self.host, np.int64)
+        return self._host_codes[series]
 
     def to_state(self) -> dict:
         return {"names": list(self.names), "families": dict(self.families), "family": list(self.family),
@@ -299,6 +322,11 @@ class PartitionState:
         ps.names = [tuple(n) for n in st["names"]]
         ps.keys = {n: i for i, n in enumerate(ps.names)}
         ps.families, ps.family = dict(st["families"]), list(st["family"])
+        # host codes are derived from the names (checkpoints older than them restore too)
+        ps.hosts, ps.host = {}, []
+        for n in ps.names:
+            ps.host.append(ps.hosts.setdefault(n[:2], len(ps.hosts)))
+        ps._host_codes = np.empty(0, np.int64)
         ps.agg = WindowAggregator.from_state(st["agg"])
         ps.ensemble = Ensemble.from_state(st["ensemble"])
         ps.rule_alerts = Detector(rules)
@@ -455,6 +483,8 @@ class DetectStage:
         X = closed.columns()
         s = np.asarray(X["series"], np.int64)
         X["family"] = np.asarray(ps.family, np.int64)[s]
+        # every window of a host with the same start is closed by the same push (features.cross)
+        X.update(cross_metric_features(ps.host_codes(s), X["start"], X))
         res = ps.ensemble.process(X)
         score, sev = res.score, res.severity
         batch_score = None
