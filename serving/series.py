@@ -59,6 +59,11 @@ class Features(BaseModel):
     slope: float | None
     change: float | None
     gap: float | None
+    # per-host cross-metric features (features/cross.py); null for windows stored before them
+    host_metrics: int | None = None
+    host_deviating: int | None = None
+    host_max_z: float | None = None
+    host_mean_z: float | None = None
 
 
 # Distinct (host, metric) of a tenant by a loose index scan over metrics_series_ts_value: one index

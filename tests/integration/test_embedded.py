@@ -42,3 +42,23 @@ def test_embedded_replay_writes_nothing_twice(settings, conn, tenant):
     assert total == distinct == len(evs)
     a1 = db.count_rows(conn, "alert_events", "tenant_id = %s", (tenant,))
     assert a1 > 0
+
+
+def test_window_features_api_serves_the_cross_metric_columns(settings, conn, tenant, api_server):
+    import httpx
+
+    from tests.integration.api_support import hdr, make_key
+
+    sim = Simulator(hosts=2, tenant=tenant, seed=9, interval=10, start=time.time() - 1800, anomaly_rate=0.0)
+    pipe = EmbeddedPipeline(settings)
+    for evs in sim.events(ticks=150):
+        pipe.feed(evs)
+    pipe.close()
+    api = api_server()
+    r = httpx.get(f"{api.url}/series/{sim.names[0]}/cpu_load/features", headers=hdr(make_key(conn, tenant)))
+    assert r.status_code == 200, r.text
+    rows = r.json()
+    assert len(rows) >= 20
+    # every closed window of a 4-metric host: the host reported 4 metrics, the others' z are finite
+    assert {w["host_metrics"] for w in rows} == {4}
+    assert all(0 <= w["host_deviating"] <= 3 and w["host_max_z"] >= w["host_mean_z"] >= 0 for w in rows)
