@@ -502,12 +502,16 @@ class DetectStage:
             comp_cols["batch"] = np.round(batch_score, 4).tolist()
         components = [{k: v[i] for k, v in comp_cols.items()} for i in range(s.size)]
         explanation: list[dict] = [{}] * s.size
+        host_n, host_dev, host_maxz = X["host_metrics"], X["host_deviating"], X["host_max_z"]
         for i in np.flatnonzero(sev > 0).tolist():
             e = res.explain(i)
             e["score"], e["severity"] = float(score[i]), SEVERITIES[int(sev[i])]
             if batch_score is not None and batch_score[i] >= 0.5 and "batch" not in e["fired"]:
                 e["fired"].append("batch")
             e["model_version"] = version
+            if host_n[i] > 1:  # what the rest of the host did in the same window
+                e["host"] = {"metrics": int(host_n[i]), "deviating": int(host_dev[i]),
+                             "max_z": round(float(host_maxz[i]), 2)}
             explanation[i] = e
         start, end = closed.start, closed.end
 
@@ -529,6 +533,9 @@ class DetectStage:
             else:
                 band = f", expected ~{expected:g}" if expected is not None else ""
                 msg = f"{m} on {h} anomalous: window mean {actual:g}{band} (score {score[i]:.2f})"
+                others = exp.get("host", {}).get("deviating", 0)
+                if others:
+                    msg += f"; {others} other metric{'s' if others > 1 else ''} of {h} moved too"
             alerts.append({
                 "event_key": f"{aid}:{kind}:{float(end[i])!r}", "alert_id": aid, "kind": kind,
                 "state": "resolved" if kind == "resolve" else "open",

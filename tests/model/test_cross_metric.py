@@ -202,3 +202,31 @@ def test_cross_function_matches_dataset_grouping_on_hosts_with_missing_metrics()
     out = cross_metric_features(np.array([0, 0, 0, 0, 0]), np.array([0.0, 0.0, 0.0, 60.0, 60.0]), X)
     assert out["host_metrics"].tolist() == [3, 3, 3, 2, 2]
     assert out["host_deviating"].tolist() == [0, 1, 1, 0, 1]
+
+
+def test_an_alert_on_a_host_wide_incident_says_the_other_metrics_moved():
+    from datetime import datetime
+
+    import orjson
+
+    raws = raw_stream(seed=5, hosts=3, ticks=900)
+    evs = [orjson.loads(r) for r in raws]
+    ts = np.array([datetime.fromisoformat(e["ts_event"]).timestamp() for e in evs])
+    t0 = (ts.min() + 700 * 10.0) // WINDOW_S * WINDOW_S
+    for e, t in zip(evs, ts, strict=True):  # every metric of host-001 triples for three windows
+        if e["host"].endswith("001") and t0 <= t < t0 + 3 * WINDOW_S:
+            e["value"] = e["value"] * 3 + 50
+    det = DetectStage(RuleSet([]), window_s=WINDOW_S)
+    alerts = [a for b in batches([orjson.dumps(e) for e in evs], list(range(997, len(evs), 997)))
+              for a in det(b).alerts]
+    opened = [a for a in alerts if a["rule"] == "anomaly:ensemble" and a["kind"] == "open"
+              and a["host"].endswith("001") and t0 < a["ts"] <= t0 + 4 * WINDOW_S]
+    assert len({a["metric"] for a in opened}) >= 2, opened
+    for a in opened:
+        ctx = a["explanation"]["host"]
+        assert ctx["metrics"] == 4 and ctx["deviating"] >= 1 and ctx["max_z"] >= 3
+        assert "other metric" in a["message"] and "moved too" in a["message"]
+    # and the message claims it only when it is so
+    for a in alerts:
+        if a["rule"] == "anomaly:ensemble" and a["kind"] == "open":
+            assert ("moved too" in a["message"]) == (a["explanation"].get("host", {}).get("deviating", 0) > 0)
