@@ -44,6 +44,15 @@ class ScoreSummary(BaseModel):
     high_fraction: float | None = Field(None, description="share of windows scoring >= threshold")
 
 
+class FeedbackHits(BaseModel):
+    """Alerts with one feedback label, seen through the shadow-scored windows of their episode."""
+
+    alerts: int = Field(description="labelled alerts opened in the period")
+    scored: int = Field(description="of them, alerts with shadow-scored windows in their episode")
+    challenger_high: int = Field(description="of the scored, alerts the challenger scores >= threshold")
+    champion_high: int = Field(description="of the scored, alerts the champion's batch score puts >= threshold")
+
+
 class ShadowStats(BaseModel):
     """The challenger's shadow scores of the key's tenant beside the champion's."""
 
@@ -55,6 +64,12 @@ class ShadowStats(BaseModel):
     challenger: ScoreSummary
     champion: ScoreSummary | None = Field(
         None, description="the champion's batch score of the same windows (None: no champion)")
+    only_challenger_high: int = Field(0, description="windows the challenger scores high and the champion not")
+    only_champion_high: int = Field(0, description="windows the champion scores high and the challenger not")
+    feedback: dict[str, FeedbackHits] = Field(
+        default_factory=dict,
+        description="per feedback label (true_positive, false_positive): the labelled alerts of the period "
+                    "and how many of them each model scores high in their episode")
 
 
 class ModelVersion(BaseModel):

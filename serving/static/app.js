@@ -44,9 +44,20 @@ const fmtNum = (v) => (v == null ? "–" : Math.abs(v) >= 100 ? v.toFixed(0) : v
 async function loadModel() {
   try {
     const m = await api("/models");
-    const txt = m.champion ? `model: ${m.name} v${m.champion.version} (champion)` : "model: rules + baselines (no champion yet)";
+    let txt = m.champion ? `model: ${m.name} v${m.champion.version} (champion)` : "model: rules + baselines (no champion yet)";
+    const tip = [m.detail || ""];
+    const sh = m.challenger && m.challenger.shadow;
+    if (sh) {
+      // the challenger scored in shadow: how it does on the alerts operators labelled
+      txt += ` · v${m.challenger.version} in shadow`;
+      const tp = sh.feedback.true_positive, fp = sh.feedback.false_positive;
+      tip.push(`last ${sh.hours} h, ${sh.windows} windows; high only for the challenger: ${sh.only_challenger_high},`
+        + ` only for the champion: ${sh.only_champion_high}`,
+        `confirmed alerts flagged — challenger ${tp.challenger_high}/${tp.scored}, champion ${tp.champion_high}/${tp.scored}`,
+        `false alarms flagged — challenger ${fp.challenger_high}/${fp.scored}, champion ${fp.champion_high}/${fp.scored}`);
+    }
     $("model").textContent = txt;
-    $("model").title = m.detail || "";
+    $("model").title = tip.filter(Boolean).join("\n");
   } catch (e) { $("model").textContent = "model: unknown"; }
 }
 

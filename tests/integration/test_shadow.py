@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -168,6 +169,9 @@ def test_worker_scores_challenger_in_shadow_without_alerting_on_it(settings, con
         assert sh["challenger"]["high_fraction"] > sh["champion"]["high_fraction"] + 0.2
         assert sh["champion"]["versions"] == [v1] and sh["champion"]["windows"] == sh["windows"]
         assert sh["champion"]["mean_score"] == pytest.approx(stats[3], abs=0.02)
+        assert sh["only_challenger_high"] > 0  # v2 scores ~2/3 of windows high, v1 hardly any
+        assert sh["feedback"]["true_positive"] == {"alerts": 0, "scored": 0, "challenger_high": 0,
+                                                   "champion_high": 0}
         # another tenant's key sees the same registry but none of this tenant's shadow scores
         r = httpx.get(api.url + "/models", headers=hdr(make_key(conn, other)), timeout=30)
         assert r.status_code == 200, r.text
@@ -229,3 +233,51 @@ def test_replayed_shadow_rows_are_written_once(conn, tenant):
     assert all(g[2] == 0.75 and g[4] == "1" and g[5] == 0.25 for g in got)
     assert [g[3] for g in got] == pytest.approx(np.linspace(0.5, 0.9, n)[:4].tolist())
     assert db.count_rows(conn, "scores", "tenant_id = %s", (tenant,)) == n
+
+
+def test_shadow_stats_compare_both_models_on_labelled_alerts(conn, tenant):
+    """Per feedback label: the labelled alerts of the day, those with shadow windows in their
+    episode, and how many each model scores high; plus the windows only one model scores high."""
+    from training.status import shadow_stats
+
+    now = time.time()
+    t0 = now - 3600
+
+    def ts(x):
+        return datetime.fromtimestamp(x, UTC)
+
+    # series h1/cpu: a confirmed incident (challenger high, champion low) at t0 .. t0+120
+    # series h2/cpu: a false alarm both score low; series h3/cpu: a false alarm only the champion
+    # scores high; series h4/cpu: a confirmed alert with no shadow window (not "scored")
+    shadow = [("h1", t0 - 60, 0.1, 0.1), ("h1", t0, 0.9, 0.2), ("h1", t0 + 60, 0.7, 0.3),
+              ("h2", t0, 0.2, 0.1), ("h3", t0, 0.3, 0.8), ("h1", t0 + 600, 0.95, 0.9)]
+    with conn.transaction():
+        for h, w, sc, cp in shadow:
+            conn.execute("INSERT INTO shadow_scores (tenant_id, model_version, window_start, host, metric,"
+                         " window_end, score, champion_version, champion_score)"
+                         " VALUES (%s, '7', %s, %s, 'cpu', %s, %s, '6', %s)",
+                         (tenant, ts(w), h, ts(w + 60), sc, cp))
+        labels = {"h1": "true_positive", "h2": "false_positive", "h3": "false_positive", "h4": "true_positive"}
+        for h, label in labels.items():
+            aid = f"{tenant}-{h}"
+            conn.execute("INSERT INTO alerts (alert_id, tenant_id, host, metric, value, severity, ts_event,"
+                         " state, opened_at, updated_at, resolved_at) VALUES (%s, %s, %s, 'cpu', 1, 'warning',"
+                         " %s, 'resolved', %s, %s, %s)",
+                         (aid, tenant, h, ts(t0 + 60), ts(t0 + 60), ts(t0 + 120), ts(t0 + 120)))
+            # an earlier, superseded label: only the latest one counts
+            conn.execute("INSERT INTO feedback (tenant_id, alert_id, label, created_at) VALUES (%s, %s, %s, %s)",
+                         (tenant, aid, "false_positive" if label == "true_positive" else "true_positive",
+                          ts(now - 60)))
+            conn.execute("INSERT INTO feedback (tenant_id, alert_id, label) VALUES (%s, %s, %s)",
+                         (tenant, aid, label))
+    st = shadow_stats(conn, tenant, "7")
+    assert st["windows"] == len(shadow)
+    assert st["only_challenger_high"] == 2 and st["only_champion_high"] == 1
+    assert st["feedback"] == {
+        "true_positive": {"alerts": 2, "scored": 1, "challenger_high": 1, "champion_high": 0},
+        "false_positive": {"alerts": 2, "scored": 2, "challenger_high": 0, "champion_high": 1},
+    }
+    # another version, or another tenant's feedback, counts nothing
+    other = shadow_stats(conn, tenant, "8")
+    assert other["windows"] == 0 and other["feedback"]["true_positive"]["scored"] == 0
+    assert other["feedback"]["true_positive"]["alerts"] == 2  # the labels exist; no windows of v8
