@@ -7,6 +7,7 @@ are committed by the runner only after the database commit), short session timeo
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 import uuid
@@ -68,7 +69,7 @@ def create_topics(
     created = []
     for name, fut in a.create_topics(new, operation_timeout=30).items():
         try:
-            fut.result()
+            fut.result(timeout=60)
             created.append(name)
         except KafkaException as e:
             if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
@@ -84,12 +85,26 @@ def create_topics(
     return created
 
 
-def delete_topics(s: Settings, topics: Sequence[str]) -> None:
-    for _, fut in admin(s).delete_topics(list(topics), operation_timeout=30).items():
+def delete_topics(s: Settings, topics: Sequence[str], timeout: float = 60.0) -> list[str]:
+    """Delete ``topics`` (missing ones are ignored); returns those not confirmed deleted.
+
+    The admin client is held until every future has settled: a client dropped while requests
+    are in flight may never resolve them, and an unbounded ``result()`` then hangs for good.
+    """
+    a = admin(s)
+    failed = []
+    deadline = time.monotonic() + timeout
+    for name, fut in a.delete_topics(list(topics), operation_timeout=30).items():
         try:
-            fut.result()
-        except KafkaException:
-            pass
+            fut.result(timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                failed.append(name)
+        except concurrent.futures.TimeoutError:
+            failed.append(name)
+    if failed:
+        log.warning("topics not confirmed deleted: %s", ", ".join(failed))
+    return failed
 
 
 def producer(s: Settings, **overrides: object) -> Producer:

@@ -188,3 +188,27 @@ def test_services_accept_the_documented_credentials(services_up):
             assert row == (dbname, "on", "on"), row
     md = AdminClient({"bootstrap.servers": f"127.0.0.1:{KAFKA_PORT}"}).list_topics(timeout=15)
     assert md.brokers, "Kafka answered without brokers"
+
+
+def test_topics_are_created_and_deleted(base_settings):
+    """create_topics makes every topic with its partitions; delete_topics really removes them
+    (an admin client dropped while its requests are in flight never resolves them)."""
+    import uuid
+
+    from pipeline import kafka as kq
+    from tests.integration.conftest import wait_for
+
+    sfx = uuid.uuid4().hex[:8]
+    s = base_settings.model_copy(update={
+        **{f"topic_{k}": f"td-{sfx}-{k}" for k in ("raw", "metric", "enriched", "score", "alert", "dlq")},
+        "topic_partitions": 2,
+    })
+    names = kq.all_topics(s)
+    a = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    assert sorted(kq.create_topics(s)) == sorted(names)
+    md = a.list_topics(timeout=15).topics
+    assert all(len(md[t].partitions) == 2 for t in names)
+    assert kq.create_topics(s) == []  # idempotent
+    assert kq.delete_topics(s, names) == []
+    wait_for(lambda: not set(names) & set(a.list_topics(timeout=15).topics), 30, what="topics gone")
+    assert kq.delete_topics(s, names[:1]) == []  # already gone: not an error
