@@ -404,6 +404,15 @@ def from_frame(
 KINDS = ("spike", "level_shift", "dropout")
 
 
+def _editable(ds: WindowDataset) -> tuple[dict[str, np.ndarray], dict[int, list[Interval]], np.ndarray]:
+    """Copies of ``ds``'s columns (``count`` int64, ``gap`` float64) and labels to inject into,
+    and the mask of windows already labelled anomalous."""
+    X = {k: v.copy() for k, v in ds.X.items()}
+    X["count"] = X["count"].astype(np.int64)
+    X["gap"] = X["gap"].astype(np.float64)
+    return X, {k: list(v) for k, v in ds.labels.items()}, ds.is_anomalous()
+
+
 def inject_anomalies(
     ds: WindowDataset,
     per_series: int = 2,
@@ -445,11 +454,7 @@ def inject_anomalies(
     if per_series < 0 or magnitude <= 0:
         raise ValueError("per_series must be >= 0 and magnitude > 0")
     rng = np.random.default_rng(seed)
-    X = {k: v.copy() for k, v in ds.X.items()}
-    X["count"] = X["count"].astype(np.int64)
-    X["gap"] = X["gap"].astype(np.float64)
-    labels = {k: list(v) for k, v in ds.labels.items()}
-    taken = ds.is_anomalous()
+    X, labels, taken = _editable(ds)
     s = X["series"]
     for code in range(ds.n_series):
         idx = np.flatnonzero(s == code)
@@ -506,11 +511,7 @@ def inject_host_incidents(
     if per_host < 0 or magnitude <= 0 or length < 1 or min_metrics < 1:
         raise ValueError("need per_host >= 0, magnitude > 0, length >= 1, min_metrics >= 1")
     rng = np.random.default_rng(seed)
-    X = {k: v.copy() for k, v in ds.X.items()}
-    X["count"] = X["count"].astype(np.int64)
-    X["gap"] = X["gap"].astype(np.float64)
-    labels = {k: list(v) for k, v in ds.labels.items()}
-    taken = ds.is_anomalous()
+    X, labels, taken = _editable(ds)
     s, start = X["series"], X["start"]
     hosts = ds.hosts if ds.hosts is not None else np.arange(ds.n_series, dtype=np.int64)
     rows_of = [np.flatnonzero(s == c) for c in range(ds.n_series)]

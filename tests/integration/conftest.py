@@ -183,6 +183,23 @@ def group_lag(s: Settings, chain: str, topic: str | None = None) -> int:
         c.close()
 
 
+def produce_sim(settings: Settings, tenant: str, hosts: int, ticks: int, seed: int = 11,
+                anomaly_rate: float = 0.01):
+    """Simulated events of ``hosts`` for ``ticks`` 10 s ticks ending now, produced to the raw topic
+    keyed ``tenant|host``; returns (simulator, events produced)."""
+    from pipeline.simulate import Simulator
+
+    sim = Simulator(hosts=hosts, tenant=tenant, seed=seed, interval=10.0,
+                    start=time.time() - ticks * 10.0 - 120, anomaly_rate=anomaly_rate)
+    p = kq.producer(settings)
+    n = 0
+    for evs in sim.events(ticks=ticks):
+        kq.produce_all(p, settings.topic_raw, evs, [f"{tenant}|{sim.names[i // 4]}" for i in range(len(evs))])
+        n += len(evs)
+    kq.flush(p)
+    return sim, n
+
+
 def consume_all(s: Settings, topic: str, expect: int, timeout: float = 30.0) -> list:
     """Read ``expect`` records of ``topic`` from the beginning (fails on timeout)."""
     c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": kq.unique_group("test"),

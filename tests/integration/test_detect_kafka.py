@@ -5,30 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import uuid
 
 import orjson
 import pytest
 
 from pipeline import db
-from pipeline import kafka as kq
-from pipeline.simulate import Simulator
-from tests.integration.conftest import consume_all, group_lag, spawn_worker, wait_for
+from tests.integration.conftest import consume_all, group_lag, produce_sim, spawn_worker, wait_for
 
 CHAIN = "normalize,enrich,detect,sink"
-
-
-def produce_sim(settings, tenant: str, hosts: int, ticks: int, seed: int = 11, anomaly_rate: float = 0.01):
-    sim = Simulator(hosts=hosts, tenant=tenant, seed=seed, interval=10.0,
-                    start=time.time() - ticks * 10.0 - 120, anomaly_rate=anomaly_rate)
-    p = kq.producer(settings)
-    n = 0
-    for evs in sim.events(ticks=ticks):
-        kq.produce_all(p, settings.topic_raw, evs, [f"{tenant}|{sim.names[i // 4]}" for i in range(len(evs))])
-        n += len(evs)
-    kq.flush(p)
-    return sim, n
 
 
 def test_windows_scores_and_anomaly_alerts_flow_to_postgres_and_score_topic(settings, conn, tenant, start_worker):

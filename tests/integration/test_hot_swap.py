@@ -96,7 +96,7 @@ def test_a_starting_worker_scores_its_first_windows_with_the_champion(settings, 
     loaded, so no window is scored without it (as none would be in an uninterrupted run)."""
     import signal
 
-    from tests.integration.conftest import spawn_worker
+    from tests.integration.conftest import produce_sim, spawn_worker
     from training import datasets
     from training.promotion import promote
     from training.tracking import client
@@ -110,13 +110,7 @@ def test_a_starting_worker_scores_its_first_windows_with_the_champion(settings, 
         "mlflow_database": st.mlflow_database, "mlflow_artifacts": st.mlflow_artifacts,
         "model_name": st.model_name, "champion_poll_s": 0.5, "window_s": 20.0, "allowed_lateness_s": 0.0,
     })
-    sim = Simulator(hosts=5, tenant=tenant, seed=4, interval=10.0, start=time.time() - 2000)
-    p = kq.producer(s)
-    sent = 0
-    for evs in sim.events(ticks=150):
-        kq.produce_all(p, s.topic_raw, evs, [f"{tenant}|{sim.names[i // 4]}" for i in range(len(evs))])
-        sent += len(evs)
-    kq.flush(p)
+    _, sent = produce_sim(s, tenant, hosts=5, ticks=150, seed=4)
 
     log = tmp_path / "worker.log"
     w = spawn_worker(s, CHAIN, log)

@@ -14,12 +14,10 @@ import numpy as np
 import pytest
 
 from pipeline import db
-from pipeline import kafka as kq
 from pipeline.registry import CHALLENGER, TAG_SET_AT, load_version
-from pipeline.simulate import Simulator
 from pipeline.stages.anomaly import ANOMALY_RULE, calibrate_batch_score
 from tests.integration.api_support import Api, hdr, make_key
-from tests.integration.conftest import settings_env, wait_for
+from tests.integration.conftest import produce_sim, settings_env, wait_for
 
 NAB = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "nab-dev"
 
@@ -75,14 +73,7 @@ def test_worker_scores_challenger_in_shadow_without_alerting_on_it(settings, con
     assert w.worker.watcher.wait_for(v1, 30), w.worker.watcher.last_error
     assert w.worker.shadow_watcher.wait_for(v2, 30), w.worker.shadow_watcher.last_error
 
-    sim = Simulator(hosts=5, tenant=tenant, seed=4, interval=10.0, start=time.time() - 3000,
-                    anomaly_rate=0.03)
-    p = kq.producer(s)
-    sent = 0
-    for evs in sim.events(ticks=200):
-        kq.produce_all(p, s.topic_raw, evs, [f"{tenant}|{sim.names[i // 4]}" for i in range(len(evs))])
-        sent += len(evs)
-    kq.flush(p)
+    _, sent = produce_sim(s, tenant, hosts=5, ticks=200, seed=4, anomaly_rate=0.03)
     wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == sent, 90,
              what="all metrics stored")
     # windows closed by the last events: 5 hosts x 4 metrics x (2000 s / 20 s) minus the open ones
