@@ -356,7 +356,9 @@ def simulate(
                            f"eventops tenants create {tenant}")
         latest = latest_event_time(conn, tenant, sim.names)
     if latest is not None and latest >= sim.start:
-        sim.start = latest + interval
+        # one interval after the newest stored event, or now if that is in the future (ids stay
+        # unique: they carry the event time)
+        sim.start = latest + interval if latest + interval <= now else max(now, latest + 0.001)
         kept = max(0.0, now - sim.start)
         typer.echo(f"note: {tenant}'s simulated hosts already have events up to {_iso(latest)}; "
                    f"history starts after them ({kept:.0f} s instead of {backfill:.0f} s), since "

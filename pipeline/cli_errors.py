@@ -23,6 +23,7 @@ exit   meaning
 
 from __future__ import annotations
 
+import re
 import sys
 
 from pipeline.errors import ConfigError, EventOpsError, NotFound, ServiceError
@@ -82,13 +83,16 @@ def pg_problem(err: BaseException, host: str | None = None, port: int | None = N
     >>> pg_problem(Exception('FATAL:  database "x" does not exist'), "h", 1, "x")[0]
     'PostgreSQL at h:1 has no database "x" — run `make services-up` (it creates it) or set EVENTOPS_PG_DATABASE'
     """
-    s = _settings()
+    raw = str(err)
+    named_db = re.search(r'database "([^"]*)" does not exist', raw)
+    named_user = re.search(r'(?:for user|role) "([^"]*)"', raw)
+    s = _settings() if not (host and port) else None
     host = host or (s.pg_host if s else "?")
     port = port or (s.pg_port if s else 0)
-    user = user or (s.pg_user if s else "?")
-    database = database or (s.pg_database if s else None)
+    user = (named_user.group(1) if named_user else None) or user or (s.pg_user if s else "?")
+    database = (named_db.group(1) if named_db else None) or database
     where = f"PostgreSQL at {host}:{port}"
-    text = str(err).lower()
+    text = raw.lower()
     if "password authentication failed" in text or ("role" in text and "does not exist" in text):
         return (f"{where} refused the login of user {user!r} — check EVENTOPS_PG_USER / "
                 "EVENTOPS_PG_PASSWORD", EXIT_CONFIG)
@@ -186,11 +190,13 @@ def describe(e: BaseException) -> tuple[str, int]:
     """
     if isinstance(e, KeyboardInterrupt):
         return "interrupted", EXIT_INTERRUPTED
-    if type(e) is ServiceError and str(e).startswith("PostgreSQL at") and e.__cause__ is not None:
+    at = re.match(r"PostgreSQL at (\S+):(\d+) ", str(e))
+    if type(e) is ServiceError and at and e.__cause__ is not None:
         # db.connect wraps psycopg's error: classify what libpq said, and name the fix
-        found = _pg(e.__cause__)
-        if found is not None:
-            return found
+        cause = e.__cause__
+        psycopg = sys.modules.get("psycopg")
+        if psycopg is not None and isinstance(cause, psycopg.OperationalError):
+            return pg_problem(cause, at.group(1), int(at.group(2)))
     if isinstance(e, EventOpsError):
         code = {BadArgument: EXIT_USAGE, ConfigError: EXIT_CONFIG, NotFound: EXIT_NOT_FOUND,
                 ServiceError: EXIT_SERVICE}
