@@ -114,9 +114,14 @@ def tenants_create(tenant_id: str, name: str = "") -> None:
     if not _TENANT_ID.fullmatch(tenant_id):
         raise BadArgument(f"invalid tenant id {tenant_id!r}: use 1-64 letters, digits, '_', '.' or "
                           "'-', starting with a letter or digit")
-    with db.connect(_settings()) as conn:
+    s = _settings()
+    with db.connect(s) as conn:
         new = db.create_tenant(conn, tenant_id, name)
-    typer.echo(f"tenant {tenant_id} {'created' if new else 'exists'}")
+    # running normalize workers re-read the tenants table on this period: until then they still
+    # dead-letter the new tenant's events as unknown_tenant
+    typer.echo(f"tenant {tenant_id} created (running workers accept its events within "
+               f"EVENTOPS_INVENTORY_REFRESH_S={s.inventory_refresh_s:g} s)" if new
+               else f"tenant {tenant_id} exists")
 
 
 @tenants_app.command("list")
