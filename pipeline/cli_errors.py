@@ -17,7 +17,8 @@ exit   meaning
 4      not found: a file, a tenant, a Kafka topic, a model version
 5      a service is unreachable or failed: Kafka, PostgreSQL, the MLflow store
 6      done, but some events were or will be dead-lettered; the line counts them by reason
-130    interrupted (Ctrl-C)
+130    interrupted outside a command (Ctrl-C inside one is click's ``Aborted!``, exit 1; ``worker``
+       and ``simulate`` treat it as their normal end)
 =====  =========================================================================================
 """
 
