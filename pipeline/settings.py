@@ -85,6 +85,9 @@ class Settings(BaseSettings):
 
     # --- Local services ---------------------------------------------------------------------
     state_dir: Path = REPO_ROOT / ".services"
+    #: how long a CLI command waits for Kafka, PostgreSQL or the MLflow store to answer before it
+    #: reports them unreachable (one line, exit 5)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
 
     def pg_dsn(self, database: str | None = None) -> str:
         """libpq connection string (the password is only ever placed here, never logged)."""
