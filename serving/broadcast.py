@@ -144,7 +144,8 @@ class Feed:
     tenant: str
     subs: set[Subscription] = field(default_factory=set)
     horizon: int | None = None
-    hint: int = 0  # the highest seq a doorbell announced
+    hint: int = 0  # the highest seq a doorbell announced (looked for until hint_until)
+    hint_until: float = 0.0
     pending: dict[str, float] = field(default_factory=dict)  # doorbells without seq: key -> deadline
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
@@ -242,7 +243,8 @@ class Broadcaster:
             if feed is None:
                 continue
             if isinstance(seq, int):
-                feed.hint = max(feed.hint, seq)
+                if seq > feed.hint:
+                    feed.hint, feed.hint_until = seq, now + self.chase_s
             elif len(feed.pending) < 10_000:
                 feed.pending.update((k, now + self.chase_s) for k in keys if isinstance(k, str))
             feed.wake.set()
@@ -279,6 +281,8 @@ class Broadcaster:
                 backoff = min(backoff * 2, 5.0)
                 continue
             timeout = self.poll_s if self.source_error is None else min(self.poll_s, 1.0)
+            if feed.hint > feed.horizon and time.monotonic() > feed.hint_until:
+                feed.hint = 0  # never became visible (another database's topic?): stop looking
             if feed.pending or feed.hint > feed.horizon:
                 timeout = min(timeout, 0.2)  # announced but not visible yet: look again soon
             with contextlib.suppress(TimeoutError):
@@ -352,6 +356,11 @@ class KafkaAlertSource(threading.Thread):
     def _session(self) -> None:
         c: Consumer = kq.consumer(self.s, kq.unique_group("eventops-api"), **{
             "enable.partition.eof": False,
+            # a broker outage is reported once by this class (log + /readyz), not by
+            # librdkafka's connect-refused line every few ms
+            "log_level": 2,
+            "reconnect.backoff.ms": 500,
+            "reconnect.backoff.max.ms": 5000,
         })
         try:
             parts = self._end_offsets(c)

@@ -85,6 +85,7 @@ def test_alert_stream_ends_when_its_key_is_revoked_and_sends_nothing_stored_afte
     assert alerts == [before], f"delivered after the revocation: {set(alerts) & set(after)}"
     assert c.events[-1]["event"] == "end" and c.events[-1]["data"]["reason"] == "revoked"
     assert took <= BOUND_S, f"stream ended {took:.1f}s after the revocation"
+    print(f"alert stream ended {took:.2f}s after `eventops keys revoke` returned")
 
     wait_for(lambda: len(keep.events) == 4, 10, what="the other key's stream")
     assert [int(e["id"]) for e in keep.events] == [before, *after]
@@ -105,6 +106,7 @@ def test_idle_alert_stream_ends_within_the_bound_when_its_tenant_is_deleted(env)
     took = time.monotonic() - t0
     assert c.events and c.events[-1]["data"]["reason"] == "revoked"
     assert took <= BOUND_S, f"stream ended {took:.1f}s after the tenant was deleted"
+    print(f"idle alert stream ended {took:.2f}s after its tenant was deleted")
 
 
 def test_score_stream_ends_when_its_key_is_revoked_and_sends_nothing_stored_after(env):
@@ -136,3 +138,4 @@ def test_score_stream_ends_when_its_key_is_revoked_and_sends_nothing_stored_afte
     assert scores == [0]
     assert c.events[-1]["event"] == "end" and c.events[-1]["data"]["reason"] == "revoked"
     assert took <= BOUND_S, f"score stream ended {took:.1f}s after the revocation"
+    print(f"score stream ended {took:.2f}s after the revocation")
