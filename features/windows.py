@@ -441,6 +441,8 @@ class WindowAggregator:
             maybe = np.zeros(n, bool)
             np.less(win[1:], np.maximum.accumulate(lv[:-1]), out=maybe[1:])
             maybe &= ~late
+            if not all_ok:
+                maybe &= ok
             if maybe.any():
                 involved = np.zeros(self._host_closed.size, bool)
                 involved[h[maybe]] = True

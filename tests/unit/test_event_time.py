@@ -40,14 +40,18 @@ W, L, IDLE = 60.0, 30.0, 600.0
 
 
 # ---------------------------------------------------------------------------------- reference
-def reference_late(host, ts, W=W, L=L, idle=IDLE) -> list[int]:
+def reference_late(host, ts, W=W, L=L, idle=IDLE, value=None) -> list[int]:
     """Late events, one at a time in input order: an event is late when its window index is
     below its host's bound -- its host's clock minus the lateness, or the partition clock minus
-    ``idle`` -- as set by the valid events before it."""
+    ``idle`` -- as set by the valid events before it (an event with a non-finite ts or value is
+    neither late nor moves a clock)."""
     clock: dict[int, float] = {}
     part = -math.inf
     late = []
-    for i, (h, t) in enumerate(zip(host.tolist(), ts.tolist(), strict=True)):
+    value = np.ones(len(ts)) if value is None else value
+    for i, (h, t, v) in enumerate(zip(host.tolist(), ts.tolist(), value.tolist(), strict=True)):
+        if not (math.isfinite(t) and math.isfinite(v)):
+            continue
         bound = -math.inf
         if h in clock:
             bound = math.floor((clock[h] - L) / W)
@@ -81,6 +85,8 @@ def skewed_stream(seed: int, hosts: int = 5, per_host: int = 3, n: int = 4000):
     h, ts = h[idx], ts[idx]
     series = h * per_host + rng.integers(0, per_host, n)
     value = rng.normal(50, 5, n)
+    value[rng.random(n) < 0.01] = np.nan  # invalid events: reported, never late, no clock
+    ts[rng.random(n) < 0.005] = np.inf
     return series.astype(np.int64), h.astype(np.int64), ts, value
 
 
@@ -124,10 +130,12 @@ def test_late_in_order_dense_and_sorted_paths_match_brute_force():
 def test_aggregator_matches_the_per_event_reference_with_skewed_clocks(seed):
     series, host, ts, value = skewed_stream(seed)
     cw, late, pushes = run_split(series, host, ts, value, list(range(211, series.size, 211)))
-    want = reference_late(host, ts)
+    want = reference_late(host, ts, value=value)
     assert late.tolist() == want
     assert 0 < len(want) < series.size // 10  # the delayed events, not the skewed hosts
-    keep = np.setdiff1d(np.arange(series.size), want)
+    valid = np.isfinite(ts) & np.isfinite(value)
+    assert sum(p.invalid_idx.size for p in pushes) == (~valid).sum() > 0
+    keep = np.setdiff1d(np.flatnonzero(valid), want)
     check(cw, naive(series[keep], ts[keep], value[keep], W), W)
     # all windows of a host with the same start close in the same push (features.cross)
     where = {}
@@ -215,6 +223,14 @@ def test_without_host_codes_the_aggregator_keeps_one_clock():
     assert late.tolist() == a[1].tolist() == reference_late(np.zeros(800, np.int64), ts, idle=None)
     pd.testing.assert_frame_equal(keyed_windows(ClosedWindows.concat([*parts, agg.flush()])),
                                   keyed_windows(a[0]))
+
+
+def test_invalid_events_are_never_late_and_move_no_clock():
+    agg = WindowAggregator(W, 0.0, IDLE)
+    out = agg.push(np.array([0, 0, 1, 1]), np.array([200.0, 10.0, np.inf, 5.0]),
+                   np.array([1.0, np.nan, 1.0, 1.0]), host=np.array([0, 0, 0, 0]))
+    assert out.invalid_idx.tolist() == [1, 2] and out.late_idx.tolist() == [3]
+    assert agg.max_ts == 200.0 and agg.closed_upto().tolist() == [3]
 
 
 def test_bad_host_codes_and_idle_close_raise():
