@@ -1,0 +1,263 @@
+"""Issue 8 on the real broker and database: every poison input of the corpus ends in the DLQ with
+its reason, exactly its original bytes and its source offset, between good events of two
+tenants on one partition, and nothing stops: every good event is stored exactly once and the
+worker keeps consuming. Also: a stage raising on one marked event costs that event only, and
+late events keep their original record (chained, split and embedded)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import ConfigResource
+
+from pipeline import db
+from pipeline import kafka as kq
+from pipeline.runner import EmbeddedPipeline, KafkaWorker
+from pipeline.stages.anomaly import DetectStage
+from tests.integration.conftest import consume_all, wait_for
+from tests.poison import PoisonCase, load_corpus
+
+CHAIN = "normalize,enrich,detect,sink"
+B_EVENTS = 4000
+
+
+class FaultyDetect(DetectStage):
+    """The real detect stage, raising (after mutating its state) on a batch holding host BOOM."""
+
+    BOOM = "h-boom"
+
+    def __call__(self, batch):
+        out = super().__call__(batch)
+        if len(batch) and (batch.host == self.BOOM).any():
+            raise RuntimeError("injected detect fault")
+        return out
+
+
+def ev(tenant: str, host: str, value: float, ts: float, **kw) -> bytes:
+    return orjson.dumps({"tenant_id": tenant, "host": host, "metric": "cpu_load", "value": value,
+                         "ts_event": ts, "unit": "%", **kw})
+
+
+def stream(a: str, b: str, now: float) -> tuple[list[bytes], list[PoisonCase], list[bytes], list[bytes]]:
+    """Each corpus case (tenant ``a``) after one good event of ``a`` and ~25 of ``b``; all in
+    event-time order within a few seconds, so no window closes under them."""
+    cases = load_corpus(a, now)
+    per_b = -(-B_EVENTS // len(cases))
+    good_a, good_b, raws = [], [], []
+    for i, c in enumerate(cases):
+        good_a.append(ev(a, f"ga{i % 5}", i, now + i * 1e-3))
+        raws.append(good_a[-1])
+        for j in range(per_b):
+            if len(good_b) < B_EVENTS:
+                good_b.append(ev(b, f"gb{j % 9}", j, now + i * 1e-3 + j * 1e-5))
+                raws.append(good_b[-1])
+        raws.append(c.raw)
+    return raws, cases, good_a, good_b
+
+
+def produce_to_partition_0(settings, raws: list[bytes]) -> None:
+    # no compression: the 2,097,000-byte case meets the raw topic's real size limit
+    p = kq.producer(settings, **{"compression.type": "none", "message.max.bytes": 10_000_000})
+    errors = kq.DeliveryErrors()
+    for r in raws:
+        while True:
+            try:
+                p.produce(settings.topic_raw, r, None, partition=0, on_delivery=errors)
+                break
+            except BufferError:
+                p.poll(0.05)
+    kq.flush(p)
+    errors.check()
+
+
+def raw_offsets(settings, n: int) -> dict[bytes, int]:
+    return {m.value(): m.offset() for m in consume_all(settings, settings.topic_raw, n, timeout=60)}
+
+
+def expected_ids(settings, cases, offsets) -> dict[str, str]:
+    """event_id of each weird-but-valid case as stored."""
+    out = {}
+    for c in cases:
+        if c.reason is None:
+            eid = json.loads(c.raw).get("event_id")  # orjson refuses an ignored lone surrogate
+            out[c.name] = eid or f"{settings.topic_raw}:0:{offsets[c.raw]}"
+    return out
+
+
+def test_poison_corpus_through_chained_worker_between_two_tenants(settings, conn, tenant, start_worker):
+    other = f"tb{uuid.uuid4().hex[:8]}"
+    db.create_tenant(conn, other)
+    now = time.time() - 20
+    raws, cases, good_a, good_b = stream(tenant, other, now)
+    poison = [c for c in cases if c.reason]
+    produce_to_partition_0(settings, raws)
+    w = start_worker(CHAIN)
+
+    dlq = consume_all(settings, settings.topic_dlq, len(poison), timeout=120)
+    offsets = raw_offsets(settings, len(raws))
+    by_raw = {}
+    for m in dlq:
+        assert m.value() not in by_raw, "a case dead-lettered twice"
+        by_raw[m.value()] = {k: v.decode() for k, v in m.headers()}
+    for c in poison:
+        h = by_raw.get(c.raw)
+        assert h is not None, f"{c.name}: not in the DLQ with its original bytes"
+        assert h["reason"] == c.reason, (c.name, h["reason"], h["detail"])
+        assert h["source.topic"] == settings.topic_raw and h["source.partition"] == "0"
+        assert int(h["source.offset"]) == offsets[c.raw], c.name
+        assert h["detail"] and "raw.truncated" not in h
+    assert len(dlq) == len(poison)
+
+    ids = expected_ids(settings, cases, offsets)
+    count = lambda t: db.count_rows(conn, "metrics", "tenant_id = %s", (t,))  # noqa: E731
+    wait_for(lambda: count(other) == B_EVENTS and count(tenant) == len(good_a) + len(ids), 90,
+             what="every good event of both tenants")
+    total, distinct = conn.execute("SELECT count(*), count(DISTINCT event_id) FROM metrics "
+                                   "WHERE tenant_id = ANY(%s)", ([tenant, other],)).fetchone()
+    assert total == distinct == B_EVENTS + len(good_a) + len(ids)
+    stored = {r[0] for r in conn.execute("SELECT event_id FROM metrics WHERE tenant_id = %s", (tenant,))}
+    assert set(ids.values()) <= stored, {n for n, e in ids.items() if e not in stored}
+    want_b = {f"{settings.topic_raw}:0:{offsets[r]}" for r in good_b}
+    got_b = {r[0] for r in conn.execute("SELECT event_id FROM metrics WHERE tenant_id = %s", (other,))}
+    assert got_b == want_b
+
+    # alive and consuming after all of it
+    last = ev(other, "gb-last", 1.0, time.time())
+    produce_to_partition_0(settings, [last])
+    wait_for(lambda: count(other) == B_EVENTS + 1, 30, what="an event after the corpus")
+    assert w.thread.is_alive() and w.error is None
+    assert w.worker.stats.dead == len(poison)
+
+
+def test_dlq_topic_holds_more_than_the_raw_topic(settings):
+    a = kq.admin(settings)
+    res = {t: ConfigResource(ConfigResource.Type.TOPIC, t) for t in (settings.topic_raw, settings.topic_dlq)}
+    got = {}
+    for t, fut in a.describe_configs(list(res.values())).items():
+        got[t.name] = int(fut.result(timeout=30)["max.message.bytes"].value)
+    assert got[settings.topic_raw] == kq.TOPIC_MAX_MESSAGE_BYTES
+    assert got[settings.topic_dlq] == kq.DLQ_MAX_MESSAGE_BYTES > kq.TOPIC_MAX_MESSAGE_BYTES
+
+
+def test_poison_corpus_through_embedded_runner(settings, conn, tenant):
+    other = f"tb{uuid.uuid4().hex[:8]}"
+    db.create_tenant(conn, other)
+    now = time.time() - 20
+    raws, cases, good_a, good_b = stream(tenant, other, now)
+    source = f"emb-{uuid.uuid4().hex[:8]}"
+    pipe = EmbeddedPipeline(settings, source=source)
+    try:
+        dead = []
+        for i in range(0, len(raws), 700):
+            _, d, _ = pipe.feed(raws[i:i + 700])
+            dead += d
+    finally:
+        pipe.close()
+    offset = {r: i for i, r in enumerate(raws)}
+    rows = conn.execute("SELECT reason, detail, stage, source, raw FROM dead_letters "
+                        "WHERE source LIKE %s", (f"{source}:%",)).fetchall()
+    poison = [c for c in cases if c.reason]
+    assert len(rows) == len(poison) == len(dead)
+    by_raw = {bytes(r[4]): r for r in rows}
+    for c in poison:
+        reason, detail, stage, src, _ = by_raw[c.raw]
+        assert reason == c.reason, (c.name, reason, detail)
+        assert src == f"{source}:0:{offset[c.raw]}" and stage == "normalize" and detail
+    count = lambda t: db.count_rows(conn, "metrics", "tenant_id = %s", (t,))  # noqa: E731
+    n_valid = sum(c.reason is None for c in cases)
+    assert count(other) == B_EVENTS and count(tenant) == len(good_a) + n_valid
+
+
+def test_detect_raising_on_one_event_in_a_chained_worker_costs_that_event_only(settings, conn, tenant):
+    """A fault-injected detect stage object inside a real worker (real Kafka and PostgreSQL)."""
+    now = time.time() - 30
+    raws = [ev(tenant, f"h{i % 6}", float(i), now + i * 1e-3) for i in range(3000)]
+    boom = ev(tenant, FaultyDetect.BOOM, 1.0, now + 1.0, event_id=f"{tenant}-boom")
+    raws.insert(1700, boom)
+    produce_to_partition_0(settings, raws)
+    w = KafkaWorker(settings, CHAIN)
+    w.stages.detect.__class__ = FaultyDetect  # the stage object the worker built, now faulty
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        [d] = consume_all(settings, settings.topic_dlq, 1, timeout=60)
+        h = {k: v.decode() for k, v in d.headers()}
+        assert d.value() == boom and h["reason"] == "stage_error" and h["stage"] == "detect"
+        assert int(h["source.offset"]) == 1700 and h["source.topic"] == settings.topic_raw
+        assert "injected detect fault" in h["detail"]
+        wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 3000, 60,
+                 what="the other 3000 events")
+        assert not db.count_rows(conn, "metrics", "event_id = %s", (f"{tenant}-boom",))
+        produce_to_partition_0(settings, [ev(tenant, "h-after", 1.0, time.time())])
+        wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 3001, 30,
+                 what="an event after the fault")
+        assert t.is_alive()
+    finally:
+        w.stop()
+        t.join(30)
+
+
+def _late_case(settings, tenant):
+    """Events advancing one series' event time, then one behind its closed windows."""
+    now = time.time()
+    early = [ev(tenant, "h-late", float(i), now - 290 + i * 10) for i in range(29)]
+    late = ev(tenant, "h-late", 42.0, now - 600, event_id=f"{tenant}-late")
+    return early, late
+
+
+def test_ts_too_old_in_chained_worker_carries_original_bytes_and_offset(settings, conn, tenant, start_worker):
+    early, late = _late_case(settings, tenant)
+    produce_to_partition_0(settings, early)
+    start_worker(CHAIN)
+    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == len(early), 60,
+             what="the early events")
+    produce_to_partition_0(settings, [late])
+    [d] = consume_all(settings, settings.topic_dlq, 1, timeout=60)
+    h = {k: v.decode() for k, v in d.headers()}
+    assert h["reason"] == "ts_too_old" and h["stage"] == "detect"
+    assert d.value() == late  # the original bytes, not a re-encoded body
+    assert h["source.topic"] == settings.topic_raw and h["source.partition"] == "0"
+    assert int(h["source.offset"]) == len(early)
+
+
+def test_ts_too_old_in_split_detect_worker_names_the_enriched_record(settings, conn, tenant, start_worker):
+    """A detect worker consuming signals.enriched.v1 dead-letters the record it consumed."""
+    early, late = _late_case(settings, tenant)
+    produce_to_partition_0(settings, early)
+    start_worker("normalize,enrich")
+    start_worker("detect,sink")
+    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == len(early), 60,
+             what="the early events")
+    produce_to_partition_0(settings, [late])
+    [d] = consume_all(settings, settings.topic_dlq, 1, timeout=60)
+    h = {k: v.decode() for k, v in d.headers()}
+    assert h["reason"] == "ts_too_old" and h["source.topic"] == settings.topic_enriched
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": kq.unique_group("t"),
+                  "auto.offset.reset": "earliest"})
+    try:
+        c.assign([TopicPartition(settings.topic_enriched, int(h["source.partition"]), int(h["source.offset"]))])
+        rec = wait_for(lambda: next(iter(c.consume(1, 1.0)), None), 20, what="the enriched record")
+    finally:
+        c.close()
+    assert rec.value() == d.value()
+    assert orjson.loads(d.value())["event_id"] == f"{tenant}-late"
+
+
+def test_ts_too_old_in_embedded_runner_carries_original_bytes(settings, conn, tenant):
+    early, late = _late_case(settings, tenant)
+    source = f"emb-{uuid.uuid4().hex[:8]}"
+    pipe = EmbeddedPipeline(settings, source=source)
+    try:
+        pipe.feed(early)
+        _, dead, _ = pipe.feed([late])
+    finally:
+        pipe.close()
+    assert [(d.reason, d.raw, d.offset) for d in dead] == [("ts_too_old", late, len(early))]
+    row = conn.execute("SELECT reason, source, raw FROM dead_letters WHERE source LIKE %s",
+                       (f"{source}:%",)).fetchone()
+    assert row[0] == "ts_too_old" and row[1] == f"{source}:0:{len(early)}" and bytes(row[2]) == late
