@@ -17,7 +17,13 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from pipeline.batch import DeadLetter, MetricBatch, safe_detail
 from pipeline.errors import ServiceError
@@ -64,13 +70,19 @@ def wait_for_broker(s: Settings, timeout: float = 30.0) -> None:
 def create_topics(
     s: Settings, topics: Iterable[str] | None = None, partitions: int | None = None
 ) -> list[str]:
-    """Create missing topics; returns the names created. Idempotent."""
+    """Create missing topics; returns the names created. Idempotent.
+
+    Existing topics whose ``max.message.bytes`` is below what is wanted here (a DLQ created
+    before its limit was raised) get it raised, so every dead letter stays producible.
+    """
     a = admin(s)
     wanted = list(topics or all_topics(s))
     existing = set(a.list_topics(timeout=10).topics)
+
     def limit(t: str) -> str:
         return str(DLQ_MAX_MESSAGE_BYTES if t == s.topic_dlq else TOPIC_MAX_MESSAGE_BYTES)
 
+    _raise_size_limits(a, {t: int(limit(t)) for t in wanted if t in existing})
     new = [
         NewTopic(
             t,
@@ -100,6 +112,32 @@ def create_topics(
             break
         time.sleep(0.2)
     return created
+
+
+def _raise_size_limits(a: AdminClient, limits: dict[str, int], timeout: float = 30.0) -> None:
+    """Raise ``max.message.bytes`` of existing topics to ``limits`` where it is lower."""
+    if not limits:
+        return
+    res = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in limits]
+    low = []
+    for r, fut in a.describe_configs(res, request_timeout=timeout).items():
+        entry = fut.result(timeout=timeout).get("max.message.bytes")
+        if entry is None or int(entry.value) < limits[r.name]:
+            low.append(r.name)
+    if not low:
+        return
+    alter = [ConfigResource(ConfigResource.Type.TOPIC, t, incremental_configs=[
+        ConfigEntry("max.message.bytes", str(limits[t]),
+                    incremental_operation=AlterConfigOpType.SET)]) for t in low]
+    for r, fut in a.incremental_alter_configs(alter, request_timeout=timeout).items():
+        try:
+            fut.result(timeout=timeout)
+        except KafkaException as e:
+            raise ServiceError(
+                f"could not raise max.message.bytes of topic {r.name} to {limits[r.name]} ({e}); "
+                f"set it with kafka-configs.sh --alter --entity-type topics --entity-name {r.name} "
+                f"--add-config max.message.bytes={limits[r.name]}") from e
+        log.info("topic %s: max.message.bytes raised to %d", r.name, limits[r.name])
 
 
 def delete_topics(s: Settings, topics: Sequence[str], timeout: float = 60.0) -> list[str]:

@@ -12,8 +12,8 @@ import time
 import uuid
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import ConfigResource
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import ConfigResource, NewTopic
 
 from pipeline import db
 from pipeline import kafka as kq
@@ -135,13 +135,36 @@ def test_poison_corpus_through_chained_worker_between_two_tenants(settings, conn
 
 
 def test_dlq_topic_holds_more_than_the_raw_topic(settings):
-    a = kq.admin(settings)
-    res = {t: ConfigResource(ConfigResource.Type.TOPIC, t) for t in (settings.topic_raw, settings.topic_dlq)}
-    got = {}
-    for t, fut in a.describe_configs(list(res.values())).items():
-        got[t.name] = int(fut.result(timeout=30)["max.message.bytes"].value)
+    got = _max_message_bytes(settings, [settings.topic_raw, settings.topic_dlq])
     assert got[settings.topic_raw] == kq.TOPIC_MAX_MESSAGE_BYTES
     assert got[settings.topic_dlq] == kq.DLQ_MAX_MESSAGE_BYTES > kq.TOPIC_MAX_MESSAGE_BYTES
+
+
+def _max_message_bytes(settings, topics) -> dict[str, int]:
+    a = kq.admin(settings)  # held until the futures settle
+    res = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics]
+    return {r.name: int(f.result(timeout=30)["max.message.bytes"].value)
+            for r, f in a.describe_configs(res).items()}
+
+
+def test_topics_create_raises_the_limit_of_a_dlq_created_before(settings):
+    s = settings.model_copy(update={"topic_dlq": f"{settings.topic_dlq}-old"})
+    a = kq.admin(s)
+    fut = a.create_topics([NewTopic(s.topic_dlq, 1, 1, config={"max.message.bytes": "2097152"})])
+    fut[s.topic_dlq].result(timeout=30)
+
+    def described():
+        try:
+            return _max_message_bytes(s, [s.topic_dlq])
+        except KafkaException:  # not in the metadata yet
+            return None
+
+    try:
+        assert wait_for(described, 30, what="the new topic") == {s.topic_dlq: 2097152}
+        assert kq.create_topics(s, [s.topic_dlq]) == []
+        assert _max_message_bytes(s, [s.topic_dlq]) == {s.topic_dlq: kq.DLQ_MAX_MESSAGE_BYTES}
+    finally:
+        kq.delete_topics(s, [s.topic_dlq])
 
 
 def test_poison_corpus_through_embedded_runner(settings, conn, tenant):
