@@ -210,7 +210,10 @@ class KafkaWorker:
                 if open_alerts is None:
                     open_alerts = [a for a in db.load_open_alerts(self.conn) if a["rule"] != ANOMALY_RULE]
                 self.stages.detect.partition(tp.partition).rule_alerts.restore(open_alerts)
-        self._history.rebase(self.stages.detect)
+        # the restored blobs are the base to rewind to (the others are snapshotted)
+        mine = {tp.partition for tp in parts}
+        self._history.rebase(self.stages.detect, {p: cp[1] for p, cp in cps.items()
+                                                  if p in mine and cp[1] is not None})
         consumer.assign(parts)
 
     def _on_revoke(self, consumer, parts) -> None:
