@@ -40,8 +40,9 @@ hold tab, LF and CR but none of the others. Inputs are rejected, never repaired.
 cheap because of how JSON works: a decoded string can hold such a character only if the raw
 bytes carry a backslash escape, a raw DEL or a raw C1 (UTF-8 ``C2 80``..``C2 9F``) — raw C0
 bytes are refused by the decoder and valid UTF-8 has no surrogates. So one scan of the joined
-batch decides; only when it fires are the inputs that carry one of those bytes checked field by
-field. Names are matched with ``fullmatch``.
+batch decides; when it fires, the stored strings of the inputs carrying such bytes are joined
+and searched once per kind (names, free text), and field by field only when that search hits.
+Names are matched with ``fullmatch``.
 
 The event id is the agent's ``event_id`` when given, else ``<topic>:<partition>:<offset>``:
 deterministic, so a replay produces the same ids and the sink drops the duplicates.
@@ -72,8 +73,6 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@-]{0,254}")
 _BAD_STRICT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 #: characters free text (unit, tag keys and values) may not hold: the same but tab, LF, CR
 _BAD_FREE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
-#: a raw C1 control in UTF-8
-_C1_RAW = re.compile(b"\xc2[\x80-\x9f]")
 #: numbers a tag value may be: what orjson (and PostgreSQL JSONB through it) encodes as an int
 _TAG_INT_MIN, _TAG_INT_MAX = -(2**63), 2**64 - 1
 _METRIC_SUB = re.compile(r"[\s\-/]+")
@@ -197,6 +196,9 @@ class Normalizer:
         small = cfg.max_tag_value_bytes
         # None: no input of the batch can hold a forbidden character (module docstring)
         suspect = suspects(raws)
+        sus: list[int] = []  # rows of suspect inputs, and their strings to check in one go
+        strict: list[str] = []
+        free: list[str] = []
         for i, raw in enumerate(raws):
             try:
                 if len(raw) > cfg.max_message_bytes:
@@ -232,7 +234,7 @@ class Normalizer:
                 else:
                     try:
                         if suspect is not None and suspect[i] and type(tsv) is str \
-                                and _BAD_STRICT.search(tsv):  # fromisoformat stops at a NUL
+                                and not tsv.isprintable():  # fromisoformat stops at a NUL
                             raise ValueError("holds a control character")
                         ts = _parse_ts(tsv)
                     except (TypeError, ValueError, OverflowError) as e:
@@ -260,11 +262,13 @@ class Normalizer:
                 elif not isinstance(eid, str) or not 0 < len(eid) <= 128:
                     reject(i, "bad_event_id", "event_id must be a string of 1..128 chars")
                     continue
-                if suspect is not None and suspect[i]:
-                    fault = text_fault(t, h, m, eid, u, tg)
-                    if fault:
-                        reject(i, "bad_text", fault)
-                        continue
+                if suspect is not None and suspect[i]:  # its text is checked after the loop
+                    sus.append(len(src))
+                    strict += (t, h, m, eid)
+                    free.append(u)
+                    if tg:
+                        free += tg
+                        free += [x for x in tg.values() if type(x) is str]
             except Exception as e:  # a bug must cost this one input, never the batch
                 log.exception("normalize failed on %s[%s]@%s", topic, parts[i], offs[i])
                 reject(i, "stage_error", f"normalize: {type(e).__name__}: {e}")
@@ -298,6 +302,14 @@ class Normalizer:
             for j in np.flatnonzero(mask & ok):
                 reject(int(src_idx[j]), reason, detail_of(j))
             ok[mask] = False
+
+        # text of the suspect inputs: one search per kind of field; per row only on a hit
+        if sus and (_BAD_STRICT.search("".join(strict)) or _BAD_FREE.search("".join(free))):
+            for j in sus:
+                fault = text_fault(tenants[j], hosts[j], metrics[j], ids[j], units[j], tags[j])
+                if fault:
+                    reject(src[j], "bad_text", fault)
+                    ok[j] = False
 
         lo, hi = now - cfg.max_past_age_s, now + cfg.max_future_skew_s
         drop(
@@ -406,15 +418,30 @@ def suspects(raws: Sequence[bytes]) -> list[bool] | None:
     """Which inputs can decode to a string with a forbidden character; ``None``: none can.
 
     Such a character needs a backslash escape, a raw DEL or a raw C1 control in the bytes (the
-    module docstring says why), so one scan of the joined batch settles the common case.
+    module docstring says why), so one scan of the joined batch settles the common case; when
+    it finds one, the bytes that qualify are located with numpy and mapped to their inputs.
     """
     joined = b"".join(raws)
-    c1 = b"\xc2" in joined and _C1_RAW.search(joined) is not None
-    if not c1 and b"\\" not in joined and b"\x7f" not in joined:
+    bs, de, c2 = b"\\" in joined, b"\x7f" in joined, b"\xc2" in joined
+    if not (bs or de or c2):
         return None
-    if c1:
-        return [b"\\" in r or b"\x7f" in r or _C1_RAW.search(r) is not None for r in raws]
-    return [b"\\" in r or b"\x7f" in r for r in raws]
+    buf = np.frombuffer(joined, np.uint8)
+    pos = []  # offsets in ``joined`` of the bytes that make an input a suspect
+    if bs:
+        pos.append(np.flatnonzero(buf == 0x5C))
+    if de:
+        pos.append(np.flatnonzero(buf == 0x7F))
+    if c2:  # C2 80..C2 9F (a pair across two inputs only makes the first one a suspect)
+        at = np.flatnonzero(buf[:-1] == 0xC2)
+        nxt = buf[at + 1]
+        pos.append(at[(nxt >= 0x80) & (nxt <= 0x9F)])
+    hits = np.concatenate(pos)
+    if not hits.size:
+        return None  # only C2 A0..C2 BF: printable Latin-1 (µ, °, ...)
+    ends = np.cumsum(np.fromiter(map(len, raws), np.int64, len(raws)))
+    out = np.zeros(len(raws), bool)
+    out[np.searchsorted(ends, hits, side="right")] = True
+    return out.tolist()
 
 
 def text_fault(tenant: str, host: str, metric: str, event_id: str, unit: str,
