@@ -263,12 +263,12 @@ class Normalizer:
                     reject(i, "bad_event_id", "event_id must be a string of 1..128 chars")
                     continue
                 if suspect is not None and suspect[i]:  # its text is checked after the loop
-                    sus.append(len(src))
                     strict += (t, h, m, eid)
                     free.append(u)
                     if tg:
                         free += tg
                         free += [x for x in tg.values() if type(x) is str]
+                    sus.append(len(src))  # last: the row is appended below
             except Exception as e:  # a bug must cost this one input, never the batch
                 log.exception("normalize failed on %s[%s]@%s", topic, parts[i], offs[i])
                 reject(i, "stage_error", f"normalize: {type(e).__name__}: {e}")
