@@ -2,7 +2,9 @@
 
 Stages never import this module; runners do. Settings that bite with librdkafka defaults are
 set explicitly: idempotent producer, ``auto.offset.reset=earliest``, no auto-commit (offsets
-are committed by the runner only after the database commit), short session timeout.
+are committed by the runner only after the database commit), short session timeout, and
+reconnect attempts at most 1 s apart (librdkafka's default backoff grows to 10 s, which delays
+the first batch after a broker restart by as much).
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ def producer(s: Settings, **overrides: object) -> Producer:
         "compression.type": "lz4",
         "queue.buffering.max.messages": 1_000_000,
         "message.max.bytes": 2_000_000,
+        "reconnect.backoff.max.ms": 1000,
         **overrides,
     }
     return Producer(conf)
@@ -134,6 +137,7 @@ def consumer(s: Settings, group: str, **overrides: object) -> Consumer:
         "fetch.max.bytes": 52_428_800,
         "max.partition.fetch.bytes": 10_485_760,
         "partition.assignment.strategy": "cooperative-sticky",
+        "reconnect.backoff.max.ms": 1000,
         **overrides,
     }
     return Consumer(conf)

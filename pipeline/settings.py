@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +50,18 @@ class Settings(BaseSettings):
     allowed_lateness_s: float = 30.0
     checkpoint_interval_s: float = 10.0
 
+    # --- Worker outages and health ----------------------------------------------------------
+    #: first wait before retrying a step that failed because PostgreSQL or Kafka is away;
+    #: doubles per failure (with jitter) up to the cap below
+    retry_backoff_s: float = Field(default=0.2, gt=0)
+    #: longest single wait between two retries (also how soon a recovery is noticed)
+    retry_backoff_max_s: float = Field(default=5.0, gt=0)
+    #: a worker exits (non-zero) after a service has been away this long; 0 = never give up
+    outage_give_up_s: float = Field(default=0.0, ge=0)
+    #: port of the worker's /healthz and /readyz (HTTP, stdlib); 0 = off
+    worker_health_port: int = Field(default=0, ge=0, le=65535)
+    worker_health_host: str = "127.0.0.1"
+
     # --- Validation limits ------------------------------------------------------------------
     max_message_bytes: int = 1_000_000
     max_tag_value_bytes: int = 1024
@@ -85,6 +97,13 @@ class Settings(BaseSettings):
 
     # --- Local services ---------------------------------------------------------------------
     state_dir: Path = REPO_ROOT / ".services"
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> Settings:
+        if self.retry_backoff_max_s < self.retry_backoff_s:
+            raise ValueError(f"EVENTOPS_RETRY_BACKOFF_MAX_S ({self.retry_backoff_max_s}) must be at "
+                             f"least EVENTOPS_RETRY_BACKOFF_S ({self.retry_backoff_s})")
+        return self
 
     def pg_dsn(self, database: str | None = None) -> str:
         """libpq connection string (the password is only ever placed here, never logged)."""
