@@ -154,8 +154,9 @@ def worker(
     w = KafkaWorker(s, stages, group=group)
     w.install_signal_handlers()
     st = w.run(idle_exit_s=idle_exit)
-    log.info("worker done: %d consumed, %d stored, %d dead, %d alerts",
-             st.consumed, st.stored, st.dead, st.alerts)
+    log.info("worker done: %d consumed, %d stored, %d dead, %d alerts; outages waited out: "
+             "%d postgres, %d kafka retries", st.consumed, st.stored, st.dead, st.alerts,
+             st.outage_retries["postgres"], st.outage_retries["kafka"])
 
 
 @app.command()

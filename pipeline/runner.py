@@ -275,6 +275,7 @@ class KafkaWorker:
         self._commit_error: KafkaError | None = None
         self._membership_warned = False
         self._lost = False
+        self._epoch = 0  # revocations so far (a batch staged before one is not written after it)
         self._next: dict[int, int] = {}  # input partition -> next offset processed
         self._checkpointed = time.monotonic()
         # partitions owned here that have a checkpoint in PostgreSQL (restored or written)
@@ -333,6 +334,7 @@ class KafkaWorker:
 
     def _on_revoke(self, consumer, parts) -> None:
         log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in parts])
+        self._epoch += 1
         gone = {(p.topic, p.partition) for p in parts}
         # records polled while paused that belong to revoked partitions: their next owner reads
         # them; it also decides what is committed there
@@ -380,13 +382,13 @@ class KafkaWorker:
 
     def run(self, idle_exit_s: float | None = None) -> Stats:
         """Consume until :meth:`stop` (or SIGTERM), or after ``idle_exit_s`` without input."""
-        self._start_health_server()
-        self._await_models()
-        self.consumer.subscribe(self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
-        idle_since = time.monotonic()
-        log.info("worker %s group=%s inputs=%s", ",".join(self.chain), self.group, self.inputs)
         try:
+            self._start_health_server()
+            self._await_models()
+            self.consumer.subscribe(self.inputs, on_assign=self._on_assign,
+                                    on_revoke=self._on_revoke, on_lost=self._on_lost)
+            idle_since = time.monotonic()
+            log.info("worker %s group=%s inputs=%s", ",".join(self.chain), self.group, self.inputs)
             if self.sink is not None:
                 self._publish_outbox()  # alert events a previous run stored but did not publish
             while not self._stop.is_set():
@@ -677,6 +679,7 @@ class KafkaWorker:
         """
         s, chain = self.s, self.chain
         self._refresh()
+        epoch = self._epoch
         dead: list[DeadLetter] = []
         alerts_in: list[dict] = []
         windows: WindowRows | None = None
@@ -710,6 +713,13 @@ class KafkaWorker:
             kq.produce_all(self.producer, s.topic_alert, [kq.encode_alert(a) for a in alerts],
                            [f"{a['tenant_id']}|{a['host']}" for a in alerts])
         self.finish()
+        if self.stateful and self._epoch != epoch:
+            # partitions were revoked (and maybe restored from their checkpoints) while finish()
+            # waited out an outage: this batch was detected on the state from before, so it is
+            # dropped unwritten and uncommitted; its records are read again from the checkpoints
+            log.info("a rebalance while waiting out an outage: %d records are read again from "
+                     "the checkpoints", len(msgs))
+            return
         st = self.stats
         st.batches += 1
         st.consumed += len(msgs)
