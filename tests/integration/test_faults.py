@@ -28,6 +28,7 @@ import signal
 import time
 import uuid
 
+import orjson
 import pytest
 
 from pipeline import db
@@ -332,3 +333,74 @@ def test_api_answers_503_while_postgres_restarts_and_serves_again_without_a_rest
     with open(os.path.join(OUTPUT, "faults_api.json"), "w") as f:
         json.dump(measured, f, indent=2)
     print("api outage:", json.dumps(measured))
+
+
+def test_adminshutdown_in_mark_published_or_the_sink_does_not_end_the_worker(settings, tenant,
+                                                                              start_worker):
+    """Issue 8: `AdminShutdown` in `mark_published` ended the worker. Here a trigger terminates
+    the session that marks this tenant's first alert events published (exactly where the issue
+    saw it), and the worker's backends are also terminated between batches (the sink write's
+    turn); the worker reconnects, retries the same step, and nothing is lost, doubled or left
+    unpublished."""
+    seq, fn = f"fault_{tenant}", f"fault_{tenant}_fn"
+    with db.connect(settings, autocommit=True) as c:
+        c.execute(f"CREATE SEQUENCE {seq}")  # not rolled back with the killed transaction
+        c.execute(f"""CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NEW.published_at IS NOT NULL AND OLD.published_at IS NULL
+                 AND nextval('{seq}') <= 3 THEN
+                PERFORM pg_terminate_backend(pg_backend_pid());
+              END IF;
+              RETURN NEW;
+            END $$""")
+        c.execute(f"CREATE TRIGGER {fn} BEFORE UPDATE ON alert_events FOR EACH ROW"
+                  f" WHEN (NEW.tenant_id = '{tenant}') EXECUTE FUNCTION {fn}()")
+    try:
+        p = kq.producer(settings)
+        w = start_worker(CHAIN)
+        worker = w.worker
+        killed: set[int] = set()
+        sent = 0
+        for tick in range(40):  # cpu_load over the critical threshold every 4th tick: alerts
+            raws = [_event(tenant, h, tick, 95.0 if tick % 4 == 1 else 40.0) for h in range(3)]
+            kq.produce_all(p, settings.topic_raw, [r for _, r in raws],
+                           [f"{tenant}|host-{h}" for h in range(3)])
+            kq.flush(p)
+            sent += len(raws)
+            if tick % 8 == 4:  # between batches: the next sink write finds its connection dead
+                wait_for(lambda s=sent: _rows(settings, tenant)[0] >= s, 30, interval=0.2,
+                         what="the worker caught up")
+                pids = [c.info.backend_pid for c in (worker.conn, worker.sink.conn) if not c.closed]
+                killed.update(pids)
+                with db.connect(settings, autocommit=True) as c:
+                    c.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+        wait_for(lambda: _rows(settings, tenant)[0] >= sent, 60, interval=0.3, what="every event stored")
+        wait_for(lambda: group_lag(settings, CHAIN) == 0, 60, what="offsets committed")
+        wait_for(lambda: _unpublished(settings, tenant) == 0, 30, what="every alert event published")
+        assert w.thread.is_alive() and w.error is None
+        assert _rows(settings, tenant) == (sent, sent)
+        assert worker.sink.conn.info.backend_pid not in killed  # it reconnected
+        with db.connect(settings, autocommit=True) as c:
+            kills = c.execute(f"SELECT last_value FROM {seq}").fetchone()[0]
+            events = c.execute("SELECT count(*) FROM alert_events WHERE tenant_id = %s",
+                               (tenant,)).fetchone()[0]
+        assert kills >= 4, "mark_published was not interrupted 3 times"
+        assert events > 0
+    finally:
+        with db.connect(settings, autocommit=True) as c:
+            c.execute(f"DROP TRIGGER IF EXISTS {fn} ON alert_events")
+            c.execute(f"DROP FUNCTION IF EXISTS {fn}()")
+            c.execute(f"DROP SEQUENCE IF EXISTS {seq}")
+
+
+def _event(tenant: str, h: int, tick: int, value: float) -> tuple[str, bytes]:
+    eid = f"{tenant}-h{h}-{tick}"
+    return eid, orjson.dumps({"event_id": eid, "tenant_id": tenant, "host": f"host-{h}",
+                              "metric": "cpu_load", "value": value, "ts_event": time.time() - 120 + tick,
+                              "unit": "percent"})
+
+
+def _unpublished(s, tenant: str) -> int:
+    with db.connect(s, autocommit=True) as c:
+        return c.execute("SELECT count(*) FROM alert_events WHERE tenant_id = %s AND"
+                         " published_at IS NULL", (tenant,)).fetchone()[0]
