@@ -7,7 +7,7 @@ bytes an agent would put in a Kafka record (or a ``POST /ingest`` body). An entr
   the six characters, which a JSON decoder turns into NUL);
 * ``"b64"``: arbitrary bytes, base64 (invalid UTF-8, BOMs, raw control bytes);
 * ``"gen"``: a generator of :data:`GENERATORS` for inputs too big to keep in the file, with its
-  arguments (``size``, ``count``, ``depth``, ``length``) beside it.
+  arguments (``size``, ``fill``, ``count``, ``depth``, ``length``) beside it.
 
 Placeholders in text and in generated events: ``{tenant}`` (the tenant under test), ``{now}``
 (RFC 3339 UTC), ``{now_s}`` / ``{now_ms}`` (epoch seconds / milliseconds), ``{now_plus_1y}``.
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import base64
 import json
+import random
+import string
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 CORPUS = Path(__file__).parent / "data" / "poison" / "corpus.json"
+_LETTERS = string.ascii_letters.encode()
 
 
 class PoisonCase(NamedTuple):
@@ -56,10 +59,14 @@ def _dump(ev: dict) -> bytes:
     return json.dumps(ev, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _padded(subs: dict[str, str], size: int, **_: object) -> bytes:
-    """A valid event padded, in a field the pipeline ignores, to exactly ``size`` bytes."""
+def _padded(subs: dict[str, str], size: int, fill: str = "x", **_: object) -> bytes:
+    """A valid event padded, in a field the pipeline ignores, to exactly ``size`` bytes;
+    ``fill="random"`` pads with seeded random letters (compression does not shrink them, so
+    the record really is that large on the broker)."""
     head = _dump(_event(subs, pad=""))
-    out = head[:-2] + b"x" * (size - len(head)) + head[-2:]
+    n = size - len(head)
+    pad = b"x" * n if fill == "x" else bytes(random.Random(size).choices(_LETTERS, k=n))
+    out = head[:-2] + pad + head[-2:]
     assert len(out) == size
     return out
 
