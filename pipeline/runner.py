@@ -116,13 +116,22 @@ def kafka_transient(err: KafkaError | None) -> bool:
 def pg_unavailable(e: BaseException) -> bool:
     """PostgreSQL is down, restarting or the connection broke: the operation can be retried.
 
-    ``OperationalError`` covers the server going away (``AdminShutdown``, connection refused
-    or reset), ``CannotConnectNow`` during start-up, and transaction rollbacks; a closed
-    connection raises ``InterfaceError``. Data and integrity errors are not outages.
+    The client losing or not getting a connection (no SQLSTATE; a closed connection raises
+    ``InterfaceError``), class 08 (connection exception), 57P01-57P03 (``AdminShutdown``,
+    crash shutdown, ``CannotConnectNow`` during start-up), 57014 (cancelled by an operator),
+    class 53 (disk full, out of memory, too many connections) and class 40 (serialization
+    failure, deadlock). Not data, integrity or program-limit errors (class 54, e.g. an index
+    row too large): those would fail the same way forever and are raised.
     """
     if isinstance(e, ServiceError) and isinstance(e.__cause__, psycopg.OperationalError):
         return True  # db.connect could not reach the server
-    return isinstance(e, psycopg.OperationalError | psycopg.InterfaceError)
+    if isinstance(e, psycopg.InterfaceError):
+        return True
+    if not isinstance(e, psycopg.OperationalError):
+        return False
+    code = getattr(e, "sqlstate", None)
+    return (code is None or code[:2] in ("08", "53", "40")
+            or code in ("57P01", "57P02", "57P03", "57014"))
 
 
 def _describe(e: BaseException) -> str:

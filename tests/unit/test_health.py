@@ -101,6 +101,11 @@ def test_postgres_errors_that_are_outages_and_those_that_are_not():
     assert not pg_unavailable(ServiceError("Kafka delivery failed"))
     assert not pg_unavailable(psycopg.errors.UniqueViolation("duplicate key"))
     assert not pg_unavailable(psycopg.errors.InvalidTextRepresentation("bad input"))
+    assert pg_unavailable(psycopg.errors.DiskFull("no space left"))
+    assert pg_unavailable(psycopg.errors.DeadlockDetected("deadlock"))
+    assert pg_unavailable(psycopg.errors.CannotConnectNow("starting up"))
+    # same input, same failure: not waited out forever
+    assert not pg_unavailable(psycopg.errors.ProgramLimitExceeded("index row size exceeds"))
     assert not pg_unavailable(ValueError("a bug"))
 
 
