@@ -407,6 +407,8 @@ class KafkaWorker:
                 if self._commit_error is not None:
                     raise KafkaException(self._commit_error)
                 self._retry_commits()
+                if self._paused:  # (no step waits any more: a rebalance may have re-paused)
+                    self._resume()
                 if self._held:  # polled during an outage wait: first in line
                     msgs, self._held = self._held, []
                 else:
@@ -654,6 +656,7 @@ class KafkaWorker:
         if self._kafka_fatal is not None:
             raise KafkaException(self._kafka_fatal)
         self.errors.check()
+        self._resume()
 
     def _kafka_recovered(self) -> None:
         if self._lost:  # over only once the group assigns partitions again (_on_assign)
