@@ -213,9 +213,10 @@ def test_worker_rides_out_outages_kills_and_poison_and_loses_nothing(services, t
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0, logs()
     finally:
-        ready.stop()
-        if worker.poll() is None:
+        if worker.poll() is None:  # first: nothing below may leave a worker running
             worker.kill()
+            worker.wait(10)
+        ready.stop()
         if producer.is_alive():
             try:
                 producer.stop(timeout=10)
