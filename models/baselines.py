@@ -229,6 +229,9 @@ class SeasonalProfile(VectorDetector):
     def expected_many(self, X):
         s = np.asarray(X["series"], np.int64)
         b, known = self._bucket(X), self._known(s)
+        # a (series, bucket) never learned has no expectation, whether or not its row exists:
+        # rows are allocated when a higher series code learns, so that depends on batching
+        known[known] = self.n[s[known], b[known]] > 0
         m, v = np.full(s.size, np.nan), np.full(s.size, np.nan)
         m[known], v[known] = self.m[s[known], b[known]], self.v[s[known], b[known]]
         return m, np.sqrt(v)

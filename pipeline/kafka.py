@@ -2,7 +2,9 @@
 
 Stages never import this module; runners do. Settings that bite with librdkafka defaults are
 set explicitly: idempotent producer, ``auto.offset.reset=earliest``, no auto-commit (offsets
-are committed by the runner only after the database commit), short session timeout.
+are committed by the runner only after the database commit), short session timeout, and
+reconnect attempts at most 1 s apart (librdkafka's default backoff grows to 10 s, which delays
+the first batch after a broker restart by as much).
 """
 
 from __future__ import annotations
@@ -178,6 +180,7 @@ def producer_config(s: Settings, **overrides: object) -> dict:
         # the dead letter of the largest accepted input must be producible (issue 8): the DLQ's
         # limit; the broker still holds every other topic to TOPIC_MAX_MESSAGE_BYTES
         "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
+        "reconnect.backoff.max.ms": 1000,
         **overrides,
     }
 
@@ -194,6 +197,7 @@ def consumer(s: Settings, group: str, **overrides: object) -> Consumer:
         "fetch.max.bytes": 52_428_800,
         "max.partition.fetch.bytes": 10_485_760,
         "partition.assignment.strategy": "cooperative-sticky",
+        "reconnect.backoff.max.ms": 1000,
         **overrides,
     }
     return Consumer(conf)

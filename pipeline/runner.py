@@ -8,6 +8,20 @@
   event ids make the replay write nothing twice.
 * :class:`EmbeddedPipeline` — all stages in one process, fed in memory (demo, backtests, tests);
   dead letters go to the ``dead_letters`` table and alerts to an in-process :class:`Bus`.
+
+Outages (PostgreSQL or Kafka unavailable) never end a :class:`KafkaWorker`. The step that
+failed — the sink's write of the batch, ``mark_published``, a checkpoint save, the outbox, the
+checkpoint restore of a rebalance, a flush, an offset commit — is retried with exponential
+backoff and jitter (:class:`pipeline.health.Backoff`, each wait capped at
+``EVENTOPS_RETRY_BACKOFF_MAX_S``) on a fresh connection, with the same batch (its writes are
+idempotent), for as long as the service is away (``EVENTOPS_OUTAGE_GIVE_UP_S``, default 0 =
+never give up). Meanwhile the assigned partitions are *paused* and the consumer keeps polling,
+so the worker stays in its group (heartbeats, ``max.poll.interval.ms``) without fetching more
+input; produced records stay queued in the producer (``message.timeout.ms=0``), never dropped.
+When the step succeeds consumption resumes where it stopped: nothing is skipped, nothing is
+written twice. A failed tenants/inventory refresh keeps the reference data already loaded.
+The worker's readiness (``starting`` / ``ok`` / ``degraded`` with the reason) is in
+:class:`pipeline.health.Health`, served on ``EVENTOPS_WORKER_HEALTH_PORT``.
 """
 
 from __future__ import annotations
@@ -22,12 +36,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
+import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from models.rules import RuleSet, RulesFile
 from pipeline import db
 from pipeline import kafka as kq
 from pipeline.batch import DeadLetter, MetricBatch
+from pipeline.errors import ServiceError
+from pipeline.health import Backoff, Health, HealthServer
 from pipeline.registry import CHALLENGER, CHAMPION
 from pipeline.settings import Settings
 from pipeline.stages.anomaly import (
@@ -79,6 +96,67 @@ _MEMBERSHIP_LOST = frozenset({
 })
 
 
+# errors that mean "the broker or the group coordinator is away for now": waited out
+_KAFKA_TRANSIENT = frozenset({
+    KafkaError._WAIT_COORD, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._TIMED_OUT, KafkaError._RESOLVE, KafkaError._MSG_TIMED_OUT, KafkaError._WAIT_CACHE,
+    KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NETWORK_EXCEPTION, KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+})
+
+
+def kafka_transient(err: KafkaError | None) -> bool:
+    """A Kafka error worth waiting out (broker or coordinator away), not a bug or a refusal."""
+    return err is not None and not err.fatal() and (err.code() in _KAFKA_TRANSIENT or err.retriable())
+
+
+def pg_unavailable(e: BaseException) -> bool:
+    """PostgreSQL is down, restarting or the connection broke: the operation can be retried.
+
+    The client losing or not getting a connection (no SQLSTATE; a closed connection raises
+    ``InterfaceError``), class 08 (connection exception), 57P01-57P03 (``AdminShutdown``,
+    crash shutdown, ``CannotConnectNow`` during start-up), 57014 (cancelled by an operator),
+    class 53 (disk full, out of memory, too many connections) and class 40 (serialization
+    failure, deadlock). Not data, integrity or program-limit errors (class 54, e.g. an index
+    row too large): those would fail the same way forever and are raised.
+    """
+    if isinstance(e, ServiceError) and isinstance(e.__cause__, psycopg.OperationalError):
+        return True  # db.connect could not reach the server
+    if isinstance(e, psycopg.InterfaceError):
+        return True
+    if not isinstance(e, psycopg.OperationalError):
+        return False
+    code = getattr(e, "sqlstate", None)
+    return (code is None or code[:2] in ("08", "53", "40")
+            or code in ("57P01", "57P02", "57P03", "57014"))
+
+
+def _describe(e: BaseException) -> str:
+    cause = e.__cause__ if isinstance(e, ServiceError) and e.__cause__ else e
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"[:300]
+
+
+class _Stopped(Exception):
+    """Raised out of an outage wait when the worker is asked to stop; nothing is committed."""
+
+
+class _ClientLogFilter(logging.Filter):
+    """Drops librdkafka's per-attempt connection chatter (``FAIL``/``ERROR`` lines: "Connect
+    to … failed", "1/1 brokers are down"); the worker logs one line when Kafka goes away and
+    one when it is back. Shown again with ``EVENTOPS_LOG_LEVEL=DEBUG``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fac = record.args[0] if isinstance(record.args, tuple) and record.args else ""
+        return fac not in ("FAIL", "ERROR") or logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_client_log = logging.getLogger("pipeline.kafka.client")
+_client_log.addFilter(_ClientLogFilter())
+
+
 @dataclass
 class Stats:
     batches: int = 0
@@ -87,6 +165,8 @@ class Stats:
     dead: int = 0
     alerts: int = 0
     commit_failures: int = 0
+    #: failed attempts waited out, per service ("postgres", "kafka")
+    outage_retries: dict = field(default_factory=lambda: {"postgres": 0, "kafka": 0})
     started: float = field(default_factory=time.monotonic)
 
 
@@ -121,10 +201,16 @@ class _Stages:
         if not force and now - self._refreshed < self.s.inventory_refresh_s:
             return
         self._refreshed = now
+        # a failure below (database away) keeps the reference data loaded before; the worker
+        # sets the next attempt with retry_in()
         if "normalize" in self.chain:
             self.normalizer = Normalizer(normalize_config(self.s, db.load_tenants(self.conn)))
         if "enrich" in self.chain:
             self.enricher.update(db.load_inventory(self.conn))
+
+    def retry_in(self, seconds: float) -> None:
+        """Attempt the next reference-data refresh in ``seconds`` instead of a full period."""
+        self._refreshed = time.monotonic() - self.s.inventory_refresh_s + seconds
 
 
 class KafkaWorker:
@@ -158,20 +244,47 @@ class KafkaWorker:
             if shadow is None and self.watcher is not None:
                 self.shadow_watcher = start_watcher(s, CHALLENGER)
                 shadow = self.shadow_watcher.current if self.shadow_watcher else None
+        self.health = Health()
+        self._health_server: HealthServer | None = None
+        # a worker that cannot reach PostgreSQL when it starts fails at once (wrong address or
+        # credentials are likelier than an outage); once running it waits outages out
         self.conn = db.connect(s)  # reference data (tenants, inventory, open alerts)
         self.sink = db.Sink(db.connect(s)) if "sink" in self.chain else None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sink")
         self._pending: tuple | None = None
         self.stages = _Stages(s, self.chain, self.conn, model=model, shadow=shadow)
         self.errors = kq.DeliveryErrors()
-        self.producer = kq.producer(s, on_delivery=self.errors)
+        self._kafka_fatal: KafkaError | None = None
+        # records wait in the producer for as long as the broker is away (never dropped)
+        self.producer = kq.producer(s, on_delivery=self.errors, error_cb=self._on_producer_error,
+                                    logger=_client_log, **{"message.timeout.ms": 0})
         # detect keeps state per input partition and restores it on assignment from its
         # checkpoint (seeking to the checkpoint's offset): that needs eager assignment
         self.stateful = "detect" in self.chain
         self.consumer = kq.consumer(
-            s, self.group, **({"partition.assignment.strategy": "range"} if self.stateful else {})
+            s, self.group, error_cb=self._on_consumer_error, logger=_client_log,
+            on_commit=self._on_commit,
+            **({"partition.assignment.strategy": "range"} if self.stateful else {}),
         )
         self._stop = threading.Event()
+        # outage handling: partitions paused while a step is retried, messages a poll returned
+        # meanwhile (processed first once resumed), re-entry guards for rebalance callbacks
+        self._paused = False
+        self._held: list[Message] = []
+        self._finishing = False
+        self._in_callback = False
+        self._ref_backoff = Backoff(s.retry_backoff_s, s.retry_backoff_max_s)
+        self._ref_stale = False
+        self._kafka_probe_at = 0.0
+        self._kafka_backoff = Backoff(s.retry_backoff_s, s.retry_backoff_max_s)
+        self._outbox_due = False
+        # (topic, partition) -> (newest offset to commit, when it was sent), until committed
+        self._commit_want: dict[tuple[str, int], tuple[int, float]] = {}
+        self._commit_retry_at = 0.0
+        self._commit_error: KafkaError | None = None
+        self._membership_warned = False
+        self._lost = False
+        self._epoch = 0  # revocations so far (a batch staged before one is not written after it)
         self._next: dict[int, int] = {}  # input partition -> next offset processed
         self._checkpointed = time.monotonic()
         # partitions owned here that have a checkpoint in PostgreSQL (restored or written)
@@ -191,9 +304,25 @@ class KafkaWorker:
 
     def _on_assign(self, consumer, parts) -> None:
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in parts])
+        self._membership_warned = False
+        self._in_callback = True
+        try:
+            self._assign(consumer, parts)
+        finally:
+            self._in_callback = False
+        self.health.set_ready()
+        if self._lost:
+            self._lost = False
+            self._kafka_recovered()
+
+    def _assign(self, consumer, parts) -> None:
         if not self.stateful:
             return
-        cps = db.load_checkpoints(self.conn, self.group, self.inputs[0])
+        # the checkpoints are needed before the first record: during a PostgreSQL outage this
+        # waits (inside the callback, so without polling; librdkafka keeps the heartbeats going)
+        cps = self._retry_pg("checkpoint restore",
+                             lambda: db.load_checkpoints(self.conn, self.group, self.inputs[0]),
+                             self._reconnect_ref, pause=False)
         open_alerts = None
         self._restored = {}
         for tp in parts:
@@ -208,7 +337,9 @@ class KafkaWorker:
                 # no checkpoint yet: re-arm the open threshold alerts so they are not opened twice
                 # (alerts of series on other partitions never see an event here and stay inert)
                 if open_alerts is None:
-                    open_alerts = [a for a in db.load_open_alerts(self.conn) if a["rule"] != ANOMALY_RULE]
+                    loaded = self._retry_pg("open alerts", lambda: db.load_open_alerts(self.conn),
+                                            self._reconnect_ref, pause=False)
+                    open_alerts = [a for a in loaded if a["rule"] != ANOMALY_RULE]
                 self.stages.detect.partition(tp.partition).rule_alerts.restore(open_alerts)
         # the restored blobs are the base to rewind to (the others are snapshotted)
         mine = {tp.partition for tp in parts}
@@ -218,11 +349,24 @@ class KafkaWorker:
 
     def _on_revoke(self, consumer, parts) -> None:
         log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in parts])
+        self._epoch += 1
+        gone = {(p.topic, p.partition) for p in parts}
+        # records polled while paused that belong to revoked partitions: their next owner reads
+        # them; it also decides what is committed there
+        self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
         if self.stateful:
+            self._in_callback = True
             try:
-                self.finish()
+                self.finish()  # (a no-op when it is the outer finish() that is waiting out an outage)
+            except _Stopped:
+                raise
             except Exception:  # the next owner replays from the last checkpoint
                 log.exception("could not finish the in-flight batch on revoke")
+            finally:
+                self._in_callback = False
+        for key in gone:
+            self._commit_want.pop(key, None)
+        if self.stateful:
             for tp in parts:
                 self.stages.detect.drop(tp.partition)
                 self._next.pop(tp.partition, None)
@@ -230,17 +374,52 @@ class KafkaWorker:
                 self._restored.pop(tp.partition, None)
             self._history.rebase(self.stages.detect)
 
+    def _on_lost(self, consumer, parts) -> None:
+        """The assignment was lost: no answer from the group coordinator for the session
+        timeout (the broker is away or restarting, or this worker stalled). Until the group
+        assigns partitions again the worker is degraded; then it resumes from the checkpoints."""
+        self._lost = True
+        self.health.degraded("kafka", "group membership lost (no answer from the coordinator); "
+                             "rejoining", "waiting to be assigned partitions again")
+        self._on_revoke(consumer, parts)
+
+    def _on_consumer_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback of the consumer (served by consume on this thread)."""
+        if err.fatal():
+            self._kafka_fatal = self._kafka_fatal or err
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.health.degraded("kafka", f"no broker reachable at {self.s.kafka_bootstrap}",
+                                 "waiting for it")
+
+    def _on_producer_error(self, err: KafkaError) -> None:
+        """The producer's: only fatal errors count (a stalled flush reports the outage)."""
+        if err.fatal():
+            self._kafka_fatal = self._kafka_fatal or err
+
     def run(self, idle_exit_s: float | None = None) -> Stats:
         """Consume until :meth:`stop` (or SIGTERM), or after ``idle_exit_s`` without input."""
-        self._await_models()
-        self.consumer.subscribe(self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke)
-        if self.sink is not None:
-            self._publish_outbox()  # alert events a previous run stored but did not publish
-        idle_since = time.monotonic()
-        log.info("worker %s group=%s inputs=%s", ",".join(self.chain), self.group, self.inputs)
         try:
+            self._start_health_server()
+            self._await_models()
+            self.consumer.subscribe(self.inputs, on_assign=self._on_assign,
+                                    on_revoke=self._on_revoke, on_lost=self._on_lost)
+            idle_since = time.monotonic()
+            log.info("worker %s group=%s inputs=%s", ",".join(self.chain), self.group, self.inputs)
+            if self.sink is not None:
+                self._publish_outbox()  # alert events a previous run stored but did not publish
             while not self._stop.is_set():
-                msgs = self.consumer.consume(self.s.batch_max_events, self.s.batch_max_wait_ms / 1000)
+                self.health.beat()
+                if self._kafka_fatal is not None:
+                    raise KafkaException(self._kafka_fatal)
+                if self._commit_error is not None:
+                    raise KafkaException(self._commit_error)
+                self._retry_commits()
+                if self._paused:  # (no step waits any more: a rebalance may have re-paused)
+                    self._resume()
+                if self._held:  # polled during an outage wait: first in line
+                    msgs, self._held = self._held, []
+                else:
+                    msgs = self.consumer.consume(self.s.batch_max_events, self.s.batch_max_wait_ms / 1000)
                 good = []
                 for m in msgs:
                     err = m.error()
@@ -249,20 +428,38 @@ class KafkaWorker:
                     elif err.code() != KafkaError._PARTITION_EOF:
                         if err.fatal():
                             raise KafkaException(err)
-                        log.warning("consumer error: %s", err)
+                        if kafka_transient(err):
+                            self.health.degraded("kafka", err.str(), "waiting for it")
+                        else:
+                            log.warning("consumer error: %s", err)
                 if not good:
                     self.finish()
-                    if self._restored:
+                    if self.health.is_degraded("kafka"):
+                        self._probe_kafka()
+                    elif self._restored:
                         self._commit_restored()
-                    self.stages.refresh()
+                    self._refresh()
                     if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
                     continue
                 idle_since = time.monotonic()
                 self.process(good)
+        except _Stopped:
+            log.warning("stopped while waiting out an outage: the batch in flight was not committed "
+                        "and is replayed at the next start")
         finally:
             self.close()
         return self.stats
+
+    def _start_health_server(self) -> None:
+        port = self.s.worker_health_port
+        if port and self._health_server is None:
+            try:
+                self._health_server = HealthServer(self.health, self.s.worker_health_host, port).start()
+            except OSError as e:
+                raise ServiceError(
+                    f"worker health port {self.s.worker_health_host}:{port} is not available ({e.strerror}); "
+                    "set EVENTOPS_WORKER_HEALTH_PORT to a free port or 0 to turn it off") from e
 
     def _await_models(self) -> None:
         """Wait (bounded) for the registry's first answer before consuming.
@@ -276,6 +473,7 @@ class KafkaWorker:
                 continue
             t0 = time.monotonic()
             while not w.wait_first(0.2):
+                self.health.beat()
                 if self._stop.is_set():
                     return
                 if time.monotonic() - t0 > self.s.champion_startup_wait_s:
@@ -288,7 +486,10 @@ class KafkaWorker:
     def close(self) -> None:
         try:
             if self._pending is not None and not self._pending[1].exception():
-                self.finish()
+                try:
+                    self.finish()
+                except _Stopped:  # stopping during an outage: the batch is replayed at next start
+                    pass
             self.producer.flush(10)
             self.consumer.close()
         finally:
@@ -296,9 +497,197 @@ class KafkaWorker:
             for w in (self.watcher, self.shadow_watcher):
                 if w is not None:
                     w.stop()
+            for c in (self.conn, self.sink.conn if self.sink is not None else None):
+                if c is not None:
+                    try:
+                        c.close()
+                    except Exception:  # noqa: BLE001 - already broken by an outage
+                        pass
+            if self._health_server is not None:
+                self._health_server.stop()
+                self._health_server = None
+
+    # -- outages -----------------------------------------------------------------------------
+    def _backoff(self) -> Backoff:
+        return Backoff(self.s.retry_backoff_s, self.s.retry_backoff_max_s)
+
+    def _pause(self) -> None:
+        """Stop fetching: the assigned partitions are paused, the consumer is still polled."""
+        parts = self.consumer.assignment()
+        if parts:
+            self.consumer.pause(parts)
+        self._paused = True
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            parts = self.consumer.assignment()
+            if parts:
+                self.consumer.resume(parts)
+
+    def _wait(self, seconds: float) -> None:
+        """Wait out part of an outage while staying a member of the consumer group.
+
+        The consumer keeps being polled (heartbeats, ``max.poll.interval.ms``, rebalance
+        callbacks) with its partitions paused; a rebalance may assign new partitions, which are
+        paused on the next turn. Paused partitions deliver nothing, but should a poll return
+        records anyway they are held and processed first, in order, once the outage is over.
+        Inside a rebalance callback the consumer must not be polled: there it only sleeps.
+        """
+        deadline = time.monotonic() + seconds
+        while True:
+            self.health.beat()
+            if self._stop.is_set():
+                raise _Stopped()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._in_callback:
+                self._stop.wait(min(left, 0.5))
+                continue
+            if self._paused:
+                self._pause()
+            for m in self.consumer.consume(self.s.batch_max_events, min(left, 0.5)):
+                if m.error() is None:
+                    self._held.append(m)
+
+    def _give_up(self, service: str) -> None:
+        limit = self.s.outage_give_up_s
+        if limit > 0 and self.health.degraded_for(service) > limit:
+            raise ServiceError(f"{service} unavailable for more than {limit:.0f} s; giving up "
+                               "(EVENTOPS_OUTAGE_GIVE_UP_S, 0 = wait for as long as it takes)")
+
+    def _retry_pg(self, what: str, op: Callable[[], object], reconnect: Callable[[], None],
+                  pause: bool = True, failed: BaseException | None = None):
+        """Run ``op`` until PostgreSQL accepts it; reconnect (``reconnect``) after each failure.
+
+        The first failure reconnects and retries at once without reporting anything: after a
+        server restart every pooled connection fails once. A second failure marks the worker
+        degraded and pauses consumption (``pause``), then retries with backoff. ``failed`` is
+        the error of an attempt made elsewhere (the sink's writer thread).
+        """
+        backoff = self._backoff()
+        err, attempts = failed, 0 if failed is None else 1
+        while True:
+            if err is not None:
+                if attempts > 1:
+                    self.stats.outage_retries["postgres"] += 1
+                    self.health.degraded("postgres", f"{what}: {_describe(err)}",
+                                         "consumption paused, retrying" if pause else "retrying")
+                    self._give_up("postgres")
+                    if pause:
+                        self._pause()
+                    self._wait(backoff.next())
+                try:
+                    reconnect()
+                except Exception as e:
+                    if not pg_unavailable(e):
+                        raise
+                    err, attempts = e, attempts + 1
+                    continue
+            try:
+                out = op()
+            except Exception as e:
+                if not pg_unavailable(e):
+                    raise
+                err, attempts = e, attempts + 1
+                continue
+            if self.health.recovered("postgres", "consumption resumed" if self._paused else ""):
+                self._outbox_due = self.sink is not None
+            if pause:
+                self._resume()
+            return out
+
+    def _reconnect_ref(self) -> None:
+        try:
             self.conn.close()
-            if self.sink is not None:
-                self.sink.conn.close()
+        except Exception:  # noqa: BLE001 - already broken
+            pass
+        self.conn = db.connect(self.s)
+        self.stages.conn = self.conn
+
+    def _reconnect_sink(self) -> None:
+        try:
+            self.sink.conn.close()
+        except Exception:  # noqa: BLE001 - already broken
+            pass
+        self.sink = db.Sink(db.connect(self.s))
+
+    def _refresh(self) -> None:
+        """Periodic tenants/inventory/rules refresh; a database outage keeps the loaded data.
+
+        A failure reconnects and tries once more at once (the connection may just be a stale
+        one from before a server restart) before it counts as an outage.
+        """
+        try:
+            try:
+                if self._ref_stale:
+                    self._reconnect_ref()
+                self.stages.refresh()
+            except Exception as e:
+                if not pg_unavailable(e) or self._ref_stale:
+                    raise
+                self._reconnect_ref()
+                self.stages.refresh(force=True)
+        except Exception as e:
+            if not pg_unavailable(e):
+                raise
+            self._ref_stale = True
+            self.stats.outage_retries["postgres"] += 1
+            self.health.degraded("postgres", f"reference data refresh: {_describe(e)}",
+                                 "keeping the tenants and inventory loaded before")
+            self.stages.retry_in(self._ref_backoff.next())
+            return
+        if self._ref_stale:
+            self._ref_stale = False
+            self._ref_backoff.reset()
+            self.health.recovered("postgres", "reference data reloaded")
+
+    def _flush(self) -> None:
+        """Deliver everything produced; waits out a Kafka outage (the records stay queued).
+
+        Not the end of the outage yet: the offset commit that follows is (:meth:`_commit`).
+        """
+        backoff = self._backoff()
+        left = self.producer.flush(self.s.retry_backoff_max_s)
+        while left:
+            if self._kafka_fatal is not None:
+                raise KafkaException(self._kafka_fatal)
+            self.stats.outage_retries["kafka"] += 1
+            self.health.degraded("kafka", f"{left} produced records not delivered yet",
+                                 "consumption paused, the records stay queued")
+            self._give_up("kafka")
+            self._pause()
+            self._wait(0.05)
+            left = self.producer.flush(backoff.next())
+        if self._kafka_fatal is not None:
+            raise KafkaException(self._kafka_fatal)
+        self.errors.check()
+        self._resume()
+
+    def _kafka_recovered(self) -> None:
+        if self._lost:  # over only once the group assigns partitions again (_on_assign)
+            return
+        if self.health.recovered("kafka", "consumption resumed" if self._paused else ""):
+            self._kafka_backoff.reset()
+        self._resume()
+
+    def _probe_kafka(self) -> None:
+        """While Kafka is marked away and the worker idles: is the group coordinator back?"""
+        now = time.monotonic()
+        if now < self._kafka_probe_at or self._lost:  # (a lost assignment ends with the next one)
+            return
+        self._kafka_probe_at = now + self._kafka_backoff.next()
+        try:
+            tps = self.consumer.assignment() or [TopicPartition(self.inputs[0], 0)]
+            self.consumer.committed(tps[:1], timeout=1.0)
+        except KafkaException as e:
+            err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+            if not kafka_transient(err):
+                raise
+            self.stats.outage_retries["kafka"] += 1
+            return
+        self._kafka_recovered()
 
     # -- one micro-batch ---------------------------------------------------------------------
     def process(self, msgs: list[Message]) -> None:
@@ -308,7 +697,8 @@ class KafkaWorker:
         this one is handed to the writer thread, so commits stay in consumption order.
         """
         s, chain = self.s, self.chain
-        self.stages.refresh()
+        self._refresh()
+        epoch = self._epoch
         # a stage raising on the batch costs only the records that make it raise (stage_error)
         out = run_isolated(self._run_stages, msgs, _message_letter,
                            self.stages.detect if self.stateful else None, self._history)
@@ -326,6 +716,13 @@ class KafkaWorker:
             kq.produce_all(self.producer, s.topic_alert, [kq.encode_alert(a) for a in alerts],
                            [f"{a['tenant_id']}|{a['host']}" for a in alerts])
         self.finish()
+        if self.stateful and self._epoch != epoch:
+            # partitions were revoked (and maybe restored from their checkpoints) while finish()
+            # waited out an outage: this batch was detected on the state from before, so it is
+            # dropped unwritten and uncommitted; its records are read again from the checkpoints
+            log.info("a rebalance while waiting out an outage: %d records are read again from "
+                     "the checkpoints", len(msgs))
+            return
         st = self.stats
         st.batches += 1
         st.consumed += len(msgs)
@@ -334,15 +731,19 @@ class KafkaWorker:
         offsets = kq.next_offsets(msgs)
         cps = self._checkpoints(offsets)
         if self.sink is None:
-            kq.flush(self.producer)
-            self.errors.check()
+            self._flush()
             if cps:
-                with self.conn.transaction():
-                    db.save_checkpoints(self.conn, cps)
+                self._retry_pg("checkpoint save", lambda: self._save_checkpoints(cps),
+                               self._reconnect_ref)
             self._commit(offsets)
         else:
-            fut = self._writer.submit(self.sink.write, batch, alerts + alerts_in, windows, cps)
-            self._pending = (offsets, fut, bool(alerts_in))
+            args = (batch, alerts + alerts_in, windows, cps)
+            fut = self._writer.submit(self.sink.write, *args)
+            self._pending = (offsets, fut, bool(alerts_in), args)
+
+    def _save_checkpoints(self, cps: list[db.Checkpoint]) -> None:
+        with self.conn.transaction():
+            db.save_checkpoints(self.conn, cps)
 
     def _run_stages(self, msgs: list[Message]) -> StageOutput:
         """The chain's stages on ``msgs`` (any slice of a micro-batch); raises :class:`StageFailure`."""
@@ -372,11 +773,12 @@ class KafkaWorker:
         if not self.stateful:
             return []
         topic = self.inputs[0]
+        det = self.stages.detect
         for tp in offsets:
-            if tp.topic == topic:
+            # (a partition revoked while finish() waited out an outage has no state here)
+            if tp.topic == topic and tp.partition in det.parts:
                 self._next[tp.partition] = tp.offset
                 self._restored.pop(tp.partition, None)
-        det = self.stages.detect
         now = time.monotonic()
         first = any(p not in self._with_cp for p in self._next if p in det.parts)
         if not first and now - self._checkpointed < self.s.checkpoint_interval_s:
@@ -389,39 +791,120 @@ class KafkaWorker:
         return cps
 
     def finish(self) -> None:
-        """Complete the batch in flight: outputs delivered, rows committed, then offsets."""
-        if self._pending is None:
+        """Complete the batch in flight: outputs delivered, rows committed, then offsets.
+
+        Each step waits out an outage of its service (see the module docstring). Re-entered
+        from a rebalance callback while that wait polls the consumer, it returns at once: the
+        outer call completes the batch.
+        """
+        if self._pending is None or self._finishing:
             return
-        offsets, fut, from_topic = self._pending
-        self._pending = None
-        kq.flush(self.producer)
-        self.errors.check()
-        stored_n, stored_alerts = fut.result()  # a database failure stops the worker here
-        self.stats.stored += stored_n
-        if from_topic:  # they came from the alert topic: already published
-            self.sink.mark_published([a["seq"] for a in stored_alerts])
-        elif stored_alerts:
-            self._publish(stored_alerts)
-        self._commit(offsets)
+        self._finishing = True
+        try:
+            offsets, fut, from_topic, args = self._pending
+            self._pending = None
+            self._flush()
+            try:
+                stored_n, stored_alerts = fut.result()
+            except Exception as e:
+                if not pg_unavailable(e):
+                    raise
+                # the writer thread is idle now (its task failed): the same batch is written
+                # again from here on a new connection (idempotent)
+                stored_n, stored_alerts = self._retry_pg(
+                    "sink write", lambda: self.sink.write(*args), self._reconnect_sink, failed=e)
+            self.stats.stored += stored_n
+            if from_topic:  # they came from the alert topic: already published
+                seqs = [a["seq"] for a in stored_alerts]
+                self._retry_pg("mark published", lambda: self.sink.mark_published(seqs),
+                               self._reconnect_sink)
+            elif stored_alerts:
+                self._publish(stored_alerts)
+            if self._outbox_due:
+                # after an outage: transitions a lost COMMIT reply hid from the retried write
+                # (stored, so not returned again) are still unpublished
+                self._publish_outbox()
+            self._commit(offsets)
+        finally:
+            self._finishing = False
 
     def _commit(self, offsets) -> None:
-        """Commit input offsets; losing group membership on the way is not an error.
+        """Commit input offsets, asynchronously; the answer comes to :meth:`_on_commit`.
 
-        A worker that was paused past its session timeout (GC, CPU starvation, SIGSTOP) finds
-        its membership gone when it commits. Its rows and checkpoints are already in PostgreSQL
-        and idempotent, so the batch is not lost: the rebalance that follows revokes the
-        partitions and whoever owns them next resumes from the checkpoint or the last
-        committed offset, replaying at most what this commit would have covered.
+        A synchronous commit has no timeout in librdkafka: one in flight when the broker goes
+        away blocks until it is back, and so would the worker (its polls included). Commits are
+        cumulative, so an asynchronous one that fails loses nothing as long as the newest offset
+        of each partition is eventually committed: :attr:`_commit_want` keeps it until a commit
+        of it (or beyond) succeeds, and :meth:`_retry_commits` sends it again after a backoff.
         """
+        now = time.monotonic()
+        for tp in offsets:
+            key = (tp.topic, tp.partition)
+            if tp.offset > self._commit_want.get(key, (-1, 0.0))[0]:
+                self._commit_want[key] = (tp.offset, now)
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as e:
-            err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
-            if err is None or err.fatal() or err.code() not in _MEMBERSHIP_LOST:
-                raise
-            self.stats.commit_failures += 1
-            log.warning("offset commit refused (%s); the partitions' next owner replays from the "
-                        "last checkpoint or committed offset", err.str())
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as e:  # refused locally (no assignment, closing): as if answered
+            self._on_commit(e.args[0] if e.args else None, offsets)
+
+    def _on_commit(self, err: KafkaError | None, parts) -> None:
+        """Answer to a commit (librdkafka's ``on_commit``, served by consume on this thread).
+
+        Losing group membership on the way is not an error. A worker that was paused past its
+        session timeout (GC, CPU starvation, SIGSTOP, a long outage) finds its membership gone
+        when it commits. Its rows and checkpoints are already in PostgreSQL and idempotent, so
+        the batch is not lost: the rebalance that follows revokes the partitions and whoever
+        owns them next resumes from the checkpoint or the last committed offset, replaying at
+        most what this commit would have covered. With the coordinator away (``_WAIT_COORD``,
+        ``NOT_COORDINATOR`` …) the newest offsets are committed again once it is back.
+        """
+        now = time.monotonic()
+        for tp in parts or []:
+            e = err or tp.error
+            key = (tp.topic, tp.partition)
+            want = self._commit_want.get(key)
+            current = want is not None and tp.offset >= want[0]
+            if e is not None and not e.fatal() and e.code() in _MEMBERSHIP_LOST:
+                if current:
+                    del self._commit_want[key]
+                self.stats.commit_failures += 1
+                if not self._membership_warned:  # once per assignment
+                    self._membership_warned = True
+                    log.warning("offset commit refused (%s); the partitions' next owner replays "
+                                "from the last checkpoint or committed offset", e.str())
+                continue
+            if not current:
+                continue  # revoked meanwhile, or a newer offset of the partition is on its way
+            if e is None:
+                del self._commit_want[key]
+                # proof that Kafka is back only from a commit sent after it went away
+                if self.health.is_degraded("kafka") and want[1] > now - self.health.degraded_for("kafka"):
+                    self._kafka_recovered()
+            elif kafka_transient(e):
+                self.stats.outage_retries["kafka"] += 1
+                self.health.degraded("kafka", f"offset commit: {e.str()}", "retrying")
+                self._commit_retry_at = now + self._kafka_backoff.next()
+            else:
+                self._commit_error = e
+        if not self._commit_want:
+            self._commit_retry_at = 0.0
+
+    def _retry_commits(self) -> None:
+        """Send the newest offsets again after a commit failed (backoff), or give up."""
+        if not self._commit_retry_at or time.monotonic() < self._commit_retry_at:
+            return
+        self._commit_retry_at = 0.0
+        self._give_up("kafka")
+        now = time.monotonic()
+        offsets = []
+        for (topic, part), (off, _) in self._commit_want.items():
+            self._commit_want[(topic, part)] = (off, now)
+            offsets.append(TopicPartition(topic, part, off))
+        if offsets:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+            except KafkaException as e:
+                self._on_commit(e.args[0] if e.args else None, offsets)
 
     def _commit_restored(self) -> None:
         """Commit the offsets of restored checkpoints that are ahead of the group's commits.
@@ -435,7 +918,11 @@ class KafkaWorker:
         try:
             committed = self.consumer.committed([TopicPartition(topic, p) for p in restored], timeout=10)
         except KafkaException as e:  # coordinator busy or moving: try again when next idle
-            log.warning("could not read committed offsets: %s", e)
+            err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+            if kafka_transient(err):
+                self.health.degraded("kafka", f"committed offsets: {err.str()}", "waiting for it")
+            else:
+                log.warning("could not read committed offsets: %s", e)
             return
         self._restored = {}
         ahead = [TopicPartition(topic, tp.partition, restored[tp.partition]) for tp in committed
@@ -473,14 +960,15 @@ class KafkaWorker:
     def _publish(self, events: list[dict]) -> None:
         kq.produce_all(self.producer, self.s.topic_alert, [kq.encode_alert(a) for a in events],
                        [f"{a['tenant_id']}|{a['host']}" for a in events])
-        kq.flush(self.producer)
-        self.errors.check()
-        self.sink.mark_published([a["seq"] for a in events])
+        self._flush()
+        seqs = [a["seq"] for a in events]
+        self._retry_pg("mark published", lambda: self.sink.mark_published(seqs), self._reconnect_sink)
 
     def _publish_outbox(self) -> None:
-        pending = self.sink.unpublished()
+        self._outbox_due = False
+        pending = self._retry_pg("outbox", lambda: self.sink.unpublished(), self._reconnect_sink)
         if pending:
-            log.info("publishing %d alert events left by a previous run", len(pending))
+            log.info("publishing %d stored alert events not published yet", len(pending))
             self._publish(pending)
 
 

@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     idle_close_s: float = 600.0
     checkpoint_interval_s: float = 10.0
 
+    # --- Worker outages and health ----------------------------------------------------------
+    #: first wait before retrying a step that failed because PostgreSQL or Kafka is away;
+    #: doubles per failure (with jitter) up to the cap below
+    retry_backoff_s: float = Field(default=0.2, gt=0)
+    #: longest single wait between two retries (also how soon a recovery is noticed)
+    retry_backoff_max_s: float = Field(default=5.0, gt=0)
+    #: a worker exits (non-zero) after a service has been away this long; 0 = never give up
+    outage_give_up_s: float = Field(default=0.0, ge=0)
+    #: port of the worker's /healthz and /readyz (HTTP, stdlib); 0 = off
+    worker_health_port: int = Field(default=0, ge=0, le=65535)
+    worker_health_host: str = "127.0.0.1"
+
     # --- Validation limits ------------------------------------------------------------------
     max_message_bytes: int = 1_000_000
     max_tag_value_bytes: int = 1024
@@ -106,6 +118,13 @@ class Settings(BaseSettings):
                 f" + EVENTOPS_WINDOW_S + EVENTOPS_ALLOWED_LATENESS_S = {floor:g} (else a tenant"
                 f" stamping events within the accepted skew closes other tenants' windows);"
                 f" set EVENTOPS_IDLE_CLOSE_S above {floor:g}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> Settings:
+        if self.retry_backoff_max_s < self.retry_backoff_s:
+            raise ValueError(f"EVENTOPS_RETRY_BACKOFF_MAX_S ({self.retry_backoff_max_s}) must be at "
+                             f"least EVENTOPS_RETRY_BACKOFF_S ({self.retry_backoff_s})")
         return self
 
     def pg_dsn(self, database: str | None = None) -> str:

@@ -37,6 +37,13 @@ from serving.broadcast import Broadcaster, KafkaAlertSource
 from serving.config import ServingSettings
 from serving.deps import BroadcasterDep, PoolDep, SettingsDep  # noqa: F401 - re-exported
 from serving.errors import RateLimited, status_of
+from serving.health import (
+    RETRY_AFTER_S,
+    DatabaseUnavailable,
+    GuardedPool,
+    QuietWhileDown,
+    is_outage,
+)
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -163,7 +170,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
     404: {"model": ErrorBody, "description": "not found (or another tenant's)"},
     413: {"model": ErrorBody, "description": "request body too large"},
     429: {"model": ErrorBody, "description": "rate limit exceeded (see Retry-After)"},
-    503: {"model": ErrorBody, "description": "database unavailable"},
+    503: {"model": ErrorBody, "description": "database unavailable (see Retry-After)"},
 }
 
 
@@ -186,9 +193,18 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        pool = AsyncConnectionPool(settings.pg_dsn(), min_size=min(2, serving.db_pool_size),
-                                   max_size=serving.db_pool_size, open=False,
-                                   kwargs={"autocommit": True}, configure=_configure)
+        # connections are checked when handed out (a PostgreSQL restart leaves dead ones
+        # behind, replaced instead of failing a request); waits are bounded by
+        # db_pool_timeout_s, and while the database is away the pool refuses at once
+        # (serving.health: GuardedPool, DbState)
+        wait = serving.db_pool_timeout_s
+        pool = GuardedPool(settings.pg_dsn(), min_size=min(2, serving.db_pool_size),
+                           max_size=serving.db_pool_size, open=False, timeout=wait,
+                           reconnect_timeout=wait, check=AsyncConnectionPool.check_connection,
+                           kwargs={"autocommit": True, "connect_timeout": max(1, round(wait))},
+                           configure=_configure)
+        quiet = QuietWhileDown(pool.state)
+        logging.getLogger("psycopg.pool").addFilter(quiet)
         await pool.open(wait=True, timeout=30)
         b = Broadcaster(pool, queue_size=settings.sse_queue_size, page_size=serving.sse_page_size,
                         poll_s=serving.sse_poll_s, loop=asyncio.get_running_loop())
@@ -214,7 +230,9 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
             if source:
                 source.stop()
                 source.join(timeout=5)
+            await pool.state.close()
             await pool.close()
+            logging.getLogger("psycopg.pool").removeFilter(quiet)
 
     app = FastAPI(
         title="EventOps API",
@@ -251,9 +269,18 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
         return JSONResponse({"detail": f"invalid value: {exc.diag.message_primary or exc}"}, 400)
 
     @app.exception_handler(psycopg.OperationalError)
-    async def _db_down(request: Request, exc: psycopg.OperationalError):
-        log.error("database unavailable: %s", exc)
-        return JSONResponse({"detail": "database unavailable"}, 503)
+    @app.exception_handler(psycopg.InterfaceError)
+    async def _db_down(request: Request, exc: psycopg.Error):
+        # the database away: one log line from DbState, then every request answers this at
+        # once until a probe finds it back; any other operational error is this request's
+        pool = getattr(request.app.state, "pool", None)
+        if is_outage(exc) and isinstance(pool, GuardedPool):
+            pool.state.trip(pool, exc)
+        elif not isinstance(exc, DatabaseUnavailable):
+            log.warning("%s %s: database error: %s", request.method, request.url.path,
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        return JSONResponse({"detail": f"database unavailable; retry in {RETRY_AFTER_S} s"}, 503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
 
     from serving import (
         alerts,

@@ -40,6 +40,11 @@ class ServingSettings(BaseSettings):
         default=8, ge=1, le=200,
         description="PostgreSQL connections per API process. Requests beyond it wait in the pool's "
         "FIFO queue: a few connections per core keep the database's run queue short, which sets the tail.")
+    db_pool_timeout_s: float = Field(
+        default=5.0, gt=0,
+        description="Longest wait of a request for a PostgreSQL connection (and for a new connection); "
+        "past it the request answers 503 with Retry-After, and while the database is away every "
+        "request needing it answers 503 at once.")
     incident_gap_s: float = Field(default=900.0, gt=0, description="Alerts of a host opened within this gap form one incident.")
 
     def cors_list(self) -> list[str]:
