@@ -8,7 +8,7 @@ missing auth refused, and the stateful checks that follow the OpenAPI links (a d
 inventory source stays deleted, a created one is found). Phases: coverage (boundary and
 negative values of every parameter), fuzzing, stateful.
 
-Bounded for ``make test`` (~2-3 minutes): a fixed seed (reproducible; change it to explore),
+Bounded for ``make test`` (1-3 minutes): a fixed seed (reproducible; change it to explore),
 ``FUZZ_EXAMPLES`` per operation and ``STATEFUL_SCENARIOS`` link walks. The SSE streams are
 excluded: they never end (tests/integration/test_api_tenancy.py and test_api_sse_resume.py
 cover them). ``POST /ingest`` runs with an ``ingest`` key, everything else with an ``admin``
@@ -38,8 +38,8 @@ from tests.integration.api_support import Api, make_key, seed
 
 pytestmark = pytest.mark.integration
 FUZZ_SEED = int(os.environ.get("FUZZ_SEED", "1"))
-FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
-STATEFUL_SCENARIOS = int(os.environ.get("STATEFUL_SCENARIOS", "100"))
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
+STATEFUL_SCENARIOS = int(os.environ.get("STATEFUL_SCENARIOS", "150"))
 #: statuses that reject a request beside schemathesis' defaults (plus 413, see above)
 CONFIG = """\
 headers = {{ Authorization = "Bearer ${{FUZZ_ADMIN_KEY}}" }}
