@@ -21,7 +21,7 @@ from pathlib import Path
 
 import orjson
 import psycopg
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -258,6 +258,11 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
     app.state.bus = bus
 
     errors.install(app)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def _db_down(request: Request, exc: psycopg.OperationalError):
+        log.error("database unavailable: %s", exc)
+        return JSONResponse({"detail": "database unavailable"}, 503)
 
     from serving import (
         alerts,

@@ -12,12 +12,14 @@
         ├── UnsupportedMedia 415  a body that is not ``application/json``
         └── RateLimited    429  the key exceeded its request rate (``Retry-After`` says when)
 
-Besides the tree, three kinds of exception reach the handlers :func:`install` registers:
+Besides the tree, these exceptions are mapped (:data:`STATUS`; :func:`install` registers the
+handlers):
 
 - :class:`fastapi.exceptions.RequestValidationError` → 422, ``detail`` a list of
   ``{loc, msg, type}`` (the input itself is never echoed);
 - :class:`psycopg.DataError` → 400: a value PostgreSQL cannot represent is the caller's input;
-- :class:`psycopg.OperationalError` → 503: the database is unreachable.
+- :class:`psycopg.OperationalError` → 503: the database is unreachable (its handler lives with
+  the pool in :mod:`serving.app`, which knows whether the database is away).
 
 Every error body is ``{"detail": …}`` rendered by :func:`error_response`, which cannot fail on
 its own message: text from the request (an unknown id, a dict key) may hold a lone surrogate
@@ -175,6 +177,6 @@ def install(app: FastAPI) -> None:
     async def validation(request: Request, exc: RequestValidationError) -> Response:
         return error_response(422, validation_detail(list(exc.errors())))
 
-    for cls in (EventOpsError, psycopg.DataError, psycopg.OperationalError):
+    for cls in (EventOpsError, psycopg.DataError):
         app.add_exception_handler(cls, domain)
     app.add_exception_handler(RequestValidationError, validation)
