@@ -5,6 +5,9 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# the EVENTOPS_* settings that point at the services scripts/services.sh runs (ports may be set
+# with EVENTOPS_PG_PORT / EVENTOPS_KAFKA_PORT); tests make their own MLflow stores
+SVC_ENV := eval "$$(scripts/services.sh env)" && unset MLFLOW_TRACKING_URI
 
 .PHONY: help setup apt venv services-up services-down services-status migrate topics demo test test-unit test-integration bench lint clean mlflow
 
@@ -40,8 +43,7 @@ $(STAMP): pyproject.toml
 
 services-up: setup
 	PYTHON=$(BIN)/python scripts/services.sh up
-	$(BIN)/eventops db migrate
-	$(BIN)/eventops topics create
+	$(SVC_ENV) && $(BIN)/eventops db migrate && $(BIN)/eventops topics create
 
 services-down:
 	scripts/services.sh down
@@ -54,11 +56,10 @@ migrate: venv
 
 demo: setup
 	PYTHON=$(BIN)/python scripts/services.sh pg-up
-	$(BIN)/eventops db migrate
-	$(BIN)/eventops demo
+	$(SVC_ENV) && $(BIN)/eventops db migrate && $(BIN)/eventops demo
 
 test: services-up
-	$(BIN)/python -m pytest tests -q
+	$(SVC_ENV) && $(BIN)/python -m pytest tests -q
 
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit tests/model -q

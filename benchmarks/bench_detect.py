@@ -3,7 +3,7 @@
 Measures, in one run (so ratios are side by side):
 
 * events/s from decoded numpy columns: window aggregation (60 s windows, 10k series, 4 per
-  host) + the per-host cross-metric features (``features.cross``, as the detect stage adds them)
+  host, event time per host as in the detect stage) + the per-host cross-metric features (``features.cross``, as the detect stage adds them)
   + the shipped detector set (``models.presets.default_ensemble()``) on the closed windows;
 * events/s including ``orjson`` decode of ~180-byte JSON events into columns;
 * peak RSS vs active series (1k / 10k / 100k), each in a fresh subprocess (``ru_maxrss``);
@@ -41,7 +41,7 @@ def detector_pipeline():
     from features.windows import WindowAggregator
     from models.presets import default_ensemble
 
-    agg = WindowAggregator(window_s=60.0, allowed_lateness_s=5.0)
+    agg = WindowAggregator(window_s=60.0, allowed_lateness_s=5.0, idle_close_s=600.0)
     ens = default_ensemble()
     return agg, ens
 
@@ -61,7 +61,8 @@ def run_columns(s, ts, v, batch: int = 100_000) -> tuple[float, int]:
     n_win = 0
     t0 = time.perf_counter()
     for i in range(0, s.size, batch):
-        cw = agg.push(s[i : i + batch], ts[i : i + batch], v[i : i + batch])
+        sl = slice(i, i + batch)
+        cw = agg.push(s[sl], ts[sl], v[sl], host=host_of[s[sl]])
         if len(cw):
             ens.process(detector_input(cw, host_of))
             n_win += len(cw)
@@ -105,9 +106,10 @@ def run_json(msgs: list[bytes], batch: int = 10_000) -> float:
         )  # fmt: skip
         ts = np.fromiter((e["ts"] for e in evs), np.float64, len(evs))
         v = np.fromiter((e["value"] for e in evs), np.float64, len(evs))
-        cw = agg.push(s, ts, v)
+        hc = host_codes()
+        cw = agg.push(s, ts, v, host=hc[s])
         if len(cw):
-            ens.process(detector_input(cw, host_codes()))
+            ens.process(detector_input(cw, hc))
     ens.process(detector_input(agg.flush(), host_codes()))
     return time.perf_counter() - t0
 

@@ -38,7 +38,12 @@ NAB = REPO_ROOT.parent / "shared" / "datasets" / "nab-dev"
 def dataset(n_windows: int):
     from training.datasets import WindowDataset, from_csv, inject_anomalies
 
-    base = from_csv(NAB / "data", NAB / "windows.json")
+    nab = NAB
+    if not nab.exists():  # a plain clone: the synthetic series in NAB's layout
+        from training.synthetic import write_nab_like
+
+        nab = write_nab_like(Path(tempfile.mkdtemp(prefix="nab-like-")))
+    base = from_csv(nab / "data", nab / "windows.json")
     reps = -(-n_windows // len(base))
     X = {k: np.concatenate([v] * reps)[:n_windows] for k, v in base.X.items()}
     k = base.n_series

@@ -46,10 +46,11 @@ per input partition.  That is the same as grouping the whole ``features`` table 
 ``(tenant, host, window_start)``, which is what training does, because
 
 * a host's series share one partition (the bus key is ``tenant_id|host``), and
-* :class:`features.windows.WindowAggregator` closes windows by *window index*, for every series of
-  the partition at once (``start < watermark``): the windows of one host with the same start are
-  always closed by the same ``push``/``flush``, whatever the micro-batch boundaries, and a
-  restored checkpoint (kill -9, rebalance) holds either all of them open or none.
+* :class:`features.windows.WindowAggregator` keeps event time per host and closes windows by
+  *window index*, for every series of a host at once (its closed bound): the windows of one host
+  with the same start are always closed by the same ``push``/``flush``, whatever the micro-batch
+  boundaries, and a restored checkpoint (kill -9, rebalance) holds either all of them open or
+  none.
 
 An event arriving after its window closed is late (dead-lettered), so it never adds a window to a
 group that was already scored.  The values are therefore a pure function of stored window features

@@ -1,7 +1,7 @@
 """Backtest: replay labelled CSV series through the live window/feature/detector code.
 
 ``run_backtest`` reads ``timestamp,value`` CSV files (files or directory trees), turns each file
-into one series (code = file index), aggregates it with :class:`features.windows.WindowAggregator`
+into one series (code = file index), aggregates it with :func:`features.windows.window_features`
 and scores the closed windows with the default :class:`models.ensemble.Ensemble` -- the same
 objects the detect stage uses.  It writes ``timestamp,value,anomaly_score`` per input file under
 ``out_dir`` (mirroring the input tree) and, when labelled windows are given, evaluates with
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from features.cross import cross_metric_features
-from features.windows import ClosedWindows, WindowAggregator
+from features.windows import ClosedWindows, window_features
 from models.presets import default_ensemble
 from training.evaluate import LabelledSeries, evaluate, load_windows
 
@@ -146,13 +146,13 @@ def run_backtest(
         closed: list[ClosedWindows] = []
         n_events = 0
         for wl in sorted(set(win_len)):
-            agg = WindowAggregator(window_s=wl, allowed_lateness_s=0.0)
             idx = [i for i, w in enumerate(win_len) if w == wl]
             s = np.concatenate([np.full(ts_s[i].size, i, np.int64) for i in idx])
             t = np.concatenate([ts_s[i] for i in idx])
             v = np.concatenate([frames[i]["value"].to_numpy(np.float64) for i in idx])
             n_events += s.size
-            closed += [agg.push(s, t, v), agg.flush()]
+            # offline: every event counts, whatever the files' order (no lateness)
+            closed.append(window_features(s, t, v, wl))
         cw = ClosedWindows.concat(closed)
         X = cw.columns()
         # the live detector input: each file is a host of its own (features.cross)

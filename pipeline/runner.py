@@ -103,6 +103,7 @@ class _Stages:
         self.detect = DetectStage(
             self.rules_file.rules if self.rules_file else RuleSet([]),
             window_s=s.window_s, lateness_s=s.allowed_lateness_s, model=model, shadow=shadow,
+            idle_close_s=s.idle_close_s,
         )
         self._refreshed = 0.0
         self._rules_checked = 0.0

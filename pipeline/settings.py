@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     rules_path: Path = REPO_ROOT / "pipeline" / "rules.default.toml"
     window_s: float = 60.0
     allowed_lateness_s: float = 30.0
+    #: a host's windows are closed once the partition's newest event is this far ahead of them,
+    #: even if the host sent nothing since (must exceed max_future_skew_s + window_s +
+    #: allowed_lateness_s, so a tenant stamping within the accepted skew never closes another's)
+    idle_close_s: float = 600.0
     checkpoint_interval_s: float = 10.0
 
     # --- Validation limits ------------------------------------------------------------------
@@ -85,6 +89,24 @@ class Settings(BaseSettings):
 
     # --- Local services ---------------------------------------------------------------------
     state_dir: Path = REPO_ROOT / ".services"
+    #: how long a CLI command waits for Kafka, PostgreSQL or the MLflow store to answer before it
+    #: reports them unreachable (one line, exit 5)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _event_time_bounds(self) -> Settings:
+        if not self.window_s > 0:
+            raise ValueError(f"EVENTOPS_WINDOW_S must be > 0, got {self.window_s}")
+        if not self.allowed_lateness_s >= 0:
+            raise ValueError(f"EVENTOPS_ALLOWED_LATENESS_S must be >= 0, got {self.allowed_lateness_s}")
+        floor = self.max_future_skew_s + self.window_s + self.allowed_lateness_s
+        if not self.idle_close_s > floor:
+            raise ValueError(
+                f"EVENTOPS_IDLE_CLOSE_S={self.idle_close_s:g} must exceed EVENTOPS_MAX_FUTURE_SKEW_S"
+                f" + EVENTOPS_WINDOW_S + EVENTOPS_ALLOWED_LATENESS_S = {floor:g} (else a tenant"
+                f" stamping events within the accepted skew closes other tenants' windows);"
+                f" set EVENTOPS_IDLE_CLOSE_S above {floor:g}")
+        return self
 
     def pg_dsn(self, database: str | None = None) -> str:
         """libpq connection string (the password is only ever placed here, never logged)."""

@@ -14,7 +14,7 @@ from serving.deps import BroadcasterDep, PoolDep, ReadKey, ServingDep, SettingsD
 from serving.openapi import links
 from serving.params import NamePath, OptNameQ
 from serving.render import json_response
-from serving.sse import SSE_HEADERS, alert_stream, parse_last_id
+from serving.sse import SSE_HEADERS, alert_stream, parse_last_id, stream_conf
 from serving.timerange import Instant
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
@@ -146,9 +146,8 @@ async def stream(
 ) -> StreamingResponse:
     """Live alert events of the key's tenant as SSE (``id:`` = sequence; resumes after ``Last-Event-ID``)."""
     resume = parse_last_id(last_event_id, last_id)
-    sub = broadcaster.subscribe(key.tenant_id)
-    body = alert_stream(request, pool, broadcaster, sub, key.tenant_id, resume,
-                        settings.sse_heartbeat_s, serving.sse_replay_max)
+    body = alert_stream(request, pool, broadcaster, request.app.state.keys, key, resume,
+                        stream_conf(settings, serving))
     return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 

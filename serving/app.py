@@ -214,7 +214,8 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
                                    max_size=serving.db_pool_size, open=False,
                                    kwargs={"autocommit": True}, configure=_configure)
         await pool.open(wait=True, timeout=30)
-        b = Broadcaster(queue_size=settings.sse_queue_size, loop=asyncio.get_running_loop())
+        b = Broadcaster(pool, queue_size=settings.sse_queue_size, page_size=serving.sse_page_size,
+                        poll_s=serving.sse_poll_s, loop=asyncio.get_running_loop())
         source = None
         unsubscribe = None
         if bus is not None:
@@ -231,7 +232,7 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
         try:
             yield
         finally:
-            b.close()
+            await b.aclose()
             if unsubscribe:
                 unsubscribe()
             if source:

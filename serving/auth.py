@@ -11,6 +11,7 @@ may do plus inventory writes), ``ingest`` (only ``POST /ingest``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -31,6 +32,7 @@ GRANTS: dict[str, frozenset[str]] = {
 }
 _KEY_RE = re.compile(r"^eo_([0-9a-f]{12})_([A-Za-z0-9_-]{32,64})$")
 _DUMMY_HASH = hashlib.sha256(b"no such key").digest()
+_DB_TIMEOUT_S = 5.0  # a key lookup waits at most this long for a pooled connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,39 +109,74 @@ def revoke_key(conn: psycopg.Connection, key_id: str) -> bool:
 @dataclass
 class _Cached:
     digest: bytes
-    principal: Principal | None  # None: unknown or revoked
-    until: float
+    principal: Principal | None  # None: unknown or revoked (or its tenant deleted)
+    fetched: float  # time.monotonic() when the lookup that produced it *started*
 
 
 @dataclass
 class KeyStore:
-    """Verifies keys against ``api_keys``, caching lookups for ``ttl`` seconds."""
+    """Verifies keys against ``api_keys``, caching lookups for ``ttl`` seconds.
+
+    Long-lived streams re-check their key with :meth:`fresh`: it answers from the cache when a
+    lookup started at or after the time asked for, joins a lookup of that key already in flight,
+    and otherwise queries (one query per key, whatever the number of streams sharing it).
+    Deleting a tenant deletes its keys (``ON DELETE CASCADE``), so it reads as a revocation.
+    """
 
     ttl: float = 5.0
     _cache: dict[str, _Cached] = field(default_factory=dict)
+    _inflight: dict[str, tuple[float, asyncio.Task]] = field(default_factory=dict)
 
     async def verify(self, pool, key: str) -> Principal:
         key_id, secret = parse_key(key)
-        now = time.monotonic()
-        hit = self._cache.get(key_id)
-        if hit is None or hit.until < now:
-            async with pool.connection() as conn:
-                cur = await conn.execute(
-                    "SELECT tenant_id, scope, key_hash, revoked_at IS NOT NULL FROM api_keys "
-                    "WHERE key_id = %s", (key_id,),
-                )
-                row = await cur.fetchone()
-            if row is None or row[3]:
-                hit = _Cached(_DUMMY_HASH, None, now + self.ttl)
-            else:
-                hit = _Cached(bytes(row[2]), Principal(key_id, row[0], row[1]), now + self.ttl)
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key_id] = hit
+        hit = await self._entry(pool, key_id, time.monotonic() - self.ttl)
         ok = hmac.compare_digest(hash_secret(secret), hit.digest)
         if not ok or hit.principal is None:
             raise Unauthorized("unknown or revoked API key")
         return hit.principal
+
+    async def fresh(self, pool, principal: Principal, since: float) -> None:
+        """Raise :class:`Unauthorized` unless ``principal``'s key was still valid in a lookup
+        that started at or after ``since`` (``time.monotonic()``)."""
+        hit = await self._entry(pool, principal.key_id, since)
+        if hit.principal != principal:
+            raise Unauthorized("API key revoked (or its tenant deleted)")
+
+    async def _entry(self, pool, key_id: str, since: float) -> _Cached:
+        hit = self._cache.get(key_id)
+        if hit is not None and hit.fetched >= since:
+            return hit
+        flight = self._inflight.get(key_id)
+        if flight is None or flight[0] < since:
+            started = time.monotonic()
+            task = asyncio.get_running_loop().create_task(self._lookup(pool, key_id, started))
+            flight = self._inflight[key_id] = (started, task)
+            task.add_done_callback(lambda t, k=key_id: self._done(k, t))
+        return await asyncio.shield(flight[1])
+
+    def _done(self, key_id: str, task: asyncio.Task) -> None:
+        if self._inflight.get(key_id, (0, None))[1] is task:
+            del self._inflight[key_id]
+        if not task.cancelled():
+            task.exception()  # retrieved by the awaiters; never "never retrieved"
+
+    async def _lookup(self, pool, key_id: str, started: float) -> _Cached:
+        async with pool.connection(timeout=_DB_TIMEOUT_S) as conn:
+            cur = await conn.execute(
+                "SELECT tenant_id, scope, key_hash, revoked_at IS NOT NULL FROM api_keys "
+                "WHERE key_id = %s", (key_id,),
+            )
+            row = await cur.fetchone()
+        if row is None or row[3]:
+            hit = _Cached(_DUMMY_HASH, None, started)
+        else:
+            hit = _Cached(bytes(row[2]), Principal(key_id, row[0], row[1]), started)
+        old = self._cache.get(key_id)
+        if old is None or old.fetched <= started:  # a slower, older lookup never overwrites
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key_id] = hit
+        return hit
 
 
 @dataclass

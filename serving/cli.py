@@ -28,8 +28,10 @@ def keys_create(
     with _conn() as conn:
         try:
             key_id, key = auth.create_key(conn, tenant, scope, label)
-        except ValueError as e:
-            raise typer.BadParameter(str(e)) from None
+        except ValueError as e:  # unknown tenant, bad scope: one line, exit 2
+            from pipeline.cli_errors import BadArgument
+
+            raise BadArgument(str(e)) from None
     typer.echo(key)
     typer.echo(f"key id {key_id}, tenant {tenant}, scope {scope} — store the key now, it is not shown again",
                err=True)

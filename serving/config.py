@@ -26,7 +26,15 @@ class ServingSettings(BaseSettings):
     rate_limit_rps: float = Field(default=50.0, ge=0, description="Sustained requests per second per API key; 0 = no limit.")
     rate_limit_burst: int = Field(default=200, ge=1, description="Requests a key may send at once before the rate applies.")
     auth_cache_s: float = Field(default=5.0, ge=0, description="Seconds a verified key is cached (a revocation takes effect within this).")
-    sse_replay_max: int = Field(default=10_000, ge=1, description="Most alert events replayed to one SSE client on Last-Event-ID resume.")
+    sse_page_size: int = Field(
+        default=1000, ge=1, le=100_000,
+        description="Rows per PostgreSQL page of an SSE replay/refill/feed read; pages repeat until the client has caught up.")
+    sse_auth_check_s: float = Field(
+        default=2.0, gt=0, description="An open SSE stream re-checks its key this often; a revoked key's streams end within 2x this.")
+    sse_db_retry_s: float = Field(
+        default=15.0, gt=0, description="PostgreSQL unavailable this long: an SSE stream closes with a retry hint (the client resumes).")
+    sse_poll_s: float = Field(
+        default=5.0, gt=0, description="Alert feeds poll PostgreSQL this often without a doorbell (1 s while Kafka is degraded).")
     score_poll_s: float = Field(default=1.0, gt=0, description="How often a score stream polls the scores table.")
     db_pool_size: int = Field(
         default=8, ge=1, le=200,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 
 from pipeline import db
 from pipeline.registry import CHALLENGER
@@ -46,17 +47,29 @@ def feed_forever(s: Settings, bus: Bus, tenant: str, hosts: int, backfill_s: flo
     sim = Simulator(hosts=hosts, tenant=tenant, seed=seed, interval=interval,
                     start=time.time() - backfill_s, anomaly_rate=0.003)
     chunk: list[bytes] = []
+    dead: Counter[str] = Counter()  # dead letters by reason, since the last report
+    reported = time.monotonic()
     try:
         for evs in sim.events():
             chunk.extend(evs)
             ts_next = sim.start + sim.tick * interval
             live = ts_next > time.time()
             if len(chunk) >= s.batch_max_events or live:
-                pipe.feed(chunk)
+                _, d, _ = pipe.feed(chunk)
+                dead.update(x.reason for x in d)
                 chunk = []
-            if live and not trained:  # history is in: train the first model on it
+            if live and not trained:  # history is in: report it, train the first model on it
+                st = pipe.stats
+                print(f"  history:   {st.consumed} events, {st.stored} stored, "
+                      f"{st.dead} dead-lettered{_reasons(dead)}", flush=True)
+                dead.clear()
                 trained = True
                 threading.Thread(target=train_first_model, args=(s, tenant), daemon=True).start()
+            if live and dead and time.monotonic() - reported > 60:
+                log.warning("dead-lettered in the last minute: %s (table dead_letters)",
+                            _reasons(dead).strip(" ()"))
+                dead.clear()
+                reported = time.monotonic()
             if live:
                 stop.wait(max(0.0, ts_next - time.time()))
             if stop.is_set():
@@ -68,13 +81,22 @@ def feed_forever(s: Settings, bus: Bus, tenant: str, hosts: int, backfill_s: flo
                 w.stop()
 
 
+def _reasons(dead: Counter[str]) -> str:
+    """``" (ts_too_old 3, bad_json 1)"``, or ``""`` when nothing was dead-lettered."""
+    if not dead:
+        return ""
+    return " (" + ", ".join(f"{r} {n}" for r, n in dead.most_common()) + ")"
+
+
 def run_demo(s: Settings, hosts: int = 12, backfill_s: float = 6 * 3600, interval: float = 10.0) -> None:
     import uvicorn
 
     from serving import auth
     from serving.app import create_app
+    from serving.serve import bind_or_explain
 
     tenant = "demo"
+    bind_or_explain(s.api_host, s.api_port).close()  # a taken port: one line, before any work
     with db.connect(s) as conn:
         db.migrate(conn)
         db.create_tenant(conn, tenant, "Demo tenant")

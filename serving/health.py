@@ -24,7 +24,7 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(pool: PoolDep, broadcaster: BroadcasterDep):
-    """PostgreSQL answers and the alert broadcaster is attached to its source."""
+    """PostgreSQL answers and the alert broadcaster is attached to its source (200 ``degraded`` while it reconnects)."""
     checks = {}
     try:
         async with pool.connection(timeout=5) as conn:
@@ -32,7 +32,9 @@ async def readyz(pool: PoolDep, broadcaster: BroadcasterDep):
         checks["postgres"] = "ok"
     except Exception as e:  # noqa: BLE001 - reported, not raised
         checks["postgres"] = f"error: {type(e).__name__}"
-    checks["broadcaster"] = "ok" if broadcaster.ready.is_set() else "starting"
+    # "degraded": its Kafka source is reconnecting; streams still get every alert (from PostgreSQL)
+    checks["broadcaster"] = broadcaster.status()
     ok = all(v == "ok" for v in checks.values())
-    body = Health(status="ok" if ok else "unavailable", checks=checks)
-    return body if ok else JSONResponse(body.model_dump(), status_code=503)
+    degraded = checks["postgres"] == "ok" and checks["broadcaster"].startswith("degraded")
+    body = Health(status="ok" if ok else "degraded" if degraded else "unavailable", checks=checks)
+    return body if ok or degraded else JSONResponse(body.model_dump(), status_code=503)

@@ -14,7 +14,7 @@ from pipeline.errors import NotFound
 from serving.deps import PoolDep, ReadKey, ServingDep, SettingsDep, StreamKey
 from serving.openapi import links
 from serving.params import NO_NUL, NamePath, OptNameQ
-from serving.sse import SCORE_COLS, SSE_HEADERS, parse_last_id, score_row, score_stream
+from serving.sse import SCORE_COLS, SSE_HEADERS, parse_last_id, score_row, score_stream, stream_conf
 from serving.timerange import EndQ, StartQ, time_range
 
 router = APIRouter(prefix="/series", tags=["series"])
@@ -207,6 +207,6 @@ async def series_score_stream(
     async with pool.connection() as conn:
         await _require(conn, key.tenant_id, host, metric)
     b = request.app.state.broadcaster
-    body = score_stream(request, pool, key.tenant_id, host, metric, resume, serving.score_poll_s,
-                        settings.sse_heartbeat_s, closed=lambda: b.closed)
+    body = score_stream(request, pool, request.app.state.keys, key, host, metric, resume,
+                        stream_conf(settings, serving), closed=lambda: b.closed)
     return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -14,6 +14,7 @@ dies, stops the others and exits non-zero so that the service manager restarts t
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import signal
@@ -22,9 +23,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from pipeline.errors import ConfigError
+
 log = logging.getLogger("eventops.api")
 
-__all__ = ["ServeOptions", "bind", "serve"]
+__all__ = ["ServeOptions", "bind", "bind_or_explain", "serve"]
 
 
 @dataclass(frozen=True)
@@ -49,25 +52,47 @@ def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _run_one(opts: dict, reuse_port: bool) -> None:
+def bind_or_explain(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """:func:`bind`, raising :class:`~pipeline.errors.ConfigError` with the fix when the address
+    cannot be used (port taken, privileged port, address not on this machine)."""
+    try:
+        return bind(host, port, reuse_port)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            why = (f"port {port} on {host} is already in use — stop what listens there or choose "
+                   "another port with --port or EVENTOPS_API_PORT")
+        elif e.errno == errno.EACCES:
+            why = (f"no permission to listen on {host}:{port} — choose a port above 1023 with "
+                   "--port or EVENTOPS_API_PORT")
+        else:
+            why = (f"cannot listen on {host}:{port} ({e.strerror or e}) — set --host or "
+                   "EVENTOPS_API_HOST to an address of this machine")
+        raise ConfigError(why) from e
+
+
+def _run_one(opts: dict, reuse_port: bool, sock: socket.socket | None = None) -> None:
     import uvicorn
 
     o = ServeOptions(**opts)
     config = uvicorn.Config("serving.app:create_app", factory=True, log_level=o.log_level,
                             access_log=o.access_log, timeout_keep_alive=o.timeout_keep_alive,
                             backlog=o.backlog)
-    sock = bind(o.host, o.port, reuse_port)
+    sock = sock or bind(o.host, o.port, reuse_port)
     uvicorn.Server(config).run(sockets=[sock])
 
 
 def serve(opts: ServeOptions) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit status."""
+    """Serve until SIGTERM/SIGINT; returns the exit status.
+
+    The address is bound before anything else is imported or started, so a taken port is a
+    one-line :class:`~pipeline.errors.ConfigError` at once.
+    """
     if opts.workers <= 1:
-        _run_one(asdict(opts), reuse_port=False)
+        _run_one(asdict(opts), reuse_port=False, sock=bind_or_explain(opts.host, opts.port))
         return 0
     if not hasattr(socket, "SO_REUSEPORT"):  # pragma: no cover - Linux has it
-        raise SystemExit("several API workers need SO_REUSEPORT (Linux, BSD, macOS)")
-    bind(opts.host, opts.port, reuse_port=True).close()  # fail here, once, if the port is taken
+        raise ConfigError("several API workers need SO_REUSEPORT (Linux, BSD, macOS): use --workers 1")
+    bind_or_explain(opts.host, opts.port, reuse_port=True).close()  # fail here, once, if taken
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_run_one, args=(asdict(opts), True), name=f"api-{i}", daemon=False)
              for i in range(opts.workers)]

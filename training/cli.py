@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from pipeline.cli_errors import BadArgument, describe
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,40 @@ def _settings():
     from pipeline.settings import Settings
 
     return Settings()
+
+
+#: MLflow's HTTP client defaults retry a refused connection 7 times with backoff factor 2 (minutes);
+#: a command sets these unless the environment does
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def _tracking(s, override: str | None) -> str:
+    """The tracking URI, after checking that its store answers (``EVENTOPS_CONNECT_TIMEOUT_S``).
+
+    MLflow's own waits are bounded too, for a store that goes away after the check: the HTTP
+    client's retries through its environment settings (:data:`HTTP_RETRY_DEFAULTS`), and the SQL
+    store's connection retries — ten attempts with exponential backoff (~100 s) and no setting
+    in MLflow 3.17 — through the module constant it reads on each attempt.
+    """
+    from pipeline.preflight import check_tracking
+    from training.tracking import resolve_tracking_uri
+
+    for k, v in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(k, v)  # entry point: MLflow reads these on each request
+    uri = resolve_tracking_uri(s, override)
+    check_tracking(s, uri)
+    try:
+        import mlflow.store.db.utils as sql_store
+
+        if isinstance(getattr(sql_store, "MAX_RETRY_COUNT", None), int):
+            sql_store.MAX_RETRY_COUNT = min(sql_store.MAX_RETRY_COUNT, 3)
+    except ImportError:  # pragma: no cover - MLflow without its SQL store
+        pass
+    return uri
 
 
 def register(app: typer.Typer) -> None:
@@ -92,19 +129,21 @@ def register(app: typer.Typer) -> None:
                                  max_latency_ms_per_10k=max_latency_ms)
         interval = parse_every(every) if every else None
 
+        if source not in ("csv", "postgres"):
+            raise BadArgument(f"unknown --source {source!r}: use postgres or csv")
+        if source == "csv" and not csv:
+            raise BadArgument("--csv is required with --source csv")
+        uri = _tracking(s, tracking_uri)
+
         def once() -> None:
             if source == "csv":
-                if not csv:
-                    raise typer.BadParameter("--csv is required with --source csv")
                 ds = datasets.from_csv(csv, windows, window_s)
-            elif source == "postgres":
+            else:
                 since = time.time() - since_hours * 3600 if since_hours else None
                 ds = datasets.from_postgres(s, tenant=tenant, since=since)
-            else:
-                raise typer.BadParameter(f"unknown source {source!r}")
             if inject:
                 ds = datasets.inject_anomalies(ds, per_series=inject, seed=seed)
-            r = train_and_register(s, ds, cfg, policy, tracking_uri=tracking_uri,
+            r = train_and_register(s, ds, cfg, policy, tracking_uri=uri,
                                    experiment=experiment, promote=not no_promote)
             d = r.decision
             typer.echo(json.dumps({
@@ -119,15 +158,16 @@ def register(app: typer.Typer) -> None:
             try:
                 once()
             except ValueError as e:
-                raise typer.BadParameter(str(e)) from e
+                raise BadArgument(str(e)) from e
             return
         log.info("retraining every %s (%.0f s); Ctrl-C stops", every, interval)
         while True:
             t0 = time.monotonic()
             try:
                 once()
-            except Exception:  # noqa: BLE001 - a failed round must not stop the schedule
-                log.exception("training round failed; next round in %s", every)
+            except Exception as e:  # noqa: BLE001 - a failed round must not stop the schedule
+                log.error("training round failed: %s; next round in %s", describe(e)[0], every)
+                log.debug("traceback of the failed round", exc_info=e)
             time.sleep(max(0.0, interval - (time.monotonic() - t0)))
 
     @models_app.command("list")
@@ -135,7 +175,8 @@ def register(app: typer.Typer) -> None:
         """Registered versions, newest first: aliases, decision and NAB score."""
         from training.status import list_versions
 
-        rows = list_versions(_settings(), tracking_uri)
+        s = _settings()
+        rows = list_versions(s, _tracking(s, tracking_uri))
         if not rows:
             typer.echo("no registered versions")
             return
@@ -157,7 +198,7 @@ def register(app: typer.Typer) -> None:
         from training.status import model_status, shadow_stats
 
         s = _settings()
-        st = model_status(s, tracking_uri)
+        st = model_status(s, _tracking(s, tracking_uri))
         if tenant is not None and st.get("challenger"):
             from pipeline import db
 
@@ -176,7 +217,7 @@ def register(app: typer.Typer) -> None:
         from training.tracking import client
 
         s = _settings()
-        prev = promote(client(s, tracking_uri), s.model_name, version, reason)
+        prev = promote(client(s, _tracking(s, tracking_uri)), s.model_name, version, reason)
         typer.echo(f"{s.model_name}: champion {prev or '-'} -> {version}")
 
     @models_app.command("rollback")
@@ -187,7 +228,7 @@ def register(app: typer.Typer) -> None:
 
         s = _settings()
         try:
-            cur, prev = rollback(client(s, tracking_uri), s.model_name)
+            cur, prev = rollback(client(s, _tracking(s, tracking_uri)), s.model_name)
         except ValueError as e:
-            raise typer.BadParameter(str(e)) from e
+            raise BadArgument(str(e)) from e
         typer.echo(f"{s.model_name}: champion {cur} -> {prev} (rolled back)")

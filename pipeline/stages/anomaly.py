@@ -2,9 +2,11 @@
 and anomaly alerts, with state kept per Kafka partition.
 
 Per partition (a host's series always live on one partition, key ``tenant_id|host``) the stage
-holds a series registry (``(tenant, host, metric) -> int code``), a
-:class:`features.windows.WindowAggregator` (watermark = max event time of the partition minus
-the allowed lateness), the :class:`models.ensemble.Ensemble` built by
+holds a series registry (``(tenant, host, metric) -> int code``, plus a host code per
+``(tenant, host)``), a :class:`features.windows.WindowAggregator` keeping event time *per host*
+(each host's windows close by its own clock minus the allowed lateness, or once the partition's
+newest event is ``idle_close_s`` ahead of them: one tenant's clock never makes another tenant's
+events late), the :class:`models.ensemble.Ensemble` built by
 :func:`models.presets.default_ensemble`, the threshold-rule alert tracker
 (:class:`pipeline.stages.detect.Detector`) and the anomaly-alert tracker
 (:class:`ScoreAlerts`). All of it is one picklable blob (:meth:`DetectStage.snapshot`) that the
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 #: the per-series window features, then the per-host cross-metric ones (:mod:`features.cross`).
 FEATURES = WINDOW_FEATURES + CROSS_FEATURES
 ANOMALY_RULE = "anomaly:ensemble"
+#: default ``idle_close_s`` of :class:`DetectStage` (the ``EVENTOPS_IDLE_CLOSE_S`` default)
+IDLE_CLOSE_S = 600.0
 
 #: () -> (model version, model with ``score_many(X)``) or (None, None); see pipeline/registry.py
 ModelProvider = Callable[[], tuple[str | None, Any]]
@@ -271,7 +275,7 @@ class PartitionState:
     """Everything detect keeps for one input partition."""
 
     def __init__(self, rules: RuleSet, window_s: float, lateness_s: float,
-                 ensemble: Ensemble | None = None) -> None:
+                 ensemble: Ensemble | None = None, idle_close_s: float | None = None) -> None:
         self.keys: dict[tuple[str, str, str], int] = {}
         self.names: list[tuple[str, str, str]] = []
         self.families: dict[str, int] = {}
@@ -279,7 +283,8 @@ class PartitionState:
         self.hosts: dict[tuple[str, str], int] = {}
         self.host: list[int] = []
         self._host_codes = np.empty(0, np.int64)
-        self.agg = WindowAggregator(window_s=window_s, allowed_lateness_s=lateness_s)
+        self.agg = WindowAggregator(window_s=window_s, allowed_lateness_s=lateness_s,
+                                    idle_close_s=idle_close_s)
         self.ensemble = ensemble or default_ensemble()
         self.rule_alerts = Detector(rules)
         self.score_alerts = ScoreAlerts()
@@ -317,7 +322,9 @@ class PartitionState:
                 "rule_alerts": self.rule_alerts.series, "score_alerts": self.score_alerts.to_state()}
 
     @classmethod
-    def from_state(cls, st: dict, rules: RuleSet) -> PartitionState:
+    def from_state(cls, st: dict, rules: RuleSet, idle_close_s: float | None = None) -> PartitionState:
+        """Rebuild from :meth:`to_state`; ``idle_close_s`` is the running configuration's (it
+        also applies to checkpoints written before event time was kept per host)."""
         ps = cls.__new__(cls)
         ps.names = [tuple(n) for n in st["names"]]
         ps.keys = {n: i for i, n in enumerate(ps.names)}
@@ -327,7 +334,8 @@ class PartitionState:
         for n in ps.names:
             ps.host.append(ps.hosts.setdefault(n[:2], len(ps.hosts)))
         ps._host_codes = np.empty(0, np.int64)
-        ps.agg = WindowAggregator.from_state(st["agg"])
+        ps.agg = WindowAggregator.from_state(st["agg"], host_of=np.asarray(ps.host, np.int64),
+                                             idle_close_s=idle_close_s)
         ps.ensemble = Ensemble.from_state(st["ensemble"])
         ps.rule_alerts = Detector(rules)
         ps.rule_alerts.series = st["rule_alerts"]
@@ -348,6 +356,9 @@ def _no_model() -> tuple[None, None]:
 class DetectStage:
     """The detect stage: rules on events, ensemble (+ champion model) on closed windows.
 
+    Event time is per host (``tenant|host``): see :mod:`features.windows` for the lateness
+    policy and ``idle_close_s``.
+
     ``model`` provides the champion batch model, whose calibrated score joins the ensemble's;
     ``shadow`` the challenger, scored on the same windows for comparison only (see the module
     docstring). Each provider is read once per batch.
@@ -359,9 +370,11 @@ class DetectStage:
     def __init__(self, rules: RuleSet, window_s: float = 60.0, lateness_s: float = 30.0,
                  model: ModelProvider | None = None,
                  ensemble_factory: Callable[[], Ensemble] = default_ensemble,
-                 shadow: ModelProvider | None = None) -> None:
+                 shadow: ModelProvider | None = None,
+                 idle_close_s: float | None = IDLE_CLOSE_S) -> None:
         self.rules = rules
         self.window_s, self.lateness_s = window_s, lateness_s
+        self.idle_close_s = idle_close_s
         self.model = model or _no_model
         self.shadow = shadow or _no_model
         self.ensemble_factory = ensemble_factory
@@ -379,7 +392,7 @@ class DetectStage:
         ps = self.parts.get(p)
         if ps is None:
             ps = self.parts[p] = PartitionState(self.rules, self.window_s, self.lateness_s,
-                                                self.ensemble_factory())
+                                                self.ensemble_factory(), self.idle_close_s)
         return ps
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -391,7 +404,7 @@ class DetectStage:
         if blob is None:
             self.parts.pop(p, None)
             return
-        self.parts[p] = PartitionState.from_state(pickle.loads(blob), self.rules)
+        self.parts[p] = PartitionState.from_state(pickle.loads(blob), self.rules, self.idle_close_s)
 
     def drop(self, p: int) -> None:
         self.parts.pop(p, None)
@@ -412,7 +425,7 @@ class DetectStage:
             ps = self.partition(int(p))
             out.alerts.extend(ps.rule_alerts(sub).events)
             codes = ps.codes(sub)
-            closed = ps.agg.push(codes, sub.ts, sub.value)
+            closed = ps.agg.push(codes, sub.ts, sub.value, host=ps.host_codes(codes))
             if closed.late_idx.size:
                 late.append(idx[closed.late_idx])
             if len(closed):

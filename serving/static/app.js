@@ -192,6 +192,12 @@ function watchAlerts() {
     clearTimeout(state.soon);
     state.soon = setTimeout(() => { loadHosts().catch(() => {}); loadIncidents().catch(() => {}); }, 500);
   });
+  // the server ends a stream whose key was revoked (a reconnect would only get 401); on
+  // "unavailable" EventSource reconnects by itself and resumes from its Last-Event-ID
+  state.alerts.addEventListener("end", (m) => {
+    const why = JSON.parse(m.data);
+    if (why.reason === "revoked") { stop(); showError("This API key was revoked: enter another key."); }
+  });
 }
 
 // --- incidents -----------------------------------------------------------------------------------

@@ -6,9 +6,11 @@ topic names and consumer groups, so tests never see each other's records.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -36,6 +38,15 @@ def wait_for(cond: Callable[[], object], timeout: float = 30.0, interval: float 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or cond}")
         time.sleep(interval)
+
+
+@functools.cache
+def nab_dir() -> Path:
+    """A NAB-layout directory of labelled synthetic series (``training.synthetic``), made once
+    per test session: the tests need no dataset from outside the repository."""
+    from training.synthetic import write_nab_like
+
+    return write_nab_like(Path(tempfile.mkdtemp(prefix="eventops-nab-like-")))
 
 
 @pytest.fixture(scope="session")

@@ -107,39 +107,142 @@ def test_bad_last_event_id_is_400(env):
     assert r.status_code == 400 and "Last-Event-ID" in r.json()["detail"]
 
 
-def test_overflowed_client_queue_is_refilled_from_postgres(env):
-    """A client too slow for its bounded queue loses nothing: the gap is read back from the DB."""
+def test_resume_replays_more_than_a_page_and_is_not_capped(env):
+    """Regression (issue 8): the replay stopped at EVENTOPS_SSE_REPLAY_MAX and never resumed.
+
+    With pages of 5, a client back after 23 missed alerts gets all 23 (five pages), then live ones."""
+    s, conn, tenant, other, pipe, api, key = env
+    from serving.config import ServingSettings
+
+    paged = Api(s, bus=pipe.bus, serving=ServingSettings(rate_limit_rps=0, auth_cache_s=0.5, sse_page_size=5,
+                                                         _env_file=None))
+    try:
+        base = open_alerts(pipe, tenant, ["p0"])[0]
+        missed = []
+        for i in range(1, 24):
+            missed += open_alerts(pipe, tenant, [f"p{i}"])
+        open_alerts(pipe, other, ["x"])
+        c = SseClient(paged.url + "/alerts/stream", headers={**hdr(key), "Last-Event-ID": str(base)})
+        wait_for(lambda: len(c.events) >= 23, 15, what="23 replayed alerts")
+        live = open_alerts(pipe, tenant, ["p24", "p25"])
+        wait_for(lambda: len(c.events) >= 25, 10, what="live alerts after a paged replay")
+        c.close()
+        assert seqs(c) == missed + live
+    finally:
+        paged.stop()
+
+
+def test_connected_frame_carries_the_start_so_an_early_reconnect_misses_nothing(env):
+    """A client without Last-Event-ID learns its starting point from the first frame (``id:``)."""
+    s, conn, tenant, other, pipe, api, key = env
+    before = open_alerts(pipe, tenant, ["e0"])
+    with httpx.stream("GET", api.url + "/alerts/stream", headers=hdr(key), timeout=10) as r:
+        head = next(r.iter_raw())
+    start = int(head.split(b"id: ", 1)[1].split(b"\n", 1)[0])
+    assert start == before[0]
+    after = open_alerts(pipe, tenant, ["e1", "e2"])  # while "disconnected"
+    c = SseClient(api.url + "/alerts/stream", headers={**hdr(key), "Last-Event-ID": str(start)})
+    wait_for(lambda: len(c.events) >= 2, 10, what="alerts after the start")
+    c.close()
+    assert seqs(c) == after
+
+
+def test_overflowed_client_queue_is_refilled_from_postgres_in_pages(env):
+    """A client too slow for its bounded queue loses nothing: the gap is read back from the DB,
+    page by page, and it continues from the live feed in seq order, each alert once."""
     s, conn, tenant, other, pipe, api, key = env
     from psycopg_pool import AsyncConnectionPool
 
-    from serving.sse import alert_stream
+    from serving.auth import KeyStore
+    from serving.sse import StreamConf, alert_stream
 
     class Req:
         async def is_disconnected(self):
             return False
 
-    async def run() -> list[int]:
-        async with AsyncConnectionPool(s.pg_dsn(), min_size=1, max_size=2, kwargs={"autocommit": True}) as pool:
-            b = Broadcaster(queue_size=2, loop=asyncio.get_running_loop())
-            sub = b.subscribe(tenant)
-            base = open_alerts(pipe, tenant, ["o0"])[0]
-            gen = alert_stream(Req(), pool, b, sub, tenant, base, 5.0, 1000)
-            assert (await anext(gen)).startswith(b"retry")
+    async def run() -> tuple[list[int], list[int], int]:
+        async with AsyncConnectionPool(s.pg_dsn(), min_size=1, max_size=3, kwargs={"autocommit": True}) as pool:
+            keys = KeyStore(ttl=5.0)
+            principal = await keys.verify(pool, key)
+            b = Broadcaster(pool, queue_size=4, page_size=3, loop=asyncio.get_running_loop())
+            gen = alert_stream(Req(), pool, b, keys, principal, None, StreamConf(page_size=3))
+            assert b"connected" in await anext(gen)  # subscribed; the feed knows its horizon
+            (sub,) = b.feeds[tenant].subs
             ts = datetime.now(UTC)
             _, stored = store_alerts(s, [alert_event(tenant, f"o{i}", ts=ts + timedelta(seconds=i))
-                                         for i in range(1, 11)])
-            for ev in stored:
-                b._fanout(ev)  # 10 events into a queue of 2: 8 dropped
-            assert sub.dropped == 8
-            got = []
+                                         for i in range(10)])
+            want = [e["seq"] for e in stored]
+            b.ring({tenant: (want[-1], [])})
+            for _ in range(100):  # the feed reads 3 + 3 + 3 + 1 while nobody reads the stream
+                await asyncio.sleep(0.05)
+                if b.feeds[tenant].horizon == want[-1]:
+                    break
+            assert sub.dropped >= 1  # pages of 3 into a queue of 4: it overflowed
+            got: list[int] = []
             while len(got) < 10:
                 chunk = await asyncio.wait_for(anext(gen), 5)
-                got.append(int(chunk.split(b"\n", 1)[0].removeprefix(b"id: ")))
+                got += [int(x.split(b"\n", 1)[0]) for x in chunk.split(b"id: ")[1:]]
+            # and live again afterwards: the next alert comes from the feed, not twice
+            _, more = store_alerts(s, [alert_event(tenant, "o10", ts=ts + timedelta(seconds=10))])
+            b.ring({tenant: (more[0]["seq"], [])})
+            chunk = await asyncio.wait_for(anext(gen), 5)
+            got += [int(x.split(b"\n", 1)[0]) for x in chunk.split(b"id: ")[1:]]
+            dropped = sub.dropped
             await gen.aclose()
-            return got, [e["seq"] for e in stored]
+            assert tenant not in b.feeds  # the last subscriber left: the feed stopped
+            return got, want + [more[0]["seq"]], dropped
 
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as ex:  # a loop of its own, whatever else runs in this thread
-        got, want = ex.submit(asyncio.run, run()).result(timeout=30)
+        got, want, dropped = ex.submit(asyncio.run, run()).result(timeout=30)
     assert got == want
+    assert dropped >= 1
+
+
+def test_resume_while_a_new_feed_reads_its_horizon_loses_nothing(env):
+    """Regression (found in this work): a resuming client that was alone on its tenant's feed
+    could finish its replay before the new feed had read its horizon; a transition committed
+    between the two was neither in the replay nor fanned out live.
+
+    The feed is held before it reads its horizon; a transition is committed; the feed then
+    starts at a horizon that includes it. The client must still get it, from its replay."""
+    s, conn, tenant, other, pipe, api, key = env
+    from psycopg_pool import AsyncConnectionPool
+
+    from serving.auth import KeyStore
+    from serving.broadcast import Feed, head_seq
+    from serving.sse import StreamConf, alert_stream
+
+    class Req:
+        async def is_disconnected(self):
+            return False
+
+    async def run() -> tuple[list[int], int]:
+        async with AsyncConnectionPool(s.pg_dsn(), min_size=1, max_size=3, kwargs={"autocommit": True}) as pool:
+            keys = KeyStore(ttl=5.0)
+            principal = await keys.verify(pool, key)
+            b = Broadcaster(pool, queue_size=10, page_size=10, loop=asyncio.get_running_loop())
+            feed = b.feeds[tenant] = Feed(tenant)  # no task yet: its horizon is unknown
+            base = open_alerts(pipe, tenant, ["n0"])[0]
+            gen = alert_stream(Req(), pool, b, keys, principal, base, StreamConf(page_size=10))
+            assert b"connected" in await anext(gen)
+            nxt = asyncio.ensure_future(anext(gen))
+            await asyncio.sleep(0.5)  # the replay found nothing after `base`; it must not be done
+            assert not nxt.done()
+            (late,) = open_alerts(pipe, tenant, ["n1"])
+            feed.horizon = await head_seq(pool, tenant)  # what the feed would now start from
+            assert feed.horizon == late
+            for sub in feed.subs:
+                sub.start = feed.horizon
+                sub.wake()
+            chunk = await asyncio.wait_for(nxt, 5)
+            got = [int(x.split(b"\n", 1)[0]) for x in chunk.split(b"id: ")[1:]]
+            await gen.aclose()
+            return got, late
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as ex:
+        got, late = ex.submit(asyncio.run, run()).result(timeout=30)
+    assert got == [late]

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from pipeline import db
 from pipeline import kafka as kq
 from pipeline.simulate import Simulator
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import nab_dir, wait_for
 
-NAB = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "nab-dev"
 CHAIN = "normalize,enrich,detect,sink"
 
 
@@ -28,7 +26,7 @@ def test_detect_worker_swaps_champion_within_10s_without_losing_events(settings,
     from training.tracking import client
     from training.train import TrainConfig, train_and_register
 
-    ds = datasets.from_csv(NAB / "data" / "artificialWithAnomaly", NAB / "windows.json")
+    ds = datasets.from_csv(nab_dir() / "data" / "artificialWithAnomaly", nab_dir() / "windows.json")
     v1 = train_and_register(store, ds, TrainConfig(params={"n_estimators": 30}), promote=False).version
     v2 = train_and_register(store, ds, TrainConfig(family="robust_z"), promote=False).version
     c = client(store)
@@ -103,7 +101,7 @@ def test_a_starting_worker_scores_its_first_windows_with_the_champion(settings, 
     from training.train import TrainConfig, train_and_register
 
     st = store.model_copy(update={"model_name": f"start-{uuid.uuid4().hex[:8]}"})
-    ds = datasets.from_csv(NAB / "data" / "artificialWithAnomaly", NAB / "windows.json")
+    ds = datasets.from_csv(nab_dir() / "data" / "artificialWithAnomaly", nab_dir() / "windows.json")
     v1 = train_and_register(st, ds, TrainConfig(params={"n_estimators": 30}), promote=False).version
     promote(client(st), st.model_name, v1, reason="test: champion before the worker starts")
     s = settings.model_copy(update={

@@ -12,11 +12,11 @@ import uuid
 import pytest
 
 from pipeline.settings import REPO_ROOT, Settings
+from tests.integration.conftest import nab_dir
 
 pytestmark = pytest.mark.integration
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
-NAB = REPO_ROOT.parent / "shared" / "datasets" / "nab-dev"
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,8 @@ def _env(s: Settings) -> dict[str, str]:
         "EVENTOPS_MLFLOW_ARTIFACTS": str(s.mlflow_artifacts),
         "EVENTOPS_MODEL_NAME": f"nb-{uuid.uuid4().hex[:8]}",
         "EVENTOPS_NB_SOURCE": "csv",
-        "EVENTOPS_NB_CSV": str(NAB / "data" / "artificialWithAnomaly"),
-        "EVENTOPS_NB_WINDOWS": str(NAB / "windows.json"),
+        "EVENTOPS_NB_CSV": str(nab_dir() / "data" / "artificialWithAnomaly"),
+        "EVENTOPS_NB_WINDOWS": str(nab_dir() / "windows.json"),
         "EVENTOPS_NB_INJECT": "2",
         "PYTHONPATH": str(REPO_ROOT),
     })  # fmt: skip

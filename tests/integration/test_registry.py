@@ -9,17 +9,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.settings import Settings
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import nab_dir, wait_for
 
 pytestmark = pytest.mark.integration
 
-NAB = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "nab-dev"
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +25,7 @@ def labelled():
     """6 labelled NAB series (5-min samples, 30-min windows) + 3 injected spikes per series."""
     from training import datasets
 
-    ds = datasets.from_csv(NAB / "data" / "artificialWithAnomaly", NAB / "windows.json")
+    ds = datasets.from_csv(nab_dir() / "data" / "artificialWithAnomaly", nab_dir() / "windows.json")
     return datasets.inject_anomalies(ds, per_series=3, seed=0, kinds=("spike",))
 
 
@@ -47,13 +45,13 @@ def test_lifecycle_champion_promotion_rejection_rollback(mlflow_settings, labell
     policy = PromotionPolicy(margin=1.0)
 
     # v1: first model that passes the guardrails becomes champion
-    r1 = train_and_register(s, labelled, TrainConfig(params={"n_estimators": 50}), policy)
+    r1 = train_and_register(s, labelled, TrainConfig(family="robust_z"), policy)
     assert r1.decision.promoted, r1.decision.reason
     assert r1.decision.reason.startswith("first model")
     assert alias_version(c, s.model_name, CHAMPION) == r1.version
 
     # v2: better on the same labelled set by more than the margin -> promoted
-    r2 = train_and_register(s, labelled, TrainConfig(family="robust_z"), policy)
+    r2 = train_and_register(s, labelled, TrainConfig(params={"n_estimators": 50}), policy)
     assert r2.decision.promoted, r2.decision.reason
     assert r2.metrics["nab_standard"] >= r1.metrics["nab_standard"] + policy.margin
     assert r2.decision.champion_version == r1.version
@@ -242,12 +240,12 @@ def test_cli_models_commands(mlflow_settings, labelled, tmp_path):
     assert client(s).get_model_version_by_alias(s.model_name, "champion").version in (v1, int(v1))
 
     # eventops train on CSV series, registered and promoted in one command
-    csv = NAB / "data" / "artificialWithAnomaly" / "art_daily_jumpsup.csv"
+    csv = nab_dir() / "data" / "artificialWithAnomaly" / "art_daily_jumpsup.csv"
     s2 = _own_model(mlflow_settings)
     env2 = {**env, "EVENTOPS_MODEL_NAME": s2.model_name}
     t = time.perf_counter()
     r = run(app, ["train", "--source", "csv", "--csv", str(csv), "--windows",
-                  str(NAB / "windows.json"), "--family", "robust_z", "--inject", "3"], env=env2)
+                  str(nab_dir() / "windows.json"), "--family", "robust_z", "--inject", "3"], env=env2)
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["version"] == "1" and out["decision"]["action"] == "promoted"

@@ -7,7 +7,6 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,9 +16,7 @@ from pipeline import db
 from pipeline.registry import CHALLENGER, TAG_SET_AT, load_version
 from pipeline.stages.anomaly import ANOMALY_RULE, calibrate_batch_score
 from tests.integration.api_support import Api, hdr, make_key
-from tests.integration.conftest import produce_sim, settings_env, wait_for
-
-NAB = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "nab-dev"
+from tests.integration.conftest import nab_dir, produce_sim, settings_env, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +32,7 @@ def registry(store):
     from training.tracking import client
     from training.train import TrainConfig, train_and_register
 
-    ds = datasets.from_csv(NAB / "data" / "artificialWithAnomaly", NAB / "windows.json")
+    ds = datasets.from_csv(nab_dir() / "data" / "artificialWithAnomaly", nab_dir() / "windows.json")
     v1 = train_and_register(store, ds, TrainConfig(params={"n_estimators": 30}), promote=False).version
     # a trigger-happy challenger: half of the training windows already reach its 0.5
     v2 = train_and_register(store, ds, TrainConfig(family="robust_z", quantile=0.51),

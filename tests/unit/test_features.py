@@ -93,17 +93,27 @@ def test_invalid_events_reported_and_bad_config_raises():
         agg.push(np.array([-1]), np.array([1.0]), np.array([1.0]))
 
 
-def test_state_round_trip_mid_stream():
+@pytest.mark.parametrize("hosts", [None, 4])
+def test_state_round_trip_mid_stream(hosts):
     rng = np.random.default_rng(3)
     n = 2000
     s, ts, v = rng.integers(0, 20, n), np.sort(rng.uniform(0, 1800, n)), rng.normal(size=n)
-    a = WindowAggregator(60.0, 30.0)
-    first = a.push(s[:1000], ts[:1000], v[:1000])
+    h = None if hosts is None else s % hosts  # event time per host: 5 series each
+    a = WindowAggregator(60.0, 30.0, idle_close_s=None if hosts is None else 600.0)
+
+    def hs(sl):
+        return None if h is None else h[sl]
+
+    first = a.push(s[:1000], ts[:1000], v[:1000], host=hs(slice(0, 1000)))
     b = WindowAggregator.from_state(pickle.loads(pickle.dumps(a.to_state())))
-    ra = ClosedWindows.concat([a.push(s[1000:], ts[1000:], v[1000:]), a.flush()])
-    rb = ClosedWindows.concat([b.push(s[1000:], ts[1000:], v[1000:]), b.flush()])
+    ra = ClosedWindows.concat([a.push(s[1000:], ts[1000:], v[1000:], host=hs(slice(1000, n))),
+                               a.flush()])
+    rb = ClosedWindows.concat([b.push(s[1000:], ts[1000:], v[1000:], host=hs(slice(1000, n))),
+                               b.flush()])
     for f in FEATURES:
         np.testing.assert_array_equal(ra.features[f], rb.features[f])
+    np.testing.assert_array_equal(ra.series, rb.series)
+    assert ra.n_late == rb.n_late == 0
     check(ClosedWindows.concat([first, ra]), naive(s, ts, v, 60.0), 60.0)
 
 
