@@ -30,6 +30,7 @@ import asyncio
 import json
 import re
 import threading
+import uuid
 from collections import Counter
 from typing import Literal
 
@@ -149,7 +150,10 @@ def _send_embedded(app, settings, raws: list[bytes]) -> Accepted:
     with _lock:  # one pipeline (one connection, stage state): batches go through one at a time
         pipe = getattr(app.state, "ingest_pipeline", None)
         if pipe is None:
-            pipe = app.state.ingest_pipeline = EmbeddedPipeline(settings, app.state.bus, source="api-ingest")
+            # events without an event_id get "<source>:0:<n>": the source must be new per process,
+            # or a restarted (or second) API would give a new event a stored event's id (dropped)
+            source = f"api-ingest-{uuid.uuid4().hex[:12]}"
+            pipe = app.state.ingest_pipeline = EmbeddedPipeline(settings, app.state.bus, source=source)
         base = getattr(pipe, "_seq", None)  # the offset the pipeline gives this batch's first event
         stored, dead, _ = pipe.feed(raws)
     reasons = Counter(d.reason for d in dead)

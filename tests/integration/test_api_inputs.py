@@ -226,7 +226,7 @@ def _post_ingest(w, body: bytes | str, key: str | None = None, ctype="applicatio
 
 
 def _dead_letters_since(w, last_id: int) -> list[tuple]:
-    return w.conn.execute("SELECT reason, raw FROM dead_letters WHERE id > %s AND source LIKE 'api-ingest:%%' "
+    return w.conn.execute("SELECT reason, raw FROM dead_letters WHERE id > %s AND source LIKE 'api-ingest-%%' "
                           "ORDER BY id", (last_id,)).fetchall()
 
 
@@ -343,6 +343,21 @@ def test_ingest_in_kafka_mode_forwards_each_events_original_bytes(api_server, se
     assert sorted(m.value() for m in msgs) == sorted(want)
     assert sorted(m.key() for m in msgs) == sorted([f"{tenant}|h1".encode(), f"{tenant}|".encode(),
                                                    f"{tenant}|".encode()])
+
+
+def test_ingest_events_without_an_id_from_two_api_processes_are_both_stored(w):
+    """Each API process names its events anew: a second one does not reuse the first's ids."""
+    other = Api(w.s, bus=Bus())
+    try:
+        for url in (w.url, other.url, w.url):
+            r = httpx.post(url + "/ingest", content=f"[{_event('ing-two-apis')}]", timeout=60,
+                           headers={**hdr(w.ingest), "Content-Type": "application/json"})
+            assert r.status_code == 202 and r.json()["stored"] == 1, r.text
+    finally:
+        other.stop()
+    n = w.conn.execute("SELECT count(*) FROM metrics WHERE tenant_id = %s AND host = 'ing-two-apis'",
+                       (w.tenant,)).fetchone()[0]
+    assert n == 3
 
 
 def test_ingest_embedded_counts_what_was_stored_and_dead_lettered_per_reason(w):
