@@ -6,6 +6,8 @@ objects beyond what decoding produced (strings and the tags dicts).
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,9 +25,30 @@ def factorize(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(uniques, dtype=object), codes
 
 
+#: longest ``DeadLetter.detail`` in characters (the Kafka header and the table column hold it)
+DETAIL_MAX_CHARS = 500
+_UNSAFE_DETAIL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def safe_detail(text: str) -> str:
+    """``text`` bounded to :data:`DETAIL_MAX_CHARS` with control characters and lone surrogates
+    written as ``\\uXXXX``: valid UTF-8 and storable in PostgreSQL text, whatever the input.
+
+    >>> safe_detail("bad \\x00 and \\ud800")
+    'bad \\\\u0000 and \\\\ud800'
+    """
+    text = _UNSAFE_DETAIL.sub(lambda m: f"\\u{ord(m.group()):04x}", text[: DETAIL_MAX_CHARS + 1])
+    return text if len(text) <= DETAIL_MAX_CHARS else text[: DETAIL_MAX_CHARS - 1] + "…"
+
+
 @dataclass(slots=True)
 class DeadLetter:
-    """An input that could not be processed, with the original bytes and why."""
+    """An input that could not be processed: its original bytes, why, and where it came from.
+
+    ``topic``/``partition``/``offset`` name the record the bytes were read from (for a worker
+    consuming an intermediate topic, that topic's record). ``detail`` is made safe on creation
+    (:func:`safe_detail`), so no dead letter can fail to be produced or stored.
+    """
 
     raw: bytes
     reason: str
@@ -34,6 +57,9 @@ class DeadLetter:
     partition: int = -1
     offset: int = -1
     stage: str = "normalize"
+
+    def __post_init__(self) -> None:
+        self.detail = safe_detail(self.detail)
 
 
 @dataclass(slots=True)
@@ -54,6 +80,10 @@ class MetricBatch:
     tags: np.ndarray
     #: input partition of each event (int64), when the runner knows it; detect keeps state per partition
     partition: np.ndarray | None = None
+    #: index (int64) of each row's input record in the micro-batch the runner handed to the first
+    #: stage, so a later stage's dead letter carries that record's bytes and offset. Meaningful
+    #: only within one micro-batch: :meth:`concat` drops it.
+    src: np.ndarray | None = None
 
     COLUMNS = ("event_id", "tenant_id", "host", "metric", "value", "ts", "unit", "tags")
 
@@ -68,15 +98,17 @@ class MetricBatch:
     def take(self, idx: np.ndarray) -> MetricBatch:
         """Rows selected by an index array or boolean mask."""
         part = None if self.partition is None else self.partition[idx]
-        return MetricBatch(*(getattr(self, c)[idx] for c in self.COLUMNS), partition=part)
+        src = None if self.src is None else self.src[idx]
+        return MetricBatch(*(getattr(self, c)[idx] for c in self.COLUMNS), partition=part, src=src)
 
     @classmethod
     def concat(cls, batches: list[MetricBatch]) -> MetricBatch:
+        """Rows of ``batches`` in order (without ``src``: indexes of different micro-batches)."""
         batches = [b for b in batches if len(b)]
         if not batches:
             return cls.empty()
         if len(batches) == 1:
-            return batches[0]
+            return dataclasses.replace(batches[0], src=None)
         part = None
         if all(b.partition is not None for b in batches):
             part = np.concatenate([b.partition for b in batches])

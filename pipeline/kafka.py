@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -16,13 +17,32 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
-from pipeline.batch import DeadLetter, MetricBatch
+from pipeline.batch import DeadLetter, MetricBatch, safe_detail
 from pipeline.errors import ServiceError
 from pipeline.settings import Settings
+from pipeline.stages.normalize import suspects, text_fault
 
 log = logging.getLogger(__name__)
+
+
+#: ``max.message.bytes`` of every topic but the DLQ: the largest record an agent can produce to
+#: the raw topic (the broker's ``message.max.bytes`` in scripts/services.sh matches it)
+TOPIC_MAX_MESSAGE_BYTES = 2_097_152
+#: ``max.message.bytes`` of the DLQ topic and ``message.max.bytes`` of our producers: a dead
+#: letter is the original record's bytes plus headers, so it must fit more than any record an
+#: input topic accepts (twice the headroom: headers, record overhead, and compressed input
+#: batches whose records are larger uncompressed; those beyond it are truncated, see below)
+DLQ_MAX_MESSAGE_BYTES = 2 * TOPIC_MAX_MESSAGE_BYTES
+#: bytes kept free in a dead letter for its headers and the record framing
+_DLQ_SLACK_BYTES = 16_384
 
 
 def all_topics(s: Settings) -> list[str]:
@@ -50,16 +70,25 @@ def wait_for_broker(s: Settings, timeout: float = 30.0) -> None:
 def create_topics(
     s: Settings, topics: Iterable[str] | None = None, partitions: int | None = None
 ) -> list[str]:
-    """Create missing topics; returns the names created. Idempotent."""
+    """Create missing topics; returns the names created. Idempotent.
+
+    Existing topics whose ``max.message.bytes`` is below what is wanted here (a DLQ created
+    before its limit was raised) get it raised, so every dead letter stays producible.
+    """
     a = admin(s)
     wanted = list(topics or all_topics(s))
     existing = set(a.list_topics(timeout=10).topics)
+
+    def limit(t: str) -> str:
+        return str(DLQ_MAX_MESSAGE_BYTES if t == s.topic_dlq else TOPIC_MAX_MESSAGE_BYTES)
+
+    _raise_size_limits(a, {t: int(limit(t)) for t in wanted if t in existing})
     new = [
         NewTopic(
             t,
             num_partitions=partitions or s.topic_partitions,
             replication_factor=1,
-            config={"retention.ms": str(s.topic_retention_ms), "max.message.bytes": "2097152"},
+            config={"retention.ms": str(s.topic_retention_ms), "max.message.bytes": limit(t)},
         )
         for t in wanted
         if t not in existing
@@ -85,6 +114,32 @@ def create_topics(
     return created
 
 
+def _raise_size_limits(a: AdminClient, limits: dict[str, int], timeout: float = 30.0) -> None:
+    """Raise ``max.message.bytes`` of existing topics to ``limits`` where it is lower."""
+    if not limits:
+        return
+    res = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in limits]
+    low = []
+    for r, fut in a.describe_configs(res, request_timeout=timeout).items():
+        entry = fut.result(timeout=timeout).get("max.message.bytes")
+        if entry is None or int(entry.value) < limits[r.name]:
+            low.append(r.name)
+    if not low:
+        return
+    alter = [ConfigResource(ConfigResource.Type.TOPIC, t, incremental_configs=[
+        ConfigEntry("max.message.bytes", str(limits[t]),
+                    incremental_operation=AlterConfigOpType.SET)]) for t in low]
+    for r, fut in a.incremental_alter_configs(alter, request_timeout=timeout).items():
+        try:
+            fut.result(timeout=timeout)
+        except KafkaException as e:
+            raise ServiceError(
+                f"could not raise max.message.bytes of topic {r.name} to {limits[r.name]} ({e}); "
+                f"set it with kafka-configs.sh --alter --entity-type topics --entity-name {r.name} "
+                f"--add-config max.message.bytes={limits[r.name]}") from e
+        log.info("topic %s: max.message.bytes raised to %d", r.name, limits[r.name])
+
+
 def delete_topics(s: Settings, topics: Sequence[str], timeout: float = 60.0) -> list[str]:
     """Delete ``topics`` (missing ones are ignored); returns those not confirmed deleted.
 
@@ -108,7 +163,11 @@ def delete_topics(s: Settings, topics: Sequence[str], timeout: float = 60.0) -> 
 
 
 def producer(s: Settings, **overrides: object) -> Producer:
-    conf = {
+    return Producer(producer_config(s, **overrides))
+
+
+def producer_config(s: Settings, **overrides: object) -> dict:
+    return {
         **s.kafka_common(),
         "enable.idempotence": True,
         "acks": "all",
@@ -116,10 +175,11 @@ def producer(s: Settings, **overrides: object) -> Producer:
         "batch.size": 1_000_000,
         "compression.type": "lz4",
         "queue.buffering.max.messages": 1_000_000,
-        "message.max.bytes": 2_000_000,
+        # the dead letter of the largest accepted input must be producible (issue 8): the DLQ's
+        # limit; the broker still holds every other topic to TOPIC_MAX_MESSAGE_BYTES
+        "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
         **overrides,
     }
-    return Producer(conf)
 
 
 def consumer(s: Settings, group: str, **overrides: object) -> Consumer:
@@ -176,22 +236,38 @@ class DeliveryErrors:
 # --- wire formats ---------------------------------------------------------------------------
 
 def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:
+    """``reason``, ``detail`` (valid UTF-8, at most ``DETAIL_MAX_CHARS`` characters), ``stage``
+    and the source record's ``source.topic`` / ``source.partition`` / ``source.offset``."""
     return [
         ("reason", d.reason.encode()),
-        ("detail", d.detail.encode("utf-8", "replace")[:1000]),
+        ("detail", safe_detail(d.detail).encode("utf-8", "replace")),
         ("stage", d.stage.encode()),
-        ("source.topic", d.topic.encode()),
+        ("source.topic", d.topic.encode("utf-8", "replace")),
         ("source.partition", str(d.partition).encode()),
         ("source.offset", str(d.offset).encode()),
         ("dlq.ts", str(int(time.time() * 1000)).encode()),
     ]
 
 
+def dead_letter_record(d: DeadLetter) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """(value, headers) of ``d``'s DLQ record: the original bytes in full whenever they fit
+    :data:`DLQ_MAX_MESSAGE_BYTES` (always for records of our input topics). Larger ones (only a
+    compressed batch from a producer with a higher limit can deliver them) keep their first
+    bytes, with headers ``raw.truncated=1`` and ``raw.size`` (the original length)."""
+    headers = dead_letter_headers(d)
+    room = DLQ_MAX_MESSAGE_BYTES - _DLQ_SLACK_BYTES
+    if len(d.raw) <= room:
+        return d.raw, headers
+    headers += [("raw.truncated", b"1"), ("raw.size", str(len(d.raw)).encode())]
+    return d.raw[:room], headers
+
+
 def produce_dead_letters(p: Producer, topic: str, dead: Sequence[DeadLetter]) -> None:
     for d in dead:
+        value, headers = dead_letter_record(d)
         while True:
             try:
-                p.produce(topic, d.raw, None, headers=dead_letter_headers(d))
+                p.produce(topic, value, None, headers=headers)
                 break
             except BufferError:
                 p.poll(0.05)
@@ -211,23 +287,34 @@ def encode_metrics(b: MetricBatch) -> tuple[list[bytes], list[str]]:
 
 
 def decode_metrics(msgs: Sequence[Message], stage: str) -> tuple[MetricBatch, list[DeadLetter]]:
-    """Inverse of :func:`encode_metrics`; undecodable records become dead letters."""
+    """Inverse of :func:`encode_metrics`; records that do not decode to a valid row (wrong
+    types, a non-finite number, text normalize would refuse) become ``bad_record`` dead letters
+    carrying the record's own bytes and topic/partition/offset. Rows keep the index of their
+    record in ``msgs`` (``MetricBatch.src``)."""
     cols: list[list] = [[] for _ in range(8)]
     parts: list[int] = []
+    src: list[int] = []
     dead: list[DeadLetter] = []
     loads = orjson.loads
-    for m in msgs:
+    suspect = suspects([m.value() or b"" for m in msgs])
+    for i, m in enumerate(msgs):
         try:
-            d = loads(m.value())
+            d = loads(m.value() or b"")
             row = (d["event_id"], d["tenant_id"], d["host"], d["metric"], float(d["value"]),
                    float(d["ts"]), d.get("unit", ""), d.get("tags"))
+            fault = _row_fault(row)
+            if fault is None and suspect is not None and suspect[i]:
+                fault = text_fault(*row[:4], row[6], row[7])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            dead.append(DeadLetter(m.value() or b"", "bad_record", str(e)[:200], m.topic(),
+            fault = f"{type(e).__name__}: {e}"
+        if fault is not None:
+            dead.append(DeadLetter(m.value() or b"", "bad_record", fault, m.topic(),
                                    m.partition(), m.offset(), stage))
             continue
         for c, v in zip(cols, row, strict=True):
             c.append(v)
         parts.append(m.partition())
+        src.append(i)
     if not cols[0]:
         return MetricBatch.empty(), dead
 
@@ -240,7 +327,21 @@ def decode_metrics(msgs: Sequence[Message], stage: str) -> tuple[MetricBatch, li
         obj(cols[0]), obj(cols[1]), obj(cols[2]), obj(cols[3]),
         np.asarray(cols[4], dtype=np.float64), np.asarray(cols[5], dtype=np.float64),
         obj(cols[6]), obj(cols[7]), np.asarray(parts, dtype=np.int64),
+        np.asarray(src, dtype=np.int64),
     ), dead
+
+
+def _row_fault(row: tuple) -> str | None:
+    """Why a decoded intermediate record cannot be a row (types, finiteness), else ``None``."""
+    eid, t, h, m, v, ts, u, tags = row
+    if not (type(eid) is str and type(t) is str and type(h) is str and type(m) is str
+            and type(u) is str):
+        return "event_id, tenant_id, host, metric and unit must be strings"
+    if tags is not None and type(tags) is not dict:
+        return "tags must be an object"
+    if not (math.isfinite(v) and math.isfinite(ts)):
+        return "value and ts must be finite"
+    return None
 
 
 def encode_alert(ev: dict) -> bytes:

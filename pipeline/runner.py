@@ -32,7 +32,6 @@ from pipeline.registry import CHALLENGER, CHAMPION
 from pipeline.settings import Settings
 from pipeline.stages.anomaly import (
     ANOMALY_RULE,
-    DetectOutput,
     DetectStage,
     ModelProvider,
     WindowRows,
@@ -179,6 +178,8 @@ class KafkaWorker:
         self._with_cp: set[int] = set()
         # restored partition -> its checkpoint's offset, until a batch of it is committed
         self._restored: dict[int, int] = {}
+        # what it takes to undo a failed detect call (the failure path pays for it)
+        self._history = DetectHistory() if self.stateful else None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -209,6 +210,10 @@ class KafkaWorker:
                 if open_alerts is None:
                     open_alerts = [a for a in db.load_open_alerts(self.conn) if a["rule"] != ANOMALY_RULE]
                 self.stages.detect.partition(tp.partition).rule_alerts.restore(open_alerts)
+        # the restored blobs are the base to rewind to (the others are snapshotted)
+        mine = {tp.partition for tp in parts}
+        self._history.rebase(self.stages.detect, {p: cp[1] for p, cp in cps.items()
+                                                  if p in mine and cp[1] is not None})
         consumer.assign(parts)
 
     def _on_revoke(self, consumer, parts) -> None:
@@ -223,6 +228,7 @@ class KafkaWorker:
                 self._next.pop(tp.partition, None)
                 self._with_cp.discard(tp.partition)
                 self._restored.pop(tp.partition, None)
+            self._history.rebase(self.stages.detect)
 
     def run(self, idle_exit_s: float | None = None) -> Stats:
         """Consume until :meth:`stop` (or SIGTERM), or after ``idle_exit_s`` without input."""
@@ -303,26 +309,10 @@ class KafkaWorker:
         """
         s, chain = self.s, self.chain
         self.stages.refresh()
-        dead: list[DeadLetter] = []
-        alerts_in: list[dict] = []
-        windows: WindowRows | None = None
-        try:
-            batch, dead, windows = self._decode(msgs, alerts_in)
-            if "enrich" in chain:
-                batch = self.stages.enricher(batch)
-            det = self.stages.detect(batch) if "detect" in chain else DetectOutput()
-            if len(det.late_idx):
-                dead += late_letters(batch, det.late_idx)
-                keep = np.ones(len(batch), bool)
-                keep[det.late_idx] = False
-                batch = batch.take(keep)
-            alerts = det.alerts
-            windows = det.windows if "detect" in chain else windows
-        except Exception as e:  # a stage bug must not lose the batch: dead-letter it whole
-            log.exception("stage failure on %d records from %s", len(msgs), msgs[0].topic())
-            batch, alerts, alerts_in, windows = MetricBatch.empty(), [], [], None
-            dead = [DeadLetter(m.value() or b"", "stage_error", f"{type(e).__name__}: {e}"[:500],
-                               m.topic(), m.partition(), m.offset(), chain[0]) for m in msgs]
+        # a stage raising on the batch costs only the records that make it raise (stage_error)
+        out = run_isolated(self._run_stages, msgs, _message_letter,
+                           self.stages.detect if self.stateful else None, self._history)
+        batch, dead, alerts, alerts_in, windows = out.batch, out.dead, out.alerts, out.alerts_in, out.windows
         if dead:
             kq.produce_dead_letters(self.producer, s.topic_dlq, dead)
         if self.metric_out and len(batch):
@@ -354,6 +344,24 @@ class KafkaWorker:
             fut = self._writer.submit(self.sink.write, batch, alerts + alerts_in, windows, cps)
             self._pending = (offsets, fut, bool(alerts_in))
 
+    def _run_stages(self, msgs: list[Message]) -> StageOutput:
+        """The chain's stages on ``msgs`` (any slice of a micro-batch); raises :class:`StageFailure`."""
+        chain = self.chain
+        stage = chain[0]
+        try:
+            alerts_in: list[dict] = []
+            batch, dead, windows = self._decode(msgs, alerts_in)
+            out = StageOutput(batch, dead, [], alerts_in, windows)
+            if "enrich" in chain:
+                stage = "enrich"
+                out.batch = self.stages.enricher(out.batch)
+            if "detect" in chain:
+                stage = "detect"
+                _detect(self.stages.detect, out, lambda i: _message_origin(msgs[i]))
+        except Exception as e:
+            raise StageFailure(stage, e) from e
+        return out
+
     def _checkpoints(self, offsets) -> list[db.Checkpoint]:
         """Detect state of every owned partition, every ``checkpoint_interval_s``.
 
@@ -377,6 +385,7 @@ class KafkaWorker:
         cps = [db.Checkpoint(self.group, topic, p, o, det.snapshot(p))
                for p, o in self._next.items() if p in det.parts]
         self._with_cp.update(cp.partition for cp in cps)
+        self._history.rebase(det, {cp.partition: cp.state for cp in cps})  # blobs made anyway
         return cps
 
     def finish(self) -> None:
@@ -488,17 +497,218 @@ def start_watcher(s: Settings, alias: str = CHAMPION):
                            tracking_uri=s.mlflow_tracking_uri_override).start()
 
 
-def late_letters(batch: MetricBatch, idx: np.ndarray) -> list[DeadLetter]:
-    """Events older than their closed window: dead letters with reason ``ts_too_old``."""
+# -- stage outputs, late events and per-record isolation of stage failures -----------------
+
+#: the input record of a row: (original bytes, topic, partition, offset)
+Origin = tuple[bytes, str, int, int]
+
+
+@dataclass
+class StageOutput:
+    """What the stages made of (a slice of) a micro-batch."""
+
+    batch: MetricBatch = field(default_factory=MetricBatch.empty)
+    dead: list[DeadLetter] = field(default_factory=list)
+    alerts: list[dict] = field(default_factory=list)
+    alerts_in: list[dict] = field(default_factory=list)  # alert records read by a sink worker
+    windows: WindowRows | None = None
+    #: the batch detect consumed (the worker keeps it to rebuild detect's state on failure)
+    detect_input: MetricBatch | None = None
+
+    @classmethod
+    def merge(cls, parts: list[StageOutput]) -> StageOutput:
+        """Outputs of consecutive slices as one, in order."""
+        return cls(
+            MetricBatch.concat([p.batch for p in parts]),
+            [d for p in parts for d in p.dead],
+            [a for p in parts for a in p.alerts],
+            [a for p in parts for a in p.alerts_in],
+            WindowRows.concat([p.windows for p in parts if p.windows is not None]),
+        )
+
+
+class StageFailure(Exception):
+    """A stage raised; ``stage`` names it, ``__cause__`` is what it raised."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"{stage}: {type(cause).__name__}: {cause}")
+        self.stage = stage
+
+
+def _detect(det: DetectStage, out: StageOutput, origin: Callable[[int], Origin]) -> None:
+    """Run detect on ``out.batch``; its late events leave the batch as ``ts_too_old`` letters."""
+    out.detect_input = out.batch
+    res = det(out.batch)
+    if len(res.late_idx):
+        out.dead += late_letters(out.batch, res.late_idx, origin)
+        keep = np.ones(len(out.batch), bool)
+        keep[res.late_idx] = False
+        out.batch = out.batch.take(keep)
+    out.alerts = res.alerts
+    out.windows = res.windows
+
+
+def late_letters(batch: MetricBatch, idx: np.ndarray,
+                 origin: Callable[[int], Origin] | None = None) -> list[DeadLetter]:
+    """Events older than their closed window: dead letters with reason ``ts_too_old``.
+
+    Each carries its input record's original bytes and topic/partition/offset, looked up with
+    ``origin`` from the row's ``src`` index. Without them (a batch built by hand), the event is
+    re-encoded and its offset is -1.
+    """
     out = []
+    detail = "event time behind a closed window"
+    if origin is not None and batch.src is not None:
+        for i in batch.src[idx].tolist():
+            raw, topic, part, off = origin(i)
+            out.append(DeadLetter(raw, "ts_too_old", detail, topic, part, off, "detect"))
+        return out
     for i in idx.tolist():
         ev = {"event_id": batch.event_id[i], "tenant_id": batch.tenant_id[i], "host": batch.host[i],
               "metric": batch.metric[i], "value": float(batch.value[i]), "ts": float(batch.ts[i]),
               "unit": batch.unit[i], "tags": batch.tags[i]}
         part = -1 if batch.partition is None else int(batch.partition[i])
-        out.append(DeadLetter(orjson.dumps(ev), "ts_too_old", "event time behind a closed window",
-                              "", part, -1, "detect"))
+        out.append(DeadLetter(orjson.dumps(ev), "ts_too_old", detail, "", part, -1, "detect"))
     return out
+
+
+def _message_origin(m: Message) -> Origin:
+    return m.value() or b"", m.topic(), m.partition(), m.offset()
+
+
+def _message_letter(m: Message, failure: StageFailure) -> DeadLetter:
+    return DeadLetter(m.value() or b"", "stage_error", str(failure), m.topic(), m.partition(),
+                      m.offset(), failure.stage)
+
+
+class DetectHistory:
+    """Rebuilds detect's state as it was before a failed call, at no cost to a call that works.
+
+    Holds a base (per-partition state blobs: the worker's checkpoints, which it makes anyway,
+    or snapshots taken every ``max_events`` events) and the batches detect consumed since —
+    references to batches that exist anyway. :meth:`rewind` restores the base and replays them.
+    Replaying gives the state the calls gave (detect is deterministic in its input), unless the
+    champion model or the rules changed in between: then the rebuilt state is what the current
+    ones would have made.
+    """
+
+    def __init__(self, max_events: int = 100_000) -> None:
+        self.max_events = max_events
+        self.base: dict[int, bytes] = {}
+        self.held: list[MetricBatch] = []
+        self.events = 0
+
+    def rebase(self, det: DetectStage, blobs: dict[int, bytes] | None = None) -> None:
+        """The current state becomes the base (``blobs``: snapshots already made of it)."""
+        blobs = blobs or {}
+        self.base = {p: blobs[p] if p in blobs else det.snapshot(p) for p in list(det.parts)}
+        self.held, self.events = [], 0
+
+    def record(self, det: DetectStage, batch: MetricBatch) -> None:
+        """``batch`` went through detect without error."""
+        self.held.append(batch)
+        self.events += len(batch)
+        if self.events > self.max_events:
+            self.rebase(det)
+
+    def rewind(self, det: DetectStage) -> None:
+        """Restore the state detect had after the last batch recorded."""
+        _restore(det, self.base)
+        for b in self.held:
+            det(b)
+
+
+def _snapshot(det: DetectStage | None) -> dict[int, bytes] | None:
+    return None if det is None else {p: det.snapshot(p) for p in list(det.parts)}
+
+
+def _restore(det: DetectStage | None, snap: dict[int, bytes] | None) -> None:
+    if det is None or snap is None:
+        return
+    for p in [p for p in det.parts if p not in snap]:
+        det.drop(p)
+    for p, blob in snap.items():
+        det.restore(p, blob)
+
+
+def run_isolated(run: Callable[[Sequence], StageOutput], items: Sequence,
+                 letter: Callable[[object, StageFailure], DeadLetter],
+                 detect: DetectStage | None = None,
+                 history: DetectHistory | None = None) -> StageOutput:
+    """``run(items)``; if a stage fails, only the records that make it fail are dead-lettered.
+
+    The happy path is one call (plus a list append for ``history``). When it raises
+    :class:`StageFailure`, detect's state is rewound to before the call (``history``) and the
+    records are bisected: each half runs on its own, a failed half is undone (a snapshot of
+    detect taken before it) and split again, down to single records, which ``letter`` turns
+    into ``stage_error`` dead letters (original bytes and source). Everything else of the batch
+    is processed as usual, in order.
+    """
+    try:
+        out = run(items)
+    except StageFailure as e:
+        log.error("stage %s failed on %d records (%s): isolating the records that make it fail",
+                  e.stage, len(items), e, exc_info=e.__cause__)
+        if detect is not None and history is not None:
+            history.rewind(detect)
+        outs: list[StageOutput] = []
+        dead: list[DeadLetter] = []
+        _bisect(run, items, letter, detect, e, outs, dead)
+        if detect is not None and history is not None:
+            history.rebase(detect)
+        out = StageOutput.merge(outs)
+        out.dead += dead
+        log.warning("%d of %d records dead-lettered as stage_error", len(dead), len(items))
+        return out
+    if history is not None and out.detect_input is not None:
+        history.record(detect, out.detect_input)
+    return out
+
+
+def _bisect(run, items: Sequence, letter, detect: DetectStage | None, failure: StageFailure,
+            outs: list[StageOutput], dead: list[DeadLetter]) -> None:
+    """``items`` failed as a whole (with ``failure``): run its halves in order, recursively."""
+    if len(items) == 1:
+        dead.append(letter(items[0], failure))
+        return
+    mid = len(items) // 2
+    for half in (items[:mid], items[mid:]):
+        snap = _snapshot(detect)
+        try:
+            outs.append(run(half))
+        except StageFailure as e:
+            _restore(detect, snap)
+            _bisect(run, half, letter, detect, e, outs, dead)
+
+
+def raw_chain(raws: Sequence[bytes], topic: str, partition: int, first_offset: int,
+              normalizer: Normalizer, enricher: Enricher, detect: DetectStage,
+              ) -> tuple[Callable[[Sequence[int]], StageOutput], Callable[[int, StageFailure], DeadLetter]]:
+    """``(run, letter)`` for :func:`run_isolated` over normalize → enrich → detect of ``raws``
+    (record ``i`` at ``topic[partition]@first_offset + i``): the embedded runner's chain."""
+
+    def origin(i: int) -> Origin:
+        return bytes(raws[i]), topic, partition, first_offset + i
+
+    def run(idx: Sequence[int]) -> StageOutput:
+        stage = "normalize"
+        try:
+            batch, dead = normalizer([raws[i] for i in idx], topic, [partition] * len(idx),
+                                     [first_offset + i for i in idx])
+            out = StageOutput(batch, dead)
+            stage = "enrich"
+            out.batch = enricher(out.batch)
+            stage = "detect"
+            _detect(detect, out, lambda j: origin(idx[j]))
+        except Exception as e:
+            raise StageFailure(stage, e) from e
+        return out
+
+    def letter(i: int, failure: StageFailure) -> DeadLetter:
+        raw, t, p, o = origin(i)
+        return DeadLetter(raw, "stage_error", str(failure), t, p, o, failure.stage)
+
+    return run, letter
 
 
 class Bus:
@@ -541,31 +751,30 @@ class EmbeddedPipeline:
         # no partitions or checkpoints here: re-arm open threshold alerts from storage
         self.stages.detect.partition(0).rule_alerts.restore(
             [a for a in db.load_open_alerts(self.conn) if a["rule"] != ANOMALY_RULE])
+        self._history = DetectHistory()
+        self._history.rebase(self.stages.detect)
         self.stats = Stats()
         self._seq = 0
 
     def feed(self, raws: Sequence[bytes]) -> tuple[int, list[DeadLetter], list[dict]]:
         """Process one micro-batch; returns (rows stored, dead letters, alert events)."""
         self.stages.refresh()
-        offs = range(self._seq, self._seq + len(raws))
+        first = self._seq
         self._seq += len(raws)
-        batch, dead = self.stages.normalizer(raws, self.source, [0] * len(raws), offs)
-        batch = self.stages.enricher(batch)
-        det = self.stages.detect(batch)
-        alerts = det.alerts
-        if len(det.late_idx):
-            dead += late_letters(batch, det.late_idx)
-            keep = np.ones(len(batch), bool)
-            keep[det.late_idx] = False
-            batch = batch.take(keep)
+        stg = self.stages
+        run, letter = raw_chain(raws, self.source, 0, first, stg.normalizer, stg.enricher, stg.detect)
+        # a stage raising costs only the records that make it raise (stage_error)
+        out = run_isolated(run, range(len(raws)), letter, stg.detect, self._history)
+        batch, dead, alerts = out.batch, out.dead, out.alerts
         with self.conn.transaction():
             if dead:
                 with self.conn.cursor().copy(
                     "COPY dead_letters (reason, detail, stage, source, raw) FROM STDIN"
                 ) as cp:
                     for d in dead:
-                        cp.write_row((d.reason, d.detail, d.stage, f"{d.topic}:{d.offset}", d.raw))
-            stored, stored_alerts = self.sink.write(batch, alerts, det.windows)
+                        cp.write_row((d.reason, d.detail, d.stage,
+                                      f"{d.topic}:{d.partition}:{d.offset}", d.raw))
+            stored, stored_alerts = self.sink.write(batch, alerts, out.windows)
         self.sink.mark_published([a["seq"] for a in stored_alerts])
         for a in stored_alerts:
             self.bus.publish(a)

@@ -8,6 +8,7 @@ for the final merge of dicts on the events whose source has inventory tags.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import numpy as np
@@ -40,7 +41,4 @@ class Enricher:
             own = tags[j]
             base = found[inv[j]]
             tags[j] = {**base, **own} if own else dict(base)
-        return MetricBatch(
-            batch.event_id, batch.tenant_id, batch.host, batch.metric,
-            batch.value, batch.ts, batch.unit, tags, batch.partition,
-        )
+        return dataclasses.replace(batch, tags=tags)

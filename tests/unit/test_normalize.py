@@ -59,7 +59,8 @@ def test_event_id_is_deterministic_from_offset_or_agent_id():
         (ev(ts_event=NOW - 365 * 86400), "ts_out_of_range"),
         (ev(tenant_id="evil"), "unknown_tenant"),
         (ev(host=""), "bad_field"),
-        (ev(host="a b\n"), "bad_field"),
+        (ev(host="a b"), "bad_field"),
+        (ev(host="a b\n"), "bad_text"),  # a control character is bad_text before the name check
         (ev(tags={"blob": "x" * 100_000}), "tag_too_large"),
         (ev(tags=["a"]), "bad_tags"),
         (ev(tags={"nested": {"a": 1}}), "bad_tags"),
