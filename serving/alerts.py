@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -12,10 +11,11 @@ from pydantic import BaseModel
 
 from pipeline.errors import NotFound
 from serving.deps import BroadcasterDep, PoolDep, ReadKey, ServingDep, SettingsDep, StreamKey
-from serving.errors import BadRequest
+from serving.openapi import links
+from serving.params import NamePath, OptNameQ
 from serving.render import json_response
 from serving.sse import SSE_HEADERS, alert_stream, parse_last_id, stream_conf
-from serving.timerange import utc
+from serving.timerange import Instant
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 
@@ -68,30 +68,42 @@ def to_alert(r) -> Alert:
     return Alert(**alert_row(r))
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: ``<ts_event as epoch microseconds>.<alert row id>``: every string of this form is a position
+#: (16 digits of microseconds stay within years 1653-2286, 18 digits of id within bigint)
+CURSOR_PATTERN = r"^-?[0-9]{1,16}\.[0-9]{1,18}$"
+
+
 def _cursor(ts: datetime, ident: int) -> str:
-    return base64.urlsafe_b64encode(f"{ts.isoformat()}|{ident}".encode()).decode().rstrip("=")
+    return f"{(ts - _EPOCH) // timedelta(microseconds=1)}.{ident}"
 
 
 def _uncursor(c: str) -> tuple[datetime, int]:
-    try:
-        ts, ident = base64.urlsafe_b64decode(c + "=" * (-len(c) % 4)).decode().split("|")
-        return utc(datetime.fromisoformat(ts)), int(ident)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("invalid cursor") from None
+    us, ident = c.split(".")
+    return _EPOCH + timedelta(microseconds=int(us)), int(ident)
+
+
+ALERT_LINKS = links(
+    get_alert={"alert_id": "$response.body#/0/alert_id"},
+    give_feedback={"alert_id": "$response.body#/0/alert_id"},
+    alert_feedback={"alert_id": "$response.body#/0/alert_id"},
+)
 
 
 @router.get("", response_model=list[Alert],
             responses={200: {"headers": {"X-Next-Cursor": {"description": "cursor of the next page",
-                                                           "schema": {"type": "string"}}}}})
+                                                           "schema": {"type": "string",
+                                                                      "pattern": CURSOR_PATTERN}}},
+                             **ALERT_LINKS}})
 async def list_alerts(
     pool: PoolDep, key: ReadKey,
     state: Annotated[Literal["open", "resolved"] | None, Query()] = None,
     severity: Annotated[Literal["warning", "critical"] | None, Query()] = None,
-    host: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
-    metric: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
-    since: Annotated[datetime | None, Query(description="ts_event >= since")] = None,
-    until: Annotated[datetime | None, Query(description="ts_event < until")] = None,
-    cursor: Annotated[str | None, Query(max_length=200, description="X-Next-Cursor of the previous page")] = None,
+    host: OptNameQ = None,
+    metric: OptNameQ = None,
+    since: Annotated[Instant, Query(description="ts_event >= since (RFC 3339 date-time with an offset)")] = None,
+    until: Annotated[Instant, Query(description="ts_event < until (RFC 3339 date-time with an offset)")] = None,
+    cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="X-Next-Cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     """Alerts of the tenant, newest first; the next page's cursor is in ``X-Next-Cursor``."""
@@ -103,10 +115,10 @@ async def list_alerts(
             p[name] = val
     if since is not None:
         where.append("a.ts_event >= %(since)s")
-        p["since"] = utc(since)
+        p["since"] = since
     if until is not None:
         where.append("a.ts_event < %(until)s")
-        p["until"] = utc(until)
+        p["until"] = until
     if cursor:
         p["cts"], p["cid"] = _uncursor(cursor)
         where.append("(a.ts_event, a.id) < (%(cts)s, %(cid)s)")
@@ -139,8 +151,13 @@ async def stream(
     return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-@router.get("/{alert_id}", response_model=AlertDetail)
-async def get_alert(pool: PoolDep, key: ReadKey, alert_id: str) -> AlertDetail:
+@router.get("/{alert_id}", response_model=AlertDetail, responses={200: links(
+    give_feedback={"alert_id": "$response.body#/alert_id"},
+    alert_feedback={"alert_id": "$response.body#/alert_id"},
+    host_detail={"host": "$response.body#/host"},
+    series_get={"host": "$response.body#/host", "metric": "$response.body#/metric"},
+)})
+async def get_alert(pool: PoolDep, key: ReadKey, alert_id: NamePath) -> AlertDetail:
     """One alert with its transitions (open, escalate, …, resolve)."""
     async with pool.connection() as conn:
         cur = await conn.execute(SELECT + "WHERE a.tenant_id = %s AND a.alert_id = %s",

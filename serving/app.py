@@ -5,7 +5,8 @@ its lifespan. Routes live in one module per resource and get the pool, the setti
 calling key through the ``Annotated`` dependencies of :mod:`serving.deps`, which tests override.
 Domain errors are mapped to HTTP statuses in one place (:data:`serving.errors.STATUS`); bad
 input is a 4xx with a ``detail`` message, never a 500. The dashboard (``serving/static``) is
-served at ``/``.
+served at ``/``, behind the API routes (:class:`Dashboard`: an API path with a method it does
+not have is a 405 with ``Allow``). Operation ids are the route functions' names.
 """
 
 from __future__ import annotations
@@ -21,22 +22,21 @@ from pathlib import Path
 import orjson
 import psycopg
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel
+from starlette.routing import compile_path
 
-from pipeline.errors import EventOpsError
 from pipeline.runner import Bus
 from pipeline.settings import Settings
+from serving import errors
 from serving.auth import KeyStore, RateLimiter
 from serving.broadcast import Broadcaster, KafkaAlertSource
 from serving.config import ServingSettings
 from serving.deps import BroadcasterDep, PoolDep, SettingsDep  # noqa: F401 - re-exported
-from serving.errors import RateLimited, status_of
+from serving.errors import ERROR_RESPONSES, ErrorBody, error_response  # noqa: F401 - re-exported
 from serving.health import (
     RETRY_AFTER_S,
     DatabaseUnavailable,
@@ -44,6 +44,7 @@ from serving.health import (
     QuietWhileDown,
     is_outage,
 )
+from serving.openapi import operation_id
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -159,29 +160,52 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-class ErrorBody(BaseModel):
-    detail: str
+class Dashboard:
+    """The static dashboard behind every API route (mounted at ``/``).
+
+    A request reaches it when no route took it: either no API path matched (static files, 404),
+    or an API path matched with a method it does not have. The latter is answered 405 with an
+    ``Allow`` header listing that path's methods in the OpenAPI (RFC 9110), not the static
+    files' ``GET, HEAD``.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.static = StaticFiles(directory=STATIC, html=True)
+        self._paths: list[tuple[re.Pattern, list[str]]] | None = None
+
+    def allowed(self, path: str) -> list[str]:
+        if self._paths is None:
+            self._paths = [(compile_path(p)[0], sorted(m.upper() for m in ops))
+                           for p, ops in self.app.openapi()["paths"].items()]
+        methods: set[str] = set()
+        for regex, ms in self._paths:
+            if regex.match(path):
+                methods.update(ms)
+        return sorted(methods)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            allowed = self.allowed(scope["path"])
+            if allowed:
+                msg = f"method {scope['method']} not allowed here; allowed: {', '.join(allowed)}"
+                resp = error_response(405, msg, {"Allow": ", ".join(allowed)})
+                return await resp(scope, receive, send)
+        await self.static(scope, receive, send)
 
 
-ERROR_RESPONSES: dict[int | str, dict] = {
-    400: {"model": ErrorBody, "description": "parameters that cannot be served"},
-    401: {"model": ErrorBody, "description": "missing, malformed, unknown or revoked API key"},
-    403: {"model": ErrorBody, "description": "the key's scope does not allow this"},
-    404: {"model": ErrorBody, "description": "not found (or another tenant's)"},
-    413: {"model": ErrorBody, "description": "request body too large"},
-    429: {"model": ErrorBody, "description": "rate limit exceeded (see Retry-After)"},
-    503: {"model": ErrorBody, "description": "database unavailable (see Retry-After)"},
-}
+def _document(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI of this app states its configured limits (inventory tags)."""
+    from serving.inventory import document_limits
 
+    generate = app.openapi  # FastAPI's: builds and caches app.openapi_schema
 
-def _error(exc: Exception) -> JSONResponse:
-    status = status_of(exc)
-    headers = {}
-    if isinstance(exc, RateLimited):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.5)))
-    if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse({"detail": str(exc) or "error"}, status_code=status, headers=headers)
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            document_limits(generate(), settings)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def create_app(settings: Settings | None = None, bus: Bus | None = None,
@@ -241,6 +265,7 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
                     "Server-Sent Events. Every route except health needs a per-tenant API key "
                     "(`Authorization: Bearer eo_…` or `X-API-Key`).",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     from serving.registry import model_status
 
@@ -251,22 +276,7 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
     app.state.model_status = model_status
     app.state.bus = bus
 
-    @app.exception_handler(EventOpsError)
-    async def _domain(request: Request, exc: EventOpsError):
-        if status_of(exc) >= 500:
-            log.error("%s %s: %s", request.method, request.url.path, exc)
-        return _error(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        errs = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-                for e in exc.errors()]
-        return JSONResponse({"detail": errs}, status_code=422)
-
-    @app.exception_handler(psycopg.errors.DataError)
-    async def _bad_data(request: Request, exc: psycopg.errors.DataError):
-        # values PostgreSQL cannot represent (out-of-range timestamps, …) are the caller's input
-        return JSONResponse({"detail": f"invalid value: {exc.diag.message_primary or exc}"}, 400)
+    errors.install(app)
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(psycopg.InterfaceError)
@@ -298,7 +308,8 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
     app.include_router(health.router)
     for mod in (metrics, series, hosts, alerts, incidents, feedback, inventory, registry, ingest):
         app.include_router(mod.router, responses=ERROR_RESPONSES)
-    app.mount("/", StaticFiles(directory=STATIC, html=True), name="dashboard")
+    app.mount("/", Dashboard(app), name="dashboard")
+    _document(app, settings)
 
     app.add_middleware(BodyLimit, limit=serving.max_request_bytes)
     app.add_middleware(SecurityHeaders)

@@ -9,6 +9,8 @@ from pydantic import BaseModel
 
 from pipeline.errors import NotFound
 from serving.deps import PoolDep, ReadKey
+from serving.openapi import links
+from serving.params import NamePath
 from serving.series import Series, list_series
 
 router = APIRouter(prefix="/hosts", tags=["hosts"])
@@ -50,7 +52,8 @@ def summarize(series: list[Series]) -> list[HostDetail]:
     return out
 
 
-@router.get("", response_model=list[Host])
+@router.get("", response_model=list[Host],
+            responses={200: links(host_detail={"host": "$response.body#/0/host"})})
 async def hosts(pool: PoolDep, key: ReadKey) -> list[Host]:
     """Every host of the tenant with its anomaly level, worst first."""
     async with pool.connection() as conn:
@@ -60,8 +63,11 @@ async def hosts(pool: PoolDep, key: ReadKey) -> list[Host]:
     return [Host(**h.model_dump(exclude={"metrics"})) for h in hs]
 
 
-@router.get("/{host}", response_model=HostDetail)
-async def host_detail(pool: PoolDep, key: ReadKey, host: str) -> HostDetail:
+@router.get("/{host}", response_model=HostDetail, responses={200: links(
+    series_get={"host": "$response.body#/host", "metric": "$response.body#/metrics/0/metric"},
+    get_item={"source_id": "$response.body#/host"},
+)})
+async def host_detail(pool: PoolDep, key: ReadKey, host: NamePath) -> HostDetail:
     """One host with each of its series."""
     async with pool.connection() as conn:
         ss = await list_series(conn, key.tenant_id, host=host, limit=10_000)

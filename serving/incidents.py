@@ -18,6 +18,8 @@ from pydantic import BaseModel
 from pipeline.errors import NotFound
 from serving.alerts import SELECT, Alert, to_alert
 from serving.deps import PoolDep, ReadKey, ServingDep
+from serving.openapi import links
+from serving.params import NO_NUL
 from serving.timerange import EndQ, StartQ, time_range
 
 router = APIRouter(prefix="/incidents", tags=["incidents"])
@@ -88,7 +90,9 @@ def _incident(host: str, xs: list[Alert]) -> IncidentDetail:
     )
 
 
-@router.get("", response_model=list[Incident])
+@router.get("", response_model=list[Incident],
+            responses={200: links(get_incident={"incident_id": "$response.body#/0/incident_id"},
+                                  host_detail={"host": "$response.body#/0/host"})})
 async def list_incidents(
     pool: PoolDep, key: ReadKey, serving: ServingDep, start: StartQ = None, end: EndQ = None,
     state: Annotated[Literal["open", "resolved"] | None, Query()] = None,
@@ -108,10 +112,13 @@ async def list_incidents(
     return [Incident(**i.model_dump(exclude={"alerts"})) for i in incs[:limit]]
 
 
-@router.get("/{incident_id}", response_model=IncidentDetail)
+@router.get("/{incident_id}", response_model=IncidentDetail, responses={200: links(
+    get_alert={"alert_id": "$response.body#/root/alert_id"},
+    host_detail={"host": "$response.body#/host"},
+)})
 async def get_incident(
     pool: PoolDep, key: ReadKey, serving: ServingDep,
-    incident_id: Annotated[str, Path(max_length=200)],
+    incident_id: Annotated[str, Path(max_length=200, pattern=NO_NUL)],
 ) -> IncidentDetail:
     """One incident with its alerts, the likely root series first."""
     if not incident_id.startswith("inc-"):

@@ -19,12 +19,13 @@ from serving.downsample import (
     TimestamptzArray,
     buckets,
 )
+from serving.openapi import links
+from serving.params import NameQ
 from serving.render import json_response
 from serving.timerange import EndQ, StartQ, time_range
 
 router = APIRouter(prefix="/metrics", tags=["metrics"])
 
-NameQ = Annotated[str, Query(min_length=1, max_length=255)]
 MAX_BUCKETS = 5000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -66,7 +67,11 @@ def _points(rows) -> Response:
     return json_response([dict(zip(POINT_COLS, r, strict=True)) for r in rows])
 
 
-@router.get("/cpu", response_model=list[Point])
+POINT_LINKS = links(series_get={"host": "$response.body#/0/host", "metric": "$response.body#/0/metric"},
+                    host_detail={"host": "$response.body#/0/host"})
+
+
+@router.get("/cpu", response_model=list[Point], responses={200: POINT_LINKS})
 async def cpu(
     pool: PoolDep, key: ReadKey, host: NameQ,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
@@ -82,7 +87,7 @@ async def cpu(
     return _points(rows)
 
 
-@router.get("/latest", response_model=list[Point])
+@router.get("/latest", response_model=list[Point], responses={200: POINT_LINKS})
 async def latest(pool: PoolDep, key: ReadKey, metric: NameQ) -> Response:
     """The latest sample of ``metric`` for every host of the tenant (the MVP's endpoint)."""
     async with pool.connection() as conn:
@@ -102,7 +107,8 @@ async def latest(pool: PoolDep, key: ReadKey, metric: NameQ) -> Response:
     return _points(rows)
 
 
-@router.get("", response_model=Downsampled)
+@router.get("", response_model=Downsampled, responses={200: links(
+    series_get={"host": "$response.body#/host", "metric": "$response.body#/metric"})})
 async def metric_range(
     pool: PoolDep, key: ReadKey, host: NameQ, metric: NameQ, start: StartQ = None, end: EndQ = None,
     step: Annotated[float | None, Query(gt=0, le=366 * 86400, description="Bucket width in seconds (default: span / points)")] = None,

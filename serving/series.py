@@ -12,6 +12,8 @@ from pydantic import BaseModel
 
 from pipeline.errors import NotFound
 from serving.deps import PoolDep, ReadKey, ServingDep, SettingsDep, StreamKey
+from serving.openapi import links
+from serving.params import NO_NUL, NamePath, OptNameQ
 from serving.sse import SCORE_COLS, SSE_HEADERS, parse_last_id, score_row, score_stream, stream_conf
 from serving.timerange import EndQ, StartQ, time_range
 
@@ -113,12 +115,18 @@ async def list_series(conn, tenant: str, q: str | None = None, host: str | None 
             for r in await cur.fetchall()]
 
 
-@router.get("", response_model=list[Series])
+_SERIES_LINKS = {op: {"host": "$response.body#/0/host", "metric": "$response.body#/0/metric"}
+                 for op in ("series_get", "series_scores", "series_features", "metric_range")}
+SERIES_LINKS = links(**_SERIES_LINKS, host_detail={"host": "$response.body#/0/host"})
+
+
+@router.get("", response_model=list[Series], responses={200: SERIES_LINKS})
 async def series_list(
     pool: PoolDep, key: ReadKey,
-    q: Annotated[str | None, Query(max_length=200, description="Substring of host, metric or inventory tags")] = None,
-    host: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
-    metric: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    q: Annotated[str | None, Query(max_length=200, pattern=NO_NUL,
+                                   description="Substring of host, metric or inventory tags; no NUL characters")] = None,
+    host: OptNameQ = None,
+    metric: OptNameQ = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> list[Series]:
     """Series of the tenant with their latest value, score and open alert; ``q`` searches."""
@@ -126,8 +134,13 @@ async def series_list(
         return await list_series(conn, key.tenant_id, q, host, metric, limit)
 
 
-@router.get("/{host}/{metric}", response_model=Series)
-async def series_get(pool: PoolDep, key: ReadKey, host: str, metric: str) -> Series:
+@router.get("/{host}/{metric}", response_model=Series, responses={200: links(
+    series_scores={"host": "$response.body#/host", "metric": "$response.body#/metric"},
+    series_features={"host": "$response.body#/host", "metric": "$response.body#/metric"},
+    metric_range={"host": "$response.body#/host", "metric": "$response.body#/metric"},
+    host_detail={"host": "$response.body#/host"},
+)})
+async def series_get(pool: PoolDep, key: ReadKey, host: NamePath, metric: NamePath) -> Series:
     """One series with its latest value, score and open alert."""
     async with pool.connection() as conn:
         found = await list_series(conn, key.tenant_id, host=host, metric=metric, limit=1)
@@ -148,7 +161,7 @@ async def _require(conn, tenant: str, host: str, metric: str) -> None:
 
 @router.get("/{host}/{metric}/scores", response_model=list[Score])
 async def series_scores(
-    pool: PoolDep, key: ReadKey, host: str, metric: str,
+    pool: PoolDep, key: ReadKey, host: NamePath, metric: NamePath,
     start: StartQ = None, end: EndQ = None, limit: LimitQ = 2000,
 ) -> list[Score]:
     """Anomaly scores of the series' windows in ``[start, end)`` (default: last 6 h), oldest first."""
@@ -158,7 +171,7 @@ async def series_scores(
 
 @router.get("/{host}/{metric}/features", response_model=list[Features])
 async def series_features(
-    pool: PoolDep, key: ReadKey, host: str, metric: str,
+    pool: PoolDep, key: ReadKey, host: NamePath, metric: NamePath,
     start: StartQ = None, end: EndQ = None, limit: LimitQ = 2000,
 ) -> list[Features]:
     """Window features of the series in ``[start, end)`` (default: last 6 h), oldest first."""
