@@ -117,10 +117,8 @@ def tenants_create(tenant_id: str, name: str = "") -> None:
     s = _settings()
     with db.connect(s) as conn:
         new = db.create_tenant(conn, tenant_id, name)
-    # running normalize workers re-read the tenants table on this period: until then they still
-    # dead-letter the new tenant's events as unknown_tenant
-    typer.echo(f"tenant {tenant_id} created (running workers accept its events within "
-               f"EVENTOPS_INVENTORY_REFRESH_S={s.inventory_refresh_s:g} s)" if new
+    # running normalize workers re-read the tenants table when an unknown tenant's event arrives
+    typer.echo(f"tenant {tenant_id} created" if new
                else f"tenant {tenant_id} exists")
 
 

@@ -186,6 +186,7 @@ class _Stages:
         )
         self._refreshed = 0.0
         self._rules_checked = 0.0
+        self._tenants_checked = -self.TENANT_RECHECK_S
         self.refresh(force=True)
 
     def refresh(self, force: bool = False) -> None:
@@ -211,6 +212,45 @@ class _Stages:
     def retry_in(self, seconds: float) -> None:
         """Attempt the next reference-data refresh in ``seconds`` instead of a full period."""
         self._refreshed = time.monotonic() - self.s.inventory_refresh_s + seconds
+
+    #: seconds between two tenant re-reads caused by events of unknown tenants
+    TENANT_RECHECK_S = 2.0
+
+    def normalize(self, raws, topic, partitions, offsets):
+        """The normalizer on a batch; events of a tenant created since the last refresh are kept.
+
+        Without this, a tenant's first events after ``eventops tenants create`` were dead-lettered
+        as ``unknown_tenant`` for up to ``inventory_refresh_s``. When the batch has such dead
+        letters the tenants are re-read (at most every :data:`TENANT_RECHECK_S`, so a stream of
+        unknown tenants costs one small query every few seconds) and, only if the set grew,
+        the batch is normalized again.
+        """
+        batch, dead = self.normalizer(raws, topic, partitions, offsets)
+        if dead and self._tenants_grew(dead):
+            batch, dead = self.normalizer(raws, topic, partitions, offsets)
+        return batch, dead
+
+    def _tenants_grew(self, dead: list[DeadLetter]) -> bool:
+        now = time.monotonic()
+        if now - self._tenants_checked < self.TENANT_RECHECK_S:
+            return False
+        if not any(d.reason == "unknown_tenant" for d in dead):
+            return False
+        self._tenants_checked = now
+        try:
+            tenants = db.load_tenants(self.conn)
+        except Exception as e:  # noqa: BLE001 - the periodic refresh reports outages
+            log.debug("tenant re-read failed: %s", e)
+            try:
+                self.conn.rollback()
+            except Exception:  # noqa: BLE001 - a broken connection is replaced by refresh()
+                pass
+            return False
+        known = self.normalizer.config.known_tenants
+        if known is not None and tenants <= known:
+            return False
+        self.normalizer = Normalizer(normalize_config(self.s, tenants))
+        return True
 
 
 class KafkaWorker:
@@ -935,7 +975,7 @@ class KafkaWorker:
     def _decode(self, msgs: list[Message], alerts_in: list[dict]) -> tuple[MetricBatch, list[DeadLetter], WindowRows | None]:
         first, s = self.chain[0], self.s
         if first == "normalize":
-            batch, dead = self.stages.normalizer(
+            batch, dead = self.stages.normalize(
                 [m.value() or b"" for m in msgs], s.topic_raw,
                 [m.partition() for m in msgs], [m.offset() for m in msgs],
             )
@@ -1170,7 +1210,8 @@ def _bisect(run, items: Sequence, letter, detect: DetectStage | None, failure: S
 
 
 def raw_chain(raws: Sequence[bytes], topic: str, partition: int, first_offset: int,
-              normalizer: Normalizer, enricher: Enricher, detect: DetectStage,
+              normalizer: Callable[..., tuple[MetricBatch, list[DeadLetter]]], enricher: Enricher,
+              detect: DetectStage,
               ) -> tuple[Callable[[Sequence[int]], StageOutput], Callable[[int, StageFailure], DeadLetter]]:
     """``(run, letter)`` for :func:`run_isolated` over normalize → enrich → detect of ``raws``
     (record ``i`` at ``topic[partition]@first_offset + i``): the embedded runner's chain."""
@@ -1250,7 +1291,7 @@ class EmbeddedPipeline:
         first = self._seq
         self._seq += len(raws)
         stg = self.stages
-        run, letter = raw_chain(raws, self.source, 0, first, stg.normalizer, stg.enricher, stg.detect)
+        run, letter = raw_chain(raws, self.source, 0, first, stg.normalize, stg.enricher, stg.detect)
         # a stage raising costs only the records that make it raise (stage_error)
         out = run_isolated(run, range(len(raws)), letter, stg.detect, self._history)
         batch, dead, alerts = out.batch, out.dead, out.alerts

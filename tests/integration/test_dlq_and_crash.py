@@ -114,3 +114,26 @@ def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(settings
                 consume_all(settings, settings.topic_raw, n, timeout=60)}
     stored = {r[0] for r in conn.execute("SELECT event_id FROM metrics WHERE tenant_id = %s", (tenant,))}
     assert stored == expected
+
+
+def test_events_of_a_tenant_created_after_the_worker_started_are_stored_not_dead_lettered(
+    settings, conn, tenant, start_worker
+):
+    """Regression: a new tenant's events were dead-lettered as ``unknown_tenant`` until the
+    worker's next tenants refresh (``inventory_refresh_s``, 30 s by default)."""
+    import uuid
+
+    s = settings.model_copy(update={"inventory_refresh_s": 3600.0})
+    start_worker(CHAIN, s)
+    p = kq.producer(s)
+    kq.produce_all(p, s.topic_raw, [good(tenant, 0)], [f"{tenant}|h0"])
+    kq.flush(p)
+    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 1, 30,
+             what="the worker running")
+    late = f"tn{uuid.uuid4().hex[:8]}"
+    db.create_tenant(conn, late)  # after the worker loaded its tenants
+    raws = [good(late, i) for i in range(20)]
+    kq.produce_all(p, s.topic_raw, raws, [f"{late}|h{i % 7}" for i in range(20)])
+    kq.flush(p)
+    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (late,)) == 20, 30,
+             what="the new tenant's events stored (none dead-lettered)")
