@@ -148,11 +148,12 @@ def load_open_alerts(conn: psycopg.Connection) -> list[dict]:
 # Locks: a partition is created as a plain table (plus the leaf unique index of `metrics`) and
 # then ATTACHed, which takes SHARE UPDATE EXCLUSIVE on the parent (inserts and reads go on) and
 # ACCESS EXCLUSIVE on the DEFAULT partition only. `CREATE TABLE … PARTITION OF` would take ACCESS
-# EXCLUSIVE on the parent. Dropping one needs ACCESS EXCLUSIVE on the parent for a moment:
+# EXCLUSIVE on the parent. Detaching one needs ACCESS EXCLUSIVE on the parent for a moment:
 # `DETACH … CONCURRENTLY` is refused while a DEFAULT partition exists (PostgreSQL 14-16), so the
-# maintenance job DETACHes and DROPs in one short transaction with a bounded lock wait
-# (``lock_timeout_ms``) and retries; ingest waits at most that long (benchmarks/bench_growth.py
-# measures it). Partition DDL of one table is serialized across processes by an advisory lock.
+# maintenance job DETACHes in a short transaction with a bounded lock wait (``lock_timeout_ms``,
+# retried), then DROPs the detached table in a transaction of its own; ingest waits at most
+# the lock timeout (benchmarks/bench_growth.py measures it). Partition DDL of one table is
+# serialized across processes by an advisory lock.
 
 _DDL_LOCK = 727275  # pg_advisory_xact_lock(_DDL_LOCK, hashtext(table)): partition DDL of a table
 _BOUND = re.compile(r"FOR VALUES FROM \((.+)\) TO \((.+)\)")
@@ -392,6 +393,9 @@ class MaintenanceReport:
     seconds: float = 0.0
     #: seconds each drop took (DETACH + DROP transaction, lock waits and retries included)
     drop_seconds: list[float] = field(default_factory=list)
+    #: per drop: tries it took, and seconds spent in DETACH (waiting for the parent's lock)
+    drop_attempts: list[int] = field(default_factory=list)
+    drop_wait_seconds: list[float] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"created {len(self.created)} partition(s)", f"dropped {len(self.dropped)}"
@@ -402,28 +406,57 @@ class MaintenanceReport:
         return "; ".join(parts) + f" ({self.seconds:.2f} s)"
 
 
-def _drop_partition(conn: psycopg.Connection, t: PartitionedTable, name: str, lock_timeout_ms: int,
-                    attempts: int = 4) -> bool:
-    """DETACH + DROP one partition in one transaction, each try waiting at most the lock timeout.
+#: comment on a partition detached for retention and not yet dropped (a crash in between)
+_DETACHED = "eventops: detached by retention, to be dropped"
 
-    Waiting for ACCESS EXCLUSIVE on the parent queues the writers behind this transaction, so the
-    wait is kept short and retried after a pause rather than made long.
+
+def _drop_detached(conn: psycopg.Connection) -> list[str]:
+    """Drop the tables a retention pass detached but did not get to drop."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_description d ON d.objoid = c.oid"
+        " AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0"
+        " WHERE d.description = %s AND c.relkind = 'r' AND NOT c.relispartition", (_DETACHED,),
+    ).fetchall()
+    conn.commit()
+    for (name,) in rows:
+        with conn.transaction():
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+    return [r[0] for r in rows]
+
+
+def _drop_partition(conn: psycopg.Connection, t: PartitionedTable, name: str, lock_timeout_ms: int,
+                    attempts: int = 4) -> tuple[int, float]:
+    """DETACH one partition (and mark it), then DROP it in a transaction of its own.
+
+    Only the DETACH needs ACCESS EXCLUSIVE on the parent; waiting for it queues the writers
+    behind this transaction, so the wait is kept short (the lock timeout) and retried after a
+    pause rather than made long, and the parent's lock is released before the DROP removes the
+    files. A crash between the two leaves a marked table that the next pass drops. Returns
+    (tries it took, 0 if it did not succeed; seconds spent in DETACH, lock waits included).
     """
+    waited = 0.0
+    ident = sql.Identifier(name)
     for i in range(attempts):
         try:
             with conn.transaction():
                 _lock_timeout(conn, lock_timeout_ms)
                 conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_DDL_LOCK, t.name))
-                conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
-                    sql.Identifier(t.name), sql.Identifier(name)))
-                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+                t0 = time.monotonic()
+                try:
+                    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                        sql.Identifier(t.name), ident))
+                finally:
+                    waited += time.monotonic() - t0
+                conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(ident, sql.Literal(_DETACHED)))
+            with conn.transaction():
+                conn.execute(sql.SQL("DROP TABLE {}").format(ident))
             log.info("%s: partition %s dropped (retention)", t.name, name)
-            return True
+            return i + 1, waited
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as e:
             log.info("%s: dropping %s waited past the lock timeout (try %d/%d): %s",
                      t.name, name, i + 1, attempts, str(e).strip())
             time.sleep(0.25 * 2**i)
-    return False
+    return 0, waited
 
 
 def maintain(conn: psycopg.Connection, policy: PartitionPolicy, now: float | None = None) -> MaintenanceReport:
@@ -432,14 +465,15 @@ def maintain(conn: psycopg.Connection, policy: PartitionPolicy, now: float | Non
     Per table: (1) create the partitions of the current bucket through ``ahead_days`` ahead;
     (2) empty the DEFAULT partition: rows of buckets entirely past retention are deleted, the
     others moved into partitions created for them; (3) drop the partitions that lie entirely
-    before ``now - retention`` (DETACH + DROP, bounded lock wait, retried; a partition whose
-    lock cannot be had is left for the next pass).
+    before ``now - retention`` (DETACH with a bounded lock wait, retried, then DROP; a partition
+    whose lock cannot be had is left for the next pass).
     """
     t0 = time.monotonic()
     now = time.time() if now is None else now
     rep = MaintenanceReport()
     parts_mgr = Partitions(policy)
     step = policy.interval_s
+    rep.dropped += _drop_detached(conn)
     for t in PARTITIONED.values():
         ahead = range(int(now // step), int((now + policy.ahead_days * 86400) // step) + 1)
         days = policy.retention_days.get(t.name, 0)
@@ -473,9 +507,12 @@ def maintain(conn: psycopg.Connection, policy: PartitionPolicy, now: float | Non
             for p in parts:
                 if p.hi <= cutoff:
                     t1 = time.monotonic()
-                    if _drop_partition(conn, t, p.name, policy.lock_timeout_ms):
+                    tries, waited = _drop_partition(conn, t, p.name, policy.lock_timeout_ms)
+                    if tries:
                         rep.dropped.append(p.name)
                         rep.drop_seconds.append(time.monotonic() - t1)
+                        rep.drop_attempts.append(tries)
+                        rep.drop_wait_seconds.append(waited)
                     else:
                         rep.skipped.append(f"drop {p.name}")
     rep.seconds = time.monotonic() - t0

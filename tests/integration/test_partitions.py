@@ -214,3 +214,17 @@ def test_migration_converts_populated_tables_and_their_rows_still_deduplicate(fr
         assert new_id > 300  # the id sequence carried over
     finally:
         c.close()
+
+
+def test_a_partition_detached_but_not_dropped_is_dropped_by_the_next_pass(pconn):
+    """A crash between retention's DETACH and its DROP leaves a marked table behind."""
+    db.Sink(pconn).write(batch([TODAY - 20 * DAY + 5]))
+    name = db.partition_name("metrics", TODAY - 20 * DAY)
+    pconn.execute(f"ALTER TABLE metrics DETACH PARTITION {name}")
+    pconn.execute(f"COMMENT ON TABLE {name} IS %s" % f"'{db._DETACHED}'")
+    pconn.execute("CREATE TABLE metrics_keep_me (LIKE metrics)")  # not marked: left alone
+    rep = db.maintain(pconn, db.PartitionPolicy(ahead_days=0), now=TODAY + 60)
+    assert rep.dropped == [name]
+    left = {r[0] for r in pconn.execute("SELECT relname FROM pg_class WHERE relname IN (%s, %s)",
+                                        (name, "metrics_keep_me"))}
+    assert left == {"metrics_keep_me"}
