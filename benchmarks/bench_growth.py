@@ -338,7 +338,7 @@ def main() -> None:
          "baseline": round(median([d["median_write"] for d in drops]) * 1e3, 1),
          "ratio": round(median([d["max_during"] / d["median_write"] for d in drops]), 2)},
     ]
-    cfg = {"batch_events": a.series, "batches_per_run": a.batches, "runs": a.runs, "days": a.days,
+    cfg = {"batch_events": a.series, "batches_per_run": a.batches, "rounds": a.runs, "days": a.days,
            "series": a.series}
     results[0].update(cfg)
     write_results("growth", results)
