@@ -131,8 +131,12 @@ def test_embedded_collision_is_dead_lettered_in_the_same_transaction(settings, c
     assert stored(conn, tenant) == [("agent-7", "h1", "cpu_load", 1.0)]
 
 
+@pytest.mark.parametrize("chains", [("normalize,enrich,detect,sink",),
+                                    ("normalize,enrich,detect", "sink")], ids=["one", "split"])
 def test_kafka_collision_goes_to_the_dlq_before_the_offsets_are_committed(settings, conn, tenant,
-                                                                          other_tenant, start_worker):
+                                                                          other_tenant, start_worker,
+                                                                          chains):
+    """``split``: the sink worker's dead letter carries the enriched record it read."""
     now = time.time() - 30
 
     def ev(t, value, eid) -> bytes:
@@ -143,7 +147,7 @@ def test_kafka_collision_goes_to_the_dlq_before_the_offsets_are_committed(settin
     first = [ev(tenant, 1.0, "e1"), ev(tenant, 2.0, "e2"), ev(other_tenant, 5.0, "e1")]
     kq.produce_all(p, settings.topic_raw, first, [f"{tenant}|h1"] * 2 + [f"{other_tenant}|h1"])
     kq.flush(p)
-    w = start_worker()
+    workers = [start_worker(c) for c in chains]
     wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id IN (%s, %s)", (tenant, other_tenant)) == 3,
              60, what="first events stored")
     # a replay of e1 (dropped) and a different event under e2 (dead-lettered)
@@ -153,9 +157,17 @@ def test_kafka_collision_goes_to_the_dlq_before_the_offsets_are_committed(settin
     dlq = consume_all(settings, settings.topic_dlq, 1, timeout=60)
     h = {k: v.decode() for k, v in dlq[0].headers()}
     assert h["reason"] == "duplicate_event_id" and h["stage"] == "sink"
-    assert h["source.topic"] == settings.topic_raw and int(h["source.offset"]) >= 0
-    assert dlq[0].value() == collision  # the original bytes
-    wait_for(lambda: group_lag(settings, "normalize,enrich,detect,sink") == 0, 30, what="offsets committed")
-    assert w.error is None
+    assert int(h["source.offset"]) >= 0
+    if len(chains) == 1:
+        assert h["source.topic"] == settings.topic_raw
+        assert dlq[0].value() == collision  # the original bytes
+    else:
+        assert h["source.topic"] == settings.topic_enriched
+        rec = orjson.loads(dlq[0].value())
+        assert (rec["event_id"], rec["value"]) == ("e2", 3.0)
+    sink_chain = chains[-1]
+    topic = settings.topic_raw if len(chains) == 1 else settings.topic_enriched
+    wait_for(lambda: group_lag(settings, sink_chain, topic) == 0, 30, what="offsets committed")
+    assert all(w.error is None for w in workers)
     assert stored(conn, tenant) == [("e1", "h1", "cpu_load", 1.0), ("e2", "h1", "cpu_load", 2.0)]
     assert stored(conn, other_tenant) == [("e1", "h1", "cpu_load", 5.0)]
