@@ -617,7 +617,7 @@ class KafkaWorker:
             self.sink.conn.close()
         except Exception:  # noqa: BLE001 - already broken
             pass
-        self.sink = db.Sink(db.connect(self.s))
+        self.sink = db.Sink(db.connect(self.s), self.sink.partitions)  # same policy, known partitions
 
     def _refresh(self) -> None:
         """Periodic tenants/inventory/rules refresh; a database outage keeps the loaded data.
