@@ -64,11 +64,14 @@ test: services-up
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit tests/model -q
 
+# metric rows of the growth benchmark's filled database (~15 GB at 50M; 2000000 for a quick run)
+GROWTH_ROWS ?= 50000000
 bench: services-up
 	$(BIN)/python -m benchmarks.bench_e2e
 	$(BIN)/python -m benchmarks.bench_detect
 	$(BIN)/python -m benchmarks.bench_train
 	$(BIN)/python -m benchmarks.bench_api
+	$(BIN)/python -m benchmarks.bench_growth --rows $(GROWTH_ROWS)
 
 # MLflow UI on the project's PostgreSQL (database `mlflow`), artifacts under mlruns/
 mlflow: services-up

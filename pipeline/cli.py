@@ -91,6 +91,17 @@ def db_migrate() -> None:
     typer.echo(f"applied: {', '.join(applied)}" if applied else "schema up to date")
 
 
+@db_app.command("maintain")
+def db_maintain() -> None:
+    """Partitions ahead, DEFAULT partitions emptied, retention (sink workers also run it hourly)."""
+    from pipeline import db
+
+    s = _settings()
+    with db.connect(s) as conn:
+        rep = db.maintain(conn, db.PartitionPolicy.from_settings(s))
+    typer.echo(rep.summary())
+
+
 @topics_app.command("create")
 def topics_create(
     partitions: Annotated[int | None, typer.Option(help="default: settings")] = None,

@@ -289,9 +289,13 @@ class KafkaWorker:
         # a worker that cannot reach PostgreSQL when it starts fails at once (wrong address or
         # credentials are likelier than an outage); once running it waits outages out
         self.conn = db.connect(s)  # reference data (tenants, inventory, open alerts)
-        self.sink = db.Sink(db.connect(s)) if "sink" in self.chain else None
+        self.sink = db.Sink(db.connect(s), db.Partitions(db.PartitionPolicy.from_settings(s))) \
+            if "sink" in self.chain else None
+        # partitions ahead + retention, in the processes that write (db.Maintainer)
+        self.maintainer = db.Maintainer(s).start() if self.sink is not None else None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sink")
         self._pending: tuple | None = None
+        self._collisions: list[DeadLetter] = []  # duplicate_event_id letters of the batch in flight
         self.stages = _Stages(s, self.chain, self.conn, model=model, shadow=shadow)
         self.errors = kq.DeliveryErrors()
         self._kafka_fatal: KafkaError | None = None
@@ -534,6 +538,8 @@ class KafkaWorker:
             self.consumer.close()
         finally:
             self._writer.shutdown()
+            if self.maintainer is not None:
+                self.maintainer.stop()
             for w in (self.watcher, self.shadow_watcher):
                 if w is not None:
                     w.stop()
@@ -651,7 +657,7 @@ class KafkaWorker:
             self.sink.conn.close()
         except Exception:  # noqa: BLE001 - already broken
             pass
-        self.sink = db.Sink(db.connect(self.s))
+        self.sink = db.Sink(db.connect(self.s), self.sink.partitions)  # same policy, known partitions
 
     def _refresh(self) -> None:
         """Periodic tenants/inventory/rules refresh; a database outage keeps the loaded data.
@@ -777,8 +783,8 @@ class KafkaWorker:
                                self._reconnect_ref)
             self._commit(offsets)
         else:
-            args = (batch, alerts + alerts_in, windows, cps)
-            fut = self._writer.submit(self.sink.write, *args)
+            args = (batch, msgs, alerts + alerts_in, windows, cps)
+            fut = self._writer.submit(self._write, *args)
             self._pending = (offsets, fut, bool(alerts_in), args)
 
     def _save_checkpoints(self, cps: list[db.Checkpoint]) -> None:
@@ -801,6 +807,25 @@ class KafkaWorker:
                 _detect(self.stages.detect, out, lambda i: _message_origin(msgs[i]))
         except Exception as e:
             raise StageFailure(stage, e) from e
+        return out
+
+    def _write(self, batch: MetricBatch, msgs: list[Message], events: list[dict], windows,
+               cps: list[db.Checkpoint]) -> tuple[int, list[dict]]:
+        """The sink write (writer thread, or :meth:`finish` retrying it), and the dead letters
+        of its event-id collisions, left in :attr:`_collisions`.
+
+        :meth:`finish` produces them after the database commit and before it commits the
+        offsets: a crash in between replays the batch, and the replay finds the same collisions
+        again (their rows are still not stored), so none is lost.
+        """
+        out = self.sink.write(batch, events, windows, cps)
+        self._collisions = []
+        if self.sink.collided.size:
+            # ``src`` indexes the records the batch was decoded from (a sink-first chain decodes
+            # only the enriched topic's records of the micro-batch)
+            src = msgs if self.chain[0] != "sink" else [m for m in msgs if m.topic() == self.s.topic_enriched]
+            self._collisions = collision_letters(batch, self.sink.collided, self.inputs[0],
+                                                 lambda i: _message_origin(src[i]))
         return out
 
     def _checkpoints(self, offsets) -> list[db.Checkpoint]:
@@ -852,8 +877,13 @@ class KafkaWorker:
                 # the writer thread is idle now (its task failed): the same batch is written
                 # again from here on a new connection (idempotent)
                 stored_n, stored_alerts = self._retry_pg(
-                    "sink write", lambda: self.sink.write(*args), self._reconnect_sink, failed=e)
+                    "sink write", lambda: self._write(*args), self._reconnect_sink, failed=e)
             self.stats.stored += stored_n
+            if self._collisions:  # after the DB commit, before the offsets: see _write
+                dead, self._collisions = self._collisions, []
+                kq.produce_dead_letters(self.producer, self.s.topic_dlq, dead)
+                self.stats.dead += len(dead)
+                self._flush()
             if from_topic:  # they came from the alert topic: already published
                 seqs = [a["seq"] for a in stored_alerts]
                 self._retry_pg("mark published", lambda: self.sink.mark_published(seqs),
@@ -1240,6 +1270,33 @@ def raw_chain(raws: Sequence[bytes], topic: str, partition: int, first_offset: i
     return run, letter
 
 
+def collision_letters(batch: MetricBatch, idx: np.ndarray, topic: str,
+                      origin: Callable[[int], Origin] | None = None) -> list[DeadLetter]:
+    """Rows ``idx`` the sink refused: their tenant stored a different event under their event id.
+
+    Reason ``duplicate_event_id``. Each letter carries its input record's bytes and
+    topic/partition/offset, from ``origin`` by the row's ``src`` index when the batch has one
+    (``MetricBatch.src``); without it, the event as the sink received it (JSON) with its input
+    ``topic`` and partition and offset -1.
+    """
+    src = batch.src
+    out = []
+    for i in idx.tolist():
+        detail = (f"tenant {batch.tenant_id[i]} already stored a different event under event_id "
+                  f"{batch.event_id[i]!r}")[:500]
+        if origin is not None and src is not None:
+            raw, t, part, off = origin(int(src[i]))
+        else:
+            raw = orjson.dumps({"event_id": batch.event_id[i], "tenant_id": batch.tenant_id[i],
+                                "host": batch.host[i], "metric": batch.metric[i],
+                                "value": float(batch.value[i]), "ts": float(batch.ts[i]),
+                                "unit": batch.unit[i], "tags": batch.tags[i]})
+            t, off = topic, -1
+            part = -1 if batch.partition is None else int(batch.partition[i])
+        out.append(DeadLetter(raw, "duplicate_event_id", detail, t, part, off, "sink"))
+    return out
+
+
 class Bus:
     """In-process publish/subscribe for the embedded runner's alert events."""
 
@@ -1269,13 +1326,16 @@ class EmbeddedPipeline:
     """normalize → enrich → detect → sink in one process, fed with raw event bytes."""
 
     def __init__(self, s: Settings, bus: Bus | None = None, source: str | None = None,
-                 model: ModelProvider | None = None, shadow: ModelProvider | None = None) -> None:
+                 model: ModelProvider | None = None, shadow: ModelProvider | None = None,
+                 maintain: bool = False) -> None:
         self.s = s
         self.bus = bus or Bus()
         # events without an agent id get <source>:0:<n>; unique per process start
         self.source = source or f"embedded-{int(time.time() * 1000)}"
         self.conn = db.connect(s)
-        self.sink = db.Sink(self.conn)
+        self.sink = db.Sink(self.conn, db.Partitions(db.PartitionPolicy.from_settings(s)))
+        # ``maintain``: partitions ahead + retention in a thread of this process (the demo)
+        self.maintainer = db.Maintainer(s).start() if maintain else None
         self.stages = _Stages(s, STAGES, self.conn, model=model, shadow=shadow)
         # no partitions or checkpoints here: re-arm open threshold alerts from storage
         self.stages.detect.partition(0).rule_alerts.restore(
@@ -1295,6 +1355,7 @@ class EmbeddedPipeline:
         # a stage raising costs only the records that make it raise (stage_error)
         out = run_isolated(run, range(len(raws)), letter, stg.detect, self._history)
         batch, dead, alerts = out.batch, out.dead, out.alerts
+        self.sink.ensure_partitions(batch, out.windows)  # DDL, if any, outside the batch's transaction
         with self.conn.transaction():
             if dead:
                 with self.conn.cursor().copy(
@@ -1304,6 +1365,11 @@ class EmbeddedPipeline:
                         cp.write_row((d.reason, d.detail, d.stage,
                                       f"{d.topic}:{d.partition}:{d.offset}", d.raw))
             stored, stored_alerts = self.sink.write(batch, alerts, out.windows)
+            if self.sink.collided.size:  # dead letters in the same transaction as the rows
+                collided = collision_letters(batch, self.sink.collided, self.source,
+                                             lambda i: (bytes(raws[i]), self.source, 0, first + i))
+                self.sink.write_dead_letters(collided)
+                dead = dead + collided
         self.sink.mark_published([a["seq"] for a in stored_alerts])
         for a in stored_alerts:
             self.bus.publish(a)
@@ -1316,4 +1382,6 @@ class EmbeddedPipeline:
         return stored, dead, stored_alerts
 
     def close(self) -> None:
+        if self.maintainer is not None:
+            self.maintainer.stop()
         self.conn.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +65,21 @@ class Settings(BaseSettings):
     #: port of the worker's /healthz and /readyz (HTTP, stdlib); 0 = off
     worker_health_port: int = Field(default=0, ge=0, le=65535)
     worker_health_host: str = "127.0.0.1"
+
+    # --- Storage: time partitions and retention (pipeline.db.Partitions, `eventops db maintain`) ---
+    #: length of one partition of metrics/features/scores/shadow_scores; divides a day or is whole days
+    partition_interval_hours: int = Field(default=24, ge=1, le=24 * 31)
+    #: the maintenance job creates partitions this many days ahead of now
+    partition_ahead_days: int = Field(default=2, ge=0, le=366)
+    #: partitions entirely older than this are dropped (0 = keep forever)
+    retention_metrics_days: int = Field(default=14, ge=0)
+    retention_features_days: int = Field(default=90, ge=0)
+    retention_scores_days: int = Field(default=90, ge=0)
+    retention_shadow_scores_days: int = Field(default=30, ge=0)
+    #: seconds between maintenance runs in processes that write (sink workers, the demo); 0 = off
+    maintenance_interval_s: float = Field(default=3600.0, ge=0)
+    #: longest wait for a table lock by partition DDL (attach, detach); retried later past it
+    partition_lock_timeout_ms: int = Field(default=1000, ge=10)
 
     # --- Validation limits ------------------------------------------------------------------
     max_message_bytes: int = 1_000_000
@@ -126,6 +141,20 @@ class Settings(BaseSettings):
             raise ValueError(f"EVENTOPS_RETRY_BACKOFF_MAX_S ({self.retry_backoff_max_s}) must be at "
                              f"least EVENTOPS_RETRY_BACKOFF_S ({self.retry_backoff_s})")
         return self
+
+    @field_validator("partition_interval_hours")
+    @classmethod
+    def _whole_day_fraction(cls, v: int) -> int:
+        if 24 % v and v % 24:
+            raise ValueError(f"partition_interval_hours={v} must divide 24 or be a multiple of 24 "
+                             "(partitions start at UTC midnight)")
+        return v
+
+    def retention_days(self) -> dict[str, int]:
+        """Retention per partitioned table, in days (0 = keep forever)."""
+        return {"metrics": self.retention_metrics_days, "features": self.retention_features_days,
+                "scores": self.retention_scores_days,
+                "shadow_scores": self.retention_shadow_scores_days}
 
     def pg_dsn(self, database: str | None = None) -> str:
         """libpq connection string (the password is only ever placed here, never logged)."""

@@ -42,7 +42,7 @@ def feed_forever(s: Settings, bus: Bus, tenant: str, hosts: int, backfill_s: flo
     watcher = start_watcher(s)
     challenger = start_watcher(s, CHALLENGER) if watcher else None
     pipe = EmbeddedPipeline(s, bus, source=f"demo-{seed}", model=watcher.current if watcher else None,
-                            shadow=challenger.current if challenger else None)
+                            shadow=challenger.current if challenger else None, maintain=True)
     trained = False
     sim = Simulator(hosts=hosts, tenant=tenant, seed=seed, interval=interval,
                     start=time.time() - backfill_s, anomaly_rate=0.003)

@@ -126,6 +126,7 @@ PG_COMMANDS = [
     ["inventory", "set", "acme", "host-a", "team=x"],
     ["inventory", "list"],
     ["db", "migrate"],
+    ["db", "maintain"],
     ["keys", "list"],
     ["keys", "create", "--tenant", "acme"],
     ["worker", "normalize"],
