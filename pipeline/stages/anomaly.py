@@ -278,7 +278,10 @@ class PartitionState:
                  ensemble: Ensemble | None = None, idle_close_s: float | None = None) -> None:
         self.keys: dict[tuple[str, str, str], int] = {}
         self.names: list[tuple[str, str, str]] = []
-        self.families: dict[str, int] = {}
+        #: metric family per (tenant, metric): detectors share a family's prior and River model,
+        #: so a family never spans tenants (one tenant's values cannot move another's baselines;
+        #: checkpoints written when families were keyed by metric alone keep those codes)
+        self.families: dict[tuple[str, str] | str, int] = {}
         self.family: list[int] = []
         self.hosts: dict[tuple[str, str], int] = {}
         self.host: list[int] = []
@@ -304,7 +307,7 @@ class PartitionState:
             if code is None:
                 code = self.keys[key] = len(self.names)
                 self.names.append(key)
-                fam = self.families.setdefault(key[2], len(self.families))
+                fam = self.families.setdefault((key[0], key[2]), len(self.families))
                 self.family.append(fam)
                 self.host.append(self.hosts.setdefault(key[:2], len(self.hosts)))
             out[j] = code
