@@ -652,6 +652,11 @@ def load_checkpoints(conn: psycopg.Connection, group: str, topic: str) -> dict[i
     return {p: (o, bytes(st) if st is not None else None) for p, o, st in rows}
 
 
+#: errors that a row's values cause (not an outage): a refused row is isolated and dead-lettered
+_ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError,
+               psycopg.errors.ProgramLimitExceeded)
+
+
 class Sink:
     """Writes batches in one transaction per call: metrics, alerts, alert events (outbox).
 
@@ -667,6 +672,8 @@ class Sink:
         self.partitions = partitions or Partitions()
         #: indices into the last written batch of rows refused as ``duplicate_event_id`` (int64)
         self.collided = np.empty(0, np.int64)
+        #: indices into the last written batch of rows PostgreSQL itself refused (``store_refused``)
+        self.refused = np.empty(0, np.int64)
         conn.execute(_STAGE_METRICS)
         conn.execute(_STAGE_WINDOWS)
         conn.commit()
@@ -698,7 +705,26 @@ class Sink:
         """
         alert_events, checkpoints = list(alert_events), list(checkpoints)
         self.collided = np.empty(0, np.int64)
+        self.refused = np.empty(0, np.int64)
         self.ensure_partitions(batch, windows)
+        try:
+            return self._write_either(batch, alert_events, windows, checkpoints)
+        except _ROW_ERRORS as e:
+            # normalize makes every row storable; should one still be refused, it costs that
+            # row (dead-lettered by the runner), not the batch and not the worker
+            bad = self._refused_rows(batch) if len(batch) else np.empty(0, np.int64)
+            if not bad.size:
+                raise  # not a metric row: the windows or alerts of the batch
+            log.error("PostgreSQL refused %d of %d metric rows (%s); storing the others",
+                      bad.size, len(batch), str(e).strip().splitlines()[0][:200])
+            keep = np.ones(len(batch), bool)
+            keep[bad] = False
+            out = self._write_either(batch.take(keep), alert_events, windows, checkpoints)
+            self.collided = np.flatnonzero(keep)[self.collided]
+            self.refused = bad
+            return out
+
+    def _write_either(self, batch, alert_events, windows, checkpoints) -> tuple[int, list[dict]]:
         try:
             # fast path: plain COPY into metrics; a replayed event violates the unique key ...
             return self._write(batch, alert_events, windows, checkpoints, fresh=True)
@@ -706,6 +732,28 @@ class Sink:
             # ... and the whole batch is written again, skipping rows already stored
             log.info("replayed events in a batch of %d: writing with ON CONFLICT", len(batch))
             return self._write(batch, alert_events, windows, checkpoints, fresh=False)
+
+    def _refused_rows(self, b: MetricBatch) -> np.ndarray:
+        """Indices of the rows of ``b`` PostgreSQL refuses, found by bisection in a transaction
+        that is rolled back (``k`` bad rows cost ``O(k log n)`` staging writes)."""
+        bad: list[int] = []
+
+        def probe(idx: np.ndarray) -> None:
+            try:
+                with self.conn.transaction():  # a savepoint per probe
+                    self._write_metrics(b.take(idx))
+            except _ROW_ERRORS:
+                if idx.size == 1:
+                    bad.append(int(idx[0]))
+                    return
+                h = idx.size // 2
+                probe(idx[:h])
+                probe(idx[h:])
+
+        with self.conn.transaction(force_rollback=True):
+            probe(np.arange(len(b)))
+        self.collided = np.empty(0, np.int64)
+        return np.asarray(sorted(bad), dtype=np.int64)
 
     def _write(self, batch, alert_events, windows, checkpoints, fresh: bool) -> tuple[int, list[dict]]:
         with self.conn.transaction():

@@ -820,12 +820,12 @@ class KafkaWorker:
         """
         out = self.sink.write(batch, events, windows, cps)
         self._collisions = []
-        if self.sink.collided.size:
+        if self.sink.collided.size or self.sink.refused.size:
             # ``src`` indexes the records the batch was decoded from (a sink-first chain decodes
             # only the enriched topic's records of the micro-batch)
             src = msgs if self.chain[0] != "sink" else [m for m in msgs if m.topic() == self.s.topic_enriched]
-            self._collisions = collision_letters(batch, self.sink.collided, self.inputs[0],
-                                                 lambda i: _message_origin(src[i]))
+            self._collisions = sink_letters(self.sink, batch, self.inputs[0],
+                                            lambda i: _message_origin(src[i]))
         return out
 
     def _checkpoints(self, offsets) -> list[db.Checkpoint]:
@@ -1271,30 +1271,44 @@ def raw_chain(raws: Sequence[bytes], topic: str, partition: int, first_offset: i
 
 
 def collision_letters(batch: MetricBatch, idx: np.ndarray, topic: str,
-                      origin: Callable[[int], Origin] | None = None) -> list[DeadLetter]:
-    """Rows ``idx`` the sink refused: their tenant stored a different event under their event id.
+                      origin: Callable[[int], Origin] | None = None,
+                      reason: str = "duplicate_event_id") -> list[DeadLetter]:
+    """Rows ``idx`` the sink refused, as dead letters of stage ``sink``.
 
-    Reason ``duplicate_event_id``. Each letter carries its input record's bytes and
-    topic/partition/offset, from ``origin`` by the row's ``src`` index when the batch has one
-    (``MetricBatch.src``); without it, the event as the sink received it (JSON) with its input
-    ``topic`` and partition and offset -1.
+    ``duplicate_event_id``: their tenant stored a different event under their event id;
+    ``store_refused``: PostgreSQL refused the row's values (normalize should make that
+    impossible; the row costs itself, not its batch). Each letter carries its input record's
+    bytes and topic/partition/offset, from ``origin`` by the row's ``src`` index when the batch
+    has one (``MetricBatch.src``); without it, the event as the sink received it (JSON) with its
+    input ``topic`` and partition and offset -1.
     """
     src = batch.src
     out = []
     for i in idx.tolist():
-        detail = (f"tenant {batch.tenant_id[i]} already stored a different event under event_id "
-                  f"{batch.event_id[i]!r}")[:500]
+        if reason == "duplicate_event_id":
+            detail = (f"tenant {batch.tenant_id[i]} already stored a different event under "
+                      f"event_id {batch.event_id[i]!r}")
+        else:
+            detail = "PostgreSQL refused the row's values"
         if origin is not None and src is not None:
             raw, t, part, off = origin(int(src[i]))
         else:
             raw = orjson.dumps({"event_id": batch.event_id[i], "tenant_id": batch.tenant_id[i],
                                 "host": batch.host[i], "metric": batch.metric[i],
                                 "value": float(batch.value[i]), "ts": float(batch.ts[i]),
-                                "unit": batch.unit[i], "tags": batch.tags[i]})
+                                "unit": batch.unit[i], "tags": batch.tags[i]},
+                               default=str)
             t, off = topic, -1
             part = -1 if batch.partition is None else int(batch.partition[i])
-        out.append(DeadLetter(raw, "duplicate_event_id", detail, t, part, off, "sink"))
+        out.append(DeadLetter(raw, reason, detail[:500], t, part, off, "sink"))
     return out
+
+
+def sink_letters(sink: db.Sink, batch: MetricBatch, topic: str,
+                 origin: Callable[[int], Origin] | None = None) -> list[DeadLetter]:
+    """Dead letters of the rows the sink's last write refused (collisions and refused values)."""
+    return (collision_letters(batch, sink.collided, topic, origin)
+            + collision_letters(batch, sink.refused, topic, origin, reason="store_refused"))
 
 
 class Bus:
@@ -1365,9 +1379,9 @@ class EmbeddedPipeline:
                         cp.write_row((d.reason, d.detail, d.stage,
                                       f"{d.topic}:{d.partition}:{d.offset}", d.raw))
             stored, stored_alerts = self.sink.write(batch, alerts, out.windows)
-            if self.sink.collided.size:  # dead letters in the same transaction as the rows
-                collided = collision_letters(batch, self.sink.collided, self.source,
-                                             lambda i: (bytes(raws[i]), self.source, 0, first + i))
+            if self.sink.collided.size or self.sink.refused.size:  # in the rows' transaction
+                collided = sink_letters(self.sink, batch, self.source,
+                                        lambda i: (bytes(raws[i]), self.source, 0, first + i))
                 self.sink.write_dead_letters(collided)
                 dead = dead + collided
         self.sink.mark_published([a["seq"] for a in stored_alerts])

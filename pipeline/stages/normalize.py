@@ -30,6 +30,8 @@ too_many_tags       more than ``max_tags`` tags
 
 Reasons given by later stages (same DLQ, same headers): ``ts_too_old`` (detect: behind a closed
 window), ``duplicate_event_id`` (sink: the tenant stored a different event under this id),
+``store_refused`` (sink: PostgreSQL refused the row's values — a normalize gap, isolated to the
+row by bisection so that it costs neither its batch nor the worker),
 ``stage_error`` (a stage raised on this one event; the rest of its batch went on),
 ``bad_record`` (an intermediate topic's record does not decode).
 
