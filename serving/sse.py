@@ -230,16 +230,27 @@ async def score_stream(request: Request, pool, keys: KeyStore, principal: Princi
          "AND metric = %s AND window_start > %s ORDER BY window_start LIMIT %s")
     cursor = None if last_id is None else datetime.fromtimestamp(last_id / 1000, UTC)
     guard = _Guard(keys, pool, principal, conf)
+
+    async def newest() -> datetime:
+        async with pool.connection(timeout=DB_TIMEOUT_S) as conn:
+            cur = await conn.execute(
+                "SELECT max(window_start) FROM scores WHERE tenant_id = %s AND host = %s "
+                "AND metric = %s", (tenant, host, metric))
+            return (await cur.fetchone())[0] or datetime(1970, 1, 1, tzinfo=UTC)
+
+    if cursor is None:
+        # the stream starts where the series is *before* the client hears it is connected:
+        # a window stored after that is sent (reading the start after HELLO lost it)
+        try:
+            cursor = await newest()
+        except DB_DOWN:
+            pass  # read in the loop, which rides the outage out
     yield HELLO
     quiet = time.monotonic()
     while not closed():
         try:
             if cursor is None:
-                async with pool.connection(timeout=DB_TIMEOUT_S) as conn:
-                    cur = await conn.execute(
-                        "SELECT max(window_start) FROM scores WHERE tenant_id = %s AND host = %s "
-                        "AND metric = %s", (tenant, host, metric))
-                    cursor = (await cur.fetchone())[0] or datetime(1970, 1, 1, tzinfo=UTC)
+                cursor = await newest()
             async with pool.connection(timeout=DB_TIMEOUT_S) as conn:
                 cur = await conn.execute(q, (tenant, host, metric, cursor, conf.page_size))
                 rows = await cur.fetchall()
