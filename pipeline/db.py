@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 def connect(settings: Settings, database: str | None = None, autocommit: bool = False) -> psycopg.Connection:
     try:
-        return psycopg.connect(settings.pg_dsn(database), autocommit=autocommit, connect_timeout=10)
+        return psycopg.connect(settings.pg_dsn(database), autocommit=autocommit,
+                               connect_timeout=max(1, round(settings.connect_timeout_s)))
     except psycopg.OperationalError as e:
         raise ServiceError(
             f"PostgreSQL at {settings.pg_host}:{settings.pg_port} is not reachable "
