@@ -106,6 +106,19 @@ def mlflow_settings(base_settings: Settings, tmp_path_factory) -> Iterator[Setti
 
 
 @pytest.fixture
+def two_dbs(base_settings):
+    """Names of two fresh, empty databases (migrated by the test), dropped afterwards."""
+    names = [f"eventops_test_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    admin = db.connect(base_settings, autocommit=True)
+    for name in names:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield names
+    for name in names:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
 def conn(settings: Settings) -> Iterator[psycopg.Connection]:
     c = db.connect(settings, autocommit=True)
     yield c

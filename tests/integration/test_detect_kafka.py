@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import uuid
 
 import orjson
 import pytest
@@ -62,18 +61,6 @@ def _snapshot(c):
         " FROM alerts ORDER BY 1").fetchall()
     events = c.execute("SELECT event_key, kind FROM alert_events ORDER BY 1").fetchall()
     return scores, alerts, events
-
-
-@pytest.fixture
-def two_dbs(base_settings):
-    names = [f"eventops_test_{uuid.uuid4().hex[:8]}" for _ in range(2)]
-    admin = db.connect(base_settings, autocommit=True)
-    for name in names:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield names
-    for name in names:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
 
 
 @pytest.mark.parametrize(("interruption", "checkpoint_s"), [

@@ -12,7 +12,6 @@ import time
 import uuid
 
 import orjson
-import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import ConfigResource, NewTopic
 
@@ -285,18 +284,6 @@ def test_ts_too_old_in_embedded_runner_carries_original_bytes(settings, conn, te
     row = conn.execute("SELECT reason, source, raw FROM dead_letters WHERE source LIKE %s",
                        (f"{source}:%",)).fetchone()
     assert row[0] == "ts_too_old" and row[1] == f"{source}:0:{len(early)}" and bytes(row[2]) == late
-
-
-@pytest.fixture
-def two_dbs(base_settings):
-    names = [f"eventops_test_{uuid.uuid4().hex[:8]}" for _ in range(2)]
-    admin = db.connect(base_settings, autocommit=True)
-    for name in names:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield names
-    for name in names:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
 
 
 def _tables(c, exclude_host: str):
