@@ -18,11 +18,15 @@ WORKDIR /app
 # image). All runtime dependencies ship manylinux wheels (confluent-kafka bundles librdkafka,
 # psycopg[binary] bundles libpq), so no compiler or system libraries are needed.
 COPY pyproject.toml README.md ./
-COPY pipeline ./pipeline
+COPY core ./core
 COPY features ./features
 COPY models ./models
+COPY storage ./storage
+COPY registry ./registry
+COPY pipeline ./pipeline
 COPY training ./training
 COPY serving ./serving
+COPY cli ./cli
 RUN pip install . \
     && rm -rf /root/.cache
 

@@ -79,7 +79,7 @@ mlflow: services-up
 	  --artifacts-destination mlruns --workers 1 --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
 lint: venv
-	$(BIN)/ruff check pipeline features models training serving tests benchmarks
+	$(BIN)/ruff check core features models storage registry pipeline training serving cli tests benchmarks
 
 clean: services-down
 	rm -rf $(VENV) .services

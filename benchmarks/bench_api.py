@@ -53,10 +53,10 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import scratch, write_results
-from pipeline import db
+from core.settings import REPO_ROOT, Settings
 from pipeline import kafka as kq
-from pipeline.settings import REPO_ROOT, Settings
 from serving import auth
+from storage import db
 
 HOSTS, METRICS, STEP_S = 500, ("cpu_load", "mem_used_pct", "latency_p99", "req_rate"), 10
 TENANT = "bench"
@@ -189,7 +189,7 @@ def serve(s: Settings, workers: int) -> tuple[subprocess.Popen, str]:
         env[f"EVENTOPS_{k.upper()}"] = v.get_secret_value() if hasattr(v, "get_secret_value") else str(v)
     env["EVENTOPS_RATE_LIMIT_RPS"] = "0"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "api", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "cli", "api", "--host", "127.0.0.1", "--port", str(port),
          "--workers", str(workers), "--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "60"],
         cwd=REPO_ROOT, env=env)
     url = f"http://127.0.0.1:{port}"

@@ -25,10 +25,10 @@ import orjson
 import psycopg
 
 from benchmarks.common import median, scratch, write_results
-from pipeline import db
+from core.settings import REPO_ROOT, Settings
 from pipeline import kafka as kq
-from pipeline.settings import REPO_ROOT, Settings
 from pipeline.simulate import Simulator
+from storage import db
 
 
 def make_events(n: int, tenant: str) -> tuple[list[bytes], list[str]]:
@@ -65,7 +65,7 @@ def run_pipeline(base: Settings, n: int, workers: int = 1) -> float:
         kq.produce_all(p, s.topic_raw, evs, keys)
         kq.flush(p)
         conn = db.connect(s, autocommit=True)
-        procs = [subprocess.Popen([sys.executable, "-m", "pipeline", "--log-level", "WARNING", "worker",
+        procs = [subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "WARNING", "worker",
                                    "normalize,enrich,detect,sink"], env=env_for(s), cwd=REPO_ROOT)
                  for _ in range(workers)]
         try:

@@ -8,7 +8,7 @@ default) spread over ``--days`` daily partitions before today, plus one ``featur
 ``topic:partition:offset`` event ids), so the indexes have realistic sizes. Then:
 
 1. **ingest**: micro-batches of ``--batch`` events (one sample of every series) plus their
-   closed windows go through :class:`pipeline.db.Sink` ``write`` — the call a chained worker's
+   closed windows go through :class:`storage.db.Sink` ``write`` — the call a chained worker's
    writer thread makes — into today's partitions. Runs alternate between the empty and the
    filled database (the machine is shared and noisy; only ratios within one run compare); each
    run's rate is rows / time spent in ``write``. A third configuration writes into yesterday's
@@ -17,7 +17,7 @@ default) spread over ``--days`` daily partitions before today, plus one ``featur
    ratios (each round runs the configurations back to back, so they share the machine's load).
 2. **retention**: while a writer thread keeps ingesting into the filled database, the
    maintenance job drops the oldest day's ``metrics`` partition (``DETACH`` + ``DROP``, see
-   :func:`pipeline.db.maintain`), ``--drops`` times (a day each). Reported: the drop's duration,
+   :func:`storage.db.maintain`), ``--drops`` times (a day each). Reported: the drop's duration,
    the longest ``write`` overlapping it against the median ``write``, the ingest rate in the
    second around the drop against the steady rate before it, and ingest errors (must be 0).
 
@@ -43,10 +43,10 @@ import numpy as np
 from psycopg import sql
 
 from benchmarks.common import RESULTS, median, write_results
-from pipeline import db
-from pipeline.batch import MetricBatch
-from pipeline.settings import Settings
+from core.batch import MetricBatch
+from core.settings import Settings
 from pipeline.stages.anomaly import WindowRows
+from storage import db
 
 DAY = 86400
 METRICS = ("cpu_load", "mem_used", "disk_io", "net_rx")

@@ -8,7 +8,7 @@ migrated template, dropped afterwards) with a temporary artifact root:
 * log (params, metrics, signature, input example, skops model with explicit pip_requirements)
   + register -- the baseline is the same ``log_model`` letting MLflow infer requirements;
 * the whole ``train_and_register`` (fit + evaluate + log + register + promotion decision);
-* alias change -> :class:`pipeline.registry.ChampionWatcher` serving the new version
+* alias change -> :class:`registry.champion.ChampionWatcher` serving the new version
   (``measure_swap_delay``: alias write + wait for the next poll + background load; each
   measurement starts at a random phase of the poll cycle), at the
   default ``poll_s=2.0`` and at ``poll_s=0.5``; baseline = the 10 s requirement.
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS
-from pipeline.settings import REPO_ROOT, Settings
+from core.settings import REPO_ROOT, Settings
 
 NAB = REPO_ROOT.parent / "shared" / "datasets" / "nab-dev"
 
@@ -59,8 +59,8 @@ def main(quick: bool = False) -> None:
     import mlflow
     import mlflow.sklearn
 
-    from pipeline.registry import ChampionWatcher, measure_swap_delay
-    from training import tracking
+    from registry import tracking
+    from registry.champion import ChampionWatcher, measure_swap_delay
     from training.promotion import PromotionPolicy, evaluate_model
     from training.train import SKOPS_TRUSTED, TrainConfig, fit, log_and_register, train_and_register
 

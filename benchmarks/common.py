@@ -8,9 +8,9 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline import db
+from core.settings import Settings
 from pipeline import kafka as kq
-from pipeline.settings import Settings
+from storage import db
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

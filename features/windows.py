@@ -18,7 +18,7 @@ events minutes ahead (clock skew) cannot make another tenant's events late.
 A host that stops sending must still get its windows closed: the *partition clock* (the largest
 ``ts`` of all hosts) closes every host's windows that end ``idle_close_s`` or more before it.  Choose
 ``idle_close_s`` larger than the accepted future skew plus a window plus the allowed lateness
-(``pipeline.settings`` enforces it), so no host stamping within the skew can close another host's
+(``core.settings`` enforces it), so no host stamping within the skew can close another host's
 current window.  The cost: a silent host's last windows are emitted ``idle_close_s`` late, and a
 host whose clock lags the partition's newest event by more than ``idle_close_s`` is late.
 

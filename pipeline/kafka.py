@@ -27,9 +27,9 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from pipeline.batch import DeadLetter, MetricBatch, safe_detail
-from pipeline.errors import ServiceError
-from pipeline.settings import Settings
+from core.batch import DeadLetter, MetricBatch, safe_detail
+from core.errors import ServiceError
+from core.settings import Settings
 from pipeline.stages.normalize import suspects, text_fault
 
 log = logging.getLogger(__name__)

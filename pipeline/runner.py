@@ -39,14 +39,12 @@ import orjson
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
+from core.batch import DeadLetter, MetricBatch
+from core.errors import ServiceError
+from core.settings import Settings
 from models.rules import RuleSet, RulesFile
-from pipeline import db
 from pipeline import kafka as kq
-from pipeline.batch import DeadLetter, MetricBatch
-from pipeline.errors import ServiceError
 from pipeline.health import Backoff, Health, HealthServer
-from pipeline.registry import CHALLENGER, CHAMPION
-from pipeline.settings import Settings
 from pipeline.stages.anomaly import (
     ANOMALY_RULE,
     DetectStage,
@@ -55,6 +53,8 @@ from pipeline.stages.anomaly import (
 )
 from pipeline.stages.enrich import Enricher
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
+from registry.champion import CHALLENGER, CHAMPION
+from storage import db
 
 log = logging.getLogger(__name__)
 
@@ -1049,7 +1049,7 @@ def start_watcher(s: Settings, alias: str = CHAMPION):
     """
     if s.champion_poll_s <= 0 or (alias == CHALLENGER and not s.shadow_scoring):
         return None
-    from pipeline.registry import ChampionWatcher
+    from registry.champion import ChampionWatcher
 
     return ChampionWatcher(s, poll_s=s.champion_poll_s, alias=alias,
                            tracking_uri=s.mlflow_tracking_uri_override).start()

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from pipeline.errors import NotFound
+from core.errors import NotFound
 from serving.deps import BroadcasterDep, PoolDep, ReadKey, ServingDep, SettingsDep, StreamKey
 from serving.openapi import links
 from serving.params import NamePath, OptNameQ

@@ -29,8 +29,8 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 from starlette.routing import compile_path
 
+from core.settings import Settings
 from pipeline.runner import Bus
-from pipeline.settings import Settings
 from serving import errors
 from serving.auth import KeyStore, RateLimiter
 from serving.broadcast import Broadcaster, KafkaAlertSource

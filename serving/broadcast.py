@@ -48,8 +48,8 @@ import orjson
 import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from core.settings import Settings
 from pipeline import kafka as kq
-from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Serving-only configuration (``EVENTOPS_*`` variables, documented in ``.env.example``).
 
-Kept apart from :class:`pipeline.settings.Settings` because only the API process reads it;
+Kept apart from :class:`core.settings.Settings` because only the API process reads it;
 ``create_app`` builds it once (tests pass their own).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 
 
 class ServingSettings(BaseSettings):

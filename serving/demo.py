@@ -11,11 +11,11 @@ import threading
 import time
 from collections import Counter
 
-from pipeline import db
-from pipeline.registry import CHALLENGER
+from core.settings import Settings
 from pipeline.runner import Bus, EmbeddedPipeline, start_watcher
-from pipeline.settings import Settings
 from pipeline.simulate import Simulator
+from registry.champion import CHALLENGER
+from storage import db
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import AsyncConnectionPool
 
-from pipeline.errors import NotFound
-from pipeline.settings import Settings
+from core.errors import NotFound
+from core.settings import Settings
 from serving.auth import KeyStore, Principal, RateLimiter
 from serving.broadcast import Broadcaster
 from serving.config import ServingSettings

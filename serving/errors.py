@@ -1,6 +1,6 @@
 """HTTP-facing errors of the API, and the one place that maps every error to a status.
 
-    EventOpsError (pipeline.errors)
+    EventOpsError (core.errors)
     ├── NotFound           404  unknown id, or an id of another tenant (indistinguishable)
     ├── ServiceError       503  PostgreSQL/Kafka unreachable
     ├── ConfigError        500  never raised by a request
@@ -39,7 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from pipeline.errors import ConfigError, EventOpsError, NotFound, ServiceError
+from core.errors import ConfigError, EventOpsError, NotFound, ServiceError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from pipeline.errors import NotFound
+from core.errors import NotFound
 from serving.deps import PoolDep, ReadKey
 from serving.openapi import links
 from serving.params import NamePath, text_field

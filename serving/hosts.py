@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from pipeline.errors import NotFound
+from core.errors import NotFound
 from serving.deps import PoolDep, ReadKey
 from serving.openapi import links
 from serving.params import NamePath

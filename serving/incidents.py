@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
-from pipeline.errors import NotFound
+from core.errors import NotFound
 from serving.alerts import SELECT, Alert, to_alert
 from serving.deps import PoolDep, ReadKey, ServingDep
 from serving.openapi import links

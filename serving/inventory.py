@@ -12,8 +12,8 @@ from fastapi import APIRouter, Query, Response
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, StringConstraints, WithJsonSchema
 
-from pipeline.errors import NotFound
-from pipeline.settings import Settings
+from core.errors import NotFound
+from core.settings import Settings
 from serving.deps import AdminKey, PoolDep, ReadKey, SettingsDep
 from serving.errors import invalid
 from serving.openapi import links

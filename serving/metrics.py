@@ -10,7 +10,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
-from pipeline.errors import NotFound
+from core.errors import NotFound
 from serving.deps import PoolDep, ReadKey
 from serving.downsample import (
     FLOAT8_ARRAY_OID,

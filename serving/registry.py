@@ -1,7 +1,7 @@
 """Model registry status (MLflow): which batch model version is champion / challenger.
 
 :func:`model_status` is the provider the route calls (``app.state.model_status``, replaceable
-by the registry code of ``training/`` / ``pipeline.registry``). It imports MLflow lazily,
+by the registry code of ``training/`` / ``registry.champion``). It imports MLflow lazily,
 answers from a short cache, and reports ``champion: None`` with a reason when MLflow or its
 store is unavailable — the API never fails because the registry does.
 
@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
-from pipeline.settings import Settings
+from core.settings import Settings
 from serving.deps import PoolDep, ReadKey, SettingsDep
 
 log = logging.getLogger(__name__)

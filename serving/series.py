@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from psycopg import sql
 from pydantic import BaseModel
 
-from pipeline.errors import NotFound
+from core.errors import NotFound
 from serving.deps import PoolDep, ReadKey, ServingDep, SettingsDep, StreamKey
 from serving.openapi import links
 from serving.params import NO_NUL, NamePath, OptNameQ

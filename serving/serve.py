@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 
 log = logging.getLogger("eventops.api")
 
@@ -53,7 +53,7 @@ def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
 
 
 def bind_or_explain(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    """:func:`bind`, raising :class:`~pipeline.errors.ConfigError` with the fix when the address
+    """:func:`bind`, raising :class:`~core.errors.ConfigError` with the fix when the address
     cannot be used (port taken, privileged port, address not on this machine)."""
     try:
         return bind(host, port, reuse_port)
@@ -85,7 +85,7 @@ def serve(opts: ServeOptions) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status.
 
     The address is bound before anything else is imported or started, so a taken port is a
-    one-line :class:`~pipeline.errors.ConfigError` at once.
+    one-line :class:`~core.errors.ConfigError` at once.
     """
     if opts.workers <= 1:
         _run_one(asdict(opts), reuse_port=False, sock=bind_or_explain(opts.host, opts.port))

@@ -42,7 +42,7 @@ from features.windows import FEATURES, window_features
 from training.evaluate import LabelledSeries, load_windows
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.settings import Settings
+    from core.settings import Settings
 
 __all__ = [
     "WindowDataset",
@@ -240,7 +240,7 @@ def from_csv(
         One window length for every file; default ``points_per_window`` times each file's own
         sampling interval (median positive timestamp difference).
     """
-    from pipeline.backtest import _interval, _match_windows, discover_csvs
+    from training.backtest import _interval, _match_windows, discover_csvs
 
     files = discover_csvs([Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)])
     wins = load_windows(windows_json) if windows_json else {}

@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.batch import BatchModel
-from pipeline.registry import CHALLENGER, CHAMPION, TAG_SET_AT, alias_version, load_version
+from registry.champion import CHALLENGER, CHAMPION, TAG_SET_AT, alias_version, load_version
 from training.datasets import WindowDataset
 from training.evaluate import evaluate
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
 
-    from pipeline.settings import Settings
+    from core.settings import Settings
 
 __all__ = [
     "Decision",
@@ -302,7 +302,7 @@ def evaluate_and_promote(
     ``candidate_metrics`` skips re-scoring the candidate when the caller just evaluated it on
     the same ``ds``.  Tags described in the module docstring are written either way.
     """
-    from training.tracking import client as make_client
+    from registry.tracking import client as make_client
 
     policy = policy or PromotionPolicy()
     client = make_client(settings, tracking_uri)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from pipeline.registry import CHALLENGER, CHAMPION, TAG_FEATURES, alias_version
+from registry.champion import CHALLENGER, CHAMPION, TAG_FEATURES, alias_version
 from training.promotion import (
     TAG_COMPARED,
     TAG_DECIDED_AT,
@@ -24,7 +24,7 @@ from training.promotion import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.settings import Settings
+    from core.settings import Settings
 
 __all__ = [
     "FEEDBACK_LABELS",
@@ -118,7 +118,7 @@ def model_status(settings: Settings, tracking_uri: str | None = None) -> dict[st
     """
     from mlflow.exceptions import MlflowException
 
-    from training.tracking import client, is_server_uri, resolve_tracking_uri
+    from registry.tracking import client, is_server_uri, resolve_tracking_uri
 
     c = client(settings, tracking_uri)
     name = settings.model_name
@@ -209,7 +209,7 @@ def shadow_stats(conn: Any, tenant: str, version: str, hours: float = 24.0,
 
 def list_versions(settings: Settings, tracking_uri: str | None = None) -> list[dict[str, Any]]:
     """Every registered version (newest first) with its aliases and decision tags."""
-    from training.tracking import client
+    from registry.tracking import client
 
     c = client(settings, tracking_uri)
     mvs = c.search_model_versions(f"name = '{settings.model_name}'", max_results=1000)

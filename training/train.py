@@ -26,14 +26,14 @@ import pandas as pd
 
 from features.windows import FEATURES
 from models.batch import BatchModel
-from pipeline.registry import TAG_FEATURES
+from registry.champion import TAG_FEATURES
+from registry.tracking import DEFAULT_EXPERIMENT, ensure_experiment, use
 from training.datasets import WindowDataset
 from training.estimators import CalibratedDetector
 from training.promotion import Decision, PromotionPolicy, evaluate_and_promote, evaluate_model
-from training.tracking import DEFAULT_EXPERIMENT, ensure_experiment, use
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.settings import Settings
+    from core.settings import Settings
 
 __all__ = ["TrainConfig", "TrainResult", "fit", "log_and_register", "train_and_register"]
 

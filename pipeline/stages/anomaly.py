@@ -40,13 +40,13 @@ from typing import Any
 
 import numpy as np
 
+from core.batch import MetricBatch, factorize
 from features.cross import CROSS_FEATURES, cross_metric_features
 from features.windows import FEATURES as WINDOW_FEATURES
 from features.windows import WindowAggregator
 from models.ensemble import SEVERITIES, Ensemble
 from models.presets import default_ensemble
 from models.rules import RuleSet
-from pipeline.batch import MetricBatch, factorize
 from pipeline.stages.detect import Detector
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ ANOMALY_RULE = "anomaly:ensemble"
 #: default ``idle_close_s`` of :class:`DetectStage` (the ``EVENTOPS_IDLE_CLOSE_S`` default)
 IDLE_CLOSE_S = 600.0
 
-#: () -> (model version, model with ``score_many(X)``) or (None, None); see pipeline/registry.py
+#: () -> (model version, model with ``score_many(X)``) or (None, None); see registry/champion.py
 ModelProvider = Callable[[], tuple[str | None, Any]]
 
 

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from core.batch import AlertBatch, MetricBatch
 from models.rules import RuleSet
-from pipeline.batch import AlertBatch, MetricBatch
 
 SEVERITY = {1: "warning", 2: "critical"}
 LEVEL = {"warning": 1, "critical": 2}

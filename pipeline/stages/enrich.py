@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from pipeline.batch import MetricBatch
+from core.batch import MetricBatch
 
 Inventory = Mapping[tuple[str, str], Mapping[str, object]]
 

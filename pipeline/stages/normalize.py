@@ -64,7 +64,7 @@ from datetime import datetime
 import numpy as np
 import orjson
 
-from pipeline.batch import DeadLetter, MetricBatch, factorize
+from core.batch import DeadLetter, MetricBatch, factorize
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import db
-from pipeline.settings import REPO_ROOT, Settings
+from core.settings import REPO_ROOT, Settings
+from storage import db
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline import db
 from pipeline.runner import Bus, EmbeddedPipeline
 from pipeline.simulate import Simulator
+from storage import db
 from tests.integration.api_support import Api, make_key, raw_event
 from tests.integration.conftest import wait_for
 

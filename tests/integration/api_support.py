@@ -12,10 +12,10 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-from pipeline import db
-from pipeline.settings import Settings
+from core.settings import Settings
 from serving import auth
 from serving.config import ServingSettings
+from storage import db
 from tests.integration.conftest import wait_for
 
 
@@ -136,7 +136,7 @@ def seed(s: Settings, conn: psycopg.Connection, tenant: str, marker: str, hosts=
 
 def store_alerts(s: Settings, events: list[dict]) -> tuple[int, list[dict]]:
     """Store alert events through the sink, as the pipeline does; returns the stored ones."""
-    from pipeline.batch import MetricBatch
+    from core.batch import MetricBatch
 
     with db.connect(s) as c:
         n, stored = db.Sink(c).write(MetricBatch.empty(), events)

@@ -21,9 +21,9 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer
 
-from pipeline import db
+from core.settings import REPO_ROOT, Settings
 from pipeline import kafka as kq
-from pipeline.settings import REPO_ROOT, Settings
+from storage import db
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def settings(base_settings: Settings, test_db: str, tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def mlflow_settings(base_settings: Settings, tmp_path_factory) -> Iterator[Settings]:
     """Settings of a scratch PostgreSQL-backed MLflow store (tests name their own models)."""
-    from training import tracking
+    from registry import tracking
 
     s = tracking.create_scratch_store(base_settings)
     s = s.model_copy(update={"mlflow_artifacts": tmp_path_factory.mktemp("mlruns")})
@@ -187,7 +187,7 @@ def start_worker(settings: Settings):
 
 def spawn_worker(s: Settings, chain: str, log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "worker", chain],
+        [sys.executable, "-m", "cli", "worker", chain],
         env=settings_env(s), cwd=REPO_ROOT, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
     )
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from pipeline import db
+from core.settings import REPO_ROOT, Settings
 from pipeline import kafka as kq
-from pipeline.settings import REPO_ROOT, Settings
+from storage import db
 
 SERVICES = REPO_ROOT / "scripts" / "services.sh"
 
@@ -302,6 +302,6 @@ def read_topic(s: Settings, topic: str, timeout: float = 60) -> list:
 def spawn(s: Settings, chain: str, log_path: Path, env: dict[str, str]) -> subprocess.Popen:
     """``eventops worker <chain>`` as a subprocess, as compose would run it."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "worker", chain],
+        [sys.executable, "-m", "cli", "worker", chain],
         env=env, cwd=REPO_ROOT, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
     )

@@ -32,8 +32,8 @@ import uuid
 
 import pytest
 
-from pipeline import db
 from pipeline.runner import Bus
+from storage import db
 from tests.integration.api_support import Api, make_key, seed
 
 pytestmark = pytest.mark.integration

@@ -7,9 +7,9 @@ import uuid
 import httpx
 import pytest
 
-from pipeline import db
 from pipeline.runner import Bus
 from serving.config import ServingSettings
+from storage import db
 from tests.integration.api_support import Api, hdr, make_key
 
 pytestmark = pytest.mark.integration
@@ -77,7 +77,7 @@ def test_cors_allows_only_the_configured_origins(hard):
 
 
 def test_cors_wildcard_is_refused():
-    from pipeline.errors import ConfigError
+    from core.errors import ConfigError
 
     with pytest.raises(ConfigError):
         ServingSettings(_env_file=None, cors_origins="*").cors_list()

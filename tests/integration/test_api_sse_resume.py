@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from pipeline import db
 from pipeline.runner import Bus, EmbeddedPipeline
 from serving.broadcast import Broadcaster
+from storage import db
 from tests.integration.api_support import Api, alert_event, hdr, make_key, raw_event, store_alerts
 from tests.integration.conftest import SseClient, wait_for
 

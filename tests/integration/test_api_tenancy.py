@@ -14,9 +14,9 @@ import httpx
 import pytest
 from psycopg.types.json import Jsonb
 
-from pipeline import db
 from pipeline.runner import Bus
 from serving import auth
+from storage import db
 from tests.integration.api_support import Api, alert_event, hdr, make_key, seed, store_alerts
 from tests.integration.conftest import SseClient, wait_for
 

@@ -11,7 +11,7 @@ import sys
 import httpx
 import pytest
 
-from pipeline.settings import REPO_ROOT
+from core.settings import REPO_ROOT
 from tests.integration.conftest import settings_env, wait_for
 
 
@@ -37,7 +37,7 @@ def port() -> int:
 
 def _start(settings, port, workers=2):
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "api", "--port", str(port), "--workers", str(workers),
+        [sys.executable, "-m", "cli", "api", "--port", str(port), "--workers", str(workers),
          "--log-level", "warning"], cwd=REPO_ROOT, env=settings_env(settings),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

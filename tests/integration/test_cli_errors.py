@@ -1,6 +1,6 @@
 """Operators get one line with the fix, a non-zero exit code, and bounded waits (issue 8, item 6).
 
-Every case runs ``python -m pipeline`` as a subprocess, as an operator would, against the real
+Every case runs ``python -m cli`` as a subprocess, as an operator would, against the real
 PostgreSQL and Kafka of the test session, or against a closed port found at runtime; each
 asserts the exit code, that stderr is one line without a traceback, and (services down) that
 the command ended within 10 s.
@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from pipeline import db
-from pipeline.settings import REPO_ROOT
+from core.settings import REPO_ROOT
+from storage import db
 from tests.integration.conftest import consume_all, settings_env, wait_for
 
 BOUND_S = 10.0  # "Kafka/PostgreSQL unreachable -> a clear error within 10 s"
@@ -41,7 +41,7 @@ class Run:
 
 def eventops(args: list[str], env: dict[str, str], timeout: float = 120, stdin: bytes | None = None) -> Run:
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, cwd=REPO_ROOT,
+    p = subprocess.run([sys.executable, "-m", "cli", *args], env=env, cwd=REPO_ROOT,
                        input=stdin, capture_output=True, timeout=timeout)
     return Run(args, p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"),
                time.monotonic() - t0)

@@ -9,7 +9,7 @@ import signal
 import orjson
 import pytest
 
-from pipeline import db
+from storage import db
 from tests.integration.conftest import consume_all, group_lag, produce_sim, spawn_worker, wait_for
 
 CHAIN = "normalize,enrich,detect,sink"

@@ -9,8 +9,8 @@ import time
 
 import orjson
 
-from pipeline import db
 from pipeline import kafka as kq
+from storage import db
 from tests.integration.conftest import consume_all, group_lag, spawn_worker, wait_for
 
 CHAIN = "normalize,enrich,detect,sink"

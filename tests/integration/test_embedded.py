@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from pipeline import db
 from pipeline.runner import Bus, EmbeddedPipeline
 from pipeline.simulate import Simulator
+from storage import db
 
 
 def test_embedded_pipeline_stores_simulated_metrics_and_alerts(settings, conn, tenant):

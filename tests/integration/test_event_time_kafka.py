@@ -8,8 +8,8 @@ import uuid
 
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline import db
 from pipeline import kafka as kq
+from storage import db
 from tests.integration.conftest import group_lag, wait_for
 from tests.unit.test_event_time import events
 

@@ -31,9 +31,9 @@ import uuid
 import orjson
 import pytest
 
-from pipeline import db
 from pipeline import kafka as kq
 from pipeline.stages import normalize
+from storage import db
 from tests.integration.conftest import ThreadWorker, group_lag, settings_env, wait_for
 from tests.integration.faults_support import (
     PrivateServices,

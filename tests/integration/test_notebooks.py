@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from pipeline.settings import REPO_ROOT, Settings
+from core.settings import REPO_ROOT, Settings
 from tests.integration.conftest import nab_dir
 
 pytestmark = pytest.mark.integration
@@ -21,7 +21,7 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 
 @pytest.fixture(scope="module")
 def nb_store(base_settings: Settings, tmp_path_factory):
-    from training import tracking
+    from registry import tracking
 
     s = tracking.create_scratch_store(base_settings, prefix="mlflow_nb")
     s = s.model_copy(update={"mlflow_artifacts": tmp_path_factory.mktemp("nb-mlruns")})

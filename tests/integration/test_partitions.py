@@ -18,9 +18,9 @@ import numpy as np
 import psycopg
 import pytest
 
-from pipeline import db
-from pipeline.batch import MetricBatch
-from pipeline.settings import Settings
+from core.batch import MetricBatch
+from core.settings import Settings
+from storage import db
 
 DAY = 86400.0
 TODAY = time.time() // DAY * DAY

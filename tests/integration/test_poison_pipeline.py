@@ -15,10 +15,10 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import ConfigResource, NewTopic
 
-from pipeline import db
 from pipeline import kafka as kq
 from pipeline.runner import EmbeddedPipeline, KafkaWorker
 from pipeline.stages.anomaly import DetectStage
+from storage import db
 from tests.integration.conftest import consume_all, group_lag, wait_for
 from tests.poison import PoisonCase, load_corpus
 

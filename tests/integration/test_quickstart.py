@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import httpx
 import orjson
 
-from pipeline import db
 from pipeline import kafka as kq
 from serving.auth import create_key
+from storage import db
 from tests.integration.conftest import SseClient, consume_all, wait_for
 
 

@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 import pytest
 
-from pipeline.settings import Settings
+from core.settings import Settings
 from tests.integration.conftest import nab_dir, wait_for
 
 pytestmark = pytest.mark.integration
@@ -34,10 +34,10 @@ def _own_model(s: Settings) -> Settings:
 
 
 def test_lifecycle_champion_promotion_rejection_rollback(mlflow_settings, labelled):
-    from pipeline.registry import CHALLENGER, CHAMPION, alias_version
+    from registry.champion import CHALLENGER, CHAMPION, alias_version
+    from registry.tracking import client
     from training.promotion import PromotionPolicy, rollback
     from training.status import model_status
-    from training.tracking import client
     from training.train import TrainConfig, train_and_register
 
     s = _own_model(mlflow_settings)
@@ -94,9 +94,9 @@ def test_lifecycle_champion_promotion_rejection_rollback(mlflow_settings, labell
 
 
 def test_guardrail_rejects_first_model(mlflow_settings, labelled):
-    from pipeline.registry import CHAMPION, alias_version
+    from registry.champion import CHAMPION, alias_version
+    from registry.tracking import client
     from training.promotion import PromotionPolicy
-    from training.tracking import client
     from training.train import TrainConfig, train_and_register
 
     s = _own_model(mlflow_settings)
@@ -111,8 +111,8 @@ def test_logged_model_round_trip(mlflow_settings, labelled):
     """Signature, input example, params and the skops model load back as a BatchModel."""
     from mlflow.models import Model
 
-    from pipeline.registry import load_version
-    from training.tracking import client
+    from registry.champion import load_version
+    from registry.tracking import client
     from training.train import TrainConfig, fit, log_and_register
 
     s = _own_model(mlflow_settings)
@@ -137,9 +137,9 @@ def test_logged_model_round_trip(mlflow_settings, labelled):
 
 
 def test_champion_watcher_picks_up_alias_change(mlflow_settings, labelled):
-    from pipeline.registry import ChampionWatcher, measure_swap_delay
+    from registry.champion import ChampionWatcher, measure_swap_delay
+    from registry.tracking import client
     from training.promotion import promote
-    from training.tracking import client
     from training.train import TrainConfig, fit, log_and_register
 
     s = _own_model(mlflow_settings)
@@ -171,7 +171,7 @@ def test_champion_watcher_picks_up_alias_change(mlflow_settings, labelled):
 
 def test_dataset_from_postgres_features_and_feedback(base_settings, test_db):
     """features rows + feedback labels joined through alerts (tenant/host/metric/time)."""
-    from pipeline import db
+    from storage import db
     from training.datasets import from_postgres, inject_anomalies
 
     s = base_settings.model_copy(update={"pg_database": test_db})
@@ -215,8 +215,8 @@ def test_dataset_from_postgres_features_and_feedback(base_settings, test_db):
 def test_cli_models_commands(mlflow_settings, labelled, tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
-    from training.tracking import client
+    from cli.main import app
+    from registry.tracking import client
     from training.train import TrainConfig, fit, log_and_register
 
     s = _own_model(mlflow_settings)

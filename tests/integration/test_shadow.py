@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from pipeline import db
-from pipeline.registry import CHALLENGER, TAG_SET_AT, load_version
 from pipeline.stages.anomaly import ANOMALY_RULE, calibrate_batch_score
+from registry.champion import CHALLENGER, TAG_SET_AT, load_version
+from storage import db
 from tests.integration.api_support import Api, hdr, make_key
 from tests.integration.conftest import nab_dir, produce_sim, settings_env, wait_for
 
@@ -27,9 +27,9 @@ def store(mlflow_settings):
 @pytest.fixture(scope="module")
 def registry(store):
     """Two registered versions: ``champion`` = v1, ``challenger`` = v2; returns (v1, v2)."""
+    from registry.tracking import client
     from training import datasets
     from training.promotion import promote
-    from training.tracking import client
     from training.train import TrainConfig, train_and_register
 
     ds = datasets.from_csv(nab_dir() / "data" / "artificialWithAnomaly", nab_dir() / "windows.json")
@@ -56,7 +56,7 @@ def test_start_watcher_honours_the_settings(base_settings):
 def test_worker_scores_challenger_in_shadow_without_alerting_on_it(settings, conn, tenant, store,
                                                                    registry, start_worker, chains):
     """``split``: the shadow scores travel on signals.score.v1 to a separate sink worker."""
-    from training.tracking import client
+    from registry.tracking import client
 
     v1, v2 = registry
     c = client(store)
@@ -176,7 +176,7 @@ def test_worker_scores_challenger_in_shadow_without_alerting_on_it(settings, con
     # and on the command line: eventops models status --tenant T
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from cli.main import app
 
     r = CliRunner().invoke(app, ["models", "status", "--tenant", tenant], env=settings_env(s))
     assert r.exit_code == 0, r.output
@@ -186,7 +186,7 @@ def test_worker_scores_challenger_in_shadow_without_alerting_on_it(settings, con
 
 def test_replayed_shadow_rows_are_written_once(conn, tenant):
     """The sink's ON CONFLICT path (a replayed batch) stores each shadow row once."""
-    from pipeline.batch import MetricBatch
+    from core.batch import MetricBatch
     from pipeline.stages.anomaly import FEATURES, WindowRows
 
     def obj(xs):

@@ -6,8 +6,8 @@ import uuid
 
 import numpy as np
 
-from pipeline import db
-from pipeline.batch import MetricBatch
+from core.batch import MetricBatch
+from storage import db
 
 
 def obj(xs):

@@ -10,13 +10,13 @@ import uuid
 import numpy as np
 import pandas as pd
 
+from core.batch import MetricBatch
 from features.cross import CROSS_FEATURES
 from models.rules import RuleSet
-from pipeline import db
-from pipeline.batch import MetricBatch
 from pipeline.simulate import Simulator
 from pipeline.stages.anomaly import DetectStage, WindowRows
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
+from storage import db
 from training.datasets import from_postgres
 
 
@@ -87,9 +87,9 @@ def test_model_trained_with_cross_features_registers_loads_and_scores_live(mlflo
     the registry, it scores the detect stage's windows like the local model does."""
     from features.cross import CROSS_FEATURES
     from features.windows import FEATURES
-    from pipeline.registry import load_version
+    from registry.champion import load_version
+    from registry.tracking import client
     from training.datasets import from_frame, inject_host_incidents
-    from training.tracking import client
     from training.train import TrainConfig, fit, log_and_register
 
     pairs = detect_pairs(tenant)

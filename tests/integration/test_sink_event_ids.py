@@ -13,9 +13,9 @@ import numpy as np
 import orjson
 import pytest
 
-from pipeline import db
+from core.batch import MetricBatch
 from pipeline import kafka as kq
-from pipeline.batch import MetricBatch
+from storage import db
 from tests.integration.conftest import consume_all, group_lag, wait_for
 
 

@@ -12,7 +12,7 @@ import time
 
 import orjson
 
-from pipeline import db
+from storage import db
 from tests.integration.test_sink_event_ids import batch, stored
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from pipeline import db
 from pipeline import kafka as kq
 from pipeline.runner import parse_chain
+from storage import db
 from tests.integration.conftest import consume_all, wait_for
 from tests.integration.test_quickstart import sample_event
 

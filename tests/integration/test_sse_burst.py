@@ -27,9 +27,9 @@ import httpx
 import orjson
 import pytest
 
-from pipeline import db
+from core.settings import REPO_ROOT
 from pipeline import kafka as kq
-from pipeline.settings import REPO_ROOT
+from storage import db
 from tests.integration.api_support import hdr, make_key
 from tests.integration.conftest import settings_env, spawn_worker, wait_for
 
@@ -148,7 +148,7 @@ def api_process(settings, tmp_path):
     log_path = tmp_path / "api.log"
     env = {**settings_env(settings), "EVENTOPS_API_WORKERS": "1", "EVENTOPS_RATE_LIMIT_RPS": "0"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "api", "--port", str(port), "--no-access-log"],
+        [sys.executable, "-m", "cli", "api", "--port", str(port), "--no-access-log"],
         env=env, cwd=REPO_ROOT, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
@@ -248,7 +248,7 @@ def test_split_mode_transitions_announced_before_they_are_stored_reach_clients(s
     """Split workers: detect publishes a transition (no ``seq``) before the sink stores it. The
     broadcaster keeps looking for its ``event_key`` in PostgreSQL (not only at its slow idle
     poll, here 60 s), so it arrives once stored."""
-    from pipeline.batch import MetricBatch
+    from core.batch import MetricBatch
     from serving.config import ServingSettings
     from tests.integration.api_support import Api, alert_event
     from tests.integration.conftest import SseClient

@@ -26,10 +26,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import db
+from core.settings import REPO_ROOT
 from pipeline import kafka as kq
-from pipeline.settings import REPO_ROOT
 from serving.config import ServingSettings
+from storage import db
 from tests.integration.api_support import Api, alert_event, hdr, make_key
 from tests.integration.conftest import SseClient, wait_for
 
@@ -103,7 +103,7 @@ def store(s, tenant: str, n: int, publish: bool) -> list[int]:
     """``n`` transitions stored like the sink does; published to the alert topic (outbox) if asked."""
     ts = datetime.now(UTC)
     events = [alert_event(tenant, f"h{uuid.uuid4().hex[:6]}", ts=ts + timedelta(milliseconds=i)) for i in range(n)]
-    from pipeline.batch import MetricBatch
+    from core.batch import MetricBatch
 
     with db.connect(s) as c:
         _, stored = db.Sink(c).write(MetricBatch.empty(), events)

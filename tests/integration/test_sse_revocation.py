@@ -18,10 +18,10 @@ import httpx
 import pytest
 from psycopg.types.json import Jsonb
 
-from pipeline import db
+from core.settings import REPO_ROOT
 from pipeline.runner import Bus
-from pipeline.settings import REPO_ROOT
 from serving.config import ServingSettings
+from storage import db
 from tests.integration.api_support import Api, alert_event, hdr, store_alerts
 from tests.integration.conftest import SseClient, settings_env, wait_for
 
@@ -57,7 +57,7 @@ def publish(s, bus: Bus, tenant: str, host: str) -> int:
 
 
 def revoke_with_cli(s, key_id: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "pipeline", "keys", "revoke", key_id], env=settings_env(s),
+    out = subprocess.run([sys.executable, "-m", "cli", "keys", "revoke", key_id], env=settings_env(s),
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
 

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.batch import MetricBatch
 from features.cross import CROSS_FEATURES, cross_metric_features
 from features.windows import FEATURES as WINDOW_FEATURES
 from models.batch import BatchModel
 from models.rules import RuleSet
-from pipeline.batch import MetricBatch
 from pipeline.simulate import Simulator
 from pipeline.stages.anomaly import FEATURES, DetectStage, WindowRows
 from pipeline.stages.normalize import NormalizeConfig, Normalizer

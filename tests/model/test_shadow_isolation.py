@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
+from core.batch import MetricBatch
+from core.settings import REPO_ROOT
 from models.batch import BatchModel
 from models.rules import RuleSet, RulesFile
-from pipeline.batch import MetricBatch
-from pipeline.settings import REPO_ROOT
 from pipeline.simulate import Simulator
 from pipeline.stages.anomaly import (
     FEATURES,

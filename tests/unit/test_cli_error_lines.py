@@ -1,5 +1,5 @@
-"""The CLI's error lines and exit codes (pipeline/cli_errors.py), its bounded service checks
-(pipeline/preflight.py) and local event checks (pipeline/tally.py) — no services needed: the
+"""The CLI's error lines and exit codes (cli/errors.py), its bounded service checks
+(cli/preflight.py) and local event checks (cli/tally.py) — no services needed: the
 "unreachable" cases use a closed port on 127.0.0.1."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections import Counter
 import orjson
 import pytest
 
-from pipeline import cli_errors as ce
-from pipeline.errors import ConfigError, EventOpsError, NotFound, ServiceError
-from pipeline.settings import Settings
+from cli import errors as ce
+from core.errors import ConfigError, EventOpsError, NotFound, ServiceError
+from core.settings import Settings
 
 
 def closed_port() -> int:
@@ -63,7 +63,7 @@ def test_invalid_setting_names_the_variable(monkeypatch):
 
 
 def test_postgres_down_was_58_lines_now_one_with_the_fix():
-    from pipeline import db
+    from storage import db
 
     port = closed_port()
     s = Settings(pg_port=port)
@@ -107,7 +107,7 @@ def test_kafka_exception_is_one_line_exit_5():
 # --- preflight ------------------------------------------------------------------------------
 
 def test_refused_kafka_is_reported_at_once():
-    from pipeline.preflight import check_kafka
+    from cli.preflight import check_kafka
 
     s = Settings(kafka_bootstrap=f"127.0.0.1:{closed_port()}")
     t0 = time.monotonic()
@@ -117,7 +117,7 @@ def test_refused_kafka_is_reported_at_once():
 
 
 def test_silent_kafka_is_bounded_by_the_connect_timeout():
-    from pipeline.preflight import check_kafka
+    from cli.preflight import check_kafka
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -130,7 +130,7 @@ def test_silent_kafka_is_bounded_by_the_connect_timeout():
 
 
 def test_all_refused_needs_every_address_refused():
-    from pipeline.preflight import _all_refused
+    from cli.preflight import _all_refused
 
     a, b = closed_port(), closed_port()
     assert _all_refused(f"127.0.0.1:{a},PLAINTEXT://127.0.0.1:{b}", 1.0)
@@ -142,7 +142,7 @@ def test_all_refused_needs_every_address_refused():
 
 
 def test_check_postgres_and_tracking_store_refused():
-    from pipeline.preflight import check_postgres, check_tracking
+    from cli.preflight import check_postgres, check_tracking
 
     port = closed_port()
     s = Settings(pg_port=port)
@@ -174,7 +174,7 @@ def _ev(tenant: str = "acme", **kw) -> bytes:
 
 
 def test_check_locally_counts_what_normalize_would_dead_letter():
-    from pipeline.tally import check_locally
+    from cli.tally import check_locally
 
     raws = [_ev(), b"{not json", _ev("ghost"), _ev(value="x"), _ev()]
     v = check_locally(Settings(), raws, frozenset({"acme"}))
@@ -185,7 +185,7 @@ def test_check_locally_counts_what_normalize_would_dead_letter():
 
 
 def test_by_reason_orders_by_count():
-    from pipeline.tally import by_reason
+    from cli.tally import by_reason
 
     assert by_reason(Counter({"b": 1, "a": 1, "c": 3})) == "c 3, a 1, b 1"
 
@@ -199,7 +199,7 @@ def test_by_reason_orders_by_count():
     (["send"], 2, "give either one EVENT"),
 ])
 def test_main_prints_one_line_and_exits(monkeypatch, capsys, argv, code, needle):
-    from pipeline import cli
+    from cli import main as cli
 
     monkeypatch.setattr(sys, "argv", ["eventops", *argv])
     with pytest.raises(SystemExit) as ei:

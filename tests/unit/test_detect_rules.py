@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from core.batch import MetricBatch
 from models.rules import ConfigError, RuleSet, RulesFile, parse_duration
-from pipeline.batch import MetricBatch
 from pipeline.stages.detect import Detector
 
 RULES = """
@@ -151,7 +151,7 @@ def test_rules_file_hot_reload(tmp_path):
 
 
 def test_default_rules_file_loads():
-    from pipeline.settings import Settings
+    from core.settings import Settings
     rs = RuleSet.load(Settings().rules_path)
     cpu = [r for r in rs.rules if r.metric == "cpu_load"][0]
     assert (cpu.warning, cpu.critical, cpu.for_s) == (80, 90, 0)

@@ -2,7 +2,7 @@
 
 import re
 
-from pipeline.settings import REPO_ROOT, Settings
+from core.settings import REPO_ROOT, Settings
 from serving.config import ServingSettings
 
 

@@ -20,6 +20,8 @@ import orjson
 import pandas as pd
 import pytest
 
+from core.batch import MetricBatch
+from core.settings import Settings
 from features.windows import (
     _NONE,
     ClosedWindows,
@@ -28,8 +30,6 @@ from features.windows import (
     _late_in_order_sorted,
 )
 from models.rules import RuleSet
-from pipeline.batch import MetricBatch
-from pipeline.settings import Settings
 from pipeline.simulate import METRICS, UNITS, Simulator
 from pipeline.stages.anomaly import IDLE_CLOSE_S, DetectStage, WindowRows
 from pipeline.stages.normalize import NormalizeConfig, Normalizer

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.batch import MetricBatch
 from models.rules import RuleSet
-from pipeline.batch import MetricBatch
 from pipeline.stages.anomaly import DetectStage
 
 

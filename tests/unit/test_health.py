@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import KafkaError
 from psycopg_pool import PoolTimeout
 
-from pipeline.errors import ServiceError
+from core.errors import ServiceError
 from pipeline.health import Backoff, Health, HealthServer
 from pipeline.runner import kafka_transient, pg_unavailable
 from serving.health import DatabaseUnavailable, is_outage

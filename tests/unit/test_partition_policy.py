@@ -1,4 +1,4 @@
-"""Partition arithmetic of pipeline.db (no database) and the partition settings' validation."""
+"""Partition arithmetic of storage.db (no database) and the partition settings' validation."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline import db
-from pipeline.settings import Settings
+from core.settings import Settings
+from storage import db
 
 
 def test_db_doctests():

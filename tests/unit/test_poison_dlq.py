@@ -3,9 +3,9 @@ bounded and valid UTF-8 whatever the detail held (issue 8)."""
 
 from __future__ import annotations
 
+from core.batch import DETAIL_MAX_CHARS, DeadLetter, safe_detail
+from core.settings import Settings
 from pipeline import kafka as kq
-from pipeline.batch import DETAIL_MAX_CHARS, DeadLetter, safe_detail
-from pipeline.settings import Settings
 
 
 def test_dlq_limit_exceeds_the_largest_record_an_input_topic_accepts():

@@ -11,9 +11,9 @@ import numpy as np
 import orjson
 import pytest
 
+from core.settings import REPO_ROOT
 from models.rules import RulesFile
 from pipeline.runner import DetectHistory, StageOutput, raw_chain, run_isolated
-from pipeline.settings import REPO_ROOT
 from pipeline.simulate import Simulator
 from pipeline.stages.anomaly import DetectStage
 from pipeline.stages.enrich import Enricher

@@ -1,6 +1,6 @@
 """``eventops train`` and ``eventops models list|status|promote|rollback``.
 
-Registered by ``pipeline.cli`` (``register(app)``).  MLflow is imported inside the commands only
+Registered by ``cli.main`` (``register(app)``).  MLflow is imported inside the commands only
 (``import mlflow`` costs ~2 s, which every other ``eventops`` command should not pay).  The
 tracking URI override comes from ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` here, at the entry
 point; without it the project's PostgreSQL database ``mlflow`` is used.
@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli_errors import BadArgument, describe
+from cli.errors import BadArgument, describe
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def parse_every(text: str) -> float:
 
 
 def _settings():
-    from pipeline.settings import Settings
+    from core.settings import Settings
 
     return Settings()
 
@@ -66,8 +66,8 @@ def _tracking(s, override: str | None) -> str:
     store's connection retries — ten attempts with exponential backoff (~100 s) and no setting
     in MLflow 3.17 — through the module constant it reads on each attempt.
     """
-    from pipeline.preflight import check_tracking
-    from training.tracking import resolve_tracking_uri
+    from cli.preflight import check_tracking
+    from registry.tracking import resolve_tracking_uri
 
     for k, v in HTTP_RETRY_DEFAULTS.items():
         os.environ.setdefault(k, v)  # entry point: MLflow reads these on each request
@@ -200,7 +200,7 @@ def register(app: typer.Typer) -> None:
         s = _settings()
         st = model_status(s, _tracking(s, tracking_uri))
         if tenant is not None and st.get("challenger"):
-            from pipeline import db
+            from storage import db
 
             with db.connect(s, autocommit=True) as conn:
                 st["challenger"]["shadow"] = shadow_stats(conn, tenant, str(st["challenger"]["version"]))
@@ -213,8 +213,8 @@ def register(app: typer.Typer) -> None:
         tracking_uri: TrackingOpt = None,
     ) -> None:
         """Make VERSION the champion now (operator override; no evaluation)."""
+        from registry.tracking import client
         from training.promotion import promote
-        from training.tracking import client
 
         s = _settings()
         prev = promote(client(s, _tracking(s, tracking_uri)), s.model_name, version, reason)
@@ -223,8 +223,8 @@ def register(app: typer.Typer) -> None:
     @models_app.command("rollback")
     def models_rollback(tracking_uri: TrackingOpt = None) -> None:
         """Restore the champion that the current champion replaced."""
+        from registry.tracking import client
         from training.promotion import rollback
-        from training.tracking import client
 
         s = _settings()
         try:

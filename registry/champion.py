@@ -32,9 +32,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from core.settings import Settings
 from features.windows import FEATURES
 from models.batch import BatchModel
-from pipeline.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -62,7 +62,7 @@ TAG_SET_AT = "eventops.{alias}_set_at"
 
 
 def _client(settings: Settings, tracking_uri: str | None) -> MlflowClient:
-    from training.tracking import client
+    from registry.tracking import client
 
     return client(settings, tracking_uri)
 

@@ -3,8 +3,8 @@
 Without them a command facing a stopped broker or database waits on librdkafka's or MLflow's
 own retries (a ``send`` hung 62 s printing 298 lines of librdkafka log; ``models list`` retried
 for over 90 s). Each check waits at most ``Settings.connect_timeout_s`` and raises
-:class:`~pipeline.errors.ServiceError` (or :class:`~pipeline.errors.NotFound` for a missing
-topic) whose message names the address and the fix; ``pipeline.cli_errors`` prints it as one
+:class:`~core.errors.ServiceError` (or :class:`~core.errors.NotFound` for a missing
+topic) whose message names the address and the fix; ``cli.errors`` prints it as one
 line.
 
 librdkafka writes its log lines straight to stderr unless the client is given a ``logger``:
@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from pipeline.errors import NotFound, ServiceError
-from pipeline.settings import Settings
+from core.errors import NotFound, ServiceError
+from core.settings import Settings
 
 __all__ = ["KAFKA_LOGGER", "check_kafka", "check_postgres", "check_tracking", "kafka_quiet",
            "kafka_unreachable"]
@@ -94,7 +94,7 @@ def check_postgres(s: Settings, database: str | None = None) -> None:
     """PostgreSQL accepts a connection to ``database`` (default: the pipeline's) in time."""
     import psycopg
 
-    from pipeline.cli_errors import pg_error
+    from cli.errors import pg_error
 
     db = database or s.pg_database
     try:
@@ -122,7 +122,7 @@ def check_tracking(s: Settings, uri: str) -> None:
                             password=u.password, dbname=u.database,
                             connect_timeout=max(1, round(t))).close()
         except psycopg.OperationalError as e:
-            from pipeline.cli_errors import pg_error
+            from cli.errors import pg_error
 
             raise pg_error(e, u.host, u.port or 5432, u.database, u.username,
                            prefix="MLflow store: ") from e

@@ -1,4 +1,4 @@
-"""The ``eventops`` command line (also ``python -m pipeline``)."""
+"""The ``eventops`` command line (also ``python -m cli``)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli_errors import EXIT_REJECTED, BadArgument, describe, one_line
-from pipeline.errors import NotFound, ServiceError
-from pipeline.preflight import KAFKA_LOGGER, check_kafka, check_postgres, kafka_quiet
-from pipeline.settings import Settings
+from cli.errors import EXIT_REJECTED, BadArgument, describe, one_line
+from cli.preflight import KAFKA_LOGGER, check_kafka, check_postgres, kafka_quiet
+from core.errors import NotFound, ServiceError
+from core.settings import Settings
 
 app = typer.Typer(help="EventOps: anomaly detection for operational telemetry.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -84,7 +84,7 @@ def _root(log_level: Annotated[str, typer.Option(envvar="EVENTOPS_LOG_LEVEL")] =
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Apply the versioned SQL migrations not yet applied."""
-    from pipeline import db
+    from storage import db
 
     with db.connect(_settings()) as conn:
         applied = db.migrate(conn)
@@ -94,7 +94,7 @@ def db_migrate() -> None:
 @db_app.command("maintain")
 def db_maintain() -> None:
     """Partitions ahead, DEFAULT partitions emptied, retention (sink workers also run it hourly)."""
-    from pipeline import db
+    from storage import db
 
     s = _settings()
     with db.connect(s) as conn:
@@ -120,7 +120,7 @@ def topics_create(
 @tenants_app.command("create")
 def tenants_create(tenant_id: str, name: str = "") -> None:
     """Register a tenant (events of unknown tenants are dead-lettered)."""
-    from pipeline import db
+    from storage import db
 
     if not _TENANT_ID.fullmatch(tenant_id):
         raise BadArgument(f"invalid tenant id {tenant_id!r}: use 1-64 letters, digits, '_', '.' or "
@@ -136,7 +136,7 @@ def tenants_create(tenant_id: str, name: str = "") -> None:
 @tenants_app.command("list")
 def tenants_list() -> None:
     """List tenants."""
-    from pipeline import db
+    from storage import db
 
     with db.connect(_settings()) as conn:
         for t in sorted(db.load_tenants(conn)):
@@ -150,7 +150,7 @@ def inventory_set(
     replace: Annotated[bool, typer.Option(help="replace instead of merging")] = False,
 ) -> None:
     """Set inventory tags of a source (host); workers pick them up within the refresh period."""
-    from pipeline import db
+    from storage import db
 
     pairs = {}
     for t in tags:
@@ -174,7 +174,7 @@ def _check_inventory_entry(s: Settings, tenant: str, source: str, tags: dict[str
     store, are refused here."""
     import orjson
 
-    from pipeline.tally import check_locally
+    from cli.tally import check_locally
 
     try:
         raw = orjson.dumps({"tenant_id": tenant, "host": source, "metric": "inventory",
@@ -190,7 +190,7 @@ def _check_inventory_entry(s: Settings, tenant: str, source: str, tags: dict[str
 @inventory_app.command("list")
 def inventory_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
     """Show inventory entries."""
-    from pipeline import db
+    from storage import db
 
     with db.connect(_settings()) as conn:
         for (t, s), tags in sorted(db.load_inventory(conn).items()):
@@ -201,7 +201,7 @@ def inventory_list(tenant: Annotated[str | None, typer.Option()] = None) -> None
 @inventory_app.command("delete")
 def inventory_delete(tenant: str, source: str) -> None:
     """Remove an inventory entry."""
-    from pipeline import db
+    from storage import db
 
     with db.connect(_settings()) as conn:
         typer.echo("deleted" if db.delete_inventory(conn, tenant, source) else "not found")
@@ -282,8 +282,8 @@ def send(
     """
     import orjson
 
+    from cli.tally import by_reason, check_locally
     from pipeline import kafka as kq
-    from pipeline.tally import by_reason, check_locally
 
     s = _settings()
     if (event is None) == (file is None):
@@ -327,7 +327,7 @@ def _known_tenants(s: Settings) -> frozenset[str] | None:
     be asked in time (the check then accepts any tenant and says so)."""
     import psycopg
 
-    from pipeline import db
+    from storage import db
 
     try:
         with psycopg.connect(s.pg_dsn(), autocommit=True,
@@ -358,10 +358,10 @@ def simulate(
     dead-lettered as ``ts_too_old``. At the end the command counts what was stored and what was
     dead-lettered, by reason (exit 6 when anything was).
     """
-    from pipeline import db
+    from cli.tally import Outcome, by_reason, latest_event_time
     from pipeline import kafka as kq
     from pipeline.simulate import Simulator
-    from pipeline.tally import Outcome, by_reason, latest_event_time
+    from storage import db
 
     s = _settings()
     if rate <= 0 or hosts < 1 or interval <= 0 or backfill < 0:
@@ -455,7 +455,7 @@ def _register_plugins() -> None:
     """
     import importlib
 
-    for name in ("serving.cli", "training.cli"):
+    for name in ("cli.keys", "cli.models"):
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -472,9 +472,9 @@ _register_plugins()
              context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 def backtest(ctx: typer.Context) -> None:
     """Replay CSV series through the detectors; score them when --windows labels are given."""
-    # pipeline.backtest imports pandas and the detectors (seconds on a busy machine): only the
+    # training.backtest imports pandas and the detectors (seconds on a busy machine): only the
     # command that needs it pays, so every other command reaches its first check sooner
-    from pipeline.backtest import backtest_command
+    from training.backtest import backtest_command
 
     one = typer.Typer(add_completion=False)
     one.command()(backtest_command)
@@ -483,7 +483,7 @@ def backtest(ctx: typer.Context) -> None:
 
 def main() -> None:
     """Run the CLI; an error ends it with one line on stderr and its exit code
-    (:mod:`pipeline.cli_errors`), the traceback only at DEBUG level."""
+    (:mod:`cli.errors`), the traceback only at DEBUG level."""
     try:
         app()  # click prints its own usage errors (exit 2) and turns typer.Exit into SystemExit
     except SystemExit:

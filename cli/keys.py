@@ -1,4 +1,4 @@
-"""``eventops keys …``: per-tenant API keys (registered by ``pipeline.cli``)."""
+"""``eventops keys …``: per-tenant API keys (registered by ``cli.main``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ keys_app = typer.Typer(help="API keys (per tenant, scope read|ingest|admin).", n
 
 
 def _conn():
-    from pipeline import db
-    from pipeline.settings import Settings
+    from core.settings import Settings
+    from storage import db
 
     return db.connect(Settings())
 
@@ -29,7 +29,7 @@ def keys_create(
         try:
             key_id, key = auth.create_key(conn, tenant, scope, label)
         except ValueError as e:  # unknown tenant, bad scope: one line, exit 2
-            from pipeline.cli_errors import BadArgument
+            from cli.errors import BadArgument
 
             raise BadArgument(str(e)) from None
     typer.echo(key)

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipeline.settings import Settings
+from core.settings import Settings
 
 __all__ = ["Outcome", "Verdict", "by_reason", "check_locally", "latest_event_time"]
 
@@ -93,8 +93,8 @@ class Outcome:
                  id_prefix: str, since_ts: float) -> None:
         from confluent_kafka import TopicPartition
 
+        from cli.preflight import kafka_quiet
         from pipeline import kafka as kq
-        from pipeline.preflight import kafka_quiet
 
         self.s, self.marker = s, marker
         self.tenant, self.hosts, self.id_prefix, self.since_ts = tenant, list(hosts), id_prefix, since_ts
@@ -126,7 +126,7 @@ class Outcome:
     def settle(self, expected: int, quiet_s: float) -> int:
         """Follow until ``expected`` events are accounted for (stored + dead-lettered), or nothing
         changed for ``quiet_s`` seconds; returns how many are still unaccounted for."""
-        from pipeline import db
+        from storage import db
 
         with db.connect(self.s, autocommit=True) as conn:
             last, changed = -1, time.monotonic()

@@ -1,6 +1,6 @@
 """How the ``eventops`` command line reports failure: one line on stderr and an exit code.
 
-:func:`describe` is the one place that turns an exception into that line; ``pipeline.cli.main``
+:func:`describe` is the one place that turns an exception into that line; ``cli.main.main``
 calls it for every command (the ``train``/``models``/``keys`` commands registered by other
 packages included). No traceback is printed unless the log level is DEBUG
 (``EVENTOPS_LOG_LEVEL=DEBUG`` or ``--log-level DEBUG``). Usage errors that typer/click detect
@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import sys
 
-from pipeline.errors import ConfigError, EventOpsError, NotFound, ServiceError
+from core.errors import ConfigError, EventOpsError, NotFound, ServiceError
 
 __all__ = [
     "EXIT_CONFIG", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_NOT_FOUND", "EXIT_OK",
@@ -67,7 +67,7 @@ def one_line(text: object, limit: int = MAX_LINE) -> str:
 def _settings():
     """The settings the command ran with, or ``None`` when they are themselves invalid."""
     try:
-        from pipeline.settings import Settings
+        from core.settings import Settings
 
         return Settings()
     except Exception:  # noqa: BLE001 - only used to name host:port in a message

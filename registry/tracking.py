@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.settings import Settings
+from core.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient

@@ -26,10 +26,10 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from core.batch import DeadLetter, MetricBatch
+from core.errors import ServiceError
+from core.settings import Settings
 from features.cross import CROSS_FEATURES
-from pipeline.batch import DeadLetter, MetricBatch
-from pipeline.errors import ServiceError
-from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def connect(settings: Settings, database: str | None = None, autocommit: bool = 
 def migrations() -> list[tuple[str, str]]:
     """(version, sql) of every migration shipped with the package, in order."""
     files = sorted(
-        (p for p in resources.files("pipeline.migrations").iterdir() if p.name.endswith(".sql")),
+        (p for p in resources.files("storage.migrations").iterdir() if p.name.endswith(".sql")),
         key=lambda p: p.name,
     )
     return [(p.name.removesuffix(".sql"), p.read_text()) for p in files]
