@@ -1,0 +1,113 @@
+"""Records that cross layers: alert events and the time format they carry.
+
+An :class:`AlertEvent` is one transition of one alert (``open``, ``escalate``, ``deescalate``,
+``resolve``). The detect stage makes them (threshold rules and window scores alike), the sink
+stores them (``alert_events`` + ``alerts``), the runner publishes them on the alert topic, the
+API and the SSE feed serve them. On the wire and in ``alert_events.payload`` it is the JSON
+object of :meth:`AlertEvent.to_dict` (every field but ``ts``; ``seq`` once stored).
+
+>>> ev = AlertEvent(alert_id=alert_id("acme", "web-1", "cpu", "cpu_high", 60.0), kind="open",
+...                 tenant_id="acme", host="web-1", metric="cpu", value=97.0,
+...                 severity="critical", ts=60.0, opened_at=60.0, rule="cpu_high",
+...                 threshold=95.0, message="cpu on web-1 is 97", score=1.0,
+...                 explanation={}, model_version=None, event_id="e1")
+>>> ev.state, ev.ts_event, ev.event_key == f"{ev.alert_id}:open:60.0"
+('open', '1970-01-01T00:01:00Z', True)
+>>> AlertEvent.from_dict(ev.to_dict()) == ev
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from typing import Any
+
+#: alert transitions, in the order an alert can go through them
+KINDS = ("open", "escalate", "deescalate", "resolve")
+
+
+def iso_z(ts: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with a ``Z`` suffix (microseconds when present).
+
+    >>> iso_z(0.0), iso_z(1.5)
+    ('1970-01-01T00:00:00Z', '1970-01-01T00:00:01.500000Z')
+    """
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def alert_id(tenant: str, host: str, metric: str, rule: str, opened_at: float) -> str:
+    """The id of the alert a series opens under ``rule`` at event time ``opened_at``.
+
+    Deterministic, so a replayed batch re-opens the same alert (and writes nothing new).
+
+    >>> alert_id("acme", "web-1", "cpu", "cpu_high", 60.0)
+    'e6bb969b96601ded4702db3c'
+    """
+    h = hashlib.blake2b(f"{tenant}|{host}|{metric}|{rule}|{opened_at!r}".encode(), digest_size=12)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One alert transition (immutable; ``seq`` is set once the sink has stored it)."""
+
+    alert_id: str
+    kind: str  #: one of :data:`KINDS`
+    tenant_id: str
+    host: str
+    metric: str
+    value: float  #: the reading (rules) or the window mean (scores)
+    severity: str  #: ``warning`` | ``critical``
+    ts: float  #: event time of the transition, epoch seconds
+    opened_at: float  #: event time the alert opened, epoch seconds
+    rule: str  #: the rule's name, or ``anomaly:ensemble`` for score alerts
+    threshold: float
+    message: str
+    score: float
+    explanation: dict[str, Any] = field(compare=False)
+    model_version: str | None
+    event_id: str  #: the event (or ``window:…``) that caused the transition
+    seq: int | None = None  #: ``alert_events.seq`` once stored
+
+    @property
+    def state(self) -> str:
+        return "resolved" if self.kind == "resolve" else "open"
+
+    @property
+    def ts_event(self) -> str:
+        return iso_z(self.ts)
+
+    @property
+    def event_key(self) -> str:
+        """Unique per transition: a replay of the same transition has the same key."""
+        return f"{self.alert_id}:{self.kind}:{self.ts!r}"
+
+    def stored(self, seq: int) -> AlertEvent:
+        return replace(self, seq=seq)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of the alert topic, ``alert_events.payload``, SSE and the API."""
+        d = {
+            "event_key": self.event_key, "alert_id": self.alert_id, "kind": self.kind,
+            "state": self.state, "tenant_id": self.tenant_id, "host": self.host,
+            "metric": self.metric, "value": self.value, "severity": self.severity,
+            "ts_event": self.ts_event, "opened_at": self.opened_at, "rule": self.rule,
+            "threshold": self.threshold, "message": self.message, "score": self.score,
+            "explanation": self.explanation, "model_version": self.model_version,
+            "event_id": self.event_id,
+        }
+        if self.seq is not None:
+            d["seq"] = self.seq
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AlertEvent:
+        """Back from :meth:`to_dict` (a payload read from PostgreSQL or the alert topic)."""
+        ts = d.get("ts")
+        if ts is None:
+            ts = datetime.fromisoformat(str(d["ts_event"]).replace("Z", "+00:00")).timestamp()
+        opt = {"seq": d.get("seq"), "model_version": d.get("model_version")}
+        req = [f.name for f in fields(cls) if f.name not in ("ts", "seq", "model_version")]
+        return cls(ts=float(ts), **{k: d[k] for k in req}, **opt)
