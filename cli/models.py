@@ -200,9 +200,9 @@ def register(app: typer.Typer) -> None:
         s = _settings()
         st = model_status(s, _tracking(s, tracking_uri))
         if tenant is not None and st.get("challenger"):
-            from storage import db
+            from storage.connect import connect
 
-            with db.connect(s, autocommit=True) as conn:
+            with connect(s, autocommit=True) as conn:
                 st["challenger"]["shadow"] = shadow_stats(conn, tenant, str(st["challenger"]["version"]))
         typer.echo(json.dumps(st, indent=2, default=str))
 

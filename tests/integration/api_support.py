@@ -15,7 +15,8 @@ from psycopg.types.json import Jsonb
 from core.settings import Settings
 from serving import auth
 from serving.config import ServingSettings
-from storage import db
+from storage.connect import connect
+from storage.sink import Sink
 from tests.integration.conftest import wait_for
 
 
@@ -138,7 +139,7 @@ def store_alerts(s: Settings, events: list[dict]) -> tuple[int, list[dict]]:
     """Store alert events through the sink, as the pipeline does; returns the stored ones."""
     from core.batch import MetricBatch
 
-    with db.connect(s) as c:
-        n, stored = db.Sink(c).write(MetricBatch.empty(), events)
-        db.Sink(c).mark_published([e["seq"] for e in stored])
+    with connect(s) as c:
+        n, stored = Sink(c).write(MetricBatch.empty(), events)
+        Sink(c).mark_published([e["seq"] for e in stored])
     return n, stored

@@ -171,14 +171,14 @@ def test_champion_watcher_picks_up_alias_change(mlflow_settings, labelled):
 
 def test_dataset_from_postgres_features_and_feedback(base_settings, test_db):
     """features rows + feedback labels joined through alerts (tenant/host/metric/time)."""
-    from storage import db
+    from storage.connect import connect
     from training.datasets import from_postgres, inject_anomalies
 
     s = base_settings.model_copy(update={"pg_database": test_db})
     tenant = f"tr{uuid.uuid4().hex[:8]}"
     t0 = 1_700_000_000.0
     rng = np.random.default_rng(0)
-    with db.connect(s) as conn:
+    with connect(s) as conn:
         for host in ("h1", "h2"):
             rows = []
             for k in range(200):

@@ -16,7 +16,7 @@ from models.rules import RuleSet
 from pipeline.simulate import Simulator
 from pipeline.stages.anomaly import DetectStage, WindowRows
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
-from storage import db
+from storage.sink import Sink
 from training.datasets import from_postgres
 
 
@@ -41,7 +41,7 @@ def test_cross_metric_features_stored_by_the_sink_are_what_training_reads(conn, 
     pairs = detect_pairs(tenant)
     live = WindowRows.concat([w for _, w in pairs if w is not None])
     assert live.features["host_deviating"].max() >= 1
-    sink = db.Sink(conn)
+    sink = Sink(conn)
     (b0, w0), (b1, w1), (b2, w2) = pairs[:3]
     sink.write(b0, windows=w0)  # COPY path
     # a replay of batch 0 with batch 1: UniqueViolation, then staging + ON CONFLICT for both
