@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -520,7 +521,8 @@ class WindowAggregator:
             raise ValueError(f"unsupported WindowAggregator state version {version!r}")
         if idle_close_s is cls._UNSET:
             idle_close_s = state.get("idle_close_s")
-        agg = cls(state["window_s"], state["allowed_lateness_s"], idle_close_s)
+        agg = cls(state["window_s"], state["allowed_lateness_s"],
+                  cast("float | None", idle_close_s))
         agg.max_ts = float(state["max_ts"])
         agg.n_late = int(state["n_late"])
         agg.n_events = int(state["n_events"])

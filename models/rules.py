@@ -20,6 +20,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -144,7 +145,8 @@ def _parse_rule(raw: dict, where: str) -> Rule:
     direction = raw.get("direction", "above")
     if direction not in ("above", "below"):
         raise ConfigError(f"{where}: direction must be 'above' or 'below'")
-    warn, crit = raw.get("warning"), raw.get("critical")
+    warn: Any = raw.get("warning")
+    crit: Any = raw.get("critical")
     if warn is None and crit is None:
         raise ConfigError(f"{where}: give 'warning' and/or 'critical'")
     for k, v in (("warning", warn), ("critical", crit), ("hysteresis", raw.get("hysteresis", 0))):
