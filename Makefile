@@ -62,11 +62,12 @@ demo: setup
 	PYTHON=$(BIN)/python scripts/services.sh pg-up
 	$(SVC_ENV) && $(BIN)/eventops db migrate && $(BIN)/eventops demo
 
+# tests/ plus the doctests of the packages (pyproject: testpaths, --doctest-modules)
 test: services-up
-	$(SVC_ENV) && $(BIN)/python -m pytest tests -q
+	$(SVC_ENV) && $(BIN)/python -m pytest -q
 
 test-unit: venv
-	$(BIN)/python -m pytest tests/unit tests/model -q
+	$(BIN)/python -m pytest tests/unit tests/model $(PACKAGES) -q
 
 # metric rows of the growth benchmark's filled database (~15 GB at 50M; 2000000 for a quick run)
 GROWTH_ROWS ?= 50000000
