@@ -16,8 +16,8 @@ windows of a host close when ``window end <= host watermark`` -- all series of t
 events minutes ahead (clock skew) cannot make another tenant's events late.
 
 A host that stops sending must still get its windows closed: the *partition clock* (the largest
-``ts`` of all hosts) closes every host's windows that end ``idle_close_s`` or more before it.  Choose
-``idle_close_s`` larger than the accepted future skew plus a window plus the allowed lateness
+``ts`` of all hosts) closes every host's windows that end ``idle_close_s`` or more before it.
+Choose ``idle_close_s`` larger than the accepted future skew plus a window plus the allowed lateness
 (``core.settings`` enforces it), so no host stamping within the skew can close another host's
 current window.  The cost: a silent host's last windows are emitted ``idle_close_s`` late, and a
 host whose clock lags the partition's newest event by more than ``idle_close_s`` is late.

@@ -203,7 +203,7 @@ class SeasonalProfile(VectorDetector):
     name = "seasonal"
     _arrays: ClassVar[dict[str, float]] = {"n": 0.0, "m": 0.0, "v": 0.0}
     _params = ("feature", "alpha", "period_s", "bucket_s", "min_count", "decades", "min_std")
-    #: per-series state (float64, first axis = series code, second = bucket), made by ``_init_arrays``
+    #: per-series state (float64, axes: series code, bucket), made by ``_init_arrays``
     n: np.ndarray
     m: np.ndarray
     v: np.ndarray

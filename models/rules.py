@@ -182,7 +182,8 @@ class RuleSet:
 
 
 def _parse_rule(raw: dict, where: str) -> Rule:
-    unknown = set(raw) - {"metric", "tenant", "warning", "critical", "direction", "for", "hysteresis"}
+    known = {"metric", "tenant", "warning", "critical", "direction", "for", "hysteresis"}
+    unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     metric = raw.get("metric")
