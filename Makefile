@@ -8,14 +8,18 @@ STAMP   := $(VENV)/.installed
 # the EVENTOPS_* settings that point at the services scripts/services.sh runs (ports may be set
 # with EVENTOPS_PG_PORT / EVENTOPS_KAFKA_PORT); tests make their own MLflow stores
 SVC_ENV := eval "$$(scripts/services.sh env)" && unset MLFLOW_TRACKING_URI
+# the Python packages, bottom layer last (ARCHITECTURE.md); pyproject's pytest testpaths match
+PACKAGES := cli serving training pipeline storage registry features models core
 
-.PHONY: help setup apt venv services-up services-down services-status migrate topics demo test test-unit test-integration bench lint clean mlflow
+.PHONY: help setup apt venv services-up services-down services-status migrate topics demo test test-unit test-integration bench eval lint clean mlflow
 
 help:
 	@echo "make demo   - local PostgreSQL + embedded pipeline + simulator + API/UI"
-	@echo "make test   - unit, model and integration tests against real Kafka + PostgreSQL"
+	@echo "make test   - unit, model and integration tests against real Kafka + PostgreSQL, doctests"
+	@echo "make lint   - ruff, import-linter layer contracts, mypy"
 	@echo "make bench  - benchmarks (results in benchmarks/results/)"
-	@echo "make setup | services-up | services-down | lint"
+	@echo "make eval   - NAB-style scores of the detectors on labelled series (DATA=<NAB-layout dir>)"
+	@echo "make setup | services-up | services-down | test-unit"
 
 setup: apt venv
 
@@ -35,7 +39,7 @@ apt:
 	fi
 
 venv: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml core/__init__.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -58,11 +62,12 @@ demo: setup
 	PYTHON=$(BIN)/python scripts/services.sh pg-up
 	$(SVC_ENV) && $(BIN)/eventops db migrate && $(BIN)/eventops demo
 
+# tests/ plus the doctests of the packages (pyproject: testpaths, --doctest-modules)
 test: services-up
-	$(SVC_ENV) && $(BIN)/python -m pytest tests -q
+	$(SVC_ENV) && $(BIN)/python -m pytest -q
 
 test-unit: venv
-	$(BIN)/python -m pytest tests/unit tests/model -q
+	$(BIN)/python -m pytest tests/unit tests/model $(PACKAGES) -q
 
 # metric rows of the growth benchmark's filled database (~15 GB at 50M; 2000000 for a quick run)
 GROWTH_ROWS ?= 50000000
@@ -78,8 +83,27 @@ mlflow: services-up
 	$(BIN)/mlflow server --backend-store-uri "postgresql+psycopg://eventops:eventops@127.0.0.1:$${EVENTOPS_PG_PORT:-55432}/mlflow" \
 	  --artifacts-destination mlruns --workers 1 --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
+# NAB-style evaluation on labelled series from outside the repository (a NAB checkout or the
+# layout training/synthetic.py writes: DATA/data/<category>/<name>.csv + DATA/windows.json), through
+# the backtest (`eventops backtest`): the live window/feature/detector code, NAB scores per profile
+# and event-wise metrics printed, per-row scores and report.json under EVAL_OUT. Not part of
+# `make test`, which needs no data from outside the repository.
+DATA ?= $(wildcard ../shared/datasets/nab-dev)
+EVAL_OUT ?= eval-out
+eval: venv
+	@if [ -z "$(DATA)" ]; then echo "make eval: no labelled data: give DATA=<dir with data/ and windows.json> (the default ../shared/datasets/nab-dev is absent)" >&2; exit 2; fi
+	@if [ ! -d "$(DATA)/data" ] || [ ! -f "$(DATA)/windows.json" ]; then echo "make eval: $(DATA) is not a NAB-layout directory: expected $(DATA)/data/ and $(DATA)/windows.json" >&2; exit 2; fi
+	$(BIN)/eventops backtest "$(DATA)/data" --windows "$(DATA)/windows.json" --out "$(EVAL_OUT)"
+	@echo "report: $(EVAL_OUT)/report.json"
+
+# every check runs, then the target fails if any did: style (ruff), the layer contracts
+# (import-linter, pyproject [tool.importlinter]), types (mypy, pyproject [tool.mypy])
 lint: venv
-	$(BIN)/ruff check core features models storage registry pipeline training serving cli tests benchmarks
+	@rc=0; \
+	echo "== ruff"; $(BIN)/ruff check $(PACKAGES) tests benchmarks || rc=1; \
+	echo "== import-linter"; $(BIN)/lint-imports || rc=1; \
+	echo "== mypy"; $(BIN)/mypy || rc=1; \
+	exit $$rc
 
 clean: services-down
 	rm -rf $(VENV) .services

@@ -16,6 +16,7 @@ import typer
 
 from cli.errors import EXIT_REJECTED, BadArgument, describe, one_line
 from cli.preflight import KAFKA_LOGGER, check_kafka, check_postgres, kafka_quiet
+from core import __version__
 from core.errors import NotFound, ServiceError
 from core.settings import Settings
 
@@ -74,8 +75,18 @@ class _Deliveries:
                                f"check Kafka at {s.kafka_bootstrap} and the topic (`eventops topics create`)")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"eventops {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(log_level: Annotated[str, typer.Option(envvar="EVENTOPS_LOG_LEVEL")] = "INFO") -> None:
+def _root(
+    log_level: Annotated[str, typer.Option(envvar="EVENTOPS_LOG_LEVEL")] = "INFO",
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
     _setup_logging(log_level)
 
 

@@ -99,7 +99,8 @@ class MetricBatch:
         """Rows selected by an index array or boolean mask."""
         part = None if self.partition is None else self.partition[idx]
         src = None if self.src is None else self.src[idx]
-        return MetricBatch(*(getattr(self, c)[idx] for c in self.COLUMNS), partition=part, src=src)
+        cols = {c: getattr(self, c)[idx] for c in self.COLUMNS}
+        return MetricBatch(**cols, partition=part, src=src)
 
     @classmethod
     def concat(cls, batches: list[MetricBatch]) -> MetricBatch:
@@ -112,7 +113,8 @@ class MetricBatch:
         part = None
         if all(b.partition is not None for b in batches):
             part = np.concatenate([b.partition for b in batches])
-        return cls(*(np.concatenate([getattr(b, c) for b in batches]) for c in cls.COLUMNS), partition=part)
+        cols = {c: np.concatenate([getattr(b, c) for b in batches]) for c in cls.COLUMNS}
+        return cls(**cols, partition=part)
 
     def keys(self) -> list[str]:
         """Partition keys ``tenant_id|host``, one per event."""

@@ -108,6 +108,6 @@ class AlertEvent:
         ts = d.get("ts")
         if ts is None:
             ts = datetime.fromisoformat(str(d["ts_event"]).replace("Z", "+00:00")).timestamp()
-        opt = {"seq": d.get("seq"), "model_version": d.get("model_version")}
+        opt: dict[str, Any] = {"seq": d.get("seq"), "model_version": d.get("model_version")}
         req = [f.name for f in fields(cls) if f.name not in ("ts", "seq", "model_version")]
         return cls(ts=float(ts), **{k: d[k] for k in req}, **opt)

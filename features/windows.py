@@ -16,8 +16,8 @@ windows of a host close when ``window end <= host watermark`` -- all series of t
 events minutes ahead (clock skew) cannot make another tenant's events late.
 
 A host that stops sending must still get its windows closed: the *partition clock* (the largest
-``ts`` of all hosts) closes every host's windows that end ``idle_close_s`` or more before it.  Choose
-``idle_close_s`` larger than the accepted future skew plus a window plus the allowed lateness
+``ts`` of all hosts) closes every host's windows that end ``idle_close_s`` or more before it.
+Choose ``idle_close_s`` larger than the accepted future skew plus a window plus the allowed lateness
 (``core.settings`` enforces it), so no host stamping within the skew can close another host's
 current window.  The cost: a silent host's last windows are emitted ``idle_close_s`` late, and a
 host whose clock lags the partition's newest event by more than ``idle_close_s`` is late.
@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -95,6 +96,15 @@ class ClosedWindows:
     watermark : float
         Partition watermark after the push (the partition clock minus the allowed lateness);
         windows close by their host's bound (:meth:`WindowAggregator.closed_upto`).
+
+    Examples
+    --------
+    >>> cw = window_features(np.array([1, 0, 0]), np.array([5.0, 0.0, 70.0]),
+    ...                      np.array([4.0, 1.0, 2.0]), window_s=60.0)
+    >>> len(cw), cw.series.tolist(), cw.start.tolist(), cw.end.tolist()
+    (3, [0, 0, 1], [0.0, 60.0, 0.0], [60.0, 120.0, 60.0])
+    >>> cw.features["count"].dtype, cw.features["mean"].dtype
+    (dtype('int64'), dtype('float64'))
     """
 
     series: np.ndarray
@@ -114,14 +124,26 @@ class ClosedWindows:
         return int(self.late_idx.size)
 
     def columns(self) -> dict[str, np.ndarray]:
-        """Feature columns plus ``series``, ``start``, ``end`` (the detectors' input ``X``)."""
+        """Feature columns plus ``series``, ``start``, ``end`` (the detectors' input ``X``).
+
+        >>> cw = window_features(np.array([0]), np.array([0.0]), np.array([1.0]), 60.0)
+        >>> list(cw.columns()) == ["series", "start", "end", *FEATURES]
+        True
+        """
         out = {"series": self.series, "start": self.start, "end": self.end}
         out.update(self.features)
         return out
 
     @staticmethod
     def concat(parts: list[ClosedWindows]) -> ClosedWindows:
-        """Concatenate several results (e.g. a push followed by a flush)."""
+        """Concatenate several results (e.g. a push followed by a flush).
+
+        >>> agg = WindowAggregator(window_s=60.0, allowed_lateness_s=0.0)
+        >>> pushed = agg.push(np.array([0, 0]), np.array([0.0, 65.0]), np.array([1.0, 3.0]))
+        >>> both = ClosedWindows.concat([pushed, agg.flush()])
+        >>> len(pushed), both.start.tolist(), both.features["change"].tolist()
+        (1, [0.0, 60.0], [0.0, 2.0])
+        """
         if not parts:
             return _empty_closed(-np.inf)
         cat = np.concatenate
@@ -520,7 +542,8 @@ class WindowAggregator:
             raise ValueError(f"unsupported WindowAggregator state version {version!r}")
         if idle_close_s is cls._UNSET:
             idle_close_s = state.get("idle_close_s")
-        agg = cls(state["window_s"], state["allowed_lateness_s"], idle_close_s)
+        agg = cls(state["window_s"], state["allowed_lateness_s"],
+                  cast("float | None", idle_close_s))
         agg.max_ts = float(state["max_ts"])
         agg.n_late = int(state["n_late"])
         agg.n_events = int(state["n_events"])

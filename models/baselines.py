@@ -76,6 +76,11 @@ class EWMAZScore(VectorDetector):
     name = "ewma"
     _arrays: ClassVar[dict[str, float]] = {"n": 0.0, "m": 0.0, "v": 0.0, "prev": np.nan}
     _params = ("feature", "alpha", "diff", "warmup", "decades", "min_std")
+    #: per-series state (float64, first axis = series code), made by ``_init_arrays``
+    n: np.ndarray
+    m: np.ndarray
+    v: np.ndarray
+    prev: np.ndarray
 
     def __init__(
         self,
@@ -161,8 +166,8 @@ class EWMAZScore(VectorDetector):
             has = cnt > 0
             a_f = np.where(has, np.maximum(self.alpha, cnt / np.maximum(self.fam_n + cnt, 1)), 0.0)
             d_f = mean_b - self.fam_m
-            var_b = np.bincount(fo, weights=(xo - mean_b[fo]) ** 2, minlength=cnt.size)
-            var_b = var_b / np.maximum(cnt, 1)
+            var_b = (np.bincount(fo, weights=(xo - mean_b[fo]) ** 2, minlength=cnt.size)
+                     / np.maximum(cnt, 1))
             self.fam_m = self.fam_m + a_f * d_f
             self.fam_v = (1 - a_f) * (self.fam_v + a_f * d_f * d_f) + a_f * var_b
             self.fam_n = self.fam_n + cnt
@@ -198,6 +203,10 @@ class SeasonalProfile(VectorDetector):
     name = "seasonal"
     _arrays: ClassVar[dict[str, float]] = {"n": 0.0, "m": 0.0, "v": 0.0}
     _params = ("feature", "alpha", "period_s", "bucket_s", "min_count", "decades", "min_std")
+    #: per-series state (float64, axes: series code, bucket), made by ``_init_arrays``
+    n: np.ndarray
+    m: np.ndarray
+    v: np.ndarray
 
     def __init__(
         self,
@@ -279,6 +288,9 @@ class RobustMAD(VectorDetector):
     name = "mad"
     _arrays: ClassVar[dict[str, float]] = {"buf": np.nan, "pos": 0.0}
     _params = ("feature", "size", "min_count", "decades", "min_scale")
+    #: per-series state (float64, first axis = series code), made by ``_init_arrays``
+    buf: np.ndarray
+    pos: np.ndarray
 
     def __init__(
         self,

@@ -63,6 +63,11 @@ class ContextNovelty(VectorDetector):
     name = "context"
     _arrays: ClassVar[dict[str, float]] = {"n": 0.0, "lo": np.inf, "hi": -np.inf, "hist": -1.0}
     _params = ("feature", "n_bins", "order", "table_size", "min_count")
+    #: per-series state (float64, first axis = series code), made by ``_init_arrays``
+    n: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    hist: np.ndarray
 
     def __init__(
         self,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -195,7 +195,7 @@ class Ensemble:
         if self.combine == "max":
             return np.max([w * v for w, v in ws], axis=0)
         if self.combine == "mean":
-            return sum(w * v for w, v in ws) / max(sum(w for w, _ in ws), 1e-12)
+            return cast(np.ndarray, sum(w * v for w, v in ws) / max(sum(w for w, _ in ws), 1e-12))
         keep = np.ones_like(ws[0][1])
         for w, v in ws:
             keep = keep * (1.0 - w * v)
@@ -338,11 +338,12 @@ class Ensemble:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], registry: dict[str, type] | None = None) -> Ensemble:
+    def from_state(cls, state: dict[str, Any],
+                   registry: dict[str, type[Detector]] | None = None) -> Ensemble:
         """Rebuild from :meth:`to_state`; ``registry`` maps class names to detector classes."""
         reg = dict(default_registry())
         reg.update(registry or {})
-        comps = {}
+        comps: dict[str, Detector] = {}
         for k, c in state["components"].items():
             if c["class"] not in reg:
                 raise ValueError(f"unknown detector class {c['class']!r}")
@@ -360,11 +361,11 @@ class Ensemble:
         return copy.deepcopy(self)
 
 
-def default_registry() -> dict[str, type]:
+def default_registry() -> dict[str, type[Detector]]:
     """Detector classes known to :meth:`Ensemble.from_state`."""
     from models import baselines, batch, context, online
 
-    out: dict[str, type] = {}
+    out: dict[str, type[Detector]] = {}
     for mod in (baselines, context, online, batch):
         for name in getattr(mod, "__all__", []):
             obj = getattr(mod, name)

@@ -3,7 +3,7 @@
 One River model per *family* (``family`` column of ``X``; without it all series share family 0),
 fed with window features scaled per series (z-scores against the series' own EWMA mean/variance),
 so that series of different magnitudes can share a model.  River has no batch API: ``score_many``
-and ``learn_many`` loop over closed windows (not events), as DESIGN.md allows.  One
+and ``learn_many`` loop over closed windows (not events), as ARCHITECTURE.md allows.  One
 HalfSpaceTrees is ~1 MB, so per-series models do not scale; per family they do.
 
 Examples

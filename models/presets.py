@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from models.base import Detector
 from models.baselines import EWMAZScore, RobustMAD, SeasonalProfile
 from models.context import ContextNovelty
 from models.ensemble import Ensemble
@@ -64,7 +65,7 @@ def default_ensemble(**overrides: Any) -> Ensemble:
         raise ValueError(f"unknown detector settings: {sorted(unknown)}")
     c = {**DEFAULTS, **overrides}
     d = c["decades"]
-    comps = {
+    comps: dict[str, Detector] = {
         "ewma_value": EWMAZScore("mean", alpha=c["value_alpha"], warmup=c["warmup"], decades=d),
         "ewma_diff": EWMAZScore(
             "mean", alpha=c["diff_alpha"], diff=True, warmup=c["warmup"], decades=d

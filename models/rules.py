@@ -20,6 +20,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -71,7 +72,53 @@ class Rule:
 
 
 class RuleSet:
-    """Compiled rules. Immutable; reloading builds a new one."""
+    """Compiled rules. Immutable; reloading builds a new one.
+
+    Examples
+    --------
+    A tenant's own rule for a metric takes precedence over the rule for every tenant; events of a
+    metric without a rule get index ``len(rules)`` (they never alert):
+
+    >>> rs = RuleSet.from_toml('''
+    ... [[rule]]
+    ... metric = "cpu_load"
+    ... warning = 80
+    ... [[rule]]
+    ... metric = "cpu_load"
+    ... tenant = "acme"
+    ... warning = 95
+    ... critical = 99
+    ... ''')
+    >>> rs.rule_index(np.array(["acme", "beta", "acme"], dtype=object),
+    ...               np.array(["cpu_load", "cpu_load", "disk"], dtype=object)).tolist()
+    [1, 0, 2]
+    >>> [r.name for r in rs.rules], rs.rules[0].critical  # no critical: never critical
+    (['threshold:cpu_load', 'threshold:acme/cpu_load'], inf)
+
+    ``direction = "below"`` alerts on low values; ``for`` is parsed to seconds:
+
+    >>> rs = RuleSet.from_toml('''
+    ... [[rule]]
+    ... metric = "disk_free_pct"
+    ... warning = 20
+    ... critical = 10
+    ... direction = "below"
+    ... for = "5m"
+    ... ''')
+    >>> tenant = np.array(["t"] * 3, dtype=object)
+    >>> metric = np.array(["disk_free_pct"] * 3, dtype=object)
+    >>> rs.levels(tenant, metric, np.array([50.0, 15.0, 5.0]))[1].tolist()  # up
+    [0, 1, 2]
+    >>> float(rs.for_s[0])
+    300.0
+
+    A rule that cannot be right is refused, with the rule and the field:
+
+    >>> RuleSet.from_toml('[[rule]]\\nmetric="x"\\nwarning=10\\ncritical=20\\ndirection="below"')
+    Traceback (most recent call last):
+    ...
+    models.rules.ConfigError: <rules> rule #1: critical must be beyond warning for direction below
+    """
 
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
@@ -135,7 +182,8 @@ class RuleSet:
 
 
 def _parse_rule(raw: dict, where: str) -> Rule:
-    unknown = set(raw) - {"metric", "tenant", "warning", "critical", "direction", "for", "hysteresis"}
+    known = {"metric", "tenant", "warning", "critical", "direction", "for", "hysteresis"}
+    unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     metric = raw.get("metric")
@@ -144,7 +192,8 @@ def _parse_rule(raw: dict, where: str) -> Rule:
     direction = raw.get("direction", "above")
     if direction not in ("above", "below"):
         raise ConfigError(f"{where}: direction must be 'above' or 'below'")
-    warn, crit = raw.get("warning"), raw.get("critical")
+    warn: Any = raw.get("warning")
+    crit: Any = raw.get("critical")
     if warn is None and crit is None:
         raise ConfigError(f"{where}: give 'warning' and/or 'critical'")
     for k, v in (("warning", warn), ("critical", crit), ("hysteresis", raw.get("hysteresis", 0))):

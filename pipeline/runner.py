@@ -53,7 +53,8 @@ from pipeline.stages.anomaly import (
 )
 from pipeline.stages.enrich import Enricher
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
-from registry.champion import CHALLENGER, CHAMPION
+from registry.tags import CHALLENGER
+from registry.watcher import start_watcher
 from storage.alerts import load_open_alerts
 from storage.checkpoints import Checkpoint, load_checkpoints, save_checkpoints
 from storage.connect import connect
@@ -1046,19 +1047,6 @@ class KafkaWorker:
         if pending:
             log.info("publishing %d stored alert events not published yet", len(pending))
             self._publish(pending)
-
-
-def start_watcher(s: Settings, alias: str = CHAMPION):
-    """A started watcher of the model ``alias`` for a detect worker; ``None`` when turned off.
-
-    ``champion_poll_s <= 0`` turns off both; ``shadow_scoring=False`` the challenger's.
-    """
-    if s.champion_poll_s <= 0 or (alias == CHALLENGER and not s.shadow_scoring):
-        return None
-    from registry.champion import ChampionWatcher
-
-    return ChampionWatcher(s, poll_s=s.champion_poll_s, alias=alias,
-                           tracking_uri=s.mlflow_tracking_uri_override).start()
 
 
 # -- stage outputs, late events and per-record isolation of stage failures -----------------

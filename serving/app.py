@@ -29,6 +29,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 from starlette.routing import compile_path
 
+from core import __version__
 from core.settings import Settings
 from pipeline.runner import Bus
 from serving import errors
@@ -260,7 +261,7 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
 
     app = FastAPI(
         title="EventOps API",
-        version="0.2.0",
+        version=__version__,
         description="Anomaly scores, alerts, incidents and metrics of your telemetry, as JSON and "
                     "Server-Sent Events. Every route except health needs a per-tenant API key "
                     "(`Authorization: Bearer eo_…` or `X-API-Key`).",

@@ -12,9 +12,10 @@ import time
 from collections import Counter
 
 from core.settings import Settings
-from pipeline.runner import Bus, EmbeddedPipeline, start_watcher
+from pipeline.runner import Bus, EmbeddedPipeline
 from pipeline.simulate import Simulator
-from registry.champion import CHALLENGER
+from registry.tags import CHALLENGER
+from registry.watcher import start_watcher
 from storage.connect import connect
 from storage.inventory import set_inventory
 from storage.migrate import migrate

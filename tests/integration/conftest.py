@@ -99,12 +99,12 @@ def settings(base_settings: Settings, test_db: str, tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def mlflow_settings(base_settings: Settings, tmp_path_factory) -> Iterator[Settings]:
     """Settings of a scratch PostgreSQL-backed MLflow store (tests name their own models)."""
-    from registry import tracking
+    from registry import scratch
 
-    s = tracking.create_scratch_store(base_settings)
+    s = scratch.create_scratch_store(base_settings)
     s = s.model_copy(update={"mlflow_artifacts": tmp_path_factory.mktemp("mlruns")})
     yield s
-    tracking.drop_scratch_store(s)
+    scratch.drop_scratch_store(s)
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ def store(mlflow_settings):
 
 
 def test_detect_worker_swaps_champion_within_10s_without_losing_events(settings, conn, tenant, store, start_worker):
-    from registry.tracking import client
+    from registry.aliases import promote
+    from registry.client import client
     from training import datasets
-    from training.promotion import promote
     from training.train import TrainConfig, train_and_register
 
     ds = datasets.from_csv(nab_dir() / "data" / "artificialWithAnomaly", nab_dir() / "windows.json")
@@ -94,10 +94,10 @@ def test_a_starting_worker_scores_its_first_windows_with_the_champion(settings, 
     loaded, so no window is scored without it (as none would be in an uninterrupted run)."""
     import signal
 
-    from registry.tracking import client
+    from registry.aliases import promote
+    from registry.client import client
     from tests.integration.conftest import produce_sim, spawn_worker
     from training import datasets
-    from training.promotion import promote
     from training.train import TrainConfig, train_and_register
 
     st = store.model_copy(update={"model_name": f"start-{uuid.uuid4().hex[:8]}"})

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from pipeline.stages.anomaly import ANOMALY_RULE, calibrate_batch_score
-from registry.champion import CHALLENGER, TAG_SET_AT, load_version
+from registry.loading import load_version
+from registry.tags import CHALLENGER, TAG_SET_AT
 from storage.connect import count_rows
 from storage.sink import Sink
 from storage.tenants import create_tenant
@@ -29,9 +30,9 @@ def store(mlflow_settings):
 @pytest.fixture(scope="module")
 def registry(store):
     """Two registered versions: ``champion`` = v1, ``challenger`` = v2; returns (v1, v2)."""
-    from registry.tracking import client
+    from registry.aliases import promote
+    from registry.client import client
     from training import datasets
-    from training.promotion import promote
     from training.train import TrainConfig, train_and_register
 
     ds = datasets.from_csv(nab_dir() / "data" / "artificialWithAnomaly", nab_dir() / "windows.json")
@@ -47,7 +48,7 @@ def registry(store):
 
 
 def test_start_watcher_honours_the_settings(base_settings):
-    from pipeline.runner import start_watcher
+    from registry.watcher import start_watcher
 
     assert start_watcher(base_settings.model_copy(update={"shadow_scoring": False}), CHALLENGER) is None
     assert start_watcher(base_settings.model_copy(update={"champion_poll_s": 0.0}), CHALLENGER) is None
@@ -58,7 +59,7 @@ def test_start_watcher_honours_the_settings(base_settings):
 def test_worker_scores_challenger_in_shadow_without_alerting_on_it(settings, conn, tenant, store,
                                                                    registry, start_worker, chains):
     """``split``: the shadow scores travel on signals.score.v1 to a separate sink worker."""
-    from registry.tracking import client
+    from registry.client import client
 
     v1, v2 = registry
     c = client(store)

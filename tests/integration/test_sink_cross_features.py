@@ -87,8 +87,8 @@ def test_model_trained_with_cross_features_registers_loads_and_scores_live(mlflo
     the registry, it scores the detect stage's windows like the local model does."""
     from features.cross import CROSS_FEATURES
     from features.windows import FEATURES
-    from registry.champion import load_version
-    from registry.tracking import client
+    from registry.client import client
+    from registry.loading import load_version
     from training.datasets import from_frame, inject_host_incidents
     from training.train import TrainConfig, fit, log_and_register
 
