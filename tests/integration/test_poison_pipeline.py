@@ -17,7 +17,7 @@ from confluent_kafka.admin import ConfigResource, NewTopic
 
 from pipeline import kafka as kq
 from pipeline.runner import EmbeddedPipeline, KafkaWorker
-from pipeline.stages.anomaly import DetectStage
+from pipeline.stages.detect.stage import DetectStage
 from storage import db
 from tests.integration.conftest import consume_all, group_lag, wait_for
 from tests.poison import PoisonCase, load_corpus

@@ -261,7 +261,7 @@ def test_split_mode_transitions_announced_before_they_are_stored_reach_clients(s
         events = [alert_event(tenant, f"s{i}", ts=ts + timedelta(seconds=i)) for i in range(3)]
         p = kq.producer(settings)
         kq.produce_all(p, settings.topic_alert, [kq.encode_alert(e) for e in events],
-                       [f"{tenant}|{e['host']}" for e in events])
+                       [f"{tenant}|{e.host}" for e in events])
         kq.flush(p)
         time.sleep(1.0)  # the sink is behind: nothing stored yet when the doorbell rings
         assert c.events == []

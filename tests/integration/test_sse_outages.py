@@ -110,10 +110,10 @@ def store(s, tenant: str, n: int, publish: bool) -> list[int]:
         if publish:
             p = kq.producer(s)
             kq.produce_all(p, s.topic_alert, [kq.encode_alert(a) for a in stored],
-                           [f"{a['tenant_id']}|{a['host']}" for a in stored])
+                           [a.partition_key for a in stored])
             kq.flush(p)
-            db.Sink(c).mark_published([a["seq"] for a in stored])
-    return [a["seq"] for a in stored]
+            db.Sink(c).mark_published([a.seq for a in stored])
+    return [a.seq for a in stored]
 
 
 def readyz(api: Api) -> dict:
