@@ -397,10 +397,18 @@ pg_down() {
   log "postgres: stopping (fast, pid $(pg_pid))"
   if ! as_pg "$PG_BIN/pg_ctl" stop -D "$PG_DATA" -m fast -w -t 60 >/dev/null 2>&1; then
     log "postgres: fast shutdown timed out; using immediate"
-    as_pg "$PG_BIN/pg_ctl" stop -D "$PG_DATA" -m immediate -w -t 30 >/dev/null 2>&1 || {
-      tail_log "$PG_LOG"
-      die "could not stop postgres"
-    }
+    if ! as_pg "$PG_BIN/pg_ctl" stop -D "$PG_DATA" -m immediate -w -t 30 >/dev/null 2>&1; then
+      # a postmaster stuck in I/O on a loaded machine: kill it and its children, then wait
+      # (crash recovery on the next start, like after a power cut)
+      local pid i
+      pid="$(pg_pid)"
+      log "postgres: immediate shutdown timed out; killing pid $pid"
+      pkill -KILL -P "$pid" 2>/dev/null || true
+      kill -KILL "$pid" 2>/dev/null || true
+      for i in $(seq 1 120); do pg_running || break; sleep 0.5; done
+      if pg_running; then tail_log "$PG_LOG"; die "could not stop postgres (pid $pid)"; fi
+      pg_clear_stale
+    fi
   fi
   log "postgres: stopped"
 }
