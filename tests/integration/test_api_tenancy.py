@@ -224,7 +224,7 @@ def test_alert_stream_replays_and_delivers_only_the_keys_tenant(world):
         c.close()
         assert {e["data"]["tenant_id"] for e in c.events} == {w.a}
         assert all(w.mark_b not in str(e["data"]) for e in c.events)
-    assert [e["data"]["alert_id"] for e in cq.events] == [stored[1]["alert_id"]]
+    assert [e["data"]["alert_id"] for e in cq.events] == [stored[1].alert_id]
     assert len(replay) >= 2
 
 

@@ -269,6 +269,6 @@ def test_split_mode_transitions_announced_before_they_are_stored_reach_clients(s
             _, stored = db.Sink(sc).write(MetricBatch.empty(), events)
         wait_for(lambda: len(c.events) == 3, 5, what="the stored transitions")
         c.close()
-        assert [int(e["id"]) for e in c.events] == [e["seq"] for e in stored]
+        assert [int(e["id"]) for e in c.events] == [e.seq for e in stored]
     finally:
         api.stop()
