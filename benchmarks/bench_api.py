@@ -56,7 +56,9 @@ from benchmarks.common import scratch, write_results
 from core.settings import REPO_ROOT, Settings
 from pipeline import kafka as kq
 from serving import auth
-from storage import db
+from storage.connect import connect
+from storage.migrate import migrate
+from storage.tenants import create_tenant
 
 HOSTS, METRICS, STEP_S = 500, ("cpu_load", "mem_used_pct", "latency_p99", "req_rate"), 10
 TENANT = "bench"
@@ -110,8 +112,8 @@ def _secondary_indexes(c) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]
 def load(s: Settings, rows: int, tenant: str) -> None:
     per_series = rows // (HOSTS * len(METRICS))
     t0 = time.monotonic()
-    with db.connect(s, autocommit=True) as c:
-        db.create_tenant(c, tenant)
+    with connect(s, autocommit=True) as c:
+        create_tenant(c, tenant)
         cons, idx = _secondary_indexes(c)  # rebuilt after the load, as the migrations define them
         for name, _ in cons:
             c.execute(f'ALTER TABLE metrics DROP CONSTRAINT "{name}"')
@@ -159,12 +161,12 @@ def database(base: Settings, keep: str | None, rows: int):
         **{f"topic_{k}": f"bench-{keep}-{k}" for k in ("raw", "metric", "enriched", "score", "alert", "dlq")},
         "topic_partitions": 1,
     })
-    with db.connect(base, autocommit=True) as admin:
+    with connect(base, autocommit=True) as admin:
         exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (keep,)).fetchone()
         if not exists:
             admin.execute(f'CREATE DATABASE "{keep}"')
-    with db.connect(s) as c:
-        db.migrate(c)
+    with connect(s) as c:
+        migrate(c)
         have = c.execute("SELECT count(*) FROM metrics WHERE tenant_id = %s", (TENANT,)).fetchone()[0]
     kq.create_topics(s)
     want = rows // (HOSTS * len(METRICS)) * HOSTS * len(METRICS)
@@ -301,7 +303,7 @@ def main() -> None:
     loop = ("uvloop" if importlib.util.find_spec("uvloop") else "asyncio") + "/" + \
            ("httptools" if importlib.util.find_spec("httptools") else "h11")
     with database(Settings(), a.db, a.rows) as s, tempfile.TemporaryDirectory() as tmp:
-        with db.connect(s) as c:
+        with connect(s) as c:
             key = auth.create_key(c, TENANT, "read", f"bench-{uuid.uuid4().hex[:6]}")[1]
         proc, url = serve(s, a.workers)
         gen = LoadGen(url, key, Path(tmp))

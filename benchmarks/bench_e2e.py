@@ -28,7 +28,8 @@ from benchmarks.common import median, scratch, write_results
 from core.settings import REPO_ROOT, Settings
 from pipeline import kafka as kq
 from pipeline.simulate import Simulator
-from storage import db
+from storage.connect import connect
+from storage.tenants import create_tenant
 
 
 def make_events(n: int, tenant: str) -> tuple[list[bytes], list[str]]:
@@ -58,13 +59,13 @@ def env_for(s: Settings) -> dict[str, str]:
 
 def run_pipeline(base: Settings, n: int, workers: int = 1) -> float:
     with scratch(base) as s:
-        with db.connect(s) as conn:
-            db.create_tenant(conn, "bench")
+        with connect(s) as conn:
+            create_tenant(conn, "bench")
         evs, keys = make_events(n, "bench")
         p = kq.producer(s)
         kq.produce_all(p, s.topic_raw, evs, keys)
         kq.flush(p)
-        conn = db.connect(s, autocommit=True)
+        conn = connect(s, autocommit=True)
         procs = [subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "WARNING", "worker",
                                    "normalize,enrich,detect,sink"], env=env_for(s), cwd=REPO_ROOT)
                  for _ in range(workers)]

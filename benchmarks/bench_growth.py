@@ -8,7 +8,7 @@ default) spread over ``--days`` daily partitions before today, plus one ``featur
 ``topic:partition:offset`` event ids), so the indexes have realistic sizes. Then:
 
 1. **ingest**: micro-batches of ``--batch`` events (one sample of every series) plus their
-   closed windows go through :class:`storage.db.Sink` ``write`` — the call a chained worker's
+   closed windows go through :class:`storage.sink.Sink` ``write`` — the call a chained worker's
    writer thread makes — into today's partitions. Runs alternate between the empty and the
    filled database (the machine is shared and noisy; only ratios within one run compare); each
    run's rate is rows / time spent in ``write``. A third configuration writes into yesterday's
@@ -17,7 +17,7 @@ default) spread over ``--days`` daily partitions before today, plus one ``featur
    ratios (each round runs the configurations back to back, so they share the machine's load).
 2. **retention**: while a writer thread keeps ingesting into the filled database, the
    maintenance job drops the oldest day's ``metrics`` partition (``DETACH`` + ``DROP``, see
-   :func:`storage.db.maintain`), ``--drops`` times (a day each). Reported: the drop's duration,
+   :func:`storage.partitions.maintain`), ``--drops`` times (a day each). Reported: the drop's duration,
    the longest ``write`` overlapping it against the median ``write``, the ingest rate in the
    second around the drop against the steady rate before it, and ingest errors (must be 0).
 
@@ -46,7 +46,11 @@ from benchmarks.common import RESULTS, median, write_results
 from core.batch import MetricBatch
 from core.settings import Settings
 from pipeline.stages.detect.window_rows import WindowRows
-from storage import db
+from storage.connect import connect
+from storage.migrate import migrate
+from storage.partitions import PartitionPolicy, maintain, partition_name
+from storage.sink import Sink
+from storage.tenants import create_tenant
 
 DAY = 86400
 METRICS = ("cpu_load", "mem_used", "disk_io", "net_rx")
@@ -57,13 +61,13 @@ TENANT = "bench"
 @contextmanager
 def database(base: Settings, keep: bool):
     name = f"eventops_growth_{uuid.uuid4().hex[:8]}"
-    admin = db.connect(base, autocommit=True)
+    admin = connect(base, autocommit=True)
     admin.execute(f'CREATE DATABASE "{name}"')
     s = base.model_copy(update={"pg_database": name})
     try:
-        with db.connect(s) as conn:
-            db.migrate(conn)
-            db.create_tenant(conn, TENANT)
+        with connect(s) as conn:
+            migrate(conn)
+            create_tenant(conn, TENANT)
         yield s
     finally:
         if not keep:
@@ -137,11 +141,11 @@ def fill(s: Settings, rows: int, days: int, series: int, today: float) -> dict:
                " to_timestamp(%(day)s + floor(k * %(step)s)),"
                " to_timestamp(%(day)s + floor(k * %(step)s) + 60)")
     gen = " FROM generate_series(0, %(per)s - 1) k CROSS JOIN generate_series(0, %(n)s - 1) s"
-    with db.connect(s) as conn:
+    with connect(s) as conn:
         for d in range(days, 0, -1):
             day = today - d * DAY
             base = (days - d) * per_series * series
-            p = {t: sql.Identifier(db.partition_name(t, day)) for t in ("metrics", "features", "scores")}
+            p = {t: sql.Identifier(partition_name(t, day)) for t in ("metrics", "features", "scores")}
             with conn.transaction():
                 for t, ident in p.items():
                     conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
@@ -171,7 +175,7 @@ def fill(s: Settings, rows: int, days: int, series: int, today: float) -> dict:
                 conn.execute(sql.SQL("CREATE INDEX ON {} (tenant_id, host, metric, ts_event DESC)"
                                      " INCLUDE (value)").format(m))
                 conn.execute(sql.SQL("CREATE UNIQUE INDEX {} ON {} (tenant_id, event_id)").format(
-                    sql.Identifier(db.partition_name("metrics", day) + "_tenant_event"), m))
+                    sql.Identifier(partition_name("metrics", day) + "_tenant_event"), m))
                 for t in ("features", "scores"):
                     conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (tenant_id, host, metric,"
                                          " window_start)").format(p[t]))
@@ -181,7 +185,7 @@ def fill(s: Settings, rows: int, days: int, series: int, today: float) -> dict:
                                  .format(sql.Identifier(t), ident, a, b))
             done = (days - d + 1) * per_series * series
             print(f"  filled {done:,} metric rows ({time.monotonic() - t0:.0f} s)", flush=True)
-    with db.connect(s, autocommit=True) as c:  # settle: what autovacuum would do in the background
+    with connect(s, autocommit=True) as c:  # settle: what autovacuum would do in the background
         for table in ("metrics", "features", "scores"):
             c.execute(f"VACUUM (ANALYZE) {table}")
         c.execute("CHECKPOINT")
@@ -191,7 +195,7 @@ def fill(s: Settings, rows: int, days: int, series: int, today: float) -> dict:
             "fill_seconds": round(time.monotonic() - t0, 1)}
 
 
-def ingest_run(sink: db.Sink, feed: Feed, batches: int) -> tuple[float, list[float]]:
+def ingest_run(sink: Sink, feed: Feed, batches: int) -> tuple[float, list[float]]:
     """Rows per second spent in ``Sink.write`` over ``batches`` batches, and each write's seconds."""
     took, rows = [], 0
     for _ in range(batches):
@@ -215,8 +219,8 @@ class Writer(threading.Thread):
 
     def run(self) -> None:
         try:
-            with db.connect(self.s) as conn:
-                sink = db.Sink(conn)
+            with connect(self.s) as conn:
+                sink = Sink(conn)
                 while not self.stop_.is_set():
                     batch, windows = self.feed.next()
                     t = time.monotonic()
@@ -260,8 +264,8 @@ def main() -> None:
         print(f"  {info['metric_rows']:,} rows, database {info['database_bytes'] / 1e9:.1f} GB, "
               f"{info['fill_seconds']:.0f} s")
         offsets = iter(range(10**12, 10**15, 10**10))  # id ranges that never meet the fill's
-        conns = {k: db.connect(s) for k, s in (("empty", empty), ("full", full), ("full_old", full))}
-        sinks = {k: db.Sink(c) for k, c in conns.items()}
+        conns = {k: connect(s) for k, s in (("empty", empty), ("full", full), ("full_old", full))}
+        sinks = {k: Sink(c) for k, c in conns.items()}
         feeds = {"empty": Feed(a.series, today + 600, next(offsets)),
                  "full": Feed(a.series, today + 600, next(offsets)),
                  "full_old": Feed(a.series, today - DAY + 43200, next(offsets))}
@@ -281,13 +285,13 @@ def main() -> None:
             c.close()
 
         drops = []
-        with db.connect(full) as conn:
+        with connect(full) as conn:
             for i in range(a.drops):
                 w = Writer(full, Feed(a.series, today + 1200 + i * 3000, next(offsets)))
                 w.start()
                 time.sleep(3.0)
                 t0 = time.monotonic()
-                rep = db.maintain(conn, db.PartitionPolicy(ahead_days=0,
+                rep = maintain(conn, PartitionPolicy(ahead_days=0,
                                                            retention_days={"metrics": a.days - 1 - i}))
                 t1 = time.monotonic()
                 time.sleep(3.0)

@@ -8,7 +8,7 @@ migrated template, dropped afterwards) with a temporary artifact root:
 * log (params, metrics, signature, input example, skops model with explicit pip_requirements)
   + register -- the baseline is the same ``log_model`` letting MLflow infer requirements;
 * the whole ``train_and_register`` (fit + evaluate + log + register + promotion decision);
-* alias change -> :class:`registry.champion.ChampionWatcher` serving the new version
+* alias change -> :class:`registry.watcher.ChampionWatcher` serving the new version
   (``measure_swap_delay``: alias write + wait for the next poll + background load; each
   measurement starts at a random phase of the poll cycle), at the
   default ``poll_s=2.0`` and at ``poll_s=0.5``; baseline = the 10 s requirement.
@@ -59,15 +59,16 @@ def main(quick: bool = False) -> None:
     import mlflow
     import mlflow.sklearn
 
-    from registry import tracking
-    from registry.champion import ChampionWatcher, measure_swap_delay
+    from registry import scratch
+    from registry.client import client, ensure_experiment, use
+    from registry.watcher import ChampionWatcher, measure_swap_delay
     from training.promotion import PromotionPolicy, evaluate_model
     from training.train import SKOPS_TRUSTED, TrainConfig, fit, log_and_register, train_and_register
 
     logging.basicConfig(level=logging.WARNING)
     n = 20_000 if quick else 100_000
     base = Settings()
-    s = tracking.create_scratch_store(base, prefix="mlflow_bench")
+    s = scratch.create_scratch_store(base, prefix="mlflow_bench")
     s = s.model_copy(update={"mlflow_artifacts": Path(tempfile.mkdtemp(prefix="bench-mlruns-"))})
     rows = []
     try:
@@ -84,8 +85,8 @@ def main(quick: bool = False) -> None:
         log_and_register(s, model, cfg, ds, metrics)
         logreg_s = time.perf_counter() - t0
         # baseline: the same log_model letting MLflow infer the requirements
-        tracking.use(s)
-        exp = tracking.ensure_experiment(s, "bench-baseline")
+        use(s)
+        exp = ensure_experiment(s, "bench-baseline")
         with mlflow.start_run(experiment_id=exp):
             t0 = time.perf_counter()
             mlflow.sklearn.log_model(model.estimator, name="model",
@@ -96,7 +97,7 @@ def main(quick: bool = False) -> None:
         r = train_and_register(s, ds, cfg)
         total_s = time.perf_counter() - t0
 
-        c = tracking.client(s)
+        c = client(s)
         v1, v2 = "1", r.version
         delays = {}
         rng = np.random.default_rng(0)
@@ -127,7 +128,7 @@ def main(quick: bool = False) -> None:
             rows.append({"name": f"alias_to_swap_delay_max_poll_{poll}s", "unit": "s",
                          "value": max(xs), "baseline": 10.0})
     finally:
-        tracking.drop_scratch_store(s)
+        scratch.drop_scratch_store(s)
     for row in rows:
         row["value"] = round(float(row["value"]), 4)
         row.setdefault("baseline", None)

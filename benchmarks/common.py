@@ -10,7 +10,8 @@ from pathlib import Path
 
 from core.settings import Settings
 from pipeline import kafka as kq
-from storage import db
+from storage.connect import connect
+from storage.migrate import migrate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -36,7 +37,7 @@ def scratch(settings: Settings, partitions: int = 6):
     """A fresh migrated database and fresh topics, dropped afterwards."""
     sfx = uuid.uuid4().hex[:8]
     name = f"eventops_bench_{sfx}"
-    admin = db.connect(settings, autocommit=True)
+    admin = connect(settings, autocommit=True)
     admin.execute(f'CREATE DATABASE "{name}"')
     s = settings.model_copy(update={
         "pg_database": name, "consumer_group_prefix": f"bench-{sfx}",
@@ -44,8 +45,8 @@ def scratch(settings: Settings, partitions: int = 6):
         "topic_partitions": partitions,
     })
     try:
-        with db.connect(s) as conn:
-            db.migrate(conn)
+        with connect(s) as conn:
+            migrate(conn)
         kq.create_topics(s)
         yield s
     finally:

@@ -193,7 +193,7 @@ def describe(e: BaseException) -> tuple[str, int]:
         return "interrupted", EXIT_INTERRUPTED
     at = re.match(r"PostgreSQL at (\S+):(\d+) ", str(e))
     if type(e) is ServiceError and at and e.__cause__ is not None:
-        # db.connect wraps psycopg's error: classify what libpq said, and name the fix
+        # storage.connect.connect wraps psycopg's error: classify what libpq said, and name the fix
         cause = e.__cause__
         psycopg = sys.modules.get("psycopg")
         if psycopg is not None and isinstance(cause, psycopg.OperationalError):

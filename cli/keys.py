@@ -11,9 +11,9 @@ keys_app = typer.Typer(help="API keys (per tenant, scope read|ingest|admin).", n
 
 def _conn():
     from core.settings import Settings
-    from storage import db
+    from storage.connect import connect
 
-    return db.connect(Settings())
+    return connect(Settings())
 
 
 @keys_app.command("create")

@@ -85,21 +85,23 @@ def _root(log_level: Annotated[str, typer.Option(envvar="EVENTOPS_LOG_LEVEL")] =
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Apply the versioned SQL migrations not yet applied."""
-    from storage import db
+    from storage.connect import connect
+    from storage.migrate import migrate
 
-    with db.connect(_settings()) as conn:
-        applied = db.migrate(conn)
+    with connect(_settings()) as conn:
+        applied = migrate(conn)
     typer.echo(f"applied: {', '.join(applied)}" if applied else "schema up to date")
 
 
 @db_app.command("maintain")
 def db_maintain() -> None:
     """Partitions ahead, DEFAULT partitions emptied, retention (sink workers also run it hourly)."""
-    from storage import db
+    from storage.connect import connect
+    from storage.partitions import PartitionPolicy, maintain
 
     s = _settings()
-    with db.connect(s) as conn:
-        rep = db.maintain(conn, db.PartitionPolicy.from_settings(s))
+    with connect(s) as conn:
+        rep = maintain(conn, PartitionPolicy.from_settings(s))
     typer.echo(rep.summary())
 
 
@@ -121,14 +123,15 @@ def topics_create(
 @tenants_app.command("create")
 def tenants_create(tenant_id: str, name: str = "") -> None:
     """Register a tenant (events of unknown tenants are dead-lettered)."""
-    from storage import db
+    from storage.connect import connect
+    from storage.tenants import create_tenant
 
     if not _TENANT_ID.fullmatch(tenant_id):
         raise BadArgument(f"invalid tenant id {tenant_id!r}: use 1-64 letters, digits, '_', '.' or "
                           "'-', starting with a letter or digit")
     s = _settings()
-    with db.connect(s) as conn:
-        new = db.create_tenant(conn, tenant_id, name)
+    with connect(s) as conn:
+        new = create_tenant(conn, tenant_id, name)
     # running normalize workers re-read the tenants table when an unknown tenant's event arrives
     typer.echo(f"tenant {tenant_id} created" if new
                else f"tenant {tenant_id} exists")
@@ -137,10 +140,11 @@ def tenants_create(tenant_id: str, name: str = "") -> None:
 @tenants_app.command("list")
 def tenants_list() -> None:
     """List tenants."""
-    from storage import db
+    from storage.connect import connect
+    from storage.tenants import load_tenants
 
-    with db.connect(_settings()) as conn:
-        for t in sorted(db.load_tenants(conn)):
+    with connect(_settings()) as conn:
+        for t in sorted(load_tenants(conn)):
             typer.echo(t)
 
 
@@ -151,7 +155,9 @@ def inventory_set(
     replace: Annotated[bool, typer.Option(help="replace instead of merging")] = False,
 ) -> None:
     """Set inventory tags of a source (host); workers pick them up within the refresh period."""
-    from storage import db
+    from storage.connect import connect
+    from storage.inventory import set_inventory
+    from storage.tenants import load_tenants
 
     pairs = {}
     for t in tags:
@@ -161,11 +167,11 @@ def inventory_set(
         pairs[k] = v
     s = _settings()
     _check_inventory_entry(s, tenant, source, pairs)
-    with db.connect(s) as conn:
-        if tenant not in db.load_tenants(conn):
+    with connect(s) as conn:
+        if tenant not in load_tenants(conn):
             raise NotFound(f"tenant {tenant!r} does not exist — create it first: "
                            f"eventops tenants create {tenant}")
-        out = db.set_inventory(conn, tenant, source, pairs, replace=replace)
+        out = set_inventory(conn, tenant, source, pairs, replace=replace)
     typer.echo(json.dumps(out, sort_keys=True))
 
 
@@ -191,10 +197,11 @@ def _check_inventory_entry(s: Settings, tenant: str, source: str, tags: dict[str
 @inventory_app.command("list")
 def inventory_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
     """Show inventory entries."""
-    from storage import db
+    from storage.connect import connect
+    from storage.inventory import load_inventory
 
-    with db.connect(_settings()) as conn:
-        for (t, s), tags in sorted(db.load_inventory(conn).items()):
+    with connect(_settings()) as conn:
+        for (t, s), tags in sorted(load_inventory(conn).items()):
             if tenant is None or t == tenant:
                 typer.echo(f"{t}\t{s}\t{json.dumps(tags, sort_keys=True)}")
 
@@ -202,10 +209,11 @@ def inventory_list(tenant: Annotated[str | None, typer.Option()] = None) -> None
 @inventory_app.command("delete")
 def inventory_delete(tenant: str, source: str) -> None:
     """Remove an inventory entry."""
-    from storage import db
+    from storage.connect import connect
+    from storage.inventory import delete_inventory
 
-    with db.connect(_settings()) as conn:
-        typer.echo("deleted" if db.delete_inventory(conn, tenant, source) else "not found")
+    with connect(_settings()) as conn:
+        typer.echo("deleted" if delete_inventory(conn, tenant, source) else "not found")
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -328,12 +336,12 @@ def _known_tenants(s: Settings) -> frozenset[str] | None:
     be asked in time (the check then accepts any tenant and says so)."""
     import psycopg
 
-    from storage import db
+    from storage.tenants import load_tenants
 
     try:
         with psycopg.connect(s.pg_dsn(), autocommit=True,
                              connect_timeout=max(1, round(s.connect_timeout_s))) as conn:
-            return db.load_tenants(conn) | s.tenant_allowlist()
+            return load_tenants(conn) | s.tenant_allowlist()
     except psycopg.Error:
         return None
 
@@ -362,7 +370,8 @@ def simulate(
     from cli.tally import Outcome, by_reason, latest_event_time
     from pipeline import kafka as kq
     from pipeline.simulate import Simulator
-    from storage import db
+    from storage.connect import connect
+    from storage.tenants import load_tenants
 
     s = _settings()
     if rate <= 0 or hosts < 1 or interval <= 0 or backfill < 0:
@@ -374,8 +383,8 @@ def simulate(
     now = time.time()
     sim = Simulator(hosts=hosts, tenant=tenant, seed=seed, interval=interval,
                     start=now - backfill, anomaly_rate=anomaly_rate)
-    with db.connect(s, autocommit=True) as conn:
-        if tenant not in db.load_tenants(conn) | s.tenant_allowlist():
+    with connect(s, autocommit=True) as conn:
+        if tenant not in load_tenants(conn) | s.tenant_allowlist():
             raise NotFound(f"tenant {tenant!r} does not exist — create it first: "
                            f"eventops tenants create {tenant}")
         latest = latest_event_time(conn, tenant, sim.names)

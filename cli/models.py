@@ -1,9 +1,10 @@
 """``eventops train`` and ``eventops models list|status|promote|rollback``.
 
-Registered by ``cli.main`` (``register(app)``).  MLflow is imported inside the commands only
-(``import mlflow`` costs ~2 s, which every other ``eventops`` command should not pay).  The
-tracking URI override comes from ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` here, at the entry
-point; without it the project's PostgreSQL database ``mlflow`` is used.
+Registered by ``cli.main`` (``register(app)``).  Every MLflow call goes through ``registry``,
+whose modules import MLflow only when they call it (``import mlflow`` costs ~2 s, which every
+other ``eventops`` command should not pay).  The tracking URI override comes from
+``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` here, at the entry point; without it the project's
+PostgreSQL database ``mlflow`` is used.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Annotated
 import typer
 
 from cli.errors import BadArgument, describe
+from registry.client import DEFAULT_EXPERIMENT
 
 log = logging.getLogger(__name__)
 
@@ -49,37 +51,23 @@ def _settings():
     return Settings()
 
 
-#: MLflow's HTTP client defaults retry a refused connection 7 times with backoff factor 2 (minutes);
-#: a command sets these unless the environment does
-HTTP_RETRY_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-}
-
-
 def _tracking(s, override: str | None) -> str:
     """The tracking URI, after checking that its store answers (``EVENTOPS_CONNECT_TIMEOUT_S``).
 
     MLflow's own waits are bounded too, for a store that goes away after the check: the HTTP
-    client's retries through its environment settings (:data:`HTTP_RETRY_DEFAULTS`), and the SQL
-    store's connection retries — ten attempts with exponential backoff (~100 s) and no setting
-    in MLflow 3.17 — through the module constant it reads on each attempt.
+    client's retries through its environment settings
+    (:data:`registry.client.HTTP_RETRY_DEFAULTS`), and the SQL store's connection retries — ten
+    attempts with exponential backoff (~100 s) and no setting in MLflow 3.17 — through
+    :func:`registry.client.limit_sql_retries`.
     """
     from cli.preflight import check_tracking
-    from registry.tracking import resolve_tracking_uri
+    from registry.client import HTTP_RETRY_DEFAULTS, limit_sql_retries, resolve_tracking_uri
 
     for k, v in HTTP_RETRY_DEFAULTS.items():
         os.environ.setdefault(k, v)  # entry point: MLflow reads these on each request
     uri = resolve_tracking_uri(s, override)
     check_tracking(s, uri)
-    try:
-        import mlflow.store.db.utils as sql_store
-
-        if isinstance(getattr(sql_store, "MAX_RETRY_COUNT", None), int):
-            sql_store.MAX_RETRY_COUNT = min(sql_store.MAX_RETRY_COUNT, 3)
-    except ImportError:  # pragma: no cover - MLflow without its SQL store
-        pass
+    limit_sql_retries(3)
     return uri
 
 
@@ -109,7 +97,7 @@ def register(app: typer.Typer) -> None:
         max_latency_ms: Annotated[float, typer.Option(help="per 10k windows")] = 500.0,
         no_promote: Annotated[bool, typer.Option("--no-promote", help="register only")] = False,
         every: Annotated[str | None, typer.Option(help="retrain forever at this interval, e.g. 6h")] = None,
-        experiment: Annotated[str, typer.Option()] = "eventops-detector",
+        experiment: Annotated[str, typer.Option()] = DEFAULT_EXPERIMENT,
         tracking_uri: TrackingOpt = None,
     ) -> None:
         """Train a batch detector, log and register it in MLflow, promote it if it is better."""
@@ -173,7 +161,7 @@ def register(app: typer.Typer) -> None:
     @models_app.command("list")
     def models_list(tracking_uri: TrackingOpt = None) -> None:
         """Registered versions, newest first: aliases, decision and NAB score."""
-        from training.status import list_versions
+        from registry.status import list_versions
 
         s = _settings()
         rows = list_versions(s, _tracking(s, tracking_uri))
@@ -195,14 +183,15 @@ def register(app: typer.Typer) -> None:
             help="add the challenger's shadow-scoring statistics for this tenant (last 24 h)")] = None,
     ) -> None:
         """Champion, challenger and the last decision (the API's /models) as JSON."""
-        from training.status import model_status, shadow_stats
+        from registry.status import model_status
+        from training.status import shadow_stats
 
         s = _settings()
         st = model_status(s, _tracking(s, tracking_uri))
         if tenant is not None and st.get("challenger"):
-            from storage import db
+            from storage.connect import connect
 
-            with db.connect(s, autocommit=True) as conn:
+            with connect(s, autocommit=True) as conn:
                 st["challenger"]["shadow"] = shadow_stats(conn, tenant, str(st["challenger"]["version"]))
         typer.echo(json.dumps(st, indent=2, default=str))
 
@@ -213,8 +202,8 @@ def register(app: typer.Typer) -> None:
         tracking_uri: TrackingOpt = None,
     ) -> None:
         """Make VERSION the champion now (operator override; no evaluation)."""
-        from registry.tracking import client
-        from training.promotion import promote
+        from registry.aliases import promote
+        from registry.client import client
 
         s = _settings()
         prev = promote(client(s, _tracking(s, tracking_uri)), s.model_name, version, reason)
@@ -223,8 +212,8 @@ def register(app: typer.Typer) -> None:
     @models_app.command("rollback")
     def models_rollback(tracking_uri: TrackingOpt = None) -> None:
         """Restore the champion that the current champion replaced."""
-        from registry.tracking import client
-        from training.promotion import rollback
+        from registry.aliases import rollback
+        from registry.client import client
 
         s = _settings()
         try:

@@ -126,9 +126,9 @@ class Outcome:
     def settle(self, expected: int, quiet_s: float) -> int:
         """Follow until ``expected`` events are accounted for (stored + dead-lettered), or nothing
         changed for ``quiet_s`` seconds; returns how many are still unaccounted for."""
-        from storage import db
+        from storage.connect import connect
 
-        with db.connect(self.s, autocommit=True) as conn:
+        with connect(self.s, autocommit=True) as conn:
             last, changed = -1, time.monotonic()
             while True:
                 self._read_dlq(0.5)

@@ -157,7 +157,7 @@ _REQUIRED = tuple(f.name for f in fields(AlertEvent)
 @dataclass(frozen=True, slots=True)
 class OpenAlert:
     """An alert that is open in storage (``alerts.state = 'open'``): what the rule tracker
-    re-arms after a restart or a rebalance (:func:`storage.db.load_open_alerts`)."""
+    re-arms after a restart or a rebalance (:func:`storage.alerts.load_open_alerts`)."""
 
     alert_id: str
     tenant_id: str

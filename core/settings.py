@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     worker_health_port: int = Field(default=0, ge=0, le=65535)
     worker_health_host: str = "127.0.0.1"
 
-    # --- Storage: time partitions and retention (storage.db.Partitions, `eventops db maintain`) ---
+    # --- Storage: time partitions and retention (storage.partitions.Partitions, `eventops db maintain`) ---
     #: length of one partition of metrics/features/scores/shadow_scores; divides a day or is whole days
     partition_interval_hours: int = Field(default=24, ge=1, le=24 * 31)
     #: the maintenance job creates partitions this many days ahead of now

@@ -52,8 +52,15 @@ from pipeline.stages.detect.stage import DetectStage, ModelProvider
 from pipeline.stages.detect.window_rows import WindowRows
 from pipeline.stages.enrich import Enricher
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
-from registry.champion import CHALLENGER, CHAMPION
-from storage import db
+from registry.tags import CHALLENGER
+from registry.watcher import start_watcher
+from storage.alerts import load_open_alerts
+from storage.checkpoints import Checkpoint, load_checkpoints, save_checkpoints
+from storage.connect import connect
+from storage.inventory import load_inventory
+from storage.partitions import Maintainer, PartitionPolicy, Partitions
+from storage.sink import Sink
+from storage.tenants import load_tenants
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +129,7 @@ def pg_unavailable(e: BaseException) -> bool:
     row too large): those would fail the same way forever and are raised.
     """
     if isinstance(e, ServiceError) and isinstance(e.__cause__, psycopg.OperationalError):
-        return True  # db.connect could not reach the server
+        return True  # storage.connect.connect could not reach the server
     if isinstance(e, psycopg.InterfaceError):
         return True
     if not isinstance(e, psycopg.OperationalError):
@@ -204,9 +211,9 @@ class _Stages:
         # a failure below (database away) keeps the reference data loaded before; the worker
         # sets the next attempt with retry_in()
         if "normalize" in self.chain:
-            self.normalizer = Normalizer(normalize_config(self.s, db.load_tenants(self.conn)))
+            self.normalizer = Normalizer(normalize_config(self.s, load_tenants(self.conn)))
         if "enrich" in self.chain:
-            self.enricher.update(db.load_inventory(self.conn))
+            self.enricher.update(load_inventory(self.conn))
 
     def retry_in(self, seconds: float) -> None:
         """Attempt the next reference-data refresh in ``seconds`` instead of a full period."""
@@ -237,7 +244,7 @@ class _Stages:
             return False
         self._tenants_checked = now
         try:
-            tenants = db.load_tenants(self.conn)
+            tenants = load_tenants(self.conn)
         except Exception as e:  # noqa: BLE001 - the periodic refresh reports outages
             log.debug("tenant re-read failed: %s", e)
             try:
@@ -287,11 +294,11 @@ class KafkaWorker:
         self._health_server: HealthServer | None = None
         # a worker that cannot reach PostgreSQL when it starts fails at once (wrong address or
         # credentials are likelier than an outage); once running it waits outages out
-        self.conn = db.connect(s)  # reference data (tenants, inventory, open alerts)
-        self.sink = db.Sink(db.connect(s), db.Partitions(db.PartitionPolicy.from_settings(s))) \
+        self.conn = connect(s)  # reference data (tenants, inventory, open alerts)
+        self.sink = Sink(connect(s), Partitions(PartitionPolicy.from_settings(s))) \
             if "sink" in self.chain else None
-        # partitions ahead + retention, in the processes that write (db.Maintainer)
-        self.maintainer = db.Maintainer(s).start() if self.sink is not None else None
+        # partitions ahead + retention, in the processes that write (storage.partitions.Maintainer)
+        self.maintainer = Maintainer(s).start() if self.sink is not None else None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sink")
         self._pending: tuple | None = None
         self._collisions: list[DeadLetter] = []  # duplicate_event_id letters of the batch in flight
@@ -364,7 +371,7 @@ class KafkaWorker:
         # the checkpoints are needed before the first record: during a PostgreSQL outage this
         # waits (inside the callback, so without polling; librdkafka keeps the heartbeats going)
         cps = self._retry_pg("checkpoint restore",
-                             lambda: db.load_checkpoints(self.conn, self.group, self.inputs[0]),
+                             lambda: load_checkpoints(self.conn, self.group, self.inputs[0]),
                              self._reconnect_ref, pause=False)
         open_alerts = None
         self._restored = {}
@@ -380,7 +387,7 @@ class KafkaWorker:
                 # no checkpoint yet: re-arm the open threshold alerts so they are not opened twice
                 # (alerts of series on other partitions never see an event here and stay inert)
                 if open_alerts is None:
-                    loaded = self._retry_pg("open alerts", lambda: db.load_open_alerts(self.conn),
+                    loaded = self._retry_pg("open alerts", lambda: load_open_alerts(self.conn),
                                             self._reconnect_ref, pause=False)
                     open_alerts = [a for a in loaded if a.rule != ANOMALY_RULE]
                 self.stages.detect.partition(tp.partition).rule_alerts.restore(open_alerts)
@@ -648,7 +655,7 @@ class KafkaWorker:
             self.conn.close()
         except Exception:  # noqa: BLE001 - already broken
             pass
-        self.conn = db.connect(self.s)
+        self.conn = connect(self.s)
         self.stages.conn = self.conn
 
     def _reconnect_sink(self) -> None:
@@ -656,7 +663,7 @@ class KafkaWorker:
             self.sink.conn.close()
         except Exception:  # noqa: BLE001 - already broken
             pass
-        self.sink = db.Sink(db.connect(self.s), self.sink.partitions)  # same policy, known partitions
+        self.sink = Sink(connect(self.s), self.sink.partitions)  # same policy, known partitions
 
     def _refresh(self) -> None:
         """Periodic tenants/inventory/rules refresh; a database outage keeps the loaded data.
@@ -786,9 +793,9 @@ class KafkaWorker:
             fut = self._writer.submit(self._write, *args)
             self._pending = (offsets, fut, bool(alerts_in), args)
 
-    def _save_checkpoints(self, cps: list[db.Checkpoint]) -> None:
+    def _save_checkpoints(self, cps: list[Checkpoint]) -> None:
         with self.conn.transaction():
-            db.save_checkpoints(self.conn, cps)
+            save_checkpoints(self.conn, cps)
 
     def _run_stages(self, msgs: list[Message]) -> StageOutput:
         """The chain's stages on ``msgs`` (any slice of a micro-batch); raises :class:`StageFailure`."""
@@ -809,7 +816,7 @@ class KafkaWorker:
         return out
 
     def _write(self, batch: MetricBatch, msgs: list[Message], events: list[AlertEvent], windows,
-               cps: list[db.Checkpoint]) -> tuple[int, list[AlertEvent]]:
+               cps: list[Checkpoint]) -> tuple[int, list[AlertEvent]]:
         """The sink write (writer thread, or :meth:`finish` retrying it), and the dead letters
         of its event-id collisions, left in :attr:`_collisions`.
 
@@ -827,7 +834,7 @@ class KafkaWorker:
                                             lambda i: _message_origin(src[i]))
         return out
 
-    def _checkpoints(self, offsets) -> list[db.Checkpoint]:
+    def _checkpoints(self, offsets) -> list[Checkpoint]:
         """Detect state of every owned partition, every ``checkpoint_interval_s``.
 
         A partition's *first* commit always carries a checkpoint: a partition with committed
@@ -848,7 +855,7 @@ class KafkaWorker:
         if not first and now - self._checkpointed < self.s.checkpoint_interval_s:
             return []
         self._checkpointed = now
-        cps = [db.Checkpoint(self.group, topic, p, o, det.snapshot(p))
+        cps = [Checkpoint(self.group, topic, p, o, det.snapshot(p))
                for p, o in self._next.items() if p in det.parts]
         self._with_cp.update(cp.partition for cp in cps)
         self._history.rebase(det, {cp.partition: cp.state for cp in cps})  # blobs made anyway
@@ -1046,19 +1053,6 @@ class KafkaWorker:
         if pending:
             log.info("publishing %d stored alert events not published yet", len(pending))
             self._publish(pending)
-
-
-def start_watcher(s: Settings, alias: str = CHAMPION):
-    """A started watcher of the model ``alias`` for a detect worker; ``None`` when turned off.
-
-    ``champion_poll_s <= 0`` turns off both; ``shadow_scoring=False`` the challenger's.
-    """
-    if s.champion_poll_s <= 0 or (alias == CHALLENGER and not s.shadow_scoring):
-        return None
-    from registry.champion import ChampionWatcher
-
-    return ChampionWatcher(s, poll_s=s.champion_poll_s, alias=alias,
-                           tracking_uri=s.mlflow_tracking_uri_override).start()
 
 
 # -- stage outputs, late events and per-record isolation of stage failures -----------------
@@ -1311,7 +1305,7 @@ def collision_letters(batch: MetricBatch, idx: np.ndarray, topic: str,
     return out
 
 
-def sink_letters(sink: db.Sink, batch: MetricBatch, topic: str,
+def sink_letters(sink: Sink, batch: MetricBatch, topic: str,
                  origin: Callable[[int], Origin] | None = None) -> list[DeadLetter]:
     """Dead letters of the rows the sink's last write refused (collisions and refused values)."""
     return (collision_letters(batch, sink.collided, topic, origin)
@@ -1353,14 +1347,14 @@ class EmbeddedPipeline:
         self.bus = bus or Bus()
         # events without an agent id get <source>:0:<n>; unique per process start
         self.source = source or f"embedded-{int(time.time() * 1000)}"
-        self.conn = db.connect(s)
-        self.sink = db.Sink(self.conn, db.Partitions(db.PartitionPolicy.from_settings(s)))
+        self.conn = connect(s)
+        self.sink = Sink(self.conn, Partitions(PartitionPolicy.from_settings(s)))
         # ``maintain``: partitions ahead + retention in a thread of this process (the demo)
-        self.maintainer = db.Maintainer(s).start() if maintain else None
+        self.maintainer = Maintainer(s).start() if maintain else None
         self.stages = _Stages(s, STAGES, self.conn, model=model, shadow=shadow)
         # no partitions or checkpoints here: re-arm open threshold alerts from storage
         self.stages.detect.partition(0).rule_alerts.restore(
-            [a for a in db.load_open_alerts(self.conn) if a.rule != ANOMALY_RULE])
+            [a for a in load_open_alerts(self.conn) if a.rule != ANOMALY_RULE])
         self._history = DetectHistory()
         self._history.rebase(self.stages.detect)
         self.stats = Stats()

@@ -12,10 +12,14 @@ import time
 from collections import Counter
 
 from core.settings import Settings
-from pipeline.runner import Bus, EmbeddedPipeline, start_watcher
+from pipeline.runner import Bus, EmbeddedPipeline
 from pipeline.simulate import Simulator
-from registry.champion import CHALLENGER
-from storage import db
+from registry.tags import CHALLENGER
+from registry.watcher import start_watcher
+from storage.connect import connect
+from storage.inventory import set_inventory
+from storage.migrate import migrate
+from storage.tenants import create_tenant
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +101,11 @@ def run_demo(s: Settings, hosts: int = 12, backfill_s: float = 6 * 3600, interva
 
     tenant = "demo"
     bind_or_explain(s.api_host, s.api_port).close()  # a taken port: one line, before any work
-    with db.connect(s) as conn:
-        db.migrate(conn)
-        db.create_tenant(conn, tenant, "Demo tenant")
+    with connect(s) as conn:
+        migrate(conn)
+        create_tenant(conn, tenant, "Demo tenant")
         for i in range(hosts):
-            db.set_inventory(conn, tenant, f"host-{i:03d}",
+            set_inventory(conn, tenant, f"host-{i:03d}",
                              {"team": ["payments", "search", "ingest"][i % 3], "env": "prod"})
         # a fresh demo key per run (only hashes are stored, so an old one cannot be shown again)
         for k in auth.list_keys(conn, tenant):

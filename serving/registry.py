@@ -1,9 +1,9 @@
 """Model registry status (MLflow): which batch model version is champion / challenger.
 
 :func:`model_status` is the provider the route calls (``app.state.model_status``, replaceable
-by the registry code of ``training/`` / ``registry.champion``). It imports MLflow lazily,
-answers from a short cache, and reports ``champion: None`` with a reason when MLflow or its
-store is unavailable — the API never fails because the registry does.
+by any function of the same shape). It reads :func:`registry.status.model_status` (MLflow is
+imported lazily), answers from a short cache, and reports ``champion: None`` with a reason
+when MLflow or its store is unavailable — the API never fails because the registry does.
 
 The challenger entry carries ``shadow``: what it scored in shadow over the last day for the
 key's tenant, beside the champion's batch score of the same windows (:func:`shadow_stats`,
@@ -13,7 +13,6 @@ from PostgreSQL, cached per tenant and version like the registry status).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import time
 from typing import Any
@@ -23,6 +22,8 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
 from core.settings import Settings
+from registry.client import installed as mlflow_installed
+from registry.tags import CHALLENGER, CHAMPION
 from serving.deps import PoolDep, ReadKey, SettingsDep
 
 log = logging.getLogger(__name__)
@@ -98,13 +99,13 @@ class ModelStatus(BaseModel):
 
 
 def _query(s: Settings) -> dict[str, Any]:
-    """Champion/challenger with their metrics and the last promotion decision (training.status)."""
-    from training.status import model_status as registry_status
+    """Champion/challenger with their metrics and the last promotion decision (registry.status)."""
+    from registry.status import model_status as registry_status
 
     st = registry_status(s, s.mlflow_tracking_uri_override)
     out: dict[str, Any] = {"name": st["name"], "available": True, "detail": "",
                            "last_decision": st.get("last_decision"), "versions": st.get("versions", 0)}
-    for alias in ("champion", "challenger"):
+    for alias in (CHAMPION, CHALLENGER):
         mv = st.get(alias)
         if mv is not None:
             mv = {**mv, "created_at": (mv.get("created_at") or 0) / 1000,
@@ -121,7 +122,7 @@ async def model_status(settings: Settings) -> dict:
     if hit and hit[0] > time.monotonic():
         return hit[1]
     base = {"name": settings.model_name, "available": False, "champion": None, "challenger": None}
-    if importlib.util.find_spec("mlflow") is None:
+    if not mlflow_installed():
         out = {**base, "detail": "mlflow is not installed"}
     else:
         try:

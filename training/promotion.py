@@ -8,18 +8,20 @@ the candidate's ``metric`` (default the NAB standard score, 0-100) must beat the
 at least ``margin``.  A candidate that passes the guardrails but is not better becomes the
 ``challenger`` (shadow scoring) unless ``challenger=False``.
 
-Every decision is written to MLflow:
+This module decides; :mod:`registry.aliases` writes the outcome to MLflow (the tags it writes
+are listed in :mod:`registry.tags`):
 
-* on the candidate version: ``eventops.decision`` (``promoted`` / ``rejected``), ``eventops.reason``,
-  ``eventops.metrics`` and ``eventops.champion_metrics`` (JSON), ``eventops.compared_with``
-  (champion version or ``none``), ``eventops.policy`` (JSON), ``eventops.decided_at``;
-* on a promoted version: ``eventops.previous_champion`` (what ``rollback`` restores);
-* on the registered model: ``eventops.last_decision`` (JSON) and ``eventops.champion_set_at``.
+* on the candidate version: its decision (``promoted`` / ``rejected``), reason, metrics and the
+  champion's (JSON), the champion version compared with (or ``none``), the policy, the time;
+* on a promoted version: the champion it replaced (what ``registry.aliases.rollback`` restores);
+* on the registered model: the last decision (JSON) and when each alias moved.
+
+The operator overrides (``eventops models promote|rollback``) are :func:`registry.aliases.promote`
+and :func:`registry.aliases.rollback`: alias moves without an evaluation.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -30,13 +32,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.batch import BatchModel
-from registry.champion import CHALLENGER, CHAMPION, TAG_SET_AT, alias_version, load_version
+from registry.aliases import alias_version, move_alias, promote, record_decision, tag_decision
+from registry.client import client as make_client
+from registry.loading import load_version
+from registry.tags import CHALLENGER, CHAMPION
 from training.datasets import WindowDataset
 from training.evaluate import evaluate
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mlflow import MlflowClient
-
     from core.settings import Settings
 
 __all__ = [
@@ -46,21 +49,9 @@ __all__ = [
     "evaluate_and_promote",
     "evaluate_model",
     "evaluate_scores",
-    "promote",
-    "rollback",
 ]
 
 log = logging.getLogger(__name__)
-
-TAG_DECISION = "eventops.decision"
-TAG_REASON = "eventops.reason"
-TAG_METRICS = "eventops.metrics"
-TAG_CHAMPION_METRICS = "eventops.champion_metrics"
-TAG_COMPARED = "eventops.compared_with"
-TAG_POLICY = "eventops.policy"
-TAG_DECIDED_AT = "eventops.decided_at"
-TAG_PREVIOUS = "eventops.previous_champion"
-TAG_LAST_DECISION = "eventops.last_decision"
 
 
 @dataclass(frozen=True)
@@ -226,65 +217,7 @@ def decide(
     return False, f"not better by margin: {policy.metric} {c} vs champion {h} (margin {policy.margin})"
 
 
-# --- registry operations ----------------------------------------------------------------------
-
-
-def _json(d: Any) -> str:
-    return json.dumps(d, sort_keys=True, default=str)
-
-
-def _move_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
-    client.set_registered_model_alias(name, alias, str(version))
-    client.set_registered_model_tag(name, TAG_SET_AT.format(alias=alias), repr(time.time()))
-
-
-def _record(client: MlflowClient, name: str, entry: dict[str, Any]) -> None:
-    client.set_registered_model_tag(name, TAG_LAST_DECISION, _json(entry))
-
-
-def promote(
-    client: MlflowClient, name: str, version: str | int, reason: str = "manual"
-) -> str | None:
-    """Make ``version`` the champion (no evaluation); returns the previous champion.
-
-    The previous champion is recorded on the new one (``eventops.previous_champion``) so
-    :func:`rollback` can restore it.
-    """
-    version = str(version)
-    prev = alias_version(client, name, CHAMPION)
-    if prev == version:
-        return prev
-    client.get_model_version(name, version)  # raises when it does not exist
-    if prev is not None:
-        client.set_model_version_tag(name, version, TAG_PREVIOUS, prev)
-    _move_alias(client, name, CHAMPION, version)
-    if alias_version(client, name, CHALLENGER) == version:
-        client.delete_registered_model_alias(name, CHALLENGER)
-    _record(client, name, {"action": "promoted", "version": version, "previous": prev,
-                           "reason": reason, "at": datetime.now(UTC).isoformat()})
-    log.info("%s: champion %s -> %s (%s)", name, prev, version, reason)
-    return prev
-
-
-def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
-    """Restore the champion that the current one replaced; returns ``(from, to)``.
-
-    Raises ``ValueError`` when there is no champion or it has no recorded predecessor.
-    """
-    cur = alias_version(client, name, CHAMPION)
-    if cur is None:
-        raise ValueError(f"{name} has no champion to roll back")
-    prev = client.get_model_version(name, cur).tags.get(TAG_PREVIOUS)
-    if not prev:
-        raise ValueError(f"{name} v{cur} has no previous champion recorded")
-    _move_alias(client, name, CHAMPION, prev)
-    now = datetime.now(UTC).isoformat()
-    client.set_model_version_tag(name, cur, TAG_DECISION, "rolled_back")
-    client.set_model_version_tag(name, cur, TAG_REASON, f"rolled back to v{prev} at {now}")
-    _record(client, name, {"action": "rollback", "version": prev, "previous": cur,
-                           "reason": f"rollback from v{cur}", "at": now})
-    log.info("%s: rolled back champion %s -> %s", name, cur, prev)
-    return cur, prev
+# --- the decision, recorded in the registry ---------------------------------------------------
 
 
 def evaluate_and_promote(
@@ -302,8 +235,6 @@ def evaluate_and_promote(
     ``candidate_metrics`` skips re-scoring the candidate when the caller just evaluated it on
     the same ``ds``.  Tags described in the module docstring are written either way.
     """
-    from registry.tracking import client as make_client
-
     policy = policy or PromotionPolicy()
     client = make_client(settings, tracking_uri)
     name, version = settings.model_name, str(version)
@@ -316,25 +247,17 @@ def evaluate_and_promote(
         champ_m = evaluate_model(load_version(client, name, champ_v, tracking_uri), ds, policy)
     ok, reason = decide(candidate_metrics, champ_m, policy)
     d = Decision(version, ok, reason, candidate_metrics, champ_v, champ_m)
-    tags = {
-        TAG_DECISION: d.action,
-        TAG_REASON: reason,
-        TAG_METRICS: _json(candidate_metrics),
-        TAG_CHAMPION_METRICS: _json(champ_m),
-        TAG_COMPARED: champ_v or "none",
-        TAG_POLICY: _json(asdict(policy)),
-        TAG_DECIDED_AT: d.decided_at,
-    }
-    for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, v)
+    tag_decision(client, name, version, action=d.action, reason=reason,
+                 metrics=candidate_metrics, champion_metrics=champ_m, compared_with=champ_v,
+                 policy=asdict(policy), decided_at=d.decided_at)
     if ok:
         promote(client, name, version, reason)
     else:
         d.challenger = challenger and not guardrail_failures(candidate_metrics, policy)
         if d.challenger:
-            _move_alias(client, name, CHALLENGER, version)
-        _record(client, name, {"action": "rejected", "version": version, "previous": champ_v,
-                               "reason": reason, "at": d.decided_at,
-                               "challenger": d.challenger})
+            move_alias(client, name, CHALLENGER, version)
+        record_decision(client, name, {"action": "rejected", "version": version,
+                                       "previous": champ_v, "reason": reason,
+                                       "at": d.decided_at, "challenger": d.challenger})
     log.info("%s v%s %s: %s", name, version, d.action, reason)
     return d

@@ -1,36 +1,19 @@
-"""Registry status for the API's ``/models`` and ``eventops models list``.
+"""The challenger's shadow scores, for the API's ``/models`` and ``eventops models status``.
 
-:func:`model_status` is cheap (a handful of registry reads, no model loading) and never raises
-for a store without models: it reports what is there.  :func:`shadow_stats` summarises what the
-challenger scored in shadow (table ``shadow_scores``) for one tenant, next to the champion's
-batch score of the same windows; the API runs the same query (:data:`SHADOW_STATS_SQL`) on its
-async pool and shapes the row with :func:`shadow_summary`.
+:func:`shadow_stats` summarises what the challenger scored in shadow (table ``shadow_scores``)
+for one tenant, next to the champion's batch score of the same windows; the API runs the same
+query (:data:`SHADOW_STATS_SQL`) on its async pool and shapes the row with
+:func:`shadow_summary`.  What the registry holds (champion, challenger, versions) is
+:mod:`registry.status`.
 """
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any
-
-from registry.champion import CHALLENGER, CHAMPION, TAG_FEATURES, alias_version
-from training.promotion import (
-    TAG_COMPARED,
-    TAG_DECIDED_AT,
-    TAG_DECISION,
-    TAG_LAST_DECISION,
-    TAG_METRICS,
-    TAG_PREVIOUS,
-    TAG_REASON,
-)
-
-if TYPE_CHECKING:  # pragma: no cover
-    from core.settings import Settings
+from typing import Any
 
 __all__ = [
     "FEEDBACK_LABELS",
     "SHADOW_STATS_SQL",
-    "list_versions",
-    "model_status",
     "shadow_params",
     "shadow_stats",
     "shadow_summary",
@@ -76,74 +59,6 @@ FROM shadow_scores
 WHERE tenant_id = %(tenant)s AND model_version = %(version)s
   AND window_start >= now() - make_interval(secs => %(seconds)s)
 """
-
-
-def _loads(v: str | None) -> Any:
-    if not v:
-        return None
-    try:
-        return json.loads(v)
-    except ValueError:
-        return v
-
-
-def _version_info(mv: Any) -> dict[str, Any]:
-    t = mv.tags or {}
-    return {
-        "version": str(mv.version),
-        "run_id": mv.run_id,
-        "created_at": mv.creation_timestamp,
-        "aliases": sorted(getattr(mv, "aliases", []) or []),
-        "family": t.get("eventops.family"),
-        "features": _loads(t.get(TAG_FEATURES)),
-        "decision": t.get(TAG_DECISION),
-        "reason": t.get(TAG_REASON),
-        "compared_with": t.get(TAG_COMPARED),
-        "previous_champion": t.get(TAG_PREVIOUS),
-        "decided_at": t.get(TAG_DECIDED_AT),
-        "metrics": _loads(t.get(TAG_METRICS)),
-    }
-
-
-def model_status(settings: Settings, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Champion and challenger (version, metrics, decision tags) and the last decision.
-
-    Returns
-    -------
-    dict
-        ``{"name", "tracking": "postgresql" | "server", "champion": {...} | None,
-        "challenger": {...} | None, "last_decision": {...} | None, "versions": int}``.
-        Each model entry has ``version, run_id, created_at, aliases, family, features,
-        decision, reason, compared_with, previous_champion, decided_at, metrics``.
-    """
-    from mlflow.exceptions import MlflowException
-
-    from registry.tracking import client, is_server_uri, resolve_tracking_uri
-
-    c = client(settings, tracking_uri)
-    name = settings.model_name
-    out: dict[str, Any] = {
-        "name": name,
-        "tracking": "server" if is_server_uri(resolve_tracking_uri(settings, tracking_uri))
-        else "postgresql",
-        "champion": None,
-        "challenger": None,
-        "last_decision": None,
-        "versions": 0,
-    }
-    try:
-        rm = c.get_registered_model(name)
-    except MlflowException as e:
-        if getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-            return out
-        raise
-    out["last_decision"] = _loads(rm.tags.get(TAG_LAST_DECISION))
-    out["versions"] = len(c.search_model_versions(f"name = '{name}'", max_results=1000))
-    for alias in (CHAMPION, CHALLENGER):
-        v = alias_version(c, name, alias)
-        if v is not None:
-            out[alias] = _version_info(c.get_model_version(name, v))
-    return out
 
 
 def shadow_params(tenant: str, version: str, hours: float = 24.0,
@@ -206,21 +121,3 @@ def shadow_stats(conn: Any, tenant: str, version: str, hours: float = 24.0,
     row = conn.execute(SHADOW_STATS_SQL, params).fetchone()
     return shadow_summary(row, params)
 
-
-def list_versions(settings: Settings, tracking_uri: str | None = None) -> list[dict[str, Any]]:
-    """Every registered version (newest first) with its aliases and decision tags."""
-    from registry.tracking import client
-
-    c = client(settings, tracking_uri)
-    mvs = c.search_model_versions(f"name = '{settings.model_name}'", max_results=1000)
-    champ = alias_version(c, settings.model_name, CHAMPION) if mvs else None
-    chall = alias_version(c, settings.model_name, CHALLENGER) if mvs else None
-    out = []
-    for mv in sorted(mvs, key=lambda m: -int(m.version)):
-        info = _version_info(mv)
-        info["aliases"] = sorted(
-            {*info["aliases"]} | ({CHAMPION} if info["version"] == champ else set())
-            | ({CHALLENGER} if info["version"] == chall else set())
-        )
-        out.append(info)
-    return out

@@ -10,12 +10,12 @@ Each run logs: params (family, hyper-parameters, features, dataset sizes), metri
 candidate's backtest metrics on the labelled set, see :func:`training.promotion.evaluate_scores`,
 plus training time), the model (sklearn flavour, skops format with the project's estimator
 classes trusted, an explicit ``pip_requirements`` list so MLflow does not spend 5-8 s inferring
-it), its signature (window features in -> calibrated score out) and an input example.
+it), its signature (window features in -> calibrated score out) and an input example.  This
+module decides what is logged; the MLflow calls are :mod:`registry.runs`'s.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,8 +26,9 @@ import pandas as pd
 
 from features.windows import FEATURES
 from models.batch import BatchModel
-from registry.champion import TAG_FEATURES
-from registry.tracking import DEFAULT_EXPERIMENT, ensure_experiment, use
+from registry.client import DEFAULT_EXPERIMENT
+from registry.runs import log_and_register_model
+from registry.tags import TAG_FAMILY
 from training.datasets import WindowDataset
 from training.estimators import CalibratedDetector
 from training.promotion import Decision, PromotionPolicy, evaluate_and_promote, evaluate_model
@@ -45,14 +46,6 @@ SKOPS_TRUSTED = [
     "training.estimators.CalibratedDetector",
     "training.estimators.RobustZScore",
 ]
-
-
-def pip_requirements() -> list[str]:
-    """Pinned requirements of a logged model (what scoring it needs)."""
-    import importlib.metadata as md
-
-    pins = {"scikit-learn": "scikit-learn", "numpy": "numpy", "skops": "skops", "mlflow": "mlflow"}
-    return [f"{k}=={md.version(v)}" for k, v in pins.items()] + ["eventops"]
 
 
 @dataclass
@@ -120,16 +113,10 @@ def log_and_register(
 ) -> tuple[str, str]:
     """Log ``model`` with params/metrics/signature/example in a run and register it.
 
-    Returns ``(version, run_id)``; the version is tagged with its feature columns.
+    Returns ``(version, run_id)``; the version is tagged with its feature columns and family
+    (:func:`registry.runs.log_and_register_model` does the MLflow part).
     """
-    import mlflow
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
-    use(settings, tracking_uri)
-    exp_id = ensure_experiment(settings, experiment, tracking_uri)
     example = pd.DataFrame(ds.matrix(cfg.features)[:5], columns=list(cfg.features))
-    signature = infer_signature(example, model.estimator.predict(example))
     params = {
         "family": cfg.family,
         "features": ",".join(cfg.features),
@@ -141,26 +128,11 @@ def log_and_register(
         **{f"model_{k}": v for k, v in cfg.params.items()},
         **(extra_params or {}),
     }
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
-        mlflow.log_params(params)
-        if metrics:
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
-        info = mlflow.sklearn.log_model(
-            model.estimator,
-            name="model",
-            registered_model_name=settings.model_name,
-            signature=signature,
-            input_example=example,
-            pip_requirements=pip_requirements(),
-            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
-            skops_trusted_types=SKOPS_TRUSTED,
-        )
-        version = str(info.registered_model_version)
-    c = mlflow.MlflowClient(tracking_uri=mlflow.get_tracking_uri(),
-                            registry_uri=mlflow.get_registry_uri())
-    c.set_model_version_tag(settings.model_name, version, TAG_FEATURES, json.dumps(cfg.features))
-    c.set_model_version_tag(settings.model_name, version, "eventops.family", cfg.family)
-    return version, run.info.run_id
+    return log_and_register_model(
+        settings, model.estimator, features=cfg.features, example=example, params=params,
+        metrics=metrics, version_tags={TAG_FAMILY: cfg.family}, skops_trusted=SKOPS_TRUSTED,
+        tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
+    )  # fmt: skip
 
 
 def train_and_register(

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from core.settings import REPO_ROOT, Settings
-from storage import db
+from storage.connect import connect
+from storage.migrate import migrate
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -23,13 +24,13 @@ def e2e_settings() -> Iterator[Settings]:
     base = Settings()
     name = f"eventops_e2e_{uuid.uuid4().hex[:8]}"
     try:
-        admin = db.connect(base, autocommit=True)
+        admin = connect(base, autocommit=True)
     except Exception as e:  # pragma: no cover
         pytest.fail(f"PostgreSQL not running ({e}); `make test` starts it")
     admin.execute(f'CREATE DATABASE "{name}"')
     s = base.model_copy(update={"pg_database": name, "sse_heartbeat_s": 1.0})
-    with db.connect(s) as conn:
-        db.migrate(conn)
+    with connect(s) as conn:
+        migrate(conn)
     yield s
     admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()

@@ -12,7 +12,9 @@ import pytest
 
 from pipeline.runner import Bus, EmbeddedPipeline
 from pipeline.simulate import Simulator
-from storage import db
+from storage.connect import connect
+from storage.inventory import set_inventory
+from storage.tenants import create_tenant
 from tests.integration.api_support import Api, make_key, raw_event
 from tests.integration.conftest import wait_for
 
@@ -23,10 +25,10 @@ pytestmark = pytest.mark.e2e
 def demo(e2e_settings):
     s = e2e_settings
     tenant = "demo-e2e"
-    conn = db.connect(s, autocommit=True)
-    db.create_tenant(conn, tenant, "Browser test")
+    conn = connect(s, autocommit=True)
+    create_tenant(conn, tenant, "Browser test")
     for i in range(6):
-        db.set_inventory(conn, tenant, f"host-{i:03d}", {"team": "payments", "env": "prod"})
+        set_inventory(conn, tenant, f"host-{i:03d}", {"team": "payments", "env": "prod"})
     bus = Bus()
     pipe = EmbeddedPipeline(s, bus, source="e2e")
     # one hour of history, no injected anomaly yet: the page opens onto quiet hosts

@@ -16,7 +16,8 @@ from core.records import AlertEvent
 from core.settings import Settings
 from serving import auth
 from serving.config import ServingSettings
-from storage import db
+from storage.connect import connect
+from storage.sink import Sink
 from tests.integration.conftest import wait_for
 
 
@@ -136,7 +137,7 @@ def store_alerts(s: Settings, events: list[AlertEvent]) -> tuple[int, list[Alert
     """Store alert events through the sink, as the pipeline does; returns the stored ones."""
     from core.batch import MetricBatch
 
-    with db.connect(s) as c:
-        n, stored = db.Sink(c).write(MetricBatch.empty(), events)
-        db.Sink(c).mark_published([e.seq for e in stored])
+    with connect(s) as c:
+        n, stored = Sink(c).write(MetricBatch.empty(), events)
+        Sink(c).mark_published([e.seq for e in stored])
     return n, stored

@@ -23,7 +23,9 @@ from confluent_kafka import Consumer
 
 from core.settings import REPO_ROOT, Settings
 from pipeline import kafka as kq
-from storage import db
+from storage.connect import connect
+from storage.migrate import migrate
+from storage.tenants import create_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -58,13 +60,13 @@ def base_settings() -> Settings:
 def test_db(base_settings: Settings) -> Iterator[str]:
     name = f"eventops_test_{uuid.uuid4().hex[:8]}"
     try:
-        admin = db.connect(base_settings, autocommit=True)
+        admin = connect(base_settings, autocommit=True)
     except Exception as e:  # pragma: no cover - a clear message instead of a skip
         pytest.fail(f"PostgreSQL not running ({e}); `make test` starts it")
     admin.execute(f'CREATE DATABASE "{name}"')
     s = base_settings.model_copy(update={"pg_database": name})
-    with db.connect(s) as conn:
-        db.migrate(conn)
+    with connect(s) as conn:
+        migrate(conn)
     yield name
     admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()
@@ -97,19 +99,19 @@ def settings(base_settings: Settings, test_db: str, tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def mlflow_settings(base_settings: Settings, tmp_path_factory) -> Iterator[Settings]:
     """Settings of a scratch PostgreSQL-backed MLflow store (tests name their own models)."""
-    from registry import tracking
+    from registry import scratch
 
-    s = tracking.create_scratch_store(base_settings)
+    s = scratch.create_scratch_store(base_settings)
     s = s.model_copy(update={"mlflow_artifacts": tmp_path_factory.mktemp("mlruns")})
     yield s
-    tracking.drop_scratch_store(s)
+    scratch.drop_scratch_store(s)
 
 
 @pytest.fixture
 def two_dbs(base_settings):
     """Names of two fresh, empty databases (migrated by the test), dropped afterwards."""
     names = [f"eventops_test_{uuid.uuid4().hex[:8]}" for _ in range(2)]
-    admin = db.connect(base_settings, autocommit=True)
+    admin = connect(base_settings, autocommit=True)
     for name in names:
         admin.execute(f'CREATE DATABASE "{name}"')
     yield names
@@ -120,7 +122,7 @@ def two_dbs(base_settings):
 
 @pytest.fixture
 def conn(settings: Settings) -> Iterator[psycopg.Connection]:
-    c = db.connect(settings, autocommit=True)
+    c = connect(settings, autocommit=True)
     yield c
     c.close()
 
@@ -128,7 +130,7 @@ def conn(settings: Settings) -> Iterator[psycopg.Connection]:
 @pytest.fixture
 def tenant(conn) -> str:
     t = f"tn{uuid.uuid4().hex[:8]}"
-    db.create_tenant(conn, t)
+    create_tenant(conn, t)
     return t
 
 

@@ -29,7 +29,8 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from core.settings import REPO_ROOT, Settings
 from pipeline import kafka as kq
-from storage import db
+from storage.connect import connect
+from storage.migrate import migrate
 
 SERVICES = REPO_ROOT / "scripts" / "services.sh"
 
@@ -106,8 +107,8 @@ class PrivateServices:
 
     def up(self) -> None:
         self.run("up", timeout=400)
-        with db.connect(self.settings) as conn:
-            db.migrate(conn)
+        with connect(self.settings) as conn:
+            migrate(conn)
         kq.wait_for_broker(self.settings, timeout=60)
 
     def reset(self) -> None:

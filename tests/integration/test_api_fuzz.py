@@ -33,7 +33,8 @@ import uuid
 import pytest
 
 from pipeline.runner import Bus
-from storage import db
+from storage.connect import connect
+from storage.tenants import create_tenant
 from tests.integration.api_support import Api, make_key, seed
 
 pytestmark = pytest.mark.integration
@@ -59,9 +60,9 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 401, 403, 404
 @pytest.fixture(scope="module")
 def fuzz_api(base_settings, test_db):
     s = base_settings.model_copy(update={"pg_database": test_db})
-    conn = db.connect(s, autocommit=True)
+    conn = connect(s, autocommit=True)
     tenant = f"tf{uuid.uuid4().hex[:8]}"
-    db.create_tenant(conn, tenant)
+    create_tenant(conn, tenant)
     seed(s, conn, tenant, "FUZZ", hosts=("host-a", "host-b"))
     api = Api(s, bus=Bus())
     api.keys = {"admin": make_key(conn, tenant, "admin"), "ingest": make_key(conn, tenant, "ingest")}

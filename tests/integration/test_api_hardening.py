@@ -9,7 +9,8 @@ import pytest
 
 from pipeline.runner import Bus
 from serving.config import ServingSettings
-from storage import db
+from storage.connect import connect
+from storage.tenants import create_tenant
 from tests.integration.api_support import Api, hdr, make_key
 
 pytestmark = pytest.mark.integration
@@ -18,9 +19,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def hard(base_settings, test_db):
     s = base_settings.model_copy(update={"pg_database": test_db})
-    conn = db.connect(s, autocommit=True)
+    conn = connect(s, autocommit=True)
     tenant = f"th{uuid.uuid4().hex[:8]}"
-    db.create_tenant(conn, tenant)
+    create_tenant(conn, tenant)
     api = Api(s, bus=Bus(), serving=ServingSettings(
         _env_file=None, rate_limit_rps=1, rate_limit_burst=3, max_request_bytes=2000,
         cors_origins="https://ops.example.com"))

@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from pipeline.runner import Bus
-from storage import db
+from storage.connect import connect
+from storage.tenants import create_tenant
 from tests.integration.api_support import Api, hdr, make_key, seed
 from tests.integration.conftest import consume_all
 
@@ -26,9 +27,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def w(base_settings, test_db):
     s = base_settings.model_copy(update={"pg_database": test_db})
-    conn = db.connect(s, autocommit=True)
+    conn = connect(s, autocommit=True)
     tenant = f"ti{uuid.uuid4().hex[:8]}"
-    db.create_tenant(conn, tenant)
+    create_tenant(conn, tenant)
     seeded = seed(s, conn, tenant, "INP", hosts=("host-a", "host-b"))
     api = Api(s, bus=Bus())
     api.s, api.conn, api.tenant, api.alerts = s, conn, tenant, seeded["alerts"]

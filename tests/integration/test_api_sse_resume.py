@@ -17,7 +17,8 @@ import pytest
 from core.records import AlertEvent
 from pipeline.runner import Bus, EmbeddedPipeline
 from serving.broadcast import Broadcaster
-from storage import db
+from storage.connect import connect, count_rows
+from storage.tenants import create_tenant
 from tests.integration.api_support import Api, alert_event, hdr, make_key, raw_event, store_alerts
 from tests.integration.conftest import SseClient, wait_for
 
@@ -27,10 +28,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def env(base_settings, test_db):
     s = base_settings.model_copy(update={"pg_database": test_db, "sse_heartbeat_s": 0.5})
-    conn = db.connect(s, autocommit=True)
+    conn = connect(s, autocommit=True)
     tenant, other = f"tr{uuid.uuid4().hex[:8]}", f"to{uuid.uuid4().hex[:8]}"
-    db.create_tenant(conn, tenant)
-    db.create_tenant(conn, other)
+    create_tenant(conn, tenant)
+    create_tenant(conn, other)
     bus = Bus()
     pipe = EmbeddedPipeline(s, bus, source=f"resume-{uuid.uuid4().hex[:6]}")
     api = Api(s, bus=bus)
@@ -89,7 +90,7 @@ def test_resume_while_alerts_keep_arriving_has_no_gap_and_no_duplicate(env):
 
     t = threading.Thread(target=produce)
     t.start()
-    wait_for(lambda: db.count_rows(conn, "alert_events", "tenant_id = %s", (tenant,)) >= 10, 10)
+    wait_for(lambda: count_rows(conn, "alert_events", "tenant_id = %s", (tenant,)) >= 10, 10)
     c = SseClient(api.url + f"/alerts/stream?last_event_id={start}&key={key}")
     t.join(30)
     assert done.is_set()

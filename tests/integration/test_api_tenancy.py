@@ -16,7 +16,8 @@ from psycopg.types.json import Jsonb
 
 from pipeline.runner import Bus
 from serving import auth
-from storage import db
+from storage.connect import connect, count_rows
+from storage.tenants import create_tenant
 from tests.integration.api_support import Api, alert_event, hdr, make_key, seed, store_alerts
 from tests.integration.conftest import SseClient, wait_for
 
@@ -35,9 +36,9 @@ def world(base_settings, test_db):
     sfx = uuid.uuid4().hex[:6]
     w.a, w.b = f"ta{sfx}", f"tb{sfx}"
     w.mark_a, w.mark_b = f"MARKA{sfx}", f"MARKB{sfx}"
-    conn = db.connect(s, autocommit=True)
+    conn = connect(s, autocommit=True)
     for t in (w.a, w.b):
-        db.create_tenant(conn, t)
+        create_tenant(conn, t)
     w.seed_a = seed(s, conn, w.a, w.mark_a, hosts=("host-a", f"only-{w.a}"))
     w.seed_b = seed(s, conn, w.b, w.mark_b, hosts=("host-a", f"only-{w.b}"))
     w.keys = {(t, sc): make_key(conn, t, sc) for t in (w.a, w.b) for sc in auth.SCOPES}
@@ -160,7 +161,7 @@ def test_other_tenants_ids_answer_404(world, ep):
         assert r.status_code == 404, (r.status_code, r.body)
         assert w.mark_b not in r.body
     # nothing of B changed (feedback, inventory)
-    assert db.count_rows(w.conn, "feedback", "tenant_id = %s", (w.b,)) == 1
+    assert count_rows(w.conn, "feedback", "tenant_id = %s", (w.b,)) == 1
     assert w.conn.execute("SELECT 1 FROM inventory WHERE tenant_id = %s AND source_id = %s",
                           (w.b, ids(w, w.b)["source"])).fetchone()
 

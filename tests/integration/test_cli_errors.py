@@ -20,7 +20,8 @@ import orjson
 import pytest
 
 from core.settings import REPO_ROOT
-from storage import db
+from storage.inventory import load_inventory
+from storage.tenants import load_tenants
 from tests.integration.conftest import consume_all, settings_env, wait_for
 
 BOUND_S = 10.0  # "Kafka/PostgreSQL unreachable -> a clear error within 10 s"
@@ -92,20 +93,20 @@ def test_worker_unknown_stage_is_one_line_exit_2(env):
 def test_tenants_create_invalid_id_is_one_line_exit_2(env, conn, tenant_id):
     r = eventops(["tenants", "create", tenant_id], env)
     one_line_error(r, 2, "invalid tenant id")
-    assert tenant_id not in db.load_tenants(conn)
+    assert tenant_id not in load_tenants(conn)
 
 
 def test_inventory_set_unknown_tenant_names_tenants_create(env, conn):
     ghost = f"ghost{uuid.uuid4().hex[:6]}"
     r = eventops(["inventory", "set", ghost, "host-a", "team=payments"], env)
     one_line_error(r, 4, ghost, f"eventops tenants create {ghost}")
-    assert all(t != ghost for t, _ in db.load_inventory(conn))
+    assert all(t != ghost for t, _ in load_inventory(conn))
 
 
 def test_inventory_set_invalid_host_is_refused(env, tenant, conn):
     r = eventops(["inventory", "set", tenant, "bad host", "team=payments"], env)
     one_line_error(r, 2, "bad_field")
-    assert (tenant, "bad host") not in db.load_inventory(conn)
+    assert (tenant, "bad host") not in load_inventory(conn)
 
 
 def test_invalid_setting_is_one_line_exit_3(env):

@@ -9,7 +9,9 @@ import signal
 import orjson
 import pytest
 
-from storage import db
+from storage.connect import connect, count_rows
+from storage.migrate import migrate
+from storage.tenants import create_tenant
 from tests.integration.conftest import consume_all, group_lag, produce_sim, spawn_worker, wait_for
 
 CHAIN = "normalize,enrich,detect,sink"
@@ -20,11 +22,11 @@ def test_windows_scores_and_anomaly_alerts_flow_to_postgres_and_score_topic(sett
     settings = settings.model_copy(update={"window_s": 20.0, "allowed_lateness_s": 10.0})
     sim, n = produce_sim(settings, tenant, hosts=6, ticks=720, anomaly_rate=0.01)
     start_worker(CHAIN, settings)
-    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == n, 60, what="metrics")
+    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == n, 60, what="metrics")
     # 720 ticks of 10 s = 360 windows of 20 s per series; all but the still-open last ones close
-    nwin = wait_for(lambda: db.count_rows(conn, "scores", "tenant_id = %s", (tenant,)) >= 6 * 4 * 358
-                    and db.count_rows(conn, "scores", "tenant_id = %s", (tenant,)), 60, what="scores")
-    assert db.count_rows(conn, "features", "tenant_id = %s", (tenant,)) == nwin
+    nwin = wait_for(lambda: count_rows(conn, "scores", "tenant_id = %s", (tenant,)) >= 6 * 4 * 358
+                    and count_rows(conn, "scores", "tenant_id = %s", (tenant,)), 60, what="scores")
+    assert count_rows(conn, "features", "tenant_id = %s", (tenant,)) == nwin
     row = conn.execute("SELECT count, mean, std, min, max FROM features WHERE tenant_id = %s AND metric = 'cpu_load'"
                        " ORDER BY window_start LIMIT 1 OFFSET 30", (tenant,)).fetchone()  # past the partial first windows
     assert row[0] == 2 and row[3] <= row[1] <= row[4] and row[2] >= 0
@@ -81,16 +83,16 @@ def test_interrupted_detect_worker_gives_tables_of_an_uninterrupted_run(
             "pg_database": dbname, "checkpoint_interval_s": checkpoint_s,
             "batch_max_events": 1500, "consumer_group_prefix": f"{settings.consumer_group_prefix}-{label}",
         })
-        with db.connect(s, autocommit=True) as c:
-            db.migrate(c)
-            db.create_tenant(c, tenant)
+        with connect(s, autocommit=True) as c:
+            migrate(c)
+            create_tenant(c, tenant)
         runs[label] = s
     s0 = runs["clean"]
     _, n = produce_sim(s0, tenant, hosts=20, ticks=360, seed=5, anomaly_rate=0.01)  # 28.8k events
 
     def count(s, table="metrics"):
-        with db.connect(s, autocommit=True) as c:
-            return db.count_rows(c, table)
+        with connect(s, autocommit=True) as c:
+            return count_rows(c, table)
 
     def run_to_end(s, log, kill_at=None):
         w = spawn_worker(s, CHAIN, log)
@@ -120,9 +122,9 @@ def test_interrupted_detect_worker_gives_tables_of_an_uninterrupted_run(
     run_to_end(runs["clean"], tmp_path / "clean.log")
     if interruption == "kill -9":
         run_to_end(runs["killed"], tmp_path / "k1.log", kill_at=n // 3)
-        with db.connect(runs["killed"], autocommit=True) as c:
-            assert db.count_rows(c, "checkpoints") > 0
-            mid = db.count_rows(c, "metrics")
+        with connect(runs["killed"], autocommit=True) as c:
+            assert count_rows(c, "checkpoints") > 0
+            mid = count_rows(c, "metrics")
             if checkpoint_s > 60:  # one checkpoint per partition, written with its first commit
                 first = c.execute("SELECT min(next_offset) FROM checkpoints").fetchone()[0]
                 assert first <= 1500
@@ -132,9 +134,9 @@ def test_interrupted_detect_worker_gives_tables_of_an_uninterrupted_run(
         run_to_end(runs["killed"], tmp_path / "k1.log", kill_at=n // 3)
         assert "offset commit refused" in (tmp_path / "k1.log").read_text()
 
-    with db.connect(runs["clean"], autocommit=True) as a, db.connect(runs["killed"], autocommit=True) as b:
+    with connect(runs["clean"], autocommit=True) as a, connect(runs["killed"], autocommit=True) as b:
         sa, sb = _snapshot(a), _snapshot(b)
-        assert db.count_rows(a, "metrics") == db.count_rows(b, "metrics") == n
+        assert count_rows(a, "metrics") == count_rows(b, "metrics") == n
     assert len(sa[0]) > 20 * 4 * 50
     assert sa[0] == sb[0], "scores differ"
     assert sa[1] == sb[1], "alerts differ: " + repr([(x, y) for x, y in zip(sa[1], sb[1], strict=False) if x != y][:3])
@@ -158,9 +160,9 @@ def test_a_checkpoint_ahead_of_the_groups_commit_is_committed_on_restore(setting
 
     s = settings.model_copy(update={"pg_database": two_dbs[0], "checkpoint_interval_s": 0.5,
                                     "consumer_group_prefix": f"{settings.consumer_group_prefix}-ahead"})
-    with db.connect(s, autocommit=True) as c:
-        db.migrate(c)
-        db.create_tenant(c, "ahead")
+    with connect(s, autocommit=True) as c:
+        migrate(c)
+        create_tenant(c, "ahead")
     _, n = produce_sim(s, "ahead", hosts=4, ticks=60, seed=3)
 
     def drain(log):
@@ -174,9 +176,9 @@ def test_a_checkpoint_ahead_of_the_groups_commit_is_committed_on_restore(setting
             assert w.wait(30) == 0, log.read_text()[-3000:]
 
     drain(tmp_path / "w1.log")
-    with db.connect(s, autocommit=True) as c:
+    with connect(s, autocommit=True) as c:
         cps = dict(c.execute("SELECT partition, next_offset FROM checkpoints").fetchall())
-        assert db.count_rows(c, "metrics") == n
+        assert count_rows(c, "metrics") == n
     assert cps, "no checkpoint written"
     # the commits are lost: the group's offsets go back to the start, the checkpoints stay
     group = f"{s.consumer_group_prefix}-{CHAIN.replace(',', '-')}"
@@ -186,6 +188,6 @@ def test_a_checkpoint_ahead_of_the_groups_commit_is_committed_on_restore(setting
     assert group_lag(s, CHAIN) == n
     drain(tmp_path / "w2.log")
     assert "committing restored checkpoint offsets" in (tmp_path / "w2.log").read_text()
-    with db.connect(s, autocommit=True) as c:
-        assert db.count_rows(c, "metrics") == n
+    with connect(s, autocommit=True) as c:
+        assert count_rows(c, "metrics") == n
         assert dict(c.execute("SELECT partition, next_offset FROM checkpoints").fetchall()) == cps

@@ -10,7 +10,8 @@ import time
 import orjson
 
 from pipeline import kafka as kq
-from storage import db
+from storage.connect import count_rows
+from storage.tenants import create_tenant
 from tests.integration.conftest import consume_all, group_lag, spawn_worker, wait_for
 
 CHAIN = "normalize,enrich,detect,sink"
@@ -61,13 +62,13 @@ def test_bad_input_goes_to_dlq_with_reason_and_good_events_of_the_batch_are_stor
         assert h["source.topic"].decode() == settings.topic_raw
         assert int(h["source.offset"]) >= 0 and h["detail"]
     assert got == bad  # original bytes, one reason each
-    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 2, 30,
+    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 2, 30,
              what="the two good events")
 
     # the worker is still alive and keeps consuming
     kq.produce_all(p, settings.topic_raw, [good(tenant, 2)], [f"{tenant}|h"])
     kq.flush(p)
-    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 3, 30,
+    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 3, 30,
              what="an event after the bad ones")
     assert w.thread.is_alive() and w.error is None
     assert w.worker.stats.dead == len(bad)
@@ -82,7 +83,7 @@ def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(settings
     s = settings.model_copy(update={"batch_max_events": 2000})
     log = tmp_path / "worker.log"
 
-    count = lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,))  # noqa: E731
+    count = lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,))  # noqa: E731
     w1 = spawn_worker(s, CHAIN, log)
     try:
         wait_for(lambda: count() >= 15_000 or w1.poll() is not None, 90, what="first rows")
@@ -128,12 +129,12 @@ def test_events_of_a_tenant_created_after_the_worker_started_are_stored_not_dead
     p = kq.producer(s)
     kq.produce_all(p, s.topic_raw, [good(tenant, 0)], [f"{tenant}|h0"])
     kq.flush(p)
-    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 1, 30,
+    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 1, 30,
              what="the worker running")
     late = f"tn{uuid.uuid4().hex[:8]}"
-    db.create_tenant(conn, late)  # after the worker loaded its tenants
+    create_tenant(conn, late)  # after the worker loaded its tenants
     raws = [good(late, i) for i in range(20)]
     kq.produce_all(p, s.topic_raw, raws, [f"{late}|h{i % 7}" for i in range(20)])
     kq.flush(p)
-    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (late,)) == 20, 30,
+    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (late,)) == 20, 30,
              what="the new tenant's events stored (none dead-lettered)")

@@ -7,7 +7,7 @@ import time
 from core.records import AlertEvent
 from pipeline.runner import Bus, EmbeddedPipeline
 from pipeline.simulate import Simulator
-from storage import db
+from storage.connect import count_rows
 
 
 def test_embedded_pipeline_stores_simulated_metrics_and_alerts(settings, conn, tenant):
@@ -22,10 +22,10 @@ def test_embedded_pipeline_stores_simulated_metrics_and_alerts(settings, conn, t
         pipe.feed(evs + [b"{oops"])
         total += len(evs)
     pipe.close()
-    assert db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == total
-    assert db.count_rows(conn, "dead_letters", "reason = 'bad_json'") >= 300
+    assert count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == total
+    assert count_rows(conn, "dead_letters", "reason = 'bad_json'") >= 300
     assert any(a.kind == "cpu_spike" for a in sim.anomalies)
-    alerts = db.count_rows(conn, "alerts", "tenant_id = %s", (tenant,))
+    alerts = count_rows(conn, "alerts", "tenant_id = %s", (tenant,))
     assert alerts > 0
     opened = [e for e in seen if e.kind == "open"]
     assert len(opened) == alerts and all(e.tenant_id == tenant for e in seen)
@@ -41,7 +41,7 @@ def test_embedded_replay_writes_nothing_twice(settings, conn, tenant):
     total, distinct = conn.execute(
         "SELECT count(*), count(DISTINCT event_id) FROM metrics WHERE tenant_id = %s", (tenant,)).fetchone()
     assert total == distinct == len(evs)
-    a1 = db.count_rows(conn, "alert_events", "tenant_id = %s", (tenant,))
+    a1 = count_rows(conn, "alert_events", "tenant_id = %s", (tenant,))
     assert a1 > 0
 
 

@@ -9,7 +9,8 @@ import uuid
 from confluent_kafka import Consumer, TopicPartition
 
 from pipeline import kafka as kq
-from storage import db
+from storage.connect import count_rows
+from storage.tenants import create_tenant
 from tests.integration.conftest import group_lag, wait_for
 from tests.unit.test_event_time import events
 
@@ -29,8 +30,8 @@ def test_tenant_a_stamping_now_plus_290s_does_not_make_tenant_b_late_through_kaf
     settings, conn, start_worker
 ):
     a, b = f"ta{uuid.uuid4().hex[:8]}", f"tb{uuid.uuid4().hex[:8]}"
-    db.create_tenant(conn, a)
-    db.create_tenant(conn, b)
+    create_tenant(conn, a)
+    create_tenant(conn, b)
     now = time.time()
     p = kq.producer(settings)
     start_worker(CHAIN, settings)
@@ -42,12 +43,12 @@ def test_tenant_a_stamping_now_plus_290s_does_not_make_tenant_b_late_through_kaf
 
     # A's event first, processed on its own (as in the report), then B's on-time events
     send(f"{a}|web-1", events(a, "web-1", [now + 290.0]))
-    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (a,)) == 1, 60,
+    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (a,)) == 1, 60,
              what="tenant A's event stored")
     send(f"{b}|db-1", events(b, "db-1", [now - 100.0 + i for i in range(100)]))
-    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (b,)) == 100
+    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (b,)) == 100
              or _records(settings, settings.topic_dlq), 60, what="tenant B's events stored")
     wait_for(lambda: group_lag(settings, CHAIN) == 0, 30, what="offsets committed")
     # committed after the batch's dead letters were produced: none were
-    assert db.count_rows(conn, "metrics", "tenant_id = %s", (b,)) == 100
+    assert count_rows(conn, "metrics", "tenant_id = %s", (b,)) == 100
     assert _records(settings, settings.topic_dlq) == 0

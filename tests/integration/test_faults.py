@@ -33,7 +33,10 @@ import pytest
 
 from pipeline import kafka as kq
 from pipeline.stages import normalize
-from storage import db
+from storage.connect import connect
+from storage.inventory import set_inventory
+from storage.migrate import migrate
+from storage.tenants import create_tenant
 from tests.integration.conftest import ThreadWorker, group_lag, settings_env, wait_for
 from tests.integration.faults_support import (
     PrivateServices,
@@ -78,7 +81,7 @@ def services(base_settings, tmp_path_factory):
 
 def _rows(s, tenant: str) -> tuple[int, int]:
     """(rows, distinct event ids) of ``tenant``, on a connection of its own (outages break them)."""
-    with db.connect(s, autocommit=True) as c:
+    with connect(s, autocommit=True) as c:
         n, d = c.execute("SELECT count(*), count(DISTINCT event_id) FROM metrics WHERE tenant_id = %s",
                          (tenant,)).fetchone()
     return int(n), int(d)
@@ -129,10 +132,10 @@ def test_worker_rides_out_outages_kills_and_poison_and_loses_nothing(services, t
     })
     kq.create_topics(s)
     tenant_a, tenant_b = f"tna{uuid.uuid4().hex[:6]}", f"tnb{uuid.uuid4().hex[:6]}"
-    with db.connect(s, autocommit=True) as conn:
+    with connect(s, autocommit=True) as conn:
         for t in (tenant_a, tenant_b):
-            db.create_tenant(conn, t)
-            db.set_inventory(conn, t, "host-0", {"team": f"team-{t}", "env": "prod"})
+            create_tenant(conn, t)
+            set_inventory(conn, t, "host-0", {"team": f"team-{t}", "env": "prod"})
     env = settings_env(s)
     log_path = tmp_path / "worker.log"
     logs = lambda: log_path.read_text(errors="replace")[-4000:]  # noqa: E731
@@ -223,7 +226,7 @@ def test_worker_rides_out_outages_kills_and_poison_and_loses_nothing(services, t
             except Exception:  # noqa: BLE001 - the test already failed; keep its error
                 pass
 
-    with db.connect(s, autocommit=True) as conn:
+    with connect(s, autocommit=True) as conn:
         _check_stored_dlq_and_replay(s, conn, cases, delivered, want, tenant_a, tenant_b, measured)
     measured["runtime_s"] = round(time.monotonic() - t_start, 1)
     os.makedirs(OUTPUT, exist_ok=True)
@@ -268,11 +271,11 @@ def _check_stored_dlq_and_replay(s, conn, cases, delivered, want, tenant_a, tena
         **{f"topic_{k}": f"ref-{sfx}-{k}" for k in ("metric", "enriched", "score", "alert", "dlq")},
     })
     kq.create_topics(ref)
-    with db.connect(ref, autocommit=True) as rc:
-        db.migrate(rc)
+    with connect(ref, autocommit=True) as rc:
+        migrate(rc)
         for t in (tenant_a, tenant_b):
-            db.create_tenant(rc, t)
-            db.set_inventory(rc, t, "host-0", {"team": f"team-{t}", "env": "prod"})
+            create_tenant(rc, t)
+            set_inventory(rc, t, "host-0", {"team": f"team-{t}", "env": "prod"})
         w = ThreadWorker(ref, CHAIN)
         try:
             wait_for(lambda: all(_rows(ref, t)[0] >= want[t] for t in want), 120, interval=0.5,
@@ -296,8 +299,8 @@ def test_api_answers_503_while_postgres_restarts_and_serves_again_without_a_rest
     s = services.settings.model_copy(update={"consumer_group_prefix": f"api-{uuid.uuid4().hex[:6]}"})
     kq.create_topics(s)
     tenant = f"tnapi{uuid.uuid4().hex[:6]}"
-    with db.connect(s, autocommit=True) as c:
-        db.create_tenant(c, tenant)
+    with connect(s, autocommit=True) as c:
+        create_tenant(c, tenant)
         key = make_key(c, tenant)
     api = Api(s)
     bound = api.app.state.serving.db_pool_timeout_s + 1.0
@@ -349,7 +352,7 @@ def test_adminshutdown_in_mark_published_or_the_sink_does_not_end_the_worker(set
     turn); the worker reconnects, retries the same step, and nothing is lost, doubled or left
     unpublished."""
     seq, fn = f"fault_{tenant}", f"fault_{tenant}_fn"
-    with db.connect(settings, autocommit=True) as c:
+    with connect(settings, autocommit=True) as c:
         c.execute(f"CREATE SEQUENCE {seq}")  # not rolled back with the killed transaction
         c.execute(f"""CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
@@ -378,7 +381,7 @@ def test_adminshutdown_in_mark_published_or_the_sink_does_not_end_the_worker(set
                          what="the worker caught up")
                 pids = [c.info.backend_pid for c in (worker.conn, worker.sink.conn) if not c.closed]
                 killed.update(pids)
-                with db.connect(settings, autocommit=True) as c:
+                with connect(settings, autocommit=True) as c:
                     c.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
         wait_for(lambda: _rows(settings, tenant)[0] >= sent, 60, interval=0.3, what="every event stored")
         wait_for(lambda: group_lag(settings, CHAIN) == 0, 60, what="offsets committed")
@@ -386,14 +389,14 @@ def test_adminshutdown_in_mark_published_or_the_sink_does_not_end_the_worker(set
         assert w.thread.is_alive() and w.error is None
         assert _rows(settings, tenant) == (sent, sent)
         assert worker.sink.conn.info.backend_pid not in killed  # it reconnected
-        with db.connect(settings, autocommit=True) as c:
+        with connect(settings, autocommit=True) as c:
             kills = c.execute(f"SELECT last_value FROM {seq}").fetchone()[0]
             events = c.execute("SELECT count(*) FROM alert_events WHERE tenant_id = %s",
                                (tenant,)).fetchone()[0]
         assert kills >= 4, "mark_published was not interrupted 3 times"
         assert events > 0
     finally:
-        with db.connect(settings, autocommit=True) as c:
+        with connect(settings, autocommit=True) as c:
             c.execute(f"DROP TRIGGER IF EXISTS {fn} ON alert_events")
             c.execute(f"DROP FUNCTION IF EXISTS {fn}()")
             c.execute(f"DROP SEQUENCE IF EXISTS {seq}")
@@ -407,6 +410,6 @@ def _event(tenant: str, h: int, tick: int, value: float) -> tuple[str, bytes]:
 
 
 def _unpublished(s, tenant: str) -> int:
-    with db.connect(s, autocommit=True) as c:
+    with connect(s, autocommit=True) as c:
         return c.execute("SELECT count(*) FROM alert_events WHERE tenant_id = %s AND"
                          " published_at IS NULL", (tenant,)).fetchone()[0]

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import kafka as kq
 from pipeline.simulate import Simulator
-from storage import db
+from storage.connect import count_rows
 from tests.integration.conftest import nab_dir, wait_for
 
 CHAIN = "normalize,enrich,detect,sink"
@@ -21,9 +21,9 @@ def store(mlflow_settings):
 
 
 def test_detect_worker_swaps_champion_within_10s_without_losing_events(settings, conn, tenant, store, start_worker):
-    from registry.tracking import client
+    from registry.aliases import promote
+    from registry.client import client
     from training import datasets
-    from training.promotion import promote
     from training.train import TrainConfig, train_and_register
 
     ds = datasets.from_csv(nab_dir() / "data" / "artificialWithAnomaly", nab_dir() / "windows.json")
@@ -60,7 +60,7 @@ def test_detect_worker_swaps_champion_within_10s_without_losing_events(settings,
             (tenant, t))}
 
     send(100)
-    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == sent, 60, what="first half")
+    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == sent, 60, what="first half")
     assert versions_after(0) == {v1}
 
     t_alias = time.monotonic()
@@ -69,7 +69,7 @@ def test_detect_worker_swaps_champion_within_10s_without_losing_events(settings,
     swap_s = time.monotonic() - t_alias
     boundary = sim.start + sim.tick * sim.interval  # windows from here on are scored after the swap
     send(100)
-    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == sent, 60, what="second half")
+    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == sent, 60, what="second half")
     wait_for(lambda: versions_after(boundary + 40) == {v2}, 30, what="scores by the new champion")
     before = conn.execute("SELECT DISTINCT model_version FROM scores WHERE tenant_id = %s AND window_end <= to_timestamp(%s)",
                           (tenant, boundary - 20)).fetchall()
@@ -94,10 +94,10 @@ def test_a_starting_worker_scores_its_first_windows_with_the_champion(settings, 
     loaded, so no window is scored without it (as none would be in an uninterrupted run)."""
     import signal
 
-    from registry.tracking import client
+    from registry.aliases import promote
+    from registry.client import client
     from tests.integration.conftest import produce_sim, spawn_worker
     from training import datasets
-    from training.promotion import promote
     from training.train import TrainConfig, train_and_register
 
     st = store.model_copy(update={"model_name": f"start-{uuid.uuid4().hex[:8]}"})
@@ -113,11 +113,11 @@ def test_a_starting_worker_scores_its_first_windows_with_the_champion(settings, 
     log = tmp_path / "worker.log"
     w = spawn_worker(s, CHAIN, log)
     try:
-        wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == sent
+        wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == sent
                  or w.poll() is not None, 90, what="all rows")
         assert w.poll() is None, log.read_text()[-3000:]
         # 150 ticks of 10 s = 75 windows of 20 s per series, all but the open last one closed
-        wait_for(lambda: db.count_rows(conn, "scores", "tenant_id = %s", (tenant,)) >= 5 * 4 * 74
+        wait_for(lambda: count_rows(conn, "scores", "tenant_id = %s", (tenant,)) >= 5 * 4 * 74
                  or w.poll() is not None, 60, what="scores")
     finally:
         w.send_signal(signal.SIGTERM)

@@ -21,12 +21,12 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 
 @pytest.fixture(scope="module")
 def nb_store(base_settings: Settings, tmp_path_factory):
-    from registry import tracking
+    from registry import scratch
 
-    s = tracking.create_scratch_store(base_settings, prefix="mlflow_nb")
+    s = scratch.create_scratch_store(base_settings, prefix="mlflow_nb")
     s = s.model_copy(update={"mlflow_artifacts": tmp_path_factory.mktemp("nb-mlruns")})
     yield s
-    tracking.drop_scratch_store(s)
+    scratch.drop_scratch_store(s)
 
 
 def _env(s: Settings) -> dict[str, str]:

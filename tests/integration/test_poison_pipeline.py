@@ -18,7 +18,9 @@ from confluent_kafka.admin import ConfigResource, NewTopic
 from pipeline import kafka as kq
 from pipeline.runner import EmbeddedPipeline, KafkaWorker
 from pipeline.stages.detect.stage import DetectStage
-from storage import db
+from storage.connect import connect, count_rows
+from storage.migrate import migrate
+from storage.tenants import create_tenant
 from tests.integration.conftest import consume_all, group_lag, wait_for
 from tests.poison import PoisonCase, load_corpus
 
@@ -91,7 +93,7 @@ def expected_ids(settings, cases, offsets) -> dict[str, str]:
 
 def test_poison_corpus_through_chained_worker_between_two_tenants(settings, conn, tenant, start_worker):
     other = f"tb{uuid.uuid4().hex[:8]}"
-    db.create_tenant(conn, other)
+    create_tenant(conn, other)
     now = time.time() - 20
     raws, cases, good_a, good_b = stream(tenant, other, now)
     poison = [c for c in cases if c.reason]
@@ -114,7 +116,7 @@ def test_poison_corpus_through_chained_worker_between_two_tenants(settings, conn
     assert len(dlq) == len(poison)
 
     ids = expected_ids(settings, cases, offsets)
-    count = lambda t: db.count_rows(conn, "metrics", "tenant_id = %s", (t,))  # noqa: E731
+    count = lambda t: count_rows(conn, "metrics", "tenant_id = %s", (t,))  # noqa: E731
     wait_for(lambda: count(other) == B_EVENTS and count(tenant) == len(good_a) + len(ids), 90,
              what="every good event of both tenants")
     total, distinct = conn.execute("SELECT count(*), count(DISTINCT event_id) FROM metrics "
@@ -169,7 +171,7 @@ def test_topics_create_raises_the_limit_of_a_dlq_created_before(settings):
 
 def test_poison_corpus_through_embedded_runner(settings, conn, tenant):
     other = f"tb{uuid.uuid4().hex[:8]}"
-    db.create_tenant(conn, other)
+    create_tenant(conn, other)
     now = time.time() - 20
     raws, cases, good_a, good_b = stream(tenant, other, now)
     source = f"emb-{uuid.uuid4().hex[:8]}"
@@ -191,7 +193,7 @@ def test_poison_corpus_through_embedded_runner(settings, conn, tenant):
         reason, detail, stage, src, _ = by_raw[c.raw]
         assert reason == c.reason, (c.name, reason, detail)
         assert src == f"{source}:0:{offset[c.raw]}" and stage == "normalize" and detail
-    count = lambda t: db.count_rows(conn, "metrics", "tenant_id = %s", (t,))  # noqa: E731
+    count = lambda t: count_rows(conn, "metrics", "tenant_id = %s", (t,))  # noqa: E731
     n_valid = sum(c.reason is None for c in cases)
     assert count(other) == B_EVENTS and count(tenant) == len(good_a) + n_valid
 
@@ -213,11 +215,11 @@ def test_detect_raising_on_one_event_in_a_chained_worker_costs_that_event_only(s
         assert d.value() == boom and h["reason"] == "stage_error" and h["stage"] == "detect"
         assert int(h["source.offset"]) == 1700 and h["source.topic"] == settings.topic_raw
         assert "injected detect fault" in h["detail"]
-        wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 3000, 60,
+        wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 3000, 60,
                  what="the other 3000 events")
-        assert not db.count_rows(conn, "metrics", "event_id = %s", (f"{tenant}-boom",))
+        assert not count_rows(conn, "metrics", "event_id = %s", (f"{tenant}-boom",))
         produce_to_partition_0(settings, [ev(tenant, "h-after", 1.0, time.time())])
-        wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 3001, 30,
+        wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 3001, 30,
                  what="an event after the fault")
         assert t.is_alive()
     finally:
@@ -237,7 +239,7 @@ def test_ts_too_old_in_chained_worker_carries_original_bytes_and_offset(settings
     early, late = _late_case(settings, tenant)
     produce_to_partition_0(settings, early)
     start_worker(CHAIN)
-    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == len(early), 60,
+    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == len(early), 60,
              what="the early events")
     produce_to_partition_0(settings, [late])
     [d] = consume_all(settings, settings.topic_dlq, 1, timeout=60)
@@ -254,7 +256,7 @@ def test_ts_too_old_in_split_detect_worker_names_the_enriched_record(settings, c
     produce_to_partition_0(settings, early)
     start_worker("normalize,enrich")
     start_worker("detect,sink")
-    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == len(early), 60,
+    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == len(early), 60,
              what="the early events")
     produce_to_partition_0(settings, [late])
     [d] = consume_all(settings, settings.topic_dlq, 1, timeout=60)
@@ -315,9 +317,9 @@ def test_detect_fault_mid_stream_gives_the_tables_of_a_run_where_the_event_was_h
             "pg_database": dbname, "checkpoint_interval_s": 0.5, "batch_max_events": 1500,
             "window_s": 20.0, "allowed_lateness_s": 10.0,
             "consumer_group_prefix": f"{settings.consumer_group_prefix}-{label}"})
-        with db.connect(s, autocommit=True) as c:
-            db.migrate(c)
-            db.create_tenant(c, tenant)
+        with connect(s, autocommit=True) as c:
+            migrate(c)
+            create_tenant(c, tenant)
         runs[label] = s
     sim = Simulator(hosts=12, tenant=tenant, seed=9, interval=10.0, start=time.time() - 3000 - 120,
                     anomaly_rate=0.02)
@@ -344,9 +346,9 @@ def test_detect_fault_mid_stream_gives_the_tables_of_a_run_where_the_event_was_h
             wait_for(lambda: group_lag(s, CHAIN) == 0 or not t.is_alive(), 120, interval=0.3,
                      what="every record consumed and committed")
             assert t.is_alive()
-            with db.connect(s, autocommit=True) as c:
+            with connect(s, autocommit=True) as c:
                 # a retry on a half-mutated state would find events late (ts_too_old) and lose them
-                assert db.count_rows(c, "metrics") == n + (not faulty)
+                assert count_rows(c, "metrics") == n + (not faulty)
         finally:
             w.stop()
             t.join(30)
@@ -357,10 +359,10 @@ def test_detect_fault_mid_stream_gives_the_tables_of_a_run_where_the_event_was_h
     assert w.stats.dead == 1
     [d] = consume_all(settings, settings.topic_dlq, 1)
     assert dict(d.headers())["reason"] == b"stage_error" and orjson.loads(d.value())["event_id"] == "boom"
-    with db.connect(runs["clean"], autocommit=True) as a, db.connect(runs["faulty"], autocommit=True) as b:
-        assert db.count_rows(b, "checkpoints") > 0
+    with connect(runs["clean"], autocommit=True) as a, connect(runs["faulty"], autocommit=True) as b:
+        assert count_rows(b, "checkpoints") > 0
         ta, tb = _tables(a, FaultyDetect.BOOM), _tables(b, FaultyDetect.BOOM)
-        assert not db.count_rows(b, "metrics", "event_id = 'boom'")
+        assert not count_rows(b, "metrics", "event_id = 'boom'")
     assert len(ta[0]) > 12 * 4 * 100
     for name, x, y in zip(("scores", "features", "alerts", "alert transitions"), ta, tb, strict=True):
         assert x == y, f"{name} differ: {[(i, j) for i, j in zip(x, y, strict=False) if i != j][:3]}"

@@ -11,7 +11,8 @@ import orjson
 from core.records import AlertEvent
 from pipeline import kafka as kq
 from serving.auth import create_key
-from storage import db
+from storage.inventory import set_inventory
+from storage.tenants import create_tenant
 from tests.integration.conftest import SseClient, consume_all, wait_for
 
 
@@ -31,7 +32,7 @@ def sample_event(tenant: str, value: float = 92, **kw) -> bytes:
 def test_mvp_quickstart_event_to_metrics_alert_topic_and_two_sse_clients(
     settings, conn, tenant, start_worker, api_server
 ):
-    db.set_inventory(conn, tenant, "host-a", {"team": "payments", "env": "prod"})
+    set_inventory(conn, tenant, "host-a", {"team": "payments", "env": "prod"})
     api = api_server()
     auth = key_for(conn, tenant)
     clients = [SseClient(f"{api.url}/alerts/stream?tenant={tenant}", headers=auth) for _ in range(2)]
@@ -83,8 +84,8 @@ def test_mvp_quickstart_event_to_metrics_alert_topic_and_two_sse_clients(
 
 def test_sse_clients_only_see_their_tenant(settings, conn, start_worker, api_server):
     a, b = f"ta{time.time_ns() % 10**8}", f"tb{time.time_ns() % 10**8}"
-    db.create_tenant(conn, a)
-    db.create_tenant(conn, b)
+    create_tenant(conn, a)
+    create_tenant(conn, b)
     api = api_server()
     ca = SseClient(f"{api.url}/alerts/stream?tenant={a}", headers=key_for(conn, a))
     cb = SseClient(f"{api.url}/alerts/stream?tenant={b}", headers=key_for(conn, b))

@@ -34,10 +34,11 @@ def _own_model(s: Settings) -> Settings:
 
 
 def test_lifecycle_champion_promotion_rejection_rollback(mlflow_settings, labelled):
-    from registry.champion import CHALLENGER, CHAMPION, alias_version
-    from registry.tracking import client
-    from training.promotion import PromotionPolicy, rollback
-    from training.status import model_status
+    from registry.aliases import alias_version, rollback
+    from registry.client import client
+    from registry.status import model_status
+    from registry.tags import CHALLENGER, CHAMPION
+    from training.promotion import PromotionPolicy
     from training.train import TrainConfig, train_and_register
 
     s = _own_model(mlflow_settings)
@@ -94,8 +95,9 @@ def test_lifecycle_champion_promotion_rejection_rollback(mlflow_settings, labell
 
 
 def test_guardrail_rejects_first_model(mlflow_settings, labelled):
-    from registry.champion import CHAMPION, alias_version
-    from registry.tracking import client
+    from registry.aliases import alias_version
+    from registry.client import client
+    from registry.tags import CHAMPION
     from training.promotion import PromotionPolicy
     from training.train import TrainConfig, train_and_register
 
@@ -111,8 +113,8 @@ def test_logged_model_round_trip(mlflow_settings, labelled):
     """Signature, input example, params and the skops model load back as a BatchModel."""
     from mlflow.models import Model
 
-    from registry.champion import load_version
-    from registry.tracking import client
+    from registry.client import client
+    from registry.loading import load_version
     from training.train import TrainConfig, fit, log_and_register
 
     s = _own_model(mlflow_settings)
@@ -137,9 +139,9 @@ def test_logged_model_round_trip(mlflow_settings, labelled):
 
 
 def test_champion_watcher_picks_up_alias_change(mlflow_settings, labelled):
-    from registry.champion import ChampionWatcher, measure_swap_delay
-    from registry.tracking import client
-    from training.promotion import promote
+    from registry.aliases import promote
+    from registry.client import client
+    from registry.watcher import ChampionWatcher, measure_swap_delay
     from training.train import TrainConfig, fit, log_and_register
 
     s = _own_model(mlflow_settings)
@@ -171,14 +173,14 @@ def test_champion_watcher_picks_up_alias_change(mlflow_settings, labelled):
 
 def test_dataset_from_postgres_features_and_feedback(base_settings, test_db):
     """features rows + feedback labels joined through alerts (tenant/host/metric/time)."""
-    from storage import db
+    from storage.connect import connect
     from training.datasets import from_postgres, inject_anomalies
 
     s = base_settings.model_copy(update={"pg_database": test_db})
     tenant = f"tr{uuid.uuid4().hex[:8]}"
     t0 = 1_700_000_000.0
     rng = np.random.default_rng(0)
-    with db.connect(s) as conn:
+    with connect(s) as conn:
         for host in ("h1", "h2"):
             rows = []
             for k in range(200):
@@ -216,7 +218,7 @@ def test_cli_models_commands(mlflow_settings, labelled, tmp_path):
     from typer.testing import CliRunner
 
     from cli.main import app
-    from registry.tracking import client
+    from registry.client import client
     from training.train import TrainConfig, fit, log_and_register
 
     s = _own_model(mlflow_settings)

@@ -14,8 +14,11 @@ import pytest
 
 from pipeline.stages.detect.score_alerts import ANOMALY_RULE
 from pipeline.stages.detect.stage import calibrate_batch_score
-from registry.champion import CHALLENGER, TAG_SET_AT, load_version
-from storage import db
+from registry.loading import load_version
+from registry.tags import CHALLENGER, TAG_SET_AT
+from storage.connect import count_rows
+from storage.sink import Sink
+from storage.tenants import create_tenant
 from tests.integration.api_support import Api, hdr, make_key
 from tests.integration.conftest import nab_dir, produce_sim, settings_env, wait_for
 
@@ -28,9 +31,9 @@ def store(mlflow_settings):
 @pytest.fixture(scope="module")
 def registry(store):
     """Two registered versions: ``champion`` = v1, ``challenger`` = v2; returns (v1, v2)."""
-    from registry.tracking import client
+    from registry.aliases import promote
+    from registry.client import client
     from training import datasets
-    from training.promotion import promote
     from training.train import TrainConfig, train_and_register
 
     ds = datasets.from_csv(nab_dir() / "data" / "artificialWithAnomaly", nab_dir() / "windows.json")
@@ -46,7 +49,7 @@ def registry(store):
 
 
 def test_start_watcher_honours_the_settings(base_settings):
-    from pipeline.runner import start_watcher
+    from registry.watcher import start_watcher
 
     assert start_watcher(base_settings.model_copy(update={"shadow_scoring": False}), CHALLENGER) is None
     assert start_watcher(base_settings.model_copy(update={"champion_poll_s": 0.0}), CHALLENGER) is None
@@ -57,7 +60,7 @@ def test_start_watcher_honours_the_settings(base_settings):
 def test_worker_scores_challenger_in_shadow_without_alerting_on_it(settings, conn, tenant, store,
                                                                    registry, start_worker, chains):
     """``split``: the shadow scores travel on signals.score.v1 to a separate sink worker."""
-    from registry.tracking import client
+    from registry.client import client
 
     v1, v2 = registry
     c = client(store)
@@ -72,10 +75,10 @@ def test_worker_scores_challenger_in_shadow_without_alerting_on_it(settings, con
     assert w.worker.shadow_watcher.wait_for(v2, 30), w.worker.shadow_watcher.last_error
 
     _, sent = produce_sim(s, tenant, hosts=5, ticks=200, seed=4, anomaly_rate=0.03)
-    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == sent, 90,
+    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == sent, 90,
              what="all metrics stored")
     # windows closed by the last events: 5 hosts x 4 metrics x (2000 s / 20 s) minus the open ones
-    wait_for(lambda: db.count_rows(conn, "scores", "tenant_id = %s", (tenant,)) >= 5 * 4 * 95, 30,
+    wait_for(lambda: count_rows(conn, "scores", "tenant_id = %s", (tenant,)) >= 5 * 4 * 95, 30,
              what="the windows scored")
 
     # one snapshot: every scored window has exactly one shadow row, and only that
@@ -140,7 +143,7 @@ def test_worker_scores_challenger_in_shadow_without_alerting_on_it(settings, con
         "SELECT count(*), avg(score), avg((score >= 0.5)::int)::float8, avg(champion_score)"
         " FROM shadow_scores WHERE tenant_id = %s", (tenant,)).fetchone()
     other = f"tn{uuid.uuid4().hex[:8]}"
-    db.create_tenant(conn, other)
+    create_tenant(conn, other)
     api = Api(s, stub_models=False)
     try:
         r = httpx.get(api.url + "/models", headers=hdr(make_key(conn, tenant)), timeout=30)
@@ -206,7 +209,7 @@ def test_replayed_shadow_rows_are_written_once(conn, tenant):
     ids = [f"{tenant}-{i}" for i in range(n)]
     batch = MetricBatch(obj(ids), obj([tenant] * n), obj(["h"] * n), obj(["m"] * n),
                         np.ones(n), start + 1, obj(["u"] * n), obj([None] * n))
-    sink = db.Sink(conn)
+    sink = Sink(conn)
     part = WindowRows(*(getattr(rows, k)[:3] if not isinstance(getattr(rows, k), dict)
                         else {c: v[:3] for c, v in rows.features.items()}
                         for k in WindowRows.__dataclass_fields__))
@@ -221,7 +224,7 @@ def test_replayed_shadow_rows_are_written_once(conn, tenant):
     assert [float(g[1]) for g in got] == start[:4].tolist()
     assert all(g[2] == 0.75 and g[4] == "1" and g[5] == 0.25 for g in got)
     assert [g[3] for g in got] == pytest.approx(np.linspace(0.5, 0.9, n)[:4].tolist())
-    assert db.count_rows(conn, "scores", "tenant_id = %s", (tenant,)) == n
+    assert count_rows(conn, "scores", "tenant_id = %s", (tenant,)) == n
 
 
 def test_shadow_stats_compare_both_models_on_labelled_alerts(conn, tenant):

@@ -7,7 +7,8 @@ import uuid
 import numpy as np
 
 from core.batch import MetricBatch
-from storage import db
+from storage.connect import count_rows
+from storage.sink import Sink
 
 
 def obj(xs):
@@ -24,7 +25,7 @@ def batch(tenant: str, ids: list[str], unit: str = "u", tags=None) -> MetricBatc
 
 
 def test_copy_keeps_tabs_newlines_and_backslashes_in_ids_units_and_tags(conn, tenant):
-    sink = db.Sink(conn)
+    sink = Sink(conn)
     eid = f"a\tb\\c\nd\re-{uuid.uuid4().hex}"
     tags = {"k": 'x\\y"z\n\t', "n": 1.5}
     assert sink.write(batch(tenant, [eid], unit="per\\s\t", tags=tags))[0] == 1
@@ -33,9 +34,9 @@ def test_copy_keeps_tabs_newlines_and_backslashes_in_ids_units_and_tags(conn, te
 
 
 def test_replayed_batch_is_written_again_without_duplicates(conn, tenant):
-    sink = db.Sink(conn)
+    sink = Sink(conn)
     ids = [f"{tenant}-{i}" for i in range(100)]
     assert sink.write(batch(tenant, ids[:60]))[0] == 60
     # overlaps the stored rows: the fast path hits the unique key, the ON CONFLICT path stores the rest
     assert sink.write(batch(tenant, ids))[0] == 40
-    assert db.count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 100
+    assert count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 100

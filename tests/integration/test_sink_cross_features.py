@@ -17,7 +17,7 @@ from pipeline.simulate import Simulator
 from pipeline.stages.detect.stage import DetectStage
 from pipeline.stages.detect.window_rows import WindowRows
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
-from storage import db
+from storage.sink import Sink
 from training.datasets import from_postgres
 
 
@@ -42,7 +42,7 @@ def test_cross_metric_features_stored_by_the_sink_are_what_training_reads(conn, 
     pairs = detect_pairs(tenant)
     live = WindowRows.concat([w for _, w in pairs if w is not None])
     assert live.features["host_deviating"].max() >= 1
-    sink = db.Sink(conn)
+    sink = Sink(conn)
     (b0, w0), (b1, w1), (b2, w2) = pairs[:3]
     sink.write(b0, windows=w0)  # COPY path
     # a replay of batch 0 with batch 1: UniqueViolation, then staging + ON CONFLICT for both
@@ -88,8 +88,8 @@ def test_model_trained_with_cross_features_registers_loads_and_scores_live(mlflo
     the registry, it scores the detect stage's windows like the local model does."""
     from features.cross import CROSS_FEATURES
     from features.windows import FEATURES
-    from registry.champion import load_version
-    from registry.tracking import client
+    from registry.client import client
+    from registry.loading import load_version
     from training.datasets import from_frame, inject_host_incidents
     from training.train import TrainConfig, fit, log_and_register
 

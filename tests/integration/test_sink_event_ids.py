@@ -15,7 +15,9 @@ import pytest
 
 from core.batch import MetricBatch
 from pipeline import kafka as kq
-from storage import db
+from storage.connect import count_rows
+from storage.sink import Sink
+from storage.tenants import create_tenant
 from tests.integration.conftest import consume_all, group_lag, wait_for
 
 
@@ -43,7 +45,7 @@ def batch(tenants, ids, hosts=None, metrics=None, values=None, ts=None) -> Metri
 @pytest.fixture
 def other_tenant(conn) -> str:
     t = f"tn{uuid.uuid4().hex[:8]}"
-    db.create_tenant(conn, t)
+    create_tenant(conn, t)
     return t
 
 
@@ -53,7 +55,7 @@ def stored(conn, tenant) -> list[tuple]:
 
 
 def test_another_tenants_event_with_the_same_id_is_stored_not_dropped(conn, tenant, other_tenant):
-    sink = db.Sink(conn)
+    sink = Sink(conn)
     ids = [f"shared-{i}" for i in range(5)]
     assert sink.write(batch(tenant, ids))[0] == 5
     # fast path: no conflict at all, the ids are another tenant's
@@ -68,7 +70,7 @@ def test_another_tenants_event_with_the_same_id_is_stored_not_dropped(conn, tena
 
 
 def test_replay_of_the_same_events_is_dropped_silently(conn, tenant):
-    sink = db.Sink(conn)
+    sink = Sink(conn)
     b = batch(tenant, [f"r-{i}" for i in range(200)])
     assert sink.write(b)[0] == 200
     assert sink.write(b)[0] == 0
@@ -78,7 +80,7 @@ def test_replay_of_the_same_events_is_dropped_silently(conn, tenant):
 
 @pytest.mark.parametrize("field", ["host", "metric", "value", "ts"])
 def test_same_tenant_reusing_an_id_for_a_different_event_is_refused(conn, tenant, field):
-    sink = db.Sink(conn)
+    sink = Sink(conn)
     first = batch(tenant, ["a", "b", "c"])
     sink.write(first)
     changed = {"host": dict(hosts=["h", "other", "h"]), "metric": dict(metrics=["m", "other", "m"]),
@@ -92,7 +94,7 @@ def test_same_tenant_reusing_an_id_for_a_different_event_is_refused(conn, tenant
 
 
 def test_two_events_with_one_id_in_one_batch_store_the_first(conn, tenant):
-    sink = db.Sink(conn)
+    sink = Sink(conn)
     b = batch(tenant, ["x", "y", "x", "x"], values=[1.0, 2.0, 3.0, 1.0],
               ts=[NOON] * 4)
     n, _ = sink.write(b)
@@ -148,7 +150,7 @@ def test_kafka_collision_goes_to_the_dlq_before_the_offsets_are_committed(settin
     kq.produce_all(p, settings.topic_raw, first, [f"{tenant}|h1"] * 2 + [f"{other_tenant}|h1"])
     kq.flush(p)
     workers = [start_worker(c) for c in chains]
-    wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id IN (%s, %s)", (tenant, other_tenant)) == 3,
+    wait_for(lambda: count_rows(conn, "metrics", "tenant_id IN (%s, %s)", (tenant, other_tenant)) == 3,
              60, what="first events stored")
     # a replay of e1 (dropped) and a different event under e2 (dead-lettered)
     collision = ev(tenant, 3.0, "e2")

@@ -12,7 +12,7 @@ import time
 
 import orjson
 
-from storage import db
+from storage.sink import Sink
 from tests.integration.test_sink_event_ids import batch, stored
 
 
@@ -20,7 +20,7 @@ def test_sink_stores_the_batch_around_rows_postgres_refuses(conn, tenant):
     b = batch(tenant, [f"e{i}" for i in range(8)])
     b.unit[2] = "m\x00s"                       # text cannot hold NUL
     b.tags[5] = {"k": "a\x00b"}                # nor can JSONB
-    sink = db.Sink(conn)
+    sink = Sink(conn)
     n, _ = sink.write(b)
     assert n == 6
     assert sink.refused.tolist() == [2, 5]

@@ -7,13 +7,14 @@ import pytest
 
 from pipeline import kafka as kq
 from pipeline.runner import parse_chain
-from storage import db
+from storage.connect import count_rows
+from storage.inventory import set_inventory
 from tests.integration.conftest import consume_all, wait_for
 from tests.integration.test_quickstart import sample_event
 
 
 def test_split_stages_through_topics(settings, conn, tenant, start_worker):
-    db.set_inventory(conn, tenant, "host-a", {"rack": "r1"})
+    set_inventory(conn, tenant, "host-a", {"rack": "r1"})
     for stage in ("normalize", "enrich", "detect", "sink"):
         start_worker(stage)
     p = kq.producer(settings)
@@ -22,7 +23,7 @@ def test_split_stages_through_topics(settings, conn, tenant, start_worker):
     row = wait_for(lambda: conn.execute(
         "SELECT value, tags FROM metrics WHERE tenant_id = %s", (tenant,)).fetchone(), 40, what="metric row")
     assert row == (92, {"dc": "eu1", "rack": "r1"})
-    wait_for(lambda: db.count_rows(conn, "alerts", "tenant_id = %s AND severity = 'critical'", (tenant,)) == 1,
+    wait_for(lambda: count_rows(conn, "alerts", "tenant_id = %s AND severity = 'critical'", (tenant,)) == 1,
              40, what="alert row")
     [m] = consume_all(settings, settings.topic_alert, 1)
     assert orjson.loads(m.value())["kind"] == "open"

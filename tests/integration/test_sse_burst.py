@@ -29,7 +29,9 @@ import pytest
 
 from core.settings import REPO_ROOT
 from pipeline import kafka as kq
-from storage import db
+from storage.connect import connect, count_rows
+from storage.sink import Sink
+from storage.tenants import create_tenant
 from tests.integration.api_support import hdr, make_key
 from tests.integration.conftest import settings_env, spawn_worker, wait_for
 
@@ -172,8 +174,8 @@ def api_process(settings, tmp_path):
 def test_sse_burst_every_client_gets_every_alert_once_in_order(settings, conn, api_process, tmp_path):
     url, api_log, api_pid = api_process
     tenant, other = f"tb{uuid.uuid4().hex[:8]}", f"tx{uuid.uuid4().hex[:8]}"
-    db.create_tenant(conn, tenant)
-    db.create_tenant(conn, other)
+    create_tenant(conn, tenant)
+    create_tenant(conn, other)
     worker = spawn_worker(settings, "normalize,enrich,detect,sink", tmp_path / "worker.log")
     readers: list[Reader] = []
     try:
@@ -183,7 +185,7 @@ def test_sse_burst_every_client_gets_every_alert_once_in_order(settings, conn, a
         kq.produce_all(p, settings.topic_raw, [raw(other, "warm", 50.0, start - timedelta(seconds=30))],
                        [f"{other}|warm"])
         kq.flush(p)
-        wait_for(lambda: db.count_rows(conn, "metrics", "tenant_id = %s", (other,)), 90, interval=0.5,
+        wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (other,)), 90, interval=0.5,
                  what="the worker's first stored event")
 
         burst_stored = threading.Event()
@@ -199,7 +201,7 @@ def test_sse_burst_every_client_gets_every_alert_once_in_order(settings, conn, a
         expected_n = HOSTS * TICKS
 
         def stored() -> bool:
-            return db.count_rows(conn, "alert_events", "tenant_id = %s AND published_at IS NOT NULL",
+            return count_rows(conn, "alert_events", "tenant_id = %s AND published_at IS NOT NULL",
                                  (tenant,)) >= expected_n
 
         wait_for(stored, 90, interval=0.5, what=f"{expected_n} stored and published transitions")
@@ -265,8 +267,8 @@ def test_split_mode_transitions_announced_before_they_are_stored_reach_clients(s
         kq.flush(p)
         time.sleep(1.0)  # the sink is behind: nothing stored yet when the doorbell rings
         assert c.events == []
-        with db.connect(settings) as sc:
-            _, stored = db.Sink(sc).write(MetricBatch.empty(), events)
+        with connect(settings) as sc:
+            _, stored = Sink(sc).write(MetricBatch.empty(), events)
         wait_for(lambda: len(c.events) == 3, 5, what="the stored transitions")
         c.close()
         assert [int(e["id"]) for e in c.events] == [e.seq for e in stored]

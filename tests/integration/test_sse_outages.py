@@ -29,7 +29,10 @@ import pytest
 from core.settings import REPO_ROOT
 from pipeline import kafka as kq
 from serving.config import ServingSettings
-from storage import db
+from storage.connect import connect
+from storage.migrate import migrate
+from storage.sink import Sink
+from storage.tenants import create_tenant
 from tests.integration.api_support import Api, alert_event, hdr, make_key
 from tests.integration.conftest import SseClient, wait_for
 
@@ -77,8 +80,8 @@ def private(base_settings):
             "pg_port": int(p.env["EVENTOPS_PG_PORT"]), "pg_database": "eventops",
             "kafka_bootstrap": f"127.0.0.1:{p.env['EVENTOPS_KAFKA_PORT']}", "topic_partitions": 3,
             "sse_heartbeat_s": 0.5})
-        with db.connect(s) as conn:
-            db.migrate(conn)
+        with connect(s) as conn:
+            migrate(conn)
         kq.wait_for_broker(s, timeout=60)
         yield p, s
     finally:
@@ -92,9 +95,9 @@ def world(private):
     sfx = uuid.uuid4().hex[:8]
     s = base.model_copy(update={"topic_alert": f"o-{sfx}-alert"})
     kq.create_topics(s, [s.topic_alert])
-    conn = db.connect(s, autocommit=True)
+    conn = connect(s, autocommit=True)
     tenant = f"to{sfx}"
-    db.create_tenant(conn, tenant)
+    create_tenant(conn, tenant)
     yield p, s, conn, tenant, make_key(conn, tenant)
     conn.close()
 
@@ -105,14 +108,14 @@ def store(s, tenant: str, n: int, publish: bool) -> list[int]:
     events = [alert_event(tenant, f"h{uuid.uuid4().hex[:6]}", ts=ts + timedelta(milliseconds=i)) for i in range(n)]
     from core.batch import MetricBatch
 
-    with db.connect(s) as c:
-        _, stored = db.Sink(c).write(MetricBatch.empty(), events)
+    with connect(s) as c:
+        _, stored = Sink(c).write(MetricBatch.empty(), events)
         if publish:
             p = kq.producer(s)
             kq.produce_all(p, s.topic_alert, [kq.encode_alert(a) for a in stored],
                            [a.partition_key for a in stored])
             kq.flush(p)
-            db.Sink(c).mark_published([a.seq for a in stored])
+            Sink(c).mark_published([a.seq for a in stored])
     return [a.seq for a in stored]
 
 

@@ -21,7 +21,8 @@ from psycopg.types.json import Jsonb
 from core.settings import REPO_ROOT
 from pipeline.runner import Bus
 from serving.config import ServingSettings
-from storage import db
+from storage.connect import connect
+from storage.tenants import create_tenant
 from tests.integration.api_support import Api, alert_event, hdr, store_alerts
 from tests.integration.conftest import SseClient, settings_env, wait_for
 
@@ -33,9 +34,9 @@ BOUND_S = 2 * ServingSettings.model_fields["sse_auth_check_s"].default + 1.0
 @pytest.fixture
 def env(base_settings, test_db):
     s = base_settings.model_copy(update={"pg_database": test_db, "sse_heartbeat_s": 0.5})
-    conn = db.connect(s, autocommit=True)
+    conn = connect(s, autocommit=True)
     tenant = f"tk{uuid.uuid4().hex[:8]}"
-    db.create_tenant(conn, tenant)
+    create_tenant(conn, tenant)
     bus = Bus()
     # the request-path cache stays at its default (5 s): streams must not depend on it
     api = Api(s, bus=bus, serving=ServingSettings(rate_limit_rps=0, _env_file=None))

@@ -63,12 +63,12 @@ def test_invalid_setting_names_the_variable(monkeypatch):
 
 
 def test_postgres_down_was_58_lines_now_one_with_the_fix():
-    from storage import db
+    from storage.connect import connect
 
     port = closed_port()
     s = Settings(pg_port=port)
     with pytest.raises(ServiceError) as ei:
-        db.connect(s)
+        connect(s)
     line, code = ce.describe(ei.value)
     assert code == ce.EXIT_SERVICE
     assert line.startswith(f"PostgreSQL at 127.0.0.1:{port} is not reachable")

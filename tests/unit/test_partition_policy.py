@@ -1,4 +1,4 @@
-"""Partition arithmetic of storage.db (no database) and the partition settings' validation."""
+"""Partition arithmetic of storage.partitions (no database) and the partition settings' validation."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ import pytest
 from pydantic import ValidationError
 
 from core.settings import Settings
-from storage import db
+from storage import partitions, schema
+from storage.partitions import Partition, PartitionPolicy, Partitions, uncovered
 
 
-def test_db_doctests():
-    assert doctest.testmod(db).failed == 0
+@pytest.mark.parametrize("module", [partitions, schema])
+def test_storage_doctests(module):
+    assert doctest.testmod(module).failed == 0
 
 
 def test_buckets_of_a_column_cover_its_min_max_and_every_value_between():
-    p = db.Partitions(db.PartitionPolicy(interval_s=3600))
+    p = Partitions(PartitionPolicy(interval_s=3600))
     assert p.buckets(np.array([7200.5, 7300.0])) == [2]
     assert p.buckets(np.array([3599.0, 3600.0])) == [0, 1]
     # far apart: only the buckets that hold values, not the whole span
@@ -26,9 +28,9 @@ def test_buckets_of_a_column_cover_its_min_max_and_every_value_between():
 
 
 def test_uncovered_pieces_never_overlap_existing_partitions():
-    parts = [db.Partition("a", 0, 86400), db.Partition("b", 86400 + 6 * 3600, 2 * 86400)]
-    assert db.uncovered(86400, 2 * 86400, parts) == [(86400, 86400 + 6 * 3600)]
-    assert db.uncovered(0, 86400, parts) == []
+    parts = [Partition("a", 0, 86400), Partition("b", 86400 + 6 * 3600, 2 * 86400)]
+    assert uncovered(86400, 2 * 86400, parts) == [(86400, 86400 + 6 * 3600)]
+    assert uncovered(0, 86400, parts) == []
 
 
 @pytest.mark.parametrize("hours", [5, 7, 25, 36])
@@ -39,6 +41,6 @@ def test_partition_interval_must_divide_a_day_or_be_whole_days(hours):
 
 def test_policy_from_settings():
     s = Settings(_env_file=None, partition_interval_hours=6, retention_scores_days=3)
-    p = db.PartitionPolicy.from_settings(s)
+    p = PartitionPolicy.from_settings(s)
     assert p.interval_s == 6 * 3600 and p.retention_days["scores"] == 3
     assert p.retention_days["metrics"] == 14

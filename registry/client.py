@@ -1,4 +1,4 @@
-"""Where MLflow lives: tracking URI, experiment artifact locations, scratch stores for tests.
+"""Where MLflow lives: tracking URI, the client, experiments, MLflow's errors and retries.
 
 The tracking/registry store is the project's PostgreSQL (database ``Settings.mlflow_database``,
 ``postgresql+psycopg://``), unless the entry point passes an override -- typically the value of
@@ -10,14 +10,14 @@ Artifacts: with a database URI every experiment gets an explicit artifact locati
 ``./mlartifacts`` relative to the current directory).  With an ``http(s)://`` tracking server
 the server decides (``--artifacts-destination``), so experiments are created without one.
 
-This module imports MLflow lazily (``import mlflow`` costs ~2 s).
+This module imports MLflow lazily (``import mlflow`` costs ~2 s), as does every module of
+``registry``: importing them is free for a worker or the API at startup.
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import logging
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,11 +28,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DEFAULT_EXPERIMENT",
+    "HTTP_RETRY_DEFAULTS",
+    "artifact_location",
     "client",
-    "create_scratch_store",
-    "drop_scratch_store",
     "ensure_experiment",
+    "installed",
+    "is_missing",
     "is_server_uri",
+    "limit_sql_retries",
     "resolve_tracking_uri",
     "use",
 ]
@@ -41,6 +44,19 @@ log = logging.getLogger(__name__)
 
 #: Experiment that ``eventops train`` and the notebooks log to.
 DEFAULT_EXPERIMENT = "eventops-detector"
+
+#: MLflow's HTTP client defaults retry a refused connection 7 times with backoff factor 2
+#: (minutes); an entry point sets these in its environment unless the environment does.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def installed() -> bool:
+    """True when the ``mlflow`` package can be imported (without importing it)."""
+    return importlib.util.find_spec("mlflow") is not None
 
 
 def resolve_tracking_uri(settings: Settings, override: str | None = None) -> str:
@@ -57,7 +73,11 @@ def resolve_tracking_uri(settings: Settings, override: str | None = None) -> str
 
 
 def is_server_uri(uri: str) -> bool:
-    """True for an MLflow tracking *server* (``http(s)://``), false for a database store."""
+    """True for an MLflow tracking *server* (``http(s)://``), false for a database store.
+
+    >>> is_server_uri("http://mlflow:5000"), is_server_uri("postgresql+psycopg://h/mlflow")
+    (True, False)
+    """
     return uri.startswith(("http://", "https://"))
 
 
@@ -84,6 +104,16 @@ def use(settings: Settings, override: str | None = None) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def is_missing(exc: Exception) -> bool:
+    """True when an ``MlflowException`` says the model, version or alias does not exist."""
+    code = getattr(exc, "error_code", "")
+    # a missing model is RESOURCE_DOES_NOT_EXIST; a missing alias is INVALID_PARAMETER_VALUE
+    # ("Registered model alias champion not found.") in MLflow 3.17
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (
+        code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower()
+    )
 
 
 def ensure_experiment(
@@ -116,79 +146,16 @@ def ensure_experiment(
     return exp.experiment_id
 
 
-# --- scratch stores (tests, notebooks in CI, benchmarks) ---------------------------------------
+def limit_sql_retries(max_retries: int = 3) -> None:
+    """Bound the SQL store's connection retries for a store that goes away mid-command.
 
-
-def _template_name() -> str:
-    import importlib.metadata as md
-
-    v = md.version("mlflow")
-    return f"mlflow_template_{hashlib.sha1(v.encode()).hexdigest()[:8]}"
-
-
-def _ensure_template(settings: Settings) -> str:
-    """A database with MLflow's schema fully migrated, created once per MLflow version.
-
-    The ~68 schema migrations take 2-3 s; copying the template takes ~80 ms.
+    MLflow 3.17 retries a refused connection ten times with exponential backoff (~100 s) and has
+    no setting for it; it reads the module constant on each attempt, so lowering it here takes
+    effect.  Call it from an entry point (it imports MLflow's SQL store).
     """
-    import psycopg
-
-    name = _template_name()
-    with psycopg.connect(settings.pg_dsn(), autocommit=True) as admin:
-        admin.execute("SELECT pg_advisory_lock(727275)")
-        try:
-            row = admin.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
-            ).fetchone()
-            ready = row is not None and admin.execute(
-                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                (name,),
-            ).fetchone()[0] == "migrated"
-            if not ready:
-                if row is not None:
-                    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-                admin.execute(f'CREATE DATABASE "{name}"')
-                _migrate(settings.model_copy(update={"mlflow_database": name}))
-                admin.execute(f"COMMENT ON DATABASE \"{name}\" IS 'migrated'")
-        finally:
-            admin.execute("SELECT pg_advisory_unlock(727275)")
-    return name
-
-
-def _migrate(settings: Settings) -> None:
-    """Create MLflow's schema in ``settings.mlflow_database`` and close every connection."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    store = SqlAlchemyStore(settings.mlflow_tracking_uri(), str(settings.mlflow_artifacts))
-    store.engine.dispose()
-
-
-def create_scratch_store(settings: Settings, prefix: str = "mlflow_test") -> Settings:
-    """A fresh, migrated MLflow database (``<prefix>_<uuid>``); returns settings pointing at it.
-
-    Made by ``CREATE DATABASE … TEMPLATE`` from a migrated template (created on first use).
-    Drop it with :func:`drop_scratch_store`.
-    """
-    import psycopg
-
-    tmpl = _ensure_template(settings)
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(settings.pg_dsn(), autocommit=True) as admin:
-        # CREATE DATABASE ... TEMPLATE fails while anyone is connected to the template
-        admin.execute("SELECT pg_advisory_lock(727275)")
-        try:
-            admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{tmpl}"')
-        finally:
-            admin.execute("SELECT pg_advisory_unlock(727275)")
-    return settings.model_copy(update={"mlflow_database": name})
-
-
-def drop_scratch_store(settings: Settings) -> None:
-    """Drop the scratch MLflow database of ``settings`` (refuses the configured production one)."""
-    import psycopg
-
-    name = settings.mlflow_database
-    if name == Settings.model_fields["mlflow_database"].default or "_" not in name:
-        raise ValueError(f"refusing to drop MLflow database {name!r}")
-    with psycopg.connect(settings.pg_dsn(), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        import mlflow.store.db.utils as sql_store
+    except ImportError:  # pragma: no cover - MLflow without its SQL store
+        return
+    if isinstance(getattr(sql_store, "MAX_RETRY_COUNT", None), int):
+        sql_store.MAX_RETRY_COUNT = min(sql_store.MAX_RETRY_COUNT, max_retries)

@@ -1,14 +1,14 @@
-"""The batch model from the MLflow registry: alias lookup, loading, hot swap.
+"""The batch model of a detect worker: a background watcher of a registry alias, hot swap.
 
-This is the only pipeline module that talks to MLflow.  The detect stage never waits on it:
-a :class:`ChampionWatcher` thread polls the ``champion`` alias (``get_model_version_by_alias``,
-~5 ms against Postgres), loads a new version in the background when the alias moves, and
-publishes ``(version, BatchModel)`` as one tuple that :meth:`ChampionWatcher.current` returns
-(a single attribute read, safe between batches without a lock).
+The detect stage never waits on MLflow: a :class:`ChampionWatcher` thread polls the
+``champion`` alias (``get_model_version_by_alias``, ~5 ms against Postgres), loads a new version
+in the background when the alias moves (:func:`registry.loading.load_version`), and publishes
+``(version, BatchModel)`` as one tuple that :meth:`ChampionWatcher.current` returns (a single
+attribute read, safe between batches without a lock).
 
 Usage in a detect worker::
 
-    watcher = ChampionWatcher(settings, poll_s=2.0, tracking_uri=override).start()
+    watcher = start_watcher(settings)                # or ChampionWatcher(settings, ...).start()
     ...
     version, model = watcher.current()           # between micro-batches
     scores = model.score_many(X) if model else None  # record `version` with every score row
@@ -25,7 +25,6 @@ ints, REST returns strings).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -33,90 +32,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.settings import Settings
-from features.windows import FEATURES
 from models.batch import BatchModel
+from registry.aliases import alias_version, move_alias
+from registry.client import client
+from registry.loading import load_version
+from registry.tags import CHALLENGER, CHAMPION, set_at_tag
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
 
-__all__ = [
-    "CHAMPION",
-    "CHALLENGER",
-    "TAG_FEATURES",
-    "TAG_SET_AT",
-    "ChampionWatcher",
-    "Swap",
-    "alias_version",
-    "load_version",
-    "measure_swap_delay",
-]
+__all__ = ["ChampionWatcher", "Swap", "measure_swap_delay", "start_watcher"]
 
 log = logging.getLogger(__name__)
-
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-#: Model-version tag: JSON list of the window-feature columns the model reads, in order.
-TAG_FEATURES = "eventops.features"
-#: Registered-model tag ``eventops.<alias>_set_at``: epoch seconds of the last alias move.
-TAG_SET_AT = "eventops.{alias}_set_at"
-
-
-def _client(settings: Settings, tracking_uri: str | None) -> MlflowClient:
-    from registry.tracking import client
-
-    return client(settings, tracking_uri)
-
-
-def _is_missing(exc: Exception) -> bool:
-    code = getattr(exc, "error_code", "")
-    # a missing model is RESOURCE_DOES_NOT_EXIST; a missing alias is INVALID_PARAMETER_VALUE
-    # ("Registered model alias champion not found.") in MLflow 3.17
-    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (
-        code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower()
-    )
-
-
-def alias_version(client: MlflowClient, name: str, alias: str = CHAMPION) -> str | None:
-    """Version (as ``str``) that ``alias`` points at, ``None`` when unset or no such model."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mv = client.get_model_version_by_alias(name, alias)
-    except MlflowException as e:
-        if _is_missing(e):
-            return None
-        raise
-    return str(mv.version)
-
-
-def load_version(
-    client: MlflowClient, name: str, version: str | int, tracking_uri: str | None = None
-) -> BatchModel:
-    """Load registered ``name`` version ``version`` as a :class:`BatchModel`.
-
-    The estimator comes from ``mlflow.sklearn.load_model`` (the pyfunc of an anomaly detector
-    would return labels only); the feature columns from the version's ``eventops.features`` tag,
-    else from its signature, else :data:`features.windows.FEATURES`.
-    """
-    import mlflow.artifacts
-    import mlflow.sklearn
-
-    mv = client.get_model_version(name, str(version))
-    uri = client.get_model_version_download_uri(name, str(version))
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
-    est = mlflow.sklearn.load_model(local)
-    feats: tuple[str, ...] | None = None
-    if mv.tags.get(TAG_FEATURES):
-        feats = tuple(json.loads(mv.tags[TAG_FEATURES]))
-    else:
-        try:
-            from mlflow.models import Model
-
-            sig = Model.load(local).signature
-            feats = tuple(sig.inputs.input_names()) if sig is not None else None
-        except Exception:  # noqa: BLE001 - fall back to the default columns
-            feats = None
-    return BatchModel(est, feats or FEATURES, version=str(mv.version))
 
 
 @dataclass(frozen=True)
@@ -222,7 +149,8 @@ class ChampionWatcher:
         return self._first.wait(timeout)
 
     def wait_for(self, version: str | int | None, timeout: float) -> bool:
-        """Block until ``current()[0] == str(version)`` (``None``: no model); ``False`` on timeout."""
+        """Block until ``current()[0] == str(version)`` (``None``: no model); ``False`` on
+        timeout."""
         want = None if version is None else str(version)
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -237,7 +165,7 @@ class ChampionWatcher:
     def check_once(self) -> bool:
         """One poll (and load when the alias moved); ``True`` when a new model was published."""
         if self._client is None:
-            self._client = _client(self.settings, self.tracking_uri)
+            self._client = client(self.settings, self.tracking_uri)
         self.checks += 1
         seen = time.time()
         target = alias_version(self._client, self.name, self.alias)
@@ -266,7 +194,7 @@ class ChampionWatcher:
     def _alias_set_at(self) -> float | None:
         try:
             rm = self._client.get_registered_model(self.name)
-            v = rm.tags.get(TAG_SET_AT.format(alias=self.alias))
+            v = rm.tags.get(set_at_tag(self.alias))
             return float(v) if v else None
         except Exception:  # noqa: BLE001 - informational only
             return None
@@ -295,10 +223,18 @@ def measure_swap_delay(
     Includes the alias write, the wait for the next poll and the background load.
     """
     t0 = time.perf_counter()
-    client.set_registered_model_alias(watcher.name, watcher.alias, str(version))
-    client.set_registered_model_tag(
-        watcher.name, TAG_SET_AT.format(alias=watcher.alias), repr(time.time())
-    )
+    move_alias(client, watcher.name, watcher.alias, version)
     if not watcher.wait_for(version, timeout):
         raise TimeoutError(f"watcher did not swap to version {version} within {timeout} s")
     return time.perf_counter() - t0
+
+
+def start_watcher(s: Settings, alias: str = CHAMPION) -> ChampionWatcher | None:
+    """A started watcher of the model ``alias`` for a detect worker; ``None`` when turned off.
+
+    ``champion_poll_s <= 0`` turns off both; ``shadow_scoring=False`` the challenger's.
+    """
+    if s.champion_poll_s <= 0 or (alias == CHALLENGER and not s.shadow_scoring):
+        return None
+    return ChampionWatcher(s, poll_s=s.champion_poll_s, alias=alias,
+                           tracking_uri=s.mlflow_tracking_uri_override).start()
