@@ -29,6 +29,8 @@ from confluent_kafka.admin import (
 
 from core.batch import DeadLetter, MetricBatch, safe_detail
 from core.errors import ServiceError
+from core.reasons import DlqReason
+from core.records import AlertEvent
 from core.settings import Settings
 from pipeline.stages.normalize import suspects, text_fault
 
@@ -312,7 +314,7 @@ def decode_metrics(msgs: Sequence[Message], stage: str) -> tuple[MetricBatch, li
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             fault = f"{type(e).__name__}: {e}"
         if fault is not None:
-            dead.append(DeadLetter(m.value() or b"", "bad_record", fault, m.topic(),
+            dead.append(DeadLetter(m.value() or b"", DlqReason.BAD_RECORD, fault, m.topic(),
                                    m.partition(), m.offset(), stage))
             continue
         for c, v in zip(cols, row, strict=True):
@@ -348,8 +350,9 @@ def _row_fault(row: tuple) -> str | None:
     return None
 
 
-def encode_alert(ev: dict) -> bytes:
-    return orjson.dumps(ev)
+def encode_alert(ev: AlertEvent) -> bytes:
+    """The alert topic's record of a transition: :meth:`AlertEvent.to_dict` as JSON."""
+    return orjson.dumps(ev.to_dict())
 
 
 def next_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:

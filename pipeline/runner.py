@@ -41,16 +41,15 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from core.batch import DeadLetter, MetricBatch
 from core.errors import ServiceError
+from core.reasons import DlqReason
+from core.records import AlertEvent
 from core.settings import Settings
 from models.rules import RuleSet, RulesFile
 from pipeline import kafka as kq
 from pipeline.health import Backoff, Health, HealthServer
-from pipeline.stages.anomaly import (
-    ANOMALY_RULE,
-    DetectStage,
-    ModelProvider,
-    WindowRows,
-)
+from pipeline.stages.detect.score_alerts import ANOMALY_RULE
+from pipeline.stages.detect.stage import DetectStage, ModelProvider
+from pipeline.stages.detect.window_rows import WindowRows
 from pipeline.stages.enrich import Enricher
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
 from registry.tags import CHALLENGER
@@ -390,7 +389,7 @@ class KafkaWorker:
                 if open_alerts is None:
                     loaded = self._retry_pg("open alerts", lambda: load_open_alerts(self.conn),
                                             self._reconnect_ref, pause=False)
-                    open_alerts = [a for a in loaded if a["rule"] != ANOMALY_RULE]
+                    open_alerts = [a for a in loaded if a.rule != ANOMALY_RULE]
                 self.stages.detect.partition(tp.partition).rule_alerts.restore(open_alerts)
         # the restored blobs are the base to rewind to (the others are snapshotted)
         mine = {tp.partition for tp in parts}
@@ -767,7 +766,7 @@ class KafkaWorker:
                            [f"{r['tenant_id']}|{r['host']}" for r in recs])
         if alerts and self.sink is None:
             kq.produce_all(self.producer, s.topic_alert, [kq.encode_alert(a) for a in alerts],
-                           [f"{a['tenant_id']}|{a['host']}" for a in alerts])
+                           [a.partition_key for a in alerts])
         self.finish()
         if self.stateful and self._epoch != epoch:
             # partitions were revoked (and maybe restored from their checkpoints) while finish()
@@ -803,7 +802,7 @@ class KafkaWorker:
         chain = self.chain
         stage = chain[0]
         try:
-            alerts_in: list[dict] = []
+            alerts_in: list[AlertEvent] = []
             batch, dead, windows = self._decode(msgs, alerts_in)
             out = StageOutput(batch, dead, [], alerts_in, windows)
             if "enrich" in chain:
@@ -816,8 +815,8 @@ class KafkaWorker:
             raise StageFailure(stage, e) from e
         return out
 
-    def _write(self, batch: MetricBatch, msgs: list[Message], events: list[dict], windows,
-               cps: list[Checkpoint]) -> tuple[int, list[dict]]:
+    def _write(self, batch: MetricBatch, msgs: list[Message], events: list[AlertEvent], windows,
+               cps: list[Checkpoint]) -> tuple[int, list[AlertEvent]]:
         """The sink write (writer thread, or :meth:`finish` retrying it), and the dead letters
         of its event-id collisions, left in :attr:`_collisions`.
 
@@ -892,7 +891,7 @@ class KafkaWorker:
                 self.stats.dead += len(dead)
                 self._flush()
             if from_topic:  # they came from the alert topic: already published
-                seqs = [a["seq"] for a in stored_alerts]
+                seqs = [a.seq for a in stored_alerts]
                 self._retry_pg("mark published", lambda: self.sink.mark_published(seqs),
                                self._reconnect_sink)
             elif stored_alerts:
@@ -1009,7 +1008,8 @@ class KafkaWorker:
                      {tp.partition: tp.offset for tp in ahead})
             self._commit(ahead)
 
-    def _decode(self, msgs: list[Message], alerts_in: list[dict]) -> tuple[MetricBatch, list[DeadLetter], WindowRows | None]:
+    def _decode(self, msgs: list[Message], alerts_in: list[AlertEvent],
+                ) -> tuple[MetricBatch, list[DeadLetter], WindowRows | None]:
         first, s = self.chain[0], self.s
         if first == "normalize":
             batch, dead = self.stages.normalize(
@@ -1025,20 +1025,26 @@ class KafkaWorker:
                 if m.topic() in (s.topic_alert, s.topic_score):
                     try:
                         rec = orjson.loads(m.value())
-                        (alerts_in if m.topic() == s.topic_alert else score_recs).append(rec)
-                    except orjson.JSONDecodeError as e:
-                        dead.append(DeadLetter(m.value() or b"", "bad_record", str(e), m.topic(),
-                                               m.partition(), m.offset(), "sink"))
+                        if m.topic() == s.topic_alert:
+                            alerts_in.append(AlertEvent.from_dict(rec))
+                        else:
+                            score_recs.append(rec)
+                    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                        # (not an alert event: a field missing, of the wrong type or value)
+                        fault = (str(e) if isinstance(e, orjson.JSONDecodeError)
+                                 else f"{type(e).__name__}: {e}")
+                        dead.append(DeadLetter(m.value() or b"", DlqReason.BAD_RECORD, fault,
+                                               m.topic(), m.partition(), m.offset(), "sink"))
             batch, d2 = kq.decode_metrics(metric_msgs, "sink")
             return batch, dead + d2, WindowRows.from_records(score_recs)
         batch, dead = kq.decode_metrics(msgs, first)
         return batch, dead, None
 
-    def _publish(self, events: list[dict]) -> None:
+    def _publish(self, events: list[AlertEvent]) -> None:
         kq.produce_all(self.producer, self.s.topic_alert, [kq.encode_alert(a) for a in events],
-                       [f"{a['tenant_id']}|{a['host']}" for a in events])
+                       [a.partition_key for a in events])
         self._flush()
-        seqs = [a["seq"] for a in events]
+        seqs = [a.seq for a in events]
         self._retry_pg("mark published", lambda: self.sink.mark_published(seqs), self._reconnect_sink)
 
     def _publish_outbox(self) -> None:
@@ -1061,8 +1067,8 @@ class StageOutput:
 
     batch: MetricBatch = field(default_factory=MetricBatch.empty)
     dead: list[DeadLetter] = field(default_factory=list)
-    alerts: list[dict] = field(default_factory=list)
-    alerts_in: list[dict] = field(default_factory=list)  # alert records read by a sink worker
+    alerts: list[AlertEvent] = field(default_factory=list)
+    alerts_in: list[AlertEvent] = field(default_factory=list)  # alert records read by a sink worker
     windows: WindowRows | None = None
     #: the batch detect consumed (the worker keeps it to rebuild detect's state on failure)
     detect_input: MetricBatch | None = None
@@ -1113,14 +1119,15 @@ def late_letters(batch: MetricBatch, idx: np.ndarray,
     if origin is not None and batch.src is not None:
         for i in batch.src[idx].tolist():
             raw, topic, part, off = origin(i)
-            out.append(DeadLetter(raw, "ts_too_old", detail, topic, part, off, "detect"))
+            out.append(DeadLetter(raw, DlqReason.TS_TOO_OLD, detail, topic, part, off, "detect"))
         return out
     for i in idx.tolist():
         ev = {"event_id": batch.event_id[i], "tenant_id": batch.tenant_id[i], "host": batch.host[i],
               "metric": batch.metric[i], "value": float(batch.value[i]), "ts": float(batch.ts[i]),
               "unit": batch.unit[i], "tags": batch.tags[i]}
         part = -1 if batch.partition is None else int(batch.partition[i])
-        out.append(DeadLetter(orjson.dumps(ev), "ts_too_old", detail, "", part, -1, "detect"))
+        out.append(DeadLetter(orjson.dumps(ev), DlqReason.TS_TOO_OLD, detail, "", part, -1,
+                              "detect"))
     return out
 
 
@@ -1129,8 +1136,8 @@ def _message_origin(m: Message) -> Origin:
 
 
 def _message_letter(m: Message, failure: StageFailure) -> DeadLetter:
-    return DeadLetter(m.value() or b"", "stage_error", str(failure), m.topic(), m.partition(),
-                      m.offset(), failure.stage)
+    return DeadLetter(m.value() or b"", DlqReason.STAGE_ERROR, str(failure), m.topic(),
+                      m.partition(), m.offset(), failure.stage)
 
 
 class DetectHistory:
@@ -1259,14 +1266,14 @@ def raw_chain(raws: Sequence[bytes], topic: str, partition: int, first_offset: i
 
     def letter(i: int, failure: StageFailure) -> DeadLetter:
         raw, t, p, o = origin(i)
-        return DeadLetter(raw, "stage_error", str(failure), t, p, o, failure.stage)
+        return DeadLetter(raw, DlqReason.STAGE_ERROR, str(failure), t, p, o, failure.stage)
 
     return run, letter
 
 
 def collision_letters(batch: MetricBatch, idx: np.ndarray, topic: str,
                       origin: Callable[[int], Origin] | None = None,
-                      reason: str = "duplicate_event_id") -> list[DeadLetter]:
+                      reason: DlqReason = DlqReason.DUPLICATE_EVENT_ID) -> list[DeadLetter]:
     """Rows ``idx`` the sink refused, as dead letters of stage ``sink``.
 
     ``duplicate_event_id``: their tenant stored a different event under their event id;
@@ -1279,7 +1286,7 @@ def collision_letters(batch: MetricBatch, idx: np.ndarray, topic: str,
     src = batch.src
     out = []
     for i in idx.tolist():
-        if reason == "duplicate_event_id":
+        if reason == DlqReason.DUPLICATE_EVENT_ID:
             detail = (f"tenant {batch.tenant_id[i]} already stored a different event under "
                       f"event_id {batch.event_id[i]!r}")
         else:
@@ -1302,17 +1309,17 @@ def sink_letters(sink: Sink, batch: MetricBatch, topic: str,
                  origin: Callable[[int], Origin] | None = None) -> list[DeadLetter]:
     """Dead letters of the rows the sink's last write refused (collisions and refused values)."""
     return (collision_letters(batch, sink.collided, topic, origin)
-            + collision_letters(batch, sink.refused, topic, origin, reason="store_refused"))
+            + collision_letters(batch, sink.refused, topic, origin, reason=DlqReason.STORE_REFUSED))
 
 
 class Bus:
     """In-process publish/subscribe for the embedded runner's alert events."""
 
     def __init__(self) -> None:
-        self._subs: list[Callable[[dict], None]] = []
+        self._subs: list[Callable[[AlertEvent], None]] = []
         self._lock = threading.Lock()
 
-    def subscribe(self, fn: Callable[[dict], None]) -> Callable[[], None]:
+    def subscribe(self, fn: Callable[[AlertEvent], None]) -> Callable[[], None]:
         with self._lock:
             self._subs.append(fn)
 
@@ -1323,7 +1330,7 @@ class Bus:
 
         return unsubscribe
 
-    def publish(self, event: dict) -> None:
+    def publish(self, event: AlertEvent) -> None:
         with self._lock:
             subs = list(self._subs)
         for fn in subs:
@@ -1347,13 +1354,13 @@ class EmbeddedPipeline:
         self.stages = _Stages(s, STAGES, self.conn, model=model, shadow=shadow)
         # no partitions or checkpoints here: re-arm open threshold alerts from storage
         self.stages.detect.partition(0).rule_alerts.restore(
-            [a for a in load_open_alerts(self.conn) if a["rule"] != ANOMALY_RULE])
+            [a for a in load_open_alerts(self.conn) if a.rule != ANOMALY_RULE])
         self._history = DetectHistory()
         self._history.rebase(self.stages.detect)
         self.stats = Stats()
         self._seq = 0
 
-    def feed(self, raws: Sequence[bytes]) -> tuple[int, list[DeadLetter], list[dict]]:
+    def feed(self, raws: Sequence[bytes]) -> tuple[int, list[DeadLetter], list[AlertEvent]]:
         """Process one micro-batch; returns (rows stored, dead letters, alert events)."""
         self.stages.refresh()
         first = self._seq
@@ -1378,7 +1385,7 @@ class EmbeddedPipeline:
                                         lambda i: (bytes(raws[i]), self.source, 0, first + i))
                 self.sink.write_dead_letters(collided)
                 dead = dead + collided
-        self.sink.mark_published([a["seq"] for a in stored_alerts])
+        self.sink.mark_published([a.seq for a in stored_alerts])
         for a in stored_alerts:
             self.bus.publish(a)
         st = self.stats

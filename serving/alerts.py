@@ -48,7 +48,9 @@ class Alert(BaseModel):
     feedback: str | None = None  # latest label: true_positive | false_positive
 
 
-class AlertEvent(BaseModel):
+class AlertTransition(BaseModel):
+    """One stored transition of an alert; ``payload`` is :meth:`core.records.AlertEvent.to_dict`."""
+
     seq: int
     kind: str
     created_at: datetime
@@ -56,7 +58,7 @@ class AlertEvent(BaseModel):
 
 
 class AlertDetail(Alert):
-    events: list[AlertEvent]
+    events: list[AlertTransition]
 
 
 def alert_row(r) -> dict:
@@ -168,5 +170,6 @@ async def get_alert(pool: PoolDep, key: ReadKey, alert_id: NamePath) -> AlertDet
         cur = await conn.execute(
             "SELECT seq, kind, created_at, payload FROM alert_events WHERE tenant_id = %s "
             "AND alert_id = %s ORDER BY seq LIMIT 1000", (key.tenant_id, alert_id))
-        events = [AlertEvent(seq=s, kind=k, created_at=c, payload=p) for s, k, c, p in await cur.fetchall()]
+        events = [AlertTransition(seq=s, kind=k, created_at=c, payload=p)
+                  for s, k, c, p in await cur.fetchall()]
     return AlertDetail(**to_alert(row).model_dump(), events=events)

@@ -21,6 +21,11 @@ from PostgreSQL after its own cursor, in pages, until a page comes back short, a
 from the queue (skipping what it has already sent). Nothing is skipped silently and memory per
 client stays bounded by ``queue_size + page_size`` events whatever its lag.
 
+A frame's ``data`` is the stored ``alert_events.payload`` text with its ``seq`` added, as
+PostgreSQL renders it (no decoding and encoding per event): the JSON object of
+:meth:`core.records.AlertEvent.to_dict` of the stored transition, which
+:meth:`~core.records.AlertEvent.from_dict` reads back.
+
 Outages: a feed whose query fails retries with backoff (its clients keep their heartbeats and
 decide when to close, see :mod:`serving.sse`); the Kafka source reconnects with backoff and,
 while it is down, feeds poll PostgreSQL every second instead of every ``poll_s``, so alerts keep
@@ -48,6 +53,7 @@ import orjson
 import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from core.records import AlertEvent
 from core.settings import Settings
 from pipeline import kafka as kq
 
@@ -221,11 +227,9 @@ class Broadcaster:
 
     # --- doorbells --------------------------------------------------------------------------
 
-    def publish_threadsafe(self, event: dict) -> None:
+    def publish_threadsafe(self, event: AlertEvent) -> None:
         """One stored transition (embedded bus), from any thread."""
-        tenant = event.get("tenant_id")
-        if isinstance(tenant, str):
-            self.ring_threadsafe({tenant: (event.get("seq"), [event.get("event_key")])})
+        self.ring_threadsafe({event.tenant_id: (event.seq, [event.event_key])})
 
     def ring_threadsafe(self, news: dict[str, tuple[int | None, list]]) -> None:
         """``{tenant: (highest seq or None, event keys of transitions without seq)}``, any thread."""

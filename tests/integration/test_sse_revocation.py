@@ -54,7 +54,7 @@ def new_key(conn, tenant: str) -> tuple[str, str]:
 def publish(s, bus: Bus, tenant: str, host: str) -> int:
     _, stored = store_alerts(s, [alert_event(tenant, host, ts=datetime.now(UTC))])
     bus.publish(stored[0])
-    return stored[0]["seq"]
+    return stored[0].seq
 
 
 def revoke_with_cli(s, key_id: str) -> None:
