@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.routing import compile_path
 
 from core.settings import Settings
-from pipeline.runner import Bus
+from pipeline.embedded import Bus
 from serving import errors
 from serving.auth import KeyStore, RateLimiter
 from serving.broadcast import Broadcaster, KafkaAlertSource

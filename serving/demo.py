@@ -12,8 +12,9 @@ import time
 from collections import Counter
 
 from core.settings import Settings
-from pipeline.runner import Bus, EmbeddedPipeline, start_watcher
+from pipeline.embedded import Bus, EmbeddedPipeline
 from pipeline.simulate import Simulator
+from pipeline.stageset import start_watcher
 from registry.champion import CHALLENGER
 from storage import db
 

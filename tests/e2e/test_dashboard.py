@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.runner import Bus, EmbeddedPipeline
+from pipeline.embedded import Bus, EmbeddedPipeline
 from pipeline.simulate import Simulator
 from storage import db
 from tests.integration.api_support import Api, make_key, raw_event

@@ -7,7 +7,7 @@ import uuid
 import httpx
 import pytest
 
-from pipeline.runner import Bus
+from pipeline.embedded import Bus
 from serving.config import ServingSettings
 from storage import db
 from tests.integration.api_support import Api, hdr, make_key

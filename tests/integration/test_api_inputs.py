@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from pipeline.runner import Bus
+from pipeline.embedded import Bus
 from storage import db
 from tests.integration.api_support import Api, hdr, make_key, seed
 from tests.integration.conftest import consume_all

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from pipeline.runner import Bus, EmbeddedPipeline
+from pipeline.embedded import Bus, EmbeddedPipeline
 from serving.broadcast import Broadcaster
 from storage import db
 from tests.integration.api_support import Api, alert_event, hdr, make_key, raw_event, store_alerts

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from psycopg.types.json import Jsonb
 
-from pipeline.runner import Bus
+from pipeline.embedded import Bus
 from serving import auth
 from storage import db
 from tests.integration.api_support import Api, alert_event, hdr, make_key, seed, store_alerts

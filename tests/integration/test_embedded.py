@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.runner import Bus, EmbeddedPipeline
+from pipeline.embedded import Bus, EmbeddedPipeline
 from pipeline.simulate import Simulator
 from storage import db
 

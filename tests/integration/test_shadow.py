@@ -45,7 +45,7 @@ def registry(store):
 
 
 def test_start_watcher_honours_the_settings(base_settings):
-    from pipeline.runner import start_watcher
+    from pipeline.stageset import start_watcher
 
     assert start_watcher(base_settings.model_copy(update={"shadow_scoring": False}), CHALLENGER) is None
     assert start_watcher(base_settings.model_copy(update={"champion_poll_s": 0.0}), CHALLENGER) is None

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from pipeline import kafka as kq
-from pipeline.runner import parse_chain
+from pipeline.chain import parse_chain
 from storage import db
 from tests.integration.conftest import consume_all, wait_for
 from tests.integration.test_quickstart import sample_event

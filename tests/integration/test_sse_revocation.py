@@ -19,7 +19,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from core.settings import REPO_ROOT
-from pipeline.runner import Bus
+from pipeline.embedded import Bus
 from serving.config import ServingSettings
 from storage import db
 from tests.integration.api_support import Api, alert_event, hdr, store_alerts
