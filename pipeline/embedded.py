@@ -120,14 +120,9 @@ class EmbeddedPipeline:
         out = run_isolated(run, range(len(raws)), letter, stg.detect, self._history)
         batch, dead, alerts = out.batch, out.dead, out.alerts
         self.sink.ensure_partitions(batch, out.windows)  # DDL, if any, outside the batch's transaction
-        with self.conn.transaction():
+        with self.sink.conn.transaction():  # the sink's: rows and dead letters stored together
             if dead:
-                with self.conn.cursor().copy(
-                    "COPY dead_letters (reason, detail, stage, source, raw) FROM STDIN"
-                ) as cp:
-                    for d in dead:
-                        cp.write_row((d.reason, d.detail, d.stage,
-                                      f"{d.topic}:{d.partition}:{d.offset}", d.raw))
+                self.sink.write_dead_letters(dead)
             stored, stored_alerts = self.sink.write(batch, alerts, out.windows)
             if self.sink.collided.size or self.sink.refused.size:  # in the rows' transaction
                 collided = sink_letters(self.sink, batch, self.source,
