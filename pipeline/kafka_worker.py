@@ -28,7 +28,7 @@ from core.batch import DeadLetter, MetricBatch
 from core.errors import ServiceError
 from core.settings import Settings
 from pipeline import kafka as kq
-from pipeline.chain import Records, StageFailure, StageOutput, parse_chain
+from pipeline.chain import Chain, Records, StageFailure, StageOutput, parse_chain
 from pipeline.codec import encode_metrics
 from pipeline.health import Backoff, Health, HealthServer, Stats
 from pipeline.isolation import DetectHistory, run_isolated
@@ -64,7 +64,7 @@ class KafkaWorker(OutageHandling, OffsetCommits):
     ``watcher`` follows the champion, ``shadow_watcher`` the challenger (shadow scoring).
     """
 
-    def __init__(self, s: Settings, chain: str | Sequence[str], group: str | None = None,
+    def __init__(self, s: Settings, chain: str | Sequence[str] | Chain, group: str | None = None,
                  model: ModelProvider | None = None, shadow: ModelProvider | None = None) -> None:
         self.s = s
         self.chain = parse_chain(chain)
