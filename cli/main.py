@@ -243,7 +243,8 @@ def worker(
     `degraded`) and exits only when stopped, or after EVENTOPS_OUTAGE_GIVE_UP_S if that is set.
     """
     from pipeline import kafka as kq
-    from pipeline.runner import KafkaWorker, parse_chain
+    from pipeline.chain import parse_chain
+    from pipeline.kafka_worker import KafkaWorker
 
     s = _settings()
     try:

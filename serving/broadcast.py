@@ -4,7 +4,7 @@ PostgreSQL is the order, the topic is the doorbell. Every alert transition is an
 ``alert_events`` row whose ``seq`` is the SSE event id. The live sources — the ``ops.alert.v1``
 topic in Kafka mode (one consumer per process, partitions assigned explicitly at their end, no
 consumer group, so clients never steal each other's alerts) or the embedded runner's in-process
-:class:`pipeline.runner.Bus` — only say *which tenant* has something new (and up to which
+:class:`pipeline.embedded.Bus` — only say *which tenant* has something new (and up to which
 ``seq``). A :class:`Feed` per tenant with subscribers then reads that tenant's rows after its
 horizon from PostgreSQL (``seq > horizon ORDER BY seq``, pages of ``page_size``) and hands every
 page, framed once, to each of its subscriptions. Why not forward the topic's payloads: the sink

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from core.records import AlertEvent
-from pipeline.runner import Bus, EmbeddedPipeline
+from pipeline.embedded import Bus, EmbeddedPipeline
 from serving.broadcast import Broadcaster
 from storage.connect import connect, count_rows
 from storage.tenants import create_tenant

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from psycopg.types.json import Jsonb
 
-from pipeline.runner import Bus
+from pipeline.embedded import Bus
 from serving import auth
 from storage.connect import connect, count_rows
 from storage.tenants import create_tenant

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from core.records import AlertEvent
-from pipeline.runner import Bus, EmbeddedPipeline
+from pipeline.embedded import Bus, EmbeddedPipeline
 from pipeline.simulate import Simulator
 from storage.connect import count_rows
 

@@ -19,7 +19,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from core.settings import REPO_ROOT
-from pipeline.runner import Bus
+from pipeline.embedded import Bus
 from serving.config import ServingSettings
 from storage.connect import connect
 from storage.tenants import create_tenant

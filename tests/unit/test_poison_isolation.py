@@ -13,7 +13,9 @@ import pytest
 
 from core.settings import REPO_ROOT
 from models.rules import RulesFile
-from pipeline.runner import DetectHistory, StageOutput, raw_chain, run_isolated
+from pipeline.chain import StageOutput
+from pipeline.embedded import raw_chain
+from pipeline.isolation import DetectHistory, run_isolated
 from pipeline.simulate import Simulator
 from pipeline.stages.detect.stage import DetectStage
 from pipeline.stages.enrich import Enricher
