@@ -45,7 +45,7 @@ from psycopg import sql
 from benchmarks.common import RESULTS, median, write_results
 from core.batch import MetricBatch
 from core.settings import Settings
-from pipeline.stages.anomaly import WindowRows
+from pipeline.stages.detect.window_rows import WindowRows
 from storage.connect import connect
 from storage.migrate import migrate
 from storage.partitions import PartitionPolicy, maintain, partition_name

@@ -43,7 +43,8 @@ def simulate(seed: int, hosts: int, ticks: int, anomaly_rate: float):
     """Windows of a simulator run through the detect stage, as a labelled WindowDataset."""
     from models.rules import RuleSet
     from pipeline.simulate import Simulator
-    from pipeline.stages.anomaly import DetectStage, WindowRows
+    from pipeline.stages.detect.stage import DetectStage
+    from pipeline.stages.detect.window_rows import WindowRows
     from pipeline.stages.normalize import NormalizeConfig, Normalizer
     from training.datasets import from_frame
 

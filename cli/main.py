@@ -18,6 +18,7 @@ from cli.errors import EXIT_REJECTED, BadArgument, describe, one_line
 from cli.preflight import KAFKA_LOGGER, check_kafka, check_postgres, kafka_quiet
 from core import __version__
 from core.errors import NotFound, ServiceError
+from core.records import iso_z
 from core.settings import Settings
 
 app = typer.Typer(help="EventOps: anomaly detection for operational telemetry.", no_args_is_help=True)
@@ -242,7 +243,8 @@ def worker(
     `degraded`) and exits only when stopped, or after EVENTOPS_OUTAGE_GIVE_UP_S if that is set.
     """
     from pipeline import kafka as kq
-    from pipeline.runner import KafkaWorker, parse_chain
+    from pipeline.chain import parse_chain
+    from pipeline.kafka_worker import KafkaWorker
 
     s = _settings()
     try:
@@ -404,7 +406,8 @@ def simulate(
         # unique: they carry the event time)
         sim.start = latest + interval if latest + interval <= now else max(now, latest + 0.001)
         kept = max(0.0, now - sim.start)
-        typer.echo(f"note: {tenant}'s simulated hosts already have events up to {_iso(latest)}; "
+        upto = iso_z(latest, "seconds")
+        typer.echo(f"note: {tenant}'s simulated hosts already have events up to {upto}; "
                    f"history starts after them ({kept:.0f} s instead of {backfill:.0f} s), since "
                    "older events would be dead-lettered as ts_too_old", err=True)
         backfill = kept
@@ -450,12 +453,6 @@ def simulate(
     typer.echo(line, err=bool(n_dead))
     if n_dead:
         raise typer.Exit(EXIT_REJECTED)
-
-
-def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @app.command()

@@ -54,8 +54,8 @@ class Verdict:
 def check_locally(s: Settings, raws: Sequence[bytes], tenants: frozenset[str] | None,
                   topic: str = "") -> Verdict:
     """Normalize ``raws`` as the normalize worker would (``tenants=None``: any tenant passes)."""
-    from pipeline.runner import normalize_config
     from pipeline.stages.normalize import Normalizer
+    from pipeline.stageset import normalize_config
 
     cfg = normalize_config(s, tenants)
     if tenants is None:

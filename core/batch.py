@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from core.reasons import DlqReason
+from core.records import AlertEvent
+
 
 def factorize(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(uniques, codes) of an object column by hashing: per-unique work instead of a sort.
@@ -46,12 +49,21 @@ class DeadLetter:
     """An input that could not be processed: its original bytes, why, and where it came from.
 
     ``topic``/``partition``/``offset`` name the record the bytes were read from (for a worker
-    consuming an intermediate topic, that topic's record). ``detail`` is made safe on creation
-    (:func:`safe_detail`), so no dead letter can fail to be produced or stored.
+    consuming an intermediate topic, that topic's record). ``reason`` must be one of
+    :class:`core.reasons.DlqReason` (its value as a string is accepted and converted; anything
+    else raises ``ValueError``). ``detail`` is made safe on creation (:func:`safe_detail`), so
+    no dead letter can fail to be produced or stored.
+
+    >>> DeadLetter(b"{", "bad_json", "").reason is DlqReason.BAD_JSON
+    True
+    >>> DeadLetter(b"{", "oops", "")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'oops' is not a valid DlqReason
     """
 
     raw: bytes
-    reason: str
+    reason: DlqReason
     detail: str
     topic: str = ""
     partition: int = -1
@@ -59,6 +71,7 @@ class DeadLetter:
     stage: str = "normalize"
 
     def __post_init__(self) -> None:
+        self.reason = DlqReason(self.reason)
         self.detail = safe_detail(self.detail)
 
 
@@ -141,9 +154,9 @@ def pairs(a: np.ndarray, b: np.ndarray) -> tuple[list[tuple[str, str]], np.ndarr
 
 @dataclass(slots=True)
 class AlertBatch:
-    """Alert transitions produced by detect: one dict per transition (they are rare)."""
+    """Alert transitions produced by detect: one :class:`AlertEvent` each (they are rare)."""
 
-    events: list[dict] = field(default_factory=list)
+    events: list[AlertEvent] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.events)

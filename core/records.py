@@ -4,7 +4,9 @@ An :class:`AlertEvent` is one transition of one alert (``open``, ``escalate``, `
 ``resolve``). The detect stage makes them (threshold rules and window scores alike), the sink
 stores them (``alert_events`` + ``alerts``), the runner publishes them on the alert topic, the
 API and the SSE feed serve them. On the wire and in ``alert_events.payload`` it is the JSON
-object of :meth:`AlertEvent.to_dict` (every field but ``ts``; ``seq`` once stored).
+object of :meth:`AlertEvent.to_dict` (every field but ``ts``; ``seq`` once stored), read back
+with :meth:`AlertEvent.from_dict`. An :class:`OpenAlert` is what the rule tracker re-arms after a
+restart: an ``alerts`` row that is still open.
 
 >>> ev = AlertEvent(alert_id=alert_id("acme", "web-1", "cpu", "cpu_high", 60.0), kind="open",
 ...                 tenant_id="acme", host="web-1", metric="cpu", value=97.0,
@@ -15,6 +17,8 @@ object of :meth:`AlertEvent.to_dict` (every field but ``ts``; ``seq`` once store
 ('open', '1970-01-01T00:01:00Z', True)
 >>> AlertEvent.from_dict(ev.to_dict()) == ev
 True
+>>> AlertEvent.from_dict(ev.stored(7).to_dict()).seq
+7
 """
 
 from __future__ import annotations
@@ -26,15 +30,20 @@ from typing import Any
 
 #: alert transitions, in the order an alert can go through them
 KINDS = ("open", "escalate", "deescalate", "resolve")
+#: alert severities, mildest first
+SEVERITIES = ("warning", "critical")
 
 
-def iso_z(ts: float) -> str:
-    """Epoch seconds as ISO 8601 UTC with a ``Z`` suffix (microseconds when present).
+def iso_z(ts: float, timespec: str = "auto") -> str:
+    """Epoch seconds as ISO 8601 UTC with a ``Z`` suffix; ``timespec`` as
+    :meth:`datetime.isoformat`'s (``auto``: microseconds when present).
 
     >>> iso_z(0.0), iso_z(1.5)
     ('1970-01-01T00:00:00Z', '1970-01-01T00:00:01.500000Z')
+    >>> iso_z(1.5, "milliseconds"), iso_z(1.5, "seconds")
+    ('1970-01-01T00:00:01.500Z', '1970-01-01T00:00:01Z')
     """
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def alert_id(tenant: str, host: str, metric: str, rule: str, opened_at: float) -> str:
@@ -51,7 +60,12 @@ def alert_id(tenant: str, host: str, metric: str, rule: str, opened_at: float) -
 
 @dataclass(frozen=True, slots=True)
 class AlertEvent:
-    """One alert transition (immutable; ``seq`` is set once the sink has stored it)."""
+    """One alert transition (immutable; ``seq`` is set once the sink has stored it).
+
+    Equality compares every field (``explanation`` included); the hash leaves ``explanation``
+    out (a dict). ``kind`` and ``severity`` are checked on creation, so a record read from a
+    topic with other values is refused (``ValueError``) rather than stored.
+    """
 
     alert_id: str
     kind: str  #: one of :data:`KINDS`
@@ -66,10 +80,17 @@ class AlertEvent:
     threshold: float
     message: str
     score: float
-    explanation: dict[str, Any] = field(compare=False)
+    explanation: dict[str, Any] = field(hash=False)
     model_version: str | None
     event_id: str  #: the event (or ``window:…``) that caused the transition
     seq: int | None = None  #: ``alert_events.seq`` once stored
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"alert event kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"alert severity {self.severity!r} is not one of "
+                             f"{', '.join(SEVERITIES)}")
 
     @property
     def state(self) -> str:
@@ -83,6 +104,11 @@ class AlertEvent:
     def event_key(self) -> str:
         """Unique per transition: a replay of the same transition has the same key."""
         return f"{self.alert_id}:{self.kind}:{self.ts!r}"
+
+    @property
+    def partition_key(self) -> str:
+        """The Kafka key of the alert topic's record: ``tenant_id|host``, as the inputs'."""
+        return f"{self.tenant_id}|{self.host}"
 
     def stored(self, seq: int) -> AlertEvent:
         return replace(self, seq=seq)
@@ -104,10 +130,40 @@ class AlertEvent:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AlertEvent:
-        """Back from :meth:`to_dict` (a payload read from PostgreSQL or the alert topic)."""
+        """Back from :meth:`to_dict` (a payload read from PostgreSQL or the alert topic).
+
+        The event time is the one ``event_key`` ends with (``repr`` of the float: exact, so the
+        key and the id of the transition survive the round trip bit for bit); ``ts`` when given
+        (records of producers that sent it); else ``ts_event`` (microseconds). Raises
+        ``KeyError`` for a missing field and ``ValueError`` for a bad one.
+        """
         ts = d.get("ts")
+        if ts is None and "event_key" in d:
+            ts = str(d["event_key"]).rpartition(":")[2]
         if ts is None:
             ts = datetime.fromisoformat(str(d["ts_event"]).replace("Z", "+00:00")).timestamp()
         opt: dict[str, Any] = {"seq": d.get("seq"), "model_version": d.get("model_version")}
-        req = [f.name for f in fields(cls) if f.name not in ("ts", "seq", "model_version")]
-        return cls(ts=float(ts), **{k: d[k] for k in req}, **opt)
+        ev = cls(ts=float(ts), **{k: d[k] for k in _REQUIRED}, **opt)
+        if "event_key" in d and d["event_key"] != ev.event_key:
+            raise ValueError(f"event_key {d['event_key']!r} does not match the transition "
+                             f"({ev.event_key!r})")
+        return ev
+
+
+_REQUIRED = tuple(f.name for f in fields(AlertEvent)
+                  if f.name not in ("ts", "seq", "model_version"))
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAlert:
+    """An alert that is open in storage (``alerts.state = 'open'``): what the rule tracker
+    re-arms after a restart or a rebalance (:func:`storage.alerts.load_open_alerts`)."""
+
+    alert_id: str
+    tenant_id: str
+    host: str
+    metric: str
+    severity: str  #: ``warning`` | ``critical``
+    opened_at: float  #: event time the alert opened, epoch seconds
+    last_ts: float  #: event time of its latest transition, epoch seconds
+    rule: str

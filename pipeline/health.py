@@ -1,4 +1,5 @@
-"""Worker health: readiness state, the retry policy used during outages, and a tiny HTTP probe.
+"""Worker health: readiness state, the retry policy used during outages, a tiny HTTP probe, and
+the counters of what a runner did (:class:`Stats`).
 
 A worker is ``starting`` until it has joined its consumer group, then ``ok``, or ``degraded``
 while one of its services is unavailable (``postgres``: a write, checkpoint, outbox or
@@ -29,12 +30,28 @@ import logging
 import random
 import threading
 import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 log = logging.getLogger(__name__)
 
 STARTING, OK, DEGRADED = "starting", "ok", "degraded"
 SERVICES = ("postgres", "kafka")
+
+
+@dataclass
+class Stats:
+    """What a runner did since it started."""
+
+    batches: int = 0
+    consumed: int = 0
+    stored: int = 0
+    dead: int = 0
+    alerts: int = 0
+    commit_failures: int = 0
+    #: failed attempts waited out, per service ("postgres", "kafka")
+    outage_retries: dict = field(default_factory=lambda: {"postgres": 0, "kafka": 0})
+    started: float = field(default_factory=time.monotonic)
 
 
 class Backoff:

@@ -1,4 +1,5 @@
-"""Everything that talks to Kafka: admin, producers, consumers, wire formats.
+"""Everything that talks to Kafka: admin, producers, consumers, dead-letter and alert records
+(the metric stream's records are :mod:`pipeline.codec`'s).
 
 Stages never import this module; runners do. Settings that bite with librdkafka defaults are
 set explicitly: idempotent producer, ``auto.offset.reset=earliest``, no auto-commit (offsets
@@ -11,12 +12,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 
-import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import (
@@ -27,10 +26,10 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from core.batch import DeadLetter, MetricBatch, safe_detail
+from core.batch import DeadLetter, safe_detail
 from core.errors import ServiceError
+from core.records import AlertEvent
 from core.settings import Settings
-from pipeline.stages.normalize import suspects, text_fault
 
 log = logging.getLogger(__name__)
 
@@ -277,79 +276,9 @@ def produce_dead_letters(p: Producer, topic: str, dead: Sequence[DeadLetter]) ->
                 p.poll(0.05)
 
 
-def encode_metrics(b: MetricBatch) -> tuple[list[bytes], list[str]]:
-    """signals.metric.v1 / signals.enriched.v1 records: one JSON object per event."""
-    dumps = orjson.dumps
-    vals = [
-        dumps({"event_id": e, "tenant_id": t, "host": h, "metric": m, "value": v, "ts": ts,
-               "unit": u, "tags": g})
-        for e, t, h, m, v, ts, u, g in zip(b.event_id, b.tenant_id, b.host, b.metric,
-                                          b.value.tolist(), b.ts.tolist(), b.unit, b.tags,
-                                          strict=True)
-    ]
-    return vals, b.keys()
-
-
-def decode_metrics(msgs: Sequence[Message], stage: str) -> tuple[MetricBatch, list[DeadLetter]]:
-    """Inverse of :func:`encode_metrics`; records that do not decode to a valid row (wrong
-    types, a non-finite number, text normalize would refuse) become ``bad_record`` dead letters
-    carrying the record's own bytes and topic/partition/offset. Rows keep the index of their
-    record in ``msgs`` (``MetricBatch.src``)."""
-    cols: list[list] = [[] for _ in range(8)]
-    parts: list[int] = []
-    src: list[int] = []
-    dead: list[DeadLetter] = []
-    loads = orjson.loads
-    suspect = suspects([m.value() or b"" for m in msgs])
-    for i, m in enumerate(msgs):
-        try:
-            d = loads(m.value() or b"")
-            row = (d["event_id"], d["tenant_id"], d["host"], d["metric"], float(d["value"]),
-                   float(d["ts"]), d.get("unit", ""), d.get("tags"))
-            fault = _row_fault(row)
-            if fault is None and suspect is not None and suspect[i]:
-                fault = text_fault(*row[:4], row[6], row[7])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            fault = f"{type(e).__name__}: {e}"
-        if fault is not None:
-            dead.append(DeadLetter(m.value() or b"", "bad_record", fault, m.topic(),
-                                   m.partition(), m.offset(), stage))
-            continue
-        for c, v in zip(cols, row, strict=True):
-            c.append(v)
-        parts.append(m.partition())
-        src.append(i)
-    if not cols[0]:
-        return MetricBatch.empty(), dead
-
-    def obj(x: list) -> np.ndarray:
-        a = np.empty(len(x), dtype=object)
-        a[:] = x
-        return a
-
-    return MetricBatch(
-        obj(cols[0]), obj(cols[1]), obj(cols[2]), obj(cols[3]),
-        np.asarray(cols[4], dtype=np.float64), np.asarray(cols[5], dtype=np.float64),
-        obj(cols[6]), obj(cols[7]), np.asarray(parts, dtype=np.int64),
-        np.asarray(src, dtype=np.int64),
-    ), dead
-
-
-def _row_fault(row: tuple) -> str | None:
-    """Why a decoded intermediate record cannot be a row (types, finiteness), else ``None``."""
-    eid, t, h, m, v, ts, u, tags = row
-    if not (type(eid) is str and type(t) is str and type(h) is str and type(m) is str
-            and type(u) is str):
-        return "event_id, tenant_id, host, metric and unit must be strings"
-    if tags is not None and type(tags) is not dict:
-        return "tags must be an object"
-    if not (math.isfinite(v) and math.isfinite(ts)):
-        return "value and ts must be finite"
-    return None
-
-
-def encode_alert(ev: dict) -> bytes:
-    return orjson.dumps(ev)
+def encode_alert(ev: AlertEvent) -> bytes:
+    """The alert topic's record of a transition: :meth:`AlertEvent.to_dict` as JSON."""
+    return orjson.dumps(ev.to_dict())
 
 
 def next_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from core.records import iso_z
+
 METRICS = ("cpu_load", "mem_used_pct", "latency_p99", "req_rate")
 UNITS = ("percent", "percent", "s", "per_s")
 KINDS = ("cpu_spike", "latency_spike", "traffic_drop", "memory_leak")
@@ -93,7 +95,7 @@ class Simulator:
         while ticks is None or self.tick < ticks:
             ts = self.start + self.tick * self.interval
             v = self.values(ts).tolist()
-            iso = _iso(ts)
+            iso = iso_z(ts, "milliseconds")
             out = []
             for i, name in enumerate(self.names):
                 row = v[i]
@@ -107,8 +109,3 @@ class Simulator:
             self.tick += 1
             yield out
 
-
-def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

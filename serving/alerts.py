@@ -43,7 +43,9 @@ class Alert(BaseModel):
     feedback: str | None = None  # latest label: true_positive | false_positive
 
 
-class AlertEvent(BaseModel):
+class AlertTransition(BaseModel):
+    """One stored transition of an alert; ``payload`` is :meth:`core.records.AlertEvent.to_dict`."""
+
     seq: int
     kind: str
     created_at: datetime
@@ -51,7 +53,7 @@ class AlertEvent(BaseModel):
 
 
 class AlertDetail(Alert):
-    events: list[AlertEvent]
+    events: list[AlertTransition]
 
 
 def alert_row(r) -> dict:
@@ -143,6 +145,6 @@ async def get_alert(pool: PoolDep, key: ReadKey, alert_id: NamePath) -> AlertDet
         row = await alerts_repo.get_alert(conn, key.tenant_id, alert_id)
         if row is None:
             raise NotFound(f"alert {alert_id!r} not found")
-        events = [AlertEvent(seq=s, kind=k, created_at=c, payload=p)
+        events = [AlertTransition(seq=s, kind=k, created_at=c, payload=p)
                   for s, k, c, p in await alerts_repo.alert_events(conn, key.tenant_id, alert_id)]
     return AlertDetail(**to_alert(row).model_dump(), events=events)

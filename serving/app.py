@@ -31,7 +31,7 @@ from starlette.routing import compile_path
 
 from core import __version__
 from core.settings import Settings
-from pipeline.runner import Bus
+from pipeline.embedded import Bus
 from serving import errors
 from serving.auth import KeyStore, RateLimiter
 from serving.broadcast import Broadcaster, KafkaAlertSource

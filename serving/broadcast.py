@@ -4,7 +4,7 @@ PostgreSQL is the order, the topic is the doorbell. Every alert transition is an
 ``alert_events`` row whose ``seq`` is the SSE event id. The live sources — the ``ops.alert.v1``
 topic in Kafka mode (one consumer per process, partitions assigned explicitly at their end, no
 consumer group, so clients never steal each other's alerts) or the embedded runner's in-process
-:class:`pipeline.runner.Bus` — only say *which tenant* has something new (and up to which
+:class:`pipeline.embedded.Bus` — only say *which tenant* has something new (and up to which
 ``seq``). A :class:`Feed` per tenant with subscribers then reads that tenant's rows after its
 horizon from PostgreSQL (``seq > horizon ORDER BY seq``, pages of ``page_size``) and hands every
 page, framed once, to each of its subscriptions. Why not forward the topic's payloads: the sink
@@ -20,6 +20,11 @@ the queue and counts a drop: the client (:func:`serving.sse.alert_stream`) then 
 from PostgreSQL after its own cursor, in pages, until a page comes back short, and continues
 from the queue (skipping what it has already sent). Nothing is skipped silently and memory per
 client stays bounded by ``queue_size + page_size`` events whatever its lag.
+
+A frame's ``data`` is the stored ``alert_events.payload`` text with its ``seq`` added, as
+PostgreSQL renders it (no decoding and encoding per event): the JSON object of
+:meth:`core.records.AlertEvent.to_dict` of the stored transition, which
+:meth:`~core.records.AlertEvent.from_dict` reads back.
 
 Outages: a feed whose query fails retries with backoff (its clients keep their heartbeats and
 decide when to close, see :mod:`serving.sse`); the Kafka source reconnects with backoff and,
@@ -48,6 +53,7 @@ import orjson
 import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from core.records import AlertEvent
 from core.settings import Settings
 from pipeline import kafka as kq
 from storage import alerts as alerts_repo
@@ -216,11 +222,9 @@ class Broadcaster:
 
     # --- doorbells --------------------------------------------------------------------------
 
-    def publish_threadsafe(self, event: dict) -> None:
+    def publish_threadsafe(self, event: AlertEvent) -> None:
         """One stored transition (embedded bus), from any thread."""
-        tenant = event.get("tenant_id")
-        if isinstance(tenant, str):
-            self.ring_threadsafe({tenant: (event.get("seq"), [event.get("event_key")])})
+        self.ring_threadsafe({event.tenant_id: (event.seq, [event.event_key])})
 
     def ring_threadsafe(self, news: dict[str, tuple[int | None, list]]) -> None:
         """``{tenant: (highest seq or None, event keys of transitions without seq)}``, any thread."""

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 
 from core.settings import Settings
-from pipeline.runner import Bus, EmbeddedPipeline
+from pipeline.embedded import Bus, EmbeddedPipeline
 from pipeline.simulate import Simulator
 from registry.tags import CHALLENGER
 from registry.watcher import start_watcher

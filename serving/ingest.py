@@ -145,7 +145,7 @@ def _send_kafka(app, settings, raws: list[bytes], keys: list[bytes]) -> None:
 
 
 def _send_embedded(app, settings, raws: list[bytes]) -> Accepted:
-    from pipeline.runner import EmbeddedPipeline
+    from pipeline.embedded import EmbeddedPipeline
 
     with _lock:  # one pipeline (one connection, stage state): batches go through one at a time
         pipe = getattr(app.state, "ingest_pipeline", None)

@@ -14,6 +14,7 @@ from datetime import datetime
 import psycopg
 from psycopg import AsyncConnection
 
+from core.records import OpenAlert
 from storage.schema import ALERT_COLUMNS
 
 #: columns of an alert row of the reads below
@@ -27,7 +28,7 @@ _SELECT = ("SELECT " + ", ".join(f"a.{c}" for c in ALERT_COLUMNS) +
 _EQUAL = ("state", "severity", "host", "metric")
 
 
-def load_open_alerts(conn: psycopg.Connection) -> list[dict]:
+def load_open_alerts(conn: psycopg.Connection) -> list[OpenAlert]:
     """Every tenant's open alerts (a detect worker re-arms its rule alerts from them)."""
     rows = conn.execute(
         "SELECT alert_id, tenant_id, host, metric, severity, "
@@ -36,7 +37,8 @@ def load_open_alerts(conn: psycopg.Connection) -> list[dict]:
     ).fetchall()
     conn.commit()
     return [
-        dict(alert_id=a, tenant_id=t, host=h, metric=m, severity=s, opened_at=o, last_ts=u, rule=r)
+        OpenAlert(alert_id=a, tenant_id=t, host=h, metric=m, severity=s, opened_at=o, last_ts=u,
+                  rule=r)
         for a, t, h, m, s, o, u, r in rows
     ]
 

@@ -20,6 +20,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from core.batch import DeadLetter, MetricBatch
+from core.records import AlertEvent
 from storage.checkpoints import Checkpoint, save_checkpoints
 from storage.partitions import Partitions
 from storage.schema import (
@@ -148,9 +149,9 @@ class Sink:
                 p.ensure(conn, "shadow_scores", windows.start[shadow])
 
     def write(
-        self, batch: MetricBatch, alert_events: Iterable[dict] = (), windows=None,
+        self, batch: MetricBatch, alert_events: Iterable[AlertEvent] = (), windows=None,
         checkpoints: Iterable[Checkpoint] = (),
-    ) -> tuple[int, list[dict]]:
+    ) -> tuple[int, list[AlertEvent]]:
         """Store a batch; returns (new metric rows, alert events newly stored with their ``seq``).
 
         Runs in one transaction: metrics, window features and scores, the challenger's shadow
@@ -178,7 +179,7 @@ class Sink:
             self.refused = bad
             return out
 
-    def _write_either(self, batch, alert_events, windows, checkpoints) -> tuple[int, list[dict]]:
+    def _write_either(self, batch, alert_events, windows, checkpoints) -> tuple[int, list[AlertEvent]]:
         try:
             # fast path: plain COPY into metrics; a replayed event violates the unique key ...
             return self._write(batch, alert_events, windows, checkpoints, fresh=True)
@@ -209,7 +210,7 @@ class Sink:
         self.collided = np.empty(0, np.int64)
         return np.asarray(sorted(bad), dtype=np.int64)
 
-    def _write(self, batch, alert_events, windows, checkpoints, fresh: bool) -> tuple[int, list[dict]]:
+    def _write(self, batch, alert_events, windows, checkpoints, fresh: bool) -> tuple[int, list[AlertEvent]]:
         with self.conn.transaction():
             if not len(batch):
                 inserted = 0
@@ -398,30 +399,31 @@ class Sink:
         ).fetchall()
         return np.asarray([r[0] for r in rows], dtype=np.int64)
 
-    def _write_alerts(self, events: list[dict]) -> list[dict]:
+    def _write_alerts(self, events: list[AlertEvent]) -> list[AlertEvent]:
+        """Store transitions (``alert_events`` + their ``alerts`` row); returns the new ones
+        with their ``seq``. ``payload`` is :meth:`AlertEvent.to_dict`."""
         cur = self.conn.cursor()
-        stored: list[dict] = []
+        stored: list[AlertEvent] = []
         for ev in events:
-            payload = {k: v for k, v in ev.items() if k not in ("ts",)}
             row = cur.execute(
                 "INSERT INTO alert_events (event_key, alert_id, tenant_id, kind, payload) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_key) DO NOTHING RETURNING seq",
-                (ev["event_key"], ev["alert_id"], ev["tenant_id"], ev["kind"], Jsonb(payload)),
+                (ev.event_key, ev.alert_id, ev.tenant_id, ev.kind, Jsonb(ev.to_dict())),
             ).fetchone()
             if row is None:
                 continue  # replayed transition: already stored (and published)
-            ev = {**payload, "seq": row[0]}
-            stored.append(ev)
-            if ev["kind"] == "open":
+            stored.append(ev.stored(row[0]))
+            ts_event = ev.ts_event
+            if ev.kind == "open":
                 cur.execute(
                     "INSERT INTO alerts (alert_id, tenant_id, host, metric, value, severity, ts_event,"
                     " state, rule, threshold, message, score, explanation, model_version,"
                     " opened_at, updated_at) VALUES (%s,%s,%s,%s,%s,%s,%s,'open',%s,%s,%s,%s,%s,%s,"
                     " to_timestamp(%s), %s) ON CONFLICT (alert_id) DO NOTHING",
-                    (ev["alert_id"], ev["tenant_id"], ev["host"], ev["metric"], ev["value"],
-                     ev["severity"], ev["ts_event"], ev["rule"], ev["threshold"], ev["message"],
-                     ev["score"], Jsonb(ev["explanation"]), ev["model_version"], ev["opened_at"],
-                     ev["ts_event"]),
+                    (ev.alert_id, ev.tenant_id, ev.host, ev.metric, ev.value,
+                     ev.severity, ts_event, ev.rule, ev.threshold, ev.message,
+                     ev.score, Jsonb(ev.explanation), ev.model_version, ev.opened_at,
+                     ts_event),
                 )
             else:
                 cur.execute(
@@ -429,9 +431,9 @@ class Sink:
                     " threshold = %s, explanation = %s, updated_at = %s, state = %s,"
                     " resolved_at = CASE WHEN %s::text = 'resolved' THEN %s::timestamptz END"
                     " WHERE alert_id = %s AND updated_at <= %s",
-                    (ev["severity"], ev["value"], ev["message"], ev["score"], ev["threshold"],
-                     Jsonb(ev["explanation"]), ev["ts_event"], ev["state"], ev["state"],
-                     ev["ts_event"], ev["alert_id"], ev["ts_event"]),
+                    (ev.severity, ev.value, ev.message, ev.score, ev.threshold,
+                     Jsonb(ev.explanation), ts_event, ev.state, ev.state,
+                     ts_event, ev.alert_id, ts_event),
                 )
         return stored
 
@@ -443,14 +445,14 @@ class Sink:
             for d in dead:
                 cp.write_row((d.reason, d.detail, d.stage, f"{d.topic}:{d.partition}:{d.offset}", d.raw))
 
-    def unpublished(self, limit: int = 10_000) -> list[dict]:
-        """Alert events stored but not yet confirmed on the alert topic (outbox)."""
+    def unpublished(self, limit: int = 10_000) -> list[AlertEvent]:
+        """Alert events stored but not yet confirmed on the alert topic (outbox), with ``seq``."""
         rows = self.conn.execute(
             "SELECT seq, payload FROM alert_events WHERE published_at IS NULL ORDER BY seq LIMIT %s",
             (limit,),
         ).fetchall()
         self.conn.commit()
-        return [{**p, "seq": s} for s, p in rows]
+        return [AlertEvent.from_dict(p).stored(s) for s, p in rows]
 
     def mark_published(self, seqs: list[int]) -> None:
         if not seqs:

@@ -26,14 +26,17 @@ bad_tags            tags not an object of string -> scalar (a number must fit a 
                     uint64 or be a finite float)
 tag_too_large       a tag key/value longer than ``max_tag_value_bytes``
 too_many_tags       more than ``max_tags`` tags
+ts_too_old          detect: behind a window its host has already closed
+duplicate_event_id  sink: the tenant stored a different event under this id
+store_refused       sink: PostgreSQL refused the row's values — a normalize gap, isolated to
+                    the row by bisection so that it costs neither its batch nor the worker
+stage_error         any stage: it raised on this one event; the rest of its batch went on
+bad_record          any stage: an intermediate topic's record does not decode
 ==================  ===============================================================
 
-Reasons given by later stages (same DLQ, same headers): ``ts_too_old`` (detect: behind a closed
-window), ``duplicate_event_id`` (sink: the tenant stored a different event under this id),
-``store_refused`` (sink: PostgreSQL refused the row's values — a normalize gap, isolated to the
-row by bisection so that it costs neither its batch nor the worker),
-``stage_error`` (a stage raised on this one event; the rest of its batch went on),
-``bad_record`` (an intermediate topic's record does not decode).
+The last five come from detect, the sink or any stage (same DLQ, same headers). The codes are
+the members of :class:`core.reasons.DlqReason`; a :class:`DeadLetter` with any other reason
+cannot be made.
 
 Text rules (issue 8: PostgreSQL text cannot hold NUL, orjson cannot encode lone surrogates, and
 Python's ``re`` ``$`` accepts a trailing newline). Names (tenant, host, metric) and event ids
@@ -65,6 +68,7 @@ import numpy as np
 import orjson
 
 from core.batch import DeadLetter, MetricBatch, factorize
+from core.reasons import DlqReason
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +194,7 @@ class Normalizer:
         tags: list[dict | None] = []
         src: list[int] = []  # index of the raw input of each kept row
 
-        def reject(i: int, reason: str, detail: str) -> None:
+        def reject(i: int, reason: DlqReason, detail: str) -> None:
             dead.append(DeadLetter(bytes(raws[i]), reason, detail, topic, parts[i], offs[i]))
 
         loads = orjson.loads
@@ -204,7 +208,7 @@ class Normalizer:
         for i, raw in enumerate(raws):
             try:
                 if len(raw) > cfg.max_message_bytes:
-                    reject(i, "too_large", f"{len(raw)} bytes > {cfg.max_message_bytes}")
+                    reject(i, DlqReason.TOO_LARGE, f"{len(raw)} bytes > {cfg.max_message_bytes}")
                     continue
                 slow = False
                 try:
@@ -216,20 +220,21 @@ class Normalizer:
                         continue
                     slow = True  # NaN/Infinity, huge numbers or lone surrogates: check it all
                 if not isinstance(ev, dict):
-                    reject(i, "not_object", f"top-level JSON is {type(ev).__name__}")
+                    reject(i, DlqReason.NOT_OBJECT, f"top-level JSON is {type(ev).__name__}")
                     continue
                 get = ev.get
                 t, h, m, v, tsv = get("tenant_id"), get("host"), get("metric"), get("value"), get("ts_event")
                 if t is None or h is None or m is None or v is None or tsv is None:
-                    reject(i, "missing_field", ",".join(f for f in REQUIRED if get(f) is None))
+                    missing = ",".join(f for f in REQUIRED if get(f) is None)
+                    reject(i, DlqReason.MISSING_FIELD, missing)
                     continue
                 if not (isinstance(t, str) and isinstance(h, str) and isinstance(m, str)):
                     bad = [k for k in ("tenant_id", "host", "metric") if not isinstance(ev[k], str)]
-                    reject(i, "bad_type", f"{','.join(bad)} must be a string")
+                    reject(i, DlqReason.BAD_TYPE, f"{','.join(bad)} must be a string")
                     continue
                 tv = type(v)
                 if tv is not float and tv is not int:
-                    reject(i, "bad_type", "value must be a number")
+                    reject(i, DlqReason.BAD_TYPE, "value must be a number")
                     continue
                 if type(tsv) is str and tsv in ts_cache:  # agents batch samples of one instant
                     ts = ts_cache[tsv]
@@ -240,13 +245,13 @@ class Normalizer:
                             raise ValueError("holds a control character")
                         ts = _parse_ts(tsv)
                     except (TypeError, ValueError, OverflowError) as e:
-                        reject(i, "bad_type", f"ts_event: {e}"[:200])
+                        reject(i, DlqReason.BAD_TYPE, f"ts_event: {e}"[:200])
                         continue
                     if type(tsv) is str:
                         ts_cache[tsv] = ts
                 u = get("unit", "")
                 if not isinstance(u, str):
-                    reject(i, "bad_type", "unit must be a string")
+                    reject(i, DlqReason.BAD_TYPE, "unit must be a string")
                     continue
                 tg = get("tags")
                 # a short message decoded by orjson with no nested containers needs no tag walk
@@ -262,7 +267,7 @@ class Normalizer:
                 if eid is None:
                     eid = f"{topic}:{parts[i]}:{offs[i]}"
                 elif not isinstance(eid, str) or not 0 < len(eid) <= 128:
-                    reject(i, "bad_event_id", "event_id must be a string of 1..128 chars")
+                    reject(i, DlqReason.BAD_EVENT_ID, "event_id must be a string of 1..128 chars")
                     continue
                 if suspect is not None and suspect[i]:  # its text is checked after the loop
                     strict += (t, h, m, eid)
@@ -273,7 +278,7 @@ class Normalizer:
                     sus.append(len(src))  # last: the row is appended below
             except Exception as e:  # a bug must cost this one input, never the batch
                 log.exception("normalize failed on %s[%s]@%s", topic, parts[i], offs[i])
-                reject(i, "stage_error", f"normalize: {type(e).__name__}: {e}")
+                reject(i, DlqReason.STAGE_ERROR, f"normalize: {type(e).__name__}: {e}")
                 continue
             ids.append(eid)
             tenants.append(t)
@@ -300,7 +305,7 @@ class Normalizer:
         src_idx = np.asarray(src, dtype=np.int64)
         ok = np.ones(len(src), dtype=bool)
 
-        def drop(mask: np.ndarray, reason: str, detail_of) -> None:
+        def drop(mask: np.ndarray, reason: DlqReason, detail_of) -> None:
             for j in np.flatnonzero(mask & ok):
                 reject(int(src_idx[j]), reason, detail_of(j))
             ok[mask] = False
@@ -310,13 +315,13 @@ class Normalizer:
             for j in sus:
                 fault = text_fault(tenants[j], hosts[j], metrics[j], ids[j], units[j], tags[j])
                 if fault:
-                    reject(src[j], "bad_text", fault)
+                    reject(src[j], DlqReason.BAD_TEXT, fault)
                     ok[j] = False
 
         lo, hi = now - cfg.max_past_age_s, now + cfg.max_future_skew_s
         drop(
             ~((ts >= lo) & (ts <= hi)),
-            "ts_out_of_range",
+            DlqReason.TS_OUT_OF_RANGE,
             lambda j: f"ts_event {ts[j]:.0f} outside [{lo:.0f}, {hi:.0f}]",
         )
         uniq, inv = factorize(metric)
@@ -325,18 +330,21 @@ class Normalizer:
             uniq, inv = factorize(col)
             bad_u = np.fromiter((_NAME_RE.fullmatch(s) is None for s in uniq), bool, len(uniq))
             if bad_u.any():
-                drop(bad_u[inv], "bad_field", lambda j, c=col, nm=name: f"{nm}={c[j]!r:.80}")
+                drop(bad_u[inv], DlqReason.BAD_FIELD,
+                     lambda j, c=col, nm=name: f"{nm}={c[j]!r:.80}")
         if cfg.known_tenants is not None:
             uniq, inv = factorize(tenant)
             unknown = np.fromiter((u not in cfg.known_tenants for u in uniq), bool, len(uniq))
             if unknown.any():
-                drop(unknown[inv], "unknown_tenant", lambda j: f"tenant_id={tenant[j]!r:.80}")
+                drop(unknown[inv], DlqReason.UNKNOWN_TENANT,
+                     lambda j: f"tenant_id={tenant[j]!r:.80}")
 
         # unit normalisation and its size bound on unique values only
         uniq, inv = factorize(unit)
         long_u = np.fromiter((_utf8_len(s) > small for s in uniq), bool, len(uniq))
         if long_u.any():
-            drop(long_u[inv], "bad_field", lambda j: f"unit: {_utf8_len(unit[j])} bytes > {small}")
+            drop(long_u[inv], DlqReason.BAD_FIELD,
+                 lambda j: f"unit: {_utf8_len(unit[j])} bytes > {small}")
         canon = [self.units.get(s.strip().lower(), (s.strip().lower(), 1.0)) for s in uniq]
         unit = np.asarray([c[0] for c in canon], dtype=object)[inv]
         scale = np.asarray([c[1] for c in canon], dtype=np.float64)[inv]
@@ -344,7 +352,8 @@ class Normalizer:
             with np.errstate(over="ignore"):
                 value = value * scale
         # after scaling: 1e308 GiB is inf bytes
-        drop(~np.isfinite(value), "non_finite", lambda j: f"value={values[j]!r:.60} ({unit[j]})")
+        drop(~np.isfinite(value), DlqReason.NON_FINITE,
+             lambda j: f"value={values[j]!r:.60} ({unit[j]})")
 
         batch = MetricBatch(
             event_id=np.asarray(ids, dtype=object),
@@ -364,40 +373,41 @@ class Normalizer:
         return batch, dead
 
     @staticmethod
-    def _slow_decode(raw: bytes, err: Exception) -> tuple[str, str, object]:
+    def _slow_decode(raw: bytes, err: Exception) -> tuple[DlqReason | None, str, object]:
         """Classify what orjson refused; accept NaN/Infinity literals, numbers beyond float64 and
         lone surrogate escapes so that they get a precise reason."""
         try:
             text = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as e:
-            return "bad_encoding", str(e)[:200], None
+            return DlqReason.BAD_ENCODING, str(e)[:200], None
         try:
             ev = json.loads(text, parse_int=_json_int)
         except (ValueError, RecursionError) as e:
-            return "bad_json", str(e)[:200] or str(err)[:200], None
-        return "", "", ev
+            return DlqReason.BAD_JSON, str(e)[:200] or str(err)[:200], None
+        return None, "", ev
 
-    def _check_tags(self, tg: object) -> tuple[str, str] | None:
+    def _check_tags(self, tg: object) -> tuple[DlqReason, str] | None:
         cfg = self.config
         if not isinstance(tg, dict):
-            return "bad_tags", "tags must be an object"
+            return DlqReason.BAD_TAGS, "tags must be an object"
         if len(tg) > cfg.max_tags:
-            return "too_many_tags", f"{len(tg)} tags > {cfg.max_tags}"
+            return DlqReason.TOO_MANY_TAGS, f"{len(tg)} tags > {cfg.max_tags}"
         lim = cfg.max_tag_value_bytes
         quarter = lim // 4  # text of at most this many characters fits ``lim`` UTF-8 bytes
         for k, v in tg.items():
             tv = type(v)
             if tv is str:
                 if len(v) > quarter and _utf8_len(v) > lim:
-                    return "tag_too_large", f"tag {_show(k)}: {_utf8_len(v)} bytes > {lim}"
+                    return DlqReason.TAG_TOO_LARGE, f"tag {_show(k)}: {_utf8_len(v)} bytes > {lim}"
             elif tv is dict or tv is list:
-                return "bad_tags", f"tag {_show(k)} is not a scalar"
+                return DlqReason.BAD_TAGS, f"tag {_show(k)} is not a scalar"
             elif (tv is float and not math.isfinite(v)) or (
                 tv is int and not _TAG_INT_MIN <= v <= _TAG_INT_MAX
             ):
-                return "bad_tags", f"tag {_show(k)}: number {v!r:.40} is not a finite int64/float64"
+                return (DlqReason.BAD_TAGS,
+                        f"tag {_show(k)}: number {v!r:.40} is not a finite int64/float64")
             if len(k) > quarter and _utf8_len(k) > lim:
-                return "tag_too_large", f"tag key {_show(k)}: {_utf8_len(k)} bytes > {lim}"
+                return DlqReason.TAG_TOO_LARGE, f"tag key {_show(k)}: {_utf8_len(k)} bytes > {lim}"
         return None
 
 

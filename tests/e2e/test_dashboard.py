@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.runner import Bus, EmbeddedPipeline
+from pipeline.embedded import Bus, EmbeddedPipeline
 from pipeline.simulate import Simulator
 from storage.connect import connect
 from storage.inventory import set_inventory
@@ -64,8 +64,8 @@ def test_live_anomaly_arrives_and_is_marked_false_positive(demo, browser, output
 
     # inject an anomaly through the embedded pipeline: cpu 97 % on host-004
     _, _, stored = pipe.feed([raw_event(tenant, "host-004", 97.0, ts=datetime.now(UTC))])
-    assert [a["kind"] for a in stored] == ["open"]
-    alert_id = stored[0]["alert_id"]
+    assert [a.kind for a in stored] == ["open"]
+    alert_id = stored[0].alert_id
     item = page.wait_for_selector(f"#feed li[data-alert-id='{alert_id}']", timeout=10_000)
     assert "host-004" in item.inner_text() and "critical" in item.inner_text()
     page.wait_for_selector(".host[data-host='host-004'][data-level='critical']", timeout=10_000)

@@ -12,6 +12,7 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
+from core.records import AlertEvent
 from core.settings import Settings
 from serving import auth
 from serving.config import ServingSettings
@@ -78,20 +79,17 @@ def raw_event(tenant: str, host: str, value: float, metric: str = "cpu_load",
 
 
 def alert_event(tenant: str, host: str, metric: str = "cpu_load", kind: str = "open",
-                ts: datetime | None = None, alert_id: str | None = None, marker: str = "") -> dict:
+                ts: datetime | None = None, alert_id: str | None = None, marker: str = "") -> AlertEvent:
     """An alert transition as the detect stage emits it (for Sink.write)."""
     ts = ts or datetime.now(UTC)
     alert_id = alert_id or uuid.uuid4().hex[:24]
-    return {
-        "event_key": f"{alert_id}:{kind}:{ts.timestamp()!r}", "alert_id": alert_id, "kind": kind,
-        "state": "resolved" if kind == "resolve" else "open", "tenant_id": tenant, "host": host,
-        "metric": metric, "value": 95.0, "severity": "critical",
-        "ts_event": ts.isoformat().replace("+00:00", "Z"), "ts": ts.timestamp(),
-        "opened_at": ts.timestamp(), "rule": "cpu_load", "threshold": 90.0,
-        "message": f"{metric} on {host} is 95 {marker}", "score": 1.0,
-        "explanation": {"components": ["threshold"], "marker": marker}, "model_version": None,
-        "event_id": f"ev-{alert_id}",
-    }
+    return AlertEvent(
+        alert_id=alert_id, kind=kind, tenant_id=tenant, host=host, metric=metric, value=95.0,
+        severity="critical", ts=ts.timestamp(), opened_at=ts.timestamp(), rule="cpu_load",
+        threshold=90.0, message=f"{metric} on {host} is 95 {marker}", score=1.0,
+        explanation={"components": ["threshold"], "marker": marker}, model_version=None,
+        event_id=f"ev-{alert_id}",
+    )
 
 
 def seed(s: Settings, conn: psycopg.Connection, tenant: str, marker: str, hosts=("host-a",), metrics=("cpu_load",),
@@ -130,16 +128,16 @@ def seed(s: Settings, conn: psycopg.Connection, tenant: str, marker: str, hosts=
     a2 = alert_event(tenant, hosts[-1], metrics[-1], ts=now - timedelta(minutes=3), marker=marker)
     _, stored = store_alerts(s, [a1, a2])
     conn.execute("INSERT INTO feedback (tenant_id, alert_id, label, comment) VALUES (%s, %s, 'true_positive', %s)",
-                 (tenant, a1["alert_id"], marker))
-    return {"alerts": [a1["alert_id"], a2["alert_id"]], "hosts": list(hosts), "metrics": list(metrics),
+                 (tenant, a1.alert_id, marker))
+    return {"alerts": [a1.alert_id, a2.alert_id], "hosts": list(hosts), "metrics": list(metrics),
             "stored": stored}
 
 
-def store_alerts(s: Settings, events: list[dict]) -> tuple[int, list[dict]]:
+def store_alerts(s: Settings, events: list[AlertEvent]) -> tuple[int, list[AlertEvent]]:
     """Store alert events through the sink, as the pipeline does; returns the stored ones."""
     from core.batch import MetricBatch
 
     with connect(s) as c:
         n, stored = Sink(c).write(MetricBatch.empty(), events)
-        Sink(c).mark_published([e["seq"] for e in stored])
+        Sink(c).mark_published([e.seq for e in stored])
     return n, stored

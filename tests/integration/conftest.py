@@ -153,7 +153,7 @@ class ThreadWorker:
     """A KafkaWorker running in a background thread of the test process."""
 
     def __init__(self, s: Settings, chain: str) -> None:
-        from pipeline.runner import KafkaWorker
+        from pipeline.kafka_worker import KafkaWorker
 
         self.worker = KafkaWorker(s, chain)
         self.error: BaseException | None = None

@@ -32,7 +32,7 @@ import uuid
 
 import pytest
 
-from pipeline.runner import Bus
+from pipeline.embedded import Bus
 from storage.connect import connect
 from storage.tenants import create_tenant
 from tests.integration.api_support import Api, make_key, seed

@@ -7,7 +7,7 @@ import uuid
 import httpx
 import pytest
 
-from pipeline.runner import Bus
+from pipeline.embedded import Bus
 from serving.config import ServingSettings
 from storage.connect import connect
 from storage.tenants import create_tenant

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from pipeline.runner import Bus
+from pipeline.embedded import Bus
 from storage.connect import connect
 from storage.tenants import create_tenant
 from tests.integration.api_support import Api, hdr, make_key, seed

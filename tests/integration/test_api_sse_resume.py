@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from pipeline.runner import Bus, EmbeddedPipeline
+from core.records import AlertEvent
+from pipeline.embedded import Bus, EmbeddedPipeline
 from serving.broadcast import Broadcaster
 from storage.connect import connect, count_rows
 from storage.tenants import create_tenant
@@ -45,7 +46,7 @@ def open_alerts(pipe: EmbeddedPipeline, tenant: str, hosts: list[str]) -> list[i
     _, dead, stored = pipe.feed([raw_event(tenant, h, 95.0) for h in hosts])
     assert not dead
     assert len(stored) == len(hosts)
-    return [a["seq"] for a in stored]
+    return [a.seq for a in stored]
 
 
 def seqs(c: SseClient) -> list[int]:
@@ -100,6 +101,28 @@ def test_resume_while_alerts_keep_arriving_has_no_gap_and_no_duplicate(env):
     c.close()
     assert sorted(seqs(c)) == expected
     assert len(seqs(c)) == len(set(seqs(c)))
+
+
+def test_a_frame_is_the_stored_alert_event(env):
+    """A frame's data (the stored payload text as PostgreSQL renders it, with ``seq``) decodes
+    with ``AlertEvent.from_dict`` to the transition the sink stored, key for key and value for
+    value; the alert's history in the API serves the same payload."""
+    s, conn, tenant, other, pipe, api, key = env
+    c = SseClient(api.url + "/alerts/stream", headers=hdr(key))
+    assert c.connected.wait(10)
+    _, dead, stored = pipe.feed([raw_event(tenant, "hf", 95.0)])
+    assert not dead and len(stored) == 1 and stored[0].seq is not None
+    wait_for(lambda: c.events, 10, what="the alert frame")
+    c.close()
+    frame = c.events[0]["data"]
+    assert c.events[0]["id"] == str(stored[0].seq)
+    assert frame == stored[0].to_dict()
+    assert AlertEvent.from_dict(frame) == stored[0]
+    r = httpx.get(api.url + f"/alerts/{stored[0].alert_id}", headers=hdr(key))
+    assert r.status_code == 200, r.text
+    (hist,) = r.json()["events"]
+    assert hist["seq"] == stored[0].seq and hist["kind"] == "open"
+    assert AlertEvent.from_dict(hist["payload"]).stored(hist["seq"]) == stored[0]
 
 
 def test_bad_last_event_id_is_400(env):
@@ -172,7 +195,7 @@ def test_overflowed_client_queue_is_refilled_from_postgres_in_pages(env):
             ts = datetime.now(UTC)
             _, stored = store_alerts(s, [alert_event(tenant, f"o{i}", ts=ts + timedelta(seconds=i))
                                          for i in range(10)])
-            want = [e["seq"] for e in stored]
+            want = [e.seq for e in stored]
             b.ring({tenant: (want[-1], [])})
             for _ in range(100):  # the feed reads 3 + 3 + 3 + 1 while nobody reads the stream
                 await asyncio.sleep(0.05)
@@ -185,13 +208,13 @@ def test_overflowed_client_queue_is_refilled_from_postgres_in_pages(env):
                 got += [int(x.split(b"\n", 1)[0]) for x in chunk.split(b"id: ")[1:]]
             # and live again afterwards: the next alert comes from the feed, not twice
             _, more = store_alerts(s, [alert_event(tenant, "o10", ts=ts + timedelta(seconds=10))])
-            b.ring({tenant: (more[0]["seq"], [])})
+            b.ring({tenant: (more[0].seq, [])})
             chunk = await asyncio.wait_for(anext(gen), 5)
             got += [int(x.split(b"\n", 1)[0]) for x in chunk.split(b"id: ")[1:]]
             dropped = sub.dropped
             await gen.aclose()
             assert tenant not in b.feeds  # the last subscriber left: the feed stopped
-            return got, want + [more[0]["seq"]], dropped
+            return got, want + [more[0].seq], dropped
 
     from concurrent.futures import ThreadPoolExecutor
 

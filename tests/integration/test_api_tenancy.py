@@ -14,7 +14,7 @@ import httpx
 import pytest
 from psycopg.types.json import Jsonb
 
-from pipeline.runner import Bus
+from pipeline.embedded import Bus
 from serving import auth
 from storage.connect import connect, count_rows
 from storage.tenants import create_tenant, revoke_key
@@ -219,13 +219,13 @@ def test_alert_stream_replays_and_delivers_only_the_keys_tenant(world):
                                    alert_event(w.a, "host-a", ts=ts + timedelta(seconds=1), marker=w.mark_a)])
     for ev in stored:
         w.bus.publish(ev)
-    wait_for(lambda: any(e["data"]["alert_id"] == stored[1]["alert_id"] for e in ca.events), 10)
+    wait_for(lambda: any(e["data"]["alert_id"] == stored[1].alert_id for e in ca.events), 10)
     wait_for(lambda: cq.events, 10)
     for c in (ca, cq):
         c.close()
         assert {e["data"]["tenant_id"] for e in c.events} == {w.a}
         assert all(w.mark_b not in str(e["data"]) for e in c.events)
-    assert [e["data"]["alert_id"] for e in cq.events] == [stored[1]["alert_id"]]
+    assert [e["data"]["alert_id"] for e in cq.events] == [stored[1].alert_id]
     assert len(replay) >= 2
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 
-from pipeline.runner import Bus, EmbeddedPipeline
+from core.records import AlertEvent
+from pipeline.embedded import Bus, EmbeddedPipeline
 from pipeline.simulate import Simulator
 from storage.connect import count_rows
 
 
 def test_embedded_pipeline_stores_simulated_metrics_and_alerts(settings, conn, tenant):
     bus = Bus()
-    seen: list[dict] = []
+    seen: list[AlertEvent] = []
     bus.subscribe(seen.append)
     pipe = EmbeddedPipeline(settings, bus)
     sim = Simulator(hosts=5, tenant=tenant, seed=3, interval=10, start=time.time() - 3600,
@@ -26,8 +27,8 @@ def test_embedded_pipeline_stores_simulated_metrics_and_alerts(settings, conn, t
     assert any(a.kind == "cpu_spike" for a in sim.anomalies)
     alerts = count_rows(conn, "alerts", "tenant_id = %s", (tenant,))
     assert alerts > 0
-    opened = [e for e in seen if e["kind"] == "open"]
-    assert len(opened) == alerts and all(e["tenant_id"] == tenant for e in seen)
+    opened = [e for e in seen if e.kind == "open"]
+    assert len(opened) == alerts and all(e.tenant_id == tenant for e in seen)
 
 
 def test_embedded_replay_writes_nothing_twice(settings, conn, tenant):

@@ -16,8 +16,9 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import ConfigResource, NewTopic
 
 from pipeline import kafka as kq
-from pipeline.runner import EmbeddedPipeline, KafkaWorker
-from pipeline.stages.anomaly import DetectStage
+from pipeline.embedded import EmbeddedPipeline
+from pipeline.kafka_worker import KafkaWorker
+from pipeline.stages.detect.stage import DetectStage
 from storage.connect import connect, count_rows
 from storage.migrate import migrate
 from storage.tenants import create_tenant

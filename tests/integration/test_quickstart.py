@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import httpx
 import orjson
 
+from core.records import AlertEvent
 from pipeline import kafka as kq
 from serving.auth import create_key
 from storage.inventory import set_inventory
@@ -67,6 +68,9 @@ def test_mvp_quickstart_event_to_metrics_alert_topic_and_two_sse_clients(
         assert c.events[0]["event"] == "alert"
         assert c.events[0]["data"]["alert_id"] == on_topic["alert_id"]
         assert c.events[0]["id"] == str(on_topic["seq"])
+        # the frame (stored payload) and the topic's record are the same alert event
+        assert c.events[0]["data"] == on_topic
+        assert AlertEvent.from_dict(c.events[0]["data"]) == AlertEvent.from_dict(on_topic)
         c.close()
 
     # the MVP's read endpoints

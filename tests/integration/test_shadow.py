@@ -12,7 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from pipeline.stages.anomaly import ANOMALY_RULE, calibrate_batch_score
+from pipeline.stages.detect.score_alerts import ANOMALY_RULE
+from pipeline.stages.detect.stage import calibrate_batch_score
 from registry.loading import load_version
 from registry.tags import CHALLENGER, TAG_SET_AT
 from storage.connect import count_rows
@@ -190,7 +191,7 @@ def test_worker_scores_challenger_in_shadow_without_alerting_on_it(settings, con
 def test_replayed_shadow_rows_are_written_once(conn, tenant):
     """The sink's ON CONFLICT path (a replayed batch) stores each shadow row once."""
     from core.batch import MetricBatch
-    from pipeline.stages.anomaly import FEATURES, WindowRows
+    from pipeline.stages.detect.window_rows import FEATURES, WindowRows
 
     def obj(xs):
         a = np.empty(len(xs), dtype=object)

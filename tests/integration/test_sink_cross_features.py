@@ -14,7 +14,8 @@ from core.batch import MetricBatch
 from features.cross import CROSS_FEATURES
 from models.rules import RuleSet
 from pipeline.simulate import Simulator
-from pipeline.stages.anomaly import DetectStage, WindowRows
+from pipeline.stages.detect.stage import DetectStage
+from pipeline.stages.detect.window_rows import WindowRows
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
 from storage.sink import Sink
 from training.datasets import from_postgres

@@ -104,7 +104,7 @@ def test_two_events_with_one_id_in_one_batch_store_the_first(conn, tenant):
 
 
 def test_embedded_collision_is_dead_lettered_in_the_same_transaction(settings, conn, tenant, other_tenant):
-    from pipeline.runner import EmbeddedPipeline
+    from pipeline.embedded import EmbeddedPipeline
 
     now = time.time() - 30
 

@@ -32,7 +32,7 @@ def test_sink_stores_the_batch_around_rows_postgres_refuses(conn, tenant):
 
 def test_embedded_runner_dead_letters_a_refused_row_with_its_original_bytes(settings, conn, tenant):
     """A fault-injected normalizer lets one NUL through, as a gap in its checks would."""
-    from pipeline.runner import EmbeddedPipeline
+    from pipeline.embedded import EmbeddedPipeline
 
     now = time.time() - 30
     raws = [orjson.dumps({"tenant_id": tenant, "host": "h1", "metric": "cpu_load", "value": i,

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from pipeline import kafka as kq
-from pipeline.runner import parse_chain
+from pipeline.chain import parse_chain
 from storage.connect import count_rows
 from storage.inventory import set_inventory
 from tests.integration.conftest import consume_all, wait_for

@@ -263,7 +263,7 @@ def test_split_mode_transitions_announced_before_they_are_stored_reach_clients(s
         events = [alert_event(tenant, f"s{i}", ts=ts + timedelta(seconds=i)) for i in range(3)]
         p = kq.producer(settings)
         kq.produce_all(p, settings.topic_alert, [kq.encode_alert(e) for e in events],
-                       [f"{tenant}|{e['host']}" for e in events])
+                       [f"{tenant}|{e.host}" for e in events])
         kq.flush(p)
         time.sleep(1.0)  # the sink is behind: nothing stored yet when the doorbell rings
         assert c.events == []
@@ -271,6 +271,6 @@ def test_split_mode_transitions_announced_before_they_are_stored_reach_clients(s
             _, stored = Sink(sc).write(MetricBatch.empty(), events)
         wait_for(lambda: len(c.events) == 3, 5, what="the stored transitions")
         c.close()
-        assert [int(e["id"]) for e in c.events] == [e["seq"] for e in stored]
+        assert [int(e["id"]) for e in c.events] == [e.seq for e in stored]
     finally:
         api.stop()

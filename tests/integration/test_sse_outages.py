@@ -113,10 +113,10 @@ def store(s, tenant: str, n: int, publish: bool) -> list[int]:
         if publish:
             p = kq.producer(s)
             kq.produce_all(p, s.topic_alert, [kq.encode_alert(a) for a in stored],
-                           [f"{a['tenant_id']}|{a['host']}" for a in stored])
+                           [a.partition_key for a in stored])
             kq.flush(p)
-            Sink(c).mark_published([a["seq"] for a in stored])
-    return [a["seq"] for a in stored]
+            Sink(c).mark_published([a.seq for a in stored])
+    return [a.seq for a in stored]
 
 
 def readyz(api: Api) -> dict:

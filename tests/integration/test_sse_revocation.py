@@ -19,7 +19,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from core.settings import REPO_ROOT
-from pipeline.runner import Bus
+from pipeline.embedded import Bus
 from serving.config import ServingSettings
 from storage.connect import connect
 from storage.tenants import create_tenant
@@ -54,7 +54,7 @@ def new_key(conn, tenant: str) -> tuple[str, str]:
 def publish(s, bus: Bus, tenant: str, host: str) -> int:
     _, stored = store_alerts(s, [alert_event(tenant, host, ts=datetime.now(UTC))])
     bus.publish(stored[0])
-    return stored[0]["seq"]
+    return stored[0].seq
 
 
 def revoke_with_cli(s, key_id: str) -> None:

@@ -17,7 +17,8 @@ from features.windows import FEATURES as WINDOW_FEATURES
 from models.batch import BatchModel
 from models.rules import RuleSet
 from pipeline.simulate import Simulator
-from pipeline.stages.anomaly import FEATURES, DetectStage, WindowRows
+from pipeline.stages.detect.stage import DetectStage
+from pipeline.stages.detect.window_rows import FEATURES, WindowRows
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
 from training import datasets
 from training.estimators import CalibratedDetector, relative_features, relative_names
@@ -219,14 +220,14 @@ def test_an_alert_on_a_host_wide_incident_says_the_other_metrics_moved():
     det = DetectStage(RuleSet([]), window_s=WINDOW_S)
     alerts = [a for b in batches([orjson.dumps(e) for e in evs], list(range(997, len(evs), 997)))
               for a in det(b).alerts]
-    opened = [a for a in alerts if a["rule"] == "anomaly:ensemble" and a["kind"] == "open"
-              and a["host"].endswith("001") and t0 < a["ts"] <= t0 + 4 * WINDOW_S]
-    assert len({a["metric"] for a in opened}) >= 2, opened
+    opened = [a for a in alerts if a.rule == "anomaly:ensemble" and a.kind == "open"
+              and a.host.endswith("001") and t0 < a.ts <= t0 + 4 * WINDOW_S]
+    assert len({a.metric for a in opened}) >= 2, opened
     for a in opened:
-        ctx = a["explanation"]["host"]
+        ctx = a.explanation["host"]
         assert ctx["metrics"] == 4 and ctx["deviating"] >= 1 and ctx["max_z"] >= 3
-        assert "other metric" in a["message"] and "moved too" in a["message"]
+        assert "other metric" in a.message and "moved too" in a.message
     # and the message claims it only when it is so
     for a in alerts:
-        if a["rule"] == "anomaly:ensemble" and a["kind"] == "open":
-            assert ("moved too" in a["message"]) == (a["explanation"].get("host", {}).get("deviating", 0) > 0)
+        if a.rule == "anomaly:ensemble" and a.kind == "open":
+            assert ("moved too" in a.message) == (a.explanation.get("host", {}).get("deviating", 0) > 0)

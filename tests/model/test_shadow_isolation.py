@@ -18,13 +18,8 @@ from core.settings import REPO_ROOT
 from models.batch import BatchModel
 from models.rules import RuleSet, RulesFile
 from pipeline.simulate import Simulator
-from pipeline.stages.anomaly import (
-    FEATURES,
-    DetectOutput,
-    DetectStage,
-    WindowRows,
-    calibrate_batch_score,
-)
+from pipeline.stages.detect.stage import DetectOutput, DetectStage, calibrate_batch_score
+from pipeline.stages.detect.window_rows import FEATURES, WindowRows
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
 
 WINDOW_S = 60.0
@@ -127,7 +122,7 @@ def test_failing_challenger_is_logged_and_skipped(data, caplog):
             raise RuntimeError("challenger exploded")
 
     _, plain = run(batches, champion)
-    with caplog.at_level(logging.WARNING, logger="pipeline.stages.anomaly"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.detect.stage"):
         det, shadowed = run(batches, champion, shadow=lambda: ("2", Broken()))
     assert_same_detection(plain, shadowed)
     assert det.shadow_failures > 1

@@ -5,7 +5,7 @@ The policy of :mod:`features.windows` is restated here as a per-event pure-Pytho
 hosts with skewed clocks, out-of-order events, a silent host and a host that resumes after silence,
 under random micro-batch splits and checkpoint restores.  The regression tests of issue 8 item 2
 (tenant A stamping now + 290 s made every on-time event of tenant B on the same partition late)
-run through :class:`pipeline.stages.anomaly.DetectStage`.
+run through :class:`pipeline.stages.detect.stage.DetectStage`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from core.batch import MetricBatch
+from core.records import iso_z
 from core.settings import Settings
 from features.windows import (
     _NONE,
@@ -31,7 +32,8 @@ from features.windows import (
 )
 from models.rules import RuleSet
 from pipeline.simulate import METRICS, UNITS, Simulator
-from pipeline.stages.anomaly import IDLE_CLOSE_S, DetectStage, WindowRows
+from pipeline.stages.detect.stage import IDLE_CLOSE_S, DetectStage
+from pipeline.stages.detect.window_rows import WindowRows
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
 from tests.unit.test_features import check, naive
 
@@ -322,16 +324,10 @@ def keyed(rows: WindowRows) -> pd.DataFrame:
     return df.sort_values(["tenant_id", "host", "metric", "start"], ignore_index=True)
 
 
-def _iso(t: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def events(tenant: str, host: str, ts, start: int = 0) -> list[bytes]:
     return [orjson.dumps({"event_id": f"{tenant}-{host}-{start + i}", "tenant_id": tenant,
                           "host": host, "metric": METRICS[i % 2], "value": float(i % 7),
-                          "ts_event": _iso(t), "unit": UNITS[i % 2], "tags": {}})
+                          "ts_event": iso_z(t, "milliseconds"), "unit": UNITS[i % 2], "tags": {}})
             for i, t in enumerate(ts)]
 
 
@@ -399,7 +395,7 @@ def skewed_raw_stream() -> list[bytes]:
                     continue  # silent
                 ev["host"] = f"host-{h:03d}"
                 true_t = start + tick * 10.0
-                ev["ts_event"] = _iso(true_t + offsets[h])
+                ev["ts_event"] = iso_z(true_t + offsets[h], "milliseconds")
                 delay = rng.uniform(300, 900) if rng.random() < 0.005 else 0.0
                 rows.append((true_t + delay + rng.uniform(0, 1), orjson.dumps(ev)))
     rows.sort(key=lambda r: r[0])

@@ -6,7 +6,7 @@ import numpy as np
 
 from core.batch import MetricBatch
 from models.rules import RuleSet
-from pipeline.stages.anomaly import DetectStage
+from pipeline.stages.detect.stage import DetectStage
 
 
 def _batch(rows: list[tuple[str, str, float, float]]) -> MetricBatch:

@@ -16,7 +16,7 @@ from psycopg_pool import PoolTimeout
 
 from core.errors import ServiceError
 from pipeline.health import Backoff, Health, HealthServer
-from pipeline.runner import kafka_transient, pg_unavailable
+from pipeline.outages import kafka_transient, pg_unavailable
 from serving.health import DatabaseUnavailable, is_outage
 
 

@@ -13,9 +13,11 @@ import pytest
 
 from core.settings import REPO_ROOT
 from models.rules import RulesFile
-from pipeline.runner import DetectHistory, StageOutput, raw_chain, run_isolated
+from pipeline.chain import StageOutput
+from pipeline.embedded import raw_chain
+from pipeline.isolation import DetectHistory, run_isolated
 from pipeline.simulate import Simulator
-from pipeline.stages.anomaly import DetectStage
+from pipeline.stages.detect.stage import DetectStage
 from pipeline.stages.enrich import Enricher
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
 
@@ -84,7 +86,7 @@ def canon(out: StageOutput) -> tuple:
     """Order-free view of an output (a bisected batch emits the same rows in slices)."""
     recs = sorted(out.windows.records() if out.windows is not None else [],
                   key=lambda r: (r["tenant_id"], r["host"], r["metric"], r["window_start"]))
-    alerts = sorted(out.alerts, key=lambda a: a["event_key"])
+    alerts = [a.to_dict() for a in sorted(out.alerts, key=lambda a: a.event_key)]
     return sorted(out.batch.event_id.tolist()), recs, alerts
 
 

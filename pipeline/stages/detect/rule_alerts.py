@@ -1,4 +1,4 @@
-"""detect: score events against the threshold rules and track alert state per series.
+"""Rule alerts: score events against the threshold rules and track alert state per series.
 
 Levels are computed for the whole batch with numpy (:meth:`models.rules.RuleSet.levels`).
 Only the events of series that are above a threshold, or whose alert is open or pending,
@@ -8,20 +8,24 @@ fraction of the batch.
 State machine per series (``L`` = fired level, 0 ok / 1 warning / 2 critical):
 candidate ``c = up if up >= L else (down if down < L else L)``; a level ``k > L`` fires once
 ``c >= k`` has held for the rule's ``for`` duration (event time); ``c < L`` de-escalates or
-resolves at once. Every transition is one alert event (``open``, ``escalate``,
-``deescalate``, ``resolve``) with a deterministic ``event_key``, so a replay writes nothing new.
+resolves at once. Every transition is one :class:`core.records.AlertEvent` (``open``,
+``escalate``, ``deescalate``, ``resolve``) with a deterministic ``event_key``, so a replay
+writes nothing new.
+
+The tracker's state is :attr:`RuleAlerts.series`: a :class:`SeriesAlert` per series that has an
+open or pending alert. Checkpoints hold it as plain tuples (:meth:`RuleAlerts.to_state`), so no
+class path of this module is pickled.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import astuple, dataclass, field
 
 import numpy as np
 
 from core.batch import AlertBatch, MetricBatch
-from models.rules import RuleSet
+from core.records import AlertEvent, OpenAlert, alert_id
+from models.rules import Rule, RuleSet
 
 SEVERITY = {1: "warning", 2: "critical"}
 LEVEL = {"warning": 1, "critical": 2}
@@ -29,6 +33,8 @@ LEVEL = {"warning": 1, "critical": 2}
 
 @dataclass(slots=True)
 class SeriesAlert:
+    """Alert state of one series: fired level, open alert, pending levels, newest event time."""
+
     level: int = 0
     alert_id: str = ""
     opened_at: float = 0.0
@@ -36,33 +42,42 @@ class SeriesAlert:
     last_ts: float = float("-inf")
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+#: a series' key: (tenant, host, metric)
+SeriesKey = tuple[str, str, str]
 
 
-def alert_id_for(tenant: str, host: str, metric: str, rule: str, opened_at: float) -> str:
-    h = hashlib.blake2b(f"{tenant}|{host}|{metric}|{rule}|{opened_at!r}".encode(), digest_size=12)
-    return h.hexdigest()
-
-
-class Detector:
-    """The detect stage (threshold rules + alert tracking)."""
+class RuleAlerts:
+    """Threshold-rule alerts of one partition's series (a part of the detect stage)."""
 
     def __init__(self, rules: RuleSet) -> None:
         self.rules = rules
-        self.series: dict[tuple[str, str, str], SeriesAlert] = {}
+        self.series: dict[SeriesKey, SeriesAlert] = {}
 
     def set_rules(self, rules: RuleSet) -> None:
         self.rules = rules
 
-    def restore(self, open_alerts: list[dict]) -> None:
+    def restore(self, open_alerts: list[OpenAlert]) -> None:
         """Re-arm open alerts read back from storage (after a restart or a rebalance)."""
         for a in open_alerts:
-            key = (a["tenant_id"], a["host"], a["metric"])
-            self.series[key] = SeriesAlert(
-                level=LEVEL[a["severity"]], alert_id=a["alert_id"],
-                opened_at=float(a["opened_at"]), last_ts=float(a.get("last_ts", a["opened_at"])),
+            self.series[(a.tenant_id, a.host, a.metric)] = SeriesAlert(
+                level=LEVEL[a.severity], alert_id=a.alert_id, opened_at=float(a.opened_at),
+                last_ts=float(a.last_ts),
             )
+
+    def to_state(self) -> dict[SeriesKey, tuple]:
+        """The open/pending series as plain data: ``key -> (level, alert_id, opened_at,
+        pending, last_ts)``."""
+        return {k: astuple(s) for k, s in self.series.items()}
+
+    @classmethod
+    def from_state(cls, st: dict[SeriesKey, tuple | SeriesAlert], rules: RuleSet) -> RuleAlerts:
+        """Back from :meth:`to_state` (or from the :class:`SeriesAlert` objects that
+        checkpoints of version 1 pickled)."""
+        ra = cls(rules)
+        for k, v in st.items():
+            ra.series[tuple(k)] = v if isinstance(v, SeriesAlert) else SeriesAlert(
+                v[0], v[1], v[2], dict(v[3]), v[4])
+        return ra
 
     def __call__(self, batch: MetricBatch) -> AlertBatch:
         out = AlertBatch()
@@ -123,7 +138,7 @@ class Detector:
         if fire:
             if L == 0:
                 s.opened_at = ts
-                s.alert_id = alert_id_for(*key, rule.name, ts)
+                s.alert_id = alert_id(*key, rule.name, ts)
                 self._emit(out, s, key, rule, b, j, "open", fire)
             else:
                 self._emit(out, s, key, rule, b, j, "escalate", fire)
@@ -132,7 +147,8 @@ class Detector:
             del s.pending[k]
 
     @staticmethod
-    def _emit(out: AlertBatch, s: SeriesAlert, key, rule, b: MetricBatch, j: int, kind: str, level: int) -> None:
+    def _emit(out: AlertBatch, s: SeriesAlert, key: SeriesKey, rule: Rule, b: MetricBatch, j: int,
+              kind: str, level: int) -> None:
         tenant, host, metric = key
         ts = float(b.ts[j])
         value = float(b.value[j])
@@ -143,25 +159,11 @@ class Detector:
         else:
             cmp = ">=" if rule.direction == "above" else "<="
             msg = f"{metric} on {host} is {value:g} ({cmp} {sev} threshold {thr:g})"
-        out.events.append({
-            "event_key": f"{s.alert_id}:{kind}:{ts!r}",
-            "alert_id": s.alert_id,
-            "kind": kind,
-            "state": "resolved" if kind == "resolve" else "open",
-            "tenant_id": tenant,
-            "host": host,
-            "metric": metric,
-            "value": value,
-            "severity": sev,
-            "ts_event": _iso(ts),
-            "ts": ts,
-            "opened_at": s.opened_at,
-            "rule": rule.name,
-            "threshold": thr,
-            "message": msg,
-            "score": 1.0 if level == 2 else (0.5 if level == 1 else 0.0),
-            "explanation": {"components": ["threshold"], "actual": value, "threshold": thr,
-                            "direction": rule.direction, "for_s": rule.for_s},
-            "model_version": None,
-            "event_id": b.event_id[j],
-        })
+        out.events.append(AlertEvent(
+            alert_id=s.alert_id, kind=kind, tenant_id=tenant, host=host, metric=metric, value=value,
+            severity=sev, ts=ts, opened_at=s.opened_at, rule=rule.name, threshold=thr, message=msg,
+            score=1.0 if level == 2 else (0.5 if level == 1 else 0.0),
+            explanation={"components": ["threshold"], "actual": value, "threshold": thr,
+                         "direction": rule.direction, "for_s": rule.for_s},
+            model_version=None, event_id=b.event_id[j],
+        ))

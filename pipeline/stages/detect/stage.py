@@ -1,0 +1,268 @@
+"""The detect stage: threshold rules on events; event-time windows → features → detector
+ensemble (+ batch model) → scores and anomaly alerts on closed windows; state per Kafka
+partition.
+
+Per partition (a host's series always live on one partition, key ``tenant_id|host``) the stage
+keeps a :class:`~pipeline.stages.detect.partition.PartitionState`: the series registry, a
+:class:`features.windows.WindowAggregator` keeping event time *per host* (each host's windows
+close by its own clock minus the allowed lateness, or once the partition's newest event is
+``idle_close_s`` ahead of them: one tenant's clock never makes another tenant's events late),
+the :class:`models.ensemble.Ensemble` built by :func:`models.presets.default_ensemble`, the
+threshold-rule alert tracker (:mod:`~pipeline.stages.detect.rule_alerts`) and the anomaly-alert
+tracker (:mod:`~pipeline.stages.detect.score_alerts`). All of it is one blob
+(:meth:`DetectStage.snapshot`) that the runner checkpoints together with the partition's next
+offset. Alert transitions of both trackers come out as :class:`core.records.AlertEvent`.
+
+The closed windows of a push get the per-host cross-metric features of :mod:`features.cross`
+(grouped by ``(tenant, host)`` code and window start) before any detector sees them, so the
+ensemble, the champion and the challenger all read the same columns that the sink stores and
+training reads back (:data:`~pipeline.stages.detect.window_rows.FEATURES`).
+
+Work is vectorized over the closed windows of a micro-batch; Python loops only run per closed
+window that is anomalous (explanations, alert transitions) and per new series.
+
+Shadow scoring: an optional second provider (``shadow``, the MLflow ``challenger``) scores the
+same closed-window feature matrix after everything else is decided, with the champion's
+calibration. Its scores ride along in :class:`~pipeline.stages.detect.window_rows.WindowRows`
+(``shadow_*`` columns) to the
+``shadow_scores`` table only; they never reach the ensemble, severities, alerts, ``scores`` or
+the ``score`` of ``signals.score.v1`` records. A failing challenger is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core.batch import MetricBatch
+from core.records import AlertEvent
+from features.cross import cross_metric_features
+from models.ensemble import SEVERITIES, Ensemble
+from models.presets import default_ensemble
+from models.rules import RuleSet
+from pipeline.stages.detect.partition import PartitionState
+from pipeline.stages.detect.window_rows import FEATURES, WindowRows
+
+log = logging.getLogger(__name__)
+
+#: default ``idle_close_s`` of :class:`DetectStage` (the ``EVENTOPS_IDLE_CLOSE_S`` default)
+IDLE_CLOSE_S = 600.0
+
+#: () -> (model version, model with ``score_many(X)``) or (None, None); see registry/champion.py
+ModelProvider = Callable[[], tuple[str | None, Any]]
+
+
+@dataclass
+class DetectOutput:
+    """What one call of the stage made: alert transitions, scored windows, late events."""
+
+    alerts: list[AlertEvent] = field(default_factory=list)
+    windows: WindowRows | None = None
+    late_idx: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+
+def calibrate_batch_score(raw: np.ndarray) -> np.ndarray:
+    """Map ``-score_samples`` of an IsolationForest ((0, 1], ~0.5 neutral) onto [0, 1]:
+    0 up to 0.55, rising linearly to 1 at 0.85."""
+    return np.clip((raw - 0.55) / 0.30, 0.0, 1.0)
+
+
+def _no_model() -> tuple[None, None]:
+    return None, None
+
+
+class DetectStage:
+    """The detect stage: rules on events, ensemble (+ champion model) on closed windows.
+
+    Event time is per host (``tenant|host``): see :mod:`features.windows` for the lateness
+    policy and ``idle_close_s``.
+
+    ``model`` provides the champion batch model, whose calibrated score joins the ensemble's;
+    ``shadow`` the challenger, scored on the same windows for comparison only (see the module
+    docstring). Each provider is read once per batch.
+    """
+
+    #: seconds between two log lines about the same failing challenger
+    SHADOW_LOG_EVERY_S = 60.0
+
+    def __init__(self, rules: RuleSet, window_s: float = 60.0, lateness_s: float = 30.0,
+                 model: ModelProvider | None = None,
+                 ensemble_factory: Callable[[], Ensemble] = default_ensemble,
+                 shadow: ModelProvider | None = None,
+                 idle_close_s: float | None = IDLE_CLOSE_S) -> None:
+        self.rules = rules
+        self.window_s, self.lateness_s = window_s, lateness_s
+        self.idle_close_s = idle_close_s
+        self.model = model or _no_model
+        self.shadow = shadow or _no_model
+        self.ensemble_factory = ensemble_factory
+        self.parts: dict[int, PartitionState] = {}
+        #: closed-window batches the challenger failed to score (skipped)
+        self.shadow_failures = 0
+        self._shadow_logged: tuple[str | None, float] = (None, -float("inf"))
+
+    def set_rules(self, rules: RuleSet) -> None:
+        self.rules = rules
+        for ps in self.parts.values():
+            ps.rule_alerts.set_rules(rules)
+
+    def partition(self, p: int) -> PartitionState:
+        ps = self.parts.get(p)
+        if ps is None:
+            ps = self.parts[p] = PartitionState(self.rules, self.window_s, self.lateness_s,
+                                                self.ensemble_factory(), self.idle_close_s)
+        return ps
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def snapshot(self, p: int) -> bytes:
+        return self.partition(p).dumps()
+
+    def restore(self, p: int, blob: bytes | None) -> None:
+        """Replace partition ``p``'s state by a checkpoint (``None``: start empty)."""
+        if blob is None:
+            self.parts.pop(p, None)
+            return
+        self.parts[p] = PartitionState.loads(blob, self.rules, self.idle_close_s)
+
+    def drop(self, p: int) -> None:
+        self.parts.pop(p, None)
+
+    # -- one batch ---------------------------------------------------------------------------
+    def __call__(self, batch: MetricBatch) -> DetectOutput:
+        out = DetectOutput()
+        n = len(batch)
+        if not n:
+            return out
+        part = batch.partition if batch.partition is not None else np.zeros(n, np.int64)
+        windows, late = [], []
+        version, model = self.model()
+        shadow = self._challenger(version)
+        for p in np.unique(part).tolist():
+            idx = np.flatnonzero(part == p) if len(part) and part.min() != part.max() else np.arange(n)
+            sub = batch if idx.size == n else batch.take(idx)
+            ps = self.partition(int(p))
+            out.alerts.extend(ps.rule_alerts(sub).events)
+            codes = ps.codes(sub)
+            closed = ps.agg.push(codes, sub.ts, sub.value, host=ps.host_codes(codes))
+            if closed.late_idx.size:
+                late.append(idx[closed.late_idx])
+            if len(closed):
+                w = self._score(ps, closed, version, model, out.alerts, shadow)
+                windows.append(w)
+        out.windows = WindowRows.concat(windows)
+        if late:
+            out.late_idx = np.concatenate(late)
+        return out
+
+    def flush(self) -> DetectOutput:
+        """Close every open window (end of a replay)."""
+        out = DetectOutput()
+        version, model = self.model()
+        shadow = self._challenger(version)
+        windows = []
+        for ps in self.parts.values():
+            closed = ps.agg.flush()
+            if len(closed):
+                windows.append(self._score(ps, closed, version, model, out.alerts, shadow))
+        out.windows = WindowRows.concat(windows)
+        return out
+
+    def _challenger(self, champion: str | None) -> tuple[str, Any] | None:
+        """``(version, model)`` of the challenger when it is loaded and not the champion."""
+        version, model = self.shadow()
+        if model is None or version is None or version == champion:
+            return None
+        return version, model
+
+    def _shadow_score(self, rows: WindowRows, X: dict[str, np.ndarray], version: str, model) -> None:
+        """Fill ``rows.shadow_*`` with the challenger's scores of ``X`` (skipped on failure).
+
+        Runs after everything of the batch is decided, on read-only views of the columns: the
+        challenger can neither change the champion's results nor the stored features.
+        """
+        n = len(rows)
+        cols = {}
+        for k, v in X.items():
+            v = np.asarray(v).view()
+            v.flags.writeable = False
+            cols[k] = v
+        try:
+            raw = np.asarray(model.score_many(cols), np.float64)
+            if raw.shape != (n,):
+                raise ValueError(f"score_many returned shape {raw.shape} for {n} windows")
+        except Exception:  # noqa: BLE001 - a broken challenger must not cost the batch
+            self.shadow_failures += 1
+            now = time.monotonic()
+            last_version, last_t = self._shadow_logged
+            if version != last_version or now - last_t >= self.SHADOW_LOG_EVERY_S:
+                self._shadow_logged = (version, now)
+                log.warning("challenger v%s failed to score %d windows; shadow scores skipped "
+                            "(%d failed batches so far)", version, n, self.shadow_failures,
+                            exc_info=True)
+            return
+        ok = np.isfinite(raw)
+        if ok.all():
+            rows.shadow_version = [version] * n
+        else:  # a window the challenger cannot score is left out, not stored as NULL
+            rows.shadow_version = [version if o else None for o in ok.tolist()]
+            raw = np.where(ok, raw, np.nan)
+        rows.shadow_raw = raw
+        rows.shadow_score = calibrate_batch_score(raw)
+
+    def _score(self, ps: PartitionState, closed, version: str | None, model,
+               alerts: list[AlertEvent], shadow: tuple[str, Any] | None = None) -> WindowRows:
+        X = closed.columns()
+        s = np.asarray(X["series"], np.int64)
+        X["family"] = np.asarray(ps.family, np.int64)[s]
+        # every window of a host with the same start is closed by the same push (features.cross)
+        X.update(cross_metric_features(ps.host_codes(s), X["start"], X))
+        res = ps.ensemble.process(X)
+        score, sev = res.score, res.severity
+        batch_score = None
+        if model is not None:
+            batch_score = calibrate_batch_score(np.asarray(model.score_many(X), np.float64))
+            score = np.maximum(score, batch_score)
+            sev = np.maximum(sev, (batch_score >= ps.ensemble.warning).astype(np.int8)
+                             + (batch_score >= ps.ensemble.critical))
+        names = ps.names
+        tenant = np.array([names[i][0] for i in s.tolist()], dtype=object)
+        host = np.array([names[i][1] for i in s.tolist()], dtype=object)
+        metric = np.array([names[i][2] for i in s.tolist()], dtype=object)
+        comp_cols = {k: np.round(v, 4).tolist() for k, v in res.components.items()}
+        if batch_score is not None:
+            comp_cols["batch"] = np.round(batch_score, 4).tolist()
+        components = [{k: v[i] for k, v in comp_cols.items()} for i in range(s.size)]
+        explanation: list[dict] = [{}] * s.size
+        host_n, host_dev, host_maxz = X["host_metrics"], X["host_deviating"], X["host_max_z"]
+        for i in np.flatnonzero(sev > 0).tolist():
+            e = res.explain(i)
+            e["score"], e["severity"] = float(score[i]), SEVERITIES[int(sev[i])]
+            if batch_score is not None and batch_score[i] >= 0.5 and "batch" not in e["fired"]:
+                e["fired"].append("batch")
+            e["model_version"] = version
+            if host_n[i] > 1:  # what the rest of the host did in the same window
+                e["host"] = {"metrics": int(host_n[i]), "deviating": int(host_dev[i]),
+                             "max_z": round(float(host_maxz[i]), 2)}
+            explanation[i] = e
+        start, end = closed.start, closed.end
+
+        def on_event(i: int, kind: str, code: int, level: int) -> None:
+            alerts.append(ps.score_alerts.event(
+                code, names[code], kind, level, start=start[i], end=end[i], score=float(score[i]),
+                actual=float(res.actual[i]), explanation=explanation[i] or res.explain(i),
+                threshold=ps.ensemble.warning, model_version=version))
+
+        ps.score_alerts.step(s, sev.astype(np.int8), on_event)
+        rows = WindowRows(
+            tenant, host, metric, start, end, {k: X[k] for k in FEATURES if k in X}, score,
+            np.array(SEVERITIES, dtype=object)[sev], components, res.expected, explanation,
+            [version] * s.size,
+        )
+        if shadow is not None:
+            self._shadow_score(rows, X, *shadow)
+        return rows
