@@ -292,7 +292,7 @@ def main() -> None:
                 time.sleep(3.0)
                 t0 = time.monotonic()
                 rep = maintain(conn, PartitionPolicy(ahead_days=0,
-                                                           retention_days={"metrics": a.days - 1 - i}))
+                                                     retention_days={"metrics": a.days - 1 - i}))
                 t1 = time.monotonic()
                 time.sleep(3.0)
                 w.stop_.set()

@@ -40,10 +40,10 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
     """List keys (ids, never secrets)."""
-    from serving import auth
+    from storage.tenants import list_keys
 
     with _conn() as conn:
-        for k in auth.list_keys(conn, tenant):
+        for k in list_keys(conn, tenant):
             state = f"revoked {k['revoked_at']:%Y-%m-%d %H:%M}" if k["revoked_at"] else "active"
             typer.echo(f"{k['key_id']}\t{k['tenant_id']}\t{k['scope']}\t{state}\t{k['label']}")
 
@@ -51,10 +51,10 @@ def keys_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: str) -> None:
     """Revoke a key by id (running APIs stop accepting it within EVENTOPS_AUTH_CACHE_S)."""
-    from serving import auth
+    from storage.tenants import revoke_key
 
     with _conn() as conn:
-        ok = auth.revoke_key(conn, key_id)
+        ok = revoke_key(conn, key_id)
     typer.echo("revoked" if ok else "no such active key")
     if not ok:
         raise typer.Exit(1)

@@ -379,10 +379,11 @@ def simulate(
     dead-lettered as ``ts_too_old``. At the end the command counts what was stored and what was
     dead-lettered, by reason (exit 6 when anything was).
     """
-    from cli.tally import Outcome, by_reason, latest_event_time
+    from cli.tally import Outcome, by_reason
     from pipeline import kafka as kq
     from pipeline.simulate import Simulator
     from storage.connect import connect
+    from storage.series import latest_event_time
     from storage.tenants import load_tenants
 
     s = _settings()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from core.settings import Settings
 
-__all__ = ["Outcome", "Verdict", "by_reason", "check_locally", "latest_event_time"]
+__all__ = ["Outcome", "Verdict", "by_reason", "check_locally"]
 
 
 def by_reason(counts: Counter[str]) -> str:
@@ -71,15 +71,6 @@ def check_locally(s: Settings, raws: Sequence[bytes], tenants: frozenset[str] | 
     return v
 
 
-def latest_event_time(conn, tenant: str, hosts: Sequence[str]) -> float | None:
-    """Epoch seconds of the newest stored event of ``tenant``'s ``hosts`` (``None``: none)."""
-    row = conn.execute(
-        "SELECT extract(epoch FROM max(ts_event))::float8 FROM metrics "
-        "WHERE tenant_id = %s AND host = ANY(%s)", (tenant, list(hosts)),
-    ).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
-
-
 class Outcome:
     """Follows the events of one run through the pipeline: stored rows and dead letters.
 
@@ -116,12 +107,9 @@ class Outcome:
             self.dead[reason.decode("utf-8", "replace")] += 1
 
     def _count_stored(self, conn) -> int:
-        row = conn.execute(
-            "SELECT count(*) FROM metrics WHERE tenant_id = %s AND host = ANY(%s) "
-            "AND ts_event >= to_timestamp(%s) AND starts_with(event_id, %s)",
-            (self.tenant, self.hosts, self.since_ts, self.id_prefix),
-        ).fetchone()
-        return int(row[0])
+        from storage.series import count_since
+
+        return count_since(conn, self.tenant, self.hosts, self.since_ts, self.id_prefix)
 
     def settle(self, expected: int, quiet_s: float) -> int:
         """Follow until ``expected`` events are accounted for (stored + dead-lettered), or nothing

@@ -16,15 +16,10 @@ from serving.params import NamePath, OptNameQ
 from serving.render import json_response
 from serving.sse import SSE_HEADERS, alert_stream, parse_last_id, stream_conf
 from serving.timerange import Instant
+from storage import alerts as alerts_repo
+from storage.schema import ALERT_COLUMNS
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
-
-ALERT_COLS = ("alert_id", "tenant_id", "host", "metric", "value", "severity", "state", "ts_event",
-              "rule", "threshold", "message", "score", "explanation", "model_version", "opened_at",
-              "updated_at", "resolved_at")
-SELECT = ("SELECT " + ", ".join(f"a.{c}" for c in ALERT_COLS) +
-          ", (SELECT f.label FROM feedback f WHERE f.tenant_id = a.tenant_id AND f.alert_id = a.alert_id"
-          " ORDER BY f.created_at DESC LIMIT 1) AS feedback, a.id FROM alerts a ")
 
 
 class Alert(BaseModel):
@@ -62,8 +57,8 @@ class AlertDetail(Alert):
 
 
 def alert_row(r) -> dict:
-    """An alert row of ``SELECT`` as a dict of :class:`Alert`'s fields (``a.id`` dropped)."""
-    return dict(zip((*ALERT_COLS, "feedback"), r[:-1], strict=True))
+    """An alert row of :mod:`storage.alerts` as a dict of :class:`Alert`'s fields (``id`` dropped)."""
+    return dict(zip((*ALERT_COLUMNS, "feedback"), r[:-1], strict=True))
 
 
 def to_alert(r) -> Alert:
@@ -109,29 +104,14 @@ async def list_alerts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     """Alerts of the tenant, newest first; the next page's cursor is in ``X-Next-Cursor``."""
-    where = ["a.tenant_id = %(t)s"]
-    p: dict = {"t": key.tenant_id, "limit": limit + 1}
-    for name, val in (("state", state), ("severity", severity), ("host", host), ("metric", metric)):
-        if val is not None:
-            where.append(f"a.{name} = %({name})s")
-            p[name] = val
-    if since is not None:
-        where.append("a.ts_event >= %(since)s")
-        p["since"] = since
-    if until is not None:
-        where.append("a.ts_event < %(until)s")
-        p["until"] = until
-    if cursor:
-        p["cts"], p["cid"] = _uncursor(cursor)
-        where.append("(a.ts_event, a.id) < (%(cts)s, %(cid)s)")
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            SELECT + "WHERE " + " AND ".join(where) + " ORDER BY a.ts_event DESC, a.id DESC LIMIT %(limit)s", p)
-        rows = await cur.fetchall()
+        rows = await alerts_repo.list_alerts(
+            conn, key.tenant_id, state=state, severity=severity, host=host, metric=metric,
+            since=since, until=until, before=_uncursor(cursor) if cursor else None, limit=limit + 1)
     headers = {}
     if len(rows) > limit:
         rows = rows[:limit]
-        nxt = _cursor(rows[-1][ALERT_COLS.index("ts_event")], rows[-1][-1])
+        nxt = _cursor(rows[-1][ALERT_COLUMNS.index("ts_event")], rows[-1][-1])
         headers["X-Next-Cursor"] = nxt
         headers["Link"] = f'<?cursor={nxt}&limit={limit}>; rel="next"'
     # typed columns in Alert's field order: serialized without a per-row model (serving.render)
@@ -162,14 +142,9 @@ async def stream(
 async def get_alert(pool: PoolDep, key: ReadKey, alert_id: NamePath) -> AlertDetail:
     """One alert with its transitions (open, escalate, …, resolve)."""
     async with pool.connection() as conn:
-        cur = await conn.execute(SELECT + "WHERE a.tenant_id = %s AND a.alert_id = %s",
-                                 (key.tenant_id, alert_id))
-        row = await cur.fetchone()
+        row = await alerts_repo.get_alert(conn, key.tenant_id, alert_id)
         if row is None:
             raise NotFound(f"alert {alert_id!r} not found")
-        cur = await conn.execute(
-            "SELECT seq, kind, created_at, payload FROM alert_events WHERE tenant_id = %s "
-            "AND alert_id = %s ORDER BY seq LIMIT 1000", (key.tenant_id, alert_id))
         events = [AlertTransition(seq=s, kind=k, created_at=c, payload=p)
-                  for s, k, c, p in await cur.fetchall()]
+                  for s, k, c, p in await alerts_repo.alert_events(conn, key.tenant_id, alert_id)]
     return AlertDetail(**to_alert(row).model_dump(), events=events)

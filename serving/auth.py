@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from serving.errors import Forbidden, RateLimited, Unauthorized
+from storage import tenants as tenants_repo
 
 SCOPES = ("read", "ingest", "admin")
 #: what each scope of a key may do
@@ -73,35 +74,11 @@ def create_key(conn: psycopg.Connection, tenant: str, scope: str, label: str = "
     """Store a new key for ``tenant``; returns ``(key_id, full_key)`` — the only time it is seen."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
-    if conn.execute("SELECT 1 FROM tenants WHERE tenant_id = %s", (tenant,)).fetchone() is None:
-        conn.rollback()
+    if not tenants_repo.tenant_exists(conn, tenant):
         raise ValueError(f"unknown tenant {tenant!r} (create it with `eventops tenants create`)")
     key_id, key, digest = new_key()
-    conn.execute(
-        "INSERT INTO api_keys (key_id, tenant_id, scope, key_hash, label) VALUES (%s, %s, %s, %s, %s)",
-        (key_id, tenant, scope, digest, label),
-    )
-    conn.commit()
+    tenants_repo.add_key(conn, key_id, tenant, scope, digest, label)
     return key_id, key
-
-
-def list_keys(conn: psycopg.Connection, tenant: str | None = None) -> list[dict]:
-    rows = conn.execute(
-        "SELECT key_id, tenant_id, scope, label, created_at, revoked_at FROM api_keys "
-        "WHERE %s::text IS NULL OR tenant_id = %s ORDER BY tenant_id, created_at",
-        (tenant, tenant),
-    ).fetchall()
-    conn.commit()
-    cols = ("key_id", "tenant_id", "scope", "label", "created_at", "revoked_at")
-    return [dict(zip(cols, r, strict=True)) for r in rows]
-
-
-def revoke_key(conn: psycopg.Connection, key_id: str) -> bool:
-    n = conn.execute(
-        "UPDATE api_keys SET revoked_at = now() WHERE key_id = %s AND revoked_at IS NULL", (key_id,)
-    ).rowcount
-    conn.commit()
-    return n > 0
 
 
 # --- verification (API; async pool) -------------------------------------------------------------
@@ -162,11 +139,7 @@ class KeyStore:
 
     async def _lookup(self, pool, key_id: str, started: float) -> _Cached:
         async with pool.connection(timeout=_DB_TIMEOUT_S) as conn:
-            cur = await conn.execute(
-                "SELECT tenant_id, scope, key_hash, revoked_at IS NOT NULL FROM api_keys "
-                "WHERE key_id = %s", (key_id,),
-            )
-            row = await cur.fetchone()
+            row = await tenants_repo.key_row(conn, key_id)
         if row is None or row[3]:
             hit = _Cached(_DUMMY_HASH, None, started)
         else:

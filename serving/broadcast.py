@@ -56,6 +56,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from core.records import AlertEvent
 from core.settings import Settings
 from pipeline import kafka as kq
+from storage import alerts as alerts_repo
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,6 @@ log = logging.getLogger(__name__)
 DB_TIMEOUT_S = 5.0
 #: errors that mean "PostgreSQL is unavailable right now" (PoolTimeout is an OperationalError)
 DB_DOWN = (psycopg.OperationalError, psycopg.errors.AdminShutdown)
-
-_PAGE = ("SELECT seq, event_key, (payload || jsonb_build_object('seq', seq))::text FROM alert_events "
-         "WHERE tenant_id = %s AND seq > %s ORDER BY seq LIMIT %s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +82,7 @@ def alert_frame(seq: int, data: str) -> bytes:
 async def read_page(pool, tenant: str, after: int, limit: int) -> tuple[list[Item], list[str]]:
     """The tenant's transitions with ``seq > after``, oldest first (at most ``limit``), and their keys."""
     async with pool.connection(timeout=DB_TIMEOUT_S) as conn:
-        cur = await conn.execute(_PAGE, (tenant, after, limit))
-        rows = await cur.fetchall()
+        rows = await alerts_repo.events_after(conn, tenant, after, limit)
     now = time.monotonic()
     return [Item(s, alert_frame(s, d), now) for s, _, d in rows], [k for _, k, _ in rows]
 
@@ -93,9 +90,7 @@ async def read_page(pool, tenant: str, after: int, limit: int) -> tuple[list[Ite
 async def head_seq(pool, tenant: str) -> int:
     """The tenant's newest ``seq`` (0 when it has none)."""
     async with pool.connection(timeout=DB_TIMEOUT_S) as conn:
-        cur = await conn.execute("SELECT coalesce(max(seq), 0) FROM alert_events WHERE tenant_id = %s",
-                                 (tenant,))
-        return (await cur.fetchone())[0]
+        return await alerts_repo.head_seq(conn, tenant)
 
 
 class Subscription:

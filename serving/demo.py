@@ -19,7 +19,7 @@ from registry.watcher import start_watcher
 from storage.connect import connect
 from storage.inventory import set_inventory
 from storage.migrate import migrate
-from storage.tenants import create_tenant
+from storage.tenants import create_tenant, list_keys, revoke_key
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,11 @@ def run_demo(s: Settings, hosts: int = 12, backfill_s: float = 6 * 3600, interva
         create_tenant(conn, tenant, "Demo tenant")
         for i in range(hosts):
             set_inventory(conn, tenant, f"host-{i:03d}",
-                             {"team": ["payments", "search", "ingest"][i % 3], "env": "prod"})
+                          {"team": ["payments", "search", "ingest"][i % 3], "env": "prod"})
         # a fresh demo key per run (only hashes are stored, so an old one cannot be shown again)
-        for k in auth.list_keys(conn, tenant):
+        for k in list_keys(conn, tenant):
             if k["label"] == "demo" and k["revoked_at"] is None:
-                auth.revoke_key(conn, k["key_id"])
+                revoke_key(conn, k["key_id"])
         _, key = auth.create_key(conn, tenant, "admin", label="demo")
     bus = Bus()
     stop = threading.Event()

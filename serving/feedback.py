@@ -12,9 +12,11 @@ from core.errors import NotFound
 from serving.deps import PoolDep, ReadKey
 from serving.openapi import links
 from serving.params import NamePath, text_field
+from storage import alerts as alerts_repo
+from storage import feedback as feedback_repo
 
 router = APIRouter(tags=["feedback"])
-COLS = ("id", "tenant_id", "alert_id", "label", "comment", "created_at", "key_id")
+COLS = feedback_repo.FEEDBACK_ROW
 Label = Literal["true_positive", "false_positive"]
 
 
@@ -39,12 +41,8 @@ class Feedback(BaseModel):
 async def give_feedback(pool: PoolDep, key: ReadKey, alert_id: NamePath, body: FeedbackIn) -> Feedback:
     """Label an alert as a true or false positive (the latest label counts)."""
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "INSERT INTO feedback (tenant_id, alert_id, label, comment, key_id) "
-            "SELECT tenant_id, alert_id, %s, %s, %s FROM alerts WHERE tenant_id = %s AND alert_id = %s "
-            "RETURNING " + ", ".join(COLS),
-            (body.label, body.comment, key.key_id, key.tenant_id, alert_id))
-        row = await cur.fetchone()
+        row = await feedback_repo.add_feedback(conn, key.tenant_id, alert_id, body.label, body.comment,
+                                               key.key_id)
     if row is None:
         raise NotFound(f"alert {alert_id!r} not found")
     return Feedback(**dict(zip(COLS, row, strict=True)))
@@ -55,14 +53,9 @@ async def give_feedback(pool: PoolDep, key: ReadKey, alert_id: NamePath, body: F
 async def alert_feedback(pool: PoolDep, key: ReadKey, alert_id: NamePath) -> list[Feedback]:
     """Every label given to one alert, newest first."""
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT 1 FROM alerts WHERE tenant_id = %s AND alert_id = %s",
-                                 (key.tenant_id, alert_id))
-        if await cur.fetchone() is None:
+        if not await alerts_repo.alert_exists(conn, key.tenant_id, alert_id):
             raise NotFound(f"alert {alert_id!r} not found")
-        cur = await conn.execute(
-            "SELECT " + ", ".join(COLS) + " FROM feedback WHERE tenant_id = %s AND alert_id = %s "
-            "ORDER BY created_at DESC, id DESC", (key.tenant_id, alert_id))
-        rows = await cur.fetchall()
+        rows = await feedback_repo.alert_feedback(conn, key.tenant_id, alert_id)
     return [Feedback(**dict(zip(COLS, r, strict=True))) for r in rows]
 
 
@@ -76,9 +69,5 @@ async def list_feedback(
 ) -> list[Feedback]:
     """The tenant's labels, newest first."""
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT " + ", ".join(COLS) + " FROM feedback WHERE tenant_id = %s "
-            "AND (%s::text IS NULL OR label = %s) ORDER BY created_at DESC, id DESC LIMIT %s",
-            (key.tenant_id, label, label, limit))
-        rows = await cur.fetchall()
+        rows = await feedback_repo.list_feedback(conn, key.tenant_id, label, limit)
     return [Feedback(**dict(zip(COLS, r, strict=True))) for r in rows]

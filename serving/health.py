@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
 from serving.deps import BroadcasterDep, PoolDep
+from storage.connect import ping
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -118,7 +119,7 @@ class GuardedPool(AsyncConnectionPool):
         """``SELECT 1`` on a pooled connection, whatever the breaker says."""
         conn = await super().getconn(timeout=timeout)
         try:
-            await conn.execute("SELECT 1")
+            await ping(conn)
         finally:
             await self.putconn(conn)
 
@@ -163,7 +164,7 @@ async def readyz(pool: PoolDep, broadcaster: BroadcasterDep):
     else:
         try:
             async with pool.connection(timeout=5) as conn:
-                await conn.execute("SELECT 1")
+                await ping(conn)
             checks["postgres"] = "ok"
         except Exception as e:  # noqa: BLE001 - reported, not raised
             if state is not None and is_outage(e):

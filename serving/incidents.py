@@ -16,11 +16,12 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from core.errors import NotFound
-from serving.alerts import SELECT, Alert, to_alert
+from serving.alerts import Alert, to_alert
 from serving.deps import PoolDep, ReadKey, ServingDep
 from serving.openapi import links
 from serving.params import NO_NUL
 from serving.timerange import EndQ, StartQ, time_range
+from storage import alerts as alerts_repo
 
 router = APIRouter(prefix="/incidents", tags=["incidents"])
 SEV = {"warning": 1, "critical": 2}
@@ -101,10 +102,8 @@ async def list_incidents(
     """Incidents whose alerts opened in ``[start, end)`` (default: last 24 h), newest first."""
     start, end = time_range(start, end, timedelta(hours=24))
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            SELECT + "WHERE a.tenant_id = %s AND a.opened_at >= %s AND a.opened_at < %s "
-            "ORDER BY a.opened_at DESC LIMIT %s", (key.tenant_id, start, end, MAX_ALERTS))
-        alerts = [to_alert(r) for r in await cur.fetchall()]
+        rows = await alerts_repo.opened_between(conn, key.tenant_id, start, end, MAX_ALERTS)
+    alerts = [to_alert(r) for r in rows]
     incs = group(alerts, timedelta(seconds=serving.incident_gap_s))
     if state:
         incs = [i for i in incs if i.state == state]
@@ -125,17 +124,12 @@ async def get_incident(
         raise NotFound(f"incident {incident_id!r} not found")
     gap = timedelta(seconds=serving.incident_gap_s)
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT host, opened_at FROM alerts WHERE tenant_id = %s AND alert_id = %s",
-            (key.tenant_id, incident_id[4:]))
-        row = await cur.fetchone()
+        row = await alerts_repo.host_and_opening(conn, key.tenant_id, incident_id[4:])
         if row is None:
             raise NotFound(f"incident {incident_id!r} not found")
         host, opened = row
-        cur = await conn.execute(
-            SELECT + "WHERE a.tenant_id = %s AND a.host = %s AND a.opened_at >= %s "
-            "ORDER BY a.opened_at LIMIT %s", (key.tenant_id, host, opened - 7 * gap, MAX_ALERTS))
-        alerts = [to_alert(r) for r in await cur.fetchall()]
+        rows = await alerts_repo.host_opened_since(conn, key.tenant_id, host, opened - 7 * gap, MAX_ALERTS)
+    alerts = [to_alert(r) for r in rows]
     for inc in group(alerts, gap):
         if inc.incident_id == incident_id:
             return inc

@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from psycopg.types.json import Jsonb
 from pydantic import BaseModel, StringConstraints, WithJsonSchema
 
 from core.errors import NotFound
@@ -18,6 +17,7 @@ from serving.deps import AdminKey, PoolDep, ReadKey, SettingsDep
 from serving.errors import invalid
 from serving.openapi import links
 from serving.params import NO_NUL, NamePath
+from storage import inventory as inventory_repo
 
 router = APIRouter(prefix="/inventory", tags=["inventory"])
 SourcePath = NamePath
@@ -77,10 +77,7 @@ async def list_inventory(
 ) -> list[Item]:
     """Inventory entries of the tenant."""
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT source_id, tags, updated_at FROM inventory WHERE tenant_id = %s "
-            "ORDER BY source_id LIMIT %s", (key.tenant_id, limit))
-        rows = await cur.fetchall()
+        rows = await inventory_repo.list_items(conn, key.tenant_id, limit)
     return [Item(source_id=s, tags=t, updated_at=u) for s, t, u in rows]
 
 
@@ -88,10 +85,7 @@ async def list_inventory(
 async def get_item(pool: PoolDep, key: ReadKey, source_id: SourcePath) -> Item:
     """Tags of one source."""
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT source_id, tags, updated_at FROM inventory WHERE tenant_id = %s AND source_id = %s",
-            (key.tenant_id, source_id))
-        row = await cur.fetchone()
+        row = await inventory_repo.get_item(conn, key.tenant_id, source_id)
     if row is None:
         raise NotFound(f"source {source_id!r} not found")
     return Item(source_id=row[0], tags=row[1], updated_at=row[2])
@@ -99,21 +93,13 @@ async def get_item(pool: PoolDep, key: ReadKey, source_id: SourcePath) -> Item:
 
 async def _put(pool, tenant: str, source: str, tags: dict) -> Item:
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "INSERT INTO inventory (tenant_id, source_id, tags) VALUES (%s, %s, %s) "
-            "ON CONFLICT (tenant_id, source_id) DO UPDATE SET tags = EXCLUDED.tags, updated_at = now() "
-            "RETURNING source_id, tags, updated_at", (tenant, source, Jsonb(tags)))
-        row = await cur.fetchone()
+        row = await inventory_repo.put_item(conn, tenant, source, tags)
     return Item(source_id=row[0], tags=row[1], updated_at=row[2])
 
 
 async def _merge(pool, tenant: str, source: str, tags: dict) -> Item:
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "UPDATE inventory SET tags = tags || %s, updated_at = now() "
-            "WHERE tenant_id = %s AND source_id = %s RETURNING source_id, tags, updated_at",
-            (Jsonb(tags), tenant, source))
-        row = await cur.fetchone()
+        row = await inventory_repo.merge_item(conn, tenant, source, tags)
     if row is None:
         raise NotFound(f"source {source!r} not found (PUT creates it)")
     return Item(source_id=row[0], tags=row[1], updated_at=row[2])
@@ -139,8 +125,7 @@ async def patch_item(pool: PoolDep, key: AdminKey, settings: SettingsDep, source
 async def delete_item(pool: PoolDep, key: AdminKey, source_id: SourcePath) -> Response:
     """Remove a source's inventory entry."""
     async with pool.connection() as conn:
-        cur = await conn.execute("DELETE FROM inventory WHERE tenant_id = %s AND source_id = %s",
-                                 (key.tenant_id, source_id))
-    if cur.rowcount == 0:
+        deleted = await inventory_repo.delete_item(conn, key.tenant_id, source_id)
+    if not deleted:
         raise NotFound(f"source {source_id!r} not found")
     return Response(status_code=204)

@@ -12,17 +12,12 @@ from pydantic import BaseModel
 
 from core.errors import NotFound
 from serving.deps import PoolDep, ReadKey
-from serving.downsample import (
-    FLOAT8_ARRAY_OID,
-    TIMESTAMPTZ_ARRAY_OID,
-    Float8Array,
-    TimestamptzArray,
-    buckets,
-)
+from serving.downsample import buckets
 from serving.openapi import links
 from serving.params import NameQ
 from serving.render import json_response
 from serving.timerange import EndQ, StartQ, time_range
+from storage import series as series_repo
 
 router = APIRouter(prefix="/metrics", tags=["metrics"])
 
@@ -56,7 +51,7 @@ class Downsampled(BaseModel):
     points: list[Bucket]
 
 
-POINT_COLS = tuple(Point.model_fields)
+POINT_COLS = series_repo.POINT_ROW
 
 
 def _points(rows) -> Response:
@@ -78,12 +73,7 @@ async def cpu(
 ) -> Response:
     """Most recent ``cpu_load`` samples of one host, newest first (the MVP's endpoint)."""
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT ts_event, value, host, metric, unit, tags FROM metrics "
-            "WHERE tenant_id = %s AND host = %s AND metric = 'cpu_load' ORDER BY ts_event DESC LIMIT %s",
-            (key.tenant_id, host, limit),
-        )
-        rows = await cur.fetchall()
+        rows = await series_repo.cpu_points(conn, key.tenant_id, host, limit)
     return _points(rows)
 
 
@@ -91,19 +81,7 @@ async def cpu(
 async def latest(pool: PoolDep, key: ReadKey, metric: NameQ) -> Response:
     """The latest sample of ``metric`` for every host of the tenant (the MVP's endpoint)."""
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            # one index probe per host (loose index scan over metrics_series_ts_value)
-            "WITH RECURSIVE h AS ("
-            " (SELECT host FROM metrics WHERE tenant_id = %(t)s ORDER BY host LIMIT 1)"
-            " UNION ALL SELECT n.host FROM h, LATERAL (SELECT host FROM metrics"
-            "   WHERE tenant_id = %(t)s AND host > h.host ORDER BY host LIMIT 1) n)"
-            "SELECT l.ts_event, l.value, h.host, l.metric, l.unit, l.tags FROM h, LATERAL ("
-            " SELECT ts_event, value, metric, unit, tags FROM metrics m"
-            " WHERE m.tenant_id = %(t)s AND m.host = h.host AND m.metric = %(m)s"
-            " ORDER BY ts_event DESC LIMIT 1) l ORDER BY h.host",
-            {"t": key.tenant_id, "m": metric},
-        )
-        rows = await cur.fetchall()
+        rows = await series_repo.latest_points(conn, key.tenant_id, metric)
     return _points(rows)
 
 
@@ -119,14 +97,12 @@ async def metric_range(
     span = (end - start).total_seconds()
     step_s = max(step or math.ceil(span / points), span / MAX_BUCKETS, 0.001)
     async with pool.connection() as conn:
-        cur = conn.cursor(binary=True)
-        cur.adapters.register_loader(FLOAT8_ARRAY_OID, Float8Array)
-        cur.adapters.register_loader(TIMESTAMPTZ_ARRAY_OID, TimestamptzArray)
-        await cur.execute(_RANGE, (key.tenant_id, host, metric, start, end))
-        ts, vals = await cur.fetchone()
-        if ts is None:  # rows prove the series exists; only an empty range needs the lookup
-            await _require_series(conn, key.tenant_id, host, metric)
-            ts, vals = np.empty(0, np.int64), np.empty(0)
+        got = await series_repo.range_arrays(conn, key.tenant_id, host, metric, start, end)
+        if got is None:  # rows prove the series exists; only an empty range needs the lookup
+            if not await series_repo.has_samples(conn, key.tenant_id, host, metric):
+                raise NotFound(f"series {host}/{metric} not found")
+            got = np.empty(0, np.int64), np.empty(0)
+    ts, vals = got
     origin_us = (start - _EPOCH) // timedelta(microseconds=1)  # exact, unlike float seconds
     b = buckets(ts, vals, origin_us, max(1, round(step_s * 1e6)))
     stamps = np.datetime_as_string(b["start_us"].astype("datetime64[us]"), unit="us", timezone="UTC")
@@ -135,17 +111,3 @@ async def metric_range(
                                      for t, a, lo, hi, n in zip(stamps.tolist(), b["avg"].tolist(),
                                                                  b["min"].tolist(), b["max"].tolist(),
                                                                  b["count"].tolist(), strict=True)]})
-
-
-# the range as two arrays, bucketed in numpy (serving.downsample)
-_RANGE = ("SELECT array_agg(ts_event), array_agg(value) FROM metrics"
-          " WHERE tenant_id = %s AND host = %s AND metric = %s AND ts_event >= %s AND ts_event < %s")
-
-
-async def _require_series(conn, tenant: str, host: str, metric: str) -> None:
-    cur = await conn.execute(
-        "SELECT 1 FROM metrics WHERE tenant_id = %s AND host = %s AND metric = %s LIMIT 1",
-        (tenant, host, metric),
-    )
-    if await cur.fetchone() is None:
-        raise NotFound(f"series {host}/{metric} not found")

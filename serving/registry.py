@@ -25,6 +25,7 @@ from core.settings import Settings
 from registry.client import installed as mlflow_installed
 from registry.tags import CHALLENGER, CHAMPION
 from serving.deps import PoolDep, ReadKey, SettingsDep
+from storage import shadow as shadow_repo
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["models"])
@@ -137,17 +138,16 @@ async def model_status(settings: Settings) -> dict:
 async def shadow_stats(pool: AsyncConnectionPool, settings: Settings, tenant: str,
                        version: str) -> dict:
     """Shadow-scoring statistics of challenger ``version`` for ``tenant`` (short cache)."""
-    from training.status import SHADOW_STATS_SQL, shadow_params, shadow_summary
+    from training.status import shadow_summary
 
     key = (settings.model_name, tenant, str(version))
     now = time.monotonic()
     hit = _SHADOW_CACHE.get(key)
     if hit and hit[0] > now:
         return hit[1]
-    params = shadow_params(tenant, str(version), SHADOW_HOURS, SHADOW_THRESHOLD)
+    params = shadow_repo.shadow_params(tenant, str(version), SHADOW_HOURS, SHADOW_THRESHOLD)
     async with pool.connection() as conn:
-        cur = await conn.execute(SHADOW_STATS_SQL, params)
-        row = await cur.fetchone()
+        row = await shadow_repo.astats_row(conn, params)
     out = shadow_summary(row, params)
     if len(_SHADOW_CACHE) > 1000:
         for k in [k for k, (until, _) in _SHADOW_CACHE.items() if until <= now]:

@@ -7,15 +7,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from psycopg import sql
 from pydantic import BaseModel
 
 from core.errors import NotFound
 from serving.deps import PoolDep, ReadKey, ServingDep, SettingsDep, StreamKey
 from serving.openapi import links
 from serving.params import NO_NUL, NamePath, OptNameQ
-from serving.sse import SCORE_COLS, SSE_HEADERS, parse_last_id, score_row, score_stream, stream_conf
+from serving.sse import SSE_HEADERS, parse_last_id, score_row, score_stream, stream_conf
 from serving.timerange import EndQ, StartQ, time_range
+from storage import series as series_repo
 
 router = APIRouter(prefix="/series", tags=["series"])
 
@@ -68,51 +68,12 @@ class Features(BaseModel):
     host_mean_z: float | None = None
 
 
-# Distinct (host, metric) of a tenant by a loose index scan over metrics_series_ts_value: one index
-# probe per series instead of a scan of every row; then the latest sample, score, open alert.
-SERIES_SQL = """
-WITH RECURSIVE s AS (
-  (SELECT host, metric FROM metrics WHERE tenant_id = %(t)s
-    AND (%(host)s::text IS NULL OR host = %(host)s) ORDER BY host, metric LIMIT 1)
-  UNION ALL
-  SELECT n.host, n.metric FROM s, LATERAL (
-    SELECT host, metric FROM metrics WHERE tenant_id = %(t)s
-      AND (%(host)s::text IS NULL OR host = %(host)s)
-      AND (host, metric) > (s.host, s.metric)
-    ORDER BY host, metric LIMIT 1) n
-)
-SELECT s.host, s.metric, l.unit, l.value, l.ts_event, sc.score, sc.severity, sc.window_end,
-       al.severity, coalesce(i.tags, '{}'::jsonb)
-FROM s
-CROSS JOIN LATERAL (SELECT unit, value, ts_event FROM metrics m WHERE m.tenant_id = %(t)s
-    AND m.host = s.host AND m.metric = s.metric ORDER BY ts_event DESC LIMIT 1) l
-LEFT JOIN LATERAL (SELECT score, severity, window_end FROM scores c WHERE c.tenant_id = %(t)s
-    AND c.host = s.host AND c.metric = s.metric ORDER BY window_start DESC LIMIT 1) sc ON true
-LEFT JOIN LATERAL (SELECT severity FROM alerts a WHERE a.tenant_id = %(t)s AND a.host = s.host
-    AND a.metric = s.metric AND a.state = 'open'
-    ORDER BY (a.severity = 'critical') DESC LIMIT 1) al ON true
-LEFT JOIN inventory i ON i.tenant_id = %(t)s AND i.source_id = s.host
-WHERE (%(metric)s::text IS NULL OR s.metric = %(metric)s)
-  AND (%(q)s::text IS NULL OR s.host ILIKE %(q)s OR s.metric ILIKE %(q)s
-       OR i.tags::text ILIKE %(q)s)
-ORDER BY s.host, s.metric
-LIMIT %(limit)s
-"""
-
-
-def _like(q: str | None) -> str | None:
-    if not q:
-        return None
-    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
 async def list_series(conn, tenant: str, q: str | None = None, host: str | None = None,
                       metric: str | None = None, limit: int = 1000) -> list[Series]:
-    cur = await conn.execute(SERIES_SQL, {"t": tenant, "q": _like(q), "host": host,
-                                          "metric": metric, "limit": limit})
+    rows = await series_repo.list_series(conn, tenant, q, host, metric, limit)
     return [Series(host=r[0], metric=r[1], unit=r[2], last_value=r[3], last_ts=r[4], score=r[5],
                    score_severity=r[6], score_ts=r[7], alert_severity=r[8], tags=r[9])
-            for r in await cur.fetchall()]
+            for r in rows]
 
 
 _SERIES_LINKS = {op: {"host": "$response.body#/0/host", "metric": "$response.body#/0/metric"}
@@ -150,12 +111,7 @@ async def series_get(pool: PoolDep, key: ReadKey, host: NamePath, metric: NamePa
 
 
 async def _require(conn, tenant: str, host: str, metric: str) -> None:
-    cur = await conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM metrics WHERE tenant_id = %(t)s AND host = %(h)s AND metric = %(m)s)"
-        " OR EXISTS (SELECT 1 FROM scores WHERE tenant_id = %(t)s AND host = %(h)s AND metric = %(m)s)",
-        {"t": tenant, "h": host, "m": metric},
-    )
-    if not (await cur.fetchone())[0]:
+    if not await series_repo.series_exists(conn, tenant, host, metric):
         raise NotFound(f"series {host}/{metric} not found")
 
 
@@ -165,7 +121,7 @@ async def series_scores(
     start: StartQ = None, end: EndQ = None, limit: LimitQ = 2000,
 ) -> list[Score]:
     """Anomaly scores of the series' windows in ``[start, end)`` (default: last 6 h), oldest first."""
-    rows = await _windows(pool, "scores", SCORE_COLS, key.tenant_id, host, metric, start, end, limit)
+    rows = await _windows(pool, series_repo.score_rows, key.tenant_id, host, metric, start, end, limit)
     return [Score(**score_row(r)) for r in rows]
 
 
@@ -175,23 +131,18 @@ async def series_features(
     start: StartQ = None, end: EndQ = None, limit: LimitQ = 2000,
 ) -> list[Features]:
     """Window features of the series in ``[start, end)`` (default: last 6 h), oldest first."""
-    cols = tuple(Features.model_fields)
-    rows = await _windows(pool, "features", cols, key.tenant_id, host, metric, start, end, limit)
+    rows = await _windows(pool, series_repo.feature_rows, key.tenant_id, host, metric, start, end, limit)
+    cols = series_repo.FEATURE_ROW
     return [Features(**dict(zip(cols, r, strict=True))) for r in rows]
 
 
-async def _windows(pool, table: str, cols, tenant: str, host: str, metric: str, start, end, limit: int) -> list:
-    """The newest ``limit`` window rows of a series in ``[start, end)`` (default last 6 h), oldest first."""
+async def _windows(pool, read, tenant: str, host: str, metric: str, start, end, limit: int) -> list:
+    """The newest ``limit`` window rows of a series in ``[start, end)`` (default last 6 h), oldest
+    first, read by ``read`` (:func:`storage.series.score_rows` or ``feature_rows``)."""
     start, end = time_range(start, end, timedelta(hours=6))
     async with pool.connection() as conn:
         await _require(conn, tenant, host, metric)
-        q = sql.SQL(
-            "SELECT {} FROM {} WHERE tenant_id = %s AND host = %s AND metric = %s"
-            " AND window_start >= %s AND window_start < %s ORDER BY window_start DESC LIMIT %s"
-        ).format(sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(table))
-        cur = await conn.execute(q, (tenant, host, metric, start, end, limit))
-        rows = await cur.fetchall()
-    return rows[::-1]
+        return await read(conn, tenant, host, metric, start, end, limit)
 
 
 @router.get("/{host}/{metric}/scores/stream", response_class=StreamingResponse,

@@ -53,6 +53,7 @@ from fastapi import Request
 from serving.auth import KeyStore, Principal
 from serving.broadcast import DB_DOWN, DB_TIMEOUT_S, Broadcaster, read_page
 from serving.errors import Unauthorized
+from storage import series as series_repo
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +205,10 @@ async def alert_stream(request: Request, pool, b: Broadcaster, keys: KeyStore, p
         b.unsubscribe(sub)
 
 
-SCORE_COLS = ("window_start", "window_end", "score", "severity", "components", "actual", "expected",
-              "explanation", "model_version")
-
-
 def score_row(r) -> dict:
-    d = dict(zip(SCORE_COLS, r, strict=True))
+    """A score row of :mod:`storage.series` (:data:`~storage.series.SCORE_ROW`) with the band
+    ``lower``/``upper`` (expected ± 3 typical deviations)."""
+    d = dict(zip(series_repo.SCORE_ROW, r, strict=True))
     dev = (d["explanation"] or {}).get("typical_deviation")
     exp = d["expected"]
     ok = isinstance(dev, int | float) and exp is not None
@@ -226,17 +225,13 @@ async def score_stream(request: Request, pool, keys: KeyStore, principal: Princi
                        metric: str, last_id: int | None, conf: StreamConf,
                        closed: Callable[[], bool] = lambda: False) -> AsyncIterator[bytes]:
     tenant = principal.tenant_id
-    q = ("SELECT " + ", ".join(SCORE_COLS) + " FROM scores WHERE tenant_id = %s AND host = %s "
-         "AND metric = %s AND window_start > %s ORDER BY window_start LIMIT %s")
     cursor = None if last_id is None else datetime.fromtimestamp(last_id / 1000, UTC)
     guard = _Guard(keys, pool, principal, conf)
 
     async def newest() -> datetime:
         async with pool.connection(timeout=DB_TIMEOUT_S) as conn:
-            cur = await conn.execute(
-                "SELECT max(window_start) FROM scores WHERE tenant_id = %s AND host = %s "
-                "AND metric = %s", (tenant, host, metric))
-            return (await cur.fetchone())[0] or datetime(1970, 1, 1, tzinfo=UTC)
+            return (await series_repo.newest_window(conn, tenant, host, metric)
+                    or datetime(1970, 1, 1, tzinfo=UTC))
 
     if cursor is None:
         # the stream starts where the series is *before* the client hears it is connected:
@@ -252,8 +247,7 @@ async def score_stream(request: Request, pool, keys: KeyStore, principal: Princi
             if cursor is None:
                 cursor = await newest()
             async with pool.connection(timeout=DB_TIMEOUT_S) as conn:
-                cur = await conn.execute(q, (tenant, host, metric, cursor, conf.page_size))
-                rows = await cur.fetchall()
+                rows = await series_repo.scores_after(conn, tenant, host, metric, cursor, conf.page_size)
             if rows:
                 await guard.sendable(time.monotonic())
                 out = []

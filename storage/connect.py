@@ -2,7 +2,8 @@
 
 Every other module of :mod:`storage` takes a connection (sync ``psycopg.Connection`` for the
 pipeline, CLI and training; ``psycopg.AsyncConnection`` from the API's pool); this one opens
-them. :func:`count_rows` is the one generic read (tests, tools).
+them (the API's pool is ``serving.health.GuardedPool``). :func:`ping` is the liveness probe of
+a connection; :func:`count_rows` the one generic read (tests, tools).
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ def connect(settings: Settings, database: str | None = None, autocommit: bool = 
             "(run `make services-up`)"
         ) from e
 
+
+
+async def ping(conn: psycopg.AsyncConnection) -> None:
+    """``SELECT 1``: raises when the connection (or the server behind it) does not answer."""
+    await conn.execute("SELECT 1")
 
 
 def count_rows(conn: psycopg.Connection, table: str, where: str = "", params: Any = ()) -> int:

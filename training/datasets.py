@@ -269,30 +269,6 @@ def from_csv(
 
 # --- PostgreSQL -----------------------------------------------------------------------------
 
-_FEATURES_SQL = """
-SELECT tenant_id, host, metric,
-       extract(epoch FROM window_start)::float8, extract(epoch FROM window_end)::float8,
-       count, mean, std, min, max, last, slope, change, gap, {cross}
-FROM features
-WHERE (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
-  AND (%(since)s::float8 IS NULL OR window_end >= to_timestamp(%(since)s))
-  AND (%(until)s::float8 IS NULL OR window_end < to_timestamp(%(until)s))
-ORDER BY tenant_id, host, metric, window_start
-"""
-
-# feedback -> alert -> (series, time span); a span runs from the alert's first event/open to its
-# resolution (or its open when still open), padded by `pad` seconds on both sides.
-_FEEDBACK_SQL = """
-SELECT a.tenant_id, a.host, a.metric, f.label,
-       extract(epoch FROM LEAST(a.ts_event, a.opened_at))::float8 - %(pad)s,
-       extract(epoch FROM GREATEST(a.ts_event, COALESCE(a.resolved_at, a.opened_at)))::float8
-         + %(pad)s
-FROM feedback f JOIN alerts a ON a.alert_id = f.alert_id AND a.tenant_id = f.tenant_id
-WHERE (%(tenant)s::text IS NULL OR a.tenant_id = %(tenant)s)
-ORDER BY f.created_at
-"""
-
-
 def from_postgres(
     settings: Settings,
     tenant: str | None = None,
@@ -318,17 +294,13 @@ def from_postgres(
     """
     import psycopg
 
-    q = {"tenant": tenant, "since": since, "until": until, "pad": float(label_pad_s)}
+    from storage.feedback import load_labels
+    from storage.series import load_features
+
     with psycopg.connect(settings.pg_dsn(), connect_timeout=10) as conn:
-        # the cross-metric columns exist from migration 007 on; before it they are all recomputed
-        have = {r[0] for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema ="
-            " current_schema() AND table_name = 'features' AND column_name = ANY(%s)",
-            (list(CROSS_FEATURES),))}
-        cross = ", ".join(k if k in have else f"NULL::float8 AS {k}" for k in CROSS_FEATURES)
-        rows = conn.execute(_FEATURES_SQL.format(cross=cross), q).fetchall()
-        has_fb = conn.execute("SELECT to_regclass('feedback') IS NOT NULL").fetchone()[0]
-        fb = conn.execute(_FEEDBACK_SQL, q).fetchall() if has_fb else []
+        # before migration 007 the cross-metric columns come back NULL and are all recomputed
+        rows = load_features(conn, tenant, since, until)
+        fb = load_labels(conn, tenant, label_pad_s)
     if not rows:
         raise ValueError("no rows in the features table for this selection")
     df = pd.DataFrame(rows, columns=["tenant_id", "host", "metric", "start", "end", *FEATURES,

@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 from pipeline.embedded import Bus
 from serving import auth
 from storage.connect import connect, count_rows
-from storage.tenants import create_tenant
+from storage.tenants import create_tenant, revoke_key
 from tests.integration.api_support import Api, alert_event, hdr, make_key, seed, store_alerts
 from tests.integration.conftest import SseClient, wait_for
 
@@ -129,7 +129,7 @@ def test_revoked_key_is_401(world):
     key = make_key(w.conn, w.a, "read")
     assert httpx.get(w.api.url + "/alerts", headers=hdr(key)).status_code == 200
     key_id = key.split("_")[1]
-    assert auth.revoke_key(w.conn, key_id)
+    assert revoke_key(w.conn, key_id)
     wait_for(lambda: httpx.get(w.api.url + "/alerts", headers=hdr(key)).status_code == 401,
              w.api.app.state.serving.auth_cache_s + 5, what="revocation to take effect")
 

@@ -128,7 +128,7 @@ def test_row_without_partition_lands_in_default_and_maintenance_moves_it(pconn, 
     pconn.execute("INSERT INTO metrics (event_id, tenant_id, host, metric, value, ts_event)"
                   " VALUES ('old', 't1', 'h', 'm', 1, to_timestamp(%s))", (TODAY - 30 * DAY,))
     rep = maintain(pconn, PartitionPolicy(ahead_days=0, retention_days={"metrics": 14}),
-                      now=TODAY + 60)
+                   now=TODAY + 60)
     assert (rep.moved, rep.expired) == (2, 1)
     assert where(pconn) == {partition_name("metrics", far): 2}
     # the moved rows still deduplicate: their partition has the unique index

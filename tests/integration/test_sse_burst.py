@@ -202,7 +202,7 @@ def test_sse_burst_every_client_gets_every_alert_once_in_order(settings, conn, a
 
         def stored() -> bool:
             return count_rows(conn, "alert_events", "tenant_id = %s AND published_at IS NOT NULL",
-                                 (tenant,)) >= expected_n
+                              (tenant,)) >= expected_n
 
         wait_for(stored, 90, interval=0.5, what=f"{expected_n} stored and published transitions")
         burst_stored.set()

@@ -1,4 +1,5 @@
-"""Bucketing of ``GET /metrics`` (serving.downsample) against a per-sample reference."""
+"""Bucketing of ``GET /metrics`` (serving.downsample) against a per-sample reference, and the
+binary array loaders it reads (storage.arrays)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from serving.downsample import FLOAT8_OID, TIMESTAMPTZ_OID, Float8Array, TimestamptzArray, buckets
+from serving.downsample import buckets
+from storage.arrays import FLOAT8_OID, TIMESTAMPTZ_OID, Float8Array, TimestamptzArray
 
 
 def reference(us, values, origin_us, step_us):
