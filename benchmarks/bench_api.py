@@ -98,15 +98,18 @@ end
 
 # --- data ----------------------------------------------------------------------------------------
 
+
 def _secondary_indexes(c) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """``(constraints, indexes)`` of ``metrics`` besides its primary key, as ``(name, definition)``."""
     cons = c.execute(
         "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-        "WHERE conrelid = 'metrics'::regclass AND contype IN ('u', 'x')").fetchall()
+        "WHERE conrelid = 'metrics'::regclass AND contype IN ('u', 'x')"
+    ).fetchall()
     idx = c.execute(
         "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
         "WHERE x.indrelid = 'metrics'::regclass AND NOT EXISTS "
-        " (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid)").fetchall()
+        " (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid)"
+    ).fetchall()
     return cons, idx
 
 
@@ -127,8 +130,11 @@ def load(s: Settings, rows: int, tenant: str) -> None:
             " (ARRAY['cpu_load','mem_used_pct','latency_p99','req_rate'])[m], "
             " 40 + 20 * sin(g / 500.0 + h) + random() * 5, now() - g * interval '10 s', '' "
             "FROM generate_series(0, %s - 1) h, generate_series(1, 4) m, generate_series(0, %s - 1) g",
-            (tenant, HOSTS, per_series))
-        print(f"inserted {HOSTS * 4 * per_series:,} rows in {time.monotonic() - t0:.0f}s", flush=True)
+            (tenant, HOSTS, per_series),
+        )
+        print(
+            f"inserted {HOSTS * 4 * per_series:,} rows in {time.monotonic() - t0:.0f}s", flush=True
+        )
         for name, definition in cons:
             c.execute(f'ALTER TABLE metrics ADD CONSTRAINT "{name}" {definition}')
         for _, definition in idx:
@@ -144,11 +150,15 @@ def load(s: Settings, rows: int, tenant: str) -> None:
             " CASE WHEN g %% 10 = 0 THEN 'open' ELSE 'resolved' END, 'cpu_load', 'bench',"
             " now() - g * interval '20 s', now() - g * interval '20 s' + interval '5 min',"
             " CASE WHEN g %% 10 = 0 THEN NULL ELSE now() - g * interval '20 s' + interval '5 min' END "
-            "FROM generate_series(1, 50000) g", (tenant, HOSTS))
+            "FROM generate_series(1, 50000) g",
+            (tenant, HOSTS),
+        )
         c.execute("VACUUM ANALYZE metrics")
         c.execute("VACUUM ANALYZE alerts")
         n = c.execute("SELECT count(*) FROM metrics").fetchone()[0]
-        print(f"loaded {n:,} metric rows + 50,000 alerts in {time.monotonic() - t0:.0f}s", flush=True)
+        print(
+            f"loaded {n:,} metric rows + 50,000 alerts in {time.monotonic() - t0:.0f}s", flush=True
+        )
 
 
 @contextlib.contextmanager
@@ -159,23 +169,33 @@ def database(base: Settings, keep: str | None, rows: int):
             load(s, rows, TENANT)
             yield s
         return
-    s = base.model_copy(update={
-        "pg_database": keep, "consumer_group_prefix": f"bench-{keep}",
-        **{f"topic_{k}": f"bench-{keep}-{k}" for k in ("raw", "metric", "enriched", "score", "alert", "dlq")},
-        "topic_partitions": 1,
-    })
+    s = base.model_copy(
+        update={
+            "pg_database": keep,
+            "consumer_group_prefix": f"bench-{keep}",
+            **{
+                f"topic_{k}": f"bench-{keep}-{k}"
+                for k in ("raw", "metric", "enriched", "score", "alert", "dlq")
+            },
+            "topic_partitions": 1,
+        }
+    )
     with connect(base, autocommit=True) as admin:
         exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (keep,)).fetchone()
         if not exists:
             admin.execute(f'CREATE DATABASE "{keep}"')
     with connect(s) as c:
         migrate(c)
-        have = c.execute("SELECT count(*) FROM metrics WHERE tenant_id = %s", (TENANT,)).fetchone()[0]
+        have = c.execute("SELECT count(*) FROM metrics WHERE tenant_id = %s", (TENANT,)).fetchone()[
+            0
+        ]
     kq.create_topics(s)
     want = rows // (HOSTS * len(METRICS)) * HOSTS * len(METRICS)
     if have != want:
         if have:
-            raise SystemExit(f"database {keep!r} holds {have:,} bench rows, not {want:,}; drop it or use another")
+            raise SystemExit(
+                f"database {keep!r} holds {have:,} bench rows, not {want:,}; drop it or use another"
+            )
         load(s, rows, TENANT)
     else:
         print(f"reusing database {keep!r} ({have:,} metric rows)", flush=True)
@@ -184,6 +204,7 @@ def database(base: Settings, keep: str | None, rows: int):
 
 # --- server --------------------------------------------------------------------------------------
 
+
 def serve(s: Settings, workers: int) -> tuple[subprocess.Popen, str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -191,12 +212,31 @@ def serve(s: Settings, workers: int) -> tuple[subprocess.Popen, str]:
     sock.close()
     env = dict(os.environ)
     for k, v in s.model_dump().items():
-        env[f"EVENTOPS_{k.upper()}"] = v.get_secret_value() if hasattr(v, "get_secret_value") else str(v)
+        env[f"EVENTOPS_{k.upper()}"] = (
+            v.get_secret_value() if hasattr(v, "get_secret_value") else str(v)
+        )
     env["EVENTOPS_RATE_LIMIT_RPS"] = "0"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "api", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", str(workers), "--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "60"],
-        cwd=REPO_ROOT, env=env)
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--timeout-keep-alive",
+            "60",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     ready = 0
@@ -214,6 +254,7 @@ def serve(s: Settings, workers: int) -> tuple[subprocess.Popen, str]:
 
 # --- load generators -----------------------------------------------------------------------------
 
+
 def path_for(template: str, rnd: random.Random) -> str:
     start6h = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 6 * 3600))
     return template.format(host=f"host-{rnd.randrange(HOSTS):03d}", start6h=start6h)
@@ -222,15 +263,34 @@ def path_for(template: str, rnd: random.Random) -> str:
 def run_wrk(lua: Path, url: str, key: str, template: str, clients: int, seconds: float) -> dict:
     env = {**os.environ, "BENCH_KEY": key, "BENCH_PATH": template}
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(lua), url],
-        env=env, capture_output=True, text=True, check=True).stdout
+        [
+            "wrk",
+            "-t1",
+            f"-c{clients}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(lua),
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     line = next((x for x in out.splitlines() if x.startswith("BENCH ")), None)
     if line is None:
         raise SystemExit(f"wrk printed no summary:\n{out}")
     r = json.loads(line[6:])
-    return {"requests": r["requests"], "seconds": r["duration_us"] / 1e6, "p50": r["p50_us"] / 1000,
-            "p99": r["p99_us"] / 1000, "max": r["max_us"] / 1000,
-            "errors": r["status_errors"] + r["socket_errors"]}
+    return {
+        "requests": r["requests"],
+        "seconds": r["duration_us"] / 1e6,
+        "p50": r["p50_us"] / 1000,
+        "p99": r["p99_us"] / 1000,
+        "max": r["max_us"] / 1000,
+        "errors": r["status_errors"] + r["socket_errors"],
+    }
 
 
 async def _httpx_loop(url: str, key: str, template: str, clients: int, seconds: float) -> dict:
@@ -243,8 +303,12 @@ async def _httpx_loop(url: str, key: str, template: str, clients: int, seconds: 
         # one client (one keep-alive connection) per task: a single AsyncClient shared by 50
         # tasks spends its time in its connection pool's bookkeeping (~175 req/s on /healthz)
         nonlocal errors
-        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"},
-                                     limits=httpx.Limits(max_connections=1), timeout=30) as client:
+        async with httpx.AsyncClient(
+            base_url=url,
+            headers={"Authorization": f"Bearer {key}"},
+            limits=httpx.Limits(max_connections=1),
+            timeout=30,
+        ) as client:
             while time.perf_counter() < stop:
                 t = time.perf_counter()
                 try:
@@ -258,7 +322,14 @@ async def _httpx_loop(url: str, key: str, template: str, clients: int, seconds: 
     await asyncio.gather(*(worker() for _ in range(clients)))
     took = time.perf_counter() - t0
     q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else lat * 99
-    return {"requests": len(lat), "seconds": took, "p50": q[49], "p99": q[98], "max": max(lat), "errors": errors}
+    return {
+        "requests": len(lat),
+        "seconds": took,
+        "p50": q[49],
+        "p99": q[98],
+        "max": max(lat),
+        "errors": errors,
+    }
 
 
 def run_httpx(url: str, key: str, template: str, clients: int, seconds: float) -> dict:
@@ -275,7 +346,9 @@ class LoadGen:
             self.lua = tmp / "bench_api.lua"
             self.lua.write_text(WRK_LUA % {"hosts": HOSTS})
         else:
-            self.pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn")
+            )
 
     def run(self, template: str, clients: int, seconds: float) -> dict:
         if self.tool == "wrk":
@@ -283,7 +356,9 @@ class LoadGen:
         else:
             r = self.pool.submit(run_httpx, self.url, self.key, template, clients, seconds).result()
         if r["errors"]:
-            raise SystemExit(f"{template}: {r['errors']} failed requests (non-200 or socket errors)")
+            raise SystemExit(
+                f"{template}: {r['errors']} failed requests (non-200 or socket errors)"
+            )
         r["rps"] = r["requests"] / r["seconds"]
         return r
 
@@ -294,25 +369,43 @@ class LoadGen:
 
 # --- main ----------------------------------------------------------------------------------------
 
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="rounds over all endpoints; each statistic is the median over the rounds")
-    ap.add_argument("--workers", type=int, default=2, help="API processes sharing the port (see module docstring)")
-    ap.add_argument("--db", default=None, help="keep the loaded database under this name and reuse it")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds over all endpoints; each statistic is the median over the rounds",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="API processes sharing the port (see module docstring)",
+    )
+    ap.add_argument(
+        "--db", default=None, help="keep the loaded database under this name and reuse it"
+    )
     a = ap.parse_args()
-    loop = ("uvloop" if importlib.util.find_spec("uvloop") else "asyncio") + "/" + \
-           ("httptools" if importlib.util.find_spec("httptools") else "h11")
+    loop = (
+        ("uvloop" if importlib.util.find_spec("uvloop") else "asyncio")
+        + "/"
+        + ("httptools" if importlib.util.find_spec("httptools") else "h11")
+    )
     with database(Settings(), a.db, a.rows) as s, tempfile.TemporaryDirectory() as tmp:
         with connect(s) as c:
             key = auth.create_key(c, TENANT, "read", f"bench-{uuid.uuid4().hex[:6]}")[1]
         proc, url = serve(s, a.workers)
         gen = LoadGen(url, key, Path(tmp))
-        print(f"server: eventops api --workers {a.workers} ({loop}); load generator: {gen.tool}, closed loop; "
-              f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+        print(
+            f"server: eventops api --workers {a.workers} ({loop}); load generator: {gen.tool}, closed loop; "
+            f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+            flush=True,
+        )
         try:
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
                 for name, tpl in ENDPOINTS.items():  # answers 200 before it is timed
@@ -324,8 +417,10 @@ def main() -> None:
             for name, tpl in ENDPOINTS.items():  # one client: the cost of the request itself
                 gen.run(tpl, 1, 1)
                 solo[name] = r = gen.run(tpl, 1, 3)
-                print(f"{name:<28} c1   p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  {r['rps']:6.0f} req/s",
-                      flush=True)
+                print(
+                    f"{name:<28} c1   p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  {r['rps']:6.0f} req/s",
+                    flush=True,
+                )
             # rounds over all endpoints: a burst of noise from the (shared) host lands in one
             # measurement of one round, and the median over rounds sets it aside
             rounds: dict[str, list[dict]] = {name: [] for name in ENDPOINTS}
@@ -333,13 +428,21 @@ def main() -> None:
                 for name, tpl in ENDPOINTS.items():
                     gen.run(tpl, a.clients, 2)  # warm-up: connections, pool, prepared statements
                     rounds[name].append(r := gen.run(tpl, a.clients, a.duration))
-                    print(f"{name:<28} c{a.clients:<3} p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  "
-                          f"{r['rps']:6.0f} req/s  ({r['requests']:,} requests)  round {i + 1}", flush=True)
-            out = {name: {k: statistics.median(r[k] for r in rs) for k in ("p50", "p99", "rps")}
-                   for name, rs in rounds.items()}
+                    print(
+                        f"{name:<28} c{a.clients:<3} p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  "
+                        f"{r['rps']:6.0f} req/s  ({r['requests']:,} requests)  round {i + 1}",
+                        flush=True,
+                    )
+            out = {
+                name: {k: statistics.median(r[k] for r in rs) for k in ("p50", "p99", "rps")}
+                for name, rs in rounds.items()
+            }
             for name, r in out.items():
-                print(f"{name:<28} c{a.clients:<3} median of {a.repeat}: p50 {r['p50']:7.1f} ms  "
-                      f"p99 {r['p99']:7.1f} ms  {r['rps']:6.0f} req/s", flush=True)
+                print(
+                    f"{name:<28} c{a.clients:<3} median of {a.repeat}: p50 {r['p50']:7.1f} ms  "
+                    f"p99 {r['p99']:7.1f} ms  {r['rps']:6.0f} req/s",
+                    flush=True,
+                )
         finally:
             proc.terminate()
             proc.wait(10)
@@ -348,18 +451,40 @@ def main() -> None:
     rows = []
     for name, r in out.items():
         for stat in ("p50", "p99"):
-            rows.append({"name": f"api_{name}_{stat}_c{a.clients}", "value": round(r[stat], 2), "unit": "ms",
-                         "baseline": round(base[stat], 2), "ratio": round(r[stat] / base[stat], 2)})
-        rows.append({"name": f"api_{name}_rps_c{a.clients}", "value": round(r["rps"], 1), "unit": "req/s",
-                     "baseline": round(base["rps"], 1), "ratio": round(r["rps"] / base["rps"], 3)})
+            rows.append(
+                {
+                    "name": f"api_{name}_{stat}_c{a.clients}",
+                    "value": round(r[stat], 2),
+                    "unit": "ms",
+                    "baseline": round(base[stat], 2),
+                    "ratio": round(r[stat] / base[stat], 2),
+                }
+            )
+        rows.append(
+            {
+                "name": f"api_{name}_rps_c{a.clients}",
+                "value": round(r["rps"], 1),
+                "unit": "req/s",
+                "baseline": round(base["rps"], 1),
+                "ratio": round(r["rps"] / base["rps"], 3),
+            }
+        )
     for name, r in solo.items():
-        rows.append({"name": f"api_{name}_p50_c1", "value": round(r["p50"], 2), "unit": "ms",
-                     "baseline": round(solo["healthz"]["p50"], 2),
-                     "ratio": round(r["p50"] / solo["healthz"]["p50"], 2)})
+        rows.append(
+            {
+                "name": f"api_{name}_p50_c1",
+                "value": round(r["p50"], 2),
+                "unit": "ms",
+                "baseline": round(solo["healthz"]["p50"], 2),
+                "ratio": round(r["p50"] / solo["healthz"]["p50"], 2),
+            }
+        )
     write_results("api", rows)
     worst = max((r["p99"], n) for n, r in out.items() if n != "healthz")
-    print(f"load generator: {gen.tool}; target p99 < {TARGET_P99_MS:.0f} ms at {a.clients} clients: "
-          f"{'met' if worst[0] < TARGET_P99_MS else 'NOT met'} (worst {worst[1]} p99 {worst[0]:.1f} ms)")
+    print(
+        f"load generator: {gen.tool}; target p99 < {TARGET_P99_MS:.0f} ms at {a.clients} clients: "
+        f"{'met' if worst[0] < TARGET_P99_MS else 'NOT met'} (worst {worst[1]} p99 {worst[0]:.1f} ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -75,11 +75,17 @@ def make_json(s, ts, v) -> list[bytes]:
     import orjson
 
     return [
-        orjson.dumps({
-            "tenant_id": "acme", "source_id": f"host-{int(a) % 997:04d}",
-            "metric": f"cpu_load_{int(a):06d}", "ts": float(b), "value": float(c),
-            "tags": {"dc": "eu-west-1", "role": "web"}, "event_id": f"ev-{i:012d}",
-        })  # fmt: skip
+        orjson.dumps(
+            {
+                "tenant_id": "acme",
+                "source_id": f"host-{int(a) % 997:04d}",
+                "metric": f"cpu_load_{int(a):06d}",
+                "ts": float(b),
+                "value": float(c),
+                "tags": {"dc": "eu-west-1", "role": "web"},
+                "event_id": f"ev-{i:012d}",
+            }
+        )  # fmt: skip
         for i, (a, b, c) in enumerate(zip(s, ts, v, strict=False))
     ]
 
@@ -93,7 +99,7 @@ def run_json(msgs: list[bytes], batch: int = 10_000) -> float:
     host_of: list[int] = []  # per series code, extended per new series (as the detect stage)
 
     def host_codes() -> np.ndarray:
-        for key in list(codes)[len(host_of):]:
+        for key in list(codes)[len(host_of) :]:
             host_of.append(hosts.setdefault(key[:2], len(hosts)))
         return np.asarray(host_of, np.int64)
 
@@ -155,7 +161,9 @@ def rss_child(n_series: int) -> None:
     s, ts, v = make_events(n_series, 30)
     run_columns(s, ts, v, batch=max(100_000, n_series * 2))
     # VmHWM (peak RSS of this process image); ru_maxrss can be inherited from the parent
-    hwm = [ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM")]
+    hwm = [
+        ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM")
+    ]
     kib = float(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(kib / 1024)  # MiB
 

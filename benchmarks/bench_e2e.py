@@ -34,7 +34,13 @@ from storage.tenants import create_tenant
 
 def make_events(n: int, tenant: str) -> tuple[list[bytes], list[str]]:
     hosts = 500
-    sim = Simulator(hosts=hosts, tenant=tenant, seed=1, interval=10, start=time.time() - n / (hosts * 4) * 10 - 60)
+    sim = Simulator(
+        hosts=hosts,
+        tenant=tenant,
+        seed=1,
+        interval=10,
+        start=time.time() - n / (hosts * 4) * 10 - 60,
+    )
     evs: list[bytes] = []
     for tick in sim.events():
         for e in tick:
@@ -53,7 +59,9 @@ def env_for(s: Settings) -> dict[str, str]:
     for k, v in s.model_dump().items():
         if v is None or k == "mlflow_tracking_uri_override":
             continue
-        env[f"EVENTOPS_{k.upper()}"] = v.get_secret_value() if hasattr(v, "get_secret_value") else str(v)
+        env[f"EVENTOPS_{k.upper()}"] = (
+            v.get_secret_value() if hasattr(v, "get_secret_value") else str(v)
+        )
     return env
 
 
@@ -66,9 +74,22 @@ def run_pipeline(base: Settings, n: int, workers: int = 1) -> float:
         kq.produce_all(p, s.topic_raw, evs, keys)
         kq.flush(p)
         conn = connect(s, autocommit=True)
-        procs = [subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "WARNING", "worker",
-                                   "normalize,enrich,detect,sink"], env=env_for(s), cwd=REPO_ROOT)
-                 for _ in range(workers)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cli",
+                    "--log-level",
+                    "WARNING",
+                    "worker",
+                    "normalize,enrich,detect,sink",
+                ],
+                env=env_for(s),
+                cwd=REPO_ROOT,
+            )
+            for _ in range(workers)
+        ]
         try:
             deadline = time.monotonic() + 600
             while conn.execute("SELECT count(*) FROM metrics").fetchone()[0] < n:
@@ -81,7 +102,8 @@ def run_pipeline(base: Settings, n: int, workers: int = 1) -> float:
                 "SELECT count(*) FILTER (WHERE ingested_at = t.lo),"
                 " extract(epoch FROM t.hi - t.lo)::float8"
                 " FROM metrics, (SELECT min(ingested_at) lo, max(ingested_at) hi FROM metrics) t"
-                " GROUP BY t.lo, t.hi").fetchone()
+                " GROUP BY t.lo, t.hi"
+            ).fetchone()
         finally:
             for p in procs:
                 p.terminate()
@@ -103,8 +125,16 @@ def run_mvp_baseline(base: Settings, n: int) -> float:
                 c.execute(
                     "INSERT INTO metrics (event_id, tenant_id, host, metric, value, ts_event, unit, tags) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (f"mvp-{i}", d["tenant_id"], d["host"], d["metric"], d["value"], d["ts_event"],
-                     d["unit"], json.dumps(d["tags"])),
+                    (
+                        f"mvp-{i}",
+                        d["tenant_id"],
+                        d["host"],
+                        d["metric"],
+                        d["value"],
+                        d["ts_event"],
+                        d["unit"],
+                        json.dumps(d["tags"]),
+                    ),
                 )
                 c.commit()
         return n / (time.perf_counter() - t0)
@@ -114,8 +144,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=600_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
-                    help="worker processes of the chain per configuration")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="worker processes of the chain per configuration",
+    )
     ap.add_argument("--baseline-events", type=int, default=1000)
     a = ap.parse_args()
     s = Settings()
@@ -131,12 +166,18 @@ def main() -> None:
     rows = []
     for w, rs in rates.items():
         med = median(rs)
-        rows.append({
-            "name": f"e2e raw->postgres, chained kafka worker x{w} (median)",
-            "value": round(med, 1), "unit": "events/s",
-            "baseline": round(base, 1), "ratio": round(med / base, 1),
-            "runs": [round(r, 1) for r in rs], "events": a.events, "worker_processes": w,
-        })
+        rows.append(
+            {
+                "name": f"e2e raw->postgres, chained kafka worker x{w} (median)",
+                "value": round(med, 1),
+                "unit": "events/s",
+                "baseline": round(base, 1),
+                "ratio": round(med / base, 1),
+                "runs": [round(r, 1) for r in rs],
+                "events": a.events,
+                "worker_processes": w,
+            }
+        )
     write_results("e2e", rows)
 
 

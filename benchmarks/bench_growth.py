@@ -105,21 +105,44 @@ class Feed:
         self.offset += n
         ts = self.t0 + k * 10.0 + (np.arange(n) % 97) * 0.01
         value = np.round(self.rng.uniform(0, 100, n), 2)
-        batch = MetricBatch(ids, self.tenant, self.host, self.metric, value, ts, obj(["percent"] * n),
-                            self.tags, np.arange(n, dtype=np.int64) % 6)
+        batch = MetricBatch(
+            ids,
+            self.tenant,
+            self.host,
+            self.metric,
+            value,
+            ts,
+            obj(["percent"] * n),
+            self.tags,
+            np.arange(n, dtype=np.int64) % 6,
+        )
         sel = np.flatnonzero(np.arange(n) % 6 == k % 6)
         m = len(sel)
         start = np.full(m, self.t0 + (k // 6) * 60.0)
-        f = {key: self.rng.uniform(0, 100, m) for key in
-             ("mean", "std", "min", "max", "last", "slope", "change", "gap")}
+        f = {
+            key: self.rng.uniform(0, 100, m)
+            for key in ("mean", "std", "min", "max", "last", "slope", "change", "gap")
+        }
         f["count"] = np.full(m, 6, np.int64)
-        f.update(host_metrics=np.full(m, 4.0), host_deviating=np.zeros(m),
-                 host_max_z=self.rng.uniform(0, 2, m), host_mean_z=self.rng.uniform(0, 1, m))
+        f.update(
+            host_metrics=np.full(m, 4.0),
+            host_deviating=np.zeros(m),
+            host_max_z=self.rng.uniform(0, 2, m),
+            host_mean_z=self.rng.uniform(0, 1, m),
+        )
         windows = WindowRows(
-            self.tenant[sel], self.host[sel], self.metric[sel], start, start + 60.0, f,
-            self.rng.uniform(0, 0.3, m), obj(["ok"] * m),
-            [{"rules": 0.0, "seasonal": 0.12, "ewma": 0.08}] * m, self.rng.uniform(0, 100, m),
-            [{}] * m, ["3"] * m,
+            self.tenant[sel],
+            self.host[sel],
+            self.metric[sel],
+            start,
+            start + 60.0,
+            f,
+            self.rng.uniform(0, 0.3, m),
+            obj(["ok"] * m),
+            [{"rules": 0.0, "seasonal": 0.12, "ewma": 0.08}] * m,
+            self.rng.uniform(0, 100, m),
+            [{}] * m,
+            ["3"] * m,
         )
         return batch, windows
 
@@ -137,52 +160,97 @@ def fill(s: Settings, rows: int, days: int, series: int, today: float) -> dict:
     wins = max(per_series // 6, 1)
     wstep = DAY / wins
     t0 = time.monotonic()
-    win_key = ("%(t)s, 'host-' || lpad((s / 4)::text, 5, '0'), (%(m)s::text[])[mod(s, 4) + 1],"
-               " to_timestamp(%(day)s + floor(k * %(step)s)),"
-               " to_timestamp(%(day)s + floor(k * %(step)s) + 60)")
+    win_key = (
+        "%(t)s, 'host-' || lpad((s / 4)::text, 5, '0'), (%(m)s::text[])[mod(s, 4) + 1],"
+        " to_timestamp(%(day)s + floor(k * %(step)s)),"
+        " to_timestamp(%(day)s + floor(k * %(step)s) + 60)"
+    )
     gen = " FROM generate_series(0, %(per)s - 1) k CROSS JOIN generate_series(0, %(n)s - 1) s"
     with connect(s) as conn:
         for d in range(days, 0, -1):
             day = today - d * DAY
             base = (days - d) * per_series * series
-            p = {t: sql.Identifier(partition_name(t, day)) for t in ("metrics", "features", "scores")}
+            p = {
+                t: sql.Identifier(partition_name(t, day)) for t in ("metrics", "features", "scores")
+            }
             with conn.transaction():
                 for t, ident in p.items():
-                    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
-                        ident, sql.Identifier(t)))
-                conn.execute(sql.SQL(
-                    "INSERT INTO {} (event_id, tenant_id, host, metric, value, ts_event, unit, tags)"
-                    " SELECT 'ingest.raw.agent:' || mod(s, 6) || ':' || (%(base)s + k * %(n)s + s),"
-                    " %(t)s, 'host-' || lpad((s / 4)::text, 5, '0'), (%(m)s::text[])[mod(s, 4) + 1],"
-                    " round((random() * 100)::numeric, 2)::float8,"
-                    " to_timestamp(%(day)s + k * %(step)s + mod(s, 97) * 0.01), 'percent', %(tags)s::jsonb"
-                ).format(p["metrics"]) + sql.SQL(gen),
-                    dict(base=base, n=series, t=TENANT, m=list(METRICS), day=day, step=step,
-                         tags='{"dc": "eu1", "env": "prod", "team": "payments"}', per=per_series))
+                    conn.execute(
+                        sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
+                            ident, sql.Identifier(t)
+                        )
+                    )
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (event_id, tenant_id, host, metric, value, ts_event, unit, tags)"
+                        " SELECT 'ingest.raw.agent:' || mod(s, 6) || ':' || (%(base)s + k * %(n)s + s),"
+                        " %(t)s, 'host-' || lpad((s / 4)::text, 5, '0'), (%(m)s::text[])[mod(s, 4) + 1],"
+                        " round((random() * 100)::numeric, 2)::float8,"
+                        " to_timestamp(%(day)s + k * %(step)s + mod(s, 97) * 0.01), 'percent', %(tags)s::jsonb"
+                    ).format(p["metrics"])
+                    + sql.SQL(gen),
+                    dict(
+                        base=base,
+                        n=series,
+                        t=TENANT,
+                        m=list(METRICS),
+                        day=day,
+                        step=step,
+                        tags='{"dc": "eu1", "env": "prod", "team": "payments"}',
+                        per=per_series,
+                    ),
+                )
                 win = dict(per=wins, n=series, t=TENANT, m=list(METRICS), day=day, step=wstep)
-                conn.execute(sql.SQL(
-                    "INSERT INTO {} (tenant_id, host, metric, window_start, window_end, count, mean,"
-                    " std, min, max, last, slope, change, gap, host_metrics, host_deviating, host_max_z,"
-                    " host_mean_z) SELECT " + win_key + ", 6, random() * 100, random() * 5, random() * 50,"
-                    " 50 + random() * 50, random() * 100, random() - 0.5, random() - 0.5, 0, 4, 0,"
-                    " random() * 2, random()" + gen).format(p["features"]), win)
-                conn.execute(sql.SQL(
-                    "INSERT INTO {} (tenant_id, host, metric, window_start, window_end, score, severity,"
-                    " components, actual, expected, explanation, model_version) SELECT " + win_key
-                    + ", random() * 0.3, 'ok', '{{\"rules\": 0.0, \"seasonal\": 0.12, \"ewma\": 0.08}}',"
-                    " random() * 100, random() * 100, '{{}}', '3'" + gen).format(p["scores"]), win)
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (tenant_id, host, metric, window_start, window_end, count, mean,"
+                        " std, min, max, last, slope, change, gap, host_metrics, host_deviating, host_max_z,"
+                        " host_mean_z) SELECT "
+                        + win_key
+                        + ", 6, random() * 100, random() * 5, random() * 50,"
+                        " 50 + random() * 50, random() * 100, random() - 0.5, random() - 0.5, 0, 4, 0,"
+                        " random() * 2, random()" + gen
+                    ).format(p["features"]),
+                    win,
+                )
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (tenant_id, host, metric, window_start, window_end, score, severity,"
+                        " components, actual, expected, explanation, model_version) SELECT "
+                        + win_key
+                        + ', random() * 0.3, \'ok\', \'{{"rules": 0.0, "seasonal": 0.12, "ewma": 0.08}}\','
+                        " random() * 100, random() * 100, '{{}}', '3'" + gen
+                    ).format(p["scores"]),
+                    win,
+                )
                 m = p["metrics"]
-                conn.execute(sql.SQL("CREATE INDEX ON {} (tenant_id, host, metric, ts_event DESC)"
-                                     " INCLUDE (value)").format(m))
-                conn.execute(sql.SQL("CREATE UNIQUE INDEX {} ON {} (tenant_id, event_id)").format(
-                    sql.Identifier(partition_name("metrics", day) + "_tenant_event"), m))
+                conn.execute(
+                    sql.SQL(
+                        "CREATE INDEX ON {} (tenant_id, host, metric, ts_event DESC)"
+                        " INCLUDE (value)"
+                    ).format(m)
+                )
+                conn.execute(
+                    sql.SQL("CREATE UNIQUE INDEX {} ON {} (tenant_id, event_id)").format(
+                        sql.Identifier(partition_name("metrics", day) + "_tenant_event"), m
+                    )
+                )
                 for t in ("features", "scores"):
-                    conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (tenant_id, host, metric,"
-                                         " window_start)").format(p[t]))
-                a, b = sql.Literal(datetime.fromtimestamp(day, UTC)), sql.Literal(datetime.fromtimestamp(day + DAY, UTC))
+                    conn.execute(
+                        sql.SQL(
+                            "ALTER TABLE {} ADD PRIMARY KEY (tenant_id, host, metric, window_start)"
+                        ).format(p[t])
+                    )
+                a, b = (
+                    sql.Literal(datetime.fromtimestamp(day, UTC)),
+                    sql.Literal(datetime.fromtimestamp(day + DAY, UTC)),
+                )
                 for t, ident in p.items():
-                    conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})")
-                                 .format(sql.Identifier(t), ident, a, b))
+                    conn.execute(
+                        sql.SQL(
+                            "ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})"
+                        ).format(sql.Identifier(t), ident, a, b)
+                    )
             done = (days - d + 1) * per_series * series
             print(f"  filled {done:,} metric rows ({time.monotonic() - t0:.0f} s)", flush=True)
     with connect(s, autocommit=True) as c:  # settle: what autovacuum would do in the background
@@ -191,8 +259,12 @@ def fill(s: Settings, rows: int, days: int, series: int, today: float) -> dict:
         c.execute("CHECKPOINT")
         size = c.execute("SELECT pg_database_size(current_database())").fetchone()[0]
         stored = c.execute("SELECT count(*) FROM metrics").fetchone()[0]
-    return {"metric_rows": int(stored), "per_series_per_day": per_series, "database_bytes": int(size),
-            "fill_seconds": round(time.monotonic() - t0, 1)}
+    return {
+        "metric_rows": int(stored),
+        "per_series_per_day": per_series,
+        "database_bytes": int(size),
+        "fill_seconds": round(time.monotonic() - t0, 1),
+    }
 
 
 def ingest_run(sink: Sink, feed: Feed, batches: int) -> tuple[float, list[float]]:
@@ -242,7 +314,9 @@ def rate_between(log: list[tuple[float, float, int]], a: float, b: float) -> flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=50_000_000, help="metric rows in the filled database")
+    ap.add_argument(
+        "--rows", type=int, default=50_000_000, help="metric rows in the filled database"
+    )
     ap.add_argument("--days", type=int, default=7, help="daily partitions they are spread over")
     ap.add_argument("--series", type=int, default=10_000)
     ap.add_argument("--batches", type=int, default=5, help="batches of --series events per run")
@@ -254,33 +328,46 @@ def main() -> None:
         ap.error("--drops must be smaller than --days")
     base = Settings()
     du = shutil.disk_usage(RESULTS.parent)
-    print(f"disk: {du.free / 1e9:.0f} GB free; the filled database needs ~{a.rows * 400 / 1e9:.1f} GB")
+    print(
+        f"disk: {du.free / 1e9:.0f} GB free; the filled database needs ~{a.rows * 400 / 1e9:.1f} GB"
+    )
     if du.free < a.rows * 400 * 1.3:
         raise SystemExit(f"not enough disk for --rows {a.rows:,}: {du.free / 1e9:.0f} GB free")
     today = time.time() // DAY * DAY
     with database(base, a.keep) as empty, database(base, a.keep) as full:
-        print(f"filling {a.rows:,} metric rows over {a.days} days ({a.series:,} series) ...", flush=True)
+        print(
+            f"filling {a.rows:,} metric rows over {a.days} days ({a.series:,} series) ...",
+            flush=True,
+        )
         info = fill(full, a.rows, a.days, a.series, today)
-        print(f"  {info['metric_rows']:,} rows, database {info['database_bytes'] / 1e9:.1f} GB, "
-              f"{info['fill_seconds']:.0f} s")
+        print(
+            f"  {info['metric_rows']:,} rows, database {info['database_bytes'] / 1e9:.1f} GB, "
+            f"{info['fill_seconds']:.0f} s"
+        )
         offsets = iter(range(10**12, 10**15, 10**10))  # id ranges that never meet the fill's
         conns = {k: connect(s) for k, s in (("empty", empty), ("full", full), ("full_old", full))}
         sinks = {k: Sink(c) for k, c in conns.items()}
-        feeds = {"empty": Feed(a.series, today + 600, next(offsets)),
-                 "full": Feed(a.series, today + 600, next(offsets)),
-                 "full_old": Feed(a.series, today - DAY + 43200, next(offsets))}
+        feeds = {
+            "empty": Feed(a.series, today + 600, next(offsets)),
+            "full": Feed(a.series, today + 600, next(offsets)),
+            "full_old": Feed(a.series, today - DAY + 43200, next(offsets)),
+        }
         for k in sinks:  # warm-up: partitions known, staging tables and caches ready
             ingest_run(sinks[k], feeds[k], 3)
         rates: dict[str, list[float]] = {k: [] for k in sinks}
         lat: dict[str, list[float]] = {k: [] for k in sinks}
         order = list(sinks)
         for r in range(a.runs):
-            for k in (order if r % 2 == 0 else order[::-1]):
+            for k in order if r % 2 == 0 else order[::-1]:
                 rate, took = ingest_run(sinks[k], feeds[k], a.batches)
                 rates[k].append(rate)
                 lat[k] += took
-            print(f"  run {r + 1}: " + ", ".join(f"{k} {rates[k][-1]:,.0f}" for k in order) + " rows/s",
-                  flush=True)
+            print(
+                f"  run {r + 1}: "
+                + ", ".join(f"{k} {rates[k][-1]:,.0f}" for k in order)
+                + " rows/s",
+                flush=True,
+            )
         for c in conns.values():
             c.close()
 
@@ -291,8 +378,9 @@ def main() -> None:
                 w.start()
                 time.sleep(3.0)
                 t0 = time.monotonic()
-                rep = maintain(conn, PartitionPolicy(ahead_days=0,
-                                                     retention_days={"metrics": a.days - 1 - i}))
+                rep = maintain(
+                    conn, PartitionPolicy(ahead_days=0, retention_days={"metrics": a.days - 1 - i})
+                )
                 t1 = time.monotonic()
                 time.sleep(3.0)
                 w.stop_.set()
@@ -301,17 +389,30 @@ def main() -> None:
                 around = rate_between(w.log, t0 - 0.5, t1 + 0.5)
                 during = [e - s for s, e, _ in w.log if s < t1 and e > t0]
                 normal = [e - s for s, e, _ in w.log if e < t0]
-                drops.append(dict(dropped=rep.dropped, drop_s=sum(rep.drop_seconds), maintain_s=t1 - t0,
-                                  attempts=sum(rep.drop_attempts), detach_s=sum(rep.drop_wait_seconds),
-                                  steady=steady, around=around, max_during=max(during or [0.0]),
-                                  median_write=median(normal), errors=len(w.errors),
-                                  error=repr(w.errors[0]) if w.errors else ""))
+                drops.append(
+                    dict(
+                        dropped=rep.dropped,
+                        drop_s=sum(rep.drop_seconds),
+                        maintain_s=t1 - t0,
+                        attempts=sum(rep.drop_attempts),
+                        detach_s=sum(rep.drop_wait_seconds),
+                        steady=steady,
+                        around=around,
+                        max_during=max(during or [0.0]),
+                        median_write=median(normal),
+                        errors=len(w.errors),
+                        error=repr(w.errors[0]) if w.errors else "",
+                    )
+                )
                 d = drops[-1]
-                print(f"  drop {i + 1}: {', '.join(rep.dropped) or 'nothing'} in {d['drop_s'] * 1e3:.0f} ms"
-                      f" ({d['attempts']} tries, {d['detach_s'] * 1e3:.0f} ms in DETACH);"
-                      f" ingest {d['around']:,.0f} rows/s around it vs {steady:,.0f} before; longest write"
-                      f" {d['max_during'] * 1e3:.0f} ms vs median {d['median_write'] * 1e3:.0f} ms;"
-                      f" errors {d['errors']}", flush=True)
+                print(
+                    f"  drop {i + 1}: {', '.join(rep.dropped) or 'nothing'} in {d['drop_s'] * 1e3:.0f} ms"
+                    f" ({d['attempts']} tries, {d['detach_s'] * 1e3:.0f} ms in DETACH);"
+                    f" ingest {d['around']:,.0f} rows/s around it vs {steady:,.0f} before; longest write"
+                    f" {d['max_during'] * 1e3:.0f} ms vs median {d['median_write'] * 1e3:.0f} ms;"
+                    f" errors {d['errors']}",
+                    flush=True,
+                )
 
     e, f, o = (median(rates[k]) for k in ("empty", "full", "full_old"))
     # paired: the two databases' runs of one round ran back to back, under the same load
@@ -319,35 +420,72 @@ def main() -> None:
     paired_old = median([b / a for a, b in zip(rates["empty"], rates["full_old"], strict=True)])
     n = f"{info['metric_rows'] / 1e6:.0f}M"
     results = [
-        {"name": "sink ingest, empty database (median)", "value": round(e), "unit": "rows/s",
-         "runs": [round(x) for x in rates["empty"]],
-         "write_ms_p50": round(median(lat["empty"]) * 1e3, 1)},
-        {"name": f"sink ingest, after {n} metric rows (median)", "value": round(f), "unit": "rows/s",
-         "baseline": round(e), "ratio": round(f / e, 3), "paired_ratio": round(paired, 3),
-         "runs": [round(x) for x in rates["full"]],
-         "write_ms_p50": round(median(lat["full"]) * 1e3, 1), **info},
-        {"name": f"sink ingest into a filled day partition, {n} rows (median)", "value": round(o),
-         "unit": "rows/s", "baseline": round(e), "ratio": round(o / e, 3),
-         "paired_ratio": round(paired_old, 3), "runs": [round(x) for x in rates["full_old"]],
-         "write_ms_p50": round(median(lat["full_old"]) * 1e3, 1)},
-        {"name": "retention: drop of a day's metrics partition under ingest (median)",
-         "value": round(median([d["drop_s"] for d in drops]) * 1e3, 1), "unit": "ms",
-         "drops": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()} for d in drops]},
-        {"name": "retention: ingest around the drop (median)", "value": round(median([d["around"] for d in drops])),
-         "unit": "rows/s", "baseline": round(median([d["steady"] for d in drops])),
-         "ratio": round(median([d["around"] / d["steady"] for d in drops if d["steady"]]), 3),
-         "errors": sum(d["errors"] for d in drops)},
-        {"name": "retention: longest write overlapping the drop (median)",
-         "value": round(median([d["max_during"] for d in drops]) * 1e3, 1), "unit": "ms",
-         "baseline": round(median([d["median_write"] for d in drops]) * 1e3, 1),
-         "ratio": round(median([d["max_during"] / d["median_write"] for d in drops]), 2)},
+        {
+            "name": "sink ingest, empty database (median)",
+            "value": round(e),
+            "unit": "rows/s",
+            "runs": [round(x) for x in rates["empty"]],
+            "write_ms_p50": round(median(lat["empty"]) * 1e3, 1),
+        },
+        {
+            "name": f"sink ingest, after {n} metric rows (median)",
+            "value": round(f),
+            "unit": "rows/s",
+            "baseline": round(e),
+            "ratio": round(f / e, 3),
+            "paired_ratio": round(paired, 3),
+            "runs": [round(x) for x in rates["full"]],
+            "write_ms_p50": round(median(lat["full"]) * 1e3, 1),
+            **info,
+        },
+        {
+            "name": f"sink ingest into a filled day partition, {n} rows (median)",
+            "value": round(o),
+            "unit": "rows/s",
+            "baseline": round(e),
+            "ratio": round(o / e, 3),
+            "paired_ratio": round(paired_old, 3),
+            "runs": [round(x) for x in rates["full_old"]],
+            "write_ms_p50": round(median(lat["full_old"]) * 1e3, 1),
+        },
+        {
+            "name": "retention: drop of a day's metrics partition under ingest (median)",
+            "value": round(median([d["drop_s"] for d in drops]) * 1e3, 1),
+            "unit": "ms",
+            "drops": [
+                {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+                for d in drops
+            ],
+        },
+        {
+            "name": "retention: ingest around the drop (median)",
+            "value": round(median([d["around"] for d in drops])),
+            "unit": "rows/s",
+            "baseline": round(median([d["steady"] for d in drops])),
+            "ratio": round(median([d["around"] / d["steady"] for d in drops if d["steady"]]), 3),
+            "errors": sum(d["errors"] for d in drops),
+        },
+        {
+            "name": "retention: longest write overlapping the drop (median)",
+            "value": round(median([d["max_during"] for d in drops]) * 1e3, 1),
+            "unit": "ms",
+            "baseline": round(median([d["median_write"] for d in drops]) * 1e3, 1),
+            "ratio": round(median([d["max_during"] / d["median_write"] for d in drops]), 2),
+        },
     ]
-    cfg = {"batch_events": a.series, "batches_per_run": a.batches, "rounds": a.runs, "days": a.days,
-           "series": a.series}
+    cfg = {
+        "batch_events": a.series,
+        "batches_per_run": a.batches,
+        "rounds": a.runs,
+        "days": a.days,
+        "series": a.series,
+    }
     results[0].update(cfg)
     write_results("growth", results)
-    print(f"paired ratio (median of per-round full/empty): {paired:.3f}; into a filled partition: "
-          f"{paired_old:.3f}")
+    print(
+        f"paired ratio (median of per-round full/empty): {paired:.3f}; into a filled partition: "
+        f"{paired_old:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def cpu_seconds(mod, raws: list[bytes], batch: int = 10_000) -> float:
     n = mod.Normalizer(mod.NormalizeConfig(known_tenants=frozenset({"acme"}), max_past_age_s=1e9))
     t0 = time.process_time()
     for i in range(0, len(raws), batch):
-        chunk = raws[i:i + batch]
+        chunk = raws[i : i + batch]
         n(chunk, "raw", [0] * len(chunk), range(i, i + len(chunk)))
     return time.process_time() - t0
 

@@ -89,9 +89,13 @@ def main(quick: bool = False) -> None:
         exp = ensure_experiment(s, "bench-baseline")
         with mlflow.start_run(experiment_id=exp):
             t0 = time.perf_counter()
-            mlflow.sklearn.log_model(model.estimator, name="model",
-                                     registered_model_name=s.model_name + "-baseline",
-                                     serialization_format="skops", skops_trusted_types=SKOPS_TRUSTED)
+            mlflow.sklearn.log_model(
+                model.estimator,
+                name="model",
+                registered_model_name=s.model_name + "-baseline",
+                serialization_format="skops",
+                skops_trusted_types=SKOPS_TRUSTED,
+            )
             infer_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         r = train_and_register(s, ds, cfg)
@@ -117,16 +121,34 @@ def main(quick: bool = False) -> None:
             {"name": f"fit_isolation_forest_{n // 1000}k_windows_s", "value": fit_s, "unit": "s"},
             {"name": f"evaluate_{n // 1000}k_windows_s", "value": eval_s, "unit": "s"},
             {"name": "log_and_register_s", "value": logreg_s, "unit": "s", "baseline": infer_s},
-            {"name": f"train_log_register_promote_{n // 1000}k_windows_s", "value": total_s,
-             "unit": "s"},
-            {"name": "scoring_windows_per_s", "value": 1e7 / metrics["latency_ms_per_10k"],
-             "unit": "windows/s"},
+            {
+                "name": f"train_log_register_promote_{n // 1000}k_windows_s",
+                "value": total_s,
+                "unit": "s",
+            },
+            {
+                "name": "scoring_windows_per_s",
+                "value": 1e7 / metrics["latency_ms_per_10k"],
+                "unit": "windows/s",
+            },
         ]
         for poll, xs in delays.items():
-            rows.append({"name": f"alias_to_swap_delay_median_poll_{poll}s", "unit": "s",
-                         "value": statistics.median(xs), "baseline": 10.0})
-            rows.append({"name": f"alias_to_swap_delay_max_poll_{poll}s", "unit": "s",
-                         "value": max(xs), "baseline": 10.0})
+            rows.append(
+                {
+                    "name": f"alias_to_swap_delay_median_poll_{poll}s",
+                    "unit": "s",
+                    "value": statistics.median(xs),
+                    "baseline": 10.0,
+                }
+            )
+            rows.append(
+                {
+                    "name": f"alias_to_swap_delay_max_poll_{poll}s",
+                    "unit": "s",
+                    "value": max(xs),
+                    "baseline": 10.0,
+                }
+            )
     finally:
         scratch.drop_scratch_store(s)
     for row in rows:

@@ -22,7 +22,9 @@ def write_results(name: str, rows: list[dict]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(rows, indent=2) + "\n")
     for r in rows:
-        base = f"  baseline {r['baseline']:,.0f}  ratio {r['ratio']:.1f}x" if r.get("baseline") else ""
+        base = (
+            f"  baseline {r['baseline']:,.0f}  ratio {r['ratio']:.1f}x" if r.get("baseline") else ""
+        )
         print(f"{r['name']:<48} {r['value']:>14,.0f} {r['unit']}{base}")
     print(f"-> {path}")
     return path
@@ -39,11 +41,17 @@ def scratch(settings: Settings, partitions: int = 6):
     name = f"eventops_bench_{sfx}"
     admin = connect(settings, autocommit=True)
     admin.execute(f'CREATE DATABASE "{name}"')
-    s = settings.model_copy(update={
-        "pg_database": name, "consumer_group_prefix": f"bench-{sfx}",
-        **{f"topic_{k}": f"bench-{sfx}-{k}" for k in ("raw", "metric", "enriched", "score", "alert", "dlq")},
-        "topic_partitions": partitions,
-    })
+    s = settings.model_copy(
+        update={
+            "pg_database": name,
+            "consumer_group_prefix": f"bench-{sfx}",
+            **{
+                f"topic_{k}": f"bench-{sfx}-{k}"
+                for k in ("raw", "metric", "enriched", "score", "alert", "dlq")
+            },
+            "topic_partitions": partitions,
+        }
+    )
     try:
         with connect(s) as conn:
             migrate(conn)

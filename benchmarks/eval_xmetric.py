@@ -34,8 +34,12 @@ import pandas as pd
 from benchmarks.common import RESULTS
 
 WINDOW_S = 60.0
-METRIC_OF = {"cpu_spike": "cpu_load", "latency_spike": "latency_p99",
-             "traffic_drop": "req_rate", "memory_leak": "mem_used_pct"}
+METRIC_OF = {
+    "cpu_spike": "cpu_load",
+    "latency_spike": "latency_p99",
+    "traffic_drop": "req_rate",
+    "memory_leak": "mem_used_pct",
+}
 KEYS = ("nab_standard", "nab_low_fp", "f1", "precision", "recall", "alerts_per_series_day")
 
 
@@ -49,8 +53,14 @@ def simulate(seed: int, hosts: int, ticks: int, anomaly_rate: float):
     from training.datasets import from_frame
 
     day = 86400.0
-    sim = Simulator(hosts=hosts, tenant="sim", seed=seed, interval=10.0,
-                    start=(time.time() // day - 3) * day, anomaly_rate=anomaly_rate)
+    sim = Simulator(
+        hosts=hosts,
+        tenant="sim",
+        seed=seed,
+        interval=10.0,
+        start=(time.time() // day - 3) * day,
+        anomaly_rate=anomaly_rate,
+    )
     norm, det = Normalizer(NormalizeConfig()), DetectStage(RuleSet([]), window_s=WINDOW_S)
     parts, buf, off = [], [], 0
 
@@ -70,9 +80,16 @@ def simulate(seed: int, hosts: int, ticks: int, anomaly_rate: float):
         push(buf)
     parts.append(det.flush().windows)
     rows = WindowRows.concat([p for p in parts if p is not None])
-    df = pd.DataFrame({"tenant_id": rows.tenant_id.astype(str), "host": rows.host.astype(str),
-                       "metric": rows.metric.astype(str), "start": rows.start, "end": rows.end,
-                       **rows.features})
+    df = pd.DataFrame(
+        {
+            "tenant_id": rows.tenant_id.astype(str),
+            "host": rows.host.astype(str),
+            "metric": rows.metric.astype(str),
+            "start": rows.start,
+            "end": rows.end,
+            **rows.features,
+        }
+    )
     labels: dict[str, list[tuple[float, float]]] = {}
     for a in sim.anomalies:
         name = f"sim/{a.host}/{METRIC_OF[a.kind]}"
@@ -114,13 +131,24 @@ def main(quick: bool = False, seeds: int | None = None, seed_base: int = 0) -> d
                     for key in KEYS:
                         res[fam][name][v][key].append(m[key])
         print(f"seed {k}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    out = {"config": {"hosts": hosts, "ticks": ticks, "interval_s": 10.0, "window_s": WINDOW_S,
-                      "seeds": n_seeds, "seed_base": seed_base, "datasets": sizes},
-           "results": res}
+    out = {
+        "config": {
+            "hosts": hosts,
+            "ticks": ticks,
+            "interval_s": 10.0,
+            "window_s": WINDOW_S,
+            "seeds": n_seeds,
+            "seed_base": seed_base,
+            "datasets": sizes,
+        },
+        "results": res,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "xmetric.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"{n_seeds} seeds, {hosts} hosts x 4 metrics, {ticks} ticks of 10 s, 60 s windows; "
-          "mean (sd) over seeds; diff = paired (base+cross) - base")
+    print(
+        f"{n_seeds} seeds, {hosts} hosts x 4 metrics, {ticks} ticks of 10 s, 60 s windows; "
+        "mean (sd) over seeds; diff = paired (base+cross) - base"
+    )
     for fam in fams:
         for name in sets_:
             print(f"\n{fam} / {name}")

@@ -74,8 +74,13 @@ def _settings():
         return None
 
 
-def pg_problem(err: BaseException, host: str | None = None, port: int | None = None,
-               database: str | None = None, user: str | None = None) -> tuple[str, int]:
+def pg_problem(
+    err: BaseException,
+    host: str | None = None,
+    port: int | None = None,
+    database: str | None = None,
+    user: str | None = None,
+) -> tuple[str, int]:
     """Message and exit code for a failed PostgreSQL connection (libpq's text classified).
 
     >>> pg_problem(Exception('connection to server at "h", port 1 failed: Connection refused'),
@@ -95,19 +100,33 @@ def pg_problem(err: BaseException, host: str | None = None, port: int | None = N
     where = f"PostgreSQL at {host}:{port}"
     text = raw.lower()
     if "password authentication failed" in text or ("role" in text and "does not exist" in text):
-        return (f"{where} refused the login of user {user!r} — check EVENTOPS_PG_USER / "
-                "EVENTOPS_PG_PASSWORD", EXIT_CONFIG)
+        return (
+            f"{where} refused the login of user {user!r} — check EVENTOPS_PG_USER / "
+            "EVENTOPS_PG_PASSWORD",
+            EXIT_CONFIG,
+        )
     if "database" in text and "does not exist" in text:
         db = f'"{database}"' if database else "named in the settings"
-        return (f"{where} has no database {db} — run `make services-up` (it creates it) or set "
-                "EVENTOPS_PG_DATABASE", EXIT_CONFIG)
-    return (f"{where} is not reachable — start it (`make services-up`) or point "
-            "EVENTOPS_PG_HOST / EVENTOPS_PG_PORT at it", EXIT_SERVICE)
+        return (
+            f"{where} has no database {db} — run `make services-up` (it creates it) or set "
+            "EVENTOPS_PG_DATABASE",
+            EXIT_CONFIG,
+        )
+    return (
+        f"{where} is not reachable — start it (`make services-up`) or point "
+        "EVENTOPS_PG_HOST / EVENTOPS_PG_PORT at it",
+        EXIT_SERVICE,
+    )
 
 
-def pg_error(err: BaseException, host: str | None = None, port: int | None = None,
-             database: str | None = None, user: str | None = None,
-             prefix: str = "") -> EventOpsError:
+def pg_error(
+    err: BaseException,
+    host: str | None = None,
+    port: int | None = None,
+    database: str | None = None,
+    user: str | None = None,
+    prefix: str = "",
+) -> EventOpsError:
     """:func:`pg_problem` as an exception: :class:`ConfigError` or :class:`ServiceError`."""
     msg, code = pg_problem(err, host, port, database, user)
     return (ConfigError if code == EXIT_CONFIG else ServiceError)(prefix + msg)
@@ -120,8 +139,10 @@ def _pg(e: BaseException) -> tuple[str, int] | None:
     errors = psycopg.errors
     first = one_line(str(e).splitlines()[0] if str(e) else type(e).__name__)
     if isinstance(e, errors.UndefinedTable | errors.UndefinedColumn):
-        return (f"the database schema is missing or out of date ({first}) — run "
-                "`eventops db migrate`", EXIT_CONFIG)
+        return (
+            f"the database schema is missing or out of date ({first}) — run `eventops db migrate`",
+            EXIT_CONFIG,
+        )
     if isinstance(e, psycopg.IntegrityError | psycopg.DataError):
         return f"PostgreSQL rejected the value: {first}", EXIT_USAGE
     state = e.sqlstate or ""
@@ -142,8 +163,11 @@ def _kafka(e: BaseException) -> tuple[str, int] | None:
     what = err.str() if isinstance(err, ck.KafkaError) else str(e)
     s = _settings()
     where = f"Kafka at {s.kafka_bootstrap}" if s else "Kafka"
-    return (f"{where} failed: {one_line(what)} — check that it is up (`make services-up`) and "
-            "EVENTOPS_KAFKA_BOOTSTRAP", EXIT_SERVICE)
+    return (
+        f"{where} failed: {one_line(what)} — check that it is up (`make services-up`) and "
+        "EVENTOPS_KAFKA_BOOTSTRAP",
+        EXIT_SERVICE,
+    )
 
 
 def _mlflow(e: BaseException) -> tuple[str, int] | None:
@@ -175,8 +199,11 @@ def _settings_error(e: BaseException) -> tuple[str, int] | None:
     name = "_".join(str(x) for x in first.get("loc", ())).upper()
     var = name if name.startswith("MLFLOW_") else f"EVENTOPS_{name}"
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
-    return (f"invalid setting {var}={first.get('input')!r}: {one_line(first.get('msg', ''))}{more} "
-            "— fix it in the environment or .env (see .env.example)", EXIT_CONFIG)
+    return (
+        f"invalid setting {var}={first.get('input')!r}: {one_line(first.get('msg', ''))}{more} "
+        "— fix it in the environment or .env (see .env.example)",
+        EXIT_CONFIG,
+    )
 
 
 def describe(e: BaseException) -> tuple[str, int]:
@@ -199,8 +226,12 @@ def describe(e: BaseException) -> tuple[str, int]:
         if psycopg is not None and isinstance(cause, psycopg.OperationalError):
             return pg_problem(cause, at.group(1), int(at.group(2)))
     if isinstance(e, EventOpsError):
-        code = {BadArgument: EXIT_USAGE, ConfigError: EXIT_CONFIG, NotFound: EXIT_NOT_FOUND,
-                ServiceError: EXIT_SERVICE}
+        code = {
+            BadArgument: EXIT_USAGE,
+            ConfigError: EXIT_CONFIG,
+            NotFound: EXIT_NOT_FOUND,
+            ServiceError: EXIT_SERVICE,
+        }
         for cls, c in code.items():
             if isinstance(e, cls):
                 return one_line(e), c
@@ -214,5 +245,7 @@ def describe(e: BaseException) -> tuple[str, int]:
     if isinstance(e, OSError) and e.filename:
         return f"cannot use {e.filename}: {e.strerror or e}", EXIT_NOT_FOUND
     msg = one_line(str(e).splitlines()[0] if str(e) else "")
-    return (f"unexpected {type(e).__name__}{': ' + msg if msg else ''} — {DEBUG_HINT}",
-            EXIT_INTERNAL)
+    return (
+        f"unexpected {type(e).__name__}{': ' + msg if msg else ''} — {DEBUG_HINT}",
+        EXIT_INTERNAL,
+    )

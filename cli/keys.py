@@ -33,8 +33,10 @@ def keys_create(
 
             raise BadArgument(str(e)) from None
     typer.echo(key)
-    typer.echo(f"key id {key_id}, tenant {tenant}, scope {scope} — store the key now, it is not shown again",
-               err=True)
+    typer.echo(
+        f"key id {key_id}, tenant {tenant}, scope {scope} — store the key now, it is not shown again",
+        err=True,
+    )
 
 
 @keys_app.command("list")

@@ -21,7 +21,9 @@ from core.errors import NotFound, ServiceError
 from core.records import iso_z
 from core.settings import Settings
 
-app = typer.Typer(help="EventOps: anomaly detection for operational telemetry.", no_args_is_help=True)
+app = typer.Typer(
+    help="EventOps: anomaly detection for operational telemetry.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Tenants.", no_args_is_help=True)
@@ -48,7 +50,9 @@ def _setup_logging(level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # librdkafka's own lines (a refused connection is logged every few ms): the commands report
     # Kafka failures themselves; DEBUG shows them
-    logging.getLogger(KAFKA_LOGGER).setLevel(logging.DEBUG if lvl <= logging.DEBUG else logging.CRITICAL)
+    logging.getLogger(KAFKA_LOGGER).setLevel(
+        logging.DEBUG if lvl <= logging.DEBUG else logging.CRITICAL
+    )
 
 
 class _Deliveries:
@@ -72,8 +76,10 @@ class _Deliveries:
         lost = self.failed + left
         if lost:
             why = self.first_error or f"no answer within {timeout:g} s"
-            raise ServiceError(f"{lost} of {sent} events were not delivered to {topic} ({why}) — "
-                               f"check Kafka at {s.kafka_bootstrap} and the topic (`eventops topics create`)")
+            raise ServiceError(
+                f"{lost} of {sent} events were not delivered to {topic} ({why}) — "
+                f"check Kafka at {s.kafka_bootstrap} and the topic (`eventops topics create`)"
+            )
 
 
 def _print_version(value: bool) -> None:
@@ -85,13 +91,18 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     log_level: Annotated[str, typer.Option(envvar="EVENTOPS_LOG_LEVEL")] = "INFO",
-    version: Annotated[bool, typer.Option(
-        "--version", callback=_print_version, is_eager=True, help="Show the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
 ) -> None:
     _setup_logging(log_level)
 
 
 # --- db / topics / tenants / inventory ---------------------------------------------------------
+
 
 @db_app.command("migrate")
 def db_migrate() -> None:
@@ -119,8 +130,10 @@ def db_maintain() -> None:
 @topics_app.command("create")
 def topics_create(
     partitions: Annotated[int | None, typer.Option(help="default: settings")] = None,
-    wait: Annotated[float | None, typer.Option(
-        help="seconds to wait for the broker (default EVENTOPS_CONNECT_TIMEOUT_S)")] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option(help="seconds to wait for the broker (default EVENTOPS_CONNECT_TIMEOUT_S)"),
+    ] = None,
 ) -> None:
     """Create the EventOps topics that do not exist yet."""
     from pipeline import kafka as kq
@@ -138,14 +151,15 @@ def tenants_create(tenant_id: str, name: str = "") -> None:
     from storage.tenants import create_tenant
 
     if not _TENANT_ID.fullmatch(tenant_id):
-        raise BadArgument(f"invalid tenant id {tenant_id!r}: use 1-64 letters, digits, '_', '.' or "
-                          "'-', starting with a letter or digit")
+        raise BadArgument(
+            f"invalid tenant id {tenant_id!r}: use 1-64 letters, digits, '_', '.' or "
+            "'-', starting with a letter or digit"
+        )
     s = _settings()
     with connect(s) as conn:
         new = create_tenant(conn, tenant_id, name)
     # running normalize workers re-read the tenants table when an unknown tenant's event arrives
-    typer.echo(f"tenant {tenant_id} created" if new
-               else f"tenant {tenant_id} exists")
+    typer.echo(f"tenant {tenant_id} created" if new else f"tenant {tenant_id} exists")
 
 
 @tenants_app.command("list")
@@ -161,7 +175,8 @@ def tenants_list() -> None:
 
 @inventory_app.command("set")
 def inventory_set(
-    tenant: str, source: str,
+    tenant: str,
+    source: str,
     tags: Annotated[list[str], typer.Argument(help="key=value pairs")],
     replace: Annotated[bool, typer.Option(help="replace instead of merging")] = False,
 ) -> None:
@@ -180,8 +195,10 @@ def inventory_set(
     _check_inventory_entry(s, tenant, source, pairs)
     with connect(s) as conn:
         if tenant not in load_tenants(conn):
-            raise NotFound(f"tenant {tenant!r} does not exist — create it first: "
-                           f"eventops tenants create {tenant}")
+            raise NotFound(
+                f"tenant {tenant!r} does not exist — create it first: "
+                f"eventops tenants create {tenant}"
+            )
         out = set_inventory(conn, tenant, source, pairs, replace=replace)
     typer.echo(json.dumps(out, sort_keys=True))
 
@@ -195,14 +212,24 @@ def _check_inventory_entry(s: Settings, tenant: str, source: str, tags: dict[str
     from cli.tally import check_locally
 
     try:
-        raw = orjson.dumps({"tenant_id": tenant, "host": source, "metric": "inventory",
-                            "value": 0, "ts_event": time.time(), "tags": tags})
+        raw = orjson.dumps(
+            {
+                "tenant_id": tenant,
+                "host": source,
+                "metric": "inventory",
+                "value": 0,
+                "ts_event": time.time(),
+                "tags": tags,
+            }
+        )
     except TypeError as e:  # lone surrogates from a non-UTF-8 argument
         raise BadArgument(f"inventory entry is not valid UTF-8 text: {e}") from None
     v = check_locally(s, [raw], None)
     if v.first is not None:
         _, reason, detail = v.first
-        raise BadArgument(f"invalid inventory entry for {tenant}/{source}: {reason}: {one_line(detail, 160)}")
+        raise BadArgument(
+            f"invalid inventory entry for {tenant}/{source}: {reason}: {one_line(detail, 160)}"
+        )
 
 
 @inventory_app.command("list")
@@ -229,13 +256,18 @@ def inventory_delete(tenant: str, source: str) -> None:
 
 # --- running -----------------------------------------------------------------------------------
 
+
 @app.command()
 def worker(
     stages: Annotated[str, typer.Argument(help="e.g. normalize,enrich,detect,sink or one stage")],
     group: Annotated[str | None, typer.Option(help="consumer group (default per chain)")] = None,
     idle_exit: Annotated[float | None, typer.Option(help="exit after N s without input")] = None,
-    health_port: Annotated[int | None, typer.Option(
-        help="serve /healthz and /readyz on this port (default EVENTOPS_WORKER_HEALTH_PORT; 0 = off)")] = None,
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            help="serve /healthz and /readyz on this port (default EVENTOPS_WORKER_HEALTH_PORT; 0 = off)"
+        ),
+    ] = None,
 ) -> None:
     """Run a Kafka worker for a chain of stages.
 
@@ -264,34 +296,58 @@ def worker(
     w = KafkaWorker(s, stages, group=group)
     w.install_signal_handlers()
     st = w.run(idle_exit_s=idle_exit)
-    log.info("worker done: %d consumed, %d stored, %d dead, %d alerts; outages waited out: "
-             "%d postgres, %d kafka retries", st.consumed, st.stored, st.dead, st.alerts,
-             st.outage_retries["postgres"], st.outage_retries["kafka"])
+    log.info(
+        "worker done: %d consumed, %d stored, %d dead, %d alerts; outages waited out: "
+        "%d postgres, %d kafka retries",
+        st.consumed,
+        st.stored,
+        st.dead,
+        st.alerts,
+        st.outage_retries["postgres"],
+        st.outage_retries["kafka"],
+    )
 
 
 @app.command()
 def api(
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
-    workers: Annotated[int | None, typer.Option(
-        help="processes sharing the port with SO_REUSEPORT (default EVENTOPS_API_WORKERS)")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="processes sharing the port with SO_REUSEPORT (default EVENTOPS_API_WORKERS)"
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
     access_log: Annotated[bool, typer.Option()] = True,
-    timeout_keep_alive: Annotated[int, typer.Option(help="seconds an idle keep-alive connection stays open")] = 5,
+    timeout_keep_alive: Annotated[
+        int, typer.Option(help="seconds an idle keep-alive connection stays open")
+    ] = 5,
 ) -> None:
     """Serve the HTTP API (alerts from the Kafka alert topic)."""
     from serving.serve import ServeOptions, serve
 
     s = _settings()
-    raise typer.Exit(serve(ServeOptions(
-        host=host or s.api_host, port=port or s.api_port, workers=workers or s.api_workers,
-        log_level=log_level, access_log=access_log, timeout_keep_alive=timeout_keep_alive)))
+    raise typer.Exit(
+        serve(
+            ServeOptions(
+                host=host or s.api_host,
+                port=port or s.api_port,
+                workers=workers or s.api_workers,
+                log_level=log_level,
+                access_log=access_log,
+                timeout_keep_alive=timeout_keep_alive,
+            )
+        )
+    )
 
 
 @app.command()
 def send(
     event: Annotated[str | None, typer.Argument(help="one JSON event")] = None,
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="JSON lines file, - for stdin")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="JSON lines file, - for stdin")
+    ] = None,
     topic: Annotated[str | None, typer.Option()] = None,
     timeout: Annotated[float, typer.Option(help="seconds Kafka has to confirm delivery")] = 10.0,
 ) -> None:
@@ -312,7 +368,9 @@ def send(
     if event is not None:
         numbered = [(1, os.fsencode(event))]
     elif str(file) == "-":
-        numbered = [(i, ln.rstrip(b"\r\n")) for i, ln in enumerate(sys.stdin.buffer, 1) if ln.strip()]
+        numbered = [
+            (i, ln.rstrip(b"\r\n")) for i, ln in enumerate(sys.stdin.buffer, 1) if ln.strip()
+        ]
     else:
         numbered = [(i, ln) for i, ln in enumerate(file.read_bytes().splitlines(), 1) if ln.strip()]
     lines = [ln for _, ln in numbered]
@@ -327,19 +385,28 @@ def send(
         except (orjson.JSONDecodeError, AttributeError):
             keys.append(None)
     deliveries = _Deliveries()
-    p = kq.producer(s, on_delivery=deliveries, **kafka_quiet(),
-                    **{"message.timeout.ms": max(1000, int(timeout * 1000))})
+    p = kq.producer(
+        s,
+        on_delivery=deliveries,
+        **kafka_quiet(),
+        **{"message.timeout.ms": max(1000, int(timeout * 1000))},
+    )
     kq.produce_all(p, topic, lines, keys)
     deliveries.check(p, topic, len(lines), timeout + 5, s)
     n = len(lines)
     line = f"sent {n} event{'' if n == 1 else 's'} to {topic}"
-    unchecked = "" if verdict.tenants_checked else " (tenants not checked: PostgreSQL not reachable)"
+    unchecked = (
+        "" if verdict.tenants_checked else " (tenants not checked: PostgreSQL not reachable)"
+    )
     if verdict.first is None:
         typer.echo(line + unchecked)
         return
     i, reason, detail = verdict.first
-    typer.echo(f"{line}; {verdict.n_rejected} will be dead-lettered: {by_reason(verdict.rejected)} "
-               f"(first: line {numbered[i][0]}, {reason}: {one_line(detail, 120)}){unchecked}", err=True)
+    typer.echo(
+        f"{line}; {verdict.n_rejected} will be dead-lettered: {by_reason(verdict.rejected)} "
+        f"(first: line {numbered[i][0]}, {reason}: {one_line(detail, 120)}){unchecked}",
+        err=True,
+    )
     raise typer.Exit(EXIT_REJECTED)
 
 
@@ -351,8 +418,9 @@ def _known_tenants(s: Settings) -> frozenset[str] | None:
     from storage.tenants import load_tenants
 
     try:
-        with psycopg.connect(s.pg_dsn(), autocommit=True,
-                             connect_timeout=max(1, round(s.connect_timeout_s))) as conn:
+        with psycopg.connect(
+            s.pg_dsn(), autocommit=True, connect_timeout=max(1, round(s.connect_timeout_s))
+        ) as conn:
             return load_tenants(conn) | s.tenant_allowlist()
     except psycopg.Error:
         return None
@@ -364,13 +432,21 @@ def simulate(
     hosts: Annotated[int, typer.Option()] = 10,
     tenant: Annotated[str, typer.Option()] = "demo",
     seed: Annotated[int, typer.Option()] = 42,
-    duration: Annotated[float | None, typer.Option(help="seconds to run (default: forever)")] = None,
-    backfill: Annotated[float, typer.Option(help="first send N seconds of history at full speed")] = 0.0,
+    duration: Annotated[
+        float | None, typer.Option(help="seconds to run (default: forever)")
+    ] = None,
+    backfill: Annotated[
+        float, typer.Option(help="first send N seconds of history at full speed")
+    ] = 0.0,
     interval: Annotated[float, typer.Option(help="event-time seconds between samples")] = 10.0,
     anomaly_rate: Annotated[float, typer.Option()] = 0.002,
-    settle: Annotated[float, typer.Option(
-        help="then follow the events until each is stored or dead-lettered, giving up after N s "
-             "without progress; 0 = do not follow")] = 15.0,
+    settle: Annotated[
+        float,
+        typer.Option(
+            help="then follow the events until each is stored or dead-lettered, giving up after N s "
+            "without progress; 0 = do not follow"
+        ),
+    ] = 15.0,
 ) -> None:
     """Produce realistic seasonal host metrics with injected anomalies to the raw topic.
 
@@ -390,16 +466,26 @@ def simulate(
     if rate <= 0 or hosts < 1 or interval <= 0 or backfill < 0:
         raise BadArgument("--rate and --interval must be > 0, --hosts >= 1, --backfill >= 0")
     if backfill > s.max_past_age_s:
-        raise BadArgument(f"--backfill {backfill:g} is older than EVENTOPS_MAX_PAST_AGE_S="
-                          f"{s.max_past_age_s:g}: those events would be dead-lettered as ts_out_of_range")
+        raise BadArgument(
+            f"--backfill {backfill:g} is older than EVENTOPS_MAX_PAST_AGE_S="
+            f"{s.max_past_age_s:g}: those events would be dead-lettered as ts_out_of_range"
+        )
     check_kafka(s, [s.topic_raw, s.topic_dlq])
     now = time.time()
-    sim = Simulator(hosts=hosts, tenant=tenant, seed=seed, interval=interval,
-                    start=now - backfill, anomaly_rate=anomaly_rate)
+    sim = Simulator(
+        hosts=hosts,
+        tenant=tenant,
+        seed=seed,
+        interval=interval,
+        start=now - backfill,
+        anomaly_rate=anomaly_rate,
+    )
     with connect(s, autocommit=True) as conn:
         if tenant not in load_tenants(conn) | s.tenant_allowlist():
-            raise NotFound(f"tenant {tenant!r} does not exist — create it first: "
-                           f"eventops tenants create {tenant}")
+            raise NotFound(
+                f"tenant {tenant!r} does not exist — create it first: "
+                f"eventops tenants create {tenant}"
+            )
         latest = latest_event_time(conn, tenant, sim.names)
     if latest is not None and latest >= sim.start:
         # one interval after the newest stored event, or now if that is in the future (ids stay
@@ -407,12 +493,25 @@ def simulate(
         sim.start = latest + interval if latest + interval <= now else max(now, latest + 0.001)
         kept = max(0.0, now - sim.start)
         upto = iso_z(latest, "seconds")
-        typer.echo(f"note: {tenant}'s simulated hosts already have events up to {upto}; "
-                   f"history starts after them ({kept:.0f} s instead of {backfill:.0f} s), since "
-                   "older events would be dead-lettered as ts_too_old", err=True)
+        typer.echo(
+            f"note: {tenant}'s simulated hosts already have events up to {upto}; "
+            f"history starts after them ({kept:.0f} s instead of {backfill:.0f} s), since "
+            "older events would be dead-lettered as ts_too_old",
+            err=True,
+        )
         backfill = kept
-    outcome = (Outcome(s, f'"event_id":"sim-{seed}-{tenant}-'.encode(), tenant, sim.names,
-                       f"sim-{seed}-{tenant}-", sim.start - 1) if settle > 0 else None)
+    outcome = (
+        Outcome(
+            s,
+            f'"event_id":"sim-{seed}-{tenant}-'.encode(),
+            tenant,
+            sim.names,
+            f"sim-{seed}-{tenant}-",
+            sim.start - 1,
+        )
+        if settle > 0
+        else None
+    )
     deliveries = _Deliveries()
     p = kq.producer(s, on_delivery=deliveries, **kafka_quiet())
     per_tick = hosts * 4
@@ -448,8 +547,10 @@ def simulate(
     if n_dead:
         line += f" ({by_reason(outcome.dead)})"
     if pending:
-        line += (f", {pending} not processed after {settle:g} s without progress (is a worker "
-                 "running? eventops worker normalize,enrich,detect,sink)")
+        line += (
+            f", {pending} not processed after {settle:g} s without progress (is a worker "
+            "running? eventops worker normalize,enrich,detect,sink)"
+        )
     typer.echo(line, err=bool(n_dead))
     if n_dead:
         raise typer.Exit(EXIT_REJECTED)
@@ -486,8 +587,11 @@ def _register_plugins() -> None:
 _register_plugins()
 
 
-@app.command("backtest", add_help_option=False,
-             context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@app.command(
+    "backtest",
+    add_help_option=False,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
 def backtest(ctx: typer.Context) -> None:
     """Replay CSV series through the detectors; score them when --windows labels are given."""
     # training.backtest imports pandas and the detectors (seconds on a busy machine): only the
@@ -516,7 +620,11 @@ def main() -> None:
 
 def _exit(code: int) -> None:
     """Exit now, even if a library left a non-daemon thread running (it would hold the exit)."""
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    if any(
+        t.is_alive() and not t.daemon
+        for t in threading.enumerate()
+        if t is not threading.main_thread()
+    ):
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()

@@ -78,25 +78,41 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def train(
-        source: Annotated[str, typer.Option(help="postgres (features + feedback) or csv")] = "postgres",
+        source: Annotated[
+            str, typer.Option(help="postgres (features + feedback) or csv")
+        ] = "postgres",
         csv: Annotated[list[Path] | None, typer.Option(help="CSV files/dirs (source=csv)")] = None,
-        windows: Annotated[Path | None, typer.Option(help="NAB windows.json labels (source=csv)")] = None,
+        windows: Annotated[
+            Path | None, typer.Option(help="NAB windows.json labels (source=csv)")
+        ] = None,
         window_s: Annotated[float | None, typer.Option(help="window length for CSV series")] = None,
-        tenant: Annotated[str | None, typer.Option(help="only this tenant (source=postgres)")] = None,
-        since_hours: Annotated[float | None, typer.Option(help="history to use (source=postgres)")] = None,
+        tenant: Annotated[
+            str | None, typer.Option(help="only this tenant (source=postgres)")
+        ] = None,
+        since_hours: Annotated[
+            float | None, typer.Option(help="history to use (source=postgres)")
+        ] = None,
         inject: Annotated[int, typer.Option(help="synthetic anomalies injected per series")] = 2,
         seed: Annotated[int, typer.Option()] = 0,
-        family: Annotated[str, typer.Option(help="isolation_forest | robust_z")] = "isolation_forest",
+        family: Annotated[
+            str, typer.Option(help="isolation_forest | robust_z")
+        ] = "isolation_forest",
         n_estimators: Annotated[int, typer.Option(help="IsolationForest trees")] = 100,
-        cross_metric: Annotated[bool, typer.Option(
-            "--cross-metric", help="also feed the per-host cross-metric features (features/cross.py)"
-        )] = False,
+        cross_metric: Annotated[
+            bool,
+            typer.Option(
+                "--cross-metric",
+                help="also feed the per-host cross-metric features (features/cross.py)",
+            ),
+        ] = False,
         max_train_windows: Annotated[int | None, typer.Option()] = 200_000,
         margin: Annotated[float, typer.Option(help="NAB points the candidate must win by")] = 1.0,
         max_alerts_per_series_day: Annotated[float, typer.Option()] = 6.0,
         max_latency_ms: Annotated[float, typer.Option(help="per 10k windows")] = 500.0,
         no_promote: Annotated[bool, typer.Option("--no-promote", help="register only")] = False,
-        every: Annotated[str | None, typer.Option(help="retrain forever at this interval, e.g. 6h")] = None,
+        every: Annotated[
+            str | None, typer.Option(help="retrain forever at this interval, e.g. 6h")
+        ] = None,
         experiment: Annotated[str, typer.Option()] = DEFAULT_EXPERIMENT,
         tracking_uri: TrackingOpt = None,
     ) -> None:
@@ -113,8 +129,11 @@ def register(app: typer.Typer) -> None:
             params={"n_estimators": n_estimators} if family == "isolation_forest" else {},
             features=FEATURES + CROSS_FEATURES if cross_metric else FEATURES,
         )  # fmt: skip
-        policy = PromotionPolicy(margin=margin, max_alerts_per_series_day=max_alerts_per_series_day,
-                                 max_latency_ms_per_10k=max_latency_ms)
+        policy = PromotionPolicy(
+            margin=margin,
+            max_alerts_per_series_day=max_alerts_per_series_day,
+            max_latency_ms_per_10k=max_latency_ms,
+        )
         interval = parse_every(every) if every else None
 
         if source not in ("csv", "postgres"):
@@ -131,8 +150,9 @@ def register(app: typer.Typer) -> None:
                 ds = datasets.from_postgres(s, tenant=tenant, since=since)
             if inject:
                 ds = datasets.inject_anomalies(ds, per_series=inject, seed=seed)
-            r = train_and_register(s, ds, cfg, policy, tracking_uri=uri,
-                                   experiment=experiment, promote=not no_promote)
+            r = train_and_register(
+                s, ds, cfg, policy, tracking_uri=uri, experiment=experiment, promote=not no_promote
+            )
             d = r.decision
             typer.echo(json.dumps({
                 "version": r.version, "run_id": r.run_id, "dataset": ds.summary(),
@@ -179,8 +199,12 @@ def register(app: typer.Typer) -> None:
     @models_app.command("status")
     def models_status(
         tracking_uri: TrackingOpt = None,
-        tenant: Annotated[str | None, typer.Option(
-            help="add the challenger's shadow-scoring statistics for this tenant (last 24 h)")] = None,
+        tenant: Annotated[
+            str | None,
+            typer.Option(
+                help="add the challenger's shadow-scoring statistics for this tenant (last 24 h)"
+            ),
+        ] = None,
     ) -> None:
         """Champion, challenger and the last decision (the API's /models) as JSON."""
         from registry.status import model_status
@@ -192,7 +216,9 @@ def register(app: typer.Typer) -> None:
             from storage.connect import connect
 
             with connect(s, autocommit=True) as conn:
-                st["challenger"]["shadow"] = shadow_stats(conn, tenant, str(st["challenger"]["version"]))
+                st["challenger"]["shadow"] = shadow_stats(
+                    conn, tenant, str(st["challenger"]["version"])
+                )
         typer.echo(json.dumps(st, indent=2, default=str))
 
     @models_app.command("promote")

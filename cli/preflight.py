@@ -20,8 +20,14 @@ from collections.abc import Iterable
 from core.errors import NotFound, ServiceError
 from core.settings import Settings
 
-__all__ = ["KAFKA_LOGGER", "check_kafka", "check_postgres", "check_tracking", "kafka_quiet",
-           "kafka_unreachable"]
+__all__ = [
+    "KAFKA_LOGGER",
+    "check_kafka",
+    "check_postgres",
+    "check_tracking",
+    "kafka_quiet",
+    "kafka_unreachable",
+]
 
 #: logger that receives librdkafka's log lines of the clients the CLI creates
 KAFKA_LOGGER = "eventops.librdkafka"
@@ -33,8 +39,10 @@ def kafka_quiet() -> dict[str, object]:
 
 
 def kafka_unreachable(s: Settings) -> str:
-    return (f"Kafka at {s.kafka_bootstrap} is not reachable — start it (`make services-up`) or "
-            "set EVENTOPS_KAFKA_BOOTSTRAP")
+    return (
+        f"Kafka at {s.kafka_bootstrap} is not reachable — start it (`make services-up`) or "
+        "set EVENTOPS_KAFKA_BOOTSTRAP"
+    )
 
 
 def check_kafka(s: Settings, topics: Iterable[str] = (), timeout: float | None = None) -> None:
@@ -46,19 +54,27 @@ def check_kafka(s: Settings, topics: Iterable[str] = (), timeout: float | None =
     t = s.connect_timeout_s if timeout is None else timeout
     if timeout is None and _all_refused(s.kafka_bootstrap, t):
         raise ServiceError(kafka_unreachable(s))  # at once, not after librdkafka's retries
-    a = AdminClient({**s.kafka_common(), **kafka_quiet(),
-                     "socket.connection.setup.timeout.ms": max(1000, int(t * 1000))})
+    a = AdminClient(
+        {
+            **s.kafka_common(),
+            **kafka_quiet(),
+            "socket.connection.setup.timeout.ms": max(1000, int(t * 1000)),
+        }
+    )
     try:
         md = a.list_topics(timeout=t)
     except KafkaException as e:
         raise ServiceError(kafka_unreachable(s)) from e
     if not md.brokers:
         raise ServiceError(kafka_unreachable(s))
-    missing = [name for name in topics
-               if name not in md.topics or md.topics[name].error is not None]
+    missing = [
+        name for name in topics if name not in md.topics or md.topics[name].error is not None
+    ]
     if missing:
-        raise NotFound(f"Kafka topic{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                       f"not found on {s.kafka_bootstrap} — run `eventops topics create`")
+        raise NotFound(
+            f"Kafka topic{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"not found on {s.kafka_bootstrap} — run `eventops topics create`"
+        )
 
 
 def _all_refused(bootstrap: str, timeout: float) -> bool:
@@ -118,19 +134,27 @@ def check_tracking(s: Settings, uri: str) -> None:
 
         u = make_url(uri)
         try:
-            psycopg.connect(host=u.host or "localhost", port=u.port or 5432, user=u.username,
-                            password=u.password, dbname=u.database,
-                            connect_timeout=max(1, round(t))).close()
+            psycopg.connect(
+                host=u.host or "localhost",
+                port=u.port or 5432,
+                user=u.username,
+                password=u.password,
+                dbname=u.database,
+                connect_timeout=max(1, round(t)),
+            ).close()
         except psycopg.OperationalError as e:
             from cli.errors import pg_error
 
-            raise pg_error(e, u.host, u.port or 5432, u.database, u.username,
-                           prefix="MLflow store: ") from e
+            raise pg_error(
+                e, u.host, u.port or 5432, u.database, u.username, prefix="MLflow store: "
+            ) from e
     elif uri.startswith(("http://", "https://")):
         import httpx
 
         try:
             httpx.get(uri.rstrip("/") + "/health", timeout=t)
         except httpx.HTTPError as e:
-            raise ServiceError(f"MLflow tracking server {uri} is not reachable ({type(e).__name__}) — "
-                               "start it (`make mlflow`) or set MLFLOW_TRACKING_URI") from e
+            raise ServiceError(
+                f"MLflow tracking server {uri} is not reachable ({type(e).__name__}) — "
+                "start it (`make mlflow`) or set MLFLOW_TRACKING_URI"
+            ) from e

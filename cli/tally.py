@@ -51,8 +51,9 @@ class Verdict:
         return sum(self.rejected.values())
 
 
-def check_locally(s: Settings, raws: Sequence[bytes], tenants: frozenset[str] | None,
-                  topic: str = "") -> Verdict:
+def check_locally(
+    s: Settings, raws: Sequence[bytes], tenants: frozenset[str] | None, topic: str = ""
+) -> Verdict:
     """Normalize ``raws`` as the normalize worker would (``tenants=None``: any tenant passes)."""
     from pipeline.stages.normalize import Normalizer
     from pipeline.stageset import normalize_config
@@ -80,15 +81,27 @@ class Outcome:
     prefix.
     """
 
-    def __init__(self, s: Settings, marker: bytes, tenant: str, hosts: Sequence[str],
-                 id_prefix: str, since_ts: float) -> None:
+    def __init__(
+        self,
+        s: Settings,
+        marker: bytes,
+        tenant: str,
+        hosts: Sequence[str],
+        id_prefix: str,
+        since_ts: float,
+    ) -> None:
         from confluent_kafka import TopicPartition
 
         from cli.preflight import kafka_quiet
         from pipeline import kafka as kq
 
         self.s, self.marker = s, marker
-        self.tenant, self.hosts, self.id_prefix, self.since_ts = tenant, list(hosts), id_prefix, since_ts
+        self.tenant, self.hosts, self.id_prefix, self.since_ts = (
+            tenant,
+            list(hosts),
+            id_prefix,
+            since_ts,
+        )
         self.dead: Counter[str] = Counter()
         self.stored = 0
         t = s.connect_timeout_s

@@ -89,8 +89,9 @@ class AlertEvent:
         if self.kind not in KINDS:
             raise ValueError(f"alert event kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if self.severity not in SEVERITIES:
-            raise ValueError(f"alert severity {self.severity!r} is not one of "
-                             f"{', '.join(SEVERITIES)}")
+            raise ValueError(
+                f"alert severity {self.severity!r} is not one of {', '.join(SEVERITIES)}"
+            )
 
     @property
     def state(self) -> str:
@@ -116,12 +117,23 @@ class AlertEvent:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of the alert topic, ``alert_events.payload``, SSE and the API."""
         d = {
-            "event_key": self.event_key, "alert_id": self.alert_id, "kind": self.kind,
-            "state": self.state, "tenant_id": self.tenant_id, "host": self.host,
-            "metric": self.metric, "value": self.value, "severity": self.severity,
-            "ts_event": self.ts_event, "opened_at": self.opened_at, "rule": self.rule,
-            "threshold": self.threshold, "message": self.message, "score": self.score,
-            "explanation": self.explanation, "model_version": self.model_version,
+            "event_key": self.event_key,
+            "alert_id": self.alert_id,
+            "kind": self.kind,
+            "state": self.state,
+            "tenant_id": self.tenant_id,
+            "host": self.host,
+            "metric": self.metric,
+            "value": self.value,
+            "severity": self.severity,
+            "ts_event": self.ts_event,
+            "opened_at": self.opened_at,
+            "rule": self.rule,
+            "threshold": self.threshold,
+            "message": self.message,
+            "score": self.score,
+            "explanation": self.explanation,
+            "model_version": self.model_version,
             "event_id": self.event_id,
         }
         if self.seq is not None:
@@ -145,13 +157,15 @@ class AlertEvent:
         opt: dict[str, Any] = {"seq": d.get("seq"), "model_version": d.get("model_version")}
         ev = cls(ts=float(ts), **{k: d[k] for k in _REQUIRED}, **opt)
         if "event_key" in d and d["event_key"] != ev.event_key:
-            raise ValueError(f"event_key {d['event_key']!r} does not match the transition "
-                             f"({ev.event_key!r})")
+            raise ValueError(
+                f"event_key {d['event_key']!r} does not match the transition ({ev.event_key!r})"
+            )
         return ev
 
 
-_REQUIRED = tuple(f.name for f in fields(AlertEvent)
-                  if f.name not in ("ts", "seq", "model_version"))
+_REQUIRED = tuple(
+    f.name for f in fields(AlertEvent) if f.name not in ("ts", "seq", "model_version")
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,8 +95,12 @@ class Settings(BaseSettings):
     # --- Serving ----------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    api_workers: int = Field(default=1, ge=1, le=64,
-                             description="API processes sharing the port (SO_REUSEPORT); about one per core")
+    api_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API processes sharing the port (SO_REUSEPORT); about one per core",
+    )
     sse_queue_size: int = 1000
     sse_heartbeat_s: float = 15.0
 
@@ -112,7 +116,9 @@ class Settings(BaseSettings):
     #: `shadow_scores`, never alerting on them
     shadow_scoring: bool = True
     #: MLflow tracking server (compose: http://mlflow:5000); empty = the `mlflow` database above
-    mlflow_tracking_uri_override: str | None = Field(default=None, validation_alias="MLFLOW_TRACKING_URI")
+    mlflow_tracking_uri_override: str | None = Field(
+        default=None, validation_alias="MLFLOW_TRACKING_URI"
+    )
 
     # --- Local services ---------------------------------------------------------------------
     state_dir: Path = REPO_ROOT / ".services"
@@ -125,36 +131,46 @@ class Settings(BaseSettings):
         if not self.window_s > 0:
             raise ValueError(f"EVENTOPS_WINDOW_S must be > 0, got {self.window_s}")
         if not self.allowed_lateness_s >= 0:
-            raise ValueError(f"EVENTOPS_ALLOWED_LATENESS_S must be >= 0, got {self.allowed_lateness_s}")
+            raise ValueError(
+                f"EVENTOPS_ALLOWED_LATENESS_S must be >= 0, got {self.allowed_lateness_s}"
+            )
         floor = self.max_future_skew_s + self.window_s + self.allowed_lateness_s
         if not self.idle_close_s > floor:
             raise ValueError(
                 f"EVENTOPS_IDLE_CLOSE_S={self.idle_close_s:g} must exceed EVENTOPS_MAX_FUTURE_SKEW_S"
                 f" + EVENTOPS_WINDOW_S + EVENTOPS_ALLOWED_LATENESS_S = {floor:g} (else a tenant"
                 f" stamping events within the accepted skew closes other tenants' windows);"
-                f" set EVENTOPS_IDLE_CLOSE_S above {floor:g}")
+                f" set EVENTOPS_IDLE_CLOSE_S above {floor:g}"
+            )
         return self
 
     @model_validator(mode="after")
     def _check_backoff(self) -> Settings:
         if self.retry_backoff_max_s < self.retry_backoff_s:
-            raise ValueError(f"EVENTOPS_RETRY_BACKOFF_MAX_S ({self.retry_backoff_max_s}) must be at "
-                             f"least EVENTOPS_RETRY_BACKOFF_S ({self.retry_backoff_s})")
+            raise ValueError(
+                f"EVENTOPS_RETRY_BACKOFF_MAX_S ({self.retry_backoff_max_s}) must be at "
+                f"least EVENTOPS_RETRY_BACKOFF_S ({self.retry_backoff_s})"
+            )
         return self
 
     @field_validator("partition_interval_hours")
     @classmethod
     def _whole_day_fraction(cls, v: int) -> int:
         if 24 % v and v % 24:
-            raise ValueError(f"partition_interval_hours={v} must divide 24 or be a multiple of 24 "
-                             "(partitions start at UTC midnight)")
+            raise ValueError(
+                f"partition_interval_hours={v} must divide 24 or be a multiple of 24 "
+                "(partitions start at UTC midnight)"
+            )
         return v
 
     def retention_days(self) -> dict[str, int]:
         """Retention per partitioned table, in days (0 = keep forever)."""
-        return {"metrics": self.retention_metrics_days, "features": self.retention_features_days,
-                "scores": self.retention_scores_days,
-                "shadow_scores": self.retention_shadow_scores_days}
+        return {
+            "metrics": self.retention_metrics_days,
+            "features": self.retention_features_days,
+            "scores": self.retention_scores_days,
+            "shadow_scores": self.retention_shadow_scores_days,
+        }
 
     def pg_dsn(self, database: str | None = None) -> str:
         """libpq connection string (the password is only ever placed here, never logged)."""

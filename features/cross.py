@@ -157,8 +157,12 @@ def cross_metric_features(
         raise ValueError("host, start and the feature columns must be 1-D arrays of equal length")
     if n == 0:
         e = np.empty(0, np.int64)
-        return {"host_metrics": e, "host_deviating": e.copy(), "host_max_z": np.empty(0),
-                "host_mean_z": np.empty(0)}
+        return {
+            "host_metrics": e,
+            "host_deviating": e.copy(),
+            "host_max_z": np.empty(0),
+            "host_mean_z": np.empty(0),
+        }
     # sort by group, then z: the last row of a group holds its largest z, the one before the second
     order = np.lexsort((z, start, host))
     hs, ss, zs = host[order], start[order], z[order]

@@ -348,8 +348,12 @@ class WindowAggregator:
 
     STATE_VERSION = 2
 
-    def __init__(self, window_s: float = 60.0, allowed_lateness_s: float = 0.0,
-                 idle_close_s: float | None = None) -> None:
+    def __init__(
+        self,
+        window_s: float = 60.0,
+        allowed_lateness_s: float = 0.0,
+        idle_close_s: float | None = None,
+    ) -> None:
         if not np.isfinite(window_s) or window_s <= 0:
             raise ValueError(f"window_s must be a positive number, got {window_s!r}")
         if not np.isfinite(allowed_lateness_s) or allowed_lateness_s < 0:
@@ -357,8 +361,10 @@ class WindowAggregator:
         if idle_close_s is not None and not (
             np.isfinite(idle_close_s) and idle_close_s >= allowed_lateness_s
         ):
-            raise ValueError(f"idle_close_s must be a number >= allowed_lateness_s "
-                             f"({allowed_lateness_s!r}) or None, got {idle_close_s!r}")
+            raise ValueError(
+                f"idle_close_s must be a number >= allowed_lateness_s "
+                f"({allowed_lateness_s!r}) or None, got {idle_close_s!r}"
+            )
         self.window_s = float(window_s)
         self.allowed_lateness_s = float(allowed_lateness_s)
         self.idle_close_s = None if idle_close_s is None else float(idle_close_s)
@@ -394,8 +400,9 @@ class WindowAggregator:
         return int(self._open_series.size)
 
     # ------------------------------------------------------------------ main API
-    def push(self, series: np.ndarray, ts: np.ndarray, value: np.ndarray,
-             host: np.ndarray | None = None) -> ClosedWindows:
+    def push(
+        self, series: np.ndarray, ts: np.ndarray, value: np.ndarray, host: np.ndarray | None = None
+    ) -> ClosedWindows:
         """Add one micro-batch (in input order); return the windows it closes and the late events.
 
         Parameters
@@ -528,8 +535,12 @@ class WindowAggregator:
     _UNSET = object()
 
     @classmethod
-    def from_state(cls, state: dict, host_of: np.ndarray | None = None,
-                   idle_close_s: float | None | object = _UNSET) -> WindowAggregator:
+    def from_state(
+        cls,
+        state: dict,
+        host_of: np.ndarray | None = None,
+        idle_close_s: float | None | object = _UNSET,
+    ) -> WindowAggregator:
         """Rebuild an aggregator from :meth:`to_state` output.
 
         ``idle_close_s`` given replaces the checkpoint's (the running configuration wins; windows
@@ -542,8 +553,9 @@ class WindowAggregator:
             raise ValueError(f"unsupported WindowAggregator state version {version!r}")
         if idle_close_s is cls._UNSET:
             idle_close_s = state.get("idle_close_s")
-        agg = cls(state["window_s"], state["allowed_lateness_s"],
-                  cast("float | None", idle_close_s))
+        agg = cls(
+            state["window_s"], state["allowed_lateness_s"], cast("float | None", idle_close_s)
+        )
         agg.max_ts = float(state["max_ts"])
         agg.n_late = int(state["n_late"])
         agg.n_events = int(state["n_events"])
@@ -570,8 +582,9 @@ class WindowAggregator:
             raise ValueError("host_of has no host code for every series with an open window")
         agg._host_of = host_of.copy()
         agg._n_hosts = int(host_of.max()) + 1 if host_of.size else 0
-        closed = max(int(state["closed_upto"]),
-                     _level1(agg.max_ts, agg.allowed_lateness_s, agg.window_s))
+        closed = max(
+            int(state["closed_upto"]), _level1(agg.max_ts, agg.allowed_lateness_s, agg.window_s)
+        )
         agg._host_closed = np.full(agg._n_hosts, max(closed, _NONE), np.int64)
         agg._settle()
         return agg

@@ -181,8 +181,10 @@ class VectorDetector(Detector):
         raise NotImplementedError
 
     def to_state(self) -> dict[str, Any]:
-        st: dict[str, Any] = {"class": type(self).__name__,
-                              "params": {p: getattr(self, p) for p in self._params}}
+        st: dict[str, Any] = {
+            "class": type(self).__name__,
+            "params": {p: getattr(self, p) for p in self._params},
+        }
         st["arrays"] = {k: getattr(self, k)[: self.n_series].copy() for k in self._arrays}
         st["n_series"] = self.n_series
         st.update(self._extra_state())

@@ -166,8 +166,9 @@ class EWMAZScore(VectorDetector):
             has = cnt > 0
             a_f = np.where(has, np.maximum(self.alpha, cnt / np.maximum(self.fam_n + cnt, 1)), 0.0)
             d_f = mean_b - self.fam_m
-            var_b = (np.bincount(fo, weights=(xo - mean_b[fo]) ** 2, minlength=cnt.size)
-                     / np.maximum(cnt, 1))
+            var_b = np.bincount(
+                fo, weights=(xo - mean_b[fo]) ** 2, minlength=cnt.size
+            ) / np.maximum(cnt, 1)
             self.fam_m = self.fam_m + a_f * d_f
             self.fam_v = (1 - a_f) * (self.fam_v + a_f * d_f * d_f) + a_f * var_b
             self.fam_n = self.fam_n + cnt

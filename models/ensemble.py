@@ -338,8 +338,9 @@ class Ensemble:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any],
-                   registry: dict[str, type[Detector]] | None = None) -> Ensemble:
+    def from_state(
+        cls, state: dict[str, Any], registry: dict[str, type[Detector]] | None = None
+    ) -> Ensemble:
         """Rebuild from :meth:`to_state`; ``registry`` maps class names to detector classes."""
         reg = dict(default_registry())
         reg.update(registry or {})

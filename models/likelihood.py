@@ -62,7 +62,10 @@ class ScoreLikelihood:
     """
 
     def __init__(
-        self, alpha: float = 0.001, floor: float = 0.05, decades: float = 4.0,
+        self,
+        alpha: float = 0.001,
+        floor: float = 0.05,
+        decades: float = 4.0,
         min_windows: int = 100,
     ) -> None:
         if not 0.0 < alpha < 1.0 or floor < 0 or decades <= 0 or min_windows < 0:

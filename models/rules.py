@@ -209,8 +209,13 @@ def _parse_rule(raw: dict, where: str) -> Rule:
     if hyst < 0:
         raise ConfigError(f"{where}: hysteresis must be >= 0")
     return Rule(
-        metric=metric, tenant=raw.get("tenant"), warning=warn, critical=crit,
-        direction=direction, for_s=parse_duration(raw.get("for", 0)), hysteresis=hyst,
+        metric=metric,
+        tenant=raw.get("tenant"),
+        warning=warn,
+        critical=crit,
+        direction=direction,
+        for_s=parse_duration(raw.get("for", 0)),
+        hysteresis=hyst,
     )
 
 

@@ -86,8 +86,12 @@ class Records:
         return bytes(self.values[i]), self.topics[i], self.partitions[i], self.offsets[i]
 
     def take(self, idx: Sequence[int]) -> Records:
-        return Records([self.values[i] for i in idx], [self.topics[i] for i in idx],
-                       [self.partitions[i] for i in idx], [self.offsets[i] for i in idx])
+        return Records(
+            [self.values[i] for i in idx],
+            [self.topics[i] for i in idx],
+            [self.partitions[i] for i in idx],
+            [self.offsets[i] for i in idx],
+        )
 
 
 @dataclass
@@ -135,8 +139,9 @@ class StageObjects(Protocol):
     enricher: Callable[[MetricBatch], MetricBatch]
     detect: DetectStage
 
-    def normalize(self, raws: Sequence[bytes], topic: str, partitions: Sequence[int],
-                  offsets: Sequence[int]) -> tuple[MetricBatch, list[DeadLetter]]: ...
+    def normalize(
+        self, raws: Sequence[bytes], topic: str, partitions: Sequence[int], offsets: Sequence[int]
+    ) -> tuple[MetricBatch, list[DeadLetter]]: ...
 
 
 class Stage(Protocol):
@@ -152,8 +157,9 @@ class _Normalize:
     name = StageName.NORMALIZE
 
     def __call__(self, stages: StageObjects, records: Records, out: StageOutput) -> None:
-        out.batch, out.dead = stages.normalize(records.values, records.topic, records.partitions,
-                                               records.offsets)
+        out.batch, out.dead = stages.normalize(
+            records.values, records.topic, records.partitions, records.offsets
+        )
 
 
 class _Decode:
@@ -163,8 +169,9 @@ class _Decode:
         self.name = name
 
     def __call__(self, stages: StageObjects, records: Records, out: StageOutput) -> None:
-        out.batch, out.dead = decode_metrics(records.values, records.topics, records.partitions,
-                                             records.offsets, self.name.value)
+        out.batch, out.dead = decode_metrics(
+            records.values, records.topics, records.partitions, records.offsets, self.name.value
+        )
 
 
 class _SinkInputs:
@@ -191,11 +198,22 @@ class _SinkInputs:
                         score_recs.append(rec)
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                     # (not an alert event: a field missing, of the wrong type or value)
-                    fault = (str(e) if isinstance(e, orjson.JSONDecodeError)
-                             else f"{type(e).__name__}: {e}")
-                    out.dead.append(DeadLetter(raw, DlqReason.BAD_RECORD, fault, topic,
-                                               records.partitions[i], records.offsets[i],
-                                               self.name.value))
+                    fault = (
+                        str(e)
+                        if isinstance(e, orjson.JSONDecodeError)
+                        else f"{type(e).__name__}: {e}"
+                    )
+                    out.dead.append(
+                        DeadLetter(
+                            raw,
+                            DlqReason.BAD_RECORD,
+                            fault,
+                            topic,
+                            records.partitions[i],
+                            records.offsets[i],
+                            self.name.value,
+                        )
+                    )
         m = records.take(metric_idx)
         batch, dead = decode_metrics(m.values, m.topics, m.partitions, m.offsets, self.name.value)
         if batch.src is not None:
@@ -237,8 +255,13 @@ class Chain:
 
     def __post_init__(self) -> None:
         first = self.names[0]
-        entry: Stage = (_Normalize() if first is StageName.NORMALIZE
-                        else _SinkInputs() if first is StageName.SINK else _Decode(first))
+        entry: Stage = (
+            _Normalize()
+            if first is StageName.NORMALIZE
+            else _SinkInputs()
+            if first is StageName.SINK
+            else _Decode(first)
+        )
         steps: list[Stage] = [entry]
         if self.has_enrich:
             steps.append(_Enrich())
@@ -298,8 +321,11 @@ class Chain:
         """Where the metric stream goes when the chain ends before the sink (else ``None``)."""
         if self.ends_in_sink:
             return None
-        return {StageName.NORMALIZE: s.topic_metric, StageName.ENRICH: s.topic_enriched,
-                StageName.DETECT: s.topic_enriched}[self.last]
+        return {
+            StageName.NORMALIZE: s.topic_metric,
+            StageName.ENRICH: s.topic_enriched,
+            StageName.DETECT: s.topic_enriched,
+        }[self.last]
 
     def run(self, stages: StageObjects, records: Records) -> StageOutput:
         """The chain's stages on ``records``; raises :class:`StageFailure` naming the stage."""

@@ -25,17 +25,40 @@ def encode_metrics(b: MetricBatch) -> tuple[list[bytes], list[str]]:
     """signals.metric.v1 / signals.enriched.v1 records: one JSON object per event."""
     dumps = orjson.dumps
     vals = [
-        dumps({"event_id": e, "tenant_id": t, "host": h, "metric": m, "value": v, "ts": ts,
-               "unit": u, "tags": g})
-        for e, t, h, m, v, ts, u, g in zip(b.event_id, b.tenant_id, b.host, b.metric,
-                                          b.value.tolist(), b.ts.tolist(), b.unit, b.tags,
-                                          strict=True)
+        dumps(
+            {
+                "event_id": e,
+                "tenant_id": t,
+                "host": h,
+                "metric": m,
+                "value": v,
+                "ts": ts,
+                "unit": u,
+                "tags": g,
+            }
+        )
+        for e, t, h, m, v, ts, u, g in zip(
+            b.event_id,
+            b.tenant_id,
+            b.host,
+            b.metric,
+            b.value.tolist(),
+            b.ts.tolist(),
+            b.unit,
+            b.tags,
+            strict=True,
+        )
     ]
     return vals, b.keys()
 
 
-def decode_metrics(values: Sequence[bytes], topics: Sequence[str], partitions: Sequence[int],
-                   offsets: Sequence[int], stage: str) -> tuple[MetricBatch, list[DeadLetter]]:
+def decode_metrics(
+    values: Sequence[bytes],
+    topics: Sequence[str],
+    partitions: Sequence[int],
+    offsets: Sequence[int],
+    stage: str,
+) -> tuple[MetricBatch, list[DeadLetter]]:
     """Inverse of :func:`encode_metrics` over the columns of a micro-batch's records.
 
     Records that do not decode to a valid row (wrong types, a non-finite number, text normalize
@@ -60,16 +83,27 @@ def decode_metrics(values: Sequence[bytes], topics: Sequence[str], partitions: S
     for i, raw in enumerate(values):
         try:
             d = loads(raw)
-            row = (d["event_id"], d["tenant_id"], d["host"], d["metric"], float(d["value"]),
-                   float(d["ts"]), d.get("unit", ""), d.get("tags"))
+            row = (
+                d["event_id"],
+                d["tenant_id"],
+                d["host"],
+                d["metric"],
+                float(d["value"]),
+                float(d["ts"]),
+                d.get("unit", ""),
+                d.get("tags"),
+            )
             fault = _row_fault(row)
             if fault is None and suspect is not None and suspect[i]:
                 fault = text_fault(*row[:4], row[6], row[7])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             fault = f"{type(e).__name__}: {e}"
         if fault is not None:
-            dead.append(DeadLetter(raw, DlqReason.BAD_RECORD, fault, topics[i], partitions[i],
-                                   offsets[i], stage))
+            dead.append(
+                DeadLetter(
+                    raw, DlqReason.BAD_RECORD, fault, topics[i], partitions[i], offsets[i], stage
+                )
+            )
             continue
         for c, v in zip(cols, row, strict=True):
             c.append(v)
@@ -84,9 +118,15 @@ def decode_metrics(values: Sequence[bytes], topics: Sequence[str], partitions: S
         return a
 
     return MetricBatch(
-        obj(cols[0]), obj(cols[1]), obj(cols[2]), obj(cols[3]),
-        np.asarray(cols[4], dtype=np.float64), np.asarray(cols[5], dtype=np.float64),
-        obj(cols[6]), obj(cols[7]), np.asarray(parts, dtype=np.int64),
+        obj(cols[0]),
+        obj(cols[1]),
+        obj(cols[2]),
+        obj(cols[3]),
+        np.asarray(cols[4], dtype=np.float64),
+        np.asarray(cols[5], dtype=np.float64),
+        obj(cols[6]),
+        obj(cols[7]),
+        np.asarray(parts, dtype=np.int64),
         np.asarray(src, dtype=np.int64),
     ), dead
 
@@ -94,8 +134,9 @@ def decode_metrics(values: Sequence[bytes], topics: Sequence[str], partitions: S
 def _row_fault(row: tuple) -> str | None:
     """Why a decoded intermediate record cannot be a row (types, finiteness), else ``None``."""
     eid, t, h, m, v, ts, u, tags = row
-    if not (type(eid) is str and type(t) is str and type(h) is str and type(m) is str
-            and type(u) is str):
+    if not (
+        type(eid) is str and type(t) is str and type(h) is str and type(m) is str and type(u) is str
+    ):
         return "event_id, tenant_id, host, metric and unit must be strings"
     if tags is not None and type(tags) is not dict:
         return "tags must be an object"

@@ -69,10 +69,15 @@ class _Given:
     s: Settings | None = None
 
 
-def raw_chain(raws: Sequence[bytes], topic: str, partition: int, first_offset: int,
-              normalizer: Callable[..., tuple[MetricBatch, list[DeadLetter]]],
-              enricher: Callable[[MetricBatch], MetricBatch], detect: DetectStage,
-              ) -> tuple[Callable[[Sequence[int]], StageOutput], Callable[[int, StageFailure], DeadLetter]]:
+def raw_chain(
+    raws: Sequence[bytes],
+    topic: str,
+    partition: int,
+    first_offset: int,
+    normalizer: Callable[..., tuple[MetricBatch, list[DeadLetter]]],
+    enricher: Callable[[MetricBatch], MetricBatch],
+    detect: DetectStage,
+) -> tuple[Callable[[Sequence[int]], StageOutput], Callable[[int, StageFailure], DeadLetter]]:
     """``(run, letter)`` for :func:`run_isolated`: :data:`CHAIN` over the records ``idx`` of
     ``raws`` (record ``i`` at ``topic[partition]@first_offset + i``), the embedded runner's."""
     stages = _Given(normalizer, enricher, detect)
@@ -82,8 +87,15 @@ def raw_chain(raws: Sequence[bytes], topic: str, partition: int, first_offset: i
 
     def run(idx: Sequence[int]) -> StageOutput:
         n = len(idx)
-        return CHAIN.run(stages, Records([raws[i] for i in idx], [topic] * n, [partition] * n,
-                                         [first_offset + i for i in idx]))
+        return CHAIN.run(
+            stages,
+            Records(
+                [raws[i] for i in idx],
+                [topic] * n,
+                [partition] * n,
+                [first_offset + i for i in idx],
+            ),
+        )
 
     def letter(i: int, failure: StageFailure) -> DeadLetter:
         return failure.letter(origin(i))
@@ -94,9 +106,15 @@ def raw_chain(raws: Sequence[bytes], topic: str, partition: int, first_offset: i
 class EmbeddedPipeline:
     """normalize → enrich → detect → sink in one process, fed with raw event bytes."""
 
-    def __init__(self, s: Settings, bus: Bus | None = None, source: str | None = None,
-                 model: ModelProvider | None = None, shadow: ModelProvider | None = None,
-                 maintain: bool = False) -> None:
+    def __init__(
+        self,
+        s: Settings,
+        bus: Bus | None = None,
+        source: str | None = None,
+        model: ModelProvider | None = None,
+        shadow: ModelProvider | None = None,
+        maintain: bool = False,
+    ) -> None:
         self.s = s
         self.bus = bus or Bus()
         # events without an agent id get <source>:0:<n>; unique per process start
@@ -108,7 +126,8 @@ class EmbeddedPipeline:
         self.stages = StageSet(s, CHAIN, self.conn, model=model, shadow=shadow)
         # no partitions or checkpoints here: re-arm open threshold alerts from storage
         self.stages.detect.partition(0).rule_alerts.restore(
-            [a for a in load_open_alerts(self.conn) if a.rule != ANOMALY_RULE])
+            [a for a in load_open_alerts(self.conn) if a.rule != ANOMALY_RULE]
+        )
         self._history = DetectHistory()
         self._history.rebase(self.stages.detect)
         self.stats = Stats()
@@ -120,18 +139,26 @@ class EmbeddedPipeline:
         first = self._seq
         self._seq += len(raws)
         stg = self.stages
-        run, letter = raw_chain(raws, self.source, 0, first, stg.normalize, stg.enricher, stg.detect)
+        run, letter = raw_chain(
+            raws, self.source, 0, first, stg.normalize, stg.enricher, stg.detect
+        )
         # a stage raising costs only the records that make it raise (stage_error)
         out = run_isolated(run, range(len(raws)), letter, stg.detect, self._history)
         batch, dead, alerts = out.batch, out.dead, out.alerts
-        self.sink.ensure_partitions(batch, out.windows)  # DDL, if any, outside the batch's transaction
+        self.sink.ensure_partitions(
+            batch, out.windows
+        )  # DDL, if any, outside the batch's transaction
         with self.sink.conn.transaction():  # the sink's: rows and dead letters stored together
             if dead:
                 self.sink.write_dead_letters(dead)
             stored, stored_alerts = self.sink.write(batch, alerts, out.windows)
             if self.sink.collided.size or self.sink.refused.size:  # in the rows' transaction
-                collided = sink_letters(self.sink, batch, self.source,
-                                        lambda i: (bytes(raws[i]), self.source, 0, first + i))
+                collided = sink_letters(
+                    self.sink,
+                    batch,
+                    self.source,
+                    lambda i: (bytes(raws[i]), self.source, 0, first + i),
+                )
                 self.sink.write_dead_letters(collided)
                 dead = dead + collided
         self.sink.mark_published([a.seq for a in stored_alerts])

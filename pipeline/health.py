@@ -126,8 +126,13 @@ class Health:
             retries = self._retries.pop(service, 0)
             self._record()
         took = time.monotonic() - since
-        log.warning("recovered: %s available again after %.1f s (%d retries)%s", service, took,
-                    retries, f"; {action}" if action else "")
+        log.warning(
+            "recovered: %s available again after %.1f s (%d retries)%s",
+            service,
+            took,
+            retries,
+            f"; {action}" if action else "",
+        )
         return took
 
     def is_degraded(self, service: str | None = None) -> bool:
@@ -208,8 +213,11 @@ class HealthServer:
 
     def start(self) -> HealthServer:
         self.thread.start()
-        log.info("health endpoints on http://%s:%d/healthz and /readyz",
-                 self.httpd.server_address[0], self.port)
+        log.info(
+            "health endpoints on http://%s:%d/healthz and /readyz",
+            self.httpd.server_address[0],
+            self.port,
+        )
         return self
 
     def stop(self) -> None:

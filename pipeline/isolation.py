@@ -70,10 +70,13 @@ def _restore(det: DetectStage | None, snap: dict[int, bytes] | None) -> None:
         det.restore(p, blob)
 
 
-def run_isolated(run: Callable[[Sequence], StageOutput], items: Sequence,
-                 letter: Callable[[object, StageFailure], DeadLetter],
-                 detect: DetectStage | None = None,
-                 history: DetectHistory | None = None) -> StageOutput:
+def run_isolated(
+    run: Callable[[Sequence], StageOutput],
+    items: Sequence,
+    letter: Callable[[object, StageFailure], DeadLetter],
+    detect: DetectStage | None = None,
+    history: DetectHistory | None = None,
+) -> StageOutput:
     """``run(items)``; if a stage fails, only the records that make it fail are dead-lettered.
 
     The happy path is one call (plus a list append for ``history``). When it raises
@@ -86,8 +89,13 @@ def run_isolated(run: Callable[[Sequence], StageOutput], items: Sequence,
     try:
         out = run(items)
     except StageFailure as e:
-        log.error("stage %s failed on %d records (%s): isolating the records that make it fail",
-                  e.stage, len(items), e, exc_info=e.__cause__)
+        log.error(
+            "stage %s failed on %d records (%s): isolating the records that make it fail",
+            e.stage,
+            len(items),
+            e,
+            exc_info=e.__cause__,
+        )
         if detect is not None and history is not None:
             history.rewind(detect)
         outs: list[StageOutput] = []
@@ -104,8 +112,15 @@ def run_isolated(run: Callable[[Sequence], StageOutput], items: Sequence,
     return out
 
 
-def _bisect(run, items: Sequence, letter, detect: DetectStage | None, failure: StageFailure,
-            outs: list[StageOutput], dead: list[DeadLetter]) -> None:
+def _bisect(
+    run,
+    items: Sequence,
+    letter,
+    detect: DetectStage | None,
+    failure: StageFailure,
+    outs: list[StageOutput],
+    dead: list[DeadLetter],
+) -> None:
     """``items`` failed as a whole (with ``failure``): run its halves in order, recursively."""
     if len(items) == 1:
         dead.append(letter(items[0], failure))

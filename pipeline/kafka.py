@@ -47,7 +47,14 @@ _DLQ_SLACK_BYTES = 16_384
 
 
 def all_topics(s: Settings) -> list[str]:
-    return [s.topic_raw, s.topic_metric, s.topic_enriched, s.topic_score, s.topic_alert, s.topic_dlq]
+    return [
+        s.topic_raw,
+        s.topic_metric,
+        s.topic_enriched,
+        s.topic_score,
+        s.topic_alert,
+        s.topic_dlq,
+    ]
 
 
 def admin(s: Settings) -> AdminClient:
@@ -108,8 +115,13 @@ def create_topics(
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         md = a.list_topics(timeout=5).topics
-        if all(t in md and not md[t].error and md[t].partitions
-               and all(pm.leader >= 0 for pm in md[t].partitions.values()) for t in wanted):
+        if all(
+            t in md
+            and not md[t].error
+            and md[t].partitions
+            and all(pm.leader >= 0 for pm in md[t].partitions.values())
+            for t in wanted
+        ):
             break
         time.sleep(0.2)
     return created
@@ -127,9 +139,18 @@ def _raise_size_limits(a: AdminClient, limits: dict[str, int], timeout: float = 
             low.append(r.name)
     if not low:
         return
-    alter = [ConfigResource(ConfigResource.Type.TOPIC, t, incremental_configs=[
-        ConfigEntry("max.message.bytes", str(limits[t]),
-                    incremental_operation=AlterConfigOpType.SET)]) for t in low]
+    alter = [
+        ConfigResource(
+            ConfigResource.Type.TOPIC,
+            t,
+            incremental_configs=[
+                ConfigEntry(
+                    "max.message.bytes", str(limits[t]), incremental_operation=AlterConfigOpType.SET
+                )
+            ],
+        )
+        for t in low
+    ]
     for r, fut in a.incremental_alter_configs(alter, request_timeout=timeout).items():
         try:
             fut.result(timeout=timeout)
@@ -137,7 +158,8 @@ def _raise_size_limits(a: AdminClient, limits: dict[str, int], timeout: float = 
             raise ServiceError(
                 f"could not raise max.message.bytes of topic {r.name} to {limits[r.name]} ({e}); "
                 f"set it with kafka-configs.sh --alter --entity-type topics --entity-name {r.name} "
-                f"--add-config max.message.bytes={limits[r.name]}") from e
+                f"--add-config max.message.bytes={limits[r.name]}"
+            ) from e
         log.info("topic %s: max.message.bytes raised to %d", r.name, limits[r.name])
 
 
@@ -202,7 +224,9 @@ def consumer(s: Settings, group: str, **overrides: object) -> Consumer:
     return Consumer(conf)
 
 
-def produce_all(p: Producer, topic: str, values: Iterable[bytes], keys: Iterable[bytes | str | None]) -> None:
+def produce_all(
+    p: Producer, topic: str, values: Iterable[bytes], keys: Iterable[bytes | str | None]
+) -> None:
     """Produce many records, serving delivery callbacks when the local queue is full."""
     for v, k in zip(values, keys, strict=True):
         while True:
@@ -237,6 +261,7 @@ class DeliveryErrors:
 
 
 # --- wire formats ---------------------------------------------------------------------------
+
 
 def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:
     """``reason``, ``detail`` (valid UTF-8, at most ``DETAIL_MAX_CHARS`` characters), ``stage``

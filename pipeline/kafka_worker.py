@@ -57,7 +57,9 @@ class _ClientLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         fac = record.args[0] if isinstance(record.args, tuple) and record.args else ""
-        return fac not in ("FAIL", "ERROR") or logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return fac not in ("FAIL", "ERROR") or logging.getLogger(record.name).isEnabledFor(
+            logging.DEBUG
+        )
 
 
 _client_log = logging.getLogger("pipeline.kafka.client")
@@ -71,8 +73,14 @@ class KafkaWorker(OutageHandling, OffsetCommits):
     ``watcher`` follows the champion, ``shadow_watcher`` the challenger (shadow scoring).
     """
 
-    def __init__(self, s: Settings, chain: str | Sequence[str] | Chain, group: str | None = None,
-                 model: ModelProvider | None = None, shadow: ModelProvider | None = None) -> None:
+    def __init__(
+        self,
+        s: Settings,
+        chain: str | Sequence[str] | Chain,
+        group: str | None = None,
+        model: ModelProvider | None = None,
+        shadow: ModelProvider | None = None,
+    ) -> None:
         self.s = s
         self.chain = parse_chain(chain)
         self.group = group or f"{s.consumer_group_prefix}-{self.chain.slug}"
@@ -92,8 +100,11 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         # a worker that cannot reach PostgreSQL when it starts fails at once (wrong address or
         # credentials are likelier than an outage); once running it waits outages out
         self.conn = connect(s)  # reference data (tenants, inventory, open alerts)
-        self.sink = Sink(connect(s), Partitions(PartitionPolicy.from_settings(s))) \
-            if self.chain.ends_in_sink else None
+        self.sink = (
+            Sink(connect(s), Partitions(PartitionPolicy.from_settings(s)))
+            if self.chain.ends_in_sink
+            else None
+        )
         # partitions ahead + retention, in the processes that write (Maintainer)
         self.maintainer = Maintainer(s).start() if self.sink is not None else None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sink")
@@ -103,13 +114,21 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         self.errors = kq.DeliveryErrors()
         self._kafka_fatal: KafkaError | None = None
         # records wait in the producer for as long as the broker is away (never dropped)
-        self.producer = kq.producer(s, on_delivery=self.errors, error_cb=self._on_producer_error,
-                                    logger=_client_log, **{"message.timeout.ms": 0})
+        self.producer = kq.producer(
+            s,
+            on_delivery=self.errors,
+            error_cb=self._on_producer_error,
+            logger=_client_log,
+            **{"message.timeout.ms": 0},
+        )
         # detect keeps state per input partition and restores it on assignment from its
         # checkpoint (seeking to the checkpoint's offset): that needs eager assignment
         self.stateful = self.chain.has_detect
         self.consumer = kq.consumer(
-            s, self.group, error_cb=self._on_consumer_error, logger=_client_log,
+            s,
+            self.group,
+            error_cb=self._on_consumer_error,
+            logger=_client_log,
             on_commit=self._on_commit,
             **({"partition.assignment.strategy": "range"} if self.stateful else {}),
         )
@@ -167,9 +186,12 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             return
         # the checkpoints are needed before the first record: during a PostgreSQL outage this
         # waits (inside the callback, so without polling; librdkafka keeps the heartbeats going)
-        cps = self._retry_pg("checkpoint restore",
-                             lambda: load_checkpoints(self.conn, self.group, self.inputs[0]),
-                             self._reconnect_ref, pause=False)
+        cps = self._retry_pg(
+            "checkpoint restore",
+            lambda: load_checkpoints(self.conn, self.group, self.inputs[0]),
+            self._reconnect_ref,
+            pause=False,
+        )
         open_alerts = None
         self._restored = {}
         for tp in parts:
@@ -179,19 +201,30 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 tp.offset = cp[0]
                 self._with_cp.add(tp.partition)
                 self._restored[tp.partition] = cp[0]
-                log.info("%s[%d]: detect state restored, resuming at offset %d", tp.topic, tp.partition, cp[0])
+                log.info(
+                    "%s[%d]: detect state restored, resuming at offset %d",
+                    tp.topic,
+                    tp.partition,
+                    cp[0],
+                )
             else:
                 # no checkpoint yet: re-arm the open threshold alerts so they are not opened twice
                 # (alerts of series on other partitions never see an event here and stay inert)
                 if open_alerts is None:
-                    loaded = self._retry_pg("open alerts", lambda: load_open_alerts(self.conn),
-                                            self._reconnect_ref, pause=False)
+                    loaded = self._retry_pg(
+                        "open alerts",
+                        lambda: load_open_alerts(self.conn),
+                        self._reconnect_ref,
+                        pause=False,
+                    )
                     open_alerts = [a for a in loaded if a.rule != ANOMALY_RULE]
                 self.stages.detect.partition(tp.partition).rule_alerts.restore(open_alerts)
         # the restored blobs are the base to rewind to (the others are snapshotted)
         mine = {tp.partition for tp in parts}
-        self._history.rebase(self.stages.detect, {p: cp[1] for p, cp in cps.items()
-                                                  if p in mine and cp[1] is not None})
+        self._history.rebase(
+            self.stages.detect,
+            {p: cp[1] for p, cp in cps.items() if p in mine and cp[1] is not None},
+        )
         consumer.assign(parts)
 
     def _on_revoke(self, consumer, parts) -> None:
@@ -226,8 +259,11 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         timeout (the broker is away or restarting, or this worker stalled). Until the group
         assigns partitions again the worker is degraded; then it resumes from the checkpoints."""
         self._lost = True
-        self.health.degraded("kafka", "group membership lost (no answer from the coordinator); "
-                             "rejoining", "waiting to be assigned partitions again")
+        self.health.degraded(
+            "kafka",
+            "group membership lost (no answer from the coordinator); rejoining",
+            "waiting to be assigned partitions again",
+        )
         self._on_revoke(consumer, parts)
 
     def _on_consumer_error(self, err: KafkaError) -> None:
@@ -235,8 +271,9 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         if err.fatal():
             self._kafka_fatal = self._kafka_fatal or err
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
-            self.health.degraded("kafka", f"no broker reachable at {self.s.kafka_bootstrap}",
-                                 "waiting for it")
+            self.health.degraded(
+                "kafka", f"no broker reachable at {self.s.kafka_bootstrap}", "waiting for it"
+            )
 
     def _on_producer_error(self, err: KafkaError) -> None:
         """The producer's: only fatal errors count (a stalled flush reports the outage)."""
@@ -248,8 +285,12 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         try:
             self._start_health_server()
             self._await_models()
-            self.consumer.subscribe(self.inputs, on_assign=self._on_assign,
-                                    on_revoke=self._on_revoke, on_lost=self._on_lost)
+            self.consumer.subscribe(
+                self.inputs,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
             idle_since = time.monotonic()
             log.info("worker %s group=%s inputs=%s", self.chain, self.group, self.inputs)
             if self.sink is not None:
@@ -266,7 +307,9 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 if self._held:  # polled during an outage wait: first in line
                     msgs, self._held = self._held, []
                 else:
-                    msgs = self.consumer.consume(self.s.batch_max_events, self.s.batch_max_wait_ms / 1000)
+                    msgs = self.consumer.consume(
+                        self.s.batch_max_events, self.s.batch_max_wait_ms / 1000
+                    )
                 good = []
                 for m in msgs:
                     err = m.error()
@@ -292,8 +335,10 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 idle_since = time.monotonic()
                 self.process(good)
         except Stopped:
-            log.warning("stopped while waiting out an outage: the batch in flight was not committed "
-                        "and is replayed at the next start")
+            log.warning(
+                "stopped while waiting out an outage: the batch in flight was not committed "
+                "and is replayed at the next start"
+            )
         finally:
             self.close()
         return self.stats
@@ -302,11 +347,14 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         port = self.s.worker_health_port
         if port and self._health_server is None:
             try:
-                self._health_server = HealthServer(self.health, self.s.worker_health_host, port).start()
+                self._health_server = HealthServer(
+                    self.health, self.s.worker_health_host, port
+                ).start()
             except OSError as e:
                 raise ServiceError(
                     f"worker health port {self.s.worker_health_host}:{port} is not available ({e.strerror}); "
-                    "set EVENTOPS_WORKER_HEALTH_PORT to a free port or 0 to turn it off") from e
+                    "set EVENTOPS_WORKER_HEALTH_PORT to a free port or 0 to turn it off"
+                ) from e
 
     def _await_models(self) -> None:
         """Wait (bounded) for the registry's first answer before consuming.
@@ -324,8 +372,12 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 if self._stop.is_set():
                     return
                 if time.monotonic() - t0 > self.s.champion_startup_wait_s:
-                    log.warning("no answer from the model registry after %.0f s: consuming without "
-                                "the %s model until it loads", self.s.champion_startup_wait_s, w.alias)
+                    log.warning(
+                        "no answer from the model registry after %.0f s: consuming without "
+                        "the %s model until it loads",
+                        self.s.champion_startup_wait_s,
+                        w.alias,
+                    )
                     break
             version = w.current()[0]
             log.info("batch model %s@%s: %s", w.name, w.alias, version or "none")
@@ -367,9 +419,20 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         self._refresh()
         epoch = self._epoch
         # a stage raising on the batch costs only the records that make it raise (stage_error)
-        out = run_isolated(self._run_chain, msgs, _message_letter,
-                           self.stages.detect if self.stateful else None, self._history)
-        batch, dead, alerts, alerts_in, windows = out.batch, out.dead, out.alerts, out.alerts_in, out.windows
+        out = run_isolated(
+            self._run_chain,
+            msgs,
+            _message_letter,
+            self.stages.detect if self.stateful else None,
+            self._history,
+        )
+        batch, dead, alerts, alerts_in, windows = (
+            out.batch,
+            out.dead,
+            out.alerts,
+            out.alerts_in,
+            out.windows,
+        )
         if dead:
             kq.produce_dead_letters(self.producer, s.topic_dlq, dead)
         if self.metric_out and len(batch):
@@ -377,18 +440,29 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             kq.produce_all(self.producer, self.metric_out, vals, keys)
         if self.chain.has_detect and windows is not None:
             recs = windows.records()
-            kq.produce_all(self.producer, s.topic_score, [orjson.dumps(r) for r in recs],
-                           [f"{r['tenant_id']}|{r['host']}" for r in recs])
+            kq.produce_all(
+                self.producer,
+                s.topic_score,
+                [orjson.dumps(r) for r in recs],
+                [f"{r['tenant_id']}|{r['host']}" for r in recs],
+            )
         if alerts and self.sink is None:
-            kq.produce_all(self.producer, s.topic_alert, [kq.encode_alert(a) for a in alerts],
-                           [a.partition_key for a in alerts])
+            kq.produce_all(
+                self.producer,
+                s.topic_alert,
+                [kq.encode_alert(a) for a in alerts],
+                [a.partition_key for a in alerts],
+            )
         self.finish()
         if self.stateful and self._epoch != epoch:
             # partitions were revoked (and maybe restored from their checkpoints) while finish()
             # waited out an outage: this batch was detected on the state from before, so it is
             # dropped unwritten and uncommitted; its records are read again from the checkpoints
-            log.info("a rebalance while waiting out an outage: %d records are read again from "
-                     "the checkpoints", len(msgs))
+            log.info(
+                "a rebalance while waiting out an outage: %d records are read again from "
+                "the checkpoints",
+                len(msgs),
+            )
             return
         st = self.stats
         st.batches += 1
@@ -400,8 +474,9 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         if self.sink is None:
             self._flush()
             if cps:
-                self._retry_pg("checkpoint save", lambda: self._save_checkpoints(cps),
-                               self._reconnect_ref)
+                self._retry_pg(
+                    "checkpoint save", lambda: self._save_checkpoints(cps), self._reconnect_ref
+                )
             self._commit(offsets)
         else:
             args = (batch, msgs, alerts + alerts_in, windows, cps)
@@ -417,12 +492,22 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         inputs = self.inputs
         # one input topic: every record is of it (no per-record lookup)
         topics = [inputs[0]] * len(msgs) if len(inputs) == 1 else [m.topic() for m in msgs]
-        records = Records([m.value() or b"" for m in msgs], topics, [m.partition() for m in msgs],
-                          [m.offset() for m in msgs])
+        records = Records(
+            [m.value() or b"" for m in msgs],
+            topics,
+            [m.partition() for m in msgs],
+            [m.offset() for m in msgs],
+        )
         return self.chain.run(self.stages, records)
 
-    def _write(self, batch: MetricBatch, msgs: list[Message], events: list[AlertEvent], windows,
-               cps: list[Checkpoint]) -> tuple[int, list[AlertEvent]]:
+    def _write(
+        self,
+        batch: MetricBatch,
+        msgs: list[Message],
+        events: list[AlertEvent],
+        windows,
+        cps: list[Checkpoint],
+    ) -> tuple[int, list[AlertEvent]]:
         """The sink write (writer thread, or :meth:`finish` retrying it), and the dead letters
         of its event-id collisions, left in :attr:`_collisions`.
 
@@ -434,8 +519,9 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         self._collisions = []
         if self.sink.collided.size or self.sink.refused.size:
             # (``src`` indexes the records of the micro-batch, whatever the chain's first stage)
-            self._collisions = sink_letters(self.sink, batch, self.inputs[0],
-                                            lambda i: _message_origin(msgs[i]))
+            self._collisions = sink_letters(
+                self.sink, batch, self.inputs[0], lambda i: _message_origin(msgs[i])
+            )
         return out
 
     def _checkpoints(self, offsets) -> list[Checkpoint]:
@@ -459,8 +545,11 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         if not first and now - self._checkpointed < self.s.checkpoint_interval_s:
             return []
         self._checkpointed = now
-        cps = [Checkpoint(self.group, topic, p, o, det.snapshot(p))
-               for p, o in self._next.items() if p in det.parts]
+        cps = [
+            Checkpoint(self.group, topic, p, o, det.snapshot(p))
+            for p, o in self._next.items()
+            if p in det.parts
+        ]
         self._with_cp.update(cp.partition for cp in cps)
         self._history.rebase(det, {cp.partition: cp.state for cp in cps})  # blobs made anyway
         return cps
@@ -487,7 +576,8 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 # the writer thread is idle now (its task failed): the same batch is written
                 # again from here on a new connection (idempotent)
                 stored_n, stored_alerts = self._retry_pg(
-                    "sink write", lambda: self._write(*args), self._reconnect_sink, failed=e)
+                    "sink write", lambda: self._write(*args), self._reconnect_sink, failed=e
+                )
             self.stats.stored += stored_n
             if self._collisions:  # after the DB commit, before the offsets: see _write
                 dead, self._collisions = self._collisions, []
@@ -496,8 +586,9 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 self._flush()
             if from_topic:  # they came from the alert topic: already published
                 seqs = [a.seq for a in stored_alerts]
-                self._retry_pg("mark published", lambda: self.sink.mark_published(seqs),
-                               self._reconnect_sink)
+                self._retry_pg(
+                    "mark published", lambda: self.sink.mark_published(seqs), self._reconnect_sink
+                )
             elif stored_alerts:
                 self._publish(stored_alerts)
             if self._outbox_due:
@@ -509,11 +600,17 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             self._finishing = False
 
     def _publish(self, events: list[AlertEvent]) -> None:
-        kq.produce_all(self.producer, self.s.topic_alert, [kq.encode_alert(a) for a in events],
-                       [a.partition_key for a in events])
+        kq.produce_all(
+            self.producer,
+            self.s.topic_alert,
+            [kq.encode_alert(a) for a in events],
+            [a.partition_key for a in events],
+        )
         self._flush()
         seqs = [a.seq for a in events]
-        self._retry_pg("mark published", lambda: self.sink.mark_published(seqs), self._reconnect_sink)
+        self._retry_pg(
+            "mark published", lambda: self.sink.mark_published(seqs), self._reconnect_sink
+        )
 
     def _publish_outbox(self) -> None:
         self._outbox_due = False

@@ -21,8 +21,10 @@ from core.reasons import DlqReason
 #: the input record of a row: (original bytes, topic, partition, offset)
 Origin = tuple[bytes, str, int, int]
 
-def late_letters(batch: MetricBatch, idx: np.ndarray,
-                 origin: Callable[[int], Origin] | None = None) -> list[DeadLetter]:
+
+def late_letters(
+    batch: MetricBatch, idx: np.ndarray, origin: Callable[[int], Origin] | None = None
+) -> list[DeadLetter]:
     """Events older than their closed window: dead letters with reason ``ts_too_old``.
 
     Each carries its input record's original bytes and topic/partition/offset, looked up with
@@ -38,17 +40,28 @@ def late_letters(batch: MetricBatch, idx: np.ndarray,
             out.append(DeadLetter(raw, DlqReason.TS_TOO_OLD, detail, topic, part, off, stage))
         return out
     for i in idx.tolist():
-        ev = {"event_id": batch.event_id[i], "tenant_id": batch.tenant_id[i], "host": batch.host[i],
-              "metric": batch.metric[i], "value": float(batch.value[i]), "ts": float(batch.ts[i]),
-              "unit": batch.unit[i], "tags": batch.tags[i]}
+        ev = {
+            "event_id": batch.event_id[i],
+            "tenant_id": batch.tenant_id[i],
+            "host": batch.host[i],
+            "metric": batch.metric[i],
+            "value": float(batch.value[i]),
+            "ts": float(batch.ts[i]),
+            "unit": batch.unit[i],
+            "tags": batch.tags[i],
+        }
         part = -1 if batch.partition is None else int(batch.partition[i])
         out.append(DeadLetter(orjson.dumps(ev), DlqReason.TS_TOO_OLD, detail, "", part, -1, stage))
     return out
 
 
-def collision_letters(batch: MetricBatch, idx: np.ndarray, topic: str,
-                      origin: Callable[[int], Origin] | None = None,
-                      reason: DlqReason = DlqReason.DUPLICATE_EVENT_ID) -> list[DeadLetter]:
+def collision_letters(
+    batch: MetricBatch,
+    idx: np.ndarray,
+    topic: str,
+    origin: Callable[[int], Origin] | None = None,
+    reason: DlqReason = DlqReason.DUPLICATE_EVENT_ID,
+) -> list[DeadLetter]:
     """Rows ``idx`` the sink refused, as dead letters of stage ``sink``.
 
     ``duplicate_event_id``: their tenant stored a different event under their event id;
@@ -63,18 +76,28 @@ def collision_letters(batch: MetricBatch, idx: np.ndarray, topic: str,
     out = []
     for i in idx.tolist():
         if reason == DlqReason.DUPLICATE_EVENT_ID:
-            detail = (f"tenant {batch.tenant_id[i]} already stored a different event under "
-                      f"event_id {batch.event_id[i]!r}")
+            detail = (
+                f"tenant {batch.tenant_id[i]} already stored a different event under "
+                f"event_id {batch.event_id[i]!r}"
+            )
         else:
             detail = "PostgreSQL refused the row's values"
         if origin is not None and src is not None:
             raw, t, part, off = origin(int(src[i]))
         else:
-            raw = orjson.dumps({"event_id": batch.event_id[i], "tenant_id": batch.tenant_id[i],
-                                "host": batch.host[i], "metric": batch.metric[i],
-                                "value": float(batch.value[i]), "ts": float(batch.ts[i]),
-                                "unit": batch.unit[i], "tags": batch.tags[i]},
-                               default=str)
+            raw = orjson.dumps(
+                {
+                    "event_id": batch.event_id[i],
+                    "tenant_id": batch.tenant_id[i],
+                    "host": batch.host[i],
+                    "metric": batch.metric[i],
+                    "value": float(batch.value[i]),
+                    "ts": float(batch.ts[i]),
+                    "unit": batch.unit[i],
+                    "tags": batch.tags[i],
+                },
+                default=str,
+            )
             t, off = topic, -1
             part = -1 if batch.partition is None else int(batch.partition[i])
         out.append(DeadLetter(raw, reason, detail[:500], t, part, off, stage))
@@ -88,8 +111,10 @@ class Refusals(Protocol):
     refused: np.ndarray  #: row indices PostgreSQL refused (``store_refused``)
 
 
-def sink_letters(sink: Refusals, batch: MetricBatch, topic: str,
-                 origin: Callable[[int], Origin] | None = None) -> list[DeadLetter]:
+def sink_letters(
+    sink: Refusals, batch: MetricBatch, topic: str, origin: Callable[[int], Origin] | None = None
+) -> list[DeadLetter]:
     """Dead letters of the rows the sink's last write refused (collisions and refused values)."""
-    return (collision_letters(batch, sink.collided, topic, origin)
-            + collision_letters(batch, sink.refused, topic, origin, reason=DlqReason.STORE_REFUSED))
+    return collision_letters(batch, sink.collided, topic, origin) + collision_letters(
+        batch, sink.refused, topic, origin, reason=DlqReason.STORE_REFUSED
+    )

@@ -19,10 +19,16 @@ from pipeline.outages import kafka_transient
 log = logging.getLogger(__name__)
 
 # commit errors meaning "this member no longer owns its partitions" (session expired, rebalance)
-_MEMBERSHIP_LOST = frozenset({
-    KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS,
-    KafkaError._ASSIGNMENT_LOST, KafkaError.FENCED_INSTANCE_ID, KafkaError._STATE,
-})
+_MEMBERSHIP_LOST = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError._ASSIGNMENT_LOST,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError._STATE,
+    }
+)
 
 
 class OffsetCommits:
@@ -74,15 +80,20 @@ class OffsetCommits:
                 self.stats.commit_failures += 1
                 if not self._membership_warned:  # once per assignment
                     self._membership_warned = True
-                    log.warning("offset commit refused (%s); the partitions' next owner replays "
-                                "from the last checkpoint or committed offset", e.str())
+                    log.warning(
+                        "offset commit refused (%s); the partitions' next owner replays "
+                        "from the last checkpoint or committed offset",
+                        e.str(),
+                    )
                 continue
             if not current:
                 continue  # revoked meanwhile, or a newer offset of the partition is on its way
             if e is None:
                 del self._commit_want[key]
                 # proof that Kafka is back only from a commit sent after it went away
-                if self.health.is_degraded("kafka") and want[1] > now - self.health.degraded_for("kafka"):
+                if self.health.is_degraded("kafka") and want[1] > now - self.health.degraded_for(
+                    "kafka"
+                ):
                     self._kafka_recovered()
             elif kafka_transient(e):
                 self.stats.outage_retries["kafka"] += 1
@@ -120,7 +131,9 @@ class OffsetCommits:
         """
         topic, restored = self.inputs[0], self._restored
         try:
-            committed = self.consumer.committed([TopicPartition(topic, p) for p in restored], timeout=10)
+            committed = self.consumer.committed(
+                [TopicPartition(topic, p) for p in restored], timeout=10
+            )
         except KafkaException as e:  # coordinator busy or moving: try again when next idle
             err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
             if kafka_transient(err):
@@ -129,9 +142,14 @@ class OffsetCommits:
                 log.warning("could not read committed offsets: %s", e)
             return
         self._restored = {}
-        ahead = [TopicPartition(topic, tp.partition, restored[tp.partition]) for tp in committed
-                 if restored[tp.partition] > tp.offset]
+        ahead = [
+            TopicPartition(topic, tp.partition, restored[tp.partition])
+            for tp in committed
+            if restored[tp.partition] > tp.offset
+        ]
         if ahead:
-            log.info("committing restored checkpoint offsets %s",
-                     {tp.partition: tp.offset for tp in ahead})
+            log.info(
+                "committing restored checkpoint offsets %s",
+                {tp.partition: tp.offset for tp in ahead},
+            )
             self._commit(ahead)

@@ -32,19 +32,31 @@ from storage.connect import connect
 from storage.sink import Sink
 
 # errors that mean "the broker or the group coordinator is away for now": waited out
-_KAFKA_TRANSIENT = frozenset({
-    KafkaError._WAIT_COORD, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
-    KafkaError._TIMED_OUT, KafkaError._RESOLVE, KafkaError._MSG_TIMED_OUT, KafkaError._WAIT_CACHE,
-    KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.REQUEST_TIMED_OUT,
-    KafkaError.NETWORK_EXCEPTION, KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-})
+_KAFKA_TRANSIENT = frozenset(
+    {
+        KafkaError._WAIT_COORD,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._RESOLVE,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._WAIT_CACHE,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+    }
+)
 
 
 def kafka_transient(err: KafkaError | None) -> bool:
     """A Kafka error worth waiting out (broker or coordinator away), not a bug or a refusal."""
-    return err is not None and not err.fatal() and (err.code() in _KAFKA_TRANSIENT or err.retriable())
+    return (
+        err is not None and not err.fatal() and (err.code() in _KAFKA_TRANSIENT or err.retriable())
+    )
 
 
 def pg_unavailable(e: BaseException) -> bool:
@@ -64,8 +76,11 @@ def pg_unavailable(e: BaseException) -> bool:
     if not isinstance(e, psycopg.OperationalError):
         return False
     code = getattr(e, "sqlstate", None)
-    return (code is None or code[:2] in ("08", "53", "40")
-            or code in ("57P01", "57P02", "57P03", "57014"))
+    return (
+        code is None
+        or code[:2] in ("08", "53", "40")
+        or code in ("57P01", "57P02", "57P03", "57014")
+    )
 
 
 def describe(e: BaseException) -> str:
@@ -133,11 +148,19 @@ class OutageHandling:
     def _give_up(self, service: str) -> None:
         limit = self.s.outage_give_up_s
         if limit > 0 and self.health.degraded_for(service) > limit:
-            raise ServiceError(f"{service} unavailable for more than {limit:.0f} s; giving up "
-                               "(EVENTOPS_OUTAGE_GIVE_UP_S, 0 = wait for as long as it takes)")
+            raise ServiceError(
+                f"{service} unavailable for more than {limit:.0f} s; giving up "
+                "(EVENTOPS_OUTAGE_GIVE_UP_S, 0 = wait for as long as it takes)"
+            )
 
-    def _retry_pg(self, what: str, op: Callable[[], object], reconnect: Callable[[], None],
-                  pause: bool = True, failed: BaseException | None = None):
+    def _retry_pg(
+        self,
+        what: str,
+        op: Callable[[], object],
+        reconnect: Callable[[], None],
+        pause: bool = True,
+        failed: BaseException | None = None,
+    ):
         """Run ``op`` until PostgreSQL accepts it; reconnect (``reconnect``) after each failure.
 
         The first failure reconnects and retries at once without reporting anything: after a
@@ -151,8 +174,11 @@ class OutageHandling:
             if err is not None:
                 if attempts > 1:
                     self.stats.outage_retries["postgres"] += 1
-                    self.health.degraded("postgres", f"{what}: {describe(err)}",
-                                         "consumption paused, retrying" if pause else "retrying")
+                    self.health.degraded(
+                        "postgres",
+                        f"{what}: {describe(err)}",
+                        "consumption paused, retrying" if pause else "retrying",
+                    )
                     self._give_up("postgres")
                     if pause:
                         self._pause()
@@ -213,8 +239,11 @@ class OutageHandling:
                 raise
             self._ref_stale = True
             self.stats.outage_retries["postgres"] += 1
-            self.health.degraded("postgres", f"reference data refresh: {describe(e)}",
-                                 "keeping the tenants and inventory loaded before")
+            self.health.degraded(
+                "postgres",
+                f"reference data refresh: {describe(e)}",
+                "keeping the tenants and inventory loaded before",
+            )
             self.stages.retry_in(self._ref_backoff.next())
             return
         if self._ref_stale:
@@ -233,8 +262,11 @@ class OutageHandling:
             if self._kafka_fatal is not None:
                 raise KafkaException(self._kafka_fatal)
             self.stats.outage_retries["kafka"] += 1
-            self.health.degraded("kafka", f"{left} produced records not delivered yet",
-                                 "consumption paused, the records stay queued")
+            self.health.degraded(
+                "kafka",
+                f"{left} produced records not delivered yet",
+                "consumption paused, the records stay queued",
+            )
             self._give_up("kafka")
             self._pause()
             self._wait(0.05)

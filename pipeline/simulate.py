@@ -100,12 +100,19 @@ class Simulator:
             for i, name in enumerate(self.names):
                 row = v[i]
                 for k, metric in enumerate(METRICS):
-                    out.append(dumps({
-                        "event_id": f"sim-{self.seed}-{self.tenant}-{name}-{metric}-{int(ts * 1000)}",
-                        "tenant_id": self.tenant, "host": name, "metric": metric,
-                        "value": round(row[k], 4), "ts_event": iso, "unit": UNITS[k],
-                        "tags": {"source": "simulator"},
-                    }))
+                    out.append(
+                        dumps(
+                            {
+                                "event_id": f"sim-{self.seed}-{self.tenant}-{name}-{metric}-{int(ts * 1000)}",
+                                "tenant_id": self.tenant,
+                                "host": name,
+                                "metric": metric,
+                                "value": round(row[k], 4),
+                                "ts_event": iso,
+                                "unit": UNITS[k],
+                                "tags": {"source": "simulator"},
+                            }
+                        )
+                    )
             self.tick += 1
             yield out
-

@@ -40,15 +40,24 @@ def normalize_config(s: Settings, tenants: frozenset[str] | None) -> NormalizeCo
 class StageSet:
     """The stage objects of a chain plus their periodically refreshed reference data."""
 
-    def __init__(self, s: Settings, chain: Chain, conn, model: ModelProvider | None = None,
-                 shadow: ModelProvider | None = None) -> None:
+    def __init__(
+        self,
+        s: Settings,
+        chain: Chain,
+        conn,
+        model: ModelProvider | None = None,
+        shadow: ModelProvider | None = None,
+    ) -> None:
         self.s, self.chain, self.conn = s, chain, conn
         self.normalizer = Normalizer(normalize_config(s, frozenset()))
         self.enricher = Enricher()
         self.rules_file = RulesFile(s.rules_path) if chain.has_detect else None
         self.detect = DetectStage(
             self.rules_file.rules if self.rules_file else RuleSet([]),
-            window_s=s.window_s, lateness_s=s.allowed_lateness_s, model=model, shadow=shadow,
+            window_s=s.window_s,
+            lateness_s=s.allowed_lateness_s,
+            model=model,
+            shadow=shadow,
             idle_close_s=s.idle_close_s,
         )
         self._refreshed = 0.0
@@ -83,8 +92,9 @@ class StageSet:
     #: seconds between two tenant re-reads caused by events of unknown tenants
     TENANT_RECHECK_S = 2.0
 
-    def normalize(self, raws: Sequence[bytes], topic: str, partitions: Sequence[int],
-                  offsets: Sequence[int]) -> tuple[MetricBatch, list[DeadLetter]]:
+    def normalize(
+        self, raws: Sequence[bytes], topic: str, partitions: Sequence[int], offsets: Sequence[int]
+    ) -> tuple[MetricBatch, list[DeadLetter]]:
         """The normalizer on a batch; events of a tenant created since the last refresh are kept.
 
         Without this, a tenant's first events after ``eventops tenants create`` were dead-lettered

@@ -124,8 +124,17 @@ def promote(
     move_alias(client, name, CHAMPION, version)
     if alias_version(client, name, CHALLENGER) == version:
         client.delete_registered_model_alias(name, CHALLENGER)
-    record_decision(client, name, {"action": "promoted", "version": version, "previous": prev,
-                                   "reason": reason, "at": datetime.now(UTC).isoformat()})
+    record_decision(
+        client,
+        name,
+        {
+            "action": "promoted",
+            "version": version,
+            "previous": prev,
+            "reason": reason,
+            "at": datetime.now(UTC).isoformat(),
+        },
+    )
     log.info("%s: champion %s -> %s (%s)", name, prev, version, reason)
     return prev
 
@@ -145,7 +154,16 @@ def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
     now = datetime.now(UTC).isoformat()
     client.set_model_version_tag(name, cur, TAG_DECISION, "rolled_back")
     client.set_model_version_tag(name, cur, TAG_REASON, f"rolled back to v{prev} at {now}")
-    record_decision(client, name, {"action": "rollback", "version": prev, "previous": cur,
-                                   "reason": f"rollback from v{cur}", "at": now})
+    record_decision(
+        client,
+        name,
+        {
+            "action": "rollback",
+            "version": prev,
+            "previous": cur,
+            "reason": f"rollback from v{cur}",
+            "at": now,
+        },
+    )
     log.info("%s: rolled back champion %s -> %s", name, cur, prev)
     return cur, prev

@@ -34,13 +34,15 @@ def _ensure_template(settings: Settings) -> str:
     with psycopg.connect(settings.pg_dsn(), autocommit=True) as admin:
         admin.execute("SELECT pg_advisory_lock(727275)")
         try:
-            row = admin.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
-            ).fetchone()
-            ready = row is not None and admin.execute(
-                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                (name,),
-            ).fetchone()[0] == "migrated"
+            row = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            ready = (
+                row is not None
+                and admin.execute(
+                    "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                    (name,),
+                ).fetchone()[0]
+                == "migrated"
+            )
             if not ready:
                 if row is not None:
                     admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -76,7 +76,8 @@ def model_status(settings: Settings, tracking_uri: str | None = None) -> dict[st
     name = settings.model_name
     out: dict[str, Any] = {
         "name": name,
-        "tracking": "server" if is_server_uri(resolve_tracking_uri(settings, tracking_uri))
+        "tracking": "server"
+        if is_server_uri(resolve_tracking_uri(settings, tracking_uri))
         else "postgresql",
         "champion": None,
         "challenger": None,
@@ -108,7 +109,8 @@ def list_versions(settings: Settings, tracking_uri: str | None = None) -> list[d
     for mv in sorted(mvs, key=lambda m: -int(m.version)):
         info = _version_info(mv)
         info["aliases"] = sorted(
-            {*info["aliases"]} | ({CHAMPION} if info["version"] == champ else set())
+            {*info["aliases"]}
+            | ({CHAMPION} if info["version"] == champ else set())
             | ({CHALLENGER} if info["version"] == chall else set())
         )
         out.append(info)

@@ -174,8 +174,10 @@ class ChampionWatcher:
             return False
         self._target = target
         t0 = time.perf_counter()
-        model = None if target is None else load_version(
-            self._client, self.name, target, self.tracking_uri
+        model = (
+            None
+            if target is None
+            else load_version(self._client, self.name, target, self.tracking_uri)
         )
         load_s = time.perf_counter() - t0
         old = self._current[0]
@@ -184,9 +186,15 @@ class ChampionWatcher:
             self._changed.notify_all()
         swap = Swap(old, target, seen, time.time(), load_s, self._alias_set_at())
         self.swaps.append(swap)
-        log.info("batch model %s@%s: %s -> %s (load %.2f s, %s after the alias moved)",
-                 self.name, self.alias, old, target, load_s,
-                 "?" if swap.delay_s is None else f"{swap.delay_s:.2f} s")
+        log.info(
+            "batch model %s@%s: %s -> %s (load %.2f s, %s after the alias moved)",
+            self.name,
+            self.alias,
+            old,
+            target,
+            load_s,
+            "?" if swap.delay_s is None else f"{swap.delay_s:.2f} s",
+        )
         if self.on_swap is not None:
             self.on_swap(swap)
         return True
@@ -236,5 +244,6 @@ def start_watcher(s: Settings, alias: str = CHAMPION) -> ChampionWatcher | None:
     """
     if s.champion_poll_s <= 0 or (alias == CHALLENGER and not s.shadow_scoring):
         return None
-    return ChampionWatcher(s, poll_s=s.champion_poll_s, alias=alias,
-                           tracking_uri=s.mlflow_tracking_uri_override).start()
+    return ChampionWatcher(
+        s, poll_s=s.champion_poll_s, alias=alias, tracking_uri=s.mlflow_tracking_uri_override
+    ).start()

@@ -87,27 +87,53 @@ ALERT_LINKS = links(
 )
 
 
-@router.get("", response_model=list[Alert],
-            responses={200: {"headers": {"X-Next-Cursor": {"description": "cursor of the next page",
-                                                           "schema": {"type": "string",
-                                                                      "pattern": CURSOR_PATTERN}}},
-                             **ALERT_LINKS}})
+@router.get(
+    "",
+    response_model=list[Alert],
+    responses={
+        200: {
+            "headers": {
+                "X-Next-Cursor": {
+                    "description": "cursor of the next page",
+                    "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                }
+            },
+            **ALERT_LINKS,
+        }
+    },
+)
 async def list_alerts(
-    pool: PoolDep, key: ReadKey,
+    pool: PoolDep,
+    key: ReadKey,
     state: Annotated[Literal["open", "resolved"] | None, Query()] = None,
     severity: Annotated[Literal["warning", "critical"] | None, Query()] = None,
     host: OptNameQ = None,
     metric: OptNameQ = None,
-    since: Annotated[Instant, Query(description="ts_event >= since (RFC 3339 date-time with an offset)")] = None,
-    until: Annotated[Instant, Query(description="ts_event < until (RFC 3339 date-time with an offset)")] = None,
-    cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="X-Next-Cursor of the previous page")] = None,
+    since: Annotated[
+        Instant, Query(description="ts_event >= since (RFC 3339 date-time with an offset)")
+    ] = None,
+    until: Annotated[
+        Instant, Query(description="ts_event < until (RFC 3339 date-time with an offset)")
+    ] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=CURSOR_PATTERN, description="X-Next-Cursor of the previous page")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     """Alerts of the tenant, newest first; the next page's cursor is in ``X-Next-Cursor``."""
     async with pool.connection() as conn:
         rows = await alerts_repo.list_alerts(
-            conn, key.tenant_id, state=state, severity=severity, host=host, metric=metric,
-            since=since, until=until, before=_uncursor(cursor) if cursor else None, limit=limit + 1)
+            conn,
+            key.tenant_id,
+            state=state,
+            severity=severity,
+            host=host,
+            metric=metric,
+            since=since,
+            until=until,
+            before=_uncursor(cursor) if cursor else None,
+            limit=limit + 1,
+        )
     headers = {}
     if len(rows) > limit:
         rows = rows[:limit]
@@ -118,33 +144,55 @@ async def list_alerts(
     return json_response([alert_row(r) for r in rows], headers)
 
 
-@router.get("/stream", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+@router.get(
+    "/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
 async def stream(
-    request: Request, pool: PoolDep, key: StreamKey, broadcaster: BroadcasterDep,
-    settings: SettingsDep, serving: ServingDep,
+    request: Request,
+    pool: PoolDep,
+    key: StreamKey,
+    broadcaster: BroadcasterDep,
+    settings: SettingsDep,
+    serving: ServingDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_id: Annotated[str | None, Query(alias="last_event_id", max_length=20)] = None,
 ) -> StreamingResponse:
     """Live alert events of the key's tenant as SSE (``id:`` = sequence; resumes after ``Last-Event-ID``)."""
     resume = parse_last_id(last_event_id, last_id)
-    body = alert_stream(request, pool, broadcaster, request.app.state.keys, key, resume,
-                        stream_conf(settings, serving))
+    body = alert_stream(
+        request,
+        pool,
+        broadcaster,
+        request.app.state.keys,
+        key,
+        resume,
+        stream_conf(settings, serving),
+    )
     return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-@router.get("/{alert_id}", response_model=AlertDetail, responses={200: links(
-    give_feedback={"alert_id": "$response.body#/alert_id"},
-    alert_feedback={"alert_id": "$response.body#/alert_id"},
-    host_detail={"host": "$response.body#/host"},
-    series_get={"host": "$response.body#/host", "metric": "$response.body#/metric"},
-)})
+@router.get(
+    "/{alert_id}",
+    response_model=AlertDetail,
+    responses={
+        200: links(
+            give_feedback={"alert_id": "$response.body#/alert_id"},
+            alert_feedback={"alert_id": "$response.body#/alert_id"},
+            host_detail={"host": "$response.body#/host"},
+            series_get={"host": "$response.body#/host", "metric": "$response.body#/metric"},
+        )
+    },
+)
 async def get_alert(pool: PoolDep, key: ReadKey, alert_id: NamePath) -> AlertDetail:
     """One alert with its transitions (open, escalate, …, resolve)."""
     async with pool.connection() as conn:
         row = await alerts_repo.get_alert(conn, key.tenant_id, alert_id)
         if row is None:
             raise NotFound(f"alert {alert_id!r} not found")
-        events = [AlertTransition(seq=s, kind=k, created_at=c, payload=p)
-                  for s, k, c, p in await alerts_repo.alert_events(conn, key.tenant_id, alert_id)]
+        events = [
+            AlertTransition(seq=s, kind=k, created_at=c, payload=p)
+            for s, k, c, p in await alerts_repo.alert_events(conn, key.tenant_id, alert_id)
+        ]
     return AlertDetail(**to_alert(row).model_dump(), events=events)

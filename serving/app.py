@@ -58,8 +58,10 @@ SECURITY_HEADERS = [
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
 # the dashboard loads only its own files; /docs and /redoc (CDN assets) get no CSP
-CSP = (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 # what SecurityHeaders appends when the response set none of these itself (precomputed)
@@ -133,7 +135,9 @@ class BodyLimit:
                 except ValueError:
                     declared = self.limit + 1
                 if declared > self.limit:
-                    resp = JSONResponse({"detail": f"request body larger than {self.limit} bytes"}, 413)
+                    resp = JSONResponse(
+                        {"detail": f"request body larger than {self.limit} bytes"}, 413
+                    )
                     return await resp(scope, receive, send)
         if not any(k == b"transfer-encoding" for k, _ in scope.get("headers", [])):
             return await self.app(scope, receive, send)
@@ -177,8 +181,10 @@ class Dashboard:
 
     def allowed(self, path: str) -> list[str]:
         if self._paths is None:
-            self._paths = [(compile_path(p)[0], sorted(m.upper() for m in ops))
-                           for p, ops in self.app.openapi()["paths"].items()]
+            self._paths = [
+                (compile_path(p)[0], sorted(m.upper() for m in ops))
+                for p, ops in self.app.openapi()["paths"].items()
+            ]
         methods: set[str] = set()
         for regex, ms in self._paths:
             if regex.match(path):
@@ -209,8 +215,9 @@ def _document(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi
 
 
-def create_app(settings: Settings | None = None, bus: Bus | None = None,
-               serving: ServingSettings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, bus: Bus | None = None, serving: ServingSettings | None = None
+) -> FastAPI:
     """Build the API. With ``bus`` (embedded mode) alerts come in-process instead of from Kafka."""
     settings = settings or Settings()
     serving = serving or ServingSettings()
@@ -223,16 +230,27 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
         # db_pool_timeout_s, and while the database is away the pool refuses at once
         # (serving.health: GuardedPool, DbState)
         wait = serving.db_pool_timeout_s
-        pool = GuardedPool(settings.pg_dsn(), min_size=min(2, serving.db_pool_size),
-                           max_size=serving.db_pool_size, open=False, timeout=wait,
-                           reconnect_timeout=wait, check=AsyncConnectionPool.check_connection,
-                           kwargs={"autocommit": True, "connect_timeout": max(1, round(wait))},
-                           configure=_configure)
+        pool = GuardedPool(
+            settings.pg_dsn(),
+            min_size=min(2, serving.db_pool_size),
+            max_size=serving.db_pool_size,
+            open=False,
+            timeout=wait,
+            reconnect_timeout=wait,
+            check=AsyncConnectionPool.check_connection,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(wait))},
+            configure=_configure,
+        )
         quiet = QuietWhileDown(pool.state)
         logging.getLogger("psycopg.pool").addFilter(quiet)
         await pool.open(wait=True, timeout=30)
-        b = Broadcaster(pool, queue_size=settings.sse_queue_size, page_size=serving.sse_page_size,
-                        poll_s=serving.sse_poll_s, loop=asyncio.get_running_loop())
+        b = Broadcaster(
+            pool,
+            queue_size=settings.sse_queue_size,
+            page_size=serving.sse_page_size,
+            poll_s=serving.sse_poll_s,
+            loop=asyncio.get_running_loop(),
+        )
         source = None
         unsubscribe = None
         if bus is not None:
@@ -263,8 +281,8 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
         title="EventOps API",
         version=__version__,
         description="Anomaly scores, alerts, incidents and metrics of your telemetry, as JSON and "
-                    "Server-Sent Events. Every route except health needs a per-tenant API key "
-                    "(`Authorization: Bearer eo_…` or `X-API-Key`).",
+        "Server-Sent Events. Every route except health needs a per-tenant API key "
+        "(`Authorization: Bearer eo_…` or `X-API-Key`).",
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
     )
@@ -288,10 +306,17 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
         if is_outage(exc) and isinstance(pool, GuardedPool):
             pool.state.trip(pool, exc)
         elif not isinstance(exc, DatabaseUnavailable):
-            log.warning("%s %s: database error: %s", request.method, request.url.path,
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        return JSONResponse({"detail": f"database unavailable; retry in {RETRY_AFTER_S} s"}, 503,
-                            headers={"Retry-After": str(RETRY_AFTER_S)})
+            log.warning(
+                "%s %s: database error: %s",
+                request.method,
+                request.url.path,
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+            )
+        return JSONResponse(
+            {"detail": f"database unavailable; retry in {RETRY_AFTER_S} s"},
+            503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
 
     from serving import (
         alerts,
@@ -316,9 +341,12 @@ def create_app(settings: Settings | None = None, bus: Bus | None = None,
     app.add_middleware(SecurityHeaders)
     if cors:
         app.add_middleware(
-            CORSMiddleware, allow_origins=cors, allow_credentials=False,
+            CORSMiddleware,
+            allow_origins=cors,
+            allow_credentials=False,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
-            expose_headers=["X-Next-Cursor", "Link", "Retry-After"], max_age=600,
+            expose_headers=["X-Next-Cursor", "Link", "Retry-After"],
+            max_age=600,
         )
     return app

@@ -70,7 +70,10 @@ def parse_key(key: str) -> tuple[str, str]:
 
 # --- administration (CLI, demo; sync connections) ---------------------------------------------
 
-def create_key(conn: psycopg.Connection, tenant: str, scope: str, label: str = "") -> tuple[str, str]:
+
+def create_key(
+    conn: psycopg.Connection, tenant: str, scope: str, label: str = ""
+) -> tuple[str, str]:
     """Store a new key for ``tenant``; returns ``(key_id, full_key)`` — the only time it is seen."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
@@ -82,6 +85,7 @@ def create_key(conn: psycopg.Connection, tenant: str, scope: str, label: str = "
 
 
 # --- verification (API; async pool) -------------------------------------------------------------
+
 
 @dataclass
 class _Cached:

@@ -147,7 +147,9 @@ class Feed:
     horizon: int | None = None
     hint: int = 0  # the highest seq a doorbell announced (looked for until hint_until)
     hint_until: float = 0.0
-    pending: dict[str, float] = field(default_factory=dict)  # doorbells without seq: key -> deadline
+    pending: dict[str, float] = field(
+        default_factory=dict
+    )  # doorbells without seq: key -> deadline
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
     error: str | None = None
@@ -178,7 +180,9 @@ class Broadcaster:
         feed = self.feeds.get(tenant)
         if feed is None:
             feed = self.feeds[tenant] = Feed(tenant)
-            feed.task = asyncio.get_running_loop().create_task(self._run(feed), name=f"feed-{tenant}")
+            feed.task = asyncio.get_running_loop().create_task(
+                self._run(feed), name=f"feed-{tenant}"
+            )
         sub.start = feed.horizon
         feed.subs.add(sub)
         if self.closed:
@@ -271,11 +275,18 @@ class Broadcaster:
             except Exception as e:  # noqa: BLE001 - a feed retries; its clients decide when to close
                 if feed.error is None:
                     if isinstance(e, DB_DOWN):
-                        log.warning("alert feed of %s cannot read PostgreSQL (%s); retrying",
-                                    feed.tenant, type(e).__name__)
+                        log.warning(
+                            "alert feed of %s cannot read PostgreSQL (%s); retrying",
+                            feed.tenant,
+                            type(e).__name__,
+                        )
                     else:
                         log.exception("alert feed of %s failed; retrying", feed.tenant)
-                feed.error = "postgres unavailable" if isinstance(e, DB_DOWN) else f"feed: {type(e).__name__}"
+                feed.error = (
+                    "postgres unavailable"
+                    if isinstance(e, DB_DOWN)
+                    else f"feed: {type(e).__name__}"
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -353,14 +364,18 @@ class KafkaAlertSource(threading.Thread):
                 backoff = min(backoff * 2, 10.0)
 
     def _session(self) -> None:
-        c: Consumer = kq.consumer(self.s, kq.unique_group("eventops-api"), **{
-            "enable.partition.eof": False,
-            # a broker outage is reported once by this class (log + /readyz), not by
-            # librdkafka's connect-refused line every few ms
-            "log_level": 2,
-            "reconnect.backoff.ms": 500,
-            "reconnect.backoff.max.ms": 5000,
-        })
+        c: Consumer = kq.consumer(
+            self.s,
+            kq.unique_group("eventops-api"),
+            **{
+                "enable.partition.eof": False,
+                # a broker outage is reported once by this class (log + /readyz), not by
+                # librdkafka's connect-refused line every few ms
+                "log_level": 2,
+                "reconnect.backoff.ms": 500,
+                "reconnect.backoff.max.ms": 5000,
+            },
+        )
         try:
             parts = self._end_offsets(c)
             c.assign(parts)
@@ -428,7 +443,9 @@ class KafkaAlertSource(threading.Thread):
                 if md.error:
                     raise KafkaException(md.error)
                 return [
-                    TopicPartition(topic, p, c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+                    TopicPartition(
+                        topic, p, c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    )
                     for p in md.partitions
                 ]
             except KafkaException:

@@ -31,25 +31,54 @@ def train_first_model(s: Settings, tenant: str) -> None:
         from training import datasets
         from training.train import TrainConfig, train_and_register
 
-        ds = datasets.inject_anomalies(datasets.from_postgres(s, tenant=tenant), per_series=2, seed=0)
-        r = train_and_register(s, ds, TrainConfig(params={"n_estimators": 100}),
-                               tracking_uri=s.mlflow_tracking_uri_override)
+        ds = datasets.inject_anomalies(
+            datasets.from_postgres(s, tenant=tenant), per_series=2, seed=0
+        )
+        r = train_and_register(
+            s,
+            ds,
+            TrainConfig(params={"n_estimators": 100}),
+            tracking_uri=s.mlflow_tracking_uri_override,
+        )
         d = r.decision
-        print(f"  model:     {s.model_name} v{r.version} trained on {len(ds)} windows; "
-              f"{d.action if d else 'registered'} ({d.reason if d else ''})", flush=True)
+        print(
+            f"  model:     {s.model_name} v{r.version} trained on {len(ds)} windows; "
+            f"{d.action if d else 'registered'} ({d.reason if d else ''})",
+            flush=True,
+        )
     except Exception:  # the demo goes on without a batch model
         log.exception("training the demo model failed")
 
 
-def feed_forever(s: Settings, bus: Bus, tenant: str, hosts: int, backfill_s: float,
-                 interval: float, stop: threading.Event, seed: int = 7) -> None:
+def feed_forever(
+    s: Settings,
+    bus: Bus,
+    tenant: str,
+    hosts: int,
+    backfill_s: float,
+    interval: float,
+    stop: threading.Event,
+    seed: int = 7,
+) -> None:
     watcher = start_watcher(s)
     challenger = start_watcher(s, CHALLENGER) if watcher else None
-    pipe = EmbeddedPipeline(s, bus, source=f"demo-{seed}", model=watcher.current if watcher else None,
-                            shadow=challenger.current if challenger else None, maintain=True)
+    pipe = EmbeddedPipeline(
+        s,
+        bus,
+        source=f"demo-{seed}",
+        model=watcher.current if watcher else None,
+        shadow=challenger.current if challenger else None,
+        maintain=True,
+    )
     trained = False
-    sim = Simulator(hosts=hosts, tenant=tenant, seed=seed, interval=interval,
-                    start=time.time() - backfill_s, anomaly_rate=0.003)
+    sim = Simulator(
+        hosts=hosts,
+        tenant=tenant,
+        seed=seed,
+        interval=interval,
+        start=time.time() - backfill_s,
+        anomaly_rate=0.003,
+    )
     chunk: list[bytes] = []
     dead: Counter[str] = Counter()  # dead letters by reason, since the last report
     reported = time.monotonic()
@@ -64,14 +93,19 @@ def feed_forever(s: Settings, bus: Bus, tenant: str, hosts: int, backfill_s: flo
                 chunk = []
             if live and not trained:  # history is in: report it, train the first model on it
                 st = pipe.stats
-                print(f"  history:   {st.consumed} events, {st.stored} stored, "
-                      f"{st.dead} dead-lettered{_reasons(dead)}", flush=True)
+                print(
+                    f"  history:   {st.consumed} events, {st.stored} stored, "
+                    f"{st.dead} dead-lettered{_reasons(dead)}",
+                    flush=True,
+                )
                 dead.clear()
                 trained = True
                 threading.Thread(target=train_first_model, args=(s, tenant), daemon=True).start()
             if live and dead and time.monotonic() - reported > 60:
-                log.warning("dead-lettered in the last minute: %s (table dead_letters)",
-                            _reasons(dead).strip(" ()"))
+                log.warning(
+                    "dead-lettered in the last minute: %s (table dead_letters)",
+                    _reasons(dead).strip(" ()"),
+                )
                 dead.clear()
                 reported = time.monotonic()
             if live:
@@ -92,7 +126,9 @@ def _reasons(dead: Counter[str]) -> str:
     return " (" + ", ".join(f"{r} {n}" for r, n in dead.most_common()) + ")"
 
 
-def run_demo(s: Settings, hosts: int = 12, backfill_s: float = 6 * 3600, interval: float = 10.0) -> None:
+def run_demo(
+    s: Settings, hosts: int = 12, backfill_s: float = 6 * 3600, interval: float = 10.0
+) -> None:
     import uvicorn
 
     from serving import auth
@@ -105,8 +141,12 @@ def run_demo(s: Settings, hosts: int = 12, backfill_s: float = 6 * 3600, interva
         migrate(conn)
         create_tenant(conn, tenant, "Demo tenant")
         for i in range(hosts):
-            set_inventory(conn, tenant, f"host-{i:03d}",
-                          {"team": ["payments", "search", "ingest"][i % 3], "env": "prod"})
+            set_inventory(
+                conn,
+                tenant,
+                f"host-{i:03d}",
+                {"team": ["payments", "search", "ingest"][i % 3], "env": "prod"},
+            )
         # a fresh demo key per run (only hashes are stored, so an old one cannot be shown again)
         for k in list_keys(conn, tenant):
             if k["label"] == "demo" and k["revoked_at"] is None:
@@ -114,14 +154,21 @@ def run_demo(s: Settings, hosts: int = 12, backfill_s: float = 6 * 3600, interva
         _, key = auth.create_key(conn, tenant, "admin", label="demo")
     bus = Bus()
     stop = threading.Event()
-    feeder = threading.Thread(target=feed_forever, name="demo-feeder", daemon=True,
-                              args=(s, bus, tenant, hosts, backfill_s, interval, stop))
+    feeder = threading.Thread(
+        target=feed_forever,
+        name="demo-feeder",
+        daemon=True,
+        args=(s, bus, tenant, hosts, backfill_s, interval, stop),
+    )
     feeder.start()
     url = f"http://{s.api_host}:{s.api_port}"
-    print(f"\nEventOps demo (tenant '{tenant}')\n"
-          f"  dashboard: {url}/#key={key}\n"
-          f"  API key:   {key}   (admin scope; curl -H 'Authorization: Bearer {key}' {url}/alerts)\n"
-          f"  API docs:  {url}/docs\n", flush=True)
+    print(
+        f"\nEventOps demo (tenant '{tenant}')\n"
+        f"  dashboard: {url}/#key={key}\n"
+        f"  API key:   {key}   (admin scope; curl -H 'Authorization: Bearer {key}' {url}/alerts)\n"
+        f"  API docs:  {url}/docs\n",
+        flush=True,
+    )
     try:
         uvicorn.run(create_app(s, bus=bus), host=s.api_host, port=s.api_port, log_level="warning")
     finally:

@@ -49,11 +49,16 @@ BroadcasterDep = Annotated[Broadcaster, Depends(get_broadcaster)]
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer eo_…`")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="`X-API-Key: eo_…`")
-_query = APIKeyQuery(name="key", auto_error=False,
-                     description="`?key=eo_…` (SSE streams only: EventSource cannot send headers)")
+_query = APIKeyQuery(
+    name="key",
+    auto_error=False,
+    description="`?key=eo_…` (SSE streams only: EventSource cannot send headers)",
+)
 
-TenantQ = Annotated[str | None, Query(
-    pattern=TENANT_PATTERN, description="Optional; must be the key's own tenant (else 404).")]
+TenantQ = Annotated[
+    str | None,
+    Query(pattern=TENANT_PATTERN, description="Optional; must be the key's own tenant (else 404)."),
+]
 
 
 async def _principal(request: Request, key: str | None, need: str, tenant: str | None) -> Principal:
@@ -77,7 +82,8 @@ def _key(bearer: HTTPAuthorizationCredentials | None, header: str | None) -> str
 
 
 async def read_key(
-    request: Request, tenant: TenantQ = None,
+    request: Request,
+    tenant: TenantQ = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
     header: Annotated[str | None, Depends(_header)] = None,
 ) -> Principal:
@@ -85,7 +91,8 @@ async def read_key(
 
 
 async def admin_key(
-    request: Request, tenant: TenantQ = None,
+    request: Request,
+    tenant: TenantQ = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
     header: Annotated[str | None, Depends(_header)] = None,
 ) -> Principal:
@@ -101,7 +108,8 @@ async def ingest_key(
 
 
 async def stream_key(
-    request: Request, tenant: TenantQ = None,
+    request: Request,
+    tenant: TenantQ = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
     header: Annotated[str | None, Depends(_header)] = None,
     query: Annotated[str | None, Depends(_query)] = None,
@@ -114,5 +122,15 @@ AdminKey = Annotated[Principal, Depends(admin_key)]
 IngestKey = Annotated[Principal, Depends(ingest_key)]
 StreamKey = Annotated[Principal, Depends(stream_key)]
 
-__all__ = ["AdminKey", "BroadcasterDep", "IngestKey", "KeyStore", "PoolDep", "ReadKey",
-           "ServingDep", "SettingsDep", "StreamKey", "TenantQ"]
+__all__ = [
+    "AdminKey",
+    "BroadcasterDep",
+    "IngestKey",
+    "KeyStore",
+    "PoolDep",
+    "ReadKey",
+    "ServingDep",
+    "SettingsDep",
+    "StreamKey",
+    "TenantQ",
+]

@@ -20,14 +20,22 @@ import numpy as np
 __all__ = ["buckets"]
 
 
-def buckets(us: np.ndarray, values: np.ndarray, origin_us: int, step_us: int) -> dict[str, np.ndarray]:
+def buckets(
+    us: np.ndarray, values: np.ndarray, origin_us: int, step_us: int
+) -> dict[str, np.ndarray]:
     """Per non-empty bucket, in time order: ``start_us`` and ``avg``, ``min``, ``max``, ``count``.
 
     ``us``: sample times in microseconds since the Unix epoch.
     """
     if len(us) == 0:
         e = np.empty(0)
-        return {"start_us": e.astype(np.int64), "avg": e, "min": e, "max": e, "count": e.astype(np.int64)}
+        return {
+            "start_us": e.astype(np.int64),
+            "avg": e,
+            "min": e,
+            "max": e,
+            "count": e.astype(np.int64),
+        }
     k = (us - origin_us) // step_us  # floor division: samples before the origin get k < 0
     order = np.argsort(k, kind="stable")
     k, v = k[order], values[order]

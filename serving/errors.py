@@ -127,9 +127,12 @@ def error_response(status: int, detail: Any, headers: dict[str, str] | None = No
     """``{"detail": detail}`` as JSON; never raises on the text it is given."""
     if isinstance(detail, str):
         detail = printable(detail) or "error"
-    body = json.dumps({"detail": detail}, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return Response(body.encode("utf-8"), status_code=status, headers=headers,
-                    media_type="application/json")
+    body = json.dumps(
+        {"detail": detail}, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    )
+    return Response(
+        body.encode("utf-8"), status_code=status, headers=headers, media_type="application/json"
+    )
 
 
 def _message(exc: Exception) -> str:
@@ -156,8 +159,13 @@ def validation_detail(errors: list[dict]) -> list[dict]:
     out = []
     for e in errors:
         loc = [x if isinstance(x, int) else printable(str(x)) for x in e.get("loc", ())]
-        out.append({"loc": loc, "msg": printable(str(e.get("msg", ""))),
-                    "type": printable(str(e.get("type", "")))})
+        out.append(
+            {
+                "loc": loc,
+                "msg": printable(str(e.get("msg", ""))),
+                "type": printable(str(e.get("type", ""))),
+            }
+        )
     return out
 
 

@@ -35,21 +35,35 @@ class Feedback(BaseModel):
     key_id: str | None
 
 
-@router.post("/alerts/{alert_id}/feedback", response_model=Feedback, status_code=201,
-             responses={201: links(alert_feedback={"alert_id": "$response.body#/alert_id"},
-                                   get_alert={"alert_id": "$response.body#/alert_id"})})
-async def give_feedback(pool: PoolDep, key: ReadKey, alert_id: NamePath, body: FeedbackIn) -> Feedback:
+@router.post(
+    "/alerts/{alert_id}/feedback",
+    response_model=Feedback,
+    status_code=201,
+    responses={
+        201: links(
+            alert_feedback={"alert_id": "$response.body#/alert_id"},
+            get_alert={"alert_id": "$response.body#/alert_id"},
+        )
+    },
+)
+async def give_feedback(
+    pool: PoolDep, key: ReadKey, alert_id: NamePath, body: FeedbackIn
+) -> Feedback:
     """Label an alert as a true or false positive (the latest label counts)."""
     async with pool.connection() as conn:
-        row = await feedback_repo.add_feedback(conn, key.tenant_id, alert_id, body.label, body.comment,
-                                               key.key_id)
+        row = await feedback_repo.add_feedback(
+            conn, key.tenant_id, alert_id, body.label, body.comment, key.key_id
+        )
     if row is None:
         raise NotFound(f"alert {alert_id!r} not found")
     return Feedback(**dict(zip(COLS, row, strict=True)))
 
 
-@router.get("/alerts/{alert_id}/feedback", response_model=list[Feedback],
-            responses={200: links(get_alert={"alert_id": "$response.body#/0/alert_id"})})
+@router.get(
+    "/alerts/{alert_id}/feedback",
+    response_model=list[Feedback],
+    responses={200: links(get_alert={"alert_id": "$response.body#/0/alert_id"})},
+)
 async def alert_feedback(pool: PoolDep, key: ReadKey, alert_id: NamePath) -> list[Feedback]:
     """Every label given to one alert, newest first."""
     async with pool.connection() as conn:
@@ -59,11 +73,19 @@ async def alert_feedback(pool: PoolDep, key: ReadKey, alert_id: NamePath) -> lis
     return [Feedback(**dict(zip(COLS, r, strict=True))) for r in rows]
 
 
-@router.get("/feedback", response_model=list[Feedback],
-            responses={200: links(get_alert={"alert_id": "$response.body#/0/alert_id"},
-                                  alert_feedback={"alert_id": "$response.body#/0/alert_id"})})
+@router.get(
+    "/feedback",
+    response_model=list[Feedback],
+    responses={
+        200: links(
+            get_alert={"alert_id": "$response.body#/0/alert_id"},
+            alert_feedback={"alert_id": "$response.body#/0/alert_id"},
+        )
+    },
+)
 async def list_feedback(
-    pool: PoolDep, key: ReadKey,
+    pool: PoolDep,
+    key: ReadKey,
     label: Annotated[Label | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[Feedback]:

@@ -72,8 +72,9 @@ class DbState:
             return
         self.down_since = time.monotonic()
         self.reason = _describe(exc)
-        log.warning("degraded: postgres unavailable (%s); requests answer 503 until it is back",
-                    self.reason)
+        log.warning(
+            "degraded: postgres unavailable (%s); requests answer 503 until it is back", self.reason
+        )
         self._probe = asyncio.get_running_loop().create_task(self._run_probe(pool))
 
     async def _run_probe(self, pool: GuardedPool) -> None:
@@ -90,8 +91,11 @@ class DbState:
                 continue
             took = time.monotonic() - self.down_since
             self.down_since, self.reason = None, ""
-            log.warning("recovered: postgres available again after %.1f s (%d probes); serving "
-                        "requests", took, attempts)
+            log.warning(
+                "recovered: postgres available again after %.1f s (%d probes); serving requests",
+                took,
+                attempts,
+            )
 
     async def close(self) -> None:
         if self._probe is not None:

@@ -43,17 +43,26 @@ def summarize(series: list[Series]) -> list[HostDetail]:
     out = []
     for host, ss in by.items():
         scores = [s.score for s in ss if s.score is not None]
-        out.append(HostDetail(
-            host=host, level=LEVELS[max(_level(s) for s in ss)],
-            max_score=max(scores) if scores else None,
-            open_alerts=sum(1 for s in ss if s.alert_severity), series=len(ss),
-            last_seen=max(s.last_ts for s in ss), tags=ss[0].tags, metrics=ss,
-        ))
+        out.append(
+            HostDetail(
+                host=host,
+                level=LEVELS[max(_level(s) for s in ss)],
+                max_score=max(scores) if scores else None,
+                open_alerts=sum(1 for s in ss if s.alert_severity),
+                series=len(ss),
+                last_seen=max(s.last_ts for s in ss),
+                tags=ss[0].tags,
+                metrics=ss,
+            )
+        )
     return out
 
 
-@router.get("", response_model=list[Host],
-            responses={200: links(host_detail={"host": "$response.body#/0/host"})})
+@router.get(
+    "",
+    response_model=list[Host],
+    responses={200: links(host_detail={"host": "$response.body#/0/host"})},
+)
 async def hosts(pool: PoolDep, key: ReadKey) -> list[Host]:
     """Every host of the tenant with its anomaly level, worst first."""
     async with pool.connection() as conn:
@@ -63,10 +72,19 @@ async def hosts(pool: PoolDep, key: ReadKey) -> list[Host]:
     return [Host(**h.model_dump(exclude={"metrics"})) for h in hs]
 
 
-@router.get("/{host}", response_model=HostDetail, responses={200: links(
-    series_get={"host": "$response.body#/host", "metric": "$response.body#/metrics/0/metric"},
-    get_item={"source_id": "$response.body#/host"},
-)})
+@router.get(
+    "/{host}",
+    response_model=HostDetail,
+    responses={
+        200: links(
+            series_get={
+                "host": "$response.body#/host",
+                "metric": "$response.body#/metrics/0/metric",
+            },
+            get_item={"source_id": "$response.body#/host"},
+        )
+    },
+)
 async def host_detail(pool: PoolDep, key: ReadKey, host: NamePath) -> HostDetail:
     """One host with each of its series."""
     async with pool.connection() as conn:

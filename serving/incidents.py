@@ -82,20 +82,35 @@ def _incident(host: str, xs: list[Alert]) -> IncidentDetail:
             metrics.append(a.metric)
     is_open = any(a.state == "open" for a in xs)
     return IncidentDetail(
-        incident_id=f"inc-{first.alert_id}", host=host, state="open" if is_open else "resolved",
+        incident_id=f"inc-{first.alert_id}",
+        host=host,
+        state="open" if is_open else "resolved",
         severity=max((a.severity for a in xs), key=lambda s: SEV.get(s, 0)),
         started_at=first.opened_at,
         ended_at=None if is_open else max(a.resolved_at or a.updated_at for a in xs),
-        alert_count=len(xs), root=RootSeries(host=host, metric=ranked[0].metric, alert_id=ranked[0].alert_id),
-        series=metrics, alerts=ranked,
+        alert_count=len(xs),
+        root=RootSeries(host=host, metric=ranked[0].metric, alert_id=ranked[0].alert_id),
+        series=metrics,
+        alerts=ranked,
     )
 
 
-@router.get("", response_model=list[Incident],
-            responses={200: links(get_incident={"incident_id": "$response.body#/0/incident_id"},
-                                  host_detail={"host": "$response.body#/0/host"})})
+@router.get(
+    "",
+    response_model=list[Incident],
+    responses={
+        200: links(
+            get_incident={"incident_id": "$response.body#/0/incident_id"},
+            host_detail={"host": "$response.body#/0/host"},
+        )
+    },
+)
 async def list_incidents(
-    pool: PoolDep, key: ReadKey, serving: ServingDep, start: StartQ = None, end: EndQ = None,
+    pool: PoolDep,
+    key: ReadKey,
+    serving: ServingDep,
+    start: StartQ = None,
+    end: EndQ = None,
     state: Annotated[Literal["open", "resolved"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[Incident]:
@@ -111,12 +126,20 @@ async def list_incidents(
     return [Incident(**i.model_dump(exclude={"alerts"})) for i in incs[:limit]]
 
 
-@router.get("/{incident_id}", response_model=IncidentDetail, responses={200: links(
-    get_alert={"alert_id": "$response.body#/root/alert_id"},
-    host_detail={"host": "$response.body#/host"},
-)})
+@router.get(
+    "/{incident_id}",
+    response_model=IncidentDetail,
+    responses={
+        200: links(
+            get_alert={"alert_id": "$response.body#/root/alert_id"},
+            host_detail={"host": "$response.body#/host"},
+        )
+    },
+)
 async def get_incident(
-    pool: PoolDep, key: ReadKey, serving: ServingDep,
+    pool: PoolDep,
+    key: ReadKey,
+    serving: ServingDep,
     incident_id: Annotated[str, Path(max_length=200, pattern=NO_NUL)],
 ) -> IncidentDetail:
     """One incident with its alerts, the likely root series first."""
@@ -128,7 +151,9 @@ async def get_incident(
         if row is None:
             raise NotFound(f"incident {incident_id!r} not found")
         host, opened = row
-        rows = await alerts_repo.host_opened_since(conn, key.tenant_id, host, opened - 7 * gap, MAX_ALERTS)
+        rows = await alerts_repo.host_opened_since(
+            conn, key.tenant_id, host, opened - 7 * gap, MAX_ALERTS
+        )
     alerts = [to_alert(r) for r in rows]
     for inc in group(alerts, gap):
         if inc.incident_id == incident_id:

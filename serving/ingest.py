@@ -51,35 +51,55 @@ _MISSING = object()
 
 class Rejected(BaseModel):
     index: int | None = Field(description="position of the event in the request (null: unknown)")
-    reason: str = Field(description="reason code of the dead letter (see pipeline/stages/normalize.py)")
+    reason: str = Field(
+        description="reason code of the dead letter (see pipeline/stages/normalize.py)"
+    )
     detail: str
 
 
 class Accepted(BaseModel):
     accepted: int = Field(description="events taken from the body")
     mode: Literal["embedded", "kafka"]
-    stored: int | None = Field(None, description="embedded: metric rows written (null in kafka mode)")
-    dead_lettered: int | None = Field(None, description="embedded: events dead-lettered (null in kafka mode)")
-    reasons: dict[str, int] = Field(default_factory=dict, description="dead letters per reason code")
-    rejected: list[Rejected] = Field(default_factory=list,
-                                     description=f"the first {MAX_REJECTED} dead letters")
+    stored: int | None = Field(
+        None, description="embedded: metric rows written (null in kafka mode)"
+    )
+    dead_lettered: int | None = Field(
+        None, description="embedded: events dead-lettered (null in kafka mode)"
+    )
+    reasons: dict[str, int] = Field(
+        default_factory=dict, description="dead letters per reason code"
+    )
+    rejected: list[Rejected] = Field(
+        default_factory=list, description=f"the first {MAX_REJECTED} dead letters"
+    )
     detail: str = ""
 
 
-_EVENT_DOC = ("A metric event: tenant_id (optional here: the key's tenant), host, metric, value, "
-              "ts_event, unit, tags, event_id (schemas/). Each event is validated by the "
-              "pipeline; one it refuses is dead-lettered with a reason, not refused here.")
+_EVENT_DOC = (
+    "A metric event: tenant_id (optional here: the key's tenant), host, metric, value, "
+    "ts_event, unit, tags, event_id (schemas/). Each event is validated by the "
+    "pipeline; one it refuses is dead-lettered with a reason, not refused here."
+)
 REQUEST_BODY = {
     "required": True,
-    "content": {"application/json": {"schema": {
-        "type": "array", "maxItems": MAX_EVENTS,
-        "items": {"type": "object", "description": _EVENT_DOC},
-    }}},
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "array",
+                "maxItems": MAX_EVENTS,
+                "items": {"type": "object", "description": _EVENT_DOC},
+            }
+        }
+    },
 }
 RESPONSES = {
     415: {"model": ErrorBody, "description": "the body is not application/json"},
-    422: {"description": "the body is not a JSON array of at most 10,000 objects", "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}},
+    422: {
+        "description": "the body is not a JSON array of at most 10,000 objects",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+        },
+    },
 }
 
 
@@ -88,11 +108,11 @@ def split_events(body: bytes, tenant: str) -> tuple[list[bytes], list[bytes]]:
     text = body.decode("utf-8", "surrogateescape")
     ws = _WS.match
     i = ws(text, 0).end()
-    if text[i:i + 1] != "[":
+    if text[i : i + 1] != "[":
         raise invalid(("body",), "the body must be a JSON array of event objects", "list_type")
     i = ws(text, i + 1).end()
     spans: list[tuple[int, int, dict]] = []
-    if text[i:i + 1] == "]":
+    if text[i : i + 1] == "]":
         i += 1
     else:
         while True:
@@ -101,22 +121,30 @@ def split_events(body: bytes, tenant: str) -> tuple[list[bytes], list[bytes]]:
             try:
                 ev, end = _DECODER.raw_decode(text, i)
             except json.JSONDecodeError as e:
-                raise invalid(("body", len(spans)), f"invalid JSON: {e.msg} (char {e.pos})", "json_invalid") from None
+                raise invalid(
+                    ("body", len(spans)), f"invalid JSON: {e.msg} (char {e.pos})", "json_invalid"
+                ) from None
             except RecursionError:
-                raise invalid(("body", len(spans)), "invalid JSON: nested too deeply", "json_invalid") from None
+                raise invalid(
+                    ("body", len(spans)), "invalid JSON: nested too deeply", "json_invalid"
+                ) from None
             if not isinstance(ev, dict):
                 raise invalid(("body", len(spans)), "each event must be a JSON object", "dict_type")
             spans.append((i, end, ev))
             i = ws(text, end).end()
-            c = text[i:i + 1]
+            c = text[i : i + 1]
             i += 1
             if c == "]":
                 break
             if c != ",":
-                raise invalid(("body",), f"invalid JSON: expected ',' or ']' (char {i - 1})", "json_invalid")
+                raise invalid(
+                    ("body",), f"invalid JSON: expected ',' or ']' (char {i - 1})", "json_invalid"
+                )
             i = ws(text, i).end()
     if ws(text, i).end() != len(text):
-        raise invalid(("body",), f"invalid JSON: extra data after the array (char {i})", "json_invalid")
+        raise invalid(
+            ("body",), f"invalid JSON: extra data after the array (char {i})", "json_invalid"
+        )
 
     head = '{"tenant_id":' + json.dumps(tenant)
     raws, keys = [], []
@@ -129,7 +157,9 @@ def split_events(body: bytes, tenant: str) -> tuple[list[bytes], list[bytes]]:
             raise Forbidden("events must belong to the key's tenant")
         raws.append(raw.encode("utf-8", "surrogateescape"))
         host = ev.get("host")
-        keys.append(f"{tenant}|{host if isinstance(host, str) else ''}".encode("utf-8", "surrogatepass"))
+        keys.append(
+            f"{tenant}|{host if isinstance(host, str) else ''}".encode("utf-8", "surrogatepass")
+        )
     return raws, keys
 
 
@@ -153,7 +183,9 @@ def _send_embedded(app, settings, raws: list[bytes]) -> Accepted:
             # events without an event_id get "<source>:0:<n>": the source must be new per process,
             # or a restarted (or second) API would give a new event a stored event's id (dropped)
             source = f"api-ingest-{uuid.uuid4().hex[:12]}"
-            pipe = app.state.ingest_pipeline = EmbeddedPipeline(settings, app.state.bus, source=source)
+            pipe = app.state.ingest_pipeline = EmbeddedPipeline(
+                settings, app.state.bus, source=source
+            )
         base = getattr(pipe, "_seq", None)  # the offset the pipeline gives this batch's first event
         stored, dead, _ = pipe.feed(raws)
     reasons = Counter(d.reason for d in dead)
@@ -161,13 +193,24 @@ def _send_embedded(app, settings, raws: list[bytes]) -> Accepted:
     for d in dead[:MAX_REJECTED]:
         idx = d.offset - base if base is not None and 0 <= d.offset - base < len(raws) else None
         rejected.append(Rejected(index=idx, reason=d.reason, detail=printable(d.detail)))
-    return Accepted(accepted=len(raws), mode="embedded", stored=stored, dead_lettered=len(dead),
-                    reasons=dict(reasons), rejected=rejected,
-                    detail=f"{stored} stored, {len(dead)} dead-lettered")
+    return Accepted(
+        accepted=len(raws),
+        mode="embedded",
+        stored=stored,
+        dead_lettered=len(dead),
+        reasons=dict(reasons),
+        rejected=rejected,
+        detail=f"{stored} stored, {len(dead)} dead-lettered",
+    )
 
 
-@router.post("/ingest", response_model=Accepted, status_code=202, responses=RESPONSES,
-             openapi_extra={"requestBody": REQUEST_BODY})
+@router.post(
+    "/ingest",
+    response_model=Accepted,
+    status_code=202,
+    responses=RESPONSES,
+    openapi_extra={"requestBody": REQUEST_BODY},
+)
 async def ingest(request: Request, key: IngestKey, settings: SettingsDep) -> Accepted:
     """Accept metric events of the key's tenant for the pipeline (a JSON array of objects)."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -177,10 +220,15 @@ async def ingest(request: Request, key: IngestKey, settings: SettingsDep) -> Acc
     app = request.app
     if app.state.bus is not None:
         if not raws:
-            return Accepted(accepted=0, mode="embedded", stored=0, dead_lettered=0, detail="no events")
+            return Accepted(
+                accepted=0, mode="embedded", stored=0, dead_lettered=0, detail="no events"
+            )
         return await asyncio.to_thread(_send_embedded, app, settings, raws)
     if raws:
         await asyncio.to_thread(_send_kafka, app, settings, raws, keys)
-    return Accepted(accepted=len(raws), mode="kafka",
-                    detail=f"{len(raws)} events queued on {settings.topic_raw}; the normalize worker "
-                           f"validates them and dead-letters bad ones to {settings.topic_dlq} with a reason")
+    return Accepted(
+        accepted=len(raws),
+        mode="kafka",
+        detail=f"{len(raws)} events queued on {settings.topic_raw}; the normalize worker "
+        f"validates them and dead-letters bad ones to {settings.topic_dlq} with a reason",
+    )

@@ -31,7 +31,12 @@ TagValue = Annotated[str, StringConstraints(pattern=NO_NUL)]
 TAGS_SCHEMA = {
     "type": "object",
     "description": f"Tag name (1-{TAG_KEY_MAX} characters) -> value (a string); no NUL characters.",
-    "propertyNames": {"type": "string", "minLength": 1, "maxLength": TAG_KEY_MAX, "pattern": NO_NUL},
+    "propertyNames": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": TAG_KEY_MAX,
+        "pattern": NO_NUL,
+    },
     "additionalProperties": {"type": "string", "pattern": NO_NUL},
 }
 
@@ -52,28 +57,45 @@ def _check(tags: dict[str, str], max_tags: int, max_value: int) -> None:
         raise invalid(("body", "tags"), f"at most {max_tags} tags", "too_long")
     for k, v in tags.items():
         if len(v) > max_value:
-            raise invalid(("body", "tags", k), f"value longer than {max_value} characters", "string_too_long")
+            raise invalid(
+                ("body", "tags", k), f"value longer than {max_value} characters", "string_too_long"
+            )
 
 
 def document_limits(schema: dict[str, Any], settings: Settings) -> None:
     """Write the configured tag limits into the OpenAPI ``schema`` (of one app)."""
-    tags = schema.get("components", {}).get("schemas", {}).get("TagsIn", {}).get("properties", {}).get("tags")
+    tags = (
+        schema.get("components", {})
+        .get("schemas", {})
+        .get("TagsIn", {})
+        .get("properties", {})
+        .get("tags")
+    )
     if tags is not None:
         tags["maxProperties"] = settings.max_tags
         tags["additionalProperties"]["maxLength"] = settings.max_tag_value_bytes
-        tags["description"] += (f" At most {settings.max_tags} tags, values of at most "
-                                f"{settings.max_tag_value_bytes} characters.")
+        tags["description"] += (
+            f" At most {settings.max_tags} tags, values of at most "
+            f"{settings.max_tag_value_bytes} characters."
+        )
 
 
-ITEM_LINKS = links(get_item={"source_id": "$response.body#/source_id"},
-                   patch_item={"source_id": "$response.body#/source_id"},
-                   delete_item={"source_id": "$response.body#/source_id"})
+ITEM_LINKS = links(
+    get_item={"source_id": "$response.body#/source_id"},
+    patch_item={"source_id": "$response.body#/source_id"},
+    delete_item={"source_id": "$response.body#/source_id"},
+)
 
 
-@router.get("", response_model=list[Item],
-            responses={200: links(get_item={"source_id": "$response.body#/0/source_id"})})
+@router.get(
+    "",
+    response_model=list[Item],
+    responses={200: links(get_item={"source_id": "$response.body#/0/source_id"})},
+)
 async def list_inventory(
-    pool: PoolDep, key: ReadKey, limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    pool: PoolDep,
+    key: ReadKey,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> list[Item]:
     """Inventory entries of the tenant."""
     async with pool.connection() as conn:
@@ -106,16 +128,18 @@ async def _merge(pool, tenant: str, source: str, tags: dict) -> Item:
 
 
 @router.put("/{source_id}", response_model=Item, responses={200: ITEM_LINKS})
-async def put_item(pool: PoolDep, key: AdminKey, settings: SettingsDep, source_id: SourcePath,
-                   body: TagsIn) -> Item:
+async def put_item(
+    pool: PoolDep, key: AdminKey, settings: SettingsDep, source_id: SourcePath, body: TagsIn
+) -> Item:
     """Create a source or replace all of its tags."""
     _check(body.tags, settings.max_tags, settings.max_tag_value_bytes)
     return await _put(pool, key.tenant_id, source_id, body.tags)
 
 
 @router.patch("/{source_id}", response_model=Item, responses={200: ITEM_LINKS})
-async def patch_item(pool: PoolDep, key: AdminKey, settings: SettingsDep, source_id: SourcePath,
-                     body: TagsIn) -> Item:
+async def patch_item(
+    pool: PoolDep, key: AdminKey, settings: SettingsDep, source_id: SourcePath, body: TagsIn
+) -> Item:
     """Merge tags into an existing source (404 if there is none: PUT creates it)."""
     _check(body.tags, settings.max_tags, settings.max_tag_value_bytes)
     return await _merge(pool, key.tenant_id, source_id, body.tags)

@@ -62,13 +62,17 @@ def _points(rows) -> Response:
     return json_response([dict(zip(POINT_COLS, r, strict=True)) for r in rows])
 
 
-POINT_LINKS = links(series_get={"host": "$response.body#/0/host", "metric": "$response.body#/0/metric"},
-                    host_detail={"host": "$response.body#/0/host"})
+POINT_LINKS = links(
+    series_get={"host": "$response.body#/0/host", "metric": "$response.body#/0/metric"},
+    host_detail={"host": "$response.body#/0/host"},
+)
 
 
 @router.get("/cpu", response_model=list[Point], responses={200: POINT_LINKS})
 async def cpu(
-    pool: PoolDep, key: ReadKey, host: NameQ,
+    pool: PoolDep,
+    key: ReadKey,
+    host: NameQ,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> Response:
     """Most recent ``cpu_load`` samples of one host, newest first (the MVP's endpoint)."""
@@ -85,12 +89,28 @@ async def latest(pool: PoolDep, key: ReadKey, metric: NameQ) -> Response:
     return _points(rows)
 
 
-@router.get("", response_model=Downsampled, responses={200: links(
-    series_get={"host": "$response.body#/host", "metric": "$response.body#/metric"})})
+@router.get(
+    "",
+    response_model=Downsampled,
+    responses={
+        200: links(series_get={"host": "$response.body#/host", "metric": "$response.body#/metric"})
+    },
+)
 async def metric_range(
-    pool: PoolDep, key: ReadKey, host: NameQ, metric: NameQ, start: StartQ = None, end: EndQ = None,
-    step: Annotated[float | None, Query(gt=0, le=366 * 86400, description="Bucket width in seconds (default: span / points)")] = None,
-    points: Annotated[int, Query(ge=1, le=MAX_BUCKETS, description="Target number of buckets when no step is given")] = 300,
+    pool: PoolDep,
+    key: ReadKey,
+    host: NameQ,
+    metric: NameQ,
+    start: StartQ = None,
+    end: EndQ = None,
+    step: Annotated[
+        float | None,
+        Query(gt=0, le=366 * 86400, description="Bucket width in seconds (default: span / points)"),
+    ] = None,
+    points: Annotated[
+        int,
+        Query(ge=1, le=MAX_BUCKETS, description="Target number of buckets when no step is given"),
+    ] = 300,
 ) -> Response:
     """Values of one series over ``[start, end)``, averaged per time bucket (min/max/count too)."""
     start, end = time_range(start, end)
@@ -105,9 +125,26 @@ async def metric_range(
     ts, vals = got
     origin_us = (start - _EPOCH) // timedelta(microseconds=1)  # exact, unlike float seconds
     b = buckets(ts, vals, origin_us, max(1, round(step_s * 1e6)))
-    stamps = np.datetime_as_string(b["start_us"].astype("datetime64[us]"), unit="us", timezone="UTC")
-    return json_response({"host": host, "metric": metric, "start": start, "end": end, "step_s": float(step_s),
-                          "points": [{"ts": t, "avg": a, "min": lo, "max": hi, "count": n}
-                                     for t, a, lo, hi, n in zip(stamps.tolist(), b["avg"].tolist(),
-                                                                 b["min"].tolist(), b["max"].tolist(),
-                                                                 b["count"].tolist(), strict=True)]})
+    stamps = np.datetime_as_string(
+        b["start_us"].astype("datetime64[us]"), unit="us", timezone="UTC"
+    )
+    return json_response(
+        {
+            "host": host,
+            "metric": metric,
+            "start": start,
+            "end": end,
+            "step_s": float(step_s),
+            "points": [
+                {"ts": t, "avg": a, "min": lo, "max": hi, "count": n}
+                for t, a, lo, hi, n in zip(
+                    stamps.tolist(),
+                    b["avg"].tolist(),
+                    b["min"].tolist(),
+                    b["max"].tolist(),
+                    b["count"].tolist(),
+                    strict=True,
+                )
+            ],
+        }
+    )

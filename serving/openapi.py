@@ -13,10 +13,15 @@ from typing import Any
 
 def links(**targets: dict[str, str]) -> dict[str, Any]:
     """``{"links": …}`` of a response: operation id -> {parameter: runtime expression}."""
-    return {"links": {
-        "".join(w.capitalize() for w in op.split("_")): {"operationId": op, "parameters": params}
-        for op, params in targets.items()
-    }}
+    return {
+        "links": {
+            "".join(w.capitalize() for w in op.split("_")): {
+                "operationId": op,
+                "parameters": params,
+            }
+            for op, params in targets.items()
+        }
+    }
 
 
 def operation_id(route: Any) -> str:

@@ -26,16 +26,39 @@ NAME_MAX = 255
 _TEXT_DOC = " No NUL characters."
 
 #: a host, metric, source or alert id in a path
-NamePath = Annotated[str, Path(min_length=1, max_length=NAME_MAX, pattern=NO_NUL,
-                               description="1-255 characters." + _TEXT_DOC)]
+NamePath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=NAME_MAX,
+        pattern=NO_NUL,
+        description="1-255 characters." + _TEXT_DOC,
+    ),
+]
 #: a required host/metric query parameter
-NameQ = Annotated[str, Query(min_length=1, max_length=NAME_MAX, pattern=NO_NUL,
-                             description="1-255 characters." + _TEXT_DOC)]
+NameQ = Annotated[
+    str,
+    Query(
+        min_length=1,
+        max_length=NAME_MAX,
+        pattern=NO_NUL,
+        description="1-255 characters." + _TEXT_DOC,
+    ),
+]
 #: an optional host/metric filter
-OptNameQ = Annotated[str | None, Query(min_length=1, max_length=NAME_MAX, pattern=NO_NUL,
-                                       description="Exact match; 1-255 characters." + _TEXT_DOC)]
+OptNameQ = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=NAME_MAX,
+        pattern=NO_NUL,
+        description="Exact match; 1-255 characters." + _TEXT_DOC,
+    ),
+]
 
 
 def text_field(max_length: int, description: str = "", **kw: Any) -> Any:
     """A body string of at most ``max_length`` characters, no NUL, no lone surrogate."""
-    return Field(max_length=max_length, pattern=NO_NUL, description=(description + _TEXT_DOC).strip(), **kw)
+    return Field(
+        max_length=max_length, pattern=NO_NUL, description=(description + _TEXT_DOC).strip(), **kw
+    )

@@ -51,8 +51,12 @@ class FeedbackHits(BaseModel):
 
     alerts: int = Field(description="labelled alerts opened in the period")
     scored: int = Field(description="of them, alerts with shadow-scored windows in their episode")
-    challenger_high: int = Field(description="of the scored, alerts the challenger scores >= threshold")
-    champion_high: int = Field(description="of the scored, alerts the champion's batch score puts >= threshold")
+    challenger_high: int = Field(
+        description="of the scored, alerts the challenger scores >= threshold"
+    )
+    champion_high: int = Field(
+        description="of the scored, alerts the champion's batch score puts >= threshold"
+    )
 
 
 class ShadowStats(BaseModel):
@@ -65,13 +69,19 @@ class ShadowStats(BaseModel):
     last_window: float | None = Field(None, description="epoch s of the last window end")
     challenger: ScoreSummary
     champion: ScoreSummary | None = Field(
-        None, description="the champion's batch score of the same windows (None: no champion)")
-    only_challenger_high: int = Field(0, description="windows the challenger scores high and the champion not")
-    only_champion_high: int = Field(0, description="windows the champion scores high and the challenger not")
+        None, description="the champion's batch score of the same windows (None: no champion)"
+    )
+    only_challenger_high: int = Field(
+        0, description="windows the challenger scores high and the champion not"
+    )
+    only_champion_high: int = Field(
+        0, description="windows the champion scores high and the challenger not"
+    )
     feedback: dict[str, FeedbackHits] = Field(
         default_factory=dict,
         description="per feedback label (true_positive, false_positive): the labelled alerts of the period "
-                    "and how many of them each model scores high in their episode")
+        "and how many of them each model scores high in their episode",
+    )
 
 
 class ModelVersion(BaseModel):
@@ -104,13 +114,21 @@ def _query(s: Settings) -> dict[str, Any]:
     from registry.status import model_status as registry_status
 
     st = registry_status(s, s.mlflow_tracking_uri_override)
-    out: dict[str, Any] = {"name": st["name"], "available": True, "detail": "",
-                           "last_decision": st.get("last_decision"), "versions": st.get("versions", 0)}
+    out: dict[str, Any] = {
+        "name": st["name"],
+        "available": True,
+        "detail": "",
+        "last_decision": st.get("last_decision"),
+        "versions": st.get("versions", 0),
+    }
     for alias in (CHAMPION, CHALLENGER):
         mv = st.get(alias)
         if mv is not None:
-            mv = {**mv, "created_at": (mv.get("created_at") or 0) / 1000,
-                  "metrics": mv.get("metrics") if isinstance(mv.get("metrics"), dict) else None}
+            mv = {
+                **mv,
+                "created_at": (mv.get("created_at") or 0) / 1000,
+                "metrics": mv.get("metrics") if isinstance(mv.get("metrics"), dict) else None,
+            }
         out[alias] = mv
     if out.get("champion") is None:
         out["detail"] = f"no version of {s.model_name!r} has the alias 'champion' yet"
@@ -135,8 +153,9 @@ async def model_status(settings: Settings) -> dict:
     return out
 
 
-async def shadow_stats(pool: AsyncConnectionPool, settings: Settings, tenant: str,
-                       version: str) -> dict:
+async def shadow_stats(
+    pool: AsyncConnectionPool, settings: Settings, tenant: str, version: str
+) -> dict:
     """Shadow-scoring statistics of challenger ``version`` for ``tenant`` (short cache)."""
     from training.status import shadow_summary
 
@@ -157,7 +176,9 @@ async def shadow_stats(pool: AsyncConnectionPool, settings: Settings, tenant: st
 
 
 @router.get("/models", response_model=ModelStatus)
-async def models(request: Request, key: ReadKey, settings: SettingsDep, pool: PoolDep) -> ModelStatus:
+async def models(
+    request: Request, key: ReadKey, settings: SettingsDep, pool: PoolDep
+) -> ModelStatus:
     """Champion and challenger of the batch model; the challenger's last day of shadow scores."""
     st = await request.app.state.model_status(settings)
     challenger = st.get("challenger")

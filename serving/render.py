@@ -20,4 +20,6 @@ from pydantic_core import to_json
 
 def json_response(data: Any, headers: dict[str, str] | None = None) -> Response:
     """``data`` (dicts, lists, str, int, float, datetime, None) as an ``application/json`` 200."""
-    return Response(to_json(data, inf_nan_mode="null"), media_type="application/json", headers=headers)
+    return Response(
+        to_json(data, inf_nan_mode="null"), media_type="application/json", headers=headers
+    )

@@ -68,24 +68,51 @@ class Features(BaseModel):
     host_mean_z: float | None = None
 
 
-async def list_series(conn, tenant: str, q: str | None = None, host: str | None = None,
-                      metric: str | None = None, limit: int = 1000) -> list[Series]:
+async def list_series(
+    conn,
+    tenant: str,
+    q: str | None = None,
+    host: str | None = None,
+    metric: str | None = None,
+    limit: int = 1000,
+) -> list[Series]:
     rows = await series_repo.list_series(conn, tenant, q, host, metric, limit)
-    return [Series(host=r[0], metric=r[1], unit=r[2], last_value=r[3], last_ts=r[4], score=r[5],
-                   score_severity=r[6], score_ts=r[7], alert_severity=r[8], tags=r[9])
-            for r in rows]
+    return [
+        Series(
+            host=r[0],
+            metric=r[1],
+            unit=r[2],
+            last_value=r[3],
+            last_ts=r[4],
+            score=r[5],
+            score_severity=r[6],
+            score_ts=r[7],
+            alert_severity=r[8],
+            tags=r[9],
+        )
+        for r in rows
+    ]
 
 
-_SERIES_LINKS = {op: {"host": "$response.body#/0/host", "metric": "$response.body#/0/metric"}
-                 for op in ("series_get", "series_scores", "series_features", "metric_range")}
+_SERIES_LINKS = {
+    op: {"host": "$response.body#/0/host", "metric": "$response.body#/0/metric"}
+    for op in ("series_get", "series_scores", "series_features", "metric_range")
+}
 SERIES_LINKS = links(**_SERIES_LINKS, host_detail={"host": "$response.body#/0/host"})
 
 
 @router.get("", response_model=list[Series], responses={200: SERIES_LINKS})
 async def series_list(
-    pool: PoolDep, key: ReadKey,
-    q: Annotated[str | None, Query(max_length=200, pattern=NO_NUL,
-                                   description="Substring of host, metric or inventory tags; no NUL characters")] = None,
+    pool: PoolDep,
+    key: ReadKey,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            pattern=NO_NUL,
+            description="Substring of host, metric or inventory tags; no NUL characters",
+        ),
+    ] = None,
     host: OptNameQ = None,
     metric: OptNameQ = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
@@ -95,12 +122,18 @@ async def series_list(
         return await list_series(conn, key.tenant_id, q, host, metric, limit)
 
 
-@router.get("/{host}/{metric}", response_model=Series, responses={200: links(
-    series_scores={"host": "$response.body#/host", "metric": "$response.body#/metric"},
-    series_features={"host": "$response.body#/host", "metric": "$response.body#/metric"},
-    metric_range={"host": "$response.body#/host", "metric": "$response.body#/metric"},
-    host_detail={"host": "$response.body#/host"},
-)})
+@router.get(
+    "/{host}/{metric}",
+    response_model=Series,
+    responses={
+        200: links(
+            series_scores={"host": "$response.body#/host", "metric": "$response.body#/metric"},
+            series_features={"host": "$response.body#/host", "metric": "$response.body#/metric"},
+            metric_range={"host": "$response.body#/host", "metric": "$response.body#/metric"},
+            host_detail={"host": "$response.body#/host"},
+        )
+    },
+)
 async def series_get(pool: PoolDep, key: ReadKey, host: NamePath, metric: NamePath) -> Series:
     """One series with its latest value, score and open alert."""
     async with pool.connection() as conn:
@@ -117,21 +150,35 @@ async def _require(conn, tenant: str, host: str, metric: str) -> None:
 
 @router.get("/{host}/{metric}/scores", response_model=list[Score])
 async def series_scores(
-    pool: PoolDep, key: ReadKey, host: NamePath, metric: NamePath,
-    start: StartQ = None, end: EndQ = None, limit: LimitQ = 2000,
+    pool: PoolDep,
+    key: ReadKey,
+    host: NamePath,
+    metric: NamePath,
+    start: StartQ = None,
+    end: EndQ = None,
+    limit: LimitQ = 2000,
 ) -> list[Score]:
     """Anomaly scores of the series' windows in ``[start, end)`` (default: last 6 h), oldest first."""
-    rows = await _windows(pool, series_repo.score_rows, key.tenant_id, host, metric, start, end, limit)
+    rows = await _windows(
+        pool, series_repo.score_rows, key.tenant_id, host, metric, start, end, limit
+    )
     return [Score(**score_row(r)) for r in rows]
 
 
 @router.get("/{host}/{metric}/features", response_model=list[Features])
 async def series_features(
-    pool: PoolDep, key: ReadKey, host: NamePath, metric: NamePath,
-    start: StartQ = None, end: EndQ = None, limit: LimitQ = 2000,
+    pool: PoolDep,
+    key: ReadKey,
+    host: NamePath,
+    metric: NamePath,
+    start: StartQ = None,
+    end: EndQ = None,
+    limit: LimitQ = 2000,
 ) -> list[Features]:
     """Window features of the series in ``[start, end)`` (default: last 6 h), oldest first."""
-    rows = await _windows(pool, series_repo.feature_rows, key.tenant_id, host, metric, start, end, limit)
+    rows = await _windows(
+        pool, series_repo.feature_rows, key.tenant_id, host, metric, start, end, limit
+    )
     cols = series_repo.FEATURE_ROW
     return [Features(**dict(zip(cols, r, strict=True))) for r in rows]
 
@@ -145,11 +192,19 @@ async def _windows(pool, read, tenant: str, host: str, metric: str, start, end, 
         return await read(conn, tenant, host, metric, start, end, limit)
 
 
-@router.get("/{host}/{metric}/scores/stream", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+@router.get(
+    "/{host}/{metric}/scores/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
 async def series_score_stream(
-    request: Request, pool: PoolDep, key: StreamKey, settings: SettingsDep, serving: ServingDep,
-    host: str, metric: str,
+    request: Request,
+    pool: PoolDep,
+    key: StreamKey,
+    settings: SettingsDep,
+    serving: ServingDep,
+    host: str,
+    metric: str,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_id: Annotated[str | None, Query(alias="last_event_id", max_length=20)] = None,
 ) -> StreamingResponse:
@@ -158,6 +213,15 @@ async def series_score_stream(
     async with pool.connection() as conn:
         await _require(conn, key.tenant_id, host, metric)
     b = request.app.state.broadcaster
-    body = score_stream(request, pool, request.app.state.keys, key, host, metric, resume,
-                        stream_conf(settings, serving), closed=lambda: b.closed)
+    body = score_stream(
+        request,
+        pool,
+        request.app.state.keys,
+        key,
+        host,
+        metric,
+        resume,
+        stream_conf(settings, serving),
+        closed=lambda: b.closed,
+    )
     return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -59,14 +59,20 @@ def bind_or_explain(host: str, port: int, reuse_port: bool = False) -> socket.so
         return bind(host, port, reuse_port)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            why = (f"port {port} on {host} is already in use — stop what listens there or choose "
-                   "another port with --port or EVENTOPS_API_PORT")
+            why = (
+                f"port {port} on {host} is already in use — stop what listens there or choose "
+                "another port with --port or EVENTOPS_API_PORT"
+            )
         elif e.errno == errno.EACCES:
-            why = (f"no permission to listen on {host}:{port} — choose a port above 1023 with "
-                   "--port or EVENTOPS_API_PORT")
+            why = (
+                f"no permission to listen on {host}:{port} — choose a port above 1023 with "
+                "--port or EVENTOPS_API_PORT"
+            )
         else:
-            why = (f"cannot listen on {host}:{port} ({e.strerror or e}) — set --host or "
-                   "EVENTOPS_API_HOST to an address of this machine")
+            why = (
+                f"cannot listen on {host}:{port} ({e.strerror or e}) — set --host or "
+                "EVENTOPS_API_HOST to an address of this machine"
+            )
         raise ConfigError(why) from e
 
 
@@ -74,9 +80,14 @@ def _run_one(opts: dict, reuse_port: bool, sock: socket.socket | None = None) ->
     import uvicorn
 
     o = ServeOptions(**opts)
-    config = uvicorn.Config("serving.app:create_app", factory=True, log_level=o.log_level,
-                            access_log=o.access_log, timeout_keep_alive=o.timeout_keep_alive,
-                            backlog=o.backlog)
+    config = uvicorn.Config(
+        "serving.app:create_app",
+        factory=True,
+        log_level=o.log_level,
+        access_log=o.access_log,
+        timeout_keep_alive=o.timeout_keep_alive,
+        backlog=o.backlog,
+    )
     sock = sock or bind(o.host, o.port, reuse_port)
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -91,11 +102,15 @@ def serve(opts: ServeOptions) -> int:
         _run_one(asdict(opts), reuse_port=False, sock=bind_or_explain(opts.host, opts.port))
         return 0
     if not hasattr(socket, "SO_REUSEPORT"):  # pragma: no cover - Linux has it
-        raise ConfigError("several API workers need SO_REUSEPORT (Linux, BSD, macOS): use --workers 1")
+        raise ConfigError(
+            "several API workers need SO_REUSEPORT (Linux, BSD, macOS): use --workers 1"
+        )
     bind_or_explain(opts.host, opts.port, reuse_port=True).close()  # fail here, once, if taken
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_run_one, args=(asdict(opts), True), name=f"api-{i}", daemon=False)
-             for i in range(opts.workers)]
+    procs = [
+        ctx.Process(target=_run_one, args=(asdict(opts), True), name=f"api-{i}", daemon=False)
+        for i in range(opts.workers)
+    ]
     stopping = crashed = False
 
     def stop(*_: object) -> None:

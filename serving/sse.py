@@ -64,6 +64,8 @@ def hello(start: int | None = None) -> bytes:
     """The first frame; with ``start`` an ``id:`` without data, so an ``EventSource`` that
     reconnects before any alert resumes from where it started (its ``Last-Event-ID``)."""
     return HELLO if start is None else b"retry: 3000\nid: %d\n: connected\n\n" % start
+
+
 HEARTBEAT = b": heartbeat\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -75,7 +77,8 @@ def frame(event: str, data: dict, ident: object | None = None) -> bytes:
 
 REVOKED = frame("end", {"reason": "revoked", "detail": "API key revoked or its tenant deleted"})
 UNAVAILABLE = b"retry: 5000\n" + frame(
-    "end", {"reason": "unavailable", "detail": "database unavailable; reconnect with Last-Event-ID"})
+    "end", {"reason": "unavailable", "detail": "database unavailable; reconnect with Last-Event-ID"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +93,13 @@ class StreamConf:
 
 
 def stream_conf(settings, serving) -> StreamConf:
-    return StreamConf(heartbeat_s=settings.sse_heartbeat_s, auth_check_s=serving.sse_auth_check_s,
-                      db_retry_s=serving.sse_db_retry_s, page_size=serving.sse_page_size,
-                      score_poll_s=serving.score_poll_s)
+    return StreamConf(
+        heartbeat_s=settings.sse_heartbeat_s,
+        auth_check_s=serving.sse_auth_check_s,
+        db_retry_s=serving.sse_db_retry_s,
+        page_size=serving.sse_page_size,
+        score_poll_s=serving.score_poll_s,
+    )
 
 
 class _Guard:
@@ -127,8 +134,15 @@ class _Guard:
         return False
 
 
-async def alert_stream(request: Request, pool, b: Broadcaster, keys: KeyStore, principal: Principal,
-                       last_id: int | None, conf: StreamConf) -> AsyncIterator[bytes]:
+async def alert_stream(
+    request: Request,
+    pool,
+    b: Broadcaster,
+    keys: KeyStore,
+    principal: Principal,
+    last_id: int | None,
+    conf: StreamConf,
+) -> AsyncIterator[bytes]:
     tenant = principal.tenant_id
     sub = b.subscribe(tenant)  # before any read: see the module docstring
     guard = _Guard(keys, pool, principal, conf)
@@ -139,7 +153,9 @@ async def alert_stream(request: Request, pool, b: Broadcaster, keys: KeyStore, p
     quiet = time.monotonic()
     wait_s = min(conf.heartbeat_s, conf.auth_check_s)
     try:
-        if cursor is None:  # no Last-Event-ID: start after the feed's horizon, known before "connected"
+        if (
+            cursor is None
+        ):  # no Last-Event-ID: start after the feed's horizon, known before "connected"
             deadline = time.monotonic() + min(5.0, conf.db_retry_s)
             while sub.start is None and not sub.closed and time.monotonic() < deadline:
                 await sub.wait(0.5)
@@ -166,8 +182,14 @@ async def alert_stream(request: Request, pool, b: Broadcaster, keys: KeyStore, p
                     pages += 1
                     refilled += len(items)
                     if not refill:
-                        log.info("SSE client of %s caught up from PostgreSQL: %d events in %d pages "
-                                 "(cursor %d)", tenant, refilled, pages, items[-1].seq if items else cursor)
+                        log.info(
+                            "SSE client of %s caught up from PostgreSQL: %d events in %d pages "
+                            "(cursor %d)",
+                            tenant,
+                            refilled,
+                            pages,
+                            items[-1].seq if items else cursor,
+                        )
                         refilled = pages = 0
                 elif sub.items:
                     # no await between the drop check above and this pop: a queue cleared by an
@@ -192,8 +214,11 @@ async def alert_stream(request: Request, pool, b: Broadcaster, keys: KeyStore, p
             except DB_DOWN:
                 refill = cursor is not None  # whatever was popped but not sent is read again
                 if await guard.down():
-                    log.warning("SSE stream of %s closed: PostgreSQL unavailable for %.0fs",
-                                tenant, conf.db_retry_s)
+                    log.warning(
+                        "SSE stream of %s closed: PostgreSQL unavailable for %.0fs",
+                        tenant,
+                        conf.db_retry_s,
+                    )
                     yield UNAVAILABLE
                     return
             if time.monotonic() - quiet >= conf.heartbeat_s:
@@ -221,17 +246,26 @@ def epoch_ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
-async def score_stream(request: Request, pool, keys: KeyStore, principal: Principal, host: str,
-                       metric: str, last_id: int | None, conf: StreamConf,
-                       closed: Callable[[], bool] = lambda: False) -> AsyncIterator[bytes]:
+async def score_stream(
+    request: Request,
+    pool,
+    keys: KeyStore,
+    principal: Principal,
+    host: str,
+    metric: str,
+    last_id: int | None,
+    conf: StreamConf,
+    closed: Callable[[], bool] = lambda: False,
+) -> AsyncIterator[bytes]:
     tenant = principal.tenant_id
     cursor = None if last_id is None else datetime.fromtimestamp(last_id / 1000, UTC)
     guard = _Guard(keys, pool, principal, conf)
 
     async def newest() -> datetime:
         async with pool.connection(timeout=DB_TIMEOUT_S) as conn:
-            return (await series_repo.newest_window(conn, tenant, host, metric)
-                    or datetime(1970, 1, 1, tzinfo=UTC))
+            return await series_repo.newest_window(conn, tenant, host, metric) or datetime(
+                1970, 1, 1, tzinfo=UTC
+            )
 
     if cursor is None:
         # the stream starts where the series is *before* the client hears it is connected:
@@ -247,14 +281,21 @@ async def score_stream(request: Request, pool, keys: KeyStore, principal: Princi
             if cursor is None:
                 cursor = await newest()
             async with pool.connection(timeout=DB_TIMEOUT_S) as conn:
-                rows = await series_repo.scores_after(conn, tenant, host, metric, cursor, conf.page_size)
+                rows = await series_repo.scores_after(
+                    conn, tenant, host, metric, cursor, conf.page_size
+                )
             if rows:
                 await guard.sendable(time.monotonic())
                 out = []
                 for r in rows:
                     d = score_row(r)
-                    out.append(frame("score", {"host": host, "metric": metric, **_jsonable(d)},
-                                     epoch_ms(d["window_start"])))
+                    out.append(
+                        frame(
+                            "score",
+                            {"host": host, "metric": metric, **_jsonable(d)},
+                            epoch_ms(d["window_start"]),
+                        )
+                    )
                 cursor = rows[-1][0]
                 yield b"".join(out)
                 quiet = time.monotonic()
@@ -279,7 +320,10 @@ async def score_stream(request: Request, pool, keys: KeyStore, principal: Princi
 
 
 def _jsonable(d: dict) -> dict:
-    return {k: (v.isoformat().replace("+00:00", "Z") if isinstance(v, datetime) else v) for k, v in d.items()}
+    return {
+        k: (v.isoformat().replace("+00:00", "Z") if isinstance(v, datetime) else v)
+        for k, v in d.items()
+    }
 
 
 def parse_last_id(header: str | None, query: str | None) -> int | None:

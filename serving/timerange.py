@@ -27,7 +27,9 @@ from pydantic import AfterValidator, BeforeValidator, TypeAdapter
 MIN_UTC = datetime.min.replace(tzinfo=UTC)
 MAX_UTC = datetime.max.replace(tzinfo=UTC)
 #: RFC 3339 ``date-time`` (section 5.6); the calendar itself is pydantic's to check
-_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 
 
 _DATETIME = TypeAdapter(datetime)
@@ -65,12 +67,18 @@ _DOC = " RFC 3339 date-time with an offset (Z or ±hh:mm)."
 #: an optional time parameter, validated into an aware UTC datetime
 Instant = Annotated[datetime | None, BeforeValidator(_rfc3339), AfterValidator(_utc_or_none)]
 
-StartQ = Annotated[Instant, Query(description="Inclusive start; default: end minus the default span." + _DOC)]
-EndQ = Annotated[Instant, Query(description="Exclusive end; default: now. Not after start: an empty result." + _DOC)]
+StartQ = Annotated[
+    Instant, Query(description="Inclusive start; default: end minus the default span." + _DOC)
+]
+EndQ = Annotated[
+    Instant,
+    Query(description="Exclusive end; default: now. Not after start: an empty result." + _DOC),
+]
 
 
-def time_range(start: datetime | None, end: datetime | None,
-               default_span: timedelta = timedelta(hours=1)) -> tuple[datetime, datetime]:
+def time_range(
+    start: datetime | None, end: datetime | None, default_span: timedelta = timedelta(hours=1)
+) -> tuple[datetime, datetime]:
     """``[start, end)`` in UTC (possibly empty: ``end <= start``); defaults from ``default_span``."""
     end = utc(end) if end is not None else datetime.now(UTC)
     if start is None:

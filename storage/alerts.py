@@ -20,9 +20,12 @@ from storage.schema import ALERT_COLUMNS
 #: columns of an alert row of the reads below
 ALERT_ROW: tuple[str, ...] = (*ALERT_COLUMNS, "feedback", "id")
 
-_SELECT = ("SELECT " + ", ".join(f"a.{c}" for c in ALERT_COLUMNS) +
-           ", (SELECT f.label FROM feedback f WHERE f.tenant_id = a.tenant_id AND f.alert_id = a.alert_id"
-           " ORDER BY f.created_at DESC LIMIT 1) AS feedback, a.id FROM alerts a ")
+_SELECT = (
+    "SELECT "
+    + ", ".join(f"a.{c}" for c in ALERT_COLUMNS)
+    + ", (SELECT f.label FROM feedback f WHERE f.tenant_id = a.tenant_id AND f.alert_id = a.alert_id"
+    " ORDER BY f.created_at DESC LIMIT 1) AS feedback, a.id FROM alerts a "
+)
 
 #: filters of :func:`list_alerts` compared for equality
 _EQUAL = ("state", "severity", "host", "metric")
@@ -37,16 +40,25 @@ def load_open_alerts(conn: psycopg.Connection) -> list[OpenAlert]:
     ).fetchall()
     conn.commit()
     return [
-        OpenAlert(alert_id=a, tenant_id=t, host=h, metric=m, severity=s, opened_at=o, last_ts=u,
-                  rule=r)
+        OpenAlert(
+            alert_id=a, tenant_id=t, host=h, metric=m, severity=s, opened_at=o, last_ts=u, rule=r
+        )
         for a, t, h, m, s, o, u, r in rows
     ]
 
 
 async def list_alerts(
-    conn: AsyncConnection, tenant: str, *, state: str | None = None, severity: str | None = None,
-    host: str | None = None, metric: str | None = None, since: datetime | None = None,
-    until: datetime | None = None, before: tuple[datetime, int] | None = None, limit: int = 100,
+    conn: AsyncConnection,
+    tenant: str,
+    *,
+    state: str | None = None,
+    severity: str | None = None,
+    host: str | None = None,
+    metric: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before: tuple[datetime, int] | None = None,
+    limit: int = 100,
 ) -> list[tuple]:
     """The tenant's alerts, newest ``ts_event`` first (then highest id), at most ``limit``.
 
@@ -69,63 +81,86 @@ async def list_alerts(
         p["cts"], p["cid"] = before
         where.append("(a.ts_event, a.id) < (%(cts)s, %(cid)s)")
     cur = await conn.execute(
-        _SELECT + "WHERE " + " AND ".join(where) + " ORDER BY a.ts_event DESC, a.id DESC LIMIT %(limit)s", p)
+        _SELECT
+        + "WHERE "
+        + " AND ".join(where)
+        + " ORDER BY a.ts_event DESC, a.id DESC LIMIT %(limit)s",
+        p,
+    )
     return await cur.fetchall()
 
 
 async def get_alert(conn: AsyncConnection, tenant: str, alert_id: str) -> tuple | None:
     """One alert of the tenant (an :data:`ALERT_ROW`), or ``None``."""
-    cur = await conn.execute(_SELECT + "WHERE a.tenant_id = %s AND a.alert_id = %s", (tenant, alert_id))
+    cur = await conn.execute(
+        _SELECT + "WHERE a.tenant_id = %s AND a.alert_id = %s", (tenant, alert_id)
+    )
     return await cur.fetchone()
 
 
 async def alert_exists(conn: AsyncConnection, tenant: str, alert_id: str) -> bool:
-    cur = await conn.execute("SELECT 1 FROM alerts WHERE tenant_id = %s AND alert_id = %s",
-                             (tenant, alert_id))
+    cur = await conn.execute(
+        "SELECT 1 FROM alerts WHERE tenant_id = %s AND alert_id = %s", (tenant, alert_id)
+    )
     return await cur.fetchone() is not None
 
 
-async def alert_events(conn: AsyncConnection, tenant: str, alert_id: str,
-                       limit: int = 1000) -> list[tuple]:
+async def alert_events(
+    conn: AsyncConnection, tenant: str, alert_id: str, limit: int = 1000
+) -> list[tuple]:
     """(seq, kind, created_at, payload) of one alert's transitions, oldest first."""
     cur = await conn.execute(
         "SELECT seq, kind, created_at, payload FROM alert_events WHERE tenant_id = %s "
-        "AND alert_id = %s ORDER BY seq LIMIT %s", (tenant, alert_id, limit))
+        "AND alert_id = %s ORDER BY seq LIMIT %s",
+        (tenant, alert_id, limit),
+    )
     return await cur.fetchall()
 
 
 # --- incidents ------------------------------------------------------------------------------
 
-async def opened_between(conn: AsyncConnection, tenant: str, start: datetime, end: datetime,
-                         limit: int) -> list[tuple]:
+
+async def opened_between(
+    conn: AsyncConnection, tenant: str, start: datetime, end: datetime, limit: int
+) -> list[tuple]:
     """The tenant's alerts opened in ``[start, end)``, newest first (:data:`ALERT_ROW`)."""
     cur = await conn.execute(
         _SELECT + "WHERE a.tenant_id = %s AND a.opened_at >= %s AND a.opened_at < %s "
-        "ORDER BY a.opened_at DESC LIMIT %s", (tenant, start, end, limit))
+        "ORDER BY a.opened_at DESC LIMIT %s",
+        (tenant, start, end, limit),
+    )
     return await cur.fetchall()
 
 
-async def host_and_opening(conn: AsyncConnection, tenant: str,
-                           alert_id: str) -> tuple[str, datetime] | None:
+async def host_and_opening(
+    conn: AsyncConnection, tenant: str, alert_id: str
+) -> tuple[str, datetime] | None:
     """(host, opened_at) of one alert of the tenant, or ``None``."""
-    cur = await conn.execute("SELECT host, opened_at FROM alerts WHERE tenant_id = %s AND alert_id = %s",
-                             (tenant, alert_id))
+    cur = await conn.execute(
+        "SELECT host, opened_at FROM alerts WHERE tenant_id = %s AND alert_id = %s",
+        (tenant, alert_id),
+    )
     return await cur.fetchone()
 
 
-async def host_opened_since(conn: AsyncConnection, tenant: str, host: str, since: datetime,
-                            limit: int) -> list[tuple]:
+async def host_opened_since(
+    conn: AsyncConnection, tenant: str, host: str, since: datetime, limit: int
+) -> list[tuple]:
     """The alerts of one host of the tenant opened at or after ``since``, oldest first."""
     cur = await conn.execute(
         _SELECT + "WHERE a.tenant_id = %s AND a.host = %s AND a.opened_at >= %s "
-        "ORDER BY a.opened_at LIMIT %s", (tenant, host, since, limit))
+        "ORDER BY a.opened_at LIMIT %s",
+        (tenant, host, since, limit),
+    )
     return await cur.fetchall()
 
 
 # --- the SSE feeds (serving.broadcast, serving.sse) --------------------------------------------
 
-_PAGE = ("SELECT seq, event_key, (payload || jsonb_build_object('seq', seq))::text FROM alert_events "
-         "WHERE tenant_id = %s AND seq > %s ORDER BY seq LIMIT %s")
+_PAGE = (
+    "SELECT seq, event_key, (payload || jsonb_build_object('seq', seq))::text FROM alert_events "
+    "WHERE tenant_id = %s AND seq > %s ORDER BY seq LIMIT %s"
+)
 
 
 async def events_after(conn: AsyncConnection, tenant: str, after: int, limit: int) -> list[tuple]:
@@ -137,6 +172,7 @@ async def events_after(conn: AsyncConnection, tenant: str, after: int, limit: in
 
 async def head_seq(conn: AsyncConnection, tenant: str) -> int:
     """The tenant's newest ``seq`` (0 when it has none)."""
-    cur = await conn.execute("SELECT coalesce(max(seq), 0) FROM alert_events WHERE tenant_id = %s",
-                             (tenant,))
+    cur = await conn.execute(
+        "SELECT coalesce(max(seq), 0) FROM alert_events WHERE tenant_id = %s", (tenant,)
+    )
     return (await cur.fetchone())[0]

@@ -14,8 +14,14 @@ import numpy as np
 from psycopg.adapt import Loader
 from psycopg.pq import Format
 
-__all__ = ["FLOAT8_ARRAY_OID", "FLOAT8_OID", "TIMESTAMPTZ_ARRAY_OID", "TIMESTAMPTZ_OID", "Float8Array",
-           "TimestamptzArray"]
+__all__ = [
+    "FLOAT8_ARRAY_OID",
+    "FLOAT8_OID",
+    "TIMESTAMPTZ_ARRAY_OID",
+    "TIMESTAMPTZ_OID",
+    "Float8Array",
+    "TimestamptzArray",
+]
 
 FLOAT8_ARRAY_OID, FLOAT8_OID = 1022, 701
 TIMESTAMPTZ_ARRAY_OID, TIMESTAMPTZ_OID = 1185, 1184
@@ -41,8 +47,10 @@ class _FixedArray(Loader):
         if ndim == 0:
             return np.empty(0, self.element["v"].newbyteorder("="))
         if ndim != 1 or has_null or oid != self.elem_oid:
-            raise ValueError(f"expected a 1-d array of type {self.elem_oid} without NULLs "
-                             f"(ndim={ndim}, nulls={has_null}, oid={oid})")
+            raise ValueError(
+                f"expected a 1-d array of type {self.elem_oid} without NULLs "
+                f"(ndim={ndim}, nulls={has_null}, oid={oid})"
+            )
         (n,) = struct.unpack_from("!i", data, 12)
         return self.convert(np.frombuffer(data, self.element, n, 20)["v"])
 

@@ -34,7 +34,9 @@ def save_checkpoints(conn: psycopg.Connection, cps: Iterable[Checkpoint]) -> Non
         )
 
 
-def load_checkpoints(conn: psycopg.Connection, group: str, topic: str) -> dict[int, tuple[int, bytes]]:
+def load_checkpoints(
+    conn: psycopg.Connection, group: str, topic: str
+) -> dict[int, tuple[int, bytes]]:
     """partition -> (next offset, state) of a consumer group's checkpoints on a topic."""
     rows = conn.execute(
         "SELECT partition, next_offset, state FROM checkpoints WHERE consumer_group = %s AND topic = %s",
@@ -42,4 +44,3 @@ def load_checkpoints(conn: psycopg.Connection, group: str, topic: str) -> dict[i
     ).fetchall()
     conn.commit()
     return {p: (o, bytes(st) if st is not None else None) for p, o, st in rows}
-

@@ -17,16 +17,20 @@ from core.errors import ServiceError
 from core.settings import Settings
 
 
-def connect(settings: Settings, database: str | None = None, autocommit: bool = False) -> psycopg.Connection:
+def connect(
+    settings: Settings, database: str | None = None, autocommit: bool = False
+) -> psycopg.Connection:
     try:
-        return psycopg.connect(settings.pg_dsn(database), autocommit=autocommit,
-                               connect_timeout=max(1, round(settings.connect_timeout_s)))
+        return psycopg.connect(
+            settings.pg_dsn(database),
+            autocommit=autocommit,
+            connect_timeout=max(1, round(settings.connect_timeout_s)),
+        )
     except psycopg.OperationalError as e:
         raise ServiceError(
             f"PostgreSQL at {settings.pg_host}:{settings.pg_port} is not reachable "
             "(run `make services-up`)"
         ) from e
-
 
 
 async def ping(conn: psycopg.AsyncConnection) -> None:
@@ -41,4 +45,3 @@ def count_rows(conn: psycopg.Connection, table: str, where: str = "", params: An
     n = conn.execute(q, params).fetchone()[0]
     conn.commit()
     return int(n)
-

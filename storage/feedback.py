@@ -11,18 +11,28 @@ import psycopg
 from psycopg import AsyncConnection
 
 #: columns of a feedback row
-FEEDBACK_ROW: tuple[str, ...] = ("id", "tenant_id", "alert_id", "label", "comment", "created_at", "key_id")
+FEEDBACK_ROW: tuple[str, ...] = (
+    "id",
+    "tenant_id",
+    "alert_id",
+    "label",
+    "comment",
+    "created_at",
+    "key_id",
+)
 _COLS = ", ".join(FEEDBACK_ROW)
 
 
-async def add_feedback(conn: AsyncConnection, tenant: str, alert_id: str, label: str, comment: str,
-                       key_id: str | None) -> tuple | None:
+async def add_feedback(
+    conn: AsyncConnection, tenant: str, alert_id: str, label: str, comment: str, key_id: str | None
+) -> tuple | None:
     """Label one alert of the tenant; the stored row, or ``None`` when there is no such alert."""
     cur = await conn.execute(
         "INSERT INTO feedback (tenant_id, alert_id, label, comment, key_id) "
         "SELECT tenant_id, alert_id, %s, %s, %s FROM alerts WHERE tenant_id = %s AND alert_id = %s "
         "RETURNING " + _COLS,
-        (label, comment, key_id, tenant, alert_id))
+        (label, comment, key_id, tenant, alert_id),
+    )
     return await cur.fetchone()
 
 
@@ -30,16 +40,21 @@ async def alert_feedback(conn: AsyncConnection, tenant: str, alert_id: str) -> l
     """Every label of one alert of the tenant, newest first."""
     cur = await conn.execute(
         "SELECT " + _COLS + " FROM feedback WHERE tenant_id = %s AND alert_id = %s "
-        "ORDER BY created_at DESC, id DESC", (tenant, alert_id))
+        "ORDER BY created_at DESC, id DESC",
+        (tenant, alert_id),
+    )
     return await cur.fetchall()
 
 
-async def list_feedback(conn: AsyncConnection, tenant: str, label: str | None, limit: int) -> list[tuple]:
+async def list_feedback(
+    conn: AsyncConnection, tenant: str, label: str | None, limit: int
+) -> list[tuple]:
     """The tenant's labels (of one kind, with ``label``), newest first."""
     cur = await conn.execute(
         "SELECT " + _COLS + " FROM feedback WHERE tenant_id = %s "
         "AND (%s::text IS NULL OR label = %s) ORDER BY created_at DESC, id DESC LIMIT %s",
-        (tenant, label, label, limit))
+        (tenant, label, label, limit),
+    )
     return await cur.fetchall()
 
 

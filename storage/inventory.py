@@ -20,8 +20,10 @@ _UPSERT = (
     " THEN EXCLUDED.tags ELSE inventory.tags || EXCLUDED.tags END, updated_at = now() "
     "RETURNING source_id, tags, updated_at"
 )
-_MERGE = ("UPDATE inventory SET tags = tags || %s, updated_at = now() "
-          "WHERE tenant_id = %s AND source_id = %s RETURNING source_id, tags, updated_at")
+_MERGE = (
+    "UPDATE inventory SET tags = tags || %s, updated_at = now() "
+    "WHERE tenant_id = %s AND source_id = %s RETURNING source_id, tags, updated_at"
+)
 _DELETE = "DELETE FROM inventory WHERE tenant_id = %s AND source_id = %s"
 
 
@@ -36,7 +38,9 @@ def _upsert_params(tenant: str, source: str, tags: dict, replace: bool) -> dict:
     return {"t": tenant, "s": source, "tags": Jsonb(tags), "replace": replace}
 
 
-def set_inventory(conn: psycopg.Connection, tenant: str, source: str, tags: dict, replace: bool = False) -> dict:
+def set_inventory(
+    conn: psycopg.Connection, tenant: str, source: str, tags: dict, replace: bool = False
+) -> dict:
     """Upsert one inventory entry; merges into existing tags unless ``replace``. Returns its tags."""
     row = conn.execute(_UPSERT, _upsert_params(tenant, source, tags, replace)).fetchone()
     conn.commit()
@@ -53,14 +57,17 @@ async def list_items(conn: AsyncConnection, tenant: str, limit: int) -> list[tup
     """The tenant's entries by source id, at most ``limit``."""
     cur = await conn.execute(
         "SELECT source_id, tags, updated_at FROM inventory WHERE tenant_id = %s "
-        "ORDER BY source_id LIMIT %s", (tenant, limit))
+        "ORDER BY source_id LIMIT %s",
+        (tenant, limit),
+    )
     return await cur.fetchall()
 
 
 async def get_item(conn: AsyncConnection, tenant: str, source: str) -> tuple | None:
     cur = await conn.execute(
         "SELECT source_id, tags, updated_at FROM inventory WHERE tenant_id = %s AND source_id = %s",
-        (tenant, source))
+        (tenant, source),
+    )
     return await cur.fetchone()
 
 

@@ -64,12 +64,15 @@ class PartitionedTable:
         return f"{self.name}_default"
 
 
-PARTITIONED: dict[str, PartitionedTable] = {t.name: t for t in (
-    PartitionedTable("metrics", "ts_event", ("tenant_id", "event_id")),
-    PartitionedTable("features", "window_start"),
-    PartitionedTable("scores", "window_start"),
-    PartitionedTable("shadow_scores", "window_start"),
-)}
+PARTITIONED: dict[str, PartitionedTable] = {
+    t.name: t
+    for t in (
+        PartitionedTable("metrics", "ts_event", ("tenant_id", "event_id")),
+        PartitionedTable("features", "window_start"),
+        PartitionedTable("scores", "window_start"),
+        PartitionedTable("shadow_scores", "window_start"),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,12 @@ class PartitionPolicy:
 
     @classmethod
     def from_settings(cls, s: Settings) -> PartitionPolicy:
-        return cls(interval_s=s.partition_interval_hours * 3600, ahead_days=s.partition_ahead_days,
-                   retention_days=s.retention_days(), lock_timeout_ms=s.partition_lock_timeout_ms)
+        return cls(
+            interval_s=s.partition_interval_hours * 3600,
+            ahead_days=s.partition_ahead_days,
+            retention_days=s.retention_days(),
+            lock_timeout_ms=s.partition_lock_timeout_ms,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,30 +174,43 @@ def _lock_timeout(conn: psycopg.Connection, ms: int | str) -> str:
     ).fetchone()[0]
 
 
-def _create_partition(conn: psycopg.Connection, t: PartitionedTable, lo: float, hi: float,
-                      default: str | None) -> tuple[str, int]:
+def _create_partition(
+    conn: psycopg.Connection, t: PartitionedTable, lo: float, hi: float, default: str | None
+) -> tuple[str, int]:
     """Create and attach the partition [lo, hi) of ``t``, moving its rows out of DEFAULT.
 
     Returns (name, rows moved). The caller holds the table's DDL advisory lock.
     """
     name = partition_name(t.name, lo)
     part, parent = sql.Identifier(name), sql.Identifier(t.name)
-    conn.execute(sql.SQL(
-        "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)"
-    ).format(part, parent))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)"
+        ).format(part, parent)
+    )
     if t.leaf_unique:
         suffix = "_".join(c.removesuffix("_id") for c in t.leaf_unique)
-        conn.execute(sql.SQL("CREATE UNIQUE INDEX {} ON {} ({})").format(
-            sql.Identifier(f"{name}_{suffix}"), part, sql.SQL(", ").join(map(sql.Identifier, t.leaf_unique))))
+        conn.execute(
+            sql.SQL("CREATE UNIQUE INDEX {} ON {} ({})").format(
+                sql.Identifier(f"{name}_{suffix}"),
+                part,
+                sql.SQL(", ").join(map(sql.Identifier, t.leaf_unique)),
+            )
+        )
     a, b = sql.Literal(_utc(lo)), sql.Literal(_utc(hi))
     moved = 0
     if default is not None:
-        moved = conn.execute(sql.SQL(
-            "WITH moved AS (DELETE FROM {d} WHERE {k} >= {a} AND {k} < {b} RETURNING *)"
-            " INSERT INTO {p} SELECT * FROM moved"
-        ).format(d=sql.Identifier(default), k=sql.Identifier(t.key), a=a, b=b, p=part)).rowcount
-    conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-        parent, part, a, b))
+        moved = conn.execute(
+            sql.SQL(
+                "WITH moved AS (DELETE FROM {d} WHERE {k} >= {a} AND {k} < {b} RETURNING *)"
+                " INSERT INTO {p} SELECT * FROM moved"
+            ).format(d=sql.Identifier(default), k=sql.Identifier(t.key), a=a, b=b, p=part)
+        ).rowcount
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+            parent, part, a, b
+        )
+    )
     if moved:
         log.info("%s: %d rows moved from %s into %s", t.name, moved, default, name)
     return name, moved
@@ -242,12 +262,19 @@ class Partitions:
                 raise
             for b in todo:
                 self._retry_at[(table, b)] = now + self.RETRY_S
-            log.warning("%s: no partition for %d bucket(s) yet (%s: %s); their rows go to %s",
-                        table, len(todo), type(e).__name__, str(e).strip()[:200],
-                        PARTITIONED[table].default)
+            log.warning(
+                "%s: no partition for %d bucket(s) yet (%s: %s); their rows go to %s",
+                table,
+                len(todo),
+                type(e).__name__,
+                str(e).strip()[:200],
+                PARTITIONED[table].default,
+            )
             return []
 
-    def create(self, conn: psycopg.Connection, table: str, buckets: Iterable[int]) -> list[tuple[str, int]]:
+    def create(
+        self, conn: psycopg.Connection, table: str, buckets: Iterable[int]
+    ) -> list[tuple[str, int]]:
         """Create the missing partitions of ``buckets``; returns (name, rows moved from DEFAULT)."""
         t, step = PARTITIONED[table], self.policy.interval_s
         buckets = sorted(set(buckets))
@@ -288,9 +315,13 @@ class MaintenanceReport:
     drop_wait_seconds: list[float] = field(default_factory=list)
 
     def summary(self) -> str:
-        parts = [f"created {len(self.created)} partition(s)", f"dropped {len(self.dropped)}"
-                 + (f" ({', '.join(self.dropped)})" if self.dropped else ""),
-                 f"{self.moved} row(s) moved out of DEFAULT", f"{self.expired} expired row(s) deleted"]
+        parts = [
+            f"created {len(self.created)} partition(s)",
+            f"dropped {len(self.dropped)}"
+            + (f" ({', '.join(self.dropped)})" if self.dropped else ""),
+            f"{self.moved} row(s) moved out of DEFAULT",
+            f"{self.expired} expired row(s) deleted",
+        ]
         if self.skipped:
             parts.append(f"retry next time: {', '.join(self.skipped)}")
         return "; ".join(parts) + f" ({self.seconds:.2f} s)"
@@ -305,7 +336,8 @@ def _drop_detached(conn: psycopg.Connection) -> list[str]:
     rows = conn.execute(
         "SELECT c.relname FROM pg_class c JOIN pg_description d ON d.objoid = c.oid"
         " AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0"
-        " WHERE d.description = %s AND c.relkind = 'r' AND NOT c.relispartition", (_DETACHED,),
+        " WHERE d.description = %s AND c.relkind = 'r' AND NOT c.relispartition",
+        (_DETACHED,),
     ).fetchall()
     conn.commit()
     for (name,) in rows:
@@ -314,8 +346,13 @@ def _drop_detached(conn: psycopg.Connection) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _drop_partition(conn: psycopg.Connection, t: PartitionedTable, name: str, lock_timeout_ms: int,
-                    attempts: int = 4) -> tuple[int, float]:
+def _drop_partition(
+    conn: psycopg.Connection,
+    t: PartitionedTable,
+    name: str,
+    lock_timeout_ms: int,
+    attempts: int = 4,
+) -> tuple[int, float]:
     """DETACH one partition (and mark it), then DROP it in a transaction of its own.
 
     Only the DETACH needs ACCESS EXCLUSIVE on the parent; waiting for it queues the writers
@@ -333,23 +370,36 @@ def _drop_partition(conn: psycopg.Connection, t: PartitionedTable, name: str, lo
                 conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_DDL_LOCK, t.name))
                 t0 = time.monotonic()
                 try:
-                    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
-                        sql.Identifier(t.name), ident))
+                    conn.execute(
+                        sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                            sql.Identifier(t.name), ident
+                        )
+                    )
                 finally:
                     waited += time.monotonic() - t0
-                conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(ident, sql.Literal(_DETACHED)))
+                conn.execute(
+                    sql.SQL("COMMENT ON TABLE {} IS {}").format(ident, sql.Literal(_DETACHED))
+                )
             with conn.transaction():
                 conn.execute(sql.SQL("DROP TABLE {}").format(ident))
             log.info("%s: partition %s dropped (retention)", t.name, name)
             return i + 1, waited
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as e:
-            log.info("%s: dropping %s waited past the lock timeout (try %d/%d): %s",
-                     t.name, name, i + 1, attempts, str(e).strip())
+            log.info(
+                "%s: dropping %s waited past the lock timeout (try %d/%d): %s",
+                t.name,
+                name,
+                i + 1,
+                attempts,
+                str(e).strip(),
+            )
             time.sleep(0.25 * 2**i)
     return 0, waited
 
 
-def maintain(conn: psycopg.Connection, policy: PartitionPolicy, now: float | None = None) -> MaintenanceReport:
+def maintain(
+    conn: psycopg.Connection, policy: PartitionPolicy, now: float | None = None
+) -> MaintenanceReport:
     """One maintenance pass over the partitioned tables (idempotent; safe beside running writers).
 
     Per table: (1) create the partitions of the current bucket through ``ahead_days`` ahead;
@@ -375,11 +425,17 @@ def maintain(conn: psycopg.Connection, policy: PartitionPolicy, now: float | Non
             if days > 0:
                 first_kept = math.floor(cutoff / step) * step  # start of the oldest bucket kept
                 with conn.transaction():
-                    rep.expired += conn.execute(sql.SQL("DELETE FROM {} WHERE {} < {}").format(
-                        default, key, sql.Literal(_utc(first_kept)))).rowcount
-            rows = conn.execute(sql.SQL(
-                "SELECT DISTINCT floor(extract(epoch FROM {}) / %s)::bigint FROM {}"
-            ).format(key, default), (step,)).fetchall()
+                    rep.expired += conn.execute(
+                        sql.SQL("DELETE FROM {} WHERE {} < {}").format(
+                            default, key, sql.Literal(_utc(first_kept))
+                        )
+                    ).rowcount
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT DISTINCT floor(extract(epoch FROM {}) / %s)::bigint FROM {}"
+                ).format(key, default),
+                (step,),
+            ).fetchall()
             conn.commit()
             if rows:
                 made = parts_mgr.create(conn, t.name, [r[0] for r in rows])
@@ -389,7 +445,9 @@ def maintain(conn: psycopg.Connection, policy: PartitionPolicy, now: float | Non
             if conn.broken:
                 raise
             conn.rollback()
-            log.warning("%s: partition maintenance left for the next pass: %s", t.name, str(e).strip())
+            log.warning(
+                "%s: partition maintenance left for the next pass: %s", t.name, str(e).strip()
+            )
             rep.skipped.append(f"{t.name} partitions ({type(e).__name__})")
         if days > 0:
             parts, _ = partitions_of(conn, t.name)
@@ -438,7 +496,13 @@ class Maintainer:
     def run_once(self) -> MaintenanceReport:
         with connect(self.s) as conn:
             self.last = maintain(conn, self.policy)
-        if self.last.created or self.last.dropped or self.last.moved or self.last.expired or self.last.skipped:
+        if (
+            self.last.created
+            or self.last.dropped
+            or self.last.moved
+            or self.last.expired
+            or self.last.skipped
+        ):
             log.info("storage maintenance: %s", self.last.summary())
         return self.last
 
@@ -447,6 +511,9 @@ class Maintainer:
             try:
                 self.run_once()
             except Exception as e:  # noqa: BLE001 - a maintenance failure must not stop the writer
-                log.warning("storage maintenance failed (next try in %.0f s): %s",
-                            self.s.maintenance_interval_s, e)
+                log.warning(
+                    "storage maintenance failed (next try in %.0f s): %s",
+                    self.s.maintenance_interval_s,
+                    e,
+                )
             self._stop.wait(self.s.maintenance_interval_s)

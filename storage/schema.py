@@ -31,14 +31,32 @@ __all__ = [
 
 #: the tables the migrations create (partitions and staging tables aside)
 TABLES: tuple[str, ...] = (
-    "tenants", "api_keys", "inventory", "metrics", "features", "scores", "shadow_scores", "alerts",
-    "alert_events", "feedback", "checkpoints", "dead_letters", "schema_migrations",
+    "tenants",
+    "api_keys",
+    "inventory",
+    "metrics",
+    "features",
+    "scores",
+    "shadow_scores",
+    "alerts",
+    "alert_events",
+    "feedback",
+    "checkpoints",
+    "dead_letters",
+    "schema_migrations",
     "series",  # migration 002; nothing writes it (series are named by tenant, host, metric)
 )
 
 #: columns of ``metrics`` the sink writes, in COPY order
 METRIC_COLUMNS: tuple[str, ...] = (
-    "event_id", "tenant_id", "host", "metric", "value", "ts_event", "unit", "tags",
+    "event_id",
+    "tenant_id",
+    "host",
+    "metric",
+    "value",
+    "ts_event",
+    "unit",
+    "tags",
 )
 
 #: the key of a window row of ``features`` / ``scores`` (primary key: the first four)
@@ -56,13 +74,33 @@ _INTEGER_FEATURES = frozenset({"count"})
 
 #: columns of ``scores`` after the window key
 SCORE_COLUMNS: tuple[str, ...] = (
-    "score", "severity", "components", "actual", "expected", "explanation", "model_version",
+    "score",
+    "severity",
+    "components",
+    "actual",
+    "expected",
+    "explanation",
+    "model_version",
 )
 
 #: columns of ``alerts`` the API reads, in :class:`serving.alerts.Alert`'s field order
 ALERT_COLUMNS: tuple[str, ...] = (
-    "alert_id", "tenant_id", "host", "metric", "value", "severity", "state", "ts_event", "rule",
-    "threshold", "message", "score", "explanation", "model_version", "opened_at", "updated_at",
+    "alert_id",
+    "tenant_id",
+    "host",
+    "metric",
+    "value",
+    "severity",
+    "state",
+    "ts_event",
+    "rule",
+    "threshold",
+    "message",
+    "score",
+    "explanation",
+    "model_version",
+    "opened_at",
+    "updated_at",
     "resolved_at",
 )
 

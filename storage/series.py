@@ -68,15 +68,22 @@ def _like(q: str | None) -> str | None:
     return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-async def list_series(conn: AsyncConnection, tenant: str, q: str | None = None, host: str | None = None,
-                      metric: str | None = None, limit: int = 1000) -> list[tuple]:
+async def list_series(
+    conn: AsyncConnection,
+    tenant: str,
+    q: str | None = None,
+    host: str | None = None,
+    metric: str | None = None,
+    limit: int = 1000,
+) -> list[tuple]:
     """The tenant's series in (host, metric) order: ``host, metric, unit, last value, last
     ts_event, latest score, its severity, its window_end, open alert severity, inventory tags``.
 
     ``q``: substring of host, metric or inventory tags (case-insensitive).
     """
-    cur = await conn.execute(_SERIES, {"t": tenant, "q": _like(q), "host": host,
-                                       "metric": metric, "limit": limit})
+    cur = await conn.execute(
+        _SERIES, {"t": tenant, "q": _like(q), "host": host, "metric": metric, "limit": limit}
+    )
     return await cur.fetchall()
 
 
@@ -101,6 +108,7 @@ async def has_samples(conn: AsyncConnection, tenant: str, host: str, metric: str
 
 # --- windows: features and scores -------------------------------------------------------------
 
+
 def _window_query(table: str, cols: Sequence[str]) -> sql.Composed:
     return sql.SQL(
         "SELECT {} FROM {} WHERE tenant_id = %s AND host = %s AND metric = %s"
@@ -112,42 +120,63 @@ _SCORE_WINDOWS = _window_query("scores", SCORE_ROW)
 _FEATURE_WINDOWS = _window_query("features", FEATURE_ROW)
 
 
-async def score_rows(conn: AsyncConnection, tenant: str, host: str, metric: str, start: datetime,
-                     end: datetime, limit: int) -> list[tuple]:
+async def score_rows(
+    conn: AsyncConnection,
+    tenant: str,
+    host: str,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    limit: int,
+) -> list[tuple]:
     """The newest ``limit`` score rows (:data:`SCORE_ROW`) of a series with ``window_start`` in
     ``[start, end)``, oldest first."""
     cur = await conn.execute(_SCORE_WINDOWS, (tenant, host, metric, start, end, limit))
     return (await cur.fetchall())[::-1]
 
 
-async def feature_rows(conn: AsyncConnection, tenant: str, host: str, metric: str, start: datetime,
-                       end: datetime, limit: int) -> list[tuple]:
+async def feature_rows(
+    conn: AsyncConnection,
+    tenant: str,
+    host: str,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    limit: int,
+) -> list[tuple]:
     """The newest ``limit`` feature rows (:data:`FEATURE_ROW`) of a series with ``window_start``
     in ``[start, end)``, oldest first."""
     cur = await conn.execute(_FEATURE_WINDOWS, (tenant, host, metric, start, end, limit))
     return (await cur.fetchall())[::-1]
 
 
-_SCORES_AFTER = ("SELECT " + ", ".join(SCORE_ROW) + " FROM scores WHERE tenant_id = %s AND host = %s "
-                 "AND metric = %s AND window_start > %s ORDER BY window_start LIMIT %s")
+_SCORES_AFTER = (
+    "SELECT " + ", ".join(SCORE_ROW) + " FROM scores WHERE tenant_id = %s AND host = %s "
+    "AND metric = %s AND window_start > %s ORDER BY window_start LIMIT %s"
+)
 
 
-async def scores_after(conn: AsyncConnection, tenant: str, host: str, metric: str, after: datetime,
-                       limit: int) -> list[tuple]:
+async def scores_after(
+    conn: AsyncConnection, tenant: str, host: str, metric: str, after: datetime, limit: int
+) -> list[tuple]:
     """Score rows (:data:`SCORE_ROW`) of a series with ``window_start > after``, oldest first."""
     cur = await conn.execute(_SCORES_AFTER, (tenant, host, metric, after, limit))
     return await cur.fetchall()
 
 
-async def newest_window(conn: AsyncConnection, tenant: str, host: str, metric: str) -> datetime | None:
+async def newest_window(
+    conn: AsyncConnection, tenant: str, host: str, metric: str
+) -> datetime | None:
     """The latest ``window_start`` of the series' scores (``None``: none yet)."""
     cur = await conn.execute(
-        "SELECT max(window_start) FROM scores WHERE tenant_id = %s AND host = %s "
-        "AND metric = %s", (tenant, host, metric))
+        "SELECT max(window_start) FROM scores WHERE tenant_id = %s AND host = %s AND metric = %s",
+        (tenant, host, metric),
+    )
     return (await cur.fetchone())[0]
 
 
 # --- metric samples ---------------------------------------------------------------------------
+
 
 async def cpu_points(conn: AsyncConnection, tenant: str, host: str, limit: int) -> list[tuple]:
     """The newest ``limit`` ``cpu_load`` samples (:data:`POINT_ROW`) of one host, newest first."""
@@ -177,12 +206,15 @@ async def latest_points(conn: AsyncConnection, tenant: str, metric: str) -> list
 
 
 # the range as two arrays, bucketed in numpy by the caller (serving.downsample)
-_RANGE = ("SELECT array_agg(ts_event), array_agg(value) FROM metrics"
-          " WHERE tenant_id = %s AND host = %s AND metric = %s AND ts_event >= %s AND ts_event < %s")
+_RANGE = (
+    "SELECT array_agg(ts_event), array_agg(value) FROM metrics"
+    " WHERE tenant_id = %s AND host = %s AND metric = %s AND ts_event >= %s AND ts_event < %s"
+)
 
 
-async def range_arrays(conn: AsyncConnection, tenant: str, host: str, metric: str, start: datetime,
-                       end: datetime) -> tuple[np.ndarray, np.ndarray] | None:
+async def range_arrays(
+    conn: AsyncConnection, tenant: str, host: str, metric: str, start: datetime, end: datetime
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Sample times (int64 µs since the Unix epoch) and values (float64) of one series in
     ``[start, end)``, unordered; ``None`` when the range holds no sample."""
     cur = conn.cursor(binary=True)
@@ -197,13 +229,15 @@ def latest_event_time(conn: psycopg.Connection, tenant: str, hosts: Sequence[str
     """Epoch seconds of the newest stored event of ``tenant``'s ``hosts`` (``None``: none)."""
     row = conn.execute(
         "SELECT extract(epoch FROM max(ts_event))::float8 FROM metrics "
-        "WHERE tenant_id = %s AND host = ANY(%s)", (tenant, list(hosts)),
+        "WHERE tenant_id = %s AND host = ANY(%s)",
+        (tenant, list(hosts)),
     ).fetchone()
     return None if row is None or row[0] is None else float(row[0])
 
 
-def count_since(conn: psycopg.Connection, tenant: str, hosts: Sequence[str], since_ts: float,
-                id_prefix: str) -> int:
+def count_since(
+    conn: psycopg.Connection, tenant: str, hosts: Sequence[str], since_ts: float, id_prefix: str
+) -> int:
     """Stored events of ``tenant``'s ``hosts`` at or after ``since_ts`` whose event id starts
     with ``id_prefix`` (one run of ``eventops send``)."""
     row = conn.execute(
@@ -228,18 +262,26 @@ ORDER BY tenant_id, host, metric, window_start
 """
 
 
-def load_features(conn: psycopg.Connection, tenant: str | None, since: float | None = None,
-                  until: float | None = None) -> list[tuple]:
+def load_features(
+    conn: psycopg.Connection,
+    tenant: str | None,
+    since: float | None = None,
+    until: float | None = None,
+) -> list[tuple]:
     """Window rows of ``features`` for training: ``tenant_id, host, metric, start, end`` (epoch
     s), then :data:`storage.schema.WINDOW_FEATURE_COLUMNS`; ordered by series and start.
 
     ``tenant=None`` reads every tenant; ``since``/``until`` bound ``window_end`` (epoch s). In
     a database before migration 007 the cross-metric columns are NULL.
     """
-    have = {r[0] for r in conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema ="
-        " current_schema() AND table_name = 'features' AND column_name = ANY(%s)",
-        (list(CROSS_COLUMNS),))}
+    have = {
+        r[0]
+        for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema ="
+            " current_schema() AND table_name = 'features' AND column_name = ANY(%s)",
+            (list(CROSS_COLUMNS),),
+        )
+    }
     cross = ", ".join(k if k in have else f"NULL::float8 AS {k}" for k in CROSS_COLUMNS)
     q = _FEATURES.format(base=", ".join(FEATURE_COLUMNS), cross=cross)
     return conn.execute(q, {"tenant": tenant, "since": since, "until": until}).fetchall()

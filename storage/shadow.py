@@ -52,14 +52,19 @@ WHERE tenant_id = %(tenant)s AND model_version = %(version)s
 """
 
 
-def shadow_params(tenant: str, version: str, hours: float = 24.0,
-                  threshold: float = 0.5) -> dict[str, Any]:
+def shadow_params(
+    tenant: str, version: str, hours: float = 24.0, threshold: float = 0.5
+) -> dict[str, Any]:
     """Parameters of the query: the tenant, the challenger version, the window (``hours``) and
     the score a window counts as high at (``threshold``)."""
     if not hours > 0 or not 0 < threshold <= 1:
         raise ValueError("hours must be > 0 and threshold in (0, 1]")
-    return {"tenant": tenant, "version": str(version), "seconds": float(hours) * 3600.0,
-            "threshold": float(threshold)}
+    return {
+        "tenant": tenant,
+        "version": str(version),
+        "seconds": float(hours) * 3600.0,
+        "threshold": float(threshold),
+    }
 
 
 def stats_row(conn: psycopg.Connection, params: dict[str, Any]) -> tuple:

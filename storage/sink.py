@@ -45,13 +45,19 @@ CREATE TEMP TABLE IF NOT EXISTS metrics_stage (
 #: ``windows_stage`` columns after (tenant_id, host, metric, ws, we) and their binary COPY types
 _STAGE_WINDOW_TYPES: tuple[tuple[str, str], ...] = (
     *((k, feature_type(k)) for k in FEATURE_COLUMNS),
-    ("score", "float8"), ("severity", "text"), ("components", "text"), ("actual", "float8"),
-    ("expected", "float8"), ("explanation", "text"), ("model_version", "text"),
+    ("score", "float8"),
+    ("severity", "text"),
+    ("components", "text"),
+    ("actual", "float8"),
+    ("expected", "float8"),
+    ("explanation", "text"),
+    ("model_version", "text"),
     *((k, feature_type(k)) for k in CROSS_COLUMNS),
 )
 _STAGE_WINDOWS = (
     "CREATE TEMP TABLE IF NOT EXISTS windows_stage (tenant_id text, host text, metric text,"
-    " ws float8, we float8, " + ", ".join(f"{k} {t}" for k, t in _STAGE_WINDOW_TYPES)
+    " ws float8, we float8, "
+    + ", ".join(f"{k} {t}" for k, t in _STAGE_WINDOW_TYPES)
     + ") ON COMMIT DELETE ROWS"
 )
 _COPY_TYPES = ["int4", "text", "text", "text", "text", "float8", "text", "text", "text"]
@@ -63,7 +69,14 @@ _METRIC_COLS = ", ".join(METRIC_COLUMNS)
 _FEATURES_COLS = ", ".join(WINDOW_KEY + WINDOW_FEATURE_COLUMNS)
 _SCORES_COLS = ", ".join(WINDOW_KEY + SCORE_COLUMNS)
 _STAGE_COLS = "tenant_id, host, metric, ws, we, " + ", ".join(k for k, _ in _STAGE_WINDOW_TYPES)
-_STAGE_COPY_TYPES = ["text", "text", "text", "float8", "float8", *(t for _, t in _STAGE_WINDOW_TYPES)]
+_STAGE_COPY_TYPES = [
+    "text",
+    "text",
+    "text",
+    "float8",
+    "float8",
+    *(t for _, t in _STAGE_WINDOW_TYPES),
+]
 _COPY_WINDOWS_STAGE = f"COPY windows_stage ({_STAGE_COLS}) FROM STDIN (FORMAT BINARY)"
 _INSERT_FEATURES = (
     f"INSERT INTO features ({_FEATURES_COLS}) SELECT tenant_id, host, metric, to_timestamp(ws),"
@@ -99,17 +112,22 @@ def _iso_us(ts: np.ndarray) -> list[str]:
 
     Both metric write paths store exactly these instants, so a replay compares equal.
     """
-    return [d + "Z" for d in np.datetime_as_string((ts * 1e6).astype("datetime64[us]"), unit="us").tolist()]
+    return [
+        d + "Z"
+        for d in np.datetime_as_string((ts * 1e6).astype("datetime64[us]"), unit="us").tolist()
+    ]
 
 
 def _copy_escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-
 #: errors that a row's values cause (not an outage): a refused row is isolated and dead-lettered
-_ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError,
-               psycopg.errors.ProgramLimitExceeded)
+_ROW_ERRORS = (
+    psycopg.errors.DataError,
+    psycopg.errors.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
+)
 
 
 class Sink:
@@ -149,7 +167,10 @@ class Sink:
                 p.ensure(conn, "shadow_scores", windows.start[shadow])
 
     def write(
-        self, batch: MetricBatch, alert_events: Iterable[AlertEvent] = (), windows=None,
+        self,
+        batch: MetricBatch,
+        alert_events: Iterable[AlertEvent] = (),
+        windows=None,
         checkpoints: Iterable[Checkpoint] = (),
     ) -> tuple[int, list[AlertEvent]]:
         """Store a batch; returns (new metric rows, alert events newly stored with their ``seq``).
@@ -170,8 +191,12 @@ class Sink:
             bad = self._refused_rows(batch) if len(batch) else np.empty(0, np.int64)
             if not bad.size:
                 raise  # not a metric row: the windows or alerts of the batch
-            log.error("PostgreSQL refused %d of %d metric rows (%s); storing the others",
-                      bad.size, len(batch), str(e).strip().splitlines()[0][:200])
+            log.error(
+                "PostgreSQL refused %d of %d metric rows (%s); storing the others",
+                bad.size,
+                len(batch),
+                str(e).strip().splitlines()[0][:200],
+            )
             keep = np.ones(len(batch), bool)
             keep[bad] = False
             out = self._write_either(batch.take(keep), alert_events, windows, checkpoints)
@@ -179,7 +204,9 @@ class Sink:
             self.refused = bad
             return out
 
-    def _write_either(self, batch, alert_events, windows, checkpoints) -> tuple[int, list[AlertEvent]]:
+    def _write_either(
+        self, batch, alert_events, windows, checkpoints
+    ) -> tuple[int, list[AlertEvent]]:
         try:
             # fast path: plain COPY into metrics; a replayed event violates the unique key ...
             return self._write(batch, alert_events, windows, checkpoints, fresh=True)
@@ -210,7 +237,9 @@ class Sink:
         self.collided = np.empty(0, np.int64)
         return np.asarray(sorted(bad), dtype=np.int64)
 
-    def _write(self, batch, alert_events, windows, checkpoints, fresh: bool) -> tuple[int, list[AlertEvent]]:
+    def _write(
+        self, batch, alert_events, windows, checkpoints, fresh: bool
+    ) -> tuple[int, list[AlertEvent]]:
         with self.conn.transaction():
             if not len(batch):
                 inserted = 0
@@ -244,14 +273,23 @@ class Sink:
             unit = [_copy_escape(u) for u in unit]
         if "\\" in "".join(tags):
             tags = [t.replace("\\", "\\\\") for t in tags]
-        buf = "".join([
-            f"{e}\t{t}\t{h}\t{m}\t{v!r}\t{d}\t{u}\t{g}\n"
-            for e, t, h, m, v, d, u, g in zip(eid, b.tenant_id, b.host, b.metric, b.value.tolist(),
-                                              ts, unit, tags, strict=True)
-        ])
-        with self.conn.cursor().copy(
-            f"COPY metrics ({_METRIC_COLS}) FROM STDIN"
-        ) as cp:
+        buf = "".join(
+            [
+                f"{e}\t{t}\t{h}\t{m}\t{v!r}\t{d}\t{u}\t{g}\n"
+                for e, t, h, m, v, d, u, g in zip(
+                    eid,
+                    b.tenant_id,
+                    b.host,
+                    b.metric,
+                    b.value.tolist(),
+                    ts,
+                    unit,
+                    tags,
+                    strict=True,
+                )
+            ]
+        )
+        with self.conn.cursor().copy(f"COPY metrics ({_METRIC_COLS}) FROM STDIN") as cp:
             cp.write(buf)
         return len(b)
 
@@ -262,12 +300,16 @@ class Sink:
         cols = [w.features[k].tolist() for k in FEATURE_COLUMNS]
         # nullable columns (migration 007): windows without them store NULL
         cols += [_optional_column(w, k) for k in CROSS_COLUMNS]
-        keys = [f"{t}\t{h}\t{m}\t{a}Z\t{b}Z" for t, h, m, a, b in
-                zip(w.tenant_id, w.host, w.metric, ws, we, strict=True)]
-        feats = "".join([
-            k + "".join(["\t" + _num(x) for x in vals]) + "\n"
-            for k, vals in zip(keys, zip(*cols, strict=True), strict=True)
-        ])
+        keys = [
+            f"{t}\t{h}\t{m}\t{a}Z\t{b}Z"
+            for t, h, m, a, b in zip(w.tenant_id, w.host, w.metric, ws, we, strict=True)
+        ]
+        feats = "".join(
+            [
+                k + "".join(["\t" + _num(x) for x in vals]) + "\n"
+                for k, vals in zip(keys, zip(*cols, strict=True), strict=True)
+            ]
+        )
         dumps = orjson.dumps
         comp = [dumps(c).decode() for c in w.components]
         expl = [dumps(e).decode() for e in w.explanation]
@@ -276,11 +318,22 @@ class Sink:
             expl = [e.replace("\\", "\\\\") for e in expl]
         mean = w.features["mean"].tolist()
         version = [_NULL if v is None else v for v in w.model_version]
-        scores = "".join([
-            f"{k}\t{_num(sc)}\t{sev}\t{c}\t{_num(a)}\t{_num(x)}\t{e}\t{v}\n"
-            for k, sc, sev, c, a, x, e, v in zip(keys, w.score.tolist(), w.severity, comp, mean,
-                                                 w.expected.tolist(), expl, version, strict=True)
-        ])
+        scores = "".join(
+            [
+                f"{k}\t{_num(sc)}\t{sev}\t{c}\t{_num(a)}\t{_num(x)}\t{e}\t{v}\n"
+                for k, sc, sev, c, a, x, e, v in zip(
+                    keys,
+                    w.score.tolist(),
+                    w.severity,
+                    comp,
+                    mean,
+                    w.expected.tolist(),
+                    expl,
+                    version,
+                    strict=True,
+                )
+            ]
+        )
         cur = self.conn.cursor()
         with cur.copy(f"COPY features ({_FEATURES_COLS}) FROM STDIN") as cp:
             cp.write(feats)
@@ -290,8 +343,12 @@ class Sink:
     def _write_windows(self, w) -> None:
         """``features`` and ``scores`` rows of closed windows (idempotent on the window key)."""
         cur = self.conn.cursor()
-        base = [np.asarray(w.features[k], np.int64 if feature_type(k) == "int4" else np.float64).tolist()
-                for k in FEATURE_COLUMNS]
+        base = [
+            np.asarray(
+                w.features[k], np.int64 if feature_type(k) == "int4" else np.float64
+            ).tolist()
+            for k in FEATURE_COLUMNS
+        ]
         mean = base[FEATURE_COLUMNS.index("mean")]
         start, end = w.start.tolist(), w.end.tolist()
         expected = [None if x != x else x for x in w.expected.tolist()]
@@ -300,13 +357,24 @@ class Sink:
         with cur.copy(_COPY_WINDOWS_STAGE) as cp:
             cp.set_types(_STAGE_COPY_TYPES)
             for i in range(len(w)):
-                cp.write_row((
-                    w.tenant_id[i], w.host[i], w.metric[i], start[i], end[i],
-                    *(c[i] for c in base), float(w.score[i]),
-                    w.severity[i], dumps(w.components[i]).decode(), mean[i], expected[i],
-                    dumps(w.explanation[i]).decode(), w.model_version[i],
-                    *(c[i] for c in cross),
-                ))
+                cp.write_row(
+                    (
+                        w.tenant_id[i],
+                        w.host[i],
+                        w.metric[i],
+                        start[i],
+                        end[i],
+                        *(c[i] for c in base),
+                        float(w.score[i]),
+                        w.severity[i],
+                        dumps(w.components[i]).decode(),
+                        mean[i],
+                        expected[i],
+                        dumps(w.explanation[i]).decode(),
+                        w.model_version[i],
+                        *(c[i] for c in cross),
+                    )
+                )
         cur.execute(_INSERT_FEATURES)
         cur.execute(_INSERT_SCORES)
         cur.execute("TRUNCATE windows_stage")
@@ -322,8 +390,10 @@ class Sink:
         champ = [c.get("batch") for c in comp]
         score, raw = w.shadow_score[idx].tolist(), w.shadow_raw[idx].tolist()
         tenant, host, metric = w.tenant_id[idx], w.host[idx], w.metric[idx]
-        cols = ("tenant_id, model_version, window_start, host, metric, window_end, score, raw,"
-                " champion_version, champion_score")
+        cols = (
+            "tenant_id, model_version, window_start, host, metric, window_end, score, raw,"
+            " champion_version, champion_score"
+        )
         cur = self.conn.cursor()
         if not fresh:
             nul = [None if x != x else x for x in raw]
@@ -332,21 +402,36 @@ class Sink:
                 " to_timestamp(we), sc, r, cv, cs FROM unnest(%s::text[], %s::text[], %s::float8[],"
                 " %s::text[], %s::text[], %s::float8[], %s::float8[], %s::float8[], %s::text[],"
                 " %s::float8[]) AS u(t, v, ws, h, m, we, sc, r, cv, cs) ON CONFLICT DO NOTHING",
-                (tenant.tolist(), version, w.start[idx].tolist(), host.tolist(), metric.tolist(),
-                 w.end[idx].tolist(), score, nul, champ_v, champ),
+                (
+                    tenant.tolist(),
+                    version,
+                    w.start[idx].tolist(),
+                    host.tolist(),
+                    metric.tolist(),
+                    w.end[idx].tolist(),
+                    score,
+                    nul,
+                    champ_v,
+                    champ,
+                ),
             )
             return
-        ws = np.datetime_as_string((w.start[idx] * 1e6).astype("datetime64[us]"), unit="us").tolist()
+        ws = np.datetime_as_string(
+            (w.start[idx] * 1e6).astype("datetime64[us]"), unit="us"
+        ).tolist()
         we = np.datetime_as_string((w.end[idx] * 1e6).astype("datetime64[us]"), unit="us").tolist()
         if _UNSAFE.search("".join(version) + "".join(v or "" for v in champ_v)):
             version = [_copy_escape(v) for v in version]
             champ_v = [None if v is None else _copy_escape(v) for v in champ_v]
-        buf = "".join([
-            f"{t}\t{v}\t{a}Z\t{h}\t{m}\t{b}Z\t{_num(sc)}\t{_num(r)}\t"
-            f"{_NULL if cv is None else cv}\t{_num(cs)}\n"
-            for t, v, a, h, m, b, sc, r, cv, cs in zip(tenant, version, ws, host, metric, we, score,
-                                                       raw, champ_v, champ, strict=True)
-        ])
+        buf = "".join(
+            [
+                f"{t}\t{v}\t{a}Z\t{h}\t{m}\t{b}Z\t{_num(sc)}\t{_num(r)}\t"
+                f"{_NULL if cv is None else cv}\t{_num(cs)}\n"
+                for t, v, a, h, m, b, sc, r, cv, cs in zip(
+                    tenant, version, ws, host, metric, we, score, raw, champ_v, champ, strict=True
+                )
+            ]
+        )
         with cur.copy(f"COPY shadow_scores ({cols}) FROM STDIN") as cp:
             cp.write(buf)
 
@@ -364,8 +449,18 @@ class Sink:
             "FROM STDIN (FORMAT BINARY)"
         ) as cp:
             cp.set_types(_COPY_TYPES)
-            for row in zip(range(len(b)), b.event_id, b.tenant_id, b.host, b.metric, b.value.tolist(),
-                           _iso_us(b.ts), b.unit, (t.decode() for t in tags), strict=True):
+            for row in zip(
+                range(len(b)),
+                b.event_id,
+                b.tenant_id,
+                b.host,
+                b.metric,
+                b.value.tolist(),
+                _iso_us(b.ts),
+                b.unit,
+                (t.decode() for t in tags),
+                strict=True,
+            ):
                 cp.write_row(row)
         cur.execute(
             f"INSERT INTO metrics ({_METRIC_COLS}) "
@@ -420,10 +515,23 @@ class Sink:
                     " state, rule, threshold, message, score, explanation, model_version,"
                     " opened_at, updated_at) VALUES (%s,%s,%s,%s,%s,%s,%s,'open',%s,%s,%s,%s,%s,%s,"
                     " to_timestamp(%s), %s) ON CONFLICT (alert_id) DO NOTHING",
-                    (ev.alert_id, ev.tenant_id, ev.host, ev.metric, ev.value,
-                     ev.severity, ts_event, ev.rule, ev.threshold, ev.message,
-                     ev.score, Jsonb(ev.explanation), ev.model_version, ev.opened_at,
-                     ts_event),
+                    (
+                        ev.alert_id,
+                        ev.tenant_id,
+                        ev.host,
+                        ev.metric,
+                        ev.value,
+                        ev.severity,
+                        ts_event,
+                        ev.rule,
+                        ev.threshold,
+                        ev.message,
+                        ev.score,
+                        Jsonb(ev.explanation),
+                        ev.model_version,
+                        ev.opened_at,
+                        ts_event,
+                    ),
                 )
             else:
                 cur.execute(
@@ -431,9 +539,20 @@ class Sink:
                     " threshold = %s, explanation = %s, updated_at = %s, state = %s,"
                     " resolved_at = CASE WHEN %s::text = 'resolved' THEN %s::timestamptz END"
                     " WHERE alert_id = %s AND updated_at <= %s",
-                    (ev.severity, ev.value, ev.message, ev.score, ev.threshold,
-                     Jsonb(ev.explanation), ts_event, ev.state, ev.state,
-                     ts_event, ev.alert_id, ts_event),
+                    (
+                        ev.severity,
+                        ev.value,
+                        ev.message,
+                        ev.score,
+                        ev.threshold,
+                        Jsonb(ev.explanation),
+                        ts_event,
+                        ev.state,
+                        ev.state,
+                        ts_event,
+                        ev.alert_id,
+                        ts_event,
+                    ),
                 )
         return stored
 
@@ -443,7 +562,9 @@ class Sink:
             "COPY dead_letters (reason, detail, stage, source, raw) FROM STDIN"
         ) as cp:
             for d in dead:
-                cp.write_row((d.reason, d.detail, d.stage, f"{d.topic}:{d.partition}:{d.offset}", d.raw))
+                cp.write_row(
+                    (d.reason, d.detail, d.stage, f"{d.topic}:{d.partition}:{d.offset}", d.raw)
+                )
 
     def unpublished(self, limit: int = 10_000) -> list[AlertEvent]:
         """Alert events stored but not yet confirmed on the alert topic (outbox), with ``seq``."""

@@ -32,15 +32,19 @@ def create_tenant(conn: psycopg.Connection, tenant: str, name: str = "") -> bool
 
 
 def tenant_exists(conn: psycopg.Connection, tenant: str) -> bool:
-    found = conn.execute("SELECT 1 FROM tenants WHERE tenant_id = %s", (tenant,)).fetchone() is not None
+    found = (
+        conn.execute("SELECT 1 FROM tenants WHERE tenant_id = %s", (tenant,)).fetchone() is not None
+    )
     conn.commit()
     return found
 
 
 # --- API keys ---------------------------------------------------------------------------------
 
-def add_key(conn: psycopg.Connection, key_id: str, tenant: str, scope: str, key_hash: bytes,
-            label: str = "") -> None:
+
+def add_key(
+    conn: psycopg.Connection, key_id: str, tenant: str, scope: str, key_hash: bytes, label: str = ""
+) -> None:
     conn.execute(
         "INSERT INTO api_keys (key_id, tenant_id, scope, key_hash, label) VALUES (%s, %s, %s, %s, %s)",
         (key_id, tenant, scope, key_hash, label),
@@ -70,7 +74,7 @@ def revoke_key(conn: psycopg.Connection, key_id: str) -> bool:
 async def key_row(conn: AsyncConnection, key_id: str) -> tuple[str, str, bytes, bool] | None:
     """``(tenant_id, scope, key_hash, revoked)`` of a key, or ``None`` when there is none."""
     cur = await conn.execute(
-        "SELECT tenant_id, scope, key_hash, revoked_at IS NOT NULL FROM api_keys "
-        "WHERE key_id = %s", (key_id,),
+        "SELECT tenant_id, scope, key_hash, revoked_at IS NOT NULL FROM api_keys WHERE key_id = %s",
+        (key_id,),
     )
     return await cur.fetchone()

@@ -49,8 +49,15 @@ def _fill(text: str, subs: dict[str, str]) -> str:
 
 
 def _event(subs: dict[str, str], **extra: object) -> dict:
-    ev = {"tenant_id": subs["{tenant}"], "host": "h-poison-gen", "metric": "cpu_load", "value": 1.5,
-          "ts_event": subs["{now}"], "unit": "%", "tags": {"env": "prod"}}
+    ev = {
+        "tenant_id": subs["{tenant}"],
+        "host": "h-poison-gen",
+        "metric": "cpu_load",
+        "value": 1.5,
+        "ts_event": subs["{now}"],
+        "unit": "%",
+        "tags": {"env": "prod"},
+    }
     ev.update(extra)
     return ev
 
@@ -110,7 +117,9 @@ def load_corpus(tenant: str = "acme", now: float | None = None) -> list[PoisonCa
     now = time.time() if now is None else now
     subs = {
         "{tenant}": tenant,
-        "{now}": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "{now}": datetime.fromtimestamp(now, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
         "{now_s}": f"{now:.3f}",
         "{now_ms}": str(int(now * 1000)),
         "{now_plus_1y}": f"{now + 366 * 86400:.0f}",

@@ -92,8 +92,10 @@ class WindowDataset:
         if self.hosts is not None:
             self.hosts = np.asarray(self.hosts, np.int64)
             if self.hosts.shape != (self.n_series,):
-                raise ValueError(f"hosts needs one code per series ({self.n_series}), "
-                                 f"got shape {self.hosts.shape}")
+                raise ValueError(
+                    f"hosts needs one code per series ({self.n_series}), "
+                    f"got shape {self.hosts.shape}"
+                )
         inputs = ("start", "count", "mean", "std", "change")
         if any(k not in self.X for k in CROSS_FEATURES) and all(k in self.X for k in inputs):
             self.X.update(self.cross_features())
@@ -122,7 +124,9 @@ class WindowDataset:
             rows = mask
         if not rows.any():
             return
-        key = np.stack([self.host_codes().astype(np.float64), np.asarray(self.X["start"], np.float64)])
+        key = np.stack(
+            [self.host_codes().astype(np.float64), np.asarray(self.X["start"], np.float64)]
+        )
         _, gid = np.unique(key, axis=1, return_inverse=True)
         gid = gid.reshape(-1)
         touched = np.zeros(int(gid.max()) + 1, dtype=bool)
@@ -269,6 +273,7 @@ def from_csv(
 
 # --- PostgreSQL -----------------------------------------------------------------------------
 
+
 def from_postgres(
     settings: Settings,
     tenant: str | None = None,
@@ -303,8 +308,9 @@ def from_postgres(
         fb = load_labels(conn, tenant, label_pad_s)
     if not rows:
         raise ValueError("no rows in the features table for this selection")
-    df = pd.DataFrame(rows, columns=["tenant_id", "host", "metric", "start", "end", *FEATURES,
-                                     *CROSS_FEATURES])
+    df = pd.DataFrame(
+        rows, columns=["tenant_id", "host", "metric", "start", "end", *FEATURES, *CROSS_FEATURES]
+    )
     ds = from_frame(df)
     code_of = {n: i for i, n in enumerate(ds.names)}
     # the latest label per (series, span) wins
@@ -359,8 +365,7 @@ def from_frame(
     lab = {code_of[n]: list(v) for n, v in (labels or {}).items() if n in code_of}
     nor = {code_of[n]: list(v) for n, v in (normal or {}).items() if n in code_of}
     wl = df.assign(code=codes, w=df["end"] - df["start"]).groupby("code")["w"].median()
-    ds = WindowDataset(_sort(X), names, lab, nor, {int(k): float(v) for k, v in wl.items()},
-                       hosts)
+    ds = WindowDataset(_sort(X), names, lab, nor, {int(k): float(v) for k, v in wl.items()}, hosts)
     if stored:  # keep what the live models saw; fill rows stored without the columns
         missing = np.zeros(len(ds), dtype=bool)
         for k in CROSS_FEATURES:
@@ -376,7 +381,9 @@ def from_frame(
 KINDS = ("spike", "level_shift", "dropout")
 
 
-def _editable(ds: WindowDataset) -> tuple[dict[str, np.ndarray], dict[int, list[Interval]], np.ndarray]:
+def _editable(
+    ds: WindowDataset,
+) -> tuple[dict[str, np.ndarray], dict[int, list[Interval]], np.ndarray]:
     """Copies of ``ds``'s columns (``count`` int64, ``gap`` float64) and labels to inject into,
     and the mask of windows already labelled anomalous."""
     X = {k: v.copy() for k, v in ds.X.items()}
@@ -451,7 +458,9 @@ def inject_anomalies(
             sign = 1.0 if rng.random() < 0.7 else -1.0
             delta = sign * magnitude * scale
             _apply(X, kind, rows, idx[p + length] if p + length < n else None, delta)
-            labels.setdefault(code, []).append((float(X["start"][lab[0]]), float(X["end"][lab[-1]])))
+            labels.setdefault(code, []).append(
+                (float(X["start"][lab[0]]), float(X["end"][lab[-1]]))
+            )
     out = WindowDataset(X, list(ds.names), labels, dict(ds.normal), dict(ds.window_s), ds.hosts)
     out.refresh_cross_features(_changed(ds.X, X))
     return out

@@ -192,7 +192,11 @@ def _sweep_deltas(s: LabelledSeries, prep: _Prepared, prof: CostProfile):
     if out_rows.size:
         y = prep.fp_y[out_rows]
         vals.append(sc[out_rows])
-        dels.append(np.where(np.isinf(y), -prof.a_fp, prof.a_fp * scaled_sigmoid(np.where(np.isinf(y), 0, y))))
+        dels.append(
+            np.where(
+                np.isinf(y), -prof.a_fp, prof.a_fp * scaled_sigmoid(np.where(np.isinf(y), 0, y))
+            )
+        )
     n_win = 0
     for (lo, hi), ok in zip(prep.win_rows, prep.scored, strict=False):
         if not ok:

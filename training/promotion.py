@@ -214,7 +214,10 @@ def decide(
         return True, f"champion's {policy.metric} is undefined; candidate {c}"
     if c >= h + policy.margin:
         return True, f"better: {policy.metric} {c} vs champion {h} (margin {policy.margin})"
-    return False, f"not better by margin: {policy.metric} {c} vs champion {h} (margin {policy.margin})"
+    return (
+        False,
+        f"not better by margin: {policy.metric} {c} vs champion {h} (margin {policy.margin})",
+    )
 
 
 # --- the decision, recorded in the registry ---------------------------------------------------
@@ -247,17 +250,35 @@ def evaluate_and_promote(
         champ_m = evaluate_model(load_version(client, name, champ_v, tracking_uri), ds, policy)
     ok, reason = decide(candidate_metrics, champ_m, policy)
     d = Decision(version, ok, reason, candidate_metrics, champ_v, champ_m)
-    tag_decision(client, name, version, action=d.action, reason=reason,
-                 metrics=candidate_metrics, champion_metrics=champ_m, compared_with=champ_v,
-                 policy=asdict(policy), decided_at=d.decided_at)
+    tag_decision(
+        client,
+        name,
+        version,
+        action=d.action,
+        reason=reason,
+        metrics=candidate_metrics,
+        champion_metrics=champ_m,
+        compared_with=champ_v,
+        policy=asdict(policy),
+        decided_at=d.decided_at,
+    )
     if ok:
         promote(client, name, version, reason)
     else:
         d.challenger = challenger and not guardrail_failures(candidate_metrics, policy)
         if d.challenger:
             move_alias(client, name, CHALLENGER, version)
-        record_decision(client, name, {"action": "rejected", "version": version,
-                                       "previous": champ_v, "reason": reason,
-                                       "at": d.decided_at, "challenger": d.challenger})
+        record_decision(
+            client,
+            name,
+            {
+                "action": "rejected",
+                "version": version,
+                "previous": champ_v,
+                "reason": reason,
+                "at": d.decided_at,
+                "challenger": d.challenger,
+            },
+        )
     log.info("%s v%s %s: %s", name, version, d.action, reason)
     return d

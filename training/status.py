@@ -58,18 +58,27 @@ def shadow_summary(row: tuple, params: dict[str, Any]) -> dict[str, Any]:
         "windows": n,
         "first_window": first,
         "last_window": last,
-        "challenger": {"versions": [params["version"]], "windows": n, "mean_score": _r(mean),
-                       "high_fraction": _r(high)},
-        "champion": None if not cn else {
-            "versions": sorted(cversions or [], key=lambda v: (len(v), v)), "windows": cn,
-            "mean_score": _r(cmean), "high_fraction": _r(chigh)},
+        "challenger": {
+            "versions": [params["version"]],
+            "windows": n,
+            "mean_score": _r(mean),
+            "high_fraction": _r(high),
+        },
+        "champion": None
+        if not cn
+        else {
+            "versions": sorted(cversions or [], key=lambda v: (len(v), v)),
+            "windows": cn,
+            "mean_score": _r(cmean),
+            "high_fraction": _r(chigh),
+        },
     }
 
 
-def shadow_stats(conn: Any, tenant: str, version: str, hours: float = 24.0,
-                 threshold: float = 0.5) -> dict[str, Any]:
+def shadow_stats(
+    conn: Any, tenant: str, version: str, hours: float = 24.0, threshold: float = 0.5
+) -> dict[str, Any]:
     """Shadow-scoring statistics of challenger ``version`` for ``tenant`` (see
     :func:`shadow_summary`); ``conn`` is a psycopg connection to the EventOps database."""
     params = shadow_params(tenant, version, hours, threshold)
     return shadow_summary(stats_row(conn, params), params)
-

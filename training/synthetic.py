@@ -44,8 +44,14 @@ STEP_S = 300
 DAYS = 14
 START = pd.Timestamp("2014-04-01 00:00:00")
 #: the day (0-based) that carries the anomaly, per kind
-_ANOMALY_DAY = {"daily_jumpsup": 9, "daily_jumpsdown": 9, "daily_flatmiddle": 9,
-                "daily_nojump": 9, "increase_spike_density": 6, "load_balancer_spikes": 10}
+_ANOMALY_DAY = {
+    "daily_jumpsup": 9,
+    "daily_jumpsdown": 9,
+    "daily_flatmiddle": 9,
+    "daily_nojump": 9,
+    "increase_spike_density": 6,
+    "load_balancer_spikes": 10,
+}
 KINDS = tuple(_ANOMALY_DAY)
 
 
@@ -118,7 +124,8 @@ def write_nab_like(directory: Path, seed: int = 0) -> Path:
         mid = (a + b) / 2
         lo = START + pd.Timedelta(seconds=max(0.0, mid - half))
         hi = START + pd.Timedelta(seconds=min((n - 1) * STEP_S, mid + half))
-        windows[f"{CATEGORY}/{name}"] = [[lo.strftime("%Y-%m-%d %H:%M:%S.%f"),
-                                          hi.strftime("%Y-%m-%d %H:%M:%S.%f")]]
+        windows[f"{CATEGORY}/{name}"] = [
+            [lo.strftime("%Y-%m-%d %H:%M:%S.%f"), hi.strftime("%Y-%m-%d %H:%M:%S.%f")]
+        ]
     (root / "windows.json").write_text(json.dumps(windows, indent=2) + "\n")
     return root

@@ -169,6 +169,11 @@ def train_and_register(
             settings, version, ds, policy, tracking_uri=tracking_uri, candidate_metrics=metrics
         )
         t["promote_s"] = time.perf_counter() - t0
-    log.info("trained %s v%s (run %s): %s", settings.model_name, version, run_id,
-             decision.reason if decision else "not evaluated for promotion")
+    log.info(
+        "trained %s v%s (run %s): %s",
+        settings.model_name,
+        version,
+        run_id,
+        decision.reason if decision else "not evaluated for promotion",
+    )
     return TrainResult(version, run_id, metrics, decision, t)

@@ -223,7 +223,13 @@ class Normalizer:
                     reject(i, DlqReason.NOT_OBJECT, f"top-level JSON is {type(ev).__name__}")
                     continue
                 get = ev.get
-                t, h, m, v, tsv = get("tenant_id"), get("host"), get("metric"), get("value"), get("ts_event")
+                t, h, m, v, tsv = (
+                    get("tenant_id"),
+                    get("host"),
+                    get("metric"),
+                    get("value"),
+                    get("ts_event"),
+                )
                 if t is None or h is None or m is None or v is None or tsv is None:
                     missing = ",".join(f for f in REQUIRED if get(f) is None)
                     reject(i, DlqReason.MISSING_FIELD, missing)
@@ -240,8 +246,12 @@ class Normalizer:
                     ts = ts_cache[tsv]
                 else:
                     try:
-                        if suspect is not None and suspect[i] and type(tsv) is str \
-                                and not tsv.isprintable():  # fromisoformat stops at a NUL
+                        if (
+                            suspect is not None
+                            and suspect[i]
+                            and type(tsv) is str
+                            and not tsv.isprintable()
+                        ):  # fromisoformat stops at a NUL
                             raise ValueError("holds a control character")
                         ts = _parse_ts(tsv)
                     except (TypeError, ValueError, OverflowError) as e:
@@ -256,8 +266,14 @@ class Normalizer:
                 tg = get("tags")
                 # a short message decoded by orjson with no nested containers needs no tag walk
                 # (orjson refuses NaN/Infinity and numbers beyond float64, so its scalars are fine)
-                if tg is not None and (slow or type(tg) is not dict or len(tg) > cfg.max_tags
-                                       or len(raw) > small or raw.count(b"{") > 2 or b"[" in raw):
+                if tg is not None and (
+                    slow
+                    or type(tg) is not dict
+                    or len(tg) > cfg.max_tags
+                    or len(raw) > small
+                    or raw.count(b"{") > 2
+                    or b"[" in raw
+                ):
                     reason = self._check_tags(tg)
                     if reason:
                         reject(i, *reason)
@@ -330,21 +346,26 @@ class Normalizer:
             uniq, inv = factorize(col)
             bad_u = np.fromiter((_NAME_RE.fullmatch(s) is None for s in uniq), bool, len(uniq))
             if bad_u.any():
-                drop(bad_u[inv], DlqReason.BAD_FIELD,
-                     lambda j, c=col, nm=name: f"{nm}={c[j]!r:.80}")
+                drop(
+                    bad_u[inv], DlqReason.BAD_FIELD, lambda j, c=col, nm=name: f"{nm}={c[j]!r:.80}"
+                )
         if cfg.known_tenants is not None:
             uniq, inv = factorize(tenant)
             unknown = np.fromiter((u not in cfg.known_tenants for u in uniq), bool, len(uniq))
             if unknown.any():
-                drop(unknown[inv], DlqReason.UNKNOWN_TENANT,
-                     lambda j: f"tenant_id={tenant[j]!r:.80}")
+                drop(
+                    unknown[inv], DlqReason.UNKNOWN_TENANT, lambda j: f"tenant_id={tenant[j]!r:.80}"
+                )
 
         # unit normalisation and its size bound on unique values only
         uniq, inv = factorize(unit)
         long_u = np.fromiter((_utf8_len(s) > small for s in uniq), bool, len(uniq))
         if long_u.any():
-            drop(long_u[inv], DlqReason.BAD_FIELD,
-                 lambda j: f"unit: {_utf8_len(unit[j])} bytes > {small}")
+            drop(
+                long_u[inv],
+                DlqReason.BAD_FIELD,
+                lambda j: f"unit: {_utf8_len(unit[j])} bytes > {small}",
+            )
         canon = [self.units.get(s.strip().lower(), (s.strip().lower(), 1.0)) for s in uniq]
         unit = np.asarray([c[0] for c in canon], dtype=object)[inv]
         scale = np.asarray([c[1] for c in canon], dtype=np.float64)[inv]
@@ -352,8 +373,11 @@ class Normalizer:
             with np.errstate(over="ignore"):
                 value = value * scale
         # after scaling: 1e308 GiB is inf bytes
-        drop(~np.isfinite(value), DlqReason.NON_FINITE,
-             lambda j: f"value={values[j]!r:.60} ({unit[j]})")
+        drop(
+            ~np.isfinite(value),
+            DlqReason.NON_FINITE,
+            lambda j: f"value={values[j]!r:.60} ({unit[j]})",
+        )
 
         batch = MetricBatch(
             event_id=np.asarray(ids, dtype=object),
@@ -404,8 +428,10 @@ class Normalizer:
             elif (tv is float and not math.isfinite(v)) or (
                 tv is int and not _TAG_INT_MIN <= v <= _TAG_INT_MAX
             ):
-                return (DlqReason.BAD_TAGS,
-                        f"tag {_show(k)}: number {v!r:.40} is not a finite int64/float64")
+                return (
+                    DlqReason.BAD_TAGS,
+                    f"tag {_show(k)}: number {v!r:.40} is not a finite int64/float64",
+                )
             if len(k) > quarter and _utf8_len(k) > lim:
                 return DlqReason.TAG_TOO_LARGE, f"tag key {_show(k)}: {_utf8_len(k)} bytes > {lim}"
         return None
@@ -456,15 +482,25 @@ def suspects(raws: Sequence[bytes]) -> list[bool] | None:
     return out.tolist()
 
 
-def text_fault(tenant: str, host: str, metric: str, event_id: str, unit: str,
-                tags: dict | None) -> str | None:
+def text_fault(
+    tenant: str, host: str, metric: str, event_id: str, unit: str, tags: dict | None
+) -> str | None:
     """Detail naming the first stored text field with a forbidden character, else ``None``."""
     if _BAD_STRICT.search(tenant + host + metric + event_id) is None and (
-        _BAD_FREE.search(unit) is None if not tags else _BAD_FREE.search(
-            unit + "".join(tags) + "".join([v for v in tags.values() if type(v) is str])) is None
+        _BAD_FREE.search(unit) is None
+        if not tags
+        else _BAD_FREE.search(
+            unit + "".join(tags) + "".join([v for v in tags.values() if type(v) is str])
+        )
+        is None
     ):
         return None  # one search per kind of field; the field is looked for only on a hit
-    for name, s in (("tenant_id", tenant), ("host", host), ("metric", metric), ("event_id", event_id)):
+    for name, s in (
+        ("tenant_id", tenant),
+        ("host", host),
+        ("metric", metric),
+        ("event_id", event_id),
+    ):
         m = _BAD_STRICT.search(s)
         if m:
             return f"{name} holds U+{ord(m.group()):04X} at {m.start()}"

@@ -32,7 +32,9 @@ def demo(e2e_settings):
     bus = Bus()
     pipe = EmbeddedPipeline(s, bus, source="e2e")
     # one hour of history, no injected anomaly yet: the page opens onto quiet hosts
-    sim = Simulator(hosts=6, tenant=tenant, seed=3, interval=20.0, start=time.time() - 3600, anomaly_rate=0.0)
+    sim = Simulator(
+        hosts=6, tenant=tenant, seed=3, interval=20.0, start=time.time() - 3600, anomaly_rate=0.0
+    )
     chunk = []
     for evs in sim.events():
         chunk.extend(evs)
@@ -72,11 +74,16 @@ def test_live_anomaly_arrives_and_is_marked_false_positive(demo, browser, output
     page.screenshot(path=str(output_dir / "dashboard-2-live-alert.png"), full_page=True)
 
     item.query_selector("button.fp").click()
-    page.wait_for_selector(f"#feed li[data-alert-id='{alert_id}'][data-feedback='false_positive']",
-                           timeout=10_000)
-    row = wait_for(lambda: conn.execute(
-        "SELECT label, tenant_id, key_id FROM feedback WHERE alert_id = %s", (alert_id,)).fetchone(),
-        10, what="feedback row")
+    page.wait_for_selector(
+        f"#feed li[data-alert-id='{alert_id}'][data-feedback='false_positive']", timeout=10_000
+    )
+    row = wait_for(
+        lambda: conn.execute(
+            "SELECT label, tenant_id, key_id FROM feedback WHERE alert_id = %s", (alert_id,)
+        ).fetchone(),
+        10,
+        what="feedback row",
+    )
     assert row == ("false_positive", tenant, key.split("_")[1])
     page.wait_for_selector("#incidents li[data-incident-id]", timeout=10_000)
     page.screenshot(path=str(output_dir / "dashboard-3-feedback.png"), full_page=True)

@@ -30,15 +30,25 @@ def hdr(key: str) -> dict[str, str]:
 
 
 async def stub_model_status(settings: Settings) -> dict:
-    return {"name": settings.model_name, "available": False, "detail": "stub", "champion": None,
-            "challenger": None}
+    return {
+        "name": settings.model_name,
+        "available": False,
+        "detail": "stub",
+        "champion": None,
+        "challenger": None,
+    }
 
 
 class Api:
     """The app under uvicorn in a thread (embedded mode when ``bus`` is given)."""
 
-    def __init__(self, s: Settings, bus=None, serving: ServingSettings | None = None,
-                 stub_models: bool = True) -> None:
+    def __init__(
+        self,
+        s: Settings,
+        bus=None,
+        serving: ServingSettings | None = None,
+        stub_models: bool = True,
+    ) -> None:
         import uvicorn
 
         from serving.app import create_app
@@ -48,12 +58,20 @@ class Api:
         self.port = sock.getsockname()[1]
         sock.close()
         self.url = f"http://127.0.0.1:{self.port}"
-        serving = serving or ServingSettings(rate_limit_rps=0, cors_origins="", auth_cache_s=0.5, _env_file=None)
+        serving = serving or ServingSettings(
+            rate_limit_rps=0, cors_origins="", auth_cache_s=0.5, _env_file=None
+        )
         self.app = create_app(s, bus=bus, serving=serving)
         if stub_models:
             self.app.state.model_status = stub_model_status
-        cfg = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                             lifespan="on", timeout_graceful_shutdown=1)
+        cfg = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=1,
+        )
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -71,29 +89,63 @@ class Api:
         self.thread.join(timeout=10)
 
 
-def raw_event(tenant: str, host: str, value: float, metric: str = "cpu_load",
-              ts: datetime | None = None) -> bytes:
+def raw_event(
+    tenant: str, host: str, value: float, metric: str = "cpu_load", ts: datetime | None = None
+) -> bytes:
     ts = ts or datetime.now(UTC)
-    return orjson.dumps({"tenant_id": tenant, "host": host, "metric": metric, "value": value,
-                         "ts_event": ts.isoformat().replace("+00:00", "Z"), "unit": "percent"})
+    return orjson.dumps(
+        {
+            "tenant_id": tenant,
+            "host": host,
+            "metric": metric,
+            "value": value,
+            "ts_event": ts.isoformat().replace("+00:00", "Z"),
+            "unit": "percent",
+        }
+    )
 
 
-def alert_event(tenant: str, host: str, metric: str = "cpu_load", kind: str = "open",
-                ts: datetime | None = None, alert_id: str | None = None, marker: str = "") -> AlertEvent:
+def alert_event(
+    tenant: str,
+    host: str,
+    metric: str = "cpu_load",
+    kind: str = "open",
+    ts: datetime | None = None,
+    alert_id: str | None = None,
+    marker: str = "",
+) -> AlertEvent:
     """An alert transition as the detect stage emits it (for Sink.write)."""
     ts = ts or datetime.now(UTC)
     alert_id = alert_id or uuid.uuid4().hex[:24]
     return AlertEvent(
-        alert_id=alert_id, kind=kind, tenant_id=tenant, host=host, metric=metric, value=95.0,
-        severity="critical", ts=ts.timestamp(), opened_at=ts.timestamp(), rule="cpu_load",
-        threshold=90.0, message=f"{metric} on {host} is 95 {marker}", score=1.0,
-        explanation={"components": ["threshold"], "marker": marker}, model_version=None,
+        alert_id=alert_id,
+        kind=kind,
+        tenant_id=tenant,
+        host=host,
+        metric=metric,
+        value=95.0,
+        severity="critical",
+        ts=ts.timestamp(),
+        opened_at=ts.timestamp(),
+        rule="cpu_load",
+        threshold=90.0,
+        message=f"{metric} on {host} is 95 {marker}",
+        score=1.0,
+        explanation={"components": ["threshold"], "marker": marker},
+        model_version=None,
         event_id=f"ev-{alert_id}",
     )
 
 
-def seed(s: Settings, conn: psycopg.Connection, tenant: str, marker: str, hosts=("host-a",), metrics=("cpu_load",),
-         n: int = 30) -> dict:
+def seed(
+    s: Settings,
+    conn: psycopg.Connection,
+    tenant: str,
+    marker: str,
+    hosts=("host-a",),
+    metrics=("cpu_load",),
+    n: int = 30,
+) -> dict:
     """Metrics, scores, features, an inventory entry, two alerts (+ events) and a feedback row.
 
     ``marker`` is written into host tags, alert messages and explanations, so a response that
@@ -102,35 +154,47 @@ def seed(s: Settings, conn: psycopg.Connection, tenant: str, marker: str, hosts=
     now = datetime.now(UTC).replace(microsecond=0)
     with conn.cursor() as cur:
         for h in hosts:
-            cur.execute("INSERT INTO inventory (tenant_id, source_id, tags) VALUES (%s, %s, %s) "
-                        "ON CONFLICT DO NOTHING", (tenant, h, Jsonb({"owner": marker})))
+            cur.execute(
+                "INSERT INTO inventory (tenant_id, source_id, tags) VALUES (%s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (tenant, h, Jsonb({"owner": marker})),
+            )
             for m in metrics:
                 cur.execute(
                     "INSERT INTO metrics (event_id, tenant_id, host, metric, value, ts_event, unit, tags) "
                     "SELECT %s || g, %s, %s, %s, 50 + g, %s - g * interval '10 s', 'percent', %s "
                     "FROM generate_series(0, %s - 1) g",
-                    (f"{tenant}:{h}:{m}:", tenant, h, m, now, Jsonb({"owner": marker}), n))
+                    (f"{tenant}:{h}:{m}:", tenant, h, m, now, Jsonb({"owner": marker}), n),
+                )
                 cur.execute(
                     "INSERT INTO features (tenant_id, host, metric, window_start, window_end, count, mean, std,"
                     " min, max, last, slope, change, gap) SELECT %s, %s, %s, %s - (g + 1) * interval '1 min',"
                     " %s - g * interval '1 min', 6, 50, 1, 49, 51, 50, 0, 0, 0 FROM generate_series(0, 9) g",
-                    (tenant, h, m, now, now))
+                    (tenant, h, m, now, now),
+                )
                 cur.execute(
                     "INSERT INTO scores (tenant_id, host, metric, window_start, window_end, score, severity,"
                     " components, actual, expected, explanation, model_version)"
                     " SELECT %s, %s, %s, %s - (g + 1) * interval '1 min', %s - g * interval '1 min',"
                     " 0.1 * (g %% 10), 'ok', '{\"rules\": 0.1}', 50, 49, %s, '1'"
                     " FROM generate_series(0, 9) g",
-                    (tenant, h, m, now, now, Jsonb({"typical_deviation": 1.0, "marker": marker})))
+                    (tenant, h, m, now, now, Jsonb({"typical_deviation": 1.0, "marker": marker})),
+                )
     if not conn.autocommit:
         conn.commit()
     a1 = alert_event(tenant, hosts[0], metrics[0], ts=now - timedelta(minutes=5), marker=marker)
     a2 = alert_event(tenant, hosts[-1], metrics[-1], ts=now - timedelta(minutes=3), marker=marker)
     _, stored = store_alerts(s, [a1, a2])
-    conn.execute("INSERT INTO feedback (tenant_id, alert_id, label, comment) VALUES (%s, %s, 'true_positive', %s)",
-                 (tenant, a1.alert_id, marker))
-    return {"alerts": [a1.alert_id, a2.alert_id], "hosts": list(hosts), "metrics": list(metrics),
-            "stored": stored}
+    conn.execute(
+        "INSERT INTO feedback (tenant_id, alert_id, label, comment) VALUES (%s, %s, 'true_positive', %s)",
+        (tenant, a1.alert_id, marker),
+    )
+    return {
+        "alerts": [a1.alert_id, a2.alert_id],
+        "hosts": list(hosts),
+        "metrics": list(metrics),
+        "stored": stored,
+    }
 
 
 def store_alerts(s: Settings, events: list[AlertEvent]) -> tuple[int, list[AlertEvent]]:

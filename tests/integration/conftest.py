@@ -30,7 +30,9 @@ from storage.tenants import create_tenant
 pytestmark = pytest.mark.integration
 
 
-def wait_for(cond: Callable[[], object], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> object:
+def wait_for(
+    cond: Callable[[], object], timeout: float = 30.0, interval: float = 0.1, what: str = ""
+) -> object:
     """Poll ``cond`` until it returns something truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -76,20 +78,22 @@ def test_db(base_settings: Settings) -> Iterator[str]:
 def settings(base_settings: Settings, test_db: str, tmp_path: Path) -> Settings:
     """Settings with a private database, fresh topic names and a short batch wait."""
     sfx = uuid.uuid4().hex[:8]
-    s = base_settings.model_copy(update={
-        "pg_database": test_db,
-        "topic_raw": f"t-{sfx}-raw",
-        "topic_metric": f"t-{sfx}-metric",
-        "topic_enriched": f"t-{sfx}-enriched",
-        "topic_score": f"t-{sfx}-score",
-        "topic_alert": f"t-{sfx}-alert",
-        "topic_dlq": f"t-{sfx}-dlq",
-        "topic_partitions": 3,
-        "consumer_group_prefix": f"g-{sfx}",
-        "batch_max_wait_ms": 100,
-        "champion_poll_s": 0.0,  # tests of the batch model turn the champion watcher on
-        "inventory_refresh_s": 0.5,
-    })
+    s = base_settings.model_copy(
+        update={
+            "pg_database": test_db,
+            "topic_raw": f"t-{sfx}-raw",
+            "topic_metric": f"t-{sfx}-metric",
+            "topic_enriched": f"t-{sfx}-enriched",
+            "topic_score": f"t-{sfx}-score",
+            "topic_alert": f"t-{sfx}-alert",
+            "topic_dlq": f"t-{sfx}-dlq",
+            "topic_partitions": 3,
+            "consumer_group_prefix": f"g-{sfx}",
+            "batch_max_wait_ms": 100,
+            "champion_poll_s": 0.0,  # tests of the batch model turn the champion watcher on
+            "inventory_refresh_s": 0.5,
+        }
+    )
     kq.wait_for_broker(s, timeout=60)
     kq.create_topics(s)
     yield s
@@ -177,7 +181,9 @@ class ThreadWorker:
 def start_worker(settings: Settings):
     started: list[ThreadWorker] = []
 
-    def start(chain: str = "normalize,enrich,detect,sink", s: Settings | None = None) -> ThreadWorker:
+    def start(
+        chain: str = "normalize,enrich,detect,sink", s: Settings | None = None
+    ) -> ThreadWorker:
         w = ThreadWorker(s or settings, chain)
         started.append(w)
         return w
@@ -190,7 +196,10 @@ def start_worker(settings: Settings):
 def spawn_worker(s: Settings, chain: str, log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "cli", "worker", chain],
-        env=settings_env(s), cwd=REPO_ROOT, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+        env=settings_env(s),
+        cwd=REPO_ROOT,
+        stdout=open(log_path, "ab"),
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -199,28 +208,48 @@ def group_lag(s: Settings, chain: str, topic: str | None = None) -> int:
     from confluent_kafka import TopicPartition
 
     topic = topic or s.topic_raw
-    c = Consumer({"bootstrap.servers": s.kafka_bootstrap,
-                  "group.id": f"{s.consumer_group_prefix}-{chain.replace(',', '-')}"})
+    c = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "group.id": f"{s.consumer_group_prefix}-{chain.replace(',', '-')}",
+        }
+    )
     try:
         md = c.list_topics(topic, timeout=10).topics[topic]
         committed = c.committed([TopicPartition(topic, p) for p in md.partitions], timeout=10)
-        return sum(c.get_watermark_offsets(tp, timeout=10)[1] - max(tp.offset, 0) for tp in committed)
+        return sum(
+            c.get_watermark_offsets(tp, timeout=10)[1] - max(tp.offset, 0) for tp in committed
+        )
     finally:
         c.close()
 
 
-def produce_sim(settings: Settings, tenant: str, hosts: int, ticks: int, seed: int = 11,
-                anomaly_rate: float = 0.01):
+def produce_sim(
+    settings: Settings,
+    tenant: str,
+    hosts: int,
+    ticks: int,
+    seed: int = 11,
+    anomaly_rate: float = 0.01,
+):
     """Simulated events of ``hosts`` for ``ticks`` 10 s ticks ending now, produced to the raw topic
     keyed ``tenant|host``; returns (simulator, events produced)."""
     from pipeline.simulate import Simulator
 
-    sim = Simulator(hosts=hosts, tenant=tenant, seed=seed, interval=10.0,
-                    start=time.time() - ticks * 10.0 - 120, anomaly_rate=anomaly_rate)
+    sim = Simulator(
+        hosts=hosts,
+        tenant=tenant,
+        seed=seed,
+        interval=10.0,
+        start=time.time() - ticks * 10.0 - 120,
+        anomaly_rate=anomaly_rate,
+    )
     p = kq.producer(settings)
     n = 0
     for evs in sim.events(ticks=ticks):
-        kq.produce_all(p, settings.topic_raw, evs, [f"{tenant}|{sim.names[i // 4]}" for i in range(len(evs))])
+        kq.produce_all(
+            p, settings.topic_raw, evs, [f"{tenant}|{sim.names[i // 4]}" for i in range(len(evs))]
+        )
         n += len(evs)
     kq.flush(p)
     return sim, n
@@ -228,8 +257,14 @@ def produce_sim(settings: Settings, tenant: str, hosts: int, ticks: int, seed: i
 
 def consume_all(s: Settings, topic: str, expect: int, timeout: float = 30.0) -> list:
     """Read ``expect`` records of ``topic`` from the beginning (fails on timeout)."""
-    c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": kq.unique_group("test"),
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "group.id": kq.unique_group("test"),
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     c.subscribe([topic])
     got: list = []
     deadline = time.monotonic() + timeout
@@ -286,8 +321,10 @@ class SseClient:
         import httpx
         import orjson
 
-        with httpx.Client(timeout=httpx.Timeout(5, read=None)) as client, \
-                client.stream("GET", self.url, headers=self.headers) as r:
+        with (
+            httpx.Client(timeout=httpx.Timeout(5, read=None)) as client,
+            client.stream("GET", self.url, headers=self.headers) as r,
+        ):
             self.status = r.status_code
             cur: dict = {}
             for line in r.iter_lines():

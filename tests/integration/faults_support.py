@@ -69,10 +69,14 @@ class PrivateServices:
             "EVENTOPS_KAFKA_HEAP": "512m",
             "PYTHON": sys.executable,
         }
-        self.settings = base.model_copy(update={
-            "pg_port": self.pg_port, "pg_database": "eventops",
-            "kafka_bootstrap": f"127.0.0.1:{self.kafka_port}", "state_dir": root,
-        })
+        self.settings = base.model_copy(
+            update={
+                "pg_port": self.pg_port,
+                "pg_database": "eventops",
+                "kafka_bootstrap": f"127.0.0.1:{self.kafka_port}",
+                "state_dir": root,
+            }
+        )
         self._link_jars(base.state_dir)
 
     def _link_jars(self, state_dir: Path) -> None:
@@ -99,8 +103,9 @@ class PrivateServices:
 
     def run(self, cmd: str, timeout: float = 240) -> float:
         """``services.sh <cmd>``; returns the monotonic time it completed."""
-        r = subprocess.run([str(SERVICES), cmd], env=self.env, capture_output=True, text=True,
-                           timeout=timeout)
+        r = subprocess.run(
+            [str(SERVICES), cmd], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if r.returncode != 0:
             raise RuntimeError(f"services.sh {cmd} failed ({r.returncode}):\n{r.stderr[-3000:]}")
         return time.monotonic()
@@ -125,8 +130,17 @@ def good_event(tenant: str, host: str, metric: str, seq: int, ts: float) -> tupl
     else:
         value = 60 + 10 * math.cos(seq / 7)
     eid = f"{tenant}-{host}-{metric}-{seq}"
-    return eid, orjson.dumps({"event_id": eid, "tenant_id": tenant, "host": host, "metric": metric,
-                              "value": round(value, 3), "ts_event": ts, "unit": "percent"})
+    return eid, orjson.dumps(
+        {
+            "event_id": eid,
+            "tenant_id": tenant,
+            "host": host,
+            "metric": metric,
+            "value": round(value, 3),
+            "ts_event": ts,
+            "unit": "percent",
+        }
+    )
 
 
 @dataclass
@@ -146,13 +160,20 @@ class SteadyProducer(threading.Thread):
 
     METRICS = ("cpu_load", "mem_used")
 
-    def __init__(self, s: Settings, tenants: Sequence[str], hosts: int = 4, tick_s: float = 0.1,
-                 poison_per_tick: int = 10) -> None:
+    def __init__(
+        self,
+        s: Settings,
+        tenants: Sequence[str],
+        hosts: int = 4,
+        tick_s: float = 0.1,
+        poison_per_tick: int = 10,
+    ) -> None:
         super().__init__(daemon=True, name="steady-producer")
         self.s, self.tenants, self.hosts, self.tick_s = s, list(tenants), hosts, tick_s
         self.poison_per_tick = poison_per_tick
-        self.p = kq.producer(s, logger=_quiet, **{"message.timeout.ms": 0,
-                                                 "message.max.bytes": 4_000_000})
+        self.p = kq.producer(
+            s, logger=_quiet, **{"message.timeout.ms": 0, "message.max.bytes": 4_000_000}
+        )
         self.delivered = Delivered(good={t: set() for t in tenants})
         self._poison: list[tuple[int, bytes, str]] = []
         self._lock = threading.Lock()
@@ -177,6 +198,7 @@ class SteadyProducer(threading.Thread):
                 self.delivered.poison.add(ident)
             else:
                 self.delivered.good[tenant].add(ident)
+
         return cb
 
     def run(self) -> None:
@@ -191,8 +213,8 @@ class SteadyProducer(threading.Thread):
                             eid, raw = good_event(t, host, m, self.ticks, ts)
                             self._produce(raw, f"{t}|{host}", self._ack(t, eid))
                 with self._lock:
-                    items = self._poison[:self.poison_per_tick]
-                    del self._poison[:self.poison_per_tick]
+                    items = self._poison[: self.poison_per_tick]
+                    del self._poison[: self.poison_per_tick]
                 for i, raw, key in items:
                     self._produce(raw, key, self._ack(None, i))
                 self.ticks += 1
@@ -257,8 +279,11 @@ class Readiness(threading.Thread):
         """Monotonic time of the first change to ``status`` after ``after`` (with ``service``
         degraded, when given)."""
         for t, st, checks in self.changes:
-            if t >= after and st == status and (
-                    service is None or str(checks.get(service, "")).startswith("degraded")):
+            if (
+                t >= after
+                and st == status
+                and (service is None or str(checks.get(service, "")).startswith("degraded"))
+            ):
                 return t
         return None
 
@@ -269,9 +294,16 @@ class Readiness(threading.Thread):
 
 def read_topic(s: Settings, topic: str, timeout: float = 60) -> list:
     """Every record of ``topic`` from the beginning up to its current end."""
-    c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": kq.unique_group("faults"),
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "enable.partition.eof": True, "fetch.max.bytes": 52_428_800})
+    c = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "group.id": kq.unique_group("faults"),
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.max.bytes": 52_428_800,
+        }
+    )
     try:
         md = c.list_topics(topic, timeout=10).topics[topic]
         ends = {}
@@ -285,8 +317,10 @@ def read_topic(s: Settings, topic: str, timeout: float = 60) -> list:
         deadline = time.monotonic() + timeout
         while len(done) < len(ends):
             if time.monotonic() > deadline:
-                raise AssertionError(f"{topic}: read {len(got)} records, partitions {sorted(done)} "
-                                     f"of {sorted(ends)} at their end after {timeout}s")
+                raise AssertionError(
+                    f"{topic}: read {len(got)} records, partitions {sorted(done)} "
+                    f"of {sorted(ends)} at their end after {timeout}s"
+                )
             for m in c.consume(1000, 0.5):
                 if m.error():
                     if m.error().code() == KafkaError._PARTITION_EOF:
@@ -304,5 +338,8 @@ def spawn(s: Settings, chain: str, log_path: Path, env: dict[str, str]) -> subpr
     """``eventops worker <chain>`` as a subprocess, as compose would run it."""
     return subprocess.Popen(
         [sys.executable, "-m", "cli", "worker", chain],
-        env=env, cwd=REPO_ROOT, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=open(log_path, "ab"),
+        stderr=subprocess.STDOUT,
     )

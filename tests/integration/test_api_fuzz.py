@@ -65,7 +65,10 @@ def fuzz_api(base_settings, test_db):
     create_tenant(conn, tenant)
     seed(s, conn, tenant, "FUZZ", hosts=("host-a", "host-b"))
     api = Api(s, bus=Bus())
-    api.keys = {"admin": make_key(conn, tenant, "admin"), "ingest": make_key(conn, tenant, "ingest")}
+    api.keys = {
+        "admin": make_key(conn, tenant, "admin"),
+        "ingest": make_key(conn, tenant, "ingest"),
+    }
     yield api
     api.stop()
     conn.close()
@@ -74,19 +77,48 @@ def fuzz_api(base_settings, test_db):
 def test_schemathesis_whole_api_with_stateful_links_finds_nothing(fuzz_api, tmp_path):
     cfg = tmp_path / "schemathesis.toml"
     cfg.write_text(CONFIG.format(scenarios=STATEFUL_SCENARIOS))
-    env = {**os.environ, "FUZZ_ADMIN_KEY": fuzz_api.keys["admin"], "FUZZ_INGEST_KEY": fuzz_api.keys["ingest"],
-           "NO_COLOR": "1"}
-    cmd = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(cfg), "run",
-           f"{fuzz_api.url}/openapi.json", "--checks", "all", "--exclude-path-regex", "/stream$",
-           "--phases", "coverage,fuzzing,stateful", "--seed", str(FUZZ_SEED),
-           "--max-examples", str(FUZZ_EXAMPLES), "--workers", "1", "--no-color",
-           "--generation-database", "none", "--request-timeout", "30"]
+    env = {
+        **os.environ,
+        "FUZZ_ADMIN_KEY": fuzz_api.keys["admin"],
+        "FUZZ_INGEST_KEY": fuzz_api.keys["ingest"],
+        "NO_COLOR": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(cfg),
+        "run",
+        f"{fuzz_api.url}/openapi.json",
+        "--checks",
+        "all",
+        "--exclude-path-regex",
+        "/stream$",
+        "--phases",
+        "coverage,fuzzing,stateful",
+        "--seed",
+        str(FUZZ_SEED),
+        "--max-examples",
+        str(FUZZ_EXAMPLES),
+        "--workers",
+        "1",
+        "--no-color",
+        "--generation-database",
+        "none",
+        "--request-timeout",
+        "30",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, cwd=tmp_path)
     text = out.stdout + out.stderr
-    summary = text[text.rfind("=== SUMMARY") if "=== SUMMARY" in text else -4000:]
+    summary = text[text.rfind("=== SUMMARY") if "=== SUMMARY" in text else -4000 :]
     assert out.returncode == 0, "schemathesis found problems:\n" + (
-        text[text.find("=== FAILURES"):][:20_000] if "=== FAILURES" in text else text[-20_000:])
-    assert re.search(r"Tested:\s+(\d+)", summary) and int(re.search(r"Tested:\s+(\d+)", summary)[1]) >= 20, summary
+        text[text.find("=== FAILURES") :][:20_000] if "=== FAILURES" in text else text[-20_000:]
+    )
+    assert (
+        re.search(r"Tested:\s+(\d+)", summary)
+        and int(re.search(r"Tested:\s+(\d+)", summary)[1]) >= 20
+    ), summary
     # the stateful phase really walked links (an OpenAPI whose links broke would cover none)
     links = re.search(r"API Links:\s+(\d+) covered", text)
     assert links and int(links[1]) >= 10, text[-3000:]

@@ -22,9 +22,17 @@ def hard(base_settings, test_db):
     conn = connect(s, autocommit=True)
     tenant = f"th{uuid.uuid4().hex[:8]}"
     create_tenant(conn, tenant)
-    api = Api(s, bus=Bus(), serving=ServingSettings(
-        _env_file=None, rate_limit_rps=1, rate_limit_burst=3, max_request_bytes=2000,
-        cors_origins="https://ops.example.com"))
+    api = Api(
+        s,
+        bus=Bus(),
+        serving=ServingSettings(
+            _env_file=None,
+            rate_limit_rps=1,
+            rate_limit_burst=3,
+            max_request_bytes=2000,
+            cors_origins="https://ops.example.com",
+        ),
+    )
     api.conn, api.tenant = conn, tenant
     yield api
     api.stop()
@@ -52,8 +60,11 @@ def test_request_body_limit_is_413(hard):
             yield b"x" * 100
         yield b'"}}'
 
-    r = httpx.put(hard.url + "/inventory/h1", content=chunks(),
-                  headers={**hdr(key), "Content-Type": "application/json"})
+    r = httpx.put(
+        hard.url + "/inventory/h1",
+        content=chunks(),
+        headers={**hdr(key), "Content-Type": "application/json"},
+    )
     assert r.status_code == 413
 
 
@@ -61,15 +72,26 @@ def test_security_headers_and_dashboard(hard):
     r = httpx.get(hard.url + "/")
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]
     assert "EventOps" in r.text
-    for h in ("x-content-type-options", "x-frame-options", "referrer-policy", "content-security-policy"):
+    for h in (
+        "x-content-type-options",
+        "x-frame-options",
+        "referrer-policy",
+        "content-security-policy",
+    ):
         assert h in r.headers, h
     assert "script-src 'self'" in r.headers["content-security-policy"]
     r = httpx.get(hard.url + "/healthz")
-    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store"
+    assert (
+        r.headers["x-content-type-options"] == "nosniff"
+        and r.headers["cache-control"] == "no-store"
+    )
 
 
 def test_cors_allows_only_the_configured_origins(hard):
-    pre = {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"}
+    pre = {
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
     ok = httpx.options(hard.url + "/alerts", headers={"Origin": "https://ops.example.com", **pre})
     assert ok.status_code == 200
     assert ok.headers["access-control-allow-origin"] == "https://ops.example.com"

@@ -33,7 +33,9 @@ def w(base_settings, test_db):
     seeded = seed(s, conn, tenant, "INP", hosts=("host-a", "host-b"))
     api = Api(s, bus=Bus())
     api.s, api.conn, api.tenant, api.alerts = s, conn, tenant, seeded["alerts"]
-    api.read, api.admin, api.ingest = (make_key(conn, tenant, sc) for sc in ("read", "admin", "ingest"))
+    api.read, api.admin, api.ingest = (
+        make_key(conn, tenant, sc) for sc in ("read", "admin", "ingest")
+    )
     api.c = httpx.Client(base_url=api.url, timeout=60)
     yield api
     api.c.close()
@@ -51,6 +53,7 @@ def _now() -> str:
 
 # --- time parameters --------------------------------------------------------------------------
 
+
 def test_alerts_since_date_overflow_answers_200_not_500(w):
     r = _get(w, "/alerts", since="9999-12-31T23:59:59-23:59")  # = 10000-01-01T23:58:59Z
     assert r.status_code == 200 and r.json() == [], r.text
@@ -61,14 +64,26 @@ def test_alerts_since_date_overflow_answers_200_not_500(w):
 
 
 TIME_PARAMS = [
-    ("/alerts", "since"), ("/alerts", "until"), ("/incidents", "start"), ("/incidents", "end"),
-    ("/metrics", "start"), ("/metrics", "end"),
-    ("/series/host-a/cpu_load/scores", "start"), ("/series/host-a/cpu_load/scores", "end"),
-    ("/series/host-a/cpu_load/features", "start"), ("/series/host-a/cpu_load/features", "end"),
+    ("/alerts", "since"),
+    ("/alerts", "until"),
+    ("/incidents", "start"),
+    ("/incidents", "end"),
+    ("/metrics", "start"),
+    ("/metrics", "end"),
+    ("/series/host-a/cpu_load/scores", "start"),
+    ("/series/host-a/cpu_load/scores", "end"),
+    ("/series/host-a/cpu_load/features", "start"),
+    ("/series/host-a/cpu_load/features", "end"),
 ]
-EDGES = ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59.999999Z",
-         "0001-01-01T00:00:00Z", "0000-01-01T00:00:00Z", "0000-12-31T23:59:59-23:59",
-         "2026-06-01t12:00:00.123456789z"]
+EDGES = [
+    "9999-12-31T23:59:59-23:59",
+    "0001-01-01T00:00:00+23:59",
+    "9999-12-31T23:59:59.999999Z",
+    "0001-01-01T00:00:00Z",
+    "0000-01-01T00:00:00Z",
+    "0000-12-31T23:59:59-23:59",
+    "2026-06-01t12:00:00.123456789z",
+]
 
 
 @pytest.mark.parametrize(("path", "param"), TIME_PARAMS, ids=lambda v: v)
@@ -82,8 +97,16 @@ def test_time_parameters_at_the_calendar_edges_are_200(w, path, param):
 @pytest.mark.parametrize(("path", "param"), TIME_PARAMS, ids=lambda v: v)
 def test_time_parameters_that_are_not_rfc3339_date_times_are_422(w, path, param):
     extra = {"host": "host-a", "metric": "cpu_load"} if path == "/metrics" else {}
-    for v in ("1700000000", "0.5", "2026-01-01", "2026-01-01T00:00:00", "2026-01-01T12:99:00Z",
-              "2026-02-30T00:00:00Z", "0000-02-30T00:00:00Z", "now"):
+    for v in (
+        "1700000000",
+        "0.5",
+        "2026-01-01",
+        "2026-01-01T00:00:00",
+        "2026-01-01T12:99:00Z",
+        "2026-02-30T00:00:00Z",
+        "0000-02-30T00:00:00Z",
+        "now",
+    ):
         r = _get(w, path, **extra, **{param: v})
         assert r.status_code == 422, (v, r.text)
         err = r.json()["detail"][0]
@@ -94,7 +117,11 @@ def test_empty_time_range_is_an_empty_result_not_400(w):
     later, earlier = "2026-06-01T12:00:00Z", "2026-06-01T11:00:00Z"
     r = _get(w, "/metrics", host="host-a", metric="cpu_load", start=later, end=earlier)
     assert r.status_code == 200 and r.json()["points"] == [], r.text
-    for path in ("/incidents", "/series/host-a/cpu_load/scores", "/series/host-a/cpu_load/features"):
+    for path in (
+        "/incidents",
+        "/series/host-a/cpu_load/scores",
+        "/series/host-a/cpu_load/features",
+    ):
         r = _get(w, path, start=later, end=earlier)
         assert r.status_code == 200 and r.json() == [], (path, r.text)
     # a series that does not exist is still 404, whatever the range
@@ -106,34 +133,59 @@ def test_empty_time_range_is_an_empty_result_not_400(w):
 
 NUL = quote("a\x00b")
 NUL_REQUESTS = [
-    ("GET", f"/metrics/cpu?host={NUL}", "host"), ("GET", f"/metrics/latest?metric={NUL}", "metric"),
-    ("GET", f"/metrics?host={NUL}&metric=cpu_load", "host"), ("GET", f"/series?q={NUL}", "q"),
-    ("GET", f"/series?host={NUL}", "host"), ("GET", f"/series/{NUL}/cpu_load", "host"),
-    ("GET", f"/series/host-a/{NUL}/scores", "metric"), ("GET", f"/series/host-a/{NUL}/features", "metric"),
-    ("GET", f"/hosts/{NUL}", "host"), ("GET", f"/alerts?metric={NUL}", "metric"),
-    ("GET", f"/alerts/{NUL}", "alert_id"), ("GET", f"/alerts/{NUL}/feedback", "alert_id"),
-    ("POST", f"/alerts/{NUL}/feedback", "alert_id"), ("GET", f"/incidents/inc-{NUL}", "incident_id"),
-    ("GET", f"/inventory/{NUL}", "source_id"), ("PUT", f"/inventory/{NUL}", "source_id"),
-    ("PATCH", f"/inventory/{NUL}", "source_id"), ("DELETE", f"/inventory/{NUL}", "source_id"),
+    ("GET", f"/metrics/cpu?host={NUL}", "host"),
+    ("GET", f"/metrics/latest?metric={NUL}", "metric"),
+    ("GET", f"/metrics?host={NUL}&metric=cpu_load", "host"),
+    ("GET", f"/series?q={NUL}", "q"),
+    ("GET", f"/series?host={NUL}", "host"),
+    ("GET", f"/series/{NUL}/cpu_load", "host"),
+    ("GET", f"/series/host-a/{NUL}/scores", "metric"),
+    ("GET", f"/series/host-a/{NUL}/features", "metric"),
+    ("GET", f"/hosts/{NUL}", "host"),
+    ("GET", f"/alerts?metric={NUL}", "metric"),
+    ("GET", f"/alerts/{NUL}", "alert_id"),
+    ("GET", f"/alerts/{NUL}/feedback", "alert_id"),
+    ("POST", f"/alerts/{NUL}/feedback", "alert_id"),
+    ("GET", f"/incidents/inc-{NUL}", "incident_id"),
+    ("GET", f"/inventory/{NUL}", "source_id"),
+    ("PUT", f"/inventory/{NUL}", "source_id"),
+    ("PATCH", f"/inventory/{NUL}", "source_id"),
+    ("DELETE", f"/inventory/{NUL}", "source_id"),
 ]
 
 
-@pytest.mark.parametrize(("method", "url", "param"), NUL_REQUESTS, ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("method", "url", "param"), NUL_REQUESTS, ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_nul_in_a_text_parameter_is_422_naming_it(w, method, url, param):
-    body = {"tags": {}} if method in ("PUT", "PATCH") else {"label": "true_positive"} if method == "POST" else None
+    body = (
+        {"tags": {}}
+        if method in ("PUT", "PATCH")
+        else {"label": "true_positive"}
+        if method == "POST"
+        else None
+    )
     r = w.c.request(method, url, json=body, headers=hdr(w.admin))
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"][-1] == param, r.text
 
 
-@pytest.mark.parametrize("tags", [{"a": "\ud800"}, {"\ud800": "a"}, {"a": "x\x00"}, {"a\x00": "x"},
-                                  {"": "x"}, {"a": 1}],
-                         ids=["surrogate-value", "surrogate-key", "nul-value", "nul-key", "empty-key", "number"])
+@pytest.mark.parametrize(
+    "tags",
+    [{"a": "\ud800"}, {"\ud800": "a"}, {"a": "x\x00"}, {"a\x00": "x"}, {"": "x"}, {"a": 1}],
+    ids=["surrogate-value", "surrogate-key", "nul-value", "nul-key", "empty-key", "number"],
+)
 def test_inventory_put_with_surrogate_or_nul_tag_is_422_not_500(w, tags):
     for method in ("PUT", "PATCH"):
-        body = json.dumps({"tags": tags})  # ensure_ascii: "\ud800" travels as an escape, like agents send it
-        r = w.c.request(method, "/inventory/host-a", content=body,
-                        headers={**hdr(w.admin), "Content-Type": "application/json"})
+        body = json.dumps(
+            {"tags": tags}
+        )  # ensure_ascii: "\ud800" travels as an escape, like agents send it
+        r = w.c.request(
+            method,
+            "/inventory/host-a",
+            content=body,
+            headers={**hdr(w.admin), "Content-Type": "application/json"},
+        )
         assert r.status_code == 422, (method, r.text)
         assert r.json()["detail"][0]["loc"][:2] == ["body", "tags"], r.text
     assert _get(w, "/inventory/host-a").json()["tags"] == {"owner": "INP"}  # untouched
@@ -142,8 +194,11 @@ def test_inventory_put_with_surrogate_or_nul_tag_is_422_not_500(w, tags):
 @pytest.mark.parametrize("comment", ["a\x00b", "\udc00"], ids=["nul", "surrogate"])
 def test_feedback_comment_with_nul_or_surrogate_is_422_not_silently_changed(w, comment):
     body = json.dumps({"label": "false_positive", "comment": comment})
-    r = w.c.post(f"/alerts/{w.alerts[0]}/feedback", content=body,
-                 headers={**hdr(w.read), "Content-Type": "application/json"})
+    r = w.c.post(
+        f"/alerts/{w.alerts[0]}/feedback",
+        content=body,
+        headers={**hdr(w.read), "Content-Type": "application/json"},
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "comment"], r.text
 
 
@@ -156,8 +211,11 @@ def test_inventory_tag_limits_are_the_settings_and_the_openapi_states_them(w):
     ok = {"big": "é" * w.s.max_tag_value_bytes}  # the limit counts characters, as the schema does
     r = w.c.put("/inventory/limits", json={"tags": ok}, headers=hdr(w.admin))
     assert r.status_code == 200 and r.json()["tags"] == ok, r.text
-    for bad in ({"big": "x" * (w.s.max_tag_value_bytes + 1)}, {f"k{i}": "" for i in range(w.s.max_tags + 1)},
-                {"k" * 129: ""}):
+    for bad in (
+        {"big": "x" * (w.s.max_tag_value_bytes + 1)},
+        {f"k{i}": "" for i in range(w.s.max_tags + 1)},
+        {"k" * 129: ""},
+    ):
         r = w.c.put("/inventory/limits", json={"tags": bad}, headers=hdr(w.admin))
         assert r.status_code == 422 and r.json()["detail"][0]["msg"], r.text
 
@@ -165,26 +223,41 @@ def test_inventory_tag_limits_are_the_settings_and_the_openapi_states_them(w):
 def test_patch_of_a_missing_source_is_404_and_a_deleted_source_stays_deleted(w):
     r = w.c.patch("/inventory/never-there", json={"tags": {"a": "b"}}, headers=hdr(w.admin))
     assert r.status_code == 404 and "PUT" in r.json()["detail"]
-    assert w.c.put("/inventory/gone", json={"tags": {"a": "b"}}, headers=hdr(w.admin)).status_code == 200
+    assert (
+        w.c.put("/inventory/gone", json={"tags": {"a": "b"}}, headers=hdr(w.admin)).status_code
+        == 200
+    )
     r = w.c.patch("/inventory/gone", json={"tags": {"c": "d"}}, headers=hdr(w.admin))
     assert r.status_code == 200 and r.json()["tags"] == {"a": "b", "c": "d"}
     assert w.c.delete("/inventory/gone", headers=hdr(w.admin)).status_code == 204
     for method in ("GET", "PATCH", "DELETE"):
-        r = w.c.request(method, "/inventory/gone", json={"tags": {}} if method == "PATCH" else None,
-                        headers=hdr(w.admin))
+        r = w.c.request(
+            method,
+            "/inventory/gone",
+            json={"tags": {}} if method == "PATCH" else None,
+            headers=hdr(w.admin),
+        )
         assert r.status_code == 404, (method, r.text)
 
 
 # --- numbers, cursors, methods ------------------------------------------------------------------
 
-@pytest.mark.parametrize(("path", "params"), [
-    ("/alerts", {"limit": 10**23}), ("/series", {"limit": 10**23}), ("/inventory", {"limit": -(10**23)}),
-    ("/feedback", {"limit": "1e400"}), ("/metrics/cpu", {"host": "host-a", "limit": 10**400}),
-    ("/metrics", {"host": "host-a", "metric": "cpu_load", "points": 10**23}),
-    ("/metrics", {"host": "host-a", "metric": "cpu_load", "step": "1e400"}),
-    ("/metrics", {"host": "host-a", "metric": "cpu_load", "step": "nan"}),
-    ("/incidents", {"limit": 10**23}),
-], ids=lambda v: v if isinstance(v, str) else "-".join(v))
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/alerts", {"limit": 10**23}),
+        ("/series", {"limit": 10**23}),
+        ("/inventory", {"limit": -(10**23)}),
+        ("/feedback", {"limit": "1e400"}),
+        ("/metrics/cpu", {"host": "host-a", "limit": 10**400}),
+        ("/metrics", {"host": "host-a", "metric": "cpu_load", "points": 10**23}),
+        ("/metrics", {"host": "host-a", "metric": "cpu_load", "step": "1e400"}),
+        ("/metrics", {"host": "host-a", "metric": "cpu_load", "step": "nan"}),
+        ("/incidents", {"limit": 10**23}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "-".join(v),
+)
 def test_huge_or_non_finite_number_parameters_are_422(w, path, params):
     r = _get(w, path, **params)
     assert r.status_code == 422 and r.json()["detail"][0]["msg"], r.text
@@ -209,26 +282,38 @@ def test_alerts_cursor_pages_through_every_alert_and_any_well_formed_cursor_is_2
 def test_an_undocumented_method_is_405_with_the_paths_methods_in_allow(w):
     spec = w.c.get("/openapi.json").json()
     for path, ops in spec["paths"].items():
-        url = path.format(host="host-a", metric="cpu_load", alert_id="x", incident_id="inc-x", source_id="x")
+        url = path.format(
+            host="host-a", metric="cpu_load", alert_id="x", incident_id="inc-x", source_id="x"
+        )
         documented = sorted(m.upper() for m in ops)
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
             if method in documented:
                 continue
             r = w.c.request(method, url, headers=hdr(w.admin))
             assert r.status_code == 405, (method, path, r.status_code)
-            assert r.headers["Allow"] == ", ".join(documented), (method, path, r.headers.get("Allow"))
+            assert r.headers["Allow"] == ", ".join(documented), (
+                method,
+                path,
+                r.headers.get("Allow"),
+            )
             assert r.json()["detail"]
 
 
 # --- POST /ingest --------------------------------------------------------------------------------
 
+
 def _post_ingest(w, body: bytes | str, key: str | None = None, ctype="application/json"):
-    return w.c.post("/ingest", content=body, headers={**hdr(key or w.ingest), "Content-Type": ctype})
+    return w.c.post(
+        "/ingest", content=body, headers={**hdr(key or w.ingest), "Content-Type": ctype}
+    )
 
 
 def _dead_letters_since(w, last_id: int) -> list[tuple]:
-    return w.conn.execute("SELECT reason, raw FROM dead_letters WHERE id > %s AND source LIKE 'api-ingest-%%' "
-                          "ORDER BY id", (last_id,)).fetchall()
+    return w.conn.execute(
+        "SELECT reason, raw FROM dead_letters WHERE id > %s AND source LIKE 'api-ingest-%%' "
+        "ORDER BY id",
+        (last_id,),
+    ).fetchall()
 
 
 def _last_dead_letter(w) -> int:
@@ -237,8 +322,13 @@ def _last_dead_letter(w) -> int:
 
 def _event(source: str, value: str = "1.5", **extra: str) -> str:
     """An event of host ``source`` as JSON text; ``value`` and ``extra`` are JSON literals, as given."""
-    fields = {"host": json.dumps(source), "metric": '"cpu_load"', "value": value, "ts_event": json.dumps(_now()),
-              **extra}
+    fields = {
+        "host": json.dumps(source),
+        "metric": '"cpu_load"',
+        "value": value,
+        "ts_event": json.dumps(_now()),
+        **extra,
+    }
     return "{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}"
 
 
@@ -251,9 +341,11 @@ def test_ingest_huge_integer_value_is_202_and_dead_lettered_not_500(w):
     got = r.json()
     assert (got["accepted"], got["stored"], got["dead_lettered"]) == (2, 1, 1), got
     assert got["reasons"] == {"non_finite": 1} and got["rejected"][0]["index"] == 1, got
-    (reason, raw), = _dead_letters_since(w, before)
+    ((reason, raw),) = _dead_letters_since(w, before)
     assert reason == "non_finite"
-    assert bytes(raw) == ('{"tenant_id":' + json.dumps(w.tenant) + "," + bad[1:]).encode()  # the bytes sent
+    assert (
+        bytes(raw) == ('{"tenant_id":' + json.dumps(w.tenant) + "," + bad[1:]).encode()
+    )  # the bytes sent
 
 
 def test_ingest_value_1e23_as_an_integer_is_202_not_500(w):
@@ -276,16 +368,20 @@ def test_ingest_lone_surrogate_is_202_and_dead_lettered_not_500(w, field):
     got = r.json()
     assert (got["accepted"], got["stored"], got["dead_lettered"]) == (2, 1, 1), got
     assert got["reasons"] == {"bad_text": 1} and got["rejected"][0]["index"] == 1, got
-    (reason, raw), = _dead_letters_since(w, before)
+    ((reason, raw),) = _dead_letters_since(w, before)
     assert reason == "bad_text" and b"\\ud800" in bytes(raw)  # the original escape, not re-encoded
 
 
 def test_ingest_bytes_that_are_not_utf8_inside_a_string_reach_normalize_as_bad_encoding(w):
     before = _last_dead_letter(w)
-    body = b'[{"host": "h\xff\xfe", "metric": "m", "value": 1, "ts_event": "' + _now().encode() + b'"}]'
+    body = (
+        b'[{"host": "h\xff\xfe", "metric": "m", "value": 1, "ts_event": "'
+        + _now().encode()
+        + b'"}]'
+    )
     r = _post_ingest(w, body)
     assert r.status_code == 202 and r.json()["reasons"] == {"bad_encoding": 1}, r.text
-    (reason, raw), = _dead_letters_since(w, before)
+    ((reason, raw),) = _dead_letters_since(w, before)
     assert b'"h\xff\xfe"' in bytes(raw)  # the very bytes sent
 
 
@@ -294,10 +390,24 @@ def test_ingest_nan_value_is_202_and_dead_lettered_as_non_finite(w):
     assert r.status_code == 202 and r.json()["reasons"] == {"non_finite": 2}, r.text
 
 
-@pytest.mark.parametrize("body", [
-    b"", b"{}", b"[1]", b'[{}, "x"]', b"[{} {}]", b"[{}]x", b"[{}", b'[{"a": "\x01"}]', b"\xff[]",
-    b"[" + b"[" * 100_000, b'{"events": []}', b"null",
-], ids=lambda b: repr(b[:12]))
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{}",
+        b"[1]",
+        b'[{}, "x"]',
+        b"[{} {}]",
+        b"[{}]x",
+        b"[{}",
+        b'[{"a": "\x01"}]',
+        b"\xff[]",
+        b"[" + b"[" * 100_000,
+        b'{"events": []}',
+        b"null",
+    ],
+    ids=lambda b: repr(b[:12]),
+)
 def test_ingest_body_that_is_not_a_json_array_of_objects_is_422_and_takes_nothing(w, body):
     before = _last_dead_letter(w)
     r = _post_ingest(w, body)
@@ -323,7 +433,9 @@ def test_ingest_event_of_another_tenant_is_403_and_takes_nothing(w):
     assert _dead_letters_since(w, before) == []
 
 
-def test_ingest_in_kafka_mode_forwards_each_events_original_bytes(api_server, settings, conn, tenant):
+def test_ingest_in_kafka_mode_forwards_each_events_original_bytes(
+    api_server, settings, conn, tenant
+):
     api = api_server()  # no bus: Kafka mode
     key = make_key(conn, tenant, "ingest")
     items = [
@@ -332,8 +444,12 @@ def test_ingest_in_kafka_mode_forwards_each_events_original_bytes(api_server, se
         "{}",
     ]
     body = "[\n  " + " ,\n".join(items) + "\n]"
-    r = httpx.post(api.url + "/ingest", content=body, timeout=60,
-                   headers={**hdr(key), "Content-Type": "application/json"})
+    r = httpx.post(
+        api.url + "/ingest",
+        content=body,
+        timeout=60,
+        headers={**hdr(key), "Content-Type": "application/json"},
+    )
     assert r.status_code == 202, r.text
     got = r.json()
     assert got["mode"] == "kafka" and got["accepted"] == 3 and got["stored"] is None
@@ -342,8 +458,9 @@ def test_ingest_in_kafka_mode_forwards_each_events_original_bytes(api_server, se
     want = [(head + "," + items[0][1:]).encode(), items[1].encode(), (head + "}").encode()]
     msgs = consume_all(settings, settings.topic_raw, 3)
     assert sorted(m.value() for m in msgs) == sorted(want)
-    assert sorted(m.key() for m in msgs) == sorted([f"{tenant}|h1".encode(), f"{tenant}|".encode(),
-                                                   f"{tenant}|".encode()])
+    assert sorted(m.key() for m in msgs) == sorted(
+        [f"{tenant}|h1".encode(), f"{tenant}|".encode(), f"{tenant}|".encode()]
+    )
 
 
 def test_ingest_events_without_an_id_from_two_api_processes_are_both_stored(w):
@@ -351,20 +468,34 @@ def test_ingest_events_without_an_id_from_two_api_processes_are_both_stored(w):
     other = Api(w.s, bus=Bus())
     try:
         for url in (w.url, other.url, w.url):
-            r = httpx.post(url + "/ingest", content=f"[{_event('ing-two-apis')}]", timeout=60,
-                           headers={**hdr(w.ingest), "Content-Type": "application/json"})
+            r = httpx.post(
+                url + "/ingest",
+                content=f"[{_event('ing-two-apis')}]",
+                timeout=60,
+                headers={**hdr(w.ingest), "Content-Type": "application/json"},
+            )
             assert r.status_code == 202 and r.json()["stored"] == 1, r.text
     finally:
         other.stop()
-    n = w.conn.execute("SELECT count(*) FROM metrics WHERE tenant_id = %s AND host = 'ing-two-apis'",
-                       (w.tenant,)).fetchone()[0]
+    n = w.conn.execute(
+        "SELECT count(*) FROM metrics WHERE tenant_id = %s AND host = 'ing-two-apis'", (w.tenant,)
+    ).fetchone()[0]
     assert n == 3
 
 
 def test_ingest_embedded_counts_what_was_stored_and_dead_lettered_per_reason(w):
-    r = _post_ingest(w, f'[{_event("ing-count")}, {{"host": "x"}}, {_event("ing-count", ts_event=json.dumps("never"))}]')
+    r = _post_ingest(
+        w,
+        f'[{_event("ing-count")}, {{"host": "x"}}, {_event("ing-count", ts_event=json.dumps("never"))}]',
+    )
     assert r.status_code == 202, r.text
     got = r.json()
-    assert got["mode"] == "embedded" and (got["accepted"], got["stored"], got["dead_lettered"]) == (3, 1, 2)
+    assert got["mode"] == "embedded" and (got["accepted"], got["stored"], got["dead_lettered"]) == (
+        3,
+        1,
+        2,
+    )
     assert got["reasons"] == {"missing_field": 1, "bad_type": 1}, got
-    assert [x["index"] for x in got["rejected"]] == [1, 2] and all(x["detail"] for x in got["rejected"])
+    assert [x["index"] for x in got["rejected"]] == [1, 2] and all(
+        x["detail"] for x in got["rejected"]
+    )

@@ -94,8 +94,13 @@ def test_resume_while_alerts_keep_arriving_has_no_gap_and_no_duplicate(env):
     c = SseClient(api.url + f"/alerts/stream?last_event_id={start}&key={key}")
     t.join(30)
     assert done.is_set()
-    expected = [r[0] for r in conn.execute(
-        "SELECT seq FROM alert_events WHERE tenant_id = %s AND seq > %s ORDER BY seq", (tenant, start))]
+    expected = [
+        r[0]
+        for r in conn.execute(
+            "SELECT seq FROM alert_events WHERE tenant_id = %s AND seq > %s ORDER BY seq",
+            (tenant, start),
+        )
+    ]
     assert len(expected) == 40
     wait_for(lambda: len(c.events) >= 40, 15, what="all 40 alerts")
     c.close()
@@ -138,15 +143,22 @@ def test_resume_replays_more_than_a_page_and_is_not_capped(env):
     s, conn, tenant, other, pipe, api, key = env
     from serving.config import ServingSettings
 
-    paged = Api(s, bus=pipe.bus, serving=ServingSettings(rate_limit_rps=0, auth_cache_s=0.5, sse_page_size=5,
-                                                         _env_file=None))
+    paged = Api(
+        s,
+        bus=pipe.bus,
+        serving=ServingSettings(
+            rate_limit_rps=0, auth_cache_s=0.5, sse_page_size=5, _env_file=None
+        ),
+    )
     try:
         base = open_alerts(pipe, tenant, ["p0"])[0]
         missed = []
         for i in range(1, 24):
             missed += open_alerts(pipe, tenant, [f"p{i}"])
         open_alerts(pipe, other, ["x"])
-        c = SseClient(paged.url + "/alerts/stream", headers={**hdr(key), "Last-Event-ID": str(base)})
+        c = SseClient(
+            paged.url + "/alerts/stream", headers={**hdr(key), "Last-Event-ID": str(base)}
+        )
         wait_for(lambda: len(c.events) >= 23, 15, what="23 replayed alerts")
         live = open_alerts(pipe, tenant, ["p24", "p25"])
         wait_for(lambda: len(c.events) >= 25, 10, what="live alerts after a paged replay")
@@ -185,7 +197,9 @@ def test_overflowed_client_queue_is_refilled_from_postgres_in_pages(env):
             return False
 
     async def run() -> tuple[list[int], list[int], int]:
-        async with AsyncConnectionPool(s.pg_dsn(), min_size=1, max_size=3, kwargs={"autocommit": True}) as pool:
+        async with AsyncConnectionPool(
+            s.pg_dsn(), min_size=1, max_size=3, kwargs={"autocommit": True}
+        ) as pool:
             keys = KeyStore(ttl=5.0)
             principal = await keys.verify(pool, key)
             b = Broadcaster(pool, queue_size=4, page_size=3, loop=asyncio.get_running_loop())
@@ -193,8 +207,9 @@ def test_overflowed_client_queue_is_refilled_from_postgres_in_pages(env):
             assert b"connected" in await anext(gen)  # subscribed; the feed knows its horizon
             (sub,) = b.feeds[tenant].subs
             ts = datetime.now(UTC)
-            _, stored = store_alerts(s, [alert_event(tenant, f"o{i}", ts=ts + timedelta(seconds=i))
-                                         for i in range(10)])
+            _, stored = store_alerts(
+                s, [alert_event(tenant, f"o{i}", ts=ts + timedelta(seconds=i)) for i in range(10)]
+            )
             want = [e.seq for e in stored]
             b.ring({tenant: (want[-1], [])})
             for _ in range(100):  # the feed reads 3 + 3 + 3 + 1 while nobody reads the stream
@@ -243,7 +258,9 @@ def test_resume_while_a_new_feed_reads_its_horizon_loses_nothing(env):
             return False
 
     async def run() -> tuple[list[int], int]:
-        async with AsyncConnectionPool(s.pg_dsn(), min_size=1, max_size=3, kwargs={"autocommit": True}) as pool:
+        async with AsyncConnectionPool(
+            s.pg_dsn(), min_size=1, max_size=3, kwargs={"autocommit": True}
+        ) as pool:
             keys = KeyStore(ttl=5.0)
             principal = await keys.verify(pool, key)
             b = Broadcaster(pool, queue_size=10, page_size=10, loop=asyncio.get_running_loop())

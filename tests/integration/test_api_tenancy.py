@@ -52,8 +52,13 @@ def world(base_settings, test_db):
 
 def ids(w: World, tenant: str) -> dict:
     sd = w.seed_a if tenant == w.a else w.seed_b
-    return {"host": sd["hosts"][1], "metric": "cpu_load", "alert": sd["alerts"][0],
-            "incident": f"inc-{sd['alerts'][0]}", "source": sd["hosts"][1]}
+    return {
+        "host": sd["hosts"][1],
+        "metric": "cpu_load",
+        "alert": sd["alerts"][0],
+        "incident": f"inc-{sd['alerts'][0]}",
+        "source": sd["hosts"][1],
+    }
 
 
 # (method, path template, scope, kind, json body); kind "id" = names an object of a tenant
@@ -105,8 +110,10 @@ def call(w: World, ep, tenant_of_ids: str, key: str | None, extra: str = "", hea
     h = dict(headers or {})
     if key:
         h.update(hdr(key))
-    with httpx.Client(base_url=w.api.url, timeout=10) as c, \
-            c.stream(method, path, headers=h, json=body) as r:
+    with (
+        httpx.Client(base_url=w.api.url, timeout=10) as c,
+        c.stream(method, path, headers=h, json=body) as r,
+    ):
         if r.headers.get("content-type", "").startswith("text/event-stream"):
             r.body = ""
         else:
@@ -130,8 +137,11 @@ def test_revoked_key_is_401(world):
     assert httpx.get(w.api.url + "/alerts", headers=hdr(key)).status_code == 200
     key_id = key.split("_")[1]
     assert revoke_key(w.conn, key_id)
-    wait_for(lambda: httpx.get(w.api.url + "/alerts", headers=hdr(key)).status_code == 401,
-             w.api.app.state.serving.auth_cache_s + 5, what="revocation to take effect")
+    wait_for(
+        lambda: httpx.get(w.api.url + "/alerts", headers=hdr(key)).status_code == 401,
+        w.api.app.state.serving.auth_cache_s + 5,
+        what="revocation to take effect",
+    )
 
 
 @pytest.mark.parametrize("ep", ALL, ids=_id)
@@ -140,8 +150,10 @@ def test_own_tenant_is_served_and_never_sees_the_other(world, ep):
     method, tmpl, scope, _, _ = ep
     key = w.keys[(w.a, "admin" if scope == "admin" else "read")]
     if method == "DELETE":  # make something of A's own to delete
-        w.conn.execute("INSERT INTO inventory (tenant_id, source_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                       (w.a, ids(w, w.a)["source"]))
+        w.conn.execute(
+            "INSERT INTO inventory (tenant_id, source_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (w.a, ids(w, w.a)["source"]),
+        )
     with call(w, ep, w.a, key) as r:
         assert 200 <= r.status_code < 300, (r.status_code, r.body)
         assert w.mark_b not in r.body and w.b not in r.body
@@ -162,20 +174,24 @@ def test_other_tenants_ids_answer_404(world, ep):
         assert w.mark_b not in r.body
     # nothing of B changed (feedback, inventory)
     assert count_rows(w.conn, "feedback", "tenant_id = %s", (w.b,)) == 1
-    assert w.conn.execute("SELECT 1 FROM inventory WHERE tenant_id = %s AND source_id = %s",
-                          (w.b, ids(w, w.b)["source"])).fetchone()
+    assert w.conn.execute(
+        "SELECT 1 FROM inventory WHERE tenant_id = %s AND source_id = %s",
+        (w.b, ids(w, w.b)["source"]),
+    ).fetchone()
 
 
 @pytest.mark.parametrize("ep", WRITES_ELSEWHERE, ids=_id)
 def test_writes_with_another_tenants_name_touch_only_the_callers_tenant(world, ep):
     w = world
     src = ids(w, w.b)["source"]
-    before = w.conn.execute("SELECT tags FROM inventory WHERE tenant_id = %s AND source_id = %s",
-                            (w.b, src)).fetchone()
+    before = w.conn.execute(
+        "SELECT tags FROM inventory WHERE tenant_id = %s AND source_id = %s", (w.b, src)
+    ).fetchone()
     with call(w, ep, w.b, w.keys[(w.a, "admin")]) as r:
         assert r.status_code == (200 if ep[3] == "upsert" else 404) and w.mark_b not in r.body
-    after = w.conn.execute("SELECT tags FROM inventory WHERE tenant_id = %s AND source_id = %s",
-                           (w.b, src)).fetchone()
+    after = w.conn.execute(
+        "SELECT tags FROM inventory WHERE tenant_id = %s AND source_id = %s", (w.b, src)
+    ).fetchone()
     assert before == after
     w.conn.execute("DELETE FROM inventory WHERE tenant_id = %s AND source_id = %s", (w.a, src))
 
@@ -193,8 +209,12 @@ def test_wrong_scope_is_403(world, ep):
 def test_ingest_scope_and_tenant(world):
     w = world
     url = w.api.url + "/ingest"
-    ev = {"host": "host-i", "metric": "cpu_load", "value": 12.0,
-          "ts_event": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+    ev = {
+        "host": "host-i",
+        "metric": "cpu_load",
+        "value": 12.0,
+        "ts_event": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
     for sc in ("read", "admin"):
         assert httpx.post(url, json=[ev], headers=hdr(w.keys[(w.a, sc)])).status_code == 403
     r = httpx.post(url, json=[{**ev, "tenant_id": w.b}], headers=hdr(w.keys[(w.a, "ingest")]))
@@ -202,9 +222,18 @@ def test_ingest_scope_and_tenant(world):
     r = httpx.post(url, json=[ev], headers=hdr(w.keys[(w.a, "ingest")]), timeout=30)
     assert r.status_code == 202, r.text
     assert {k: r.json()[k] for k in ("accepted", "mode", "stored", "dead_lettered")} == {
-        "accepted": 1, "mode": "embedded", "stored": 1, "dead_lettered": 0}
-    wait_for(lambda: w.conn.execute("SELECT 1 FROM metrics WHERE tenant_id = %s AND host = 'host-i'",
-                                    (w.a,)).fetchone(), 10, what="ingested row")
+        "accepted": 1,
+        "mode": "embedded",
+        "stored": 1,
+        "dead_lettered": 0,
+    }
+    wait_for(
+        lambda: w.conn.execute(
+            "SELECT 1 FROM metrics WHERE tenant_id = %s AND host = 'host-i'", (w.a,)
+        ).fetchone(),
+        10,
+        what="ingested row",
+    )
 
 
 def test_alert_stream_replays_and_delivers_only_the_keys_tenant(world):
@@ -215,8 +244,13 @@ def test_alert_stream_replays_and_delivers_only_the_keys_tenant(world):
     assert ca.connected.wait(10) and cq.connected.wait(10)
     replay = wait_for(lambda: len(ca.events) >= 2 and ca.events, 10, what="replay")
     ts = datetime.now(UTC)
-    _, stored = store_alerts(w.s, [alert_event(w.b, "host-a", ts=ts, marker=w.mark_b),
-                                   alert_event(w.a, "host-a", ts=ts + timedelta(seconds=1), marker=w.mark_a)])
+    _, stored = store_alerts(
+        w.s,
+        [
+            alert_event(w.b, "host-a", ts=ts, marker=w.mark_b),
+            alert_event(w.a, "host-a", ts=ts + timedelta(seconds=1), marker=w.mark_a),
+        ],
+    )
     for ev in stored:
         w.bus.publish(ev)
     wait_for(lambda: any(e["data"]["alert_id"] == stored[1].alert_id for e in ca.events), 10)
@@ -240,7 +274,8 @@ def test_score_stream_only_for_own_series(world):
         w.conn.execute(
             "INSERT INTO scores (tenant_id, host, metric, window_start, window_end, score, severity,"
             " explanation) VALUES (%s, %s, 'cpu_load', %s, %s, 0.9, 'critical', %s)",
-            (t, h, now, now + timedelta(minutes=1), Jsonb({"who": t})))
+            (t, h, now, now + timedelta(minutes=1), Jsonb({"who": t})),
+        )
     wait_for(lambda: c.events, 10, what="score event")
     c.close()
     assert len(c.events) == 1 and c.events[0]["event"] == "score"

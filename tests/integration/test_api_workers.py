@@ -22,8 +22,12 @@ def _children(pid: int) -> list[int]:
 
 def _api_workers(pid: int) -> list[int]:
     # the spawn start method adds a resource tracker child: the workers are the ones listening
-    return [c for c in _children(pid) if "multiprocessing.resource_tracker" not in
-            open(f"/proc/{c}/cmdline", "rb").read().decode(errors="replace")]
+    return [
+        c
+        for c in _children(pid)
+        if "multiprocessing.resource_tracker"
+        not in open(f"/proc/{c}/cmdline", "rb").read().decode(errors="replace")
+    ]
 
 
 @pytest.fixture
@@ -37,9 +41,23 @@ def port() -> int:
 
 def _start(settings, port, workers=2):
     return subprocess.Popen(
-        [sys.executable, "-m", "cli", "api", "--port", str(port), "--workers", str(workers),
-         "--log-level", "warning"], cwd=REPO_ROOT, env=settings_env(settings),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "api",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO_ROOT,
+        env=settings_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _ready(url: str) -> bool:
@@ -53,7 +71,12 @@ def test_two_workers_serve_one_port_and_stop_together(settings, port):
     proc = _start(settings, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: len(_api_workers(proc.pid)) == 2 and _ready(url), 60, interval=0.3, what="2 workers ready")
+        wait_for(
+            lambda: len(_api_workers(proc.pid)) == 2 and _ready(url),
+            60,
+            interval=0.3,
+            what="2 workers ready",
+        )
         # 20 connections held open at once: the kernel spreads them over both listening sockets
         clients = [httpx.Client(base_url=url) for _ in range(20)]
         try:
@@ -78,7 +101,12 @@ def test_a_dead_worker_stops_the_set_with_an_error(settings, port):
     proc = _start(settings, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: len(_api_workers(proc.pid)) == 2 and _ready(url), 60, interval=0.3, what="2 workers ready")
+        wait_for(
+            lambda: len(_api_workers(proc.pid)) == 2 and _ready(url),
+            60,
+            interval=0.3,
+            what="2 workers ready",
+        )
         first, other = _api_workers(proc.pid)
         subprocess.run(["kill", "-9", str(first)], check=True)
         assert proc.wait(30) == 1  # the supervisor stops the other worker and reports failure
@@ -109,5 +137,10 @@ def _sockets(pid: int, port: int, state: str) -> list[str]:
             inodes.add(target[8:-1])
     with open(f"/proc/{pid}/net/tcp") as f:
         rows = f.read().splitlines()[1:]
-    return [r for r in rows if r.split()[9] in inodes and r.split()[1].endswith(f":{port:04X}")
-            and r.split()[3] == state]
+    return [
+        r
+        for r in rows
+        if r.split()[9] in inodes
+        and r.split()[1].endswith(f":{port:04X}")
+        and r.split()[3] == state
+    ]

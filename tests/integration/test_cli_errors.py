@@ -36,16 +36,31 @@ class Run:
     seconds: float
 
     def __str__(self) -> str:
-        return (f"eventops {' '.join(self.args)} -> exit {self.code} in {self.seconds:.1f}s\n"
-                f"stdout: {self.out[-2000:]}\nstderr: {self.err[-3000:]}")
+        return (
+            f"eventops {' '.join(self.args)} -> exit {self.code} in {self.seconds:.1f}s\n"
+            f"stdout: {self.out[-2000:]}\nstderr: {self.err[-3000:]}"
+        )
 
 
-def eventops(args: list[str], env: dict[str, str], timeout: float = 120, stdin: bytes | None = None) -> Run:
+def eventops(
+    args: list[str], env: dict[str, str], timeout: float = 120, stdin: bytes | None = None
+) -> Run:
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "cli", *args], env=env, cwd=REPO_ROOT,
-                       input=stdin, capture_output=True, timeout=timeout)
-    return Run(args, p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"),
-               time.monotonic() - t0)
+    p = subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+    )
+    return Run(
+        args,
+        p.returncode,
+        p.stdout.decode(errors="replace"),
+        p.stderr.decode(errors="replace"),
+        time.monotonic() - t0,
+    )
 
 
 def one_line_error(r: Run, code: int, *needles: str, max_s: float | None = None) -> str:
@@ -78,6 +93,7 @@ def env(settings) -> dict[str, str]:
 
 
 # --- bad arguments and missing things ----------------------------------------------------------
+
 
 def test_send_missing_file_is_one_line_exit_4(env, tmp_path):
     r = eventops(["send", "-f", str(tmp_path / "missing.jsonl")], env)
@@ -144,8 +160,9 @@ def test_postgres_unreachable_is_one_line_within_10s(env, args):
     env = {**env, "EVENTOPS_PG_PORT": str(port)}
     env.pop("MLFLOW_TRACKING_URI", None)  # the MLflow store is the same (unreachable) server
     r = eventops(args, env)
-    one_line_error(r, 5, f"PostgreSQL at 127.0.0.1:{port} is not reachable", "EVENTOPS_PG_",
-                   max_s=BOUND_S)
+    one_line_error(
+        r, 5, f"PostgreSQL at 127.0.0.1:{port} is not reachable", "EVENTOPS_PG_", max_s=BOUND_S
+    )
 
 
 KAFKA_COMMANDS = [
@@ -162,8 +179,13 @@ def test_kafka_unreachable_is_one_line_within_10s(env, args):
     port = closed_port()
     r = eventops(args, {**env, "EVENTOPS_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"})
     # no librdkafka log lines: the 298 lines of "Connect to ... failed" are gone
-    one_line_error(r, 5, f"Kafka at 127.0.0.1:{port} is not reachable", "EVENTOPS_KAFKA_BOOTSTRAP",
-                   max_s=BOUND_S)
+    one_line_error(
+        r,
+        5,
+        f"Kafka at 127.0.0.1:{port} is not reachable",
+        "EVENTOPS_KAFKA_BOOTSTRAP",
+        max_s=BOUND_S,
+    )
 
 
 def test_kafka_that_accepts_but_never_answers_is_bounded(env):
@@ -172,8 +194,14 @@ def test_kafka_that_accepts_but_never_answers_is_bounded(env):
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         port = silent.getsockname()[1]
-        r = eventops(["send", '{"a": 1}'],
-                     {**env, "EVENTOPS_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "EVENTOPS_CONNECT_TIMEOUT_S": "3"})
+        r = eventops(
+            ["send", '{"a": 1}'],
+            {
+                **env,
+                "EVENTOPS_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+                "EVENTOPS_CONNECT_TIMEOUT_S": "3",
+            },
+        )
     one_line_error(r, 5, f"Kafka at 127.0.0.1:{port} is not reachable", max_s=BOUND_S)
 
 
@@ -184,6 +212,7 @@ def test_mlflow_tracking_server_unreachable_is_bounded(env):
 
 
 # --- the API's port ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_api_port_taken_is_one_line_naming_the_port(env, workers):
@@ -197,33 +226,69 @@ def test_api_port_taken_is_one_line_naming_the_port(env, workers):
 
 # --- input the pipeline refuses is reported, not hidden -----------------------------------------
 
-def test_send_reports_what_will_be_dead_lettered_and_the_dlq_gets_it(settings, env, tenant, conn,
-                                                                       start_worker, tmp_path):
-    good = [orjson.dumps({"tenant_id": tenant, "host": "host-a", "metric": "cpu_load", "value": i,
-                          "ts_event": now_iso(), "event_id": f"{tenant}-{i}"}) for i in range(6)]
+
+def test_send_reports_what_will_be_dead_lettered_and_the_dlq_gets_it(
+    settings, env, tenant, conn, start_worker, tmp_path
+):
+    good = [
+        orjson.dumps(
+            {
+                "tenant_id": tenant,
+                "host": "host-a",
+                "metric": "cpu_load",
+                "value": i,
+                "ts_event": now_iso(),
+                "event_id": f"{tenant}-{i}",
+            }
+        )
+        for i in range(6)
+    ]
     bad_json = b'{"tenant_id": "' + tenant.encode() + b'", "host": '
-    unknown = orjson.dumps({"tenant_id": "nobody-here", "host": "host-a", "metric": "cpu_load",
-                            "value": 1, "ts_event": now_iso()})
+    unknown = orjson.dumps(
+        {
+            "tenant_id": "nobody-here",
+            "host": "host-a",
+            "metric": "cpu_load",
+            "value": 1,
+            "ts_event": now_iso(),
+        }
+    )
     f = tmp_path / "events.jsonl"
     f.write_bytes(b"\n".join([*good[:3], bad_json, b"", unknown, *good[3:]]) + b"\n")
 
     r = eventops(["send", "-f", str(f)], env)
-    line = one_line_error(r, 6, "sent 8 events", "2 will be dead-lettered", "bad_json 1",
-                          "unknown_tenant 1", "line 4")
+    line = one_line_error(
+        r, 6, "sent 8 events", "2 will be dead-lettered", "bad_json 1", "unknown_tenant 1", "line 4"
+    )
     assert r.out == "", line
 
     # "never lost": the rejected events were sent too, and the worker dead-letters them
     start_worker()
-    wait_for(lambda: conn.execute("SELECT count(*) FROM metrics WHERE tenant_id = %s",
-                                  (tenant,)).fetchone()[0] == 6, 60, what="6 stored events")
+    wait_for(
+        lambda: (
+            conn.execute("SELECT count(*) FROM metrics WHERE tenant_id = %s", (tenant,)).fetchone()[
+                0
+            ]
+            == 6
+        ),
+        60,
+        what="6 stored events",
+    )
     dlq = consume_all(settings, settings.topic_dlq, 2)
     assert sorted(dict(m.headers())["reason"] for m in dlq) == [b"bad_json", b"unknown_tenant"]
     assert {m.value() for m in dlq} == {bad_json, unknown}
 
 
 def test_send_of_valid_events_says_sent_and_exits_0(env, tenant):
-    ev = orjson.dumps({"tenant_id": tenant, "host": "host-a", "metric": "cpu_load", "value": 1,
-                       "ts_event": now_iso()})
+    ev = orjson.dumps(
+        {
+            "tenant_id": tenant,
+            "host": "host-a",
+            "metric": "cpu_load",
+            "value": 1,
+            "ts_event": now_iso(),
+        }
+    )
     r = eventops(["send", "-f", "-"], env, stdin=ev + b"\n" + ev + b"\n")
     assert r.code == 0, str(r)
     assert r.out.strip().startswith("sent 2 events to ")
@@ -231,13 +296,25 @@ def test_send_of_valid_events_says_sent_and_exits_0(env, tenant):
 
 
 def test_simulate_backfill_3600_after_a_live_run_is_not_dead_lettered_as_ts_too_old(
-        settings, env, tenant, start_worker):
+    settings, env, tenant, start_worker
+):
     """The issue's ``simulate --backfill 3600``: 2,856 of 3,664 events dead-lettered as
     ``ts_too_old`` because the history landed behind windows that the hosts' earlier events
     (a previous run) had already closed. The backfill now starts after them."""
     start_worker()
-    args = ["simulate", "--tenant", tenant, "--hosts", "2", "--backfill", "3600", "--duration", "2",
-            "--rate", "200"]
+    args = [
+        "simulate",
+        "--tenant",
+        tenant,
+        "--hosts",
+        "2",
+        "--backfill",
+        "3600",
+        "--duration",
+        "2",
+        "--rate",
+        "200",
+    ]
     first = eventops(args, env)
     assert first.code == 0, str(first)
     assert ": " in first.out and " 0 dead-lettered" in first.out, str(first)
@@ -250,11 +327,27 @@ def test_simulate_backfill_3600_after_a_live_run_is_not_dead_lettered_as_ts_too_
         assert stored == sent > 0, str(run)
 
 
-def test_simulate_counts_what_the_worker_dead_lettered_by_reason(settings, env, tenant, start_worker):
+def test_simulate_counts_what_the_worker_dead_lettered_by_reason(
+    settings, env, tenant, start_worker
+):
     # a worker whose limits refuse every simulated event (they carry one tag)
     start_worker(s=settings.model_copy(update={"max_tags": 0}))
-    r = eventops(["simulate", "--tenant", tenant, "--hosts", "1", "--backfill", "300",
-                  "--duration", "1", "--rate", "100"], env)
+    r = eventops(
+        [
+            "simulate",
+            "--tenant",
+            tenant,
+            "--hosts",
+            "1",
+            "--backfill",
+            "300",
+            "--duration",
+            "1",
+            "--rate",
+            "100",
+        ],
+        env,
+    )
     line = one_line_error(r, 6, "0 stored", "dead-lettered (too_many_tags ")
     assert "ok" not in line.split()
 
@@ -276,7 +369,6 @@ def test_traceback_only_at_debug_level(env, tmp_path):
 
 def test_exit_codes_are_documented_in_the_readme():
     text = (REPO_ROOT / "README.md").read_text()
-    section = text[text.index("## CLI errors and exit codes"):]
+    section = text[text.index("## CLI errors and exit codes") :]
     for code in ("| 0 |", "| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 5 |", "| 6 |"):
         assert code in section
-

@@ -17,37 +17,63 @@ from tests.integration.conftest import consume_all, group_lag, produce_sim, spaw
 CHAIN = "normalize,enrich,detect,sink"
 
 
-def test_windows_scores_and_anomaly_alerts_flow_to_postgres_and_score_topic(settings, conn, tenant, start_worker):
+def test_windows_scores_and_anomaly_alerts_flow_to_postgres_and_score_topic(
+    settings, conn, tenant, start_worker
+):
     # 20 s windows: the default ensemble scores a series once it has ~100 windows of history
     settings = settings.model_copy(update={"window_s": 20.0, "allowed_lateness_s": 10.0})
     sim, n = produce_sim(settings, tenant, hosts=6, ticks=720, anomaly_rate=0.01)
     start_worker(CHAIN, settings)
-    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == n, 60, what="metrics")
+    wait_for(
+        lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == n, 60, what="metrics"
+    )
     # 720 ticks of 10 s = 360 windows of 20 s per series; all but the still-open last ones close
-    nwin = wait_for(lambda: count_rows(conn, "scores", "tenant_id = %s", (tenant,)) >= 6 * 4 * 358
-                    and count_rows(conn, "scores", "tenant_id = %s", (tenant,)), 60, what="scores")
+    nwin = wait_for(
+        lambda: (
+            count_rows(conn, "scores", "tenant_id = %s", (tenant,)) >= 6 * 4 * 358
+            and count_rows(conn, "scores", "tenant_id = %s", (tenant,))
+        ),
+        60,
+        what="scores",
+    )
     assert count_rows(conn, "features", "tenant_id = %s", (tenant,)) == nwin
-    row = conn.execute("SELECT count, mean, std, min, max FROM features WHERE tenant_id = %s AND metric = 'cpu_load'"
-                       " ORDER BY window_start LIMIT 1 OFFSET 30", (tenant,)).fetchone()  # past the partial first windows
+    row = conn.execute(
+        "SELECT count, mean, std, min, max FROM features WHERE tenant_id = %s AND metric = 'cpu_load'"
+        " ORDER BY window_start LIMIT 1 OFFSET 30",
+        (tenant,),
+    ).fetchone()  # past the partial first windows
     assert row[0] == 2 and row[3] <= row[1] <= row[4] and row[2] >= 0
-    assert conn.execute("SELECT min(score) >= 0 AND max(score) <= 1 FROM scores WHERE tenant_id = %s",
-                        (tenant,)).fetchone()[0]
+    assert conn.execute(
+        "SELECT min(score) >= 0 AND max(score) <= 1 FROM scores WHERE tenant_id = %s", (tenant,)
+    ).fetchone()[0]
     # injected anomalies (after the warm-up) reach the warning level; normal windows rarely do
-    metric_of = {"cpu_spike": "cpu_load", "latency_spike": "latency_p99", "traffic_drop": "req_rate",
-                 "memory_leak": "mem_used_pct"}
+    metric_of = {
+        "cpu_spike": "cpu_load",
+        "latency_spike": "latency_p99",
+        "traffic_drop": "req_rate",
+        "memory_leak": "mem_used_pct",
+    }
     late = [a for a in sim.anomalies if a.start > sim.start + 120 * 20]
     assert late, "the simulator injected no anomaly after the warm-up"
-    hits = [conn.execute(
-        "SELECT max(score) FROM scores WHERE tenant_id = %s AND host = %s AND metric = %s"
-        " AND window_end > to_timestamp(%s) AND window_start < to_timestamp(%s)",
-        (tenant, a.host, metric_of[a.kind], a.start, a.end)).fetchone()[0] or 0.0 for a in late]
+    hits = [
+        conn.execute(
+            "SELECT max(score) FROM scores WHERE tenant_id = %s AND host = %s AND metric = %s"
+            " AND window_end > to_timestamp(%s) AND window_start < to_timestamp(%s)",
+            (tenant, a.host, metric_of[a.kind], a.start, a.end),
+        ).fetchone()[0]
+        or 0.0
+        for a in late
+    ]
     assert max(hits) >= 0.5, hits
     noisy = conn.execute(
         "SELECT avg((score >= 0.5)::int) FROM scores WHERE tenant_id = %s AND window_start > to_timestamp(%s)",
-        (tenant, sim.start + 120 * 20)).fetchone()[0]
+        (tenant, sim.start + 120 * 20),
+    ).fetchone()[0]
     assert noisy < 0.05
-    opened = conn.execute("SELECT host, metric FROM alerts WHERE tenant_id = %s AND rule = 'anomaly:ensemble'",
-                          (tenant,)).fetchall()
+    opened = conn.execute(
+        "SELECT host, metric FROM alerts WHERE tenant_id = %s AND rule = 'anomaly:ensemble'",
+        (tenant,),
+    ).fetchall()
     assert set(opened) & {(a.host, metric_of[a.kind]) for a in sim.anomalies}
     recs = consume_all(settings, settings.topic_score, nwin, timeout=30)
     r = orjson.loads(recs[0].value())
@@ -57,20 +83,26 @@ def test_windows_scores_and_anomaly_alerts_flow_to_postgres_and_score_topic(sett
 def _snapshot(c):
     scores = c.execute(
         "SELECT host, metric, window_start, round(score::numeric, 9), severity, components::text"
-        " FROM scores ORDER BY 1, 2, 3").fetchall()
+        " FROM scores ORDER BY 1, 2, 3"
+    ).fetchall()
     alerts = c.execute(
         "SELECT alert_id, host, metric, rule, severity, state, value, ts_event, opened_at, resolved_at"
-        " FROM alerts ORDER BY 1").fetchall()
+        " FROM alerts ORDER BY 1"
+    ).fetchall()
     events = c.execute("SELECT event_key, kind FROM alert_events ORDER BY 1").fetchall()
     return scores, alerts, events
 
 
-@pytest.mark.parametrize(("interruption", "checkpoint_s"), [
-    ("kill -9", 0.5), ("pause past the session timeout", 0.5),
-    # only the checkpoint that goes with each partition's first commit: a restart must never
-    # find committed offsets without detect state
-    ("kill -9", 3600.0),
-])
+@pytest.mark.parametrize(
+    ("interruption", "checkpoint_s"),
+    [
+        ("kill -9", 0.5),
+        ("pause past the session timeout", 0.5),
+        # only the checkpoint that goes with each partition's first commit: a restart must never
+        # find committed offsets without detect state
+        ("kill -9", 3600.0),
+    ],
+)
 def test_interrupted_detect_worker_gives_tables_of_an_uninterrupted_run(
     settings, two_dbs, tmp_path, interruption, checkpoint_s
 ):
@@ -79,10 +111,14 @@ def test_interrupted_detect_worker_gives_tables_of_an_uninterrupted_run(
     tenant = "replay"
     runs = {}
     for label, dbname in zip(("clean", "killed"), two_dbs, strict=True):
-        s = settings.model_copy(update={
-            "pg_database": dbname, "checkpoint_interval_s": checkpoint_s,
-            "batch_max_events": 1500, "consumer_group_prefix": f"{settings.consumer_group_prefix}-{label}",
-        })
+        s = settings.model_copy(
+            update={
+                "pg_database": dbname,
+                "checkpoint_interval_s": checkpoint_s,
+                "batch_max_events": 1500,
+                "consumer_group_prefix": f"{settings.consumer_group_prefix}-{label}",
+            }
+        )
         with connect(s, autocommit=True) as c:
             migrate(c)
             create_tenant(c, tenant)
@@ -98,8 +134,13 @@ def test_interrupted_detect_worker_gives_tables_of_an_uninterrupted_run(
         w = spawn_worker(s, CHAIN, log)
         try:
             if kill_at is not None:
-                wait_for(lambda: (count(s) >= kill_at and count(s, "checkpoints")) or w.poll() is not None,
-                         90, what="rows and a checkpoint before the kill")
+                wait_for(
+                    lambda: (
+                        (count(s) >= kill_at and count(s, "checkpoints")) or w.poll() is not None
+                    ),
+                    90,
+                    what="rows and a checkpoint before the kill",
+                )
                 assert w.poll() is None, log.read_text()[-2000:]
                 if interruption == "kill -9":
                     os.kill(w.pid, signal.SIGKILL)
@@ -107,12 +148,20 @@ def test_interrupted_detect_worker_gives_tables_of_an_uninterrupted_run(
                     return
                 os.kill(w.pid, signal.SIGSTOP)
                 # paused past session.timeout.ms: the coordinator drops the silent member
-                wait_for(lambda: _members(s) == 0, 60, interval=0.5, what="the paused member evicted")
+                wait_for(
+                    lambda: _members(s) == 0, 60, interval=0.5, what="the paused member evicted"
+                )
                 os.kill(w.pid, signal.SIGCONT)
-            wait_for(lambda: count(s) >= n or w.poll() is not None, 120, interval=0.3, what="all rows")
+            wait_for(
+                lambda: count(s) >= n or w.poll() is not None, 120, interval=0.3, what="all rows"
+            )
             assert w.poll() is None, log.read_text()[-2000:]
             # drained: every record of the input topic is committed by this group
-            wait_for(lambda: group_lag(s, CHAIN) == 0 or w.poll() is not None, 30, what="offsets committed")
+            wait_for(
+                lambda: group_lag(s, CHAIN) == 0 or w.poll() is not None,
+                30,
+                what="offsets committed",
+            )
             assert w.poll() is None, log.read_text()[-3000:]
         finally:
             if w.poll() is None:
@@ -134,12 +183,17 @@ def test_interrupted_detect_worker_gives_tables_of_an_uninterrupted_run(
         run_to_end(runs["killed"], tmp_path / "k1.log", kill_at=n // 3)
         assert "offset commit refused" in (tmp_path / "k1.log").read_text()
 
-    with connect(runs["clean"], autocommit=True) as a, connect(runs["killed"], autocommit=True) as b:
+    with (
+        connect(runs["clean"], autocommit=True) as a,
+        connect(runs["killed"], autocommit=True) as b,
+    ):
         sa, sb = _snapshot(a), _snapshot(b)
         assert count_rows(a, "metrics") == count_rows(b, "metrics") == n
     assert len(sa[0]) > 20 * 4 * 50
     assert sa[0] == sb[0], "scores differ"
-    assert sa[1] == sb[1], "alerts differ: " + repr([(x, y) for x, y in zip(sa[1], sb[1], strict=False) if x != y][:3])
+    assert sa[1] == sb[1], "alerts differ: " + repr(
+        [(x, y) for x, y in zip(sa[1], sb[1], strict=False) if x != y][:3]
+    )
     assert sa[2] == sb[2], "alert transitions differ"
     assert sa[1], "no alert at all: the comparison would be empty"
 
@@ -152,14 +206,21 @@ def _members(s) -> int:
     return len(a.describe_consumer_groups([group])[group].result(10).members)
 
 
-def test_a_checkpoint_ahead_of_the_groups_commit_is_committed_on_restore(settings, two_dbs, tmp_path):
+def test_a_checkpoint_ahead_of_the_groups_commit_is_committed_on_restore(
+    settings, two_dbs, tmp_path
+):
     """Rows and checkpoint written, commit lost (kill -9 between them, or an expired membership):
     the next owner resumes at the checkpoint and, with no input after it, still commits it."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    s = settings.model_copy(update={"pg_database": two_dbs[0], "checkpoint_interval_s": 0.5,
-                                    "consumer_group_prefix": f"{settings.consumer_group_prefix}-ahead"})
+    s = settings.model_copy(
+        update={
+            "pg_database": two_dbs[0],
+            "checkpoint_interval_s": 0.5,
+            "consumer_group_prefix": f"{settings.consumer_group_prefix}-ahead",
+        }
+    )
     with connect(s, autocommit=True) as c:
         migrate(c)
         create_tenant(c, "ahead")
@@ -168,7 +229,11 @@ def test_a_checkpoint_ahead_of_the_groups_commit_is_committed_on_restore(setting
     def drain(log):
         w = spawn_worker(s, CHAIN, log)
         try:
-            wait_for(lambda: group_lag(s, CHAIN) == 0 or w.poll() is not None, 60, what="offsets committed")
+            wait_for(
+                lambda: group_lag(s, CHAIN) == 0 or w.poll() is not None,
+                60,
+                what="offsets committed",
+            )
             assert w.poll() is None, log.read_text()[-3000:]
         finally:
             if w.poll() is None:
@@ -184,7 +249,9 @@ def test_a_checkpoint_ahead_of_the_groups_commit_is_committed_on_restore(setting
     group = f"{s.consumer_group_prefix}-{CHAIN.replace(',', '-')}"
     parts = [TopicPartition(s.topic_raw, p, 0) for p in cps]
     admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
-    admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, parts)])[group].result(30)
+    admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, parts)])[group].result(
+        30
+    )
     assert group_lag(s, CHAIN) == n
     drain(tmp_path / "w2.log")
     assert "committing restored checkpoint offsets" in (tmp_path / "w2.log").read_text()

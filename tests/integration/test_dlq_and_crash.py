@@ -20,8 +20,16 @@ NOW = time.time()
 
 
 def good(tenant: str, i: int) -> bytes:
-    return orjson.dumps({"tenant_id": tenant, "host": f"h{i % 7}", "metric": "cpu_load",
-                         "value": 10 + i % 50, "ts_event": NOW - 60 + i * 1e-3, "unit": "%"})
+    return orjson.dumps(
+        {
+            "tenant_id": tenant,
+            "host": f"h{i % 7}",
+            "metric": "cpu_load",
+            "value": 10 + i % 50,
+            "ts_event": NOW - 60 + i * 1e-3,
+            "unit": "%",
+        }
+    )
 
 
 def test_bad_input_goes_to_dlq_with_reason_and_good_events_of_the_batch_are_stored(
@@ -62,19 +70,27 @@ def test_bad_input_goes_to_dlq_with_reason_and_good_events_of_the_batch_are_stor
         assert h["source.topic"].decode() == settings.topic_raw
         assert int(h["source.offset"]) >= 0 and h["detail"]
     assert got == bad  # original bytes, one reason each
-    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 2, 30,
-             what="the two good events")
+    wait_for(
+        lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 2,
+        30,
+        what="the two good events",
+    )
 
     # the worker is still alive and keeps consuming
     kq.produce_all(p, settings.topic_raw, [good(tenant, 2)], [f"{tenant}|h"])
     kq.flush(p)
-    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 3, 30,
-             what="an event after the bad ones")
+    wait_for(
+        lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 3,
+        30,
+        what="an event after the bad ones",
+    )
     assert w.thread.is_alive() and w.error is None
     assert w.worker.stats.dead == len(bad)
 
 
-def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(settings, conn, tenant, tmp_path):
+def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(
+    settings, conn, tenant, tmp_path
+):
     n = 100_000
     p = kq.producer(settings)
     raws = [good(tenant, i) for i in range(n)]
@@ -111,9 +127,13 @@ def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(settings
         if w2.poll() is None:
             w2.kill()
     assert (total, distinct) == (n, n), f"killed at {mid} rows"
-    expected = {f"{settings.topic_raw}:{m.partition()}:{m.offset()}" for m in
-                consume_all(settings, settings.topic_raw, n, timeout=60)}
-    stored = {r[0] for r in conn.execute("SELECT event_id FROM metrics WHERE tenant_id = %s", (tenant,))}
+    expected = {
+        f"{settings.topic_raw}:{m.partition()}:{m.offset()}"
+        for m in consume_all(settings, settings.topic_raw, n, timeout=60)
+    }
+    stored = {
+        r[0] for r in conn.execute("SELECT event_id FROM metrics WHERE tenant_id = %s", (tenant,))
+    }
     assert stored == expected
 
 
@@ -129,12 +149,18 @@ def test_events_of_a_tenant_created_after_the_worker_started_are_stored_not_dead
     p = kq.producer(s)
     kq.produce_all(p, s.topic_raw, [good(tenant, 0)], [f"{tenant}|h0"])
     kq.flush(p)
-    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 1, 30,
-             what="the worker running")
+    wait_for(
+        lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 1,
+        30,
+        what="the worker running",
+    )
     late = f"tn{uuid.uuid4().hex[:8]}"
     create_tenant(conn, late)  # after the worker loaded its tenants
     raws = [good(late, i) for i in range(20)]
     kq.produce_all(p, s.topic_raw, raws, [f"{late}|h{i % 7}" for i in range(20)])
     kq.flush(p)
-    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (late,)) == 20, 30,
-             what="the new tenant's events stored (none dead-lettered)")
+    wait_for(
+        lambda: count_rows(conn, "metrics", "tenant_id = %s", (late,)) == 20,
+        30,
+        what="the new tenant's events stored (none dead-lettered)",
+    )

@@ -15,8 +15,9 @@ def test_embedded_pipeline_stores_simulated_metrics_and_alerts(settings, conn, t
     seen: list[AlertEvent] = []
     bus.subscribe(seen.append)
     pipe = EmbeddedPipeline(settings, bus)
-    sim = Simulator(hosts=5, tenant=tenant, seed=3, interval=10, start=time.time() - 3600,
-                    anomaly_rate=0.05)
+    sim = Simulator(
+        hosts=5, tenant=tenant, seed=3, interval=10, start=time.time() - 3600, anomaly_rate=0.05
+    )
     total = 0
     for evs in sim.events(ticks=300):
         pipe.feed(evs + [b"{oops"])
@@ -32,14 +33,17 @@ def test_embedded_pipeline_stores_simulated_metrics_and_alerts(settings, conn, t
 
 
 def test_embedded_replay_writes_nothing_twice(settings, conn, tenant):
-    sim = Simulator(hosts=3, tenant=tenant, seed=5, interval=10, start=time.time() - 600, anomaly_rate=0.2)
+    sim = Simulator(
+        hosts=3, tenant=tenant, seed=5, interval=10, start=time.time() - 600, anomaly_rate=0.2
+    )
     evs = [e for tick in sim.events(ticks=40) for e in tick]
     for _ in range(2):
         pipe = EmbeddedPipeline(settings)
         pipe.feed(evs)
         pipe.close()
     total, distinct = conn.execute(
-        "SELECT count(*), count(DISTINCT event_id) FROM metrics WHERE tenant_id = %s", (tenant,)).fetchone()
+        "SELECT count(*), count(DISTINCT event_id) FROM metrics WHERE tenant_id = %s", (tenant,)
+    ).fetchone()
     assert total == distinct == len(evs)
     a1 = count_rows(conn, "alert_events", "tenant_id = %s", (tenant,))
     assert a1 > 0
@@ -50,16 +54,22 @@ def test_window_features_api_serves_the_cross_metric_columns(settings, conn, ten
 
     from tests.integration.api_support import hdr, make_key
 
-    sim = Simulator(hosts=2, tenant=tenant, seed=9, interval=10, start=time.time() - 1800, anomaly_rate=0.0)
+    sim = Simulator(
+        hosts=2, tenant=tenant, seed=9, interval=10, start=time.time() - 1800, anomaly_rate=0.0
+    )
     pipe = EmbeddedPipeline(settings)
     for evs in sim.events(ticks=150):
         pipe.feed(evs)
     pipe.close()
     api = api_server()
-    r = httpx.get(f"{api.url}/series/{sim.names[0]}/cpu_load/features", headers=hdr(make_key(conn, tenant)))
+    r = httpx.get(
+        f"{api.url}/series/{sim.names[0]}/cpu_load/features", headers=hdr(make_key(conn, tenant))
+    )
     assert r.status_code == 200, r.text
     rows = r.json()
     assert len(rows) >= 20
     # every closed window of a 4-metric host: the host reported 4 metrics, the others' z are finite
     assert {w["host_metrics"] for w in rows} == {4}
-    assert all(0 <= w["host_deviating"] <= 3 and w["host_max_z"] >= w["host_mean_z"] >= 0 for w in rows)
+    assert all(
+        0 <= w["host_deviating"] <= 3 and w["host_max_z"] >= w["host_mean_z"] >= 0 for w in rows
+    )

@@ -43,11 +43,20 @@ def test_tenant_a_stamping_now_plus_290s_does_not_make_tenant_b_late_through_kaf
 
     # A's event first, processed on its own (as in the report), then B's on-time events
     send(f"{a}|web-1", events(a, "web-1", [now + 290.0]))
-    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (a,)) == 1, 60,
-             what="tenant A's event stored")
+    wait_for(
+        lambda: count_rows(conn, "metrics", "tenant_id = %s", (a,)) == 1,
+        60,
+        what="tenant A's event stored",
+    )
     send(f"{b}|db-1", events(b, "db-1", [now - 100.0 + i for i in range(100)]))
-    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (b,)) == 100
-             or _records(settings, settings.topic_dlq), 60, what="tenant B's events stored")
+    wait_for(
+        lambda: (
+            count_rows(conn, "metrics", "tenant_id = %s", (b,)) == 100
+            or _records(settings, settings.topic_dlq)
+        ),
+        60,
+        what="tenant B's events stored",
+    )
     wait_for(lambda: group_lag(settings, CHAIN) == 0, 30, what="offsets committed")
     # committed after the batch's dead letters were produced: none were
     assert count_rows(conn, "metrics", "tenant_id = %s", (b,)) == 100

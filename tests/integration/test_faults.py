@@ -82,8 +82,9 @@ def services(base_settings, tmp_path_factory):
 def _rows(s, tenant: str) -> tuple[int, int]:
     """(rows, distinct event ids) of ``tenant``, on a connection of its own (outages break them)."""
     with connect(s, autocommit=True) as c:
-        n, d = c.execute("SELECT count(*), count(DISTINCT event_id) FROM metrics WHERE tenant_id = %s",
-                         (tenant,)).fetchone()
+        n, d = c.execute(
+            "SELECT count(*), count(DISTINCT event_id) FROM metrics WHERE tenant_id = %s", (tenant,)
+        ).fetchone()
     return int(n), int(d)
 
 
@@ -106,13 +107,13 @@ def _table(conn, sql: str) -> list[tuple]:
 # what an uninterrupted run must reproduce (ids and event-time columns; no serials, no now())
 TABLES = {
     "features": "SELECT tenant_id, host, metric, window_start, window_end, count, mean, std, min,"
-                " max, last, slope, change, gap FROM features ORDER BY 1, 2, 3, 4",
+    " max, last, slope, change, gap FROM features ORDER BY 1, 2, 3, 4",
     "scores": "SELECT tenant_id, host, metric, window_start, window_end, score, severity,"
-              " components, actual, expected, explanation FROM scores ORDER BY 1, 2, 3, 4",
+    " components, actual, expected, explanation FROM scores ORDER BY 1, 2, 3, 4",
     "alerts": "SELECT alert_id, tenant_id, host, metric, value, severity, ts_event, state, rule,"
-              " threshold, message, score, opened_at, updated_at, resolved_at FROM alerts ORDER BY 1",
+    " threshold, message, score, opened_at, updated_at, resolved_at FROM alerts ORDER BY 1",
     "alert_events": "SELECT event_key, alert_id, tenant_id, kind, payload FROM alert_events"
-                    " ORDER BY 1",
+    " ORDER BY 1",
 }
 
 
@@ -122,14 +123,21 @@ def test_worker_rides_out_outages_kills_and_poison_and_loses_nothing(services, t
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
     (health_port,) = free_ports(1)
-    s = services.settings.model_copy(update={
-        "consumer_group_prefix": f"faults-{uuid.uuid4().hex[:6]}",
-        "topic_partitions": 3, "batch_max_wait_ms": 100, "champion_poll_s": 0.0,
-        "inventory_refresh_s": 2.0, "checkpoint_interval_s": 3.0, "worker_health_port": health_port,
-        # short windows: every series closes a window every 10 s, so scores and alerts are
-        # compared over many windows, including the ones open across the outages and kills
-        "window_s": 10.0, "allowed_lateness_s": 5.0,
-    })
+    s = services.settings.model_copy(
+        update={
+            "consumer_group_prefix": f"faults-{uuid.uuid4().hex[:6]}",
+            "topic_partitions": 3,
+            "batch_max_wait_ms": 100,
+            "champion_poll_s": 0.0,
+            "inventory_refresh_s": 2.0,
+            "checkpoint_interval_s": 3.0,
+            "worker_health_port": health_port,
+            # short windows: every series closes a window every 10 s, so scores and alerts are
+            # compared over many windows, including the ones open across the outages and kills
+            "window_s": 10.0,
+            "allowed_lateness_s": 5.0,
+        }
+    )
     kq.create_topics(s)
     tenant_a, tenant_b = f"tna{uuid.uuid4().hex[:6]}", f"tnb{uuid.uuid4().hex[:6]}"
     with connect(s, autocommit=True) as conn:
@@ -149,15 +157,23 @@ def test_worker_rides_out_outages_kills_and_poison_and_loses_nothing(services, t
     try:
         wait_for(lambda: ready.status == "ok" or worker.poll() is not None, 90, what="worker ready")
         assert worker.poll() is None, logs()
-        wait_for(lambda: min(_rows(s, t)[0] for t in (tenant_a, tenant_b)) >= 200, 60, interval=0.5,
-                 what="first rows of both tenants")
+        wait_for(
+            lambda: min(_rows(s, t)[0] for t in (tenant_a, tenant_b)) >= 200,
+            60,
+            interval=0.5,
+            what="first rows of both tenants",
+        )
         pid = worker.pid
 
         # (a) PostgreSQL away for 30 s
         t_down = time.monotonic()
         services.run("pg-down")
-        wait_for(lambda: ready.first("degraded", t_down, "postgres"), 20, what="degraded (postgres)")
-        measured["pg_to_degraded_s"] = round(ready.first("degraded", t_down, "postgres") - t_down, 2)
+        wait_for(
+            lambda: ready.first("degraded", t_down, "postgres"), 20, what="degraded (postgres)"
+        )
+        measured["pg_to_degraded_s"] = round(
+            ready.first("degraded", t_down, "postgres") - t_down, 2
+        )
         assert worker.poll() is None, logs()
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - t_down)))  # the outage's length
         t_start_up = time.monotonic()
@@ -166,7 +182,12 @@ def test_worker_rides_out_outages_kills_and_poison_and_loses_nothing(services, t
         wait_for(lambda: ready.first("ok", t_start_up), 60, what="ok after PostgreSQL is back")
         measured["pg_to_recovered_s"] = round(max(0.0, ready.first("ok", t_start_up) - t_up), 2)
         stored = _rows(s, tenant_a)[0]
-        wait_for(lambda: _rows(s, tenant_a)[0] > stored + 100, 30, interval=0.5, what="rows after the outage")
+        wait_for(
+            lambda: _rows(s, tenant_a)[0] > stored + 100,
+            30,
+            interval=0.5,
+            what="rows after the outage",
+        )
         assert worker.poll() is None and worker.pid == pid, logs()
 
         # (b) Kafka restarted
@@ -180,7 +201,12 @@ def test_worker_rides_out_outages_kills_and_poison_and_loses_nothing(services, t
         measured["kafka_to_degraded_s"] = round(deg - t_down, 2)
         measured["kafka_to_recovered_s"] = round(max(0.0, ready.first("ok", deg) - t_up), 2)
         stored = _rows(s, tenant_b)[0]
-        wait_for(lambda: _rows(s, tenant_b)[0] > stored + 100, 60, interval=0.5, what="rows after the restart")
+        wait_for(
+            lambda: _rows(s, tenant_b)[0] > stored + 100,
+            60,
+            interval=0.5,
+            what="rows after the restart",
+        )
         assert worker.poll() is None and worker.pid == pid, logs()
         measured["same_pid_through_outages"] = True
 
@@ -190,7 +216,9 @@ def test_worker_rides_out_outages_kills_and_poison_and_loses_nothing(services, t
         kills = []
         t_spawned = 0.0
         for _ in range(3):
-            wait_for(lambda t=t_spawned: ready.first("ok", t), 90, what="worker ready before a kill")
+            wait_for(
+                lambda t=t_spawned: ready.first("ok", t), 90, what="worker ready before a kill"
+            )
             moment = rng.uniform(0.5, 4.0)
             time.sleep(moment)  # a random moment of its work
             assert worker.poll() is None, logs()
@@ -209,8 +237,12 @@ def test_worker_rides_out_outages_kills_and_poison_and_loses_nothing(services, t
         want = {t: len(delivered.good[t]) for t in (tenant_a, tenant_b)}
         valid = [c for i, c in enumerate(cases) if c.reason is None and i in delivered.poison]
         want[tenant_a] += len(valid)
-        wait_for(lambda: all(_rows(s, t)[0] >= want[t] for t in want) or worker.poll() is not None,
-                 120, interval=0.5, what="every event stored")
+        wait_for(
+            lambda: all(_rows(s, t)[0] >= want[t] for t in want) or worker.poll() is not None,
+            120,
+            interval=0.5,
+            what="every event stored",
+        )
         assert worker.poll() is None, logs()
         wait_for(lambda: group_lag(s, CHAIN) == 0, 60, what="offsets committed")
         worker.send_signal(signal.SIGTERM)
@@ -241,7 +273,9 @@ def _check_stored_dlq_and_replay(s, conn, cases, delivered, want, tenant_a, tena
     for t in (tenant_a, tenant_b):
         n, distinct = _rows(s, t)
         assert (n, distinct) == (want[t], want[t]), (t, n, distinct, want[t])
-        ids = {r[0] for r in conn.execute("SELECT event_id FROM metrics WHERE tenant_id = %s", (t,))}
+        ids = {
+            r[0] for r in conn.execute("SELECT event_id FROM metrics WHERE tenant_id = %s", (t,))
+        }
         assert delivered.good[t] <= ids, f"{t}: {len(delivered.good[t] - ids)} events lost"
 
     # every bad one in the DLQ: original bytes, reason, provenance; nothing else is there
@@ -252,24 +286,35 @@ def _check_stored_dlq_and_replay(s, conn, cases, delivered, want, tenant_a, tena
         dlq.setdefault(m.value() or b"", set()).add(h["reason"])
     sent_bad = [c for i, c in enumerate(cases) if c.reason is not None and i in delivered.poison]
     if _POISON_FIXED:
-        wrong = {c.name: (c.reason, dlq.get(c.raw)) for c in sent_bad if dlq.get(c.raw) != {c.reason}}
+        wrong = {
+            c.name: (c.reason, dlq.get(c.raw)) for c in sent_bad if dlq.get(c.raw) != {c.reason}
+        }
     else:  # the exact codes come with the poison fixes (tests/unit/test_normalize.py pins them)
         wrong = {c.name: (c.reason, None) for c in sent_bad if len(dlq.get(c.raw, ())) != 1}
     assert not wrong, wrong
     assert set(dlq) <= {c.raw for c in sent_bad}, "good events in the DLQ"
     assert not [r for r in dlq if tenant_b.encode() in r], "tenant B has dead letters"
     measured["poison_sent"] = len(sent_bad)
-    measured["valid_odd_sent"] = sum(1 for i, c in enumerate(cases) if c.reason is None and i in delivered.poison)
+    measured["valid_odd_sent"] = sum(
+        1 for i, c in enumerate(cases) if c.reason is None and i in delivered.poison
+    )
     measured["poison_corpus"] = "full" if _POISON_FIXED else "pre-fix subset (TODO)"
 
     # the same input through a fresh worker that nothing interrupts gives the same tables
     ref_db = f"faults_ref_{uuid.uuid4().hex[:6]}"
     conn.execute(f'CREATE DATABASE "{ref_db}"')
     sfx = uuid.uuid4().hex[:6]
-    ref = s.model_copy(update={
-        "pg_database": ref_db, "consumer_group_prefix": f"ref-{sfx}", "worker_health_port": 0,
-        **{f"topic_{k}": f"ref-{sfx}-{k}" for k in ("metric", "enriched", "score", "alert", "dlq")},
-    })
+    ref = s.model_copy(
+        update={
+            "pg_database": ref_db,
+            "consumer_group_prefix": f"ref-{sfx}",
+            "worker_health_port": 0,
+            **{
+                f"topic_{k}": f"ref-{sfx}-{k}"
+                for k in ("metric", "enriched", "score", "alert", "dlq")
+            },
+        }
+    )
     kq.create_topics(ref)
     with connect(ref, autocommit=True) as rc:
         migrate(rc)
@@ -278,8 +323,12 @@ def _check_stored_dlq_and_replay(s, conn, cases, delivered, want, tenant_a, tena
             set_inventory(rc, t, "host-0", {"team": f"team-{t}", "env": "prod"})
         w = ThreadWorker(ref, CHAIN)
         try:
-            wait_for(lambda: all(_rows(ref, t)[0] >= want[t] for t in want), 120, interval=0.5,
-                     what="the uninterrupted run")
+            wait_for(
+                lambda: all(_rows(ref, t)[0] >= want[t] for t in want),
+                120,
+                interval=0.5,
+                what="the uninterrupted run",
+            )
             wait_for(lambda: group_lag(ref, CHAIN) == 0, 60, what="the uninterrupted run's commits")
         finally:
             w.stop()
@@ -296,7 +345,9 @@ def test_api_answers_503_while_postgres_restarts_and_serves_again_without_a_rest
 
     from tests.integration.api_support import Api, hdr, make_key
 
-    s = services.settings.model_copy(update={"consumer_group_prefix": f"api-{uuid.uuid4().hex[:6]}"})
+    s = services.settings.model_copy(
+        update={"consumer_group_prefix": f"api-{uuid.uuid4().hex[:6]}"}
+    )
     kq.create_topics(s)
     tenant = f"tnapi{uuid.uuid4().hex[:6]}"
     with connect(s, autocommit=True) as c:
@@ -344,8 +395,9 @@ def test_api_answers_503_while_postgres_restarts_and_serves_again_without_a_rest
     print("api outage:", json.dumps(measured))
 
 
-def test_adminshutdown_in_mark_published_or_the_sink_does_not_end_the_worker(settings, tenant,
-                                                                              start_worker):
+def test_adminshutdown_in_mark_published_or_the_sink_does_not_end_the_worker(
+    settings, tenant, start_worker
+):
     """Issue 8: `AdminShutdown` in `mark_published` ended the worker. Here a trigger terminates
     the session that marks this tenant's first alert events published (exactly where the issue
     saw it), and the worker's backends are also terminated between batches (the sink write's
@@ -362,8 +414,10 @@ def test_adminshutdown_in_mark_published_or_the_sink_does_not_end_the_worker(set
               END IF;
               RETURN NEW;
             END $$""")
-        c.execute(f"CREATE TRIGGER {fn} BEFORE UPDATE ON alert_events FOR EACH ROW"
-                  f" WHEN (NEW.tenant_id = '{tenant}') EXECUTE FUNCTION {fn}()")
+        c.execute(
+            f"CREATE TRIGGER {fn} BEFORE UPDATE ON alert_events FOR EACH ROW"
+            f" WHEN (NEW.tenant_id = '{tenant}') EXECUTE FUNCTION {fn}()"
+        )
     try:
         p = kq.producer(settings)
         w = start_worker(CHAIN)
@@ -372,27 +426,42 @@ def test_adminshutdown_in_mark_published_or_the_sink_does_not_end_the_worker(set
         sent = 0
         for tick in range(40):  # cpu_load over the critical threshold every 4th tick: alerts
             raws = [_event(tenant, h, tick, 95.0 if tick % 4 == 1 else 40.0) for h in range(3)]
-            kq.produce_all(p, settings.topic_raw, [r for _, r in raws],
-                           [f"{tenant}|host-{h}" for h in range(3)])
+            kq.produce_all(
+                p,
+                settings.topic_raw,
+                [r for _, r in raws],
+                [f"{tenant}|host-{h}" for h in range(3)],
+            )
             kq.flush(p)
             sent += len(raws)
             if tick % 8 == 4:  # between batches: the next sink write finds its connection dead
-                wait_for(lambda s=sent: _rows(settings, tenant)[0] >= s, 30, interval=0.2,
-                         what="the worker caught up")
+                wait_for(
+                    lambda s=sent: _rows(settings, tenant)[0] >= s,
+                    30,
+                    interval=0.2,
+                    what="the worker caught up",
+                )
                 pids = [c.info.backend_pid for c in (worker.conn, worker.sink.conn) if not c.closed]
                 killed.update(pids)
                 with connect(settings, autocommit=True) as c:
-                    c.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
-        wait_for(lambda: _rows(settings, tenant)[0] >= sent, 60, interval=0.3, what="every event stored")
+                    c.execute(
+                        "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,)
+                    )
+        wait_for(
+            lambda: _rows(settings, tenant)[0] >= sent, 60, interval=0.3, what="every event stored"
+        )
         wait_for(lambda: group_lag(settings, CHAIN) == 0, 60, what="offsets committed")
-        wait_for(lambda: _unpublished(settings, tenant) == 0, 30, what="every alert event published")
+        wait_for(
+            lambda: _unpublished(settings, tenant) == 0, 30, what="every alert event published"
+        )
         assert w.thread.is_alive() and w.error is None
         assert _rows(settings, tenant) == (sent, sent)
         assert worker.sink.conn.info.backend_pid not in killed  # it reconnected
         with connect(settings, autocommit=True) as c:
             kills = c.execute(f"SELECT last_value FROM {seq}").fetchone()[0]
-            events = c.execute("SELECT count(*) FROM alert_events WHERE tenant_id = %s",
-                               (tenant,)).fetchone()[0]
+            events = c.execute(
+                "SELECT count(*) FROM alert_events WHERE tenant_id = %s", (tenant,)
+            ).fetchone()[0]
         assert kills >= 4, "mark_published was not interrupted 3 times"
         assert events > 0
     finally:
@@ -404,12 +473,22 @@ def test_adminshutdown_in_mark_published_or_the_sink_does_not_end_the_worker(set
 
 def _event(tenant: str, h: int, tick: int, value: float) -> tuple[str, bytes]:
     eid = f"{tenant}-h{h}-{tick}"
-    return eid, orjson.dumps({"event_id": eid, "tenant_id": tenant, "host": f"host-{h}",
-                              "metric": "cpu_load", "value": value, "ts_event": time.time() - 120 + tick,
-                              "unit": "percent"})
+    return eid, orjson.dumps(
+        {
+            "event_id": eid,
+            "tenant_id": tenant,
+            "host": f"host-{h}",
+            "metric": "cpu_load",
+            "value": value,
+            "ts_event": time.time() - 120 + tick,
+            "unit": "percent",
+        }
+    )
 
 
 def _unpublished(s, tenant: str) -> int:
     with connect(s, autocommit=True) as c:
-        return c.execute("SELECT count(*) FROM alert_events WHERE tenant_id = %s AND"
-                         " published_at IS NULL", (tenant,)).fetchone()[0]
+        return c.execute(
+            "SELECT count(*) FROM alert_events WHERE tenant_id = %s AND published_at IS NULL",
+            (tenant,),
+        ).fetchone()[0]

@@ -66,13 +66,25 @@ def batch(ts, tenant="t1", prefix=None) -> MetricBatch:
     ts = np.asarray(ts, dtype=float)
     n = len(ts)
     prefix = prefix or uuid.uuid4().hex[:6]
-    return MetricBatch(obj([f"{prefix}-{i}" for i in range(n)]), obj([tenant] * n), obj(["h"] * n),
-                       obj(["m"] * n), np.arange(n, dtype=float), ts, obj(["u"] * n), obj([None] * n))
+    return MetricBatch(
+        obj([f"{prefix}-{i}" for i in range(n)]),
+        obj([tenant] * n),
+        obj(["h"] * n),
+        obj(["m"] * n),
+        np.arange(n, dtype=float),
+        ts,
+        obj(["u"] * n),
+        obj([None] * n),
+    )
 
 
 def where(conn, table="metrics") -> dict[str, int]:
     """partition name -> rows in it."""
-    return dict(conn.execute(f"SELECT tableoid::regclass::text, count(*) FROM {table} GROUP BY 1").fetchall())
+    return dict(
+        conn.execute(
+            f"SELECT tableoid::regclass::text, count(*) FROM {table} GROUP BY 1"
+        ).fetchall()
+    )
 
 
 def names(conn, table="metrics") -> set[str]:
@@ -94,12 +106,17 @@ def test_sink_creates_missing_partitions_on_demand_before_writing(pconn):
     sink = Sink(pconn)
     assert sink.write(batch([far + 10, far + DAY + 10, far + 5 * DAY]))[0] == 3
     got = where(pconn)
-    assert got == {partition_name("metrics", far): 1, partition_name("metrics", far + DAY): 1,
-                   partition_name("metrics", far + 5 * DAY): 1}
+    assert got == {
+        partition_name("metrics", far): 1,
+        partition_name("metrics", far + DAY): 1,
+        partition_name("metrics", far + 5 * DAY): 1,
+    }
     assert partition_name("metrics", far + 2 * DAY) not in names(pconn)  # only buckets with rows
     # every leaf carries the per-tenant unique index on event ids
-    idx = pconn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE 'CREATE UNIQUE%%'",
-                        (partition_name("metrics", far),)).fetchone()[0]
+    idx = pconn.execute(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE 'CREATE UNIQUE%%'",
+        (partition_name("metrics", far),),
+    ).fetchone()[0]
     assert "(tenant_id, event_id)" in idx
 
 
@@ -125,10 +142,14 @@ def test_row_without_partition_lands_in_default_and_maintenance_moves_it(pconn, 
         lock_holder.close()
     assert where(pconn) == {"metrics_default": 2}
     # an expired row (direct SQL, no partition) sits there too
-    pconn.execute("INSERT INTO metrics (event_id, tenant_id, host, metric, value, ts_event)"
-                  " VALUES ('old', 't1', 'h', 'm', 1, to_timestamp(%s))", (TODAY - 30 * DAY,))
-    rep = maintain(pconn, PartitionPolicy(ahead_days=0, retention_days={"metrics": 14}),
-                   now=TODAY + 60)
+    pconn.execute(
+        "INSERT INTO metrics (event_id, tenant_id, host, metric, value, ts_event)"
+        " VALUES ('old', 't1', 'h', 'm', 1, to_timestamp(%s))",
+        (TODAY - 30 * DAY,),
+    )
+    rep = maintain(
+        pconn, PartitionPolicy(ahead_days=0, retention_days={"metrics": 14}), now=TODAY + 60
+    )
     assert (rep.moved, rep.expired) == (2, 1)
     assert where(pconn) == {partition_name("metrics", far): 2}
     # the moved rows still deduplicate: their partition has the unique index
@@ -179,12 +200,17 @@ def test_retention_drops_exactly_the_expired_partitions_while_a_writer_keeps_wri
     assert not expired & names(pconn)
     assert {partition_name("metrics", d) for d in days if d + DAY > cutoff} <= names(pconn)
     assert names(pconn, "features") >= windows_before  # no retention set for it: nothing dropped
-    kept = pconn.execute("SELECT count(*) FROM metrics WHERE ts_event < to_timestamp(%s)",
-                         (TODAY,)).fetchone()[0]
+    kept = pconn.execute(
+        "SELECT count(*) FROM metrics WHERE ts_event < to_timestamp(%s)", (TODAY,)
+    ).fetchone()[0]
     assert kept == 50 * (8 - len(expired))
     assert written[0] >= before + 1000  # the writer went on after the drops
-    assert pconn.execute("SELECT count(*) FROM metrics WHERE ts_event >= to_timestamp(%s)",
-                         (TODAY,)).fetchone()[0] == written[0]
+    assert (
+        pconn.execute(
+            "SELECT count(*) FROM metrics WHERE ts_event >= to_timestamp(%s)", (TODAY,)
+        ).fetchone()[0]
+        == written[0]
+    )
 
 
 def test_migration_converts_populated_tables_and_their_rows_still_deduplicate(fresh):
@@ -194,24 +220,38 @@ def test_migration_converts_populated_tables_and_their_rows_still_deduplicate(fr
         t0 = TODAY - 2 * DAY + 0.123456789
         ts = t0 + np.arange(300) * 600.0  # spans three days
         b = batch(ts, prefix="pre")
-        c.execute("INSERT INTO metrics (event_id, tenant_id, host, metric, value, ts_event, unit, tags)"
-                  " SELECT e, 't1', 'h', 'm', v, to_timestamp(ts), 'u', '{\"dc\": \"eu1\"}'"
-                  " FROM unnest(%s::text[], %s::float8[], %s::float8[]) AS u(e, v, ts)",
-                  (b.event_id.tolist(), b.value.tolist(), b.ts.tolist()))
-        c.execute("INSERT INTO features (tenant_id, host, metric, window_start, window_end, count, mean)"
-                  " SELECT 't1', 'h', 'm', to_timestamp(%s + i * 60), to_timestamp(%s + i * 60 + 60), 1, i"
-                  " FROM generate_series(0, 99) i", (TODAY - DAY, TODAY - DAY))
-        c.execute("INSERT INTO scores (tenant_id, host, metric, window_start, window_end, score, severity)"
-                  " SELECT 't1', 'h', 'm', to_timestamp(%s + i * 60), to_timestamp(%s + i * 60 + 60), 0.5, 'ok'"
-                  " FROM generate_series(0, 99) i", (TODAY - DAY, TODAY - DAY))
-        before = c.execute("SELECT event_id, value, ts_event, tags FROM metrics ORDER BY event_id").fetchall()
+        c.execute(
+            "INSERT INTO metrics (event_id, tenant_id, host, metric, value, ts_event, unit, tags)"
+            " SELECT e, 't1', 'h', 'm', v, to_timestamp(ts), 'u', '{\"dc\": \"eu1\"}'"
+            " FROM unnest(%s::text[], %s::float8[], %s::float8[]) AS u(e, v, ts)",
+            (b.event_id.tolist(), b.value.tolist(), b.ts.tolist()),
+        )
+        c.execute(
+            "INSERT INTO features (tenant_id, host, metric, window_start, window_end, count, mean)"
+            " SELECT 't1', 'h', 'm', to_timestamp(%s + i * 60), to_timestamp(%s + i * 60 + 60), 1, i"
+            " FROM generate_series(0, 99) i",
+            (TODAY - DAY, TODAY - DAY),
+        )
+        c.execute(
+            "INSERT INTO scores (tenant_id, host, metric, window_start, window_end, score, severity)"
+            " SELECT 't1', 'h', 'm', to_timestamp(%s + i * 60), to_timestamp(%s + i * 60 + 60), 0.5, 'ok'"
+            " FROM generate_series(0, 99) i",
+            (TODAY - DAY, TODAY - DAY),
+        )
+        before = c.execute(
+            "SELECT event_id, value, ts_event, tags FROM metrics ORDER BY event_id"
+        ).fetchall()
 
         assert migrate(c) == ["008_time_partitions"]
-        after = c.execute("SELECT event_id, value, ts_event, tags FROM metrics ORDER BY event_id").fetchall()
+        after = c.execute(
+            "SELECT event_id, value, ts_event, tags FROM metrics ORDER BY event_id"
+        ).fetchall()
         assert after == before
         assert "metrics_default" not in where(c) and len(where(c)) == 3
         assert sum(where(c, "features").values()) == 100 and sum(where(c, "scores").values()) == 100
-        assert c.execute("SELECT relkind FROM pg_class WHERE relname = 'metrics'").fetchone()[0] == "p"
+        assert (
+            c.execute("SELECT relkind FROM pg_class WHERE relname = 'metrics'").fetchone()[0] == "p"
+        )
 
         sink = Sink(c)
         assert sink.write(b)[0] == 0 and sink.collided.size == 0  # replay of pre-migration rows
@@ -236,6 +276,10 @@ def test_a_partition_detached_but_not_dropped_is_dropped_by_the_next_pass(pconn)
     pconn.execute("CREATE TABLE metrics_keep_me (LIKE metrics)")  # not marked: left alone
     rep = maintain(pconn, PartitionPolicy(ahead_days=0), now=TODAY + 60)
     assert rep.dropped == [name]
-    left = {r[0] for r in pconn.execute("SELECT relname FROM pg_class WHERE relname IN (%s, %s)",
-                                        (name, "metrics_keep_me"))}
+    left = {
+        r[0]
+        for r in pconn.execute(
+            "SELECT relname FROM pg_class WHERE relname IN (%s, %s)", (name, "metrics_keep_me")
+        )
+    }
     assert left == {"metrics_keep_me"}

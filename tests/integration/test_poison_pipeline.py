@@ -42,11 +42,22 @@ class FaultyDetect(DetectStage):
 
 
 def ev(tenant: str, host: str, value: float, ts: float, **kw) -> bytes:
-    return orjson.dumps({"tenant_id": tenant, "host": host, "metric": "cpu_load", "value": value,
-                         "ts_event": ts, "unit": "%", **kw})
+    return orjson.dumps(
+        {
+            "tenant_id": tenant,
+            "host": host,
+            "metric": "cpu_load",
+            "value": value,
+            "ts_event": ts,
+            "unit": "%",
+            **kw,
+        }
+    )
 
 
-def stream(a: str, b: str, now: float) -> tuple[list[bytes], list[PoisonCase], list[bytes], list[bytes]]:
+def stream(
+    a: str, b: str, now: float
+) -> tuple[list[bytes], list[PoisonCase], list[bytes], list[bytes]]:
     """Each corpus case (tenant ``a``) after one good event of ``a`` and ~25 of ``b``; all in
     event-time order within a few seconds, so no window closes under them."""
     cases = load_corpus(a, now)
@@ -92,7 +103,9 @@ def expected_ids(settings, cases, offsets) -> dict[str, str]:
     return out
 
 
-def test_poison_corpus_through_chained_worker_between_two_tenants(settings, conn, tenant, start_worker):
+def test_poison_corpus_through_chained_worker_between_two_tenants(
+    settings, conn, tenant, start_worker
+):
     other = f"tb{uuid.uuid4().hex[:8]}"
     create_tenant(conn, other)
     now = time.time() - 20
@@ -118,15 +131,24 @@ def test_poison_corpus_through_chained_worker_between_two_tenants(settings, conn
 
     ids = expected_ids(settings, cases, offsets)
     count = lambda t: count_rows(conn, "metrics", "tenant_id = %s", (t,))  # noqa: E731
-    wait_for(lambda: count(other) == B_EVENTS and count(tenant) == len(good_a) + len(ids), 90,
-             what="every good event of both tenants")
-    total, distinct = conn.execute("SELECT count(*), count(DISTINCT event_id) FROM metrics "
-                                   "WHERE tenant_id = ANY(%s)", ([tenant, other],)).fetchone()
+    wait_for(
+        lambda: count(other) == B_EVENTS and count(tenant) == len(good_a) + len(ids),
+        90,
+        what="every good event of both tenants",
+    )
+    total, distinct = conn.execute(
+        "SELECT count(*), count(DISTINCT event_id) FROM metrics WHERE tenant_id = ANY(%s)",
+        ([tenant, other],),
+    ).fetchone()
     assert total == distinct == B_EVENTS + len(good_a) + len(ids)
-    stored = {r[0] for r in conn.execute("SELECT event_id FROM metrics WHERE tenant_id = %s", (tenant,))}
+    stored = {
+        r[0] for r in conn.execute("SELECT event_id FROM metrics WHERE tenant_id = %s", (tenant,))
+    }
     assert set(ids.values()) <= stored, {n for n, e in ids.items() if e not in stored}
     want_b = {f"{settings.topic_raw}:0:{offsets[r]}" for r in good_b}
-    got_b = {r[0] for r in conn.execute("SELECT event_id FROM metrics WHERE tenant_id = %s", (other,))}
+    got_b = {
+        r[0] for r in conn.execute("SELECT event_id FROM metrics WHERE tenant_id = %s", (other,))
+    }
     assert got_b == want_b
 
     # alive and consuming after all of it
@@ -146,8 +168,10 @@ def test_dlq_topic_holds_more_than_the_raw_topic(settings):
 def _max_message_bytes(settings, topics) -> dict[str, int]:
     a = kq.admin(settings)  # held until the futures settle
     res = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics]
-    return {r.name: int(f.result(timeout=30)["max.message.bytes"].value)
-            for r, f in a.describe_configs(res).items()}
+    return {
+        r.name: int(f.result(timeout=30)["max.message.bytes"].value)
+        for r, f in a.describe_configs(res).items()
+    }
 
 
 def test_topics_create_raises_the_limit_of_a_dlq_created_before(settings):
@@ -180,13 +204,15 @@ def test_poison_corpus_through_embedded_runner(settings, conn, tenant):
     try:
         dead = []
         for i in range(0, len(raws), 700):
-            _, d, _ = pipe.feed(raws[i:i + 700])
+            _, d, _ = pipe.feed(raws[i : i + 700])
             dead += d
     finally:
         pipe.close()
     offset = {r: i for i, r in enumerate(raws)}
-    rows = conn.execute("SELECT reason, detail, stage, source, raw FROM dead_letters "
-                        "WHERE source LIKE %s", (f"{source}:%",)).fetchall()
+    rows = conn.execute(
+        "SELECT reason, detail, stage, source, raw FROM dead_letters WHERE source LIKE %s",
+        (f"{source}:%",),
+    ).fetchall()
     poison = [c for c in cases if c.reason]
     assert len(rows) == len(poison) == len(dead)
     by_raw = {bytes(r[4]): r for r in rows}
@@ -199,7 +225,9 @@ def test_poison_corpus_through_embedded_runner(settings, conn, tenant):
     assert count(other) == B_EVENTS and count(tenant) == len(good_a) + n_valid
 
 
-def test_detect_raising_on_one_event_in_a_chained_worker_costs_that_event_only(settings, conn, tenant):
+def test_detect_raising_on_one_event_in_a_chained_worker_costs_that_event_only(
+    settings, conn, tenant
+):
     """A fault-injected detect stage object inside a real worker (real Kafka and PostgreSQL)."""
     now = time.time() - 30
     raws = [ev(tenant, f"h{i % 6}", float(i), now + i * 1e-3) for i in range(3000)]
@@ -216,12 +244,18 @@ def test_detect_raising_on_one_event_in_a_chained_worker_costs_that_event_only(s
         assert d.value() == boom and h["reason"] == "stage_error" and h["stage"] == "detect"
         assert int(h["source.offset"]) == 1700 and h["source.topic"] == settings.topic_raw
         assert "injected detect fault" in h["detail"]
-        wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 3000, 60,
-                 what="the other 3000 events")
+        wait_for(
+            lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 3000,
+            60,
+            what="the other 3000 events",
+        )
         assert not count_rows(conn, "metrics", "event_id = %s", (f"{tenant}-boom",))
         produce_to_partition_0(settings, [ev(tenant, "h-after", 1.0, time.time())])
-        wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 3001, 30,
-                 what="an event after the fault")
+        wait_for(
+            lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 3001,
+            30,
+            what="an event after the fault",
+        )
         assert t.is_alive()
     finally:
         w.stop()
@@ -236,12 +270,17 @@ def _late_case(settings, tenant):
     return early, late
 
 
-def test_ts_too_old_in_chained_worker_carries_original_bytes_and_offset(settings, conn, tenant, start_worker):
+def test_ts_too_old_in_chained_worker_carries_original_bytes_and_offset(
+    settings, conn, tenant, start_worker
+):
     early, late = _late_case(settings, tenant)
     produce_to_partition_0(settings, early)
     start_worker(CHAIN)
-    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == len(early), 60,
-             what="the early events")
+    wait_for(
+        lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == len(early),
+        60,
+        what="the early events",
+    )
     produce_to_partition_0(settings, [late])
     [d] = consume_all(settings, settings.topic_dlq, 1, timeout=60)
     h = {k: v.decode() for k, v in d.headers()}
@@ -251,22 +290,38 @@ def test_ts_too_old_in_chained_worker_carries_original_bytes_and_offset(settings
     assert int(h["source.offset"]) == len(early)
 
 
-def test_ts_too_old_in_split_detect_worker_names_the_enriched_record(settings, conn, tenant, start_worker):
+def test_ts_too_old_in_split_detect_worker_names_the_enriched_record(
+    settings, conn, tenant, start_worker
+):
     """A detect worker consuming signals.enriched.v1 dead-letters the record it consumed."""
     early, late = _late_case(settings, tenant)
     produce_to_partition_0(settings, early)
     start_worker("normalize,enrich")
     start_worker("detect,sink")
-    wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == len(early), 60,
-             what="the early events")
+    wait_for(
+        lambda: count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == len(early),
+        60,
+        what="the early events",
+    )
     produce_to_partition_0(settings, [late])
     [d] = consume_all(settings, settings.topic_dlq, 1, timeout=60)
     h = {k: v.decode() for k, v in d.headers()}
     assert h["reason"] == "ts_too_old" and h["source.topic"] == settings.topic_enriched
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": kq.unique_group("t"),
-                  "auto.offset.reset": "earliest"})
+    c = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": kq.unique_group("t"),
+            "auto.offset.reset": "earliest",
+        }
+    )
     try:
-        c.assign([TopicPartition(settings.topic_enriched, int(h["source.partition"]), int(h["source.offset"]))])
+        c.assign(
+            [
+                TopicPartition(
+                    settings.topic_enriched, int(h["source.partition"]), int(h["source.offset"])
+                )
+            ]
+        )
         rec = wait_for(lambda: next(iter(c.consume(1, 1.0)), None), 20, what="the enriched record")
     finally:
         c.close()
@@ -284,20 +339,28 @@ def test_ts_too_old_in_embedded_runner_carries_original_bytes(settings, conn, te
     finally:
         pipe.close()
     assert [(d.reason, d.raw, d.offset) for d in dead] == [("ts_too_old", late, len(early))]
-    row = conn.execute("SELECT reason, source, raw FROM dead_letters WHERE source LIKE %s",
-                       (f"{source}:%",)).fetchone()
+    row = conn.execute(
+        "SELECT reason, source, raw FROM dead_letters WHERE source LIKE %s", (f"{source}:%",)
+    ).fetchone()
     assert row[0] == "ts_too_old" and row[1] == f"{source}:0:{len(early)}" and bytes(row[2]) == late
 
 
 def _tables(c, exclude_host: str):
     scores = c.execute(
         "SELECT host, metric, window_start, round(score::numeric, 9), severity, components::text"
-        " FROM scores WHERE host <> %s ORDER BY 1, 2, 3", (exclude_host,)).fetchall()
+        " FROM scores WHERE host <> %s ORDER BY 1, 2, 3",
+        (exclude_host,),
+    ).fetchall()
     features = c.execute(
         "SELECT host, metric, window_start, count, round(mean::numeric, 9) FROM features"
-        " WHERE host <> %s ORDER BY 1, 2, 3", (exclude_host,)).fetchall()
-    alerts = c.execute("SELECT alert_id, host, metric, rule, severity, state, value, opened_at"
-                       " FROM alerts WHERE host <> %s ORDER BY 1", (exclude_host,)).fetchall()
+        " WHERE host <> %s ORDER BY 1, 2, 3",
+        (exclude_host,),
+    ).fetchall()
+    alerts = c.execute(
+        "SELECT alert_id, host, metric, rule, severity, state, value, opened_at"
+        " FROM alerts WHERE host <> %s ORDER BY 1",
+        (exclude_host,),
+    ).fetchall()
     events = c.execute("SELECT event_key, kind FROM alert_events ORDER BY 1").fetchall()
     return scores, features, alerts, events
 
@@ -314,16 +377,28 @@ def test_detect_fault_mid_stream_gives_the_tables_of_a_run_where_the_event_was_h
     tenant = "poisonrun"
     runs = {}
     for label, dbname in zip(("clean", "faulty"), two_dbs, strict=True):
-        s = settings.model_copy(update={
-            "pg_database": dbname, "checkpoint_interval_s": 0.5, "batch_max_events": 1500,
-            "window_s": 20.0, "allowed_lateness_s": 10.0,
-            "consumer_group_prefix": f"{settings.consumer_group_prefix}-{label}"})
+        s = settings.model_copy(
+            update={
+                "pg_database": dbname,
+                "checkpoint_interval_s": 0.5,
+                "batch_max_events": 1500,
+                "window_s": 20.0,
+                "allowed_lateness_s": 10.0,
+                "consumer_group_prefix": f"{settings.consumer_group_prefix}-{label}",
+            }
+        )
         with connect(s, autocommit=True) as c:
             migrate(c)
             create_tenant(c, tenant)
         runs[label] = s
-    sim = Simulator(hosts=12, tenant=tenant, seed=9, interval=10.0, start=time.time() - 3000 - 120,
-                    anomaly_rate=0.02)
+    sim = Simulator(
+        hosts=12,
+        tenant=tenant,
+        seed=9,
+        interval=10.0,
+        start=time.time() - 3000 - 120,
+        anomaly_rate=0.02,
+    )
     ticks = list(sim.events(ticks=300))
     p = kq.producer(settings)
     boom_at = 200
@@ -331,9 +406,15 @@ def test_detect_fault_mid_stream_gives_the_tables_of_a_run_where_the_event_was_h
     for t, evs in enumerate(ticks):
         if t == boom_at:  # as old as the tick before: moves no watermark
             ts = orjson.loads(ticks[t - 1][0])["ts_event"]
-            kq.produce_all(p, settings.topic_raw, [ev(tenant, FaultyDetect.BOOM, 1.0, ts,
-                                                      event_id="boom")], [f"{tenant}|host-000"])
-        kq.produce_all(p, settings.topic_raw, evs, [f"{tenant}|{sim.names[i // 4]}" for i in range(len(evs))])
+            kq.produce_all(
+                p,
+                settings.topic_raw,
+                [ev(tenant, FaultyDetect.BOOM, 1.0, ts, event_id="boom")],
+                [f"{tenant}|host-000"],
+            )
+        kq.produce_all(
+            p, settings.topic_raw, evs, [f"{tenant}|{sim.names[i // 4]}" for i in range(len(evs))]
+        )
         n += len(evs)
     kq.flush(p)
 
@@ -344,8 +425,12 @@ def test_detect_fault_mid_stream_gives_the_tables_of_a_run_where_the_event_was_h
         t = threading.Thread(target=w.run, daemon=True)
         t.start()
         try:
-            wait_for(lambda: group_lag(s, CHAIN) == 0 or not t.is_alive(), 120, interval=0.3,
-                     what="every record consumed and committed")
+            wait_for(
+                lambda: group_lag(s, CHAIN) == 0 or not t.is_alive(),
+                120,
+                interval=0.3,
+                what="every record consumed and committed",
+            )
             assert t.is_alive()
             with connect(s, autocommit=True) as c:
                 # a retry on a half-mutated state would find events late (ts_too_old) and lose them
@@ -359,11 +444,21 @@ def test_detect_fault_mid_stream_gives_the_tables_of_a_run_where_the_event_was_h
     w = run(runs["faulty"], faulty=True)
     assert w.stats.dead == 1
     [d] = consume_all(settings, settings.topic_dlq, 1)
-    assert dict(d.headers())["reason"] == b"stage_error" and orjson.loads(d.value())["event_id"] == "boom"
-    with connect(runs["clean"], autocommit=True) as a, connect(runs["faulty"], autocommit=True) as b:
+    assert (
+        dict(d.headers())["reason"] == b"stage_error"
+        and orjson.loads(d.value())["event_id"] == "boom"
+    )
+    with (
+        connect(runs["clean"], autocommit=True) as a,
+        connect(runs["faulty"], autocommit=True) as b,
+    ):
         assert count_rows(b, "checkpoints") > 0
         ta, tb = _tables(a, FaultyDetect.BOOM), _tables(b, FaultyDetect.BOOM)
         assert not count_rows(b, "metrics", "event_id = 'boom'")
     assert len(ta[0]) > 12 * 4 * 100
-    for name, x, y in zip(("scores", "features", "alerts", "alert transitions"), ta, tb, strict=True):
-        assert x == y, f"{name} differ: {[(i, j) for i, j in zip(x, y, strict=False) if i != j][:3]}"
+    for name, x, y in zip(
+        ("scores", "features", "alerts", "alert transitions"), ta, tb, strict=True
+    ):
+        assert x == y, (
+            f"{name} differ: {[(i, j) for i, j in zip(x, y, strict=False) if i != j][:3]}"
+        )

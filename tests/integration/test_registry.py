@@ -19,7 +19,6 @@ from tests.integration.conftest import nab_dir, wait_for
 pytestmark = pytest.mark.integration
 
 
-
 @pytest.fixture(scope="session")
 def labelled():
     """6 labelled NAB series (5-min samples, 30-min windows) + 3 injected spikes per series."""
@@ -131,7 +130,9 @@ def test_logged_model_round_trip(mlflow_settings, labelled):
     np.testing.assert_allclose(loaded.score_many(X), local.score_many(X))
     import mlflow.artifacts
 
-    path = mlflow.artifacts.download_artifacts(c.get_model_version_download_uri(s.model_name, version))
+    path = mlflow.artifacts.download_artifacts(
+        c.get_model_version_download_uri(s.model_name, version)
+    )
     m = Model.load(path)
     assert m.signature.inputs.input_names() == list(cfg.features)
     assert m.saved_input_example_info is not None
@@ -185,26 +186,52 @@ def test_dataset_from_postgres_features_and_feedback(base_settings, test_db):
             rows = []
             for k in range(200):
                 m = 50 + rng.normal()
-                rows.append((tenant, host, "cpu", t0 + 60 * k, t0 + 60 * (k + 1), 6, m, 1.0,
-                             m - 2, m + 2, m, 0.0, rng.normal(), 0.0))
+                rows.append(
+                    (
+                        tenant,
+                        host,
+                        "cpu",
+                        t0 + 60 * k,
+                        t0 + 60 * (k + 1),
+                        6,
+                        m,
+                        1.0,
+                        m - 2,
+                        m + 2,
+                        m,
+                        0.0,
+                        rng.normal(),
+                        0.0,
+                    )
+                )
             conn.cursor().executemany(
                 "INSERT INTO features VALUES (%s,%s,%s,to_timestamp(%s),to_timestamp(%s),"
-                "%s,%s,%s,%s,%s,%s,%s,%s,%s)", rows)
-        for aid, host, k, label in (("a1", "h1", 150, "false_positive"), ("a2", "h2", 120, "true_positive"),
-                                    ("a1", "h1", 150, "true_positive")):  # a1 corrected to TP
+                "%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                rows,
+            )
+        for aid, host, k, label in (
+            ("a1", "h1", 150, "false_positive"),
+            ("a2", "h2", 120, "true_positive"),
+            ("a1", "h1", 150, "true_positive"),
+        ):  # a1 corrected to TP
             conn.execute(
                 "INSERT INTO alerts (alert_id, tenant_id, host, metric, value, severity, ts_event,"
                 " opened_at, updated_at) VALUES (%s,%s,%s,'cpu',1,'warning',to_timestamp(%s),"
                 " to_timestamp(%s), now()) ON CONFLICT (alert_id) DO NOTHING",
-                (f"{tenant}-{aid}", tenant, host, t0 + 60 * k, t0 + 60 * k))
-            conn.execute("INSERT INTO feedback (tenant_id, alert_id, label) VALUES (%s,%s,%s)",
-                          (tenant, f"{tenant}-{aid}", label))
+                (f"{tenant}-{aid}", tenant, host, t0 + 60 * k, t0 + 60 * k),
+            )
+            conn.execute(
+                "INSERT INTO feedback (tenant_id, alert_id, label) VALUES (%s,%s,%s)",
+                (tenant, f"{tenant}-{aid}", label),
+            )
         conn.commit()
     ds = from_postgres(s, tenant=tenant, label_pad_s=120)
     assert ds.names == [f"{tenant}/h1/cpu", f"{tenant}/h2/cpu"]
     assert len(ds) == 400
-    assert ds.labels == {0: [(t0 + 60 * 150 - 120, t0 + 60 * 150 + 120)],
-                         1: [(t0 + 60 * 120 - 120, t0 + 60 * 120 + 120)]}
+    assert ds.labels == {
+        0: [(t0 + 60 * 150 - 120, t0 + 60 * 150 + 120)],
+        1: [(t0 + 60 * 120 - 120, t0 + 60 * 120 + 120)],
+    }
     assert ds.window_s == {0: 60.0, 1: 60.0}
     assert 0 < ds.is_anomalous().sum() <= 10
     inj = inject_anomalies(ds, per_series=2, seed=3)
@@ -226,8 +253,12 @@ def test_cli_models_commands(mlflow_settings, labelled, tmp_path):
     m = fit(labelled, cfg)
     v1, _ = log_and_register(s, m, cfg, labelled)
     v2, _ = log_and_register(s, m, cfg, labelled)
-    env = {"EVENTOPS_MLFLOW_DATABASE": s.mlflow_database, "EVENTOPS_MODEL_NAME": s.model_name,
-           "EVENTOPS_MLFLOW_ARTIFACTS": str(s.mlflow_artifacts), "MLFLOW_TRACKING_URI": ""}
+    env = {
+        "EVENTOPS_MLFLOW_DATABASE": s.mlflow_database,
+        "EVENTOPS_MODEL_NAME": s.model_name,
+        "EVENTOPS_MLFLOW_ARTIFACTS": str(s.mlflow_artifacts),
+        "MLFLOW_TRACKING_URI": "",
+    }
     run = CliRunner().invoke
     r = run(app, ["models", "promote", v1], env=env)
     assert r.exit_code == 0, r.output
@@ -246,8 +277,23 @@ def test_cli_models_commands(mlflow_settings, labelled, tmp_path):
     s2 = _own_model(mlflow_settings)
     env2 = {**env, "EVENTOPS_MODEL_NAME": s2.model_name}
     t = time.perf_counter()
-    r = run(app, ["train", "--source", "csv", "--csv", str(csv), "--windows",
-                  str(nab_dir() / "windows.json"), "--family", "robust_z", "--inject", "3"], env=env2)
+    r = run(
+        app,
+        [
+            "train",
+            "--source",
+            "csv",
+            "--csv",
+            str(csv),
+            "--windows",
+            str(nab_dir() / "windows.json"),
+            "--family",
+            "robust_z",
+            "--inject",
+            "3",
+        ],
+        env=env2,
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["version"] == "1" and out["decision"]["action"] == "promoted"

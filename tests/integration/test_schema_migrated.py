@@ -16,10 +16,12 @@ def test_schema_feature_columns_are_the_migrated_features_table(conn):
         " WHERE table_schema = current_schema() AND table_name = 'features' ORDER BY ordinal_position"
     ).fetchall()
     names = [n for n, _ in rows]
-    assert names[:len(WINDOW_KEY)] == list(WINDOW_KEY)
-    stored = rows[len(WINDOW_KEY):]
+    assert names[: len(WINDOW_KEY)] == list(WINDOW_KEY)
+    stored = rows[len(WINDOW_KEY) :]
     assert [n for n, _ in stored] == list(WINDOW_FEATURE_COLUMNS) == [*FEATURES, *CROSS_FEATURES]
-    assert {n: _PG_TYPE[t] for n, t in stored} == {n: feature_type(n) for n in WINDOW_FEATURE_COLUMNS}
+    assert {n: _PG_TYPE[t] for n, t in stored} == {
+        n: feature_type(n) for n in WINDOW_FEATURE_COLUMNS
+    }
 
 
 def test_schema_names_every_table_the_migrations_create(conn):

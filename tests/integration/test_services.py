@@ -38,7 +38,12 @@ APP_SERVICES = {
     "api": ["api", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"],
 }
 INFRA_SERVICES = {"redpanda", "postgres", "ui"}
-APP_ENV = ("EVENTOPS_PG_HOST", "EVENTOPS_PG_PORT", "EVENTOPS_KAFKA_BOOTSTRAP", "MLFLOW_TRACKING_URI")
+APP_ENV = (
+    "EVENTOPS_PG_HOST",
+    "EVENTOPS_PG_PORT",
+    "EVENTOPS_KAFKA_BOOTSTRAP",
+    "MLFLOW_TRACKING_URI",
+)
 
 PG_PORT = int(os.environ.get("EVENTOPS_PG_PORT", "55432"))
 KAFKA_PORT = int(os.environ.get("EVENTOPS_KAFKA_PORT", "59092"))
@@ -69,7 +74,7 @@ def test_compose_config_is_valid_for_docker_compose_1_29():
     assert r.returncode == 0, f"docker-compose config -q failed:\n{r.stdout}\n{r.stderr}"
     raw = yaml.safe_load(COMPOSE_FILE.read_text())
     assert "name" not in raw, "docker-compose 1.29 rejects a top-level `name:`"
-    assert str(raw.get("version", "")).startswith("3"), "use a version: \"3.x\" file"
+    assert str(raw.get("version", "")).startswith("3"), 'use a version: "3.x" file'
 
 
 def test_compose_lists_every_service(resolved_compose: dict):
@@ -181,10 +186,18 @@ def test_services_status_reports_both_up(services_up):
 
 def test_services_accept_the_documented_credentials(services_up):
     for dbname in ("eventops", "mlflow"):
-        with psycopg.connect(host="127.0.0.1", port=PG_PORT, user="eventops", password="eventops",
-                             dbname=dbname, connect_timeout=10) as conn:
-            row = conn.execute("SELECT current_database(), current_setting('fsync'), "
-                               "current_setting('synchronous_commit')").fetchone()
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=PG_PORT,
+            user="eventops",
+            password="eventops",
+            dbname=dbname,
+            connect_timeout=10,
+        ) as conn:
+            row = conn.execute(
+                "SELECT current_database(), current_setting('fsync'), "
+                "current_setting('synchronous_commit')"
+            ).fetchone()
             assert row == (dbname, "on", "on"), row
     md = AdminClient({"bootstrap.servers": f"127.0.0.1:{KAFKA_PORT}"}).list_topics(timeout=15)
     assert md.brokers, "Kafka answered without brokers"
@@ -199,10 +212,15 @@ def test_topics_are_created_and_deleted(base_settings):
     from tests.integration.conftest import wait_for
 
     sfx = uuid.uuid4().hex[:8]
-    s = base_settings.model_copy(update={
-        **{f"topic_{k}": f"td-{sfx}-{k}" for k in ("raw", "metric", "enriched", "score", "alert", "dlq")},
-        "topic_partitions": 2,
-    })
+    s = base_settings.model_copy(
+        update={
+            **{
+                f"topic_{k}": f"td-{sfx}-{k}"
+                for k in ("raw", "metric", "enriched", "score", "alert", "dlq")
+            },
+            "topic_partitions": 2,
+        }
+    )
     names = kq.all_topics(s)
     a = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
     assert sorted(kq.create_topics(s)) == sorted(names)

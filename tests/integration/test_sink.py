@@ -19,9 +19,16 @@ def obj(xs):
 
 def batch(tenant: str, ids: list[str], unit: str = "u", tags=None) -> MetricBatch:
     n = len(ids)
-    return MetricBatch(obj(ids), obj([tenant] * n), obj(["h"] * n), obj(["m"] * n),
-                       np.arange(n, dtype=float) + 0.5, 1.7e9 + np.arange(n, dtype=float),
-                       obj([unit] * n), obj([tags] * n))
+    return MetricBatch(
+        obj(ids),
+        obj([tenant] * n),
+        obj(["h"] * n),
+        obj(["m"] * n),
+        np.arange(n, dtype=float) + 0.5,
+        1.7e9 + np.arange(n, dtype=float),
+        obj([unit] * n),
+        obj([tags] * n),
+    )
 
 
 def test_copy_keeps_tabs_newlines_and_backslashes_in_ids_units_and_tags(conn, tenant):
@@ -29,7 +36,9 @@ def test_copy_keeps_tabs_newlines_and_backslashes_in_ids_units_and_tags(conn, te
     eid = f"a\tb\\c\nd\re-{uuid.uuid4().hex}"
     tags = {"k": 'x\\y"z\n\t', "n": 1.5}
     assert sink.write(batch(tenant, [eid], unit="per\\s\t", tags=tags))[0] == 1
-    row = conn.execute("SELECT event_id, unit, tags, value FROM metrics WHERE tenant_id = %s", (tenant,)).fetchone()
+    row = conn.execute(
+        "SELECT event_id, unit, tags, value FROM metrics WHERE tenant_id = %s", (tenant,)
+    ).fetchone()
     assert row == (eid, "per\\s\t", tags, 0.5)
 
 

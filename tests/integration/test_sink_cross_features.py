@@ -23,15 +23,25 @@ from training.datasets import from_postgres
 
 def detect_pairs(tenant: str) -> list[tuple[MetricBatch, WindowRows | None]]:
     day = 86400.0
-    sim = Simulator(hosts=3, tenant=tenant, seed=4, interval=10.0,
-                    start=(time.time() // day - 2) * day, anomaly_rate=0.02)
+    sim = Simulator(
+        hosts=3,
+        tenant=tenant,
+        seed=4,
+        interval=10.0,
+        start=(time.time() // day - 2) * day,
+        anomaly_rate=0.02,
+    )
     raws = [e for evs in sim.events(ticks=600) for e in evs]
     norm = Normalizer(NormalizeConfig())
     det = DetectStage(RuleSet([]), window_s=60.0)
     out = []
     for lo in range(0, len(raws), 701):
-        b, dead = norm(raws[lo : lo + 701], "raw", [0] * len(raws[lo : lo + 701]),
-                       range(lo, lo + len(raws[lo : lo + 701])))
+        b, dead = norm(
+            raws[lo : lo + 701],
+            "raw",
+            [0] * len(raws[lo : lo + 701]),
+            range(lo, lo + len(raws[lo : lo + 701])),
+        )
         assert not dead
         out.append((b, det(b).windows))
     out.append((MetricBatch.empty(), det.flush().windows))
@@ -59,28 +69,40 @@ def test_cross_metric_features_stored_by_the_sink_are_what_training_reads(conn, 
     assert len(w0) and len(w1) and len(w2)
 
     all_null = " AND ".join(f"{k} IS NULL" for k in CROSS_FEATURES)
-    n_null = conn.execute(f"SELECT count(*) FILTER (WHERE {all_null}), count(*) FROM features"
-                          " WHERE tenant_id = %s", (tenant,)).fetchone()
+    n_null = conn.execute(
+        f"SELECT count(*) FILTER (WHERE {all_null}), count(*) FROM features WHERE tenant_id = %s",
+        (tenant,),
+    ).fetchone()
     assert n_null == (len(w2), len(live))
     stored = conn.execute(
-        "SELECT host, metric, extract(epoch FROM window_start)::float8, " + ", ".join(CROSS_FEATURES)
-        + " FROM features WHERE tenant_id = %s AND host_metrics IS NOT NULL", (tenant,)).fetchall()
-    key = {(h, m, s): i for i, (h, m, s) in enumerate(zip(live.host, live.metric, live.start.tolist(),
-                                                            strict=True))}
+        "SELECT host, metric, extract(epoch FROM window_start)::float8, "
+        + ", ".join(CROSS_FEATURES)
+        + " FROM features WHERE tenant_id = %s AND host_metrics IS NOT NULL",
+        (tenant,),
+    ).fetchall()
+    key = {
+        (h, m, s): i
+        for i, (h, m, s) in enumerate(zip(live.host, live.metric, live.start.tolist(), strict=True))
+    }
     idx = np.array([key[(h, m, s)] for h, m, s, *_ in stored])
     for j, k in enumerate(CROSS_FEATURES):
         np.testing.assert_array_equal(np.array([r[3 + j] for r in stored]), live.features[k][idx])
 
     ds = from_postgres(settings, tenant=tenant)
     names = [ds.names[c] for c in ds.X["series"]]
-    order = np.array([key[(n.split("/")[1], n.split("/")[2], s)]
-                      for n, s in zip(names, ds.X["start"].tolist(), strict=True)])
+    order = np.array(
+        [
+            key[(n.split("/")[1], n.split("/")[2], s)]
+            for n, s in zip(names, ds.X["start"].tolist(), strict=True)
+        ]
+    )
     assert sorted(order.tolist()) == list(range(len(live)))
     for k in CROSS_FEATURES:  # stored rows as stored, the older producer's rows recomputed
         np.testing.assert_array_equal(ds.X[k], live.features[k][order])
         assert ds.X[k].dtype == live.features[k].dtype
-    np.testing.assert_array_equal(ds.hosts[ds.X["series"]],
-                                  np.unique(live.host[order], return_inverse=True)[1])
+    np.testing.assert_array_equal(
+        ds.hosts[ds.X["series"]], np.unique(live.host[order], return_inverse=True)[1]
+    )
 
 
 def test_model_trained_with_cross_features_registers_loads_and_scores_live(mlflow_settings, tenant):
@@ -95,9 +117,16 @@ def test_model_trained_with_cross_features_registers_loads_and_scores_live(mlflo
 
     pairs = detect_pairs(tenant)
     live = WindowRows.concat([w for _, w in pairs if w is not None])
-    df = pd.DataFrame({"tenant_id": live.tenant_id.astype(str), "host": live.host.astype(str),
-                       "metric": live.metric.astype(str), "start": live.start, "end": live.end,
-                       **live.features})
+    df = pd.DataFrame(
+        {
+            "tenant_id": live.tenant_id.astype(str),
+            "host": live.host.astype(str),
+            "metric": live.metric.astype(str),
+            "start": live.start,
+            "end": live.end,
+            **live.features,
+        }
+    )
     ds = inject_host_incidents(from_frame(df), per_host=1, seed=0)
     s = mlflow_settings.model_copy(update={"model_name": f"test-{uuid.uuid4().hex[:8]}"})
     cfg = TrainConfig(features=FEATURES + CROSS_FEATURES, params={"n_estimators": 20})
@@ -106,8 +135,10 @@ def test_model_trained_with_cross_features_registers_loads_and_scores_live(mlflo
     loaded = load_version(client(s), s.model_name, version)
     assert loaded.features == FEATURES + CROSS_FEATURES
     det = DetectStage(RuleSet([]), window_s=60.0, model=lambda: (version, loaded))
-    rows = WindowRows.concat([w for w in (det(b).windows for b, _ in pairs[:-1]) if w is not None]
-                             + [det.flush().windows])
+    rows = WindowRows.concat(
+        [w for w in (det(b).windows for b, _ in pairs[:-1]) if w is not None]
+        + [det.flush().windows]
+    )
     X = {**rows.features, "series": np.zeros(len(rows), np.int64)}
     got = np.array([c["batch"] for c in rows.components])
     np.testing.assert_allclose(got, np.round(np.clip((local.score_many(X) - 0.55) / 0.30, 0, 1), 4))

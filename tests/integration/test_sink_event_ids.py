@@ -34,11 +34,14 @@ NOON = (time.time() // 86400 - 1) * 86400 + 43200
 def batch(tenants, ids, hosts=None, metrics=None, values=None, ts=None) -> MetricBatch:
     n = len(ids)
     return MetricBatch(
-        obj(ids), obj(tenants if isinstance(tenants, list) else [tenants] * n),
-        obj(hosts or ["h"] * n), obj(metrics or ["m"] * n),
+        obj(ids),
+        obj(tenants if isinstance(tenants, list) else [tenants] * n),
+        obj(hosts or ["h"] * n),
+        obj(metrics or ["m"] * n),
         np.asarray(values if values is not None else np.arange(n) + 0.25, dtype=float),
         np.asarray(ts if ts is not None else NOON + np.arange(n) * 0.001234567, dtype=float),
-        obj(["u"] * n), obj([None] * n),
+        obj(["u"] * n),
+        obj([None] * n),
     )
 
 
@@ -50,8 +53,10 @@ def other_tenant(conn) -> str:
 
 
 def stored(conn, tenant) -> list[tuple]:
-    return conn.execute("SELECT event_id, host, metric, value FROM metrics WHERE tenant_id = %s"
-                        " ORDER BY event_id", (tenant,)).fetchall()
+    return conn.execute(
+        "SELECT event_id, host, metric, value FROM metrics WHERE tenant_id = %s ORDER BY event_id",
+        (tenant,),
+    ).fetchall()
 
 
 def test_another_tenants_event_with_the_same_id_is_stored_not_dropped(conn, tenant, other_tenant):
@@ -83,40 +88,57 @@ def test_same_tenant_reusing_an_id_for_a_different_event_is_refused(conn, tenant
     sink = Sink(conn)
     first = batch(tenant, ["a", "b", "c"])
     sink.write(first)
-    changed = {"host": dict(hosts=["h", "other", "h"]), "metric": dict(metrics=["m", "other", "m"]),
-               "value": dict(values=[0.25, 99.0, 2.25]),
-               "ts": dict(ts=first.ts + np.array([0, 30.0, 0]))}[field]
+    changed = {
+        "host": dict(hosts=["h", "other", "h"]),
+        "metric": dict(metrics=["m", "other", "m"]),
+        "value": dict(values=[0.25, 99.0, 2.25]),
+        "ts": dict(ts=first.ts + np.array([0, 30.0, 0])),
+    }[field]
     again = batch(tenant, ["a", "b", "c"], **changed)
     n, _ = sink.write(again)
     assert n == 0
     assert sink.collided.tolist() == [1]  # "a" and "c" are replays; "b" is another event
-    assert stored(conn, tenant) == [("a", "h", "m", 0.25), ("b", "h", "m", 1.25), ("c", "h", "m", 2.25)]
+    assert stored(conn, tenant) == [
+        ("a", "h", "m", 0.25),
+        ("b", "h", "m", 1.25),
+        ("c", "h", "m", 2.25),
+    ]
 
 
 def test_two_events_with_one_id_in_one_batch_store_the_first(conn, tenant):
     sink = Sink(conn)
-    b = batch(tenant, ["x", "y", "x", "x"], values=[1.0, 2.0, 3.0, 1.0],
-              ts=[NOON] * 4)
+    b = batch(tenant, ["x", "y", "x", "x"], values=[1.0, 2.0, 3.0, 1.0], ts=[NOON] * 4)
     n, _ = sink.write(b)
     assert n == 2
     assert sink.collided.tolist() == [2]  # the 4th row is the same event as the 1st
     assert stored(conn, tenant) == [("x", "h", "m", 1.0), ("y", "h", "m", 2.0)]
 
 
-def test_embedded_collision_is_dead_lettered_in_the_same_transaction(settings, conn, tenant, other_tenant):
+def test_embedded_collision_is_dead_lettered_in_the_same_transaction(
+    settings, conn, tenant, other_tenant
+):
     from pipeline.embedded import EmbeddedPipeline
 
     now = time.time() - 30
 
     def ev(t, value, **kw) -> bytes:
-        return orjson.dumps({"tenant_id": t, "host": "h1", "metric": "cpu_load", "value": value,
-                             "ts_event": now, "event_id": "agent-7", **kw})
+        return orjson.dumps(
+            {
+                "tenant_id": t,
+                "host": "h1",
+                "metric": "cpu_load",
+                "value": value,
+                "ts_event": now,
+                "event_id": "agent-7",
+                **kw,
+            }
+        )
 
     pipe = EmbeddedPipeline(settings)
     try:
         assert pipe.feed([ev(tenant, 1.0)])[0] == 1
-        assert pipe.feed([ev(other_tenant, 1.0)])[0] == 1       # another tenant: stored
-        n, dead, _ = pipe.feed([ev(tenant, 1.0)])                # replay: dropped silently
+        assert pipe.feed([ev(other_tenant, 1.0)])[0] == 1  # another tenant: stored
+        n, dead, _ = pipe.feed([ev(tenant, 1.0)])  # replay: dropped silently
         assert (n, dead) == (0, [])
         collision = ev(tenant, 2.0)
         n, dead, _ = pipe.feed([collision])
@@ -125,33 +147,50 @@ def test_embedded_collision_is_dead_lettered_in_the_same_transaction(settings, c
     assert n == 0
     assert [(d.reason, d.stage) for d in dead] == [("duplicate_event_id", "sink")]
     assert dead[0].raw == collision and dead[0].topic == pipe.source and dead[0].offset == 3
-    rows = conn.execute("SELECT reason, detail, source, raw FROM dead_letters WHERE reason = 'duplicate_event_id'"
-                        " AND detail LIKE %s", (f"%{tenant}%",)).fetchall()
+    rows = conn.execute(
+        "SELECT reason, detail, source, raw FROM dead_letters WHERE reason = 'duplicate_event_id'"
+        " AND detail LIKE %s",
+        (f"%{tenant}%",),
+    ).fetchall()
     assert len(rows) == 1
     assert "agent-7" in rows[0][1]
     assert rows[0][2] == f"{pipe.source}:0:3" and bytes(rows[0][3]) == collision  # original bytes
     assert stored(conn, tenant) == [("agent-7", "h1", "cpu_load", 1.0)]
 
 
-@pytest.mark.parametrize("chains", [("normalize,enrich,detect,sink",),
-                                    ("normalize,enrich,detect", "sink")], ids=["one", "split"])
-def test_kafka_collision_goes_to_the_dlq_before_the_offsets_are_committed(settings, conn, tenant,
-                                                                          other_tenant, start_worker,
-                                                                          chains):
+@pytest.mark.parametrize(
+    "chains",
+    [("normalize,enrich,detect,sink",), ("normalize,enrich,detect", "sink")],
+    ids=["one", "split"],
+)
+def test_kafka_collision_goes_to_the_dlq_before_the_offsets_are_committed(
+    settings, conn, tenant, other_tenant, start_worker, chains
+):
     """``split``: the sink worker's dead letter carries the enriched record it read."""
     now = time.time() - 30
 
     def ev(t, value, eid) -> bytes:
-        return orjson.dumps({"tenant_id": t, "host": "h1", "metric": "cpu_load", "value": value,
-                             "ts_event": now, "event_id": eid})
+        return orjson.dumps(
+            {
+                "tenant_id": t,
+                "host": "h1",
+                "metric": "cpu_load",
+                "value": value,
+                "ts_event": now,
+                "event_id": eid,
+            }
+        )
 
     p = kq.producer(settings)
     first = [ev(tenant, 1.0, "e1"), ev(tenant, 2.0, "e2"), ev(other_tenant, 5.0, "e1")]
     kq.produce_all(p, settings.topic_raw, first, [f"{tenant}|h1"] * 2 + [f"{other_tenant}|h1"])
     kq.flush(p)
     workers = [start_worker(c) for c in chains]
-    wait_for(lambda: count_rows(conn, "metrics", "tenant_id IN (%s, %s)", (tenant, other_tenant)) == 3,
-             60, what="first events stored")
+    wait_for(
+        lambda: count_rows(conn, "metrics", "tenant_id IN (%s, %s)", (tenant, other_tenant)) == 3,
+        60,
+        what="first events stored",
+    )
     # a replay of e1 (dropped) and a different event under e2 (dead-lettered)
     collision = ev(tenant, 3.0, "e2")
     kq.produce_all(p, settings.topic_raw, [ev(tenant, 1.0, "e1"), collision], [f"{tenant}|h1"] * 2)

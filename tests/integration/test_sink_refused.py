@@ -18,8 +18,8 @@ from tests.integration.test_sink_event_ids import batch, stored
 
 def test_sink_stores_the_batch_around_rows_postgres_refuses(conn, tenant):
     b = batch(tenant, [f"e{i}" for i in range(8)])
-    b.unit[2] = "m\x00s"                       # text cannot hold NUL
-    b.tags[5] = {"k": "a\x00b"}                # nor can JSONB
+    b.unit[2] = "m\x00s"  # text cannot hold NUL
+    b.tags[5] = {"k": "a\x00b"}  # nor can JSONB
     sink = Sink(conn)
     n, _ = sink.write(b)
     assert n == 6
@@ -35,8 +35,19 @@ def test_embedded_runner_dead_letters_a_refused_row_with_its_original_bytes(sett
     from pipeline.embedded import EmbeddedPipeline
 
     now = time.time() - 30
-    raws = [orjson.dumps({"tenant_id": tenant, "host": "h1", "metric": "cpu_load", "value": i,
-                          "ts_event": now + i, "event_id": f"r{i}"}) for i in range(5)]
+    raws = [
+        orjson.dumps(
+            {
+                "tenant_id": tenant,
+                "host": "h1",
+                "metric": "cpu_load",
+                "value": i,
+                "ts_event": now + i,
+                "event_id": f"r{i}",
+            }
+        )
+        for i in range(5)
+    ]
     pipe = EmbeddedPipeline(settings)
     real = pipe.stages.normalizer
 
@@ -51,8 +62,12 @@ def test_embedded_runner_dead_letters_a_refused_row_with_its_original_bytes(sett
     finally:
         pipe.close()
     assert n == 4
-    assert [(d.reason, d.stage, d.raw, d.offset) for d in dead] == [("store_refused", "sink", raws[3], 3)]
-    rows = conn.execute("SELECT source, raw FROM dead_letters WHERE reason = 'store_refused' AND raw = %s",
-                        (raws[3],)).fetchall()
+    assert [(d.reason, d.stage, d.raw, d.offset) for d in dead] == [
+        ("store_refused", "sink", raws[3], 3)
+    ]
+    rows = conn.execute(
+        "SELECT source, raw FROM dead_letters WHERE reason = 'store_refused' AND raw = %s",
+        (raws[3],),
+    ).fetchall()
     assert rows == [(f"{pipe.source}:0:3", raws[3])]
     assert sorted(r[0] for r in stored(conn, tenant)) == ["r0", "r1", "r2", "r4"]

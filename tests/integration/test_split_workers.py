@@ -18,13 +18,25 @@ def test_split_stages_through_topics(settings, conn, tenant, start_worker):
     for stage in ("normalize", "enrich", "detect", "sink"):
         start_worker(stage)
     p = kq.producer(settings)
-    kq.produce_all(p, settings.topic_raw, [sample_event(tenant), b"not json"], [f"{tenant}|host-a", None])
+    kq.produce_all(
+        p, settings.topic_raw, [sample_event(tenant), b"not json"], [f"{tenant}|host-a", None]
+    )
     kq.flush(p)
-    row = wait_for(lambda: conn.execute(
-        "SELECT value, tags FROM metrics WHERE tenant_id = %s", (tenant,)).fetchone(), 40, what="metric row")
+    row = wait_for(
+        lambda: conn.execute(
+            "SELECT value, tags FROM metrics WHERE tenant_id = %s", (tenant,)
+        ).fetchone(),
+        40,
+        what="metric row",
+    )
     assert row == (92, {"dc": "eu1", "rack": "r1"})
-    wait_for(lambda: count_rows(conn, "alerts", "tenant_id = %s AND severity = 'critical'", (tenant,)) == 1,
-             40, what="alert row")
+    wait_for(
+        lambda: (
+            count_rows(conn, "alerts", "tenant_id = %s AND severity = 'critical'", (tenant,)) == 1
+        ),
+        40,
+        what="alert row",
+    )
     [m] = consume_all(settings, settings.topic_alert, 1)
     assert orjson.loads(m.value())["kind"] == "open"
     [d] = consume_all(settings, settings.topic_dlq, 1)

@@ -70,8 +70,10 @@ class Reader(threading.Thread):
         opts = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)] if self.slow else []
         transport = httpx.HTTPTransport(socket_options=opts)
         try:
-            with httpx.Client(transport=transport, timeout=httpx.Timeout(10, read=60)) as client, \
-                    client.stream("GET", self.url, headers=hdr(self.key)) as r:
+            with (
+                httpx.Client(transport=transport, timeout=httpx.Timeout(10, read=60)) as client,
+                client.stream("GET", self.url, headers=hdr(self.key)) as r,
+            ):
                 assert r.status_code == 200, r.status_code
                 buf = b""
                 for chunk in r.iter_raw():
@@ -122,8 +124,16 @@ def settle(readers: list[Reader], n: int, timeout: float, stall: float) -> None:
 
 
 def raw(tenant: str, host: str, value: float, ts: datetime) -> bytes:
-    return orjson.dumps({"tenant_id": tenant, "host": host, "metric": "cpu_load", "value": value,
-                         "ts_event": ts.isoformat().replace("+00:00", "Z"), "unit": "percent"})
+    return orjson.dumps(
+        {
+            "tenant_id": tenant,
+            "host": host,
+            "metric": "cpu_load",
+            "value": value,
+            "ts_event": ts.isoformat().replace("+00:00", "Z"),
+            "unit": "percent",
+        }
+    )
 
 
 def produce_burst(s, tenant: str, other: str, start: datetime) -> None:
@@ -135,7 +145,9 @@ def produce_burst(s, tenant: str, other: str, start: datetime) -> None:
         value = 95.0 if t % 2 == 0 else 10.0
         evs = [raw(tenant, f"h{h}", value, ts) for h in range(HOSTS)]
         evs += [raw(other, f"o{h}", value, ts) for h in range(OTHER_HOSTS)]
-        keys = [f"{tenant}|h{h}" for h in range(HOSTS)] + [f"{other}|o{h}" for h in range(OTHER_HOSTS)]
+        keys = [f"{tenant}|h{h}" for h in range(HOSTS)] + [
+            f"{other}|o{h}" for h in range(OTHER_HOSTS)
+        ]
         kq.produce_all(p, s.topic_raw, evs, keys)
         p.poll(0)
         delay = t0 + (t + 1) * BURST_S / TICKS - time.monotonic()
@@ -151,7 +163,11 @@ def api_process(settings, tmp_path):
     env = {**settings_env(settings), "EVENTOPS_API_WORKERS": "1", "EVENTOPS_RATE_LIMIT_RPS": "0"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", "api", "--port", str(port), "--no-access-log"],
-        env=env, cwd=REPO_ROOT, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=open(log_path, "ab"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -171,7 +187,9 @@ def api_process(settings, tmp_path):
         proc.wait()
 
 
-def test_sse_burst_every_client_gets_every_alert_once_in_order(settings, conn, api_process, tmp_path):
+def test_sse_burst_every_client_gets_every_alert_once_in_order(
+    settings, conn, api_process, tmp_path
+):
     url, api_log, api_pid = api_process
     tenant, other = f"tb{uuid.uuid4().hex[:8]}", f"tx{uuid.uuid4().hex[:8]}"
     create_tenant(conn, tenant)
@@ -182,15 +200,25 @@ def test_sse_burst_every_client_gets_every_alert_once_in_order(settings, conn, a
         # the worker has joined its group and stores: one warm-up event of the other tenant
         start = datetime.now(UTC) - timedelta(seconds=TICKS + 60)
         p = kq.producer(settings)
-        kq.produce_all(p, settings.topic_raw, [raw(other, "warm", 50.0, start - timedelta(seconds=30))],
-                       [f"{other}|warm"])
+        kq.produce_all(
+            p,
+            settings.topic_raw,
+            [raw(other, "warm", 50.0, start - timedelta(seconds=30))],
+            [f"{other}|warm"],
+        )
         kq.flush(p)
-        wait_for(lambda: count_rows(conn, "metrics", "tenant_id = %s", (other,)), 90, interval=0.5,
-                 what="the worker's first stored event")
+        wait_for(
+            lambda: count_rows(conn, "metrics", "tenant_id = %s", (other,)),
+            90,
+            interval=0.5,
+            what="the worker's first stored event",
+        )
 
         burst_stored = threading.Event()
-        readers = [Reader(url + "/alerts/stream", make_key(conn, tenant), slow=i < SLOW, fast=burst_stored)
-                   for i in range(CLIENTS)]
+        readers = [
+            Reader(url + "/alerts/stream", make_key(conn, tenant), slow=i < SLOW, fast=burst_stored)
+            for i in range(CLIENTS)
+        ]
         for r in readers:
             r.start()
         for r in readers:
@@ -201,16 +229,25 @@ def test_sse_burst_every_client_gets_every_alert_once_in_order(settings, conn, a
         expected_n = HOSTS * TICKS
 
         def stored() -> bool:
-            return count_rows(conn, "alert_events", "tenant_id = %s AND published_at IS NOT NULL",
-                              (tenant,)) >= expected_n
+            return (
+                count_rows(
+                    conn, "alert_events", "tenant_id = %s AND published_at IS NOT NULL", (tenant,)
+                )
+                >= expected_n
+            )
 
         wait_for(stored, 90, interval=0.5, what=f"{expected_n} stored and published transitions")
         burst_stored.set()
-        expected = [r[0] for r in conn.execute(
-            "SELECT seq FROM alert_events WHERE tenant_id = %s ORDER BY seq", (tenant,))]
+        expected = [
+            r[0]
+            for r in conn.execute(
+                "SELECT seq FROM alert_events WHERE tenant_id = %s ORDER BY seq", (tenant,)
+            )
+        ]
         first, last = conn.execute(
             "SELECT min(created_at), max(created_at) FROM alert_events WHERE tenant_id = %s",
-            (tenant,)).fetchone()
+            (tenant,),
+        ).fetchone()
         assert len(expected) >= expected_n
 
         settle(readers, len(expected), timeout=90, stall=15)
@@ -223,18 +260,24 @@ def test_sse_burst_every_client_gets_every_alert_once_in_order(settings, conn, a
         worker.wait(30)
 
     log_text = api_log.read_text()
-    refills = [tuple(map(int, m)) for m in re.findall(
-        r"caught up from PostgreSQL: (\d+) events in (\d+) pages", log_text)]
+    refills = [
+        tuple(map(int, m))
+        for m in re.findall(r"caught up from PostgreSQL: (\d+) events in (\d+) pages", log_text)
+    ]
     want = set(expected)
     report = []
     for i, r in enumerate(readers):
         got = set(r.ids)
-        report.append(f"client {i}{' (slow)' if r.slow else ''}: received {len(r.ids)}, "
-                      f"missed {len(want - got)}, duplicates {len(r.ids) - len(got)}, "
-                      f"in order {r.ids == sorted(r.ids)}")
-    summary = (f"{len(expected)} transitions stored in {(last - first).total_seconds():.1f}s; all clients "
-               f"done {elapsed:.1f}s after the burst began; {cpu}; refills (events, pages): {refills}\n"
-               + "\n".join(report))
+        report.append(
+            f"client {i}{' (slow)' if r.slow else ''}: received {len(r.ids)}, "
+            f"missed {len(want - got)}, duplicates {len(r.ids) - len(got)}, "
+            f"in order {r.ids == sorted(r.ids)}"
+        )
+    summary = (
+        f"{len(expected)} transitions stored in {(last - first).total_seconds():.1f}s; all clients "
+        f"done {elapsed:.1f}s after the burst began; {cpu}; refills (events, pages): {refills}\n"
+        + "\n".join(report)
+    )
     print(summary)
     for i, r in enumerate(readers):
         assert r.error is None, f"client {i}: {r.error!r}\n{summary}"
@@ -246,7 +289,9 @@ def test_sse_burst_every_client_gets_every_alert_once_in_order(settings, conn, a
     assert sum(n for n, _ in refills) > 0, summary
 
 
-def test_split_mode_transitions_announced_before_they_are_stored_reach_clients(settings, conn, tenant):
+def test_split_mode_transitions_announced_before_they_are_stored_reach_clients(
+    settings, conn, tenant
+):
     """Split workers: detect publishes a transition (no ``seq``) before the sink stores it. The
     broadcaster keeps looking for its ``event_key`` in PostgreSQL (not only at its slow idle
     poll, here 60 s), so it arrives once stored."""
@@ -255,15 +300,22 @@ def test_split_mode_transitions_announced_before_they_are_stored_reach_clients(s
     from tests.integration.api_support import Api, alert_event
     from tests.integration.conftest import SseClient
 
-    api = Api(settings, serving=ServingSettings(rate_limit_rps=0, auth_cache_s=0.5, sse_poll_s=60, _env_file=None))
+    api = Api(
+        settings,
+        serving=ServingSettings(rate_limit_rps=0, auth_cache_s=0.5, sse_poll_s=60, _env_file=None),
+    )
     try:
         c = SseClient(api.url + "/alerts/stream", headers=hdr(make_key(conn, tenant)))
         assert c.connected.wait(10)
         ts = datetime.now(UTC)
         events = [alert_event(tenant, f"s{i}", ts=ts + timedelta(seconds=i)) for i in range(3)]
         p = kq.producer(settings)
-        kq.produce_all(p, settings.topic_alert, [kq.encode_alert(e) for e in events],
-                       [f"{tenant}|{e.host}" for e in events])
+        kq.produce_all(
+            p,
+            settings.topic_alert,
+            [kq.encode_alert(e) for e in events],
+            [f"{tenant}|{e.host}" for e in events],
+        )
         kq.flush(p)
         time.sleep(1.0)  # the sink is behind: nothing stored yet when the doorbell rings
         assert c.events == []

@@ -52,9 +52,14 @@ class Private:
 
     def __init__(self, state: Path) -> None:
         self.state = state
-        self.env = {**os.environ, "EVENTOPS_STATE_DIR": str(state), "EVENTOPS_PG_PORT": str(free_port()),
-                    "EVENTOPS_KAFKA_PORT": str(free_port()), "EVENTOPS_KAFKA_CONTROLLER_PORT": str(free_port()),
-                    "EVENTOPS_KAFKA_HEAP": "384m"}
+        self.env = {
+            **os.environ,
+            "EVENTOPS_STATE_DIR": str(state),
+            "EVENTOPS_PG_PORT": str(free_port()),
+            "EVENTOPS_KAFKA_PORT": str(free_port()),
+            "EVENTOPS_KAFKA_CONTROLLER_PORT": str(free_port()),
+            "EVENTOPS_KAFKA_HEAP": "384m",
+        }
         shared = Path(os.environ.get("EVENTOPS_STATE_DIR", REPO_ROOT / ".services")) / "kafka"
         if (shared / "libs.sha256").exists():  # no second download from Maven Central
             (state / "kafka").mkdir(parents=True)
@@ -62,8 +67,9 @@ class Private:
             shutil.copy(shared / "libs.sha256", state / "kafka" / "libs.sha256")
 
     def run(self, cmd: str) -> None:
-        out = subprocess.run(["bash", str(SERVICES), cmd], env=self.env, capture_output=True, text=True,
-                             timeout=240)
+        out = subprocess.run(
+            ["bash", str(SERVICES), cmd], env=self.env, capture_output=True, text=True, timeout=240
+        )
         assert out.returncode == 0, f"services.sh {cmd}: {out.stderr[-2000:]}"
 
 
@@ -76,10 +82,15 @@ def private(base_settings):
     p = Private(state)
     try:
         p.run("up")
-        s = base_settings.model_copy(update={
-            "pg_port": int(p.env["EVENTOPS_PG_PORT"]), "pg_database": "eventops",
-            "kafka_bootstrap": f"127.0.0.1:{p.env['EVENTOPS_KAFKA_PORT']}", "topic_partitions": 3,
-            "sse_heartbeat_s": 0.5})
+        s = base_settings.model_copy(
+            update={
+                "pg_port": int(p.env["EVENTOPS_PG_PORT"]),
+                "pg_database": "eventops",
+                "kafka_bootstrap": f"127.0.0.1:{p.env['EVENTOPS_KAFKA_PORT']}",
+                "topic_partitions": 3,
+                "sse_heartbeat_s": 0.5,
+            }
+        )
         with connect(s) as conn:
             migrate(conn)
         kq.wait_for_broker(s, timeout=60)
@@ -105,15 +116,22 @@ def world(private):
 def store(s, tenant: str, n: int, publish: bool) -> list[int]:
     """``n`` transitions stored like the sink does; published to the alert topic (outbox) if asked."""
     ts = datetime.now(UTC)
-    events = [alert_event(tenant, f"h{uuid.uuid4().hex[:6]}", ts=ts + timedelta(milliseconds=i)) for i in range(n)]
+    events = [
+        alert_event(tenant, f"h{uuid.uuid4().hex[:6]}", ts=ts + timedelta(milliseconds=i))
+        for i in range(n)
+    ]
     from core.batch import MetricBatch
 
     with connect(s) as c:
         _, stored = Sink(c).write(MetricBatch.empty(), events)
         if publish:
             p = kq.producer(s)
-            kq.produce_all(p, s.topic_alert, [kq.encode_alert(a) for a in stored],
-                           [a.partition_key for a in stored])
+            kq.produce_all(
+                p,
+                s.topic_alert,
+                [kq.encode_alert(a) for a in stored],
+                [a.partition_key for a in stored],
+            )
             kq.flush(p)
             Sink(c).mark_published([a.seq for a in stored])
     return [a.seq for a in stored]
@@ -140,16 +158,24 @@ def test_broadcaster_survives_a_kafka_restart_and_alerts_keep_flowing(world):
         wait_for(lambda: len(alert_ids(c)) == 5, 15, what="alerts before the outage")
 
         p.run("kafka-down")
-        wait_for(lambda: readyz(api).get("checks", {}).get("broadcaster", "").startswith("degraded"), 30,
-                 interval=0.5, what="/readyz to show the broadcaster degraded")
+        wait_for(
+            lambda: readyz(api).get("checks", {}).get("broadcaster", "").startswith("degraded"),
+            30,
+            interval=0.5,
+            what="/readyz to show the broadcaster degraded",
+        )
         body = readyz(api)
         assert body["status"] == "degraded" and body["checks"]["postgres"] == "ok"
         during = store(s, tenant, 5, publish=False)  # the outbox holds them; streams still see them
         wait_for(lambda: len(alert_ids(c)) == 10, 15, what="alerts stored while Kafka is down")
 
         p.run("kafka-up")
-        wait_for(lambda: readyz(api).get("status") == "ok", 60, interval=0.5,
-                 what="/readyz ok after the broker is back")
+        wait_for(
+            lambda: readyz(api).get("status") == "ok",
+            60,
+            interval=0.5,
+            what="/readyz ok after the broker is back",
+        )
         after = store(s, tenant, 5, publish=True)
         wait_for(lambda: len(alert_ids(c)) == 15, 30, what="alerts after the restart")
         time.sleep(0.5)  # nothing more (no duplicate) arrives
@@ -160,49 +186,86 @@ def test_broadcaster_survives_a_kafka_restart_and_alerts_keep_flowing(world):
         api.stop()
 
 
-def test_stream_rides_out_a_short_postgres_outage_and_closes_with_a_retry_hint_past_the_limit(world):
+def test_stream_rides_out_a_short_postgres_outage_and_closes_with_a_retry_hint_past_the_limit(
+    world,
+):
     p, s, conn, tenant, key = world
-    api = Api(s, serving=ServingSettings(rate_limit_rps=0, auth_cache_s=0.5, sse_db_retry_s=60,
-                                         sse_auth_check_s=0.5, _env_file=None))
-    brief = Api(s, serving=ServingSettings(rate_limit_rps=0, auth_cache_s=0.5, sse_db_retry_s=2,
-                                           sse_auth_check_s=0.5, _env_file=None))
+    api = Api(
+        s,
+        serving=ServingSettings(
+            rate_limit_rps=0,
+            auth_cache_s=0.5,
+            sse_db_retry_s=60,
+            sse_auth_check_s=0.5,
+            _env_file=None,
+        ),
+    )
+    brief = Api(
+        s,
+        serving=ServingSettings(
+            rate_limit_rps=0,
+            auth_cache_s=0.5,
+            sse_db_retry_s=2,
+            sse_auth_check_s=0.5,
+            _env_file=None,
+        ),
+    )
     try:
         patient = SseClient(api.url + "/alerts/stream", headers=hdr(key))
         hasty = SseClient(brief.url + "/alerts/stream", headers=hdr(key))
         assert patient.connected.wait(10) and hasty.connected.wait(10)
         first = store(s, tenant, 3, publish=True)
-        wait_for(lambda: len(alert_ids(patient)) == 3 and len(alert_ids(hasty)) == 3, 15,
-                 what="alerts before the outage")
+        wait_for(
+            lambda: len(alert_ids(patient)) == 3 and len(alert_ids(hasty)) == 3,
+            15,
+            what="alerts before the outage",
+        )
         conn.close()
 
         p.run("pg-down")
         t0 = time.monotonic()
         # past EVENTOPS_SSE_DB_RETRY_S=2 the stream says so and closes (no 500, no broken frame)
-        wait_for(lambda: not hasty.thread.is_alive(), 20, what="the stream to close with a retry hint")
-        assert hasty.events[-1]["event"] == "end" and hasty.events[-1]["data"]["reason"] == "unavailable"
+        wait_for(
+            lambda: not hasty.thread.is_alive(), 20, what="the stream to close with a retry hint"
+        )
+        assert (
+            hasty.events[-1]["event"] == "end"
+            and hasty.events[-1]["data"]["reason"] == "unavailable"
+        )
         assert hasty.error is None
         closed_after = time.monotonic() - t0
         # new streams and readiness answer 503 while PostgreSQL is down, never 500
-        r = httpx.get(brief.url + "/alerts/stream", headers={**hdr(key), "Last-Event-ID": str(first[-1])},
-                      timeout=30)
+        r = httpx.get(
+            brief.url + "/alerts/stream",
+            headers={**hdr(key), "Last-Event-ID": str(first[-1])},
+            timeout=30,
+        )
         assert r.status_code == 503, (r.status_code, r.text)
         assert httpx.get(api.url + "/readyz", timeout=30).status_code == 503
 
         p.run("pg-up")
         down_s = time.monotonic() - t0
-        wait_for(lambda: readyz(api).get("status") == "ok", 60, interval=0.5, what="/readyz ok again")
+        wait_for(
+            lambda: readyz(api).get("status") == "ok", 60, interval=0.5, what="/readyz ok again"
+        )
         more = store(s, tenant, 4, publish=True)
-        wait_for(lambda: len(alert_ids(patient)) == 7, 30, what="the patient stream after the outage")
+        wait_for(
+            lambda: len(alert_ids(patient)) == 7, 30, what="the patient stream after the outage"
+        )
         assert alert_ids(patient) == first + more
         assert patient.thread.is_alive(), "the stream should have ridden out the outage"
         patient.close()
 
         # the closed client resumes from its Last-Event-ID and misses nothing
-        resumed = SseClient(brief.url + "/alerts/stream", headers={**hdr(key), "Last-Event-ID": str(first[-1])})
+        resumed = SseClient(
+            brief.url + "/alerts/stream", headers={**hdr(key), "Last-Event-ID": str(first[-1])}
+        )
         wait_for(lambda: len(alert_ids(resumed)) == 4, 15, what="the resumed stream")
         resumed.close()
         assert alert_ids(resumed) == more
-        print(f"PostgreSQL down {down_s:.1f}s; the 2 s-limit stream closed after {closed_after:.1f}s")
+        print(
+            f"PostgreSQL down {down_s:.1f}s; the 2 s-limit stream closed after {closed_after:.1f}s"
+        )
     finally:
         api.stop()
         brief.stop()

@@ -58,8 +58,14 @@ def publish(s, bus: Bus, tenant: str, host: str) -> int:
 
 
 def revoke_with_cli(s, key_id: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "cli", "keys", "revoke", key_id], env=settings_env(s),
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", "keys", "revoke", key_id],
+        env=settings_env(s),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -120,7 +126,8 @@ def test_score_stream_ends_when_its_key_is_revoked_and_sends_nothing_stored_afte
         conn.execute(
             "INSERT INTO scores (tenant_id, host, metric, window_start, window_end, score, severity, explanation)"
             " VALUES (%s, 'h', 'cpu_load', %s, %s, 0.5, 'ok', %s)",
-            (tenant, ws, ws + timedelta(minutes=1), Jsonb({"i": i})))
+            (tenant, ws, ws + timedelta(minutes=1), Jsonb({"i": i})),
+        )
         return ws
 
     score(-10)  # the series exists (the route answers 404 for unknown series)

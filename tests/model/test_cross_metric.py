@@ -28,8 +28,14 @@ WINDOW_S = 60.0
 
 def raw_stream(seed: int = 3, hosts: int = 6, ticks: int = 900) -> list[bytes]:
     day = 86400.0  # two days ago at midnight: same data every run, inside the accepted age
-    sim = Simulator(hosts=hosts, tenant="t1", seed=seed, interval=10.0,
-                    start=(time.time() // day - 2) * day, anomaly_rate=0.01)
+    sim = Simulator(
+        hosts=hosts,
+        tenant="t1",
+        seed=seed,
+        interval=10.0,
+        start=(time.time() // day - 2) * day,
+        anomaly_rate=0.01,
+    )
     return [e for evs in sim.events(ticks=ticks) for e in evs]
 
 
@@ -64,9 +70,16 @@ def run(bs: list[MetricBatch], model=None, restore_every: int = 0) -> WindowRows
 
 
 def keyed(rows: WindowRows) -> pd.DataFrame:
-    df = pd.DataFrame({"tenant_id": rows.tenant_id.astype(str), "host": rows.host.astype(str),
-                       "metric": rows.metric.astype(str), "start": rows.start, "end": rows.end,
-                       **rows.features})
+    df = pd.DataFrame(
+        {
+            "tenant_id": rows.tenant_id.astype(str),
+            "host": rows.host.astype(str),
+            "metric": rows.metric.astype(str),
+            "start": rows.start,
+            "end": rows.end,
+            **rows.features,
+        }
+    )
     return df.sort_values(["tenant_id", "host", "metric", "start"], ignore_index=True)
 
 
@@ -198,8 +211,12 @@ def test_csv_style_datasets_get_single_host_columns_and_models_keep_their_view()
 
 def test_cross_function_matches_dataset_grouping_on_hosts_with_missing_metrics():
     """A host that skipped a metric in some window: the group is what was reported."""
-    X = {"count": np.full(5, 6), "mean": np.full(5, 10.0), "std": np.ones(5),
-         "change": np.array([5.0, 0.0, 0.0, 5.0, 0.0])}
+    X = {
+        "count": np.full(5, 6),
+        "mean": np.full(5, 10.0),
+        "std": np.ones(5),
+        "change": np.array([5.0, 0.0, 0.0, 5.0, 0.0]),
+    }
     out = cross_metric_features(np.array([0, 0, 0, 0, 0]), np.array([0.0, 0.0, 0.0, 60.0, 60.0]), X)
     assert out["host_metrics"].tolist() == [3, 3, 3, 2, 2]
     assert out["host_deviating"].tolist() == [0, 1, 1, 0, 1]
@@ -218,10 +235,19 @@ def test_an_alert_on_a_host_wide_incident_says_the_other_metrics_moved():
         if e["host"].endswith("001") and t0 <= t < t0 + 3 * WINDOW_S:
             e["value"] = e["value"] * 3 + 50
     det = DetectStage(RuleSet([]), window_s=WINDOW_S)
-    alerts = [a for b in batches([orjson.dumps(e) for e in evs], list(range(997, len(evs), 997)))
-              for a in det(b).alerts]
-    opened = [a for a in alerts if a.rule == "anomaly:ensemble" and a.kind == "open"
-              and a.host.endswith("001") and t0 < a.ts <= t0 + 4 * WINDOW_S]
+    alerts = [
+        a
+        for b in batches([orjson.dumps(e) for e in evs], list(range(997, len(evs), 997)))
+        for a in det(b).alerts
+    ]
+    opened = [
+        a
+        for a in alerts
+        if a.rule == "anomaly:ensemble"
+        and a.kind == "open"
+        and a.host.endswith("001")
+        and t0 < a.ts <= t0 + 4 * WINDOW_S
+    ]
     assert len({a.metric for a in opened}) >= 2, opened
     for a in opened:
         ctx = a.explanation["host"]
@@ -230,4 +256,6 @@ def test_an_alert_on_a_host_wide_incident_says_the_other_metrics_moved():
     # and the message claims it only when it is so
     for a in alerts:
         if a.rule == "anomaly:ensemble" and a.kind == "open":
-            assert ("moved too" in a.message) == (a.explanation.get("host", {}).get("deviating", 0) > 0)
+            assert ("moved too" in a.message) == (
+                a.explanation.get("host", {}).get("deviating", 0) > 0
+            )

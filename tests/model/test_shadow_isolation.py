@@ -31,8 +31,14 @@ def rules() -> RuleSet:
 
 def stream(seed: int = 5, hosts: int = 6, ticks: int = 1500, chunk: int = 120) -> list[MetricBatch]:
     """Simulated telemetry (anomaly-rich) as normalized micro-batches over three partitions."""
-    sim = Simulator(hosts=hosts, tenant="t1", seed=seed, interval=10.0,
-                    start=time.time() - ticks * 10.0 - 600, anomaly_rate=0.01)
+    sim = Simulator(
+        hosts=hosts,
+        tenant="t1",
+        seed=seed,
+        interval=10.0,
+        start=time.time() - ticks * 10.0 - 600,
+        anomaly_rate=0.01,
+    )
     norm = Normalizer(NormalizeConfig())
     out, raws, off = [], [], 0
     for evs in sim.events(ticks=ticks):
@@ -183,7 +189,7 @@ def test_shadow_columns_survive_records_and_concat(data):
     other = WindowRows.concat([o.windows for o in plain if o.windows is not None])
     both = WindowRows.concat([rows, other])
     assert both.shadow_version == rows.shadow_version + [None] * len(other)
-    assert np.isnan(both.shadow_score[len(rows):]).all()
+    assert np.isnan(both.shadow_score[len(rows) :]).all()
     np.testing.assert_array_equal(both.shadow_idx(), np.arange(len(rows)))
     # records without a shadow entry (older producers) read back without shadow columns
     assert WindowRows.from_records(other.records()).shadow_version is None

@@ -39,9 +39,12 @@ class Objects:
 
 def objects(s: Settings) -> Objects:
     rules = RulesFile(REPO_ROOT / "pipeline" / "rules.default.toml").rules
-    return Objects(Normalizer(NormalizeConfig(known_tenants=frozenset({TENANT}), max_past_age_s=1e9)),
-                   Enricher({(TENANT, "host-000"): {"rack": "r1"}}),
-                   DetectStage(rules, window_s=60.0, lateness_s=10.0), s)
+    return Objects(
+        Normalizer(NormalizeConfig(known_tenants=frozenset({TENANT}), max_past_age_s=1e9)),
+        Enricher({(TENANT, "host-000"): {"rack": "r1"}}),
+        DetectStage(rules, window_s=60.0, lateness_s=10.0),
+        s,
+    )
 
 
 def settings() -> Settings:
@@ -54,23 +57,37 @@ def raw_records(raws: list[bytes], topic: str = "ingest.raw.agent", first: int =
 
 
 def sim_raws(now: float, n: int = 2400) -> list[bytes]:
-    sim = Simulator(hosts=10, tenant=TENANT, seed=3, interval=10.0, start=now - 3600, anomaly_rate=0.05)
+    sim = Simulator(
+        hosts=10, tenant=TENANT, seed=3, interval=10.0, start=now - 3600, anomaly_rate=0.05
+    )
     return [e for evs in sim.events(ticks=n // 40) for e in evs][:n]
 
 
 def event(host: str, ts: float, value: float = 1.0, **extra) -> bytes:
-    return orjson.dumps({"tenant_id": TENANT, "host": host, "metric": "cpu_load", "value": value,
-                         "ts_event": ts, "unit": "%", **extra})
+    return orjson.dumps(
+        {
+            "tenant_id": TENANT,
+            "host": host,
+            "metric": "cpu_load",
+            "value": value,
+            "ts_event": ts,
+            "unit": "%",
+            **extra,
+        }
+    )
 
 
 # -- parsing ---------------------------------------------------------------------------------
+
 
 def contiguous(names: tuple[str, ...]) -> bool:
     idx = [NAMES.index(n) for n in names]
     return idx == list(range(idx[0], idx[0] + len(idx)))
 
 
-@pytest.mark.parametrize("names", [p for k in range(1, 5) for p in itertools.permutations(NAMES, k)])
+@pytest.mark.parametrize(
+    "names", [p for k in range(1, 5) for p in itertools.permutations(NAMES, k)]
+)
 def test_every_contiguous_run_in_order_parses_and_nothing_else(names):
     spec = ",".join(names)
     if contiguous(names):
@@ -78,17 +95,22 @@ def test_every_contiguous_run_in_order_parses_and_nothing_else(names):
         assert [n.value for n in c.names] == list(names) and str(c) == spec
         assert parse_chain(list(names)) == c and parse_chain(c) is c
     else:
-        with pytest.raises(ValueError, match="contiguous and in order normalize,enrich,detect,sink"):
+        with pytest.raises(
+            ValueError, match="contiguous and in order normalize,enrich,detect,sink"
+        ):
             parse_chain(spec)
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("", r"unknown stages \[\]; choose a chain of normalize,enrich,detect,sink"),
-    (" , ", r"unknown stages \[\]"),
-    ("normalize,bogus", r"unknown stages \['bogus'\]"),
-    ("Normalize", r"unknown stages \['Normalize'\]"),
-    ("normalize,normalize", "contiguous and in order"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("", r"unknown stages \[\]; choose a chain of normalize,enrich,detect,sink"),
+        (" , ", r"unknown stages \[\]"),
+        ("normalize,bogus", r"unknown stages \['bogus'\]"),
+        ("Normalize", r"unknown stages \['Normalize'\]"),
+        ("normalize,normalize", "contiguous and in order"),
+    ],
+)
 def test_bad_chains_are_refused_with_what_is_wrong(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_chain(spec)
@@ -100,17 +122,21 @@ def test_spaces_around_names_are_allowed():
 
 # -- what a chain is -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec,inputs,output", [
-    ("normalize", ["topic_raw"], "topic_metric"),
-    ("normalize,enrich", ["topic_raw"], "topic_enriched"),
-    ("normalize,enrich,detect", ["topic_raw"], "topic_enriched"),
-    ("normalize,enrich,detect,sink", ["topic_raw"], None),
-    ("enrich", ["topic_metric"], "topic_enriched"),
-    ("enrich,detect,sink", ["topic_metric"], None),
-    ("detect", ["topic_enriched"], "topic_enriched"),
-    ("detect,sink", ["topic_enriched"], None),
-    ("sink", ["topic_enriched", "topic_alert", "topic_score"], None),
-])
+
+@pytest.mark.parametrize(
+    "spec,inputs,output",
+    [
+        ("normalize", ["topic_raw"], "topic_metric"),
+        ("normalize,enrich", ["topic_raw"], "topic_enriched"),
+        ("normalize,enrich,detect", ["topic_raw"], "topic_enriched"),
+        ("normalize,enrich,detect,sink", ["topic_raw"], None),
+        ("enrich", ["topic_metric"], "topic_enriched"),
+        ("enrich,detect,sink", ["topic_metric"], None),
+        ("detect", ["topic_enriched"], "topic_enriched"),
+        ("detect,sink", ["topic_enriched"], None),
+        ("sink", ["topic_enriched", "topic_alert", "topic_score"], None),
+    ],
+)
 def test_topics_read_and_written(spec, inputs, output):
     s, c = settings(), parse_chain(spec)
     assert c.inputs(s) == [getattr(s, t) for t in inputs]
@@ -121,22 +147,31 @@ def test_topics_read_and_written(spec, inputs, output):
 def test_questions_a_runner_asks():
     c = parse_chain("enrich,detect,sink")
     assert (c.first, c.last) == (StageName.ENRICH, StageName.SINK)
-    assert (c.has_normalize, c.has_enrich, c.has_detect, c.ends_in_sink) == (False, True, True, True)
+    assert (c.has_normalize, c.has_enrich, c.has_detect, c.ends_in_sink) == (
+        False,
+        True,
+        True,
+        True,
+    )
     assert c.slug == "enrich-detect-sink"
     assert not parse_chain("normalize,enrich").has_detect
 
 
-@pytest.mark.parametrize("spec,steps", [
-    ("normalize,enrich,detect,sink", ["normalize", "enrich", "detect"]),
-    ("enrich,detect", ["enrich", "enrich", "detect"]),  # decode the metric stream, then enrich
-    ("detect", ["detect", "detect"]),
-    ("sink", ["sink"]),
-])
+@pytest.mark.parametrize(
+    "spec,steps",
+    [
+        ("normalize,enrich,detect,sink", ["normalize", "enrich", "detect"]),
+        ("enrich,detect", ["enrich", "enrich", "detect"]),  # decode the metric stream, then enrich
+        ("detect", ["detect", "detect"]),
+        ("sink", ["sink"]),
+    ],
+)
 def test_the_sink_is_not_a_step_and_the_entry_reads_the_records(spec, steps):
     assert [st.name for st in parse_chain(spec).steps] == steps
 
 
 # -- one run, one result ---------------------------------------------------------------------
+
 
 def test_run_gives_batch_dead_letters_windows_and_alerts_with_their_sources():
     now = time.time()
@@ -150,11 +185,19 @@ def test_run_gives_batch_dead_letters_windows_and_alerts_with_their_sources():
     out = c.run(obj, raw_records(raws, first=5000))
 
     assert isinstance(out, StageOutput)
-    assert len(out.batch) == len(raws) - 2 and out.batch.src.tolist() == list(range(1, len(raws) - 2)) + [len(raws) - 1]
+    assert len(out.batch) == len(raws) - 2 and out.batch.src.tolist() == list(
+        range(1, len(raws) - 2)
+    ) + [len(raws) - 1]
     by_reason = {d.reason: d for d in out.dead}
     assert sorted(by_reason) == ["bad_json", "ts_too_old"]
     d = by_reason["ts_too_old"]
-    assert (d.raw, d.topic, d.partition, d.offset, d.stage) == (late, s.topic_raw, 0, 5000 + len(raws) - 2, "detect")
+    assert (d.raw, d.topic, d.partition, d.offset, d.stage) == (
+        late,
+        s.topic_raw,
+        0,
+        5000 + len(raws) - 2,
+        "detect",
+    )
     assert by_reason["bad_json"].offset == 5000 and by_reason["bad_json"].stage == "normalize"
     assert out.windows is not None and len(out.windows)
     assert out.batch.tags[-1] == {"rack": "r1"}  # enriched
@@ -189,7 +232,9 @@ def test_a_split_chain_gives_what_the_whole_chain_gives():
     assert head.windows is None and head.alerts == []
     vals, _ = encode_metrics(head.batch)
     n = len(vals)
-    tail = parse_chain("detect").run(o, Records(vals, [s.topic_enriched] * n, [0] * n, list(range(n))))
+    tail = parse_chain("detect").run(
+        o, Records(vals, [s.topic_enriched] * n, [0] * n, list(range(n)))
+    )
     assert tail.batch.event_id.tolist() == whole.batch.event_id.tolist()
     assert tail.windows.records() == whole.windows.records()
     assert tail.alerts == whole.alerts
@@ -197,21 +242,49 @@ def test_a_split_chain_gives_what_the_whole_chain_gives():
 
 def test_a_sink_first_chain_splits_its_three_topics():
     s = settings()
-    metric = orjson.dumps({"event_id": "e1", "tenant_id": TENANT, "host": "h", "metric": "m",
-                           "value": 1.0, "ts": 100.0, "unit": "", "tags": None})
-    ev = AlertEvent(alert_id="a1", kind="open", tenant_id=TENANT, host="h", metric="m",
-                    value=1.0, severity="warning", ts=100.0, opened_at=100.0, rule="r",
-                    threshold=0.5, message="m on h", score=0.6, explanation={},
-                    model_version=None, event_id="e0")
+    metric = orjson.dumps(
+        {
+            "event_id": "e1",
+            "tenant_id": TENANT,
+            "host": "h",
+            "metric": "m",
+            "value": 1.0,
+            "ts": 100.0,
+            "unit": "",
+            "tags": None,
+        }
+    )
+    ev = AlertEvent(
+        alert_id="a1",
+        kind="open",
+        tenant_id=TENANT,
+        host="h",
+        metric="m",
+        value=1.0,
+        severity="warning",
+        ts=100.0,
+        opened_at=100.0,
+        rule="r",
+        threshold=0.5,
+        message="m on h",
+        score=0.6,
+        explanation={},
+        model_version=None,
+        event_id="e0",
+    )
     alert = orjson.dumps(ev.to_dict())
     values = [alert, b"{broken", metric, b"[1, 2", metric.replace(b"e1", b"e2")]
     topics = [s.topic_alert, s.topic_score, s.topic_enriched, s.topic_enriched, s.topic_enriched]
-    out = parse_chain("sink").run(objects(s), Records(values, topics, [1] * 5, [10, 11, 12, 13, 14]))
+    out = parse_chain("sink").run(
+        objects(s), Records(values, topics, [1] * 5, [10, 11, 12, 13, 14])
+    )
     assert out.batch.event_id.tolist() == ["e1", "e2"]
     assert out.batch.src.tolist() == [2, 4]  # indices among all records of the micro-batch
     assert out.alerts_in == [ev] and out.windows is None
     assert [(d.reason, d.topic, d.offset, d.stage) for d in out.dead] == [
-        ("bad_record", s.topic_score, 11, "sink"), ("bad_record", s.topic_enriched, 13, "sink")]
+        ("bad_record", s.topic_score, 11, "sink"),
+        ("bad_record", s.topic_enriched, 13, "sink"),
+    ]
 
 
 def test_a_chain_is_a_value():

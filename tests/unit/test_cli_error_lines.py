@@ -23,17 +23,20 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize(("exc", "code"), [
-    (ce.BadArgument("x"), ce.EXIT_USAGE),
-    (ConfigError("x"), ce.EXIT_CONFIG),
-    (NotFound("x"), ce.EXIT_NOT_FOUND),
-    (ServiceError("x"), ce.EXIT_SERVICE),
-    (EventOpsError("x"), ce.EXIT_INTERNAL),
-    (FileNotFoundError(2, "No such file or directory", "missing.jsonl"), ce.EXIT_NOT_FOUND),
-    (IsADirectoryError(21, "Is a directory", "d"), ce.EXIT_NOT_FOUND),
-    (KeyboardInterrupt(), ce.EXIT_INTERRUPTED),
-    (RuntimeError("boom"), ce.EXIT_INTERNAL),
-])
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (ce.BadArgument("x"), ce.EXIT_USAGE),
+        (ConfigError("x"), ce.EXIT_CONFIG),
+        (NotFound("x"), ce.EXIT_NOT_FOUND),
+        (ServiceError("x"), ce.EXIT_SERVICE),
+        (EventOpsError("x"), ce.EXIT_INTERNAL),
+        (FileNotFoundError(2, "No such file or directory", "missing.jsonl"), ce.EXIT_NOT_FOUND),
+        (IsADirectoryError(21, "Is a directory", "d"), ce.EXIT_NOT_FOUND),
+        (KeyboardInterrupt(), ce.EXIT_INTERRUPTED),
+        (RuntimeError("boom"), ce.EXIT_INTERNAL),
+    ],
+)
 def test_describe_maps_each_kind_to_its_exit_code(exc, code):
     line, got = ce.describe(exc)
     assert got == code
@@ -86,12 +89,15 @@ def test_raw_psycopg_errors_are_classified():
     assert code == ce.EXIT_CONFIG and "eventops db migrate" in line
 
 
-@pytest.mark.parametrize(("text", "code", "needle"), [
-    ('FATAL:  password authentication failed for user "eventops"', 3, "EVENTOPS_PG_PASSWORD"),
-    ('FATAL:  role "bob" does not exist', 3, "EVENTOPS_PG_USER"),
-    ('FATAL:  database "nope" does not exist', 3, 'no database "nope"'),
-    ("timeout expired", 5, "not reachable"),
-])
+@pytest.mark.parametrize(
+    ("text", "code", "needle"),
+    [
+        ('FATAL:  password authentication failed for user "eventops"', 3, "EVENTOPS_PG_PASSWORD"),
+        ('FATAL:  role "bob" does not exist', 3, "EVENTOPS_PG_USER"),
+        ('FATAL:  database "nope" does not exist', 3, 'no database "nope"'),
+        ("timeout expired", 5, "not reachable"),
+    ],
+)
 def test_pg_problem_tells_login_database_and_reachability_apart(text, code, needle):
     line, got = ce.pg_problem(Exception(text), "db.example", 5432, "nope", "bob")
     assert got == code and needle in line and "db.example:5432" in line
@@ -105,6 +111,7 @@ def test_kafka_exception_is_one_line_exit_5():
 
 
 # --- preflight ------------------------------------------------------------------------------
+
 
 def test_refused_kafka_is_reported_at_once():
     from cli.preflight import check_kafka
@@ -161,16 +168,27 @@ def test_api_port_taken_was_a_48_line_traceback_now_a_config_error():
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is already in use.*--port"):
+        with pytest.raises(
+            ConfigError, match=f"port {port} on 127.0.0.1 is already in use.*--port"
+        ):
             bind_or_explain("127.0.0.1", port)
     bind_or_explain("127.0.0.1", port).close()  # free again
 
 
 # --- local checks ---------------------------------------------------------------------------
 
+
 def _ev(tenant: str = "acme", **kw) -> bytes:
-    return orjson.dumps({"tenant_id": tenant, "host": "h", "metric": "cpu", "value": 1,
-                         "ts_event": time.time(), **kw})
+    return orjson.dumps(
+        {
+            "tenant_id": tenant,
+            "host": "h",
+            "metric": "cpu",
+            "value": 1,
+            "ts_event": time.time(),
+            **kw,
+        }
+    )
 
 
 def test_check_locally_counts_what_normalize_would_dead_letter():
@@ -192,12 +210,20 @@ def test_by_reason_orders_by_count():
 
 # --- main() ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("argv", "code", "needle"), [
-    (["worker", "bogus"], 2, "unknown stages ['bogus']"),
-    (["send", "-f", "/nonexistent/missing.jsonl"], 4, "file not found: /nonexistent/missing.jsonl"),
-    (["tenants", "create", ""], 2, "invalid tenant id ''"),
-    (["send"], 2, "give either one EVENT"),
-])
+
+@pytest.mark.parametrize(
+    ("argv", "code", "needle"),
+    [
+        (["worker", "bogus"], 2, "unknown stages ['bogus']"),
+        (
+            ["send", "-f", "/nonexistent/missing.jsonl"],
+            4,
+            "file not found: /nonexistent/missing.jsonl",
+        ),
+        (["tenants", "create", ""], 2, "invalid tenant id ''"),
+        (["send"], 2, "give either one EVENT"),
+    ],
+)
 def test_main_prints_one_line_and_exits(monkeypatch, capsys, argv, code, needle):
     from cli import main as cli
 

@@ -34,8 +34,10 @@ def ref_z(count, mean, std, change) -> float:
 
 def reference(host, start, X, thr=DEVIATION_Z):
     n = len(host)
-    z = [ref_z(float(X["count"][i]), float(X["mean"][i]), float(X["std"][i]),
-               float(X["change"][i])) for i in range(n)]
+    z = [
+        ref_z(float(X["count"][i]), float(X["mean"][i]), float(X["std"][i]), float(X["change"][i]))
+        for i in range(n)
+    ]
     out = {k: [] for k in CROSS_FEATURES}
     for i in range(n):
         group = [j for j in range(n) if host[j] == host[i] and start[j] == start[i]]
@@ -89,8 +91,10 @@ def test_matches_slow_per_row_reference(seed):
     assert (got["host_deviating"] > 0).any() and (got["host_deviating"] == 0).any()
     # a stricter threshold counts fewer metrics, never more
     strict = cross_metric_features(host, start, X, threshold=10.0)
-    np.testing.assert_array_equal(strict["host_deviating"],
-                                  reference(host.tolist(), start.tolist(), X, 10.0)["host_deviating"])
+    np.testing.assert_array_equal(
+        strict["host_deviating"],
+        reference(host.tolist(), start.tolist(), X, 10.0)["host_deviating"],
+    )
     assert (strict["host_deviating"] <= got["host_deviating"]).all()
 
 
@@ -105,8 +109,12 @@ def test_row_order_and_host_code_values_do_not_matter():
 
 
 def test_single_metric_host_and_other_windows_of_the_same_host():
-    X = {"count": np.array([6, 6, 6]), "mean": np.array([1.0, 2.0, 3.0]),
-         "std": np.array([1.0, 1.0, 1.0]), "change": np.array([50.0, 50.0, 0.0])}
+    X = {
+        "count": np.array([6, 6, 6]),
+        "mean": np.array([1.0, 2.0, 3.0]),
+        "std": np.array([1.0, 1.0, 1.0]),
+        "change": np.array([50.0, 50.0, 0.0]),
+    }
     # host 1 alone; host 2 has two windows at *different* starts: never grouped together
     out = cross_metric_features(np.array([1, 2, 2]), np.array([0.0, 0.0, 60.0]), X)
     assert out["host_metrics"].tolist() == [1, 1, 1]
@@ -116,23 +124,30 @@ def test_single_metric_host_and_other_windows_of_the_same_host():
 
 
 def test_zero_std_constant_metric_that_moves_deviates_and_one_that_stays_does_not():
-    X = {"count": np.array([6, 6, 6, 6]), "mean": np.array([40.0, 7.0, 0.0, 5.0]),
-         "std": np.array([0.0, 0.0, 0.0, 1.0]), "change": np.array([10.0, 0.0, 0.0, 0.5])}
+    X = {
+        "count": np.array([6, 6, 6, 6]),
+        "mean": np.array([40.0, 7.0, 0.0, 5.0]),
+        "std": np.array([0.0, 0.0, 0.0, 1.0]),
+        "change": np.array([10.0, 0.0, 0.0, 0.5]),
+    }
     z = change_z(X["count"], X["mean"], X["std"], X["change"])
     assert z.tolist() == [Z_MAX, 0.0, 0.0, 0.5]
     out = cross_metric_features(np.zeros(4, np.int64), np.zeros(4), X)
     assert out["host_metrics"].tolist() == [4] * 4
     assert out["host_deviating"].tolist() == [0, 1, 1, 1]  # only the jumping constant counts
     assert out["host_max_z"].tolist() == [0.5, Z_MAX, Z_MAX, Z_MAX]
-    np.testing.assert_allclose(out["host_mean_z"], [0.5 / 3, (Z_MAX + 0.5) / 3,
-                                                    (Z_MAX + 0.5) / 3, Z_MAX / 3])
+    np.testing.assert_allclose(
+        out["host_mean_z"], [0.5 / 3, (Z_MAX + 0.5) / 3, (Z_MAX + 0.5) / 3, Z_MAX / 3]
+    )
 
 
 def test_nan_inf_and_single_sample_windows_give_finite_output():
-    X = {"count": np.array([1, 6, 6, 6, 6, 6]),
-         "mean": np.array([5.0, np.nan, 5.0, 5.0, 5.0, np.nan]),
-         "std": np.array([0.0, 1.0, np.nan, 1.0, np.inf, np.nan]),
-         "change": np.array([9.0, 4.0, 4.0, np.nan, 4.0, np.nan])}
+    X = {
+        "count": np.array([1, 6, 6, 6, 6, 6]),
+        "mean": np.array([5.0, np.nan, 5.0, 5.0, 5.0, np.nan]),
+        "std": np.array([0.0, 1.0, np.nan, 1.0, np.inf, np.nan]),
+        "change": np.array([9.0, 4.0, 4.0, np.nan, 4.0, np.nan]),
+    }
     z = change_z(X["count"], X["mean"], X["std"], X["change"])
     # one sample: no spread to judge by; NaN mean: std alone; NaN std: the relative floor
     assert z.tolist() == [0.0, 4.0, Z_MAX, 0.0, 0.0, 0.0]
@@ -143,8 +158,12 @@ def test_nan_inf_and_single_sample_windows_give_finite_output():
 
 
 def test_ties_at_the_top_and_threshold_is_inclusive():
-    X = {"count": np.full(3, 6), "mean": np.full(3, 10.0), "std": np.ones(3),
-         "change": np.array([3.0, 3.0, 1.0])}
+    X = {
+        "count": np.full(3, 6),
+        "mean": np.full(3, 10.0),
+        "std": np.ones(3),
+        "change": np.array([3.0, 3.0, 1.0]),
+    }
     out = cross_metric_features(np.zeros(3, np.int64), np.zeros(3), X)
     assert out["host_max_z"].tolist() == [3.0, 3.0, 3.0]
     assert out["host_mean_z"].tolist() == [2.0, 2.0, 3.0]

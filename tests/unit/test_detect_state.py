@@ -37,13 +37,14 @@ TICKS, CUT, STEP = META["ticks"], META["cut"], META["step"]
 
 @pytest.fixture(scope="module")
 def batches():
-    sim = Simulator(hosts=3, tenant="t1", seed=11, interval=10.0, start=1_780_000_000.0,
-                    anomaly_rate=0.03)
+    sim = Simulator(
+        hosts=3, tenant="t1", seed=11, interval=10.0, start=1_780_000_000.0, anomaly_rate=0.03
+    )
     ticks = list(sim.events(ticks=TICKS))
     norm = Normalizer(NormalizeConfig(max_past_age_s=1e12))
     out = {}
     for lo in range(0, TICKS, STEP):
-        raws = [e for evs in ticks[lo:lo + STEP] for e in evs]
+        raws = [e for evs in ticks[lo : lo + STEP] for e in evs]
         b, dead = norm(raws, "raw", [0] * len(raws), range(len(raws)))
         assert not dead
         b.partition = np.zeros(len(b), np.int64)
@@ -80,7 +81,9 @@ def test_a_version_1_checkpoint_restores_its_open_and_pending_alerts_and_continu
 
     alerts, windows = run(det, batches, CUT, TICKS)
     # what the code before the move emitted from the same state, byte for byte
-    assert [orjson.dumps(a.to_dict()) for a in alerts] == [orjson.dumps(p) for p in META["after_cut"]]
+    assert [orjson.dumps(a.to_dict()) for a in alerts] == [
+        orjson.dumps(p) for p in META["after_cut"]
+    ]
     assert {a.rule for a in alerts} >= {"anomaly:ensemble", "threshold:cpu_load"}
     # and the windows an uninterrupted run scores after the cut
     fresh = stage()

@@ -18,7 +18,10 @@ def reference(us, values, origin_us, step_us):
     for t, v in zip(us, values, strict=True):
         k = math.floor((t - origin_us) / step_us)
         out.setdefault(k, []).append(v)
-    return [(origin_us + k * step_us, sum(vs) / len(vs), min(vs), max(vs), len(vs)) for k, vs in sorted(out.items())]
+    return [
+        (origin_us + k * step_us, sum(vs) / len(vs), min(vs), max(vs), len(vs))
+        for k, vs in sorted(out.items())
+    ]
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -36,7 +39,9 @@ def test_buckets_equal_a_per_sample_reference(seed):
     assert got["start_us"].tolist() == [w[0] for w in want]
     assert got["count"].tolist() == [w[4] for w in want]
     assert np.allclose(got["avg"], [w[1] for w in want], rtol=1e-12)
-    assert got["min"].tolist() == [w[2] for w in want] and got["max"].tolist() == [w[3] for w in want]
+    assert got["min"].tolist() == [w[2] for w in want] and got["max"].tolist() == [
+        w[3] for w in want
+    ]
 
 
 def test_empty_range_has_no_bucket():
@@ -46,7 +51,10 @@ def test_empty_range_has_no_bucket():
 
 def _pg_array(oid, fmt, xs, null_at=None) -> bytes:
     head = struct.pack("!iiIii", 1, int(null_at is not None), oid, len(xs), 1)
-    body = b"".join(struct.pack("!i", -1) if i == null_at else struct.pack("!i" + fmt, 8, x) for i, x in enumerate(xs))
+    body = b"".join(
+        struct.pack("!i", -1) if i == null_at else struct.pack("!i" + fmt, 8, x)
+        for i, x in enumerate(xs)
+    )
     return head + body
 
 
@@ -65,7 +73,9 @@ def test_binary_float8_array_loads_as_numpy():
 def test_binary_timestamptz_array_loads_as_unix_microseconds():
     loader = TimestamptzArray(0)
     # PostgreSQL counts from 2000-01-01: 0 is 946684800 s after the Unix epoch
-    got = loader.load(_pg_array(TIMESTAMPTZ_OID, "q", [0, 1, -946_684_800_000_000, 843_000_000_123_456]))
+    got = loader.load(
+        _pg_array(TIMESTAMPTZ_OID, "q", [0, 1, -946_684_800_000_000, 843_000_000_123_456])
+    )
     assert got.dtype == np.int64
     assert got.tolist() == [946_684_800_000_000, 946_684_800_000_001, 0, 1_789_684_800_123_456]
     assert loader.load(struct.pack("!iiI", 0, 0, TIMESTAMPTZ_OID)).dtype == np.int64

@@ -13,7 +13,9 @@ def test_env_example_names_every_setting():
     for cls in (Settings, ServingSettings):
         prefix = cls.model_config.get("env_prefix", "")
         for name, f in cls.model_fields.items():
-            var = f.validation_alias if isinstance(f.validation_alias, str) else prefix + name.upper()
+            var = (
+                f.validation_alias if isinstance(f.validation_alias, str) else prefix + name.upper()
+            )
             if var not in documented:
                 missing.append(var)
     assert not missing, f".env.example does not document {missing}"

@@ -65,9 +65,7 @@ def test_profiles_and_threshold_sweep():
     assert lfn["raw_null"] == -2.0
     # exhaustive check of the sweep against fixed thresholds
     for prof in PROFILES.values():
-        best = max(
-            nab_score([s], prof, threshold=t)["raw"] for t in [np.inf, 0.9, 0.6, 0.0]
-        )
+        best = max(nab_score([s], prof, threshold=t)["raw"] for t in [np.inf, 0.9, 0.6, 0.0])
         assert nab_score([s], prof)["raw"] == pytest.approx(best)
 
 

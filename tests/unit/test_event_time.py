@@ -120,8 +120,9 @@ def test_late_in_order_dense_and_sorted_paths_match_brute_force():
         level = rng.integers(0, spread, n)
         level[rng.random(n) < 0.1] = _NONE  # invalid events move no clock
         win = level + rng.integers(-2, 3, n)
-        want = np.array([any(host[j] == host[i] and level[j] > win[i] for j in range(i))
-                         for i in range(n)])
+        want = np.array(
+            [any(host[j] == host[i] and level[j] > win[i] for j in range(i)) for i in range(n)]
+        )
         np.testing.assert_array_equal(_late_in_order(host, level, win), want)
         if n > 1:
             np.testing.assert_array_equal(_late_in_order_sorted(host, level, win), want)
@@ -150,7 +151,9 @@ def test_aggregator_matches_the_per_event_reference_with_skewed_clocks(seed):
 def test_any_micro_batch_split_and_restore_point_gives_the_same_result(seed):
     series, host, ts, value = skewed_stream(seed)
     rng = np.random.default_rng(seed)
-    one_by_one = run_split(series[:1500], host[:1500], ts[:1500], value[:1500], list(range(1, 1500)))
+    one_by_one = run_split(
+        series[:1500], host[:1500], ts[:1500], value[:1500], list(range(1, 1500))
+    )
     whole = run_split(series[:1500], host[:1500], ts[:1500], value[:1500], [])
     cuts = np.sort(rng.choice(np.arange(1, series.size), 40, replace=False)).tolist()
     a = run_split(series, host, ts, value, cuts)
@@ -170,8 +173,12 @@ def keyed_windows(cw: ClosedWindows) -> pd.DataFrame:
 def test_a_host_far_ahead_closes_only_its_own_windows():
     agg = WindowAggregator(W, L, IDLE)
     # host 0 on time, host 1 stamps +290 s (inside the accepted skew), same batch
-    out = agg.push(np.array([0, 1, 0]), np.array([1000.0, 1290.0, 1010.0]), np.ones(3),
-                   host=np.array([0, 1, 0]))
+    out = agg.push(
+        np.array([0, 1, 0]),
+        np.array([1000.0, 1290.0, 1010.0]),
+        np.ones(3),
+        host=np.array([0, 1, 0]),
+    )
     assert out.n_late == 0 and len(out) == 0
     out = agg.push(np.array([1]), np.array([1400.0]), np.ones(1), host=np.array([1]))
     assert out.series.tolist() == [1]  # host 1's own window [1260, 1320) closed by its clock
@@ -184,8 +191,12 @@ def test_a_host_far_ahead_closes_only_its_own_windows():
 def test_a_host_behind_is_on_time_up_to_idle_close_and_late_beyond():
     agg = WindowAggregator(W, L, IDLE)
     agg.push(np.array([0]), np.array([10_000.0]), np.ones(1), host=np.array([0]))
-    lag = agg.push(np.array([1, 1]), np.array([10_000.0 - 500, 10_000.0 - 480]), np.ones(2),
-                   host=np.array([1, 1]))
+    lag = agg.push(
+        np.array([1, 1]),
+        np.array([10_000.0 - 500, 10_000.0 - 480]),
+        np.ones(2),
+        host=np.array([1, 1]),
+    )
     assert lag.n_late == 0  # 500 s behind the partition: still inside idle_close_s
     far = agg.push(np.array([2]), np.array([10_000.0 - 700]), np.ones(1), host=np.array([2]))
     assert far.late_idx.tolist() == [0]  # 700 s behind: its window was closed for every host
@@ -198,7 +209,9 @@ def test_a_silent_host_is_closed_by_the_partition_clock_and_late_after_it_resume
     agg.push(np.array([0, 1, 2, 3]), np.full(4, t0 + 5), np.ones(4), host=np.array([0, 0, 1, 1]))
     closed_at = None
     for k in range(1, 20):  # host 0 keeps reporting every minute
-        out = agg.push(np.array([0, 1]), np.full(2, t0 + 5 + 60 * k), np.ones(2), host=np.array([0, 0]))
+        out = agg.push(
+            np.array([0, 1]), np.full(2, t0 + 5 + 60 * k), np.ones(2), host=np.array([0, 0])
+        )
         mine = out.series[out.series >= 2]
         if mine.size:
             assert closed_at is None and sorted(mine.tolist()) == [2, 3]  # both series at once
@@ -207,8 +220,12 @@ def test_a_silent_host_is_closed_by_the_partition_clock_and_late_after_it_resume
     assert closed_at == math.ceil((60 + IDLE - 5) / 60)
     assert agg.closed_upto()[1] == math.floor((t0 + 5 + 60 * 19 - IDLE) / W)
     # host 1 restarts: events behind its closed windows are late, newer ones are aggregated
-    back = agg.push(np.array([2, 3, 2]), np.array([t0 + 30, t0 + 900, t0 + 1200]), np.ones(3),
-                    host=np.array([1, 1, 1]))
+    back = agg.push(
+        np.array([2, 3, 2]),
+        np.array([t0 + 30, t0 + 900, t0 + 1200]),
+        np.ones(3),
+        host=np.array([1, 1, 1]),
+    )
     assert back.late_idx.tolist() == [0]
     assert back.series.tolist() == [3] and back.start.tolist() == [t0 + 900]  # by its own clock
     last = agg.flush()
@@ -220,17 +237,22 @@ def test_without_host_codes_the_aggregator_keeps_one_clock():
     s, ts, v = rng.integers(0, 10, 800), rng.uniform(0, 3000, 800), rng.normal(size=800)
     a = run_split(s, np.zeros(800, np.int64), ts, v, list(range(50, 800, 50)), idle=None)
     agg = WindowAggregator(W, L)
-    parts = [agg.push(s[i:i + 50], ts[i:i + 50], v[i:i + 50]) for i in range(0, 800, 50)]
+    parts = [agg.push(s[i : i + 50], ts[i : i + 50], v[i : i + 50]) for i in range(0, 800, 50)]
     late = np.concatenate([p.late_idx + i for p, i in zip(parts, range(0, 800, 50), strict=True)])
     assert late.tolist() == a[1].tolist() == reference_late(np.zeros(800, np.int64), ts, idle=None)
-    pd.testing.assert_frame_equal(keyed_windows(ClosedWindows.concat([*parts, agg.flush()])),
-                                  keyed_windows(a[0]))
+    pd.testing.assert_frame_equal(
+        keyed_windows(ClosedWindows.concat([*parts, agg.flush()])), keyed_windows(a[0])
+    )
 
 
 def test_invalid_events_are_never_late_and_move_no_clock():
     agg = WindowAggregator(W, 0.0, IDLE)
-    out = agg.push(np.array([0, 0, 1, 1]), np.array([200.0, 10.0, np.inf, 5.0]),
-                   np.array([1.0, np.nan, 1.0, 1.0]), host=np.array([0, 0, 0, 0]))
+    out = agg.push(
+        np.array([0, 0, 1, 1]),
+        np.array([200.0, 10.0, np.inf, 5.0]),
+        np.array([1.0, np.nan, 1.0, 1.0]),
+        host=np.array([0, 0, 0, 0]),
+    )
     assert out.invalid_idx.tolist() == [1, 2] and out.late_idx.tolist() == [3]
     assert agg.max_ts == 200.0 and agg.closed_upto().tolist() == [3]
 
@@ -255,20 +277,41 @@ def test_bad_host_codes_and_idle_close_raise():
 def test_a_version_1_state_restores_with_the_partition_clock_for_every_host():
     # a version-1 state (one clock per partition), as main@4f710a9 wrote it
     v1 = {
-        "version": 1, "window_s": W, "allowed_lateness_s": L, "max_ts": 1000.0,
-        "closed_upto": 16, "n_late": 2, "n_events": 10, "seq": 12,
-        "open_series": np.array([0, 1, 2]), "open_win": np.array([16, 16, 16]),
-        "open": {k: np.array(v, np.int64 if k == "seqlast" else np.float64) for k, v in {
-            "n": [2, 1, 1], "mv": [1.0, 2.0, 3.0], "m2v": [0.5, 0, 0], "mt": [10.0, 5, 5],
-            "m2t": [8.0, 0, 0], "ctv": [1.0, 0, 0], "vmin": [0.5, 2, 3], "vmax": [1.5, 2, 3],
-            "tlast": [12.0, 5, 5], "vlast": [1.5, 2, 3], "seqlast": [11, 9, 10]}.items()},
-        "prev_mean": np.array([4.0, 5.0, 6.0]), "prev_win": np.array([15, 15, 14]),
+        "version": 1,
+        "window_s": W,
+        "allowed_lateness_s": L,
+        "max_ts": 1000.0,
+        "closed_upto": 16,
+        "n_late": 2,
+        "n_events": 10,
+        "seq": 12,
+        "open_series": np.array([0, 1, 2]),
+        "open_win": np.array([16, 16, 16]),
+        "open": {
+            k: np.array(v, np.int64 if k == "seqlast" else np.float64)
+            for k, v in {
+                "n": [2, 1, 1],
+                "mv": [1.0, 2.0, 3.0],
+                "m2v": [0.5, 0, 0],
+                "mt": [10.0, 5, 5],
+                "m2t": [8.0, 0, 0],
+                "ctv": [1.0, 0, 0],
+                "vmin": [0.5, 2, 3],
+                "vmax": [1.5, 2, 3],
+                "tlast": [12.0, 5, 5],
+                "vlast": [1.5, 2, 3],
+                "seqlast": [11, 9, 10],
+            }.items()
+        },
+        "prev_mean": np.array([4.0, 5.0, 6.0]),
+        "prev_win": np.array([15, 15, 14]),
     }
     agg = WindowAggregator.from_state(v1, host_of=np.array([0, 0, 1]), idle_close_s=IDLE)
     assert agg.to_state()["version"] == WindowAggregator.STATE_VERSION == 2
     assert agg.closed_upto().tolist() == [16, 16] and agg.n_open == 3
-    out = agg.push(np.array([0, 2, 3]), np.array([959.0, 1010.0, 950.0]), np.ones(3),
-                   host=np.array([0, 1, 2]))
+    out = agg.push(
+        np.array([0, 2, 3]), np.array([959.0, 1010.0, 950.0]), np.ones(3), host=np.array([0, 1, 2])
+    )
     assert out.late_idx.tolist() == [0]  # behind the migrated bound; host 2 is new: on time
     assert len(out) == 0
     out = agg.push(np.array([0]), np.array([1111.0]), np.ones(1), host=np.array([0]))
@@ -286,8 +329,9 @@ def test_a_detect_checkpoint_written_before_the_upgrade_restores_and_continues()
     interval=10.0, start=1_780_000_000.0, anomaly_rate=0.0)`` (window 60 s, lateness 30 s)."""
     blob = (DATA / "detect_state_v1.pkl").read_bytes()
     assert pickle.loads(blob)["agg"]["version"] == 1
-    sim = Simulator(hosts=3, tenant="t1", seed=7, interval=10.0, start=1_780_000_000.0,
-                    anomaly_rate=0.0)
+    sim = Simulator(
+        hosts=3, tenant="t1", seed=7, interval=10.0, start=1_780_000_000.0, anomaly_rate=0.0
+    )
     ticks = list(sim.events(ticks=90))
     norm = Normalizer(NormalizeConfig(max_past_age_s=1e12))
 
@@ -304,8 +348,9 @@ def test_a_detect_checkpoint_written_before_the_upgrade_restores_and_continues()
     assert all(r.late_idx.size == 0 for r in rest)
     after = WindowRows.concat([r.windows for r in rest if r.windows is not None])
     fresh = DetectStage(RuleSet([]), window_s=W, lateness_s=L)
-    full = WindowRows.concat([fresh(batch(0, 60)).windows, fresh(batch(60, 90)).windows,
-                              fresh.flush().windows])
+    full = WindowRows.concat(
+        [fresh(batch(0, 60)).windows, fresh(batch(60, 90)).windows, fresh.flush().windows]
+    )
     cut = pickle.loads(blob)["agg"]["closed_upto"] * W  # windows closed before the checkpoint
     want = keyed(full)
     want = want[want["start"] >= cut].reset_index(drop=True)
@@ -318,17 +363,35 @@ def test_a_detect_checkpoint_written_before_the_upgrade_restores_and_continues()
 
 # ---------------------------------------------------------------------------------- detect stage
 def keyed(rows: WindowRows) -> pd.DataFrame:
-    df = pd.DataFrame({"tenant_id": rows.tenant_id.astype(str), "host": rows.host.astype(str),
-                       "metric": rows.metric.astype(str), "start": rows.start, **rows.features,
-                       "score": rows.score})
+    df = pd.DataFrame(
+        {
+            "tenant_id": rows.tenant_id.astype(str),
+            "host": rows.host.astype(str),
+            "metric": rows.metric.astype(str),
+            "start": rows.start,
+            **rows.features,
+            "score": rows.score,
+        }
+    )
     return df.sort_values(["tenant_id", "host", "metric", "start"], ignore_index=True)
 
 
 def events(tenant: str, host: str, ts, start: int = 0) -> list[bytes]:
-    return [orjson.dumps({"event_id": f"{tenant}-{host}-{start + i}", "tenant_id": tenant,
-                          "host": host, "metric": METRICS[i % 2], "value": float(i % 7),
-                          "ts_event": iso_z(t, "milliseconds"), "unit": UNITS[i % 2], "tags": {}})
-            for i, t in enumerate(ts)]
+    return [
+        orjson.dumps(
+            {
+                "event_id": f"{tenant}-{host}-{start + i}",
+                "tenant_id": tenant,
+                "host": host,
+                "metric": METRICS[i % 2],
+                "value": float(i % 7),
+                "ts_event": iso_z(t, "milliseconds"),
+                "unit": UNITS[i % 2],
+                "tags": {},
+            }
+        )
+        for i, t in enumerate(ts)
+    ]
 
 
 def normalized(raws: list[bytes], partition: int = 0) -> MetricBatch:
@@ -366,8 +429,12 @@ def test_a_hosts_future_stamped_event_does_not_close_a_sibling_hosts_windows():
     first = det(normalized(events("acme", "h2", [t, t + 1.0]) + events("acme", "h1", [t + 290.0])))
     assert first.windows is None and first.late_idx.size == 0
     # h1 runs ahead and closes its own windows; h2's current window stays open and keeps counting
-    second = det(normalized(events("acme", "h1", [t + 400.0], start=1)
-                            + events("acme", "h2", [t + 20.0, t + 40.0], start=2)))
+    second = det(
+        normalized(
+            events("acme", "h1", [t + 400.0], start=1)
+            + events("acme", "h2", [t + 20.0, t + 40.0], start=2)
+        )
+    )
     assert second.late_idx.size == 0
     assert set(second.windows.host.tolist()) == {"h1"}
     third = det(normalized(events("acme", "h2", [t + 100.0], start=4)))
@@ -385,8 +452,9 @@ def skewed_raw_stream() -> list[bytes]:
     rng = np.random.default_rng(11)
     rows = []
     for k, tenant in enumerate(("t1", "t2")):
-        sim = Simulator(hosts=3, tenant=tenant, seed=3 + k, interval=10.0, start=start,
-                        anomaly_rate=0.01)
+        sim = Simulator(
+            hosts=3, tenant=tenant, seed=3 + k, interval=10.0, start=start, anomaly_rate=0.01
+        )
         for tick, evs in enumerate(sim.events(ticks=500)):
             for e in evs:
                 ev = orjson.loads(e)

@@ -18,10 +18,15 @@ def _batch(rows: list[tuple[str, str, float, float]]) -> MetricBatch:
         return a
 
     return MetricBatch(
-        obj([f"e{i}-{r[0]}" for i, r in enumerate(rows)]), obj([r[0] for r in rows]),
-        obj([r[1] for r in rows]), obj(["cpu_load"] * n),
-        np.asarray([r[3] for r in rows]), np.asarray([r[2] for r in rows]),
-        obj(["percent"] * n), obj([None] * n), np.zeros(n, np.int64),
+        obj([f"e{i}-{r[0]}" for i, r in enumerate(rows)]),
+        obj([r[0] for r in rows]),
+        obj([r[1] for r in rows]),
+        obj(["cpu_load"] * n),
+        np.asarray([r[3] for r in rows]),
+        np.asarray([r[2] for r in rows]),
+        obj(["percent"] * n),
+        obj([None] * n),
+        np.zeros(n, np.int64),
     )
 
 
@@ -42,8 +47,10 @@ def _b_windows(with_a: bool) -> list[tuple[float, dict, float]]:
         o = det(_batch(rows))
         if o.windows is not None and len(o.windows):
             w = o.windows
-            out += [(float(w.score[i]), w.components[i], float(w.expected[i]))
-                    for i in np.flatnonzero(w.tenant_id == "b")]
+            out += [
+                (float(w.score[i]), w.components[i], float(w.expected[i]))
+                for i in np.flatnonzero(w.tenant_id == "b")
+            ]
     return out
 
 

@@ -39,7 +39,10 @@ def naive(series, ts, value, W):
 
 
 def check(cw: ClosedWindows, ref, W):
-    got = {(int(s), int(round(st / W))): i for i, (s, st) in enumerate(zip(cw.series, cw.start, strict=False))}
+    got = {
+        (int(s), int(round(st / W))): i
+        for i, (s, st) in enumerate(zip(cw.series, cw.start, strict=False))
+    }
     assert set(got) == set(ref)
     for key, i in got.items():
         for f in FEATURES:
@@ -106,10 +109,12 @@ def test_state_round_trip_mid_stream(hosts):
 
     first = a.push(s[:1000], ts[:1000], v[:1000], host=hs(slice(0, 1000)))
     b = WindowAggregator.from_state(pickle.loads(pickle.dumps(a.to_state())))
-    ra = ClosedWindows.concat([a.push(s[1000:], ts[1000:], v[1000:], host=hs(slice(1000, n))),
-                               a.flush()])
-    rb = ClosedWindows.concat([b.push(s[1000:], ts[1000:], v[1000:], host=hs(slice(1000, n))),
-                               b.flush()])
+    ra = ClosedWindows.concat(
+        [a.push(s[1000:], ts[1000:], v[1000:], host=hs(slice(1000, n))), a.flush()]
+    )
+    rb = ClosedWindows.concat(
+        [b.push(s[1000:], ts[1000:], v[1000:], host=hs(slice(1000, n))), b.flush()]
+    )
     for f in FEATURES:
         np.testing.assert_array_equal(ra.features[f], rb.features[f])
     np.testing.assert_array_equal(ra.series, rb.series)
@@ -118,6 +123,8 @@ def test_state_round_trip_mid_stream(hosts):
 
 
 def test_gap_and_change():
-    cw = window_features(np.zeros(3, np.int64), np.array([0.0, 65.0, 250.0]), np.array([1.0, 3.0, 2.0]), 60.0)
+    cw = window_features(
+        np.zeros(3, np.int64), np.array([0.0, 65.0, 250.0]), np.array([1.0, 3.0, 2.0]), 60.0
+    )
     assert cw.features["gap"].tolist() == [0, 0, 2]
     assert cw.features["change"].tolist() == [0.0, 2.0, -1.0]

@@ -73,8 +73,10 @@ def test_health_server_serves_liveness_and_readiness():
             return e.code, json.loads(e.read())
 
     try:
-        assert get("/readyz") == (503, {"status": "starting",
-                                         "checks": {"postgres": "ok", "kafka": "starting"}})
+        assert get("/readyz") == (
+            503,
+            {"status": "starting", "checks": {"postgres": "ok", "kafka": "starting"}},
+        )
         h.set_ready()
         assert get("/readyz")[0] == 200
         h.degraded("kafka", "offset commit: _WAIT_COORD")
@@ -84,7 +86,10 @@ def test_health_server_serves_liveness_and_readiness():
         h.beat()
         assert get("/healthz")[0] == 200
         time.sleep(0.6)  # longer than stall_s without a beat
-        assert get("/healthz") == (503, {"status": "stalled", "loop_age_s": pytest.approx(0.6, abs=0.5)})
+        assert get("/healthz") == (
+            503,
+            {"status": "stalled", "loop_age_s": pytest.approx(0.6, abs=0.5)},
+        )
         assert get("/nope")[0] == 404
     finally:
         srv.stop()

@@ -10,8 +10,15 @@ NOW = 1_780_000_000.0
 
 
 def ev(**kw):
-    base = {"tenant_id": "acme", "host": "host-a", "metric": "cpu_load", "value": 92,
-            "ts_event": "2026-05-28T20:26:40Z", "unit": "%", "tags": {"env": "prod"}}
+    base = {
+        "tenant_id": "acme",
+        "host": "host-a",
+        "metric": "cpu_load",
+        "value": 92,
+        "ts_event": "2026-05-28T20:26:40Z",
+        "unit": "%",
+        "tags": {"env": "prod"},
+    }
     base.update(kw)
     return json.dumps({k: v for k, v in base.items() if v is not ...}).encode()
 
@@ -52,9 +59,18 @@ def test_event_id_is_deterministic_from_offset_or_agent_id():
         (ev(host=7), "bad_type"),
         (ev(ts_event="yesterday"), "bad_type"),
         (ev(ts_event="2026-05-28T20:26:40"), "bad_type"),
-        (b'{"tenant_id":"acme","host":"h","metric":"m","value":NaN,"ts_event":1780000000}', "non_finite"),
-        (b'{"tenant_id":"acme","host":"h","metric":"m","value":Infinity,"ts_event":1780000000}', "non_finite"),
-        (b'{"tenant_id":"acme","host":"h","metric":"m","value":-Infinity,"ts_event":1780000000}', "non_finite"),
+        (
+            b'{"tenant_id":"acme","host":"h","metric":"m","value":NaN,"ts_event":1780000000}',
+            "non_finite",
+        ),
+        (
+            b'{"tenant_id":"acme","host":"h","metric":"m","value":Infinity,"ts_event":1780000000}',
+            "non_finite",
+        ),
+        (
+            b'{"tenant_id":"acme","host":"h","metric":"m","value":-Infinity,"ts_event":1780000000}',
+            "non_finite",
+        ),
         (ev(ts_event=NOW + 365 * 86400), "ts_out_of_range"),
         (ev(ts_event=NOW - 365 * 86400), "ts_out_of_range"),
         (ev(tenant_id="evil"), "unknown_tenant"),
@@ -80,8 +96,13 @@ def test_bad_input_is_dead_lettered_with_reason(raw, reason):
 
 
 def test_metric_and_unit_normalisation():
-    b, dead = run([ev(metric="CPU-Load", unit="%"), ev(metric="latency p99", value=250, unit="ms"),
-                   ev(metric="mem", value=2, unit="GiB")])
+    b, dead = run(
+        [
+            ev(metric="CPU-Load", unit="%"),
+            ev(metric="latency p99", value=250, unit="ms"),
+            ev(metric="mem", value=2, unit="GiB"),
+        ]
+    )
     assert dead == []
     assert list(b.metric) == ["cpu_load", "latency_p99", "mem"]
     assert list(b.unit) == ["percent", "s", "bytes"]

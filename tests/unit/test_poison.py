@@ -20,9 +20,23 @@ from tests.poison import load_corpus
 NOW = time.time()
 TENANT = "acme"
 CORPUS = load_corpus(TENANT, NOW)
-REASONS = {"too_large", "bad_encoding", "bad_json", "not_object", "missing_field", "bad_type",
-           "non_finite", "bad_text", "bad_field", "bad_event_id", "ts_out_of_range",
-           "unknown_tenant", "bad_tags", "tag_too_large", "too_many_tags"}
+REASONS = {
+    "too_large",
+    "bad_encoding",
+    "bad_json",
+    "not_object",
+    "missing_field",
+    "bad_type",
+    "non_finite",
+    "bad_text",
+    "bad_field",
+    "bad_event_id",
+    "ts_out_of_range",
+    "unknown_tenant",
+    "bad_tags",
+    "tag_too_large",
+    "too_many_tags",
+}
 TOPIC = "ingest.raw.agent"
 
 
@@ -31,8 +45,17 @@ def normalizer(**cfg) -> Normalizer:
 
 
 def good(i: int) -> bytes:
-    return orjson.dumps({"tenant_id": TENANT, "host": f"good-{i}", "metric": "cpu_load",
-                         "value": float(i), "ts_event": NOW - 1, "unit": "%", "tags": {"i": i}})
+    return orjson.dumps(
+        {
+            "tenant_id": TENANT,
+            "host": f"good-{i}",
+            "metric": "cpu_load",
+            "value": float(i),
+            "ts_event": NOW - 1,
+            "unit": "%",
+            "tags": {"i": i},
+        }
+    )
 
 
 # -- an independent statement of what a stored row may hold ---------------------------------
@@ -81,6 +104,7 @@ def assert_storable(b) -> None:
 
 # -- the corpus -------------------------------------------------------------------------------
 
+
 def test_corpus_covers_the_issue():
     names = {c.name for c in CORPUS}
     assert len(CORPUS) >= 40 and len(names) == len(CORPUS)
@@ -88,20 +112,61 @@ def test_corpus_covers_the_issue():
     assert {c.reason for c in CORPUS} - {None} <= REASONS
     assert sum(c.reason is None for c in CORPUS) >= 10
     listed = {  # the inputs issue 8 names, one case each at least
-        "nul_in_unit", "nul_in_tag_value_short_message", "nul_in_tag_key", "nul_in_event_id",
-        "nul_in_host", "nul_in_metric", "nul_in_tenant", "newline_suffix_host",
-        "newline_suffix_metric", "newline_suffix_tenant", "lone_high_surrogate_in_unit",
-        "lone_low_surrogate_in_unit", "lone_surrogate_in_tag_value", "lone_surrogate_in_event_id",
-        "lone_surrogate_in_host", "message_2_050_000_bytes", "message_2_097_000_bytes",
-        "value_400_digit_int", "value_negative_400_digit_int", "value_1e400", "value_nan_literal",
-        "value_infinity_literal", "value_bool", "value_string", "value_null", "tags_nested_object",
-        "tags_list", "too_many_tags_65", "tag_value_2000_bytes", "deep_nesting_100k",
-        "invalid_utf8_in_string", "overlong_utf8_nul", "utf8_bom", "empty_message",
-        "whitespace_only", "top_level_array", "top_level_string", "top_level_number",
-        "ts_no_timezone", "ts_words", "ts_year_9999", "ts_epoch_1e20", "ts_huge_int", "unit_int",
-        "event_id_int", "event_id_129_chars", "ansi_escape_in_host", "c1_escaped_in_host",
-        "bell_in_metric", "unknown_tenant", "valid_emoji_cjk_tag_value", "valid_cjk_unit",
-        "valid_backslash_quote_tab_in_tags", "valid_event_id_with_spaces", "valid_host_255_chars",
+        "nul_in_unit",
+        "nul_in_tag_value_short_message",
+        "nul_in_tag_key",
+        "nul_in_event_id",
+        "nul_in_host",
+        "nul_in_metric",
+        "nul_in_tenant",
+        "newline_suffix_host",
+        "newline_suffix_metric",
+        "newline_suffix_tenant",
+        "lone_high_surrogate_in_unit",
+        "lone_low_surrogate_in_unit",
+        "lone_surrogate_in_tag_value",
+        "lone_surrogate_in_event_id",
+        "lone_surrogate_in_host",
+        "message_2_050_000_bytes",
+        "message_2_097_000_bytes",
+        "value_400_digit_int",
+        "value_negative_400_digit_int",
+        "value_1e400",
+        "value_nan_literal",
+        "value_infinity_literal",
+        "value_bool",
+        "value_string",
+        "value_null",
+        "tags_nested_object",
+        "tags_list",
+        "too_many_tags_65",
+        "tag_value_2000_bytes",
+        "deep_nesting_100k",
+        "invalid_utf8_in_string",
+        "overlong_utf8_nul",
+        "utf8_bom",
+        "empty_message",
+        "whitespace_only",
+        "top_level_array",
+        "top_level_string",
+        "top_level_number",
+        "ts_no_timezone",
+        "ts_words",
+        "ts_year_9999",
+        "ts_epoch_1e20",
+        "ts_huge_int",
+        "unit_int",
+        "event_id_int",
+        "event_id_129_chars",
+        "ansi_escape_in_host",
+        "c1_escaped_in_host",
+        "bell_in_metric",
+        "unknown_tenant",
+        "valid_emoji_cjk_tag_value",
+        "valid_cjk_unit",
+        "valid_backslash_quote_tab_in_tags",
+        "valid_event_id_with_spaces",
+        "valid_host_255_chars",
     }
     assert listed <= names, listed - names
     sizes = {c.name: len(c.raw) for c in CORPUS}
@@ -141,20 +206,34 @@ def test_whole_corpus_in_one_batch_each_case_once():
 def test_bad_text_detail_names_the_field():
     by = {c.name: c for c in CORPUS}
     n = normalizer()
-    for name, field in [("nul_in_unit", "unit"), ("nul_in_tag_key", "tag key"),
-                        ("nul_in_tag_value_short_message", "tag 'a' value"),
-                        ("nul_in_event_id", "event_id"), ("newline_suffix_host", "host"),
-                        ("lone_surrogate_in_host", "host"), ("nul_in_tenant", "tenant_id"),
-                        ("bell_in_metric", "metric")]:
+    for name, field in [
+        ("nul_in_unit", "unit"),
+        ("nul_in_tag_key", "tag key"),
+        ("nul_in_tag_value_short_message", "tag 'a' value"),
+        ("nul_in_event_id", "event_id"),
+        ("newline_suffix_host", "host"),
+        ("lone_surrogate_in_host", "host"),
+        ("nul_in_tenant", "tenant_id"),
+        ("bell_in_metric", "metric"),
+    ]:
         _, dead = n([by[name].raw], TOPIC, [0], [0], now=NOW)
         assert dead[0].detail.startswith(field), (name, dead[0].detail)
 
 
 # -- regressions of issue 8 -------------------------------------------------------------------
 
+
 def test_nul_in_tag_of_short_message_is_not_skipped_by_the_tag_fast_path():
-    raw = orjson.dumps({"tenant_id": TENANT, "host": "h", "metric": "m", "value": 1,
-                        "ts_event": NOW, "tags": {"a": "\x00"}})
+    raw = orjson.dumps(
+        {
+            "tenant_id": TENANT,
+            "host": "h",
+            "metric": "m",
+            "value": 1,
+            "ts_event": NOW,
+            "tags": {"a": "\x00"},
+        }
+    )
     assert len(raw) < 1024
     _, dead = normalizer()([raw], TOPIC, [0], [0], now=NOW)
     assert [d.reason for d in dead] == ["bad_text"]
@@ -171,27 +250,44 @@ def test_trailing_newline_in_names_is_refused_although_re_dollar_accepts_it():
 
 
 def test_400_digit_value_is_non_finite_and_spares_its_batch():
-    raw = b'{"tenant_id":"acme","host":"h","metric":"m","value":1' + b"0" * 399 + b',"ts_event":%d}' % NOW
+    raw = (
+        b'{"tenant_id":"acme","host":"h","metric":"m","value":1'
+        + b"0" * 399
+        + b',"ts_event":%d}' % NOW
+    )
     b, dead = normalizer()([good(0), raw, good(1)], TOPIC, [0] * 3, [0, 1, 2], now=NOW)
     assert [d.reason for d in dead] == ["non_finite"] and len(b) == 2
 
 
 def test_4301_digit_value_beyond_int_str_limit_is_non_finite():
-    raw = b'{"tenant_id":"acme","host":"h","metric":"m","value":' + b"9" * 4301 + b',"ts_event":%d}' % NOW
+    raw = (
+        b'{"tenant_id":"acme","host":"h","metric":"m","value":'
+        + b"9" * 4301
+        + b',"ts_event":%d}' % NOW
+    )
     _, dead = normalizer()([raw], TOPIC, [0], [0], now=NOW)
     assert [d.reason for d in dead] == ["non_finite"]
 
 
 def test_lone_surrogate_in_long_tag_value_does_not_raise():
     # the size check encoded the value strictly: UnicodeEncodeError took the batch down
-    raw = json.dumps({"tenant_id": TENANT, "host": "h", "metric": "m", "value": 1, "ts_event": NOW,
-                      "tags": {"a": "x" * 2000 + "\ud800"}}).encode()
+    raw = json.dumps(
+        {
+            "tenant_id": TENANT,
+            "host": "h",
+            "metric": "m",
+            "value": 1,
+            "ts_event": NOW,
+            "tags": {"a": "x" * 2000 + "\ud800"},
+        }
+    ).encode()
     b, dead = normalizer()([good(0), raw], TOPIC, [0, 0], [0, 1], now=NOW)
     assert [d.reason for d in dead] == ["tag_too_large"] and len(b) == 1
 
 
 def test_ts_with_nul_is_refused_though_fromisoformat_stops_at_it():
     from datetime import datetime
+
     assert datetime.fromisoformat("2026-05-28T20:26:40Z\x00junk")  # the pitfall
     by = {c.name: c for c in CORPUS}
     _, dead = normalizer()([by["ts_nul_before_zone"].raw], TOPIC, [0], [0], now=NOW)
@@ -203,24 +299,82 @@ def test_decoders_refuse_raw_control_bytes_and_encoded_surrogates():
     character reaches a decoded string only through a backslash escape, a raw DEL or a raw C1."""
     n = normalizer()
     for c in range(0x20):
-        raw = b'{"tenant_id":"acme","host":"h","metric":"m","value":1,"ts_event":%d,"unit":"%c"}' % (NOW, c)
+        raw = (
+            b'{"tenant_id":"acme","host":"h","metric":"m","value":1,"ts_event":%d,"unit":"%c"}'
+            % (NOW, c)
+        )
         _, dead = n([raw], TOPIC, [0], [0], now=NOW)
         assert [d.reason for d in dead] == ["bad_json"], c
     for seq in (b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xc0\x80"):
-        raw = b'{"tenant_id":"acme","host":"h","metric":"m","value":1,"ts_event":%d,"unit":"%s"}' % (NOW, seq)
+        raw = (
+            b'{"tenant_id":"acme","host":"h","metric":"m","value":1,"ts_event":%d,"unit":"%s"}'
+            % (NOW, seq)
+        )
         _, dead = n([raw], TOPIC, [0], [0], now=NOW)
         assert [d.reason for d in dead] == ["bad_encoding"], seq
     assert suspects([good(0), good(1)]) is None
-    assert suspects([good(0), b'"\\u0000"', b"\x7f", "\u0085".encode()]) == [False, True, True, True]
+    assert suspects([good(0), b'"\\u0000"', b"\x7f", "\u0085".encode()]) == [
+        False,
+        True,
+        True,
+        True,
+    ]
 
 
 # -- property test ----------------------------------------------------------------------------
 
-_ALPHABET = ["\x00", "\n", "\t", "\r", "\x1b", "\x7f", "\x85", "\x9f", "\ud800", "\udfff",
-             "\ud83d\udd25", "é", "漢", "\u2028", "\ufeff", "\\", '"', " ", "a", "Z", "0", "-", "/",
-             ":", "@", ".", "_"]
-_SCALARS = [0, -1, 1.5, 1e308, -1e308, 5e-324, 2**63, 2**64 - 1, 2**64, -(2**63) - 1, 10**400,
-            float("nan"), float("inf"), True, None, "", "x" * 300, [], {}, [1], {"a": 1}]
+_ALPHABET = [
+    "\x00",
+    "\n",
+    "\t",
+    "\r",
+    "\x1b",
+    "\x7f",
+    "\x85",
+    "\x9f",
+    "\ud800",
+    "\udfff",
+    "\ud83d\udd25",
+    "é",
+    "漢",
+    "\u2028",
+    "\ufeff",
+    "\\",
+    '"',
+    " ",
+    "a",
+    "Z",
+    "0",
+    "-",
+    "/",
+    ":",
+    "@",
+    ".",
+    "_",
+]
+_SCALARS = [
+    0,
+    -1,
+    1.5,
+    1e308,
+    -1e308,
+    5e-324,
+    2**63,
+    2**64 - 1,
+    2**64,
+    -(2**63) - 1,
+    10**400,
+    float("nan"),
+    float("inf"),
+    True,
+    None,
+    "",
+    "x" * 300,
+    [],
+    {},
+    [1],
+    {"a": 1},
+]
 
 
 def _mutate_text(rng: random.Random, s: str) -> str:
@@ -238,14 +392,32 @@ def _mutate_text(rng: random.Random, s: str) -> str:
 
 
 def _mutated_event(rng: random.Random) -> bytes:
-    ev = {"tenant_id": TENANT, "host": f"h{rng.randrange(9)}", "metric": "cpu_load",
-          "value": rng.uniform(-1e6, 1e6), "ts_event": NOW - rng.uniform(0, 1000), "unit": "ms",
-          "tags": {"env": "prod", "k": "v"}}
+    ev = {
+        "tenant_id": TENANT,
+        "host": f"h{rng.randrange(9)}",
+        "metric": "cpu_load",
+        "value": rng.uniform(-1e6, 1e6),
+        "ts_event": NOW - rng.uniform(0, 1000),
+        "unit": "ms",
+        "tags": {"env": "prod", "k": "v"},
+    }
     if rng.random() < 0.3:
         ev["event_id"] = f"id-{rng.randrange(10**9)}"
     for _ in range(rng.randrange(1, 4)):
-        field = rng.choice(["tenant_id", "host", "metric", "value", "ts_event", "unit", "tags",
-                            "event_id", "tagkey", "tagval"])
+        field = rng.choice(
+            [
+                "tenant_id",
+                "host",
+                "metric",
+                "value",
+                "ts_event",
+                "unit",
+                "tags",
+                "event_id",
+                "tagkey",
+                "tagval",
+            ]
+        )
         if field == "tagkey":
             tags = ev["tags"] if isinstance(ev.get("tags"), dict) else {}
             tags[_mutate_text(rng, "k")] = "v"
@@ -280,8 +452,12 @@ def _random_bytes(rng: random.Random) -> bytes:
     if k == 0:
         return rng.randbytes(rng.randrange(0, 300))
     if k == 1:  # JSON-ish garbage
-        return "".join(rng.choice('{}[]",:0123456789.eE-+ntrufalsNI\\u') for _ in range(rng.randrange(60))).encode()
-    return rng.choice([b"[" * 3000, b"{" * 5000, b'{"a":' * 2000, b"\xef\xbb\xbf{}", b"\x00", b"null", b"1e999"])
+        return "".join(
+            rng.choice('{}[]",:0123456789.eE-+ntrufalsNI\\u') for _ in range(rng.randrange(60))
+        ).encode()
+    return rng.choice(
+        [b"[" * 3000, b"{" * 5000, b'{"a":' * 2000, b"\xef\xbb\xbf{}", b"\x00", b"null", b"1e999"]
+    )
 
 
 def test_property_total_and_each_input_once_and_rows_storable():
@@ -291,7 +467,9 @@ def test_property_total_and_each_input_once_and_rows_storable():
     seen_reasons: set[str] = set()
     stored_n = 0
     for _ in range(25):
-        raws = [_mutated_event(rng) if rng.random() < 0.7 else _random_bytes(rng) for _ in range(1000)]
+        raws = [
+            _mutated_event(rng) if rng.random() < 0.7 else _random_bytes(rng) for _ in range(1000)
+        ]
         raws += [good(i) for i in range(40)]
         rng.shuffle(raws)
         offs = list(range(total, total + len(raws)))
@@ -309,5 +487,12 @@ def test_property_total_and_each_input_once_and_rows_storable():
         total += len(raws)
     assert total >= 20_000
     # the generator reaches the interesting reasons and stores a fair share
-    assert {"bad_text", "bad_json", "bad_encoding", "non_finite", "bad_tags", "bad_type"} <= seen_reasons
+    assert {
+        "bad_text",
+        "bad_json",
+        "bad_encoding",
+        "non_finite",
+        "bad_tags",
+        "bad_type",
+    } <= seen_reasons
     assert stored_n > total * 0.1

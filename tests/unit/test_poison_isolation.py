@@ -44,20 +44,33 @@ class FaultyEnrich(Enricher):
 
 
 def sim_batches(now: float, n_batches: int = 16, per: int = 400) -> list[list[bytes]]:
-    sim = Simulator(hosts=20, tenant=TENANT, seed=5, interval=10.0, start=now - 3600, anomaly_rate=0.05)
+    sim = Simulator(
+        hosts=20, tenant=TENANT, seed=5, interval=10.0, start=now - 3600, anomaly_rate=0.05
+    )
     flat = [e for evs in sim.events(ticks=n_batches * per // 80) for e in evs]
-    return [flat[i:i + per] for i in range(0, len(flat), per)][:n_batches]
+    return [flat[i : i + per] for i in range(0, len(flat), per)][:n_batches]
 
 
 def boom_event(ts: float) -> bytes:
-    return orjson.dumps({"tenant_id": TENANT, "host": BOOM, "metric": "cpu_load", "value": 1.0,
-                         "ts_event": ts, "unit": "%"})
+    return orjson.dumps(
+        {
+            "tenant_id": TENANT,
+            "host": BOOM,
+            "metric": "cpu_load",
+            "value": 1.0,
+            "ts_event": ts,
+            "unit": "%",
+        }
+    )
 
 
 def stages(detect_cls=DetectStage, enrich_cls=Enricher):
     rules = RulesFile(REPO_ROOT / "pipeline" / "rules.default.toml").rules
-    return (Normalizer(NormalizeConfig(known_tenants=frozenset({TENANT}), max_past_age_s=1e9)),
-            enrich_cls(), detect_cls(rules, window_s=60.0, lateness_s=10.0))
+    return (
+        Normalizer(NormalizeConfig(known_tenants=frozenset({TENANT}), max_past_age_s=1e9)),
+        enrich_cls(),
+        detect_cls(rules, window_s=60.0, lateness_s=10.0),
+    )
 
 
 def drive(batches, norm, enr, det, history):
@@ -84,8 +97,10 @@ def same(a: object, b: object) -> bool:
 
 def canon(out: StageOutput) -> tuple:
     """Order-free view of an output (a bisected batch emits the same rows in slices)."""
-    recs = sorted(out.windows.records() if out.windows is not None else [],
-                  key=lambda r: (r["tenant_id"], r["host"], r["metric"], r["window_start"]))
+    recs = sorted(
+        out.windows.records() if out.windows is not None else [],
+        key=lambda r: (r["tenant_id"], r["host"], r["metric"], r["window_start"]),
+    )
     alerts = [a.to_dict() for a in sorted(out.alerts, key=lambda a: a.event_key)]
     return sorted(out.batch.event_id.tolist()), recs, alerts
 
@@ -111,12 +126,14 @@ def test_detect_fault_on_one_event_dead_letters_it_and_the_rest_scores_as_withou
     got = drive(poisoned, norm, enr, det, DetectHistory(max_events=1000))
 
     dead = [d for o in got for d in o.dead]
-    assert [(d.reason, d.stage, d.offset) for d in dead] == [("stage_error", "detect", sum(map(len, poisoned[:k])) + where)]
+    assert [(d.reason, d.stage, d.offset) for d in dead] == [
+        ("stage_error", "detect", sum(map(len, poisoned[:k])) + where)
+    ]
     assert dead[0].raw == boom_event(ts) and dead[0].topic == "src" and dead[0].partition == 0
     assert "injected detect fault" in dead[0].detail
     assert sum(len(o.batch) for o in got) == sum(len(b) for b in batches)
     # same rows, windows, scores and alerts as a run that never saw the event, batch by batch
-    assert any(o.windows is not None for o in clean[:k + 1])
+    assert any(o.windows is not None for o in clean[: k + 1])
     for i, (a, b) in enumerate(zip(got, clean, strict=True)):
         assert_same(a, b, f"batch {i}")
 
@@ -133,8 +150,11 @@ def test_state_after_isolation_equals_state_without_the_event():
     norm, enr, det = stages(FaultyDetect)
     drive(poisoned, norm, enr, det, DetectHistory(max_events=1500))
     a, b = det.flush(), clean_det.flush()
-    assert_same(StageOutput(windows=a.windows, alerts=a.alerts),
-                StageOutput(windows=b.windows, alerts=b.alerts), "flushed state")
+    assert_same(
+        StageOutput(windows=a.windows, alerts=a.alerts),
+        StageOutput(windows=b.windows, alerts=b.alerts),
+        "flushed state",
+    )
     assert sorted(det.parts) == sorted(clean_det.parts)
     assert det.parts[0].names == clean_det.parts[0].names  # no series of the failed attempt left
 
@@ -148,7 +168,9 @@ def test_enrich_fault_costs_its_event_only():
     run, letter = raw_chain(raws, "src", 0, 1000, norm, enr, det)
     out = run_isolated(run, range(len(raws)), letter, det, DetectHistory())
     assert [(d.reason, d.stage, d.offset) for d in out.dead] == [
-        ("stage_error", "enrich", 1010), ("stage_error", "enrich", 1011)]
+        ("stage_error", "enrich", 1010),
+        ("stage_error", "enrich", 1011),
+    ]
     assert len(out.batch) == len(batches[1])
 
 
@@ -176,7 +198,11 @@ def test_late_event_dead_letter_carries_original_bytes_and_offset():
     late_dl = [d for d in out.dead if d.reason == "ts_too_old"]
     assert len(late_dl) == 1
     d = late_dl[0]
-    assert d.raw == late and (d.topic, d.partition, d.offset) == ("ingest.raw.agent", 0, 5000 + len(raws) - 1)
+    assert d.raw == late and (d.topic, d.partition, d.offset) == (
+        "ingest.raw.agent",
+        0,
+        5000 + len(raws) - 1,
+    )
     assert d.stage == "detect"
     assert "late-1" not in out.batch.event_id.tolist()
 

@@ -17,18 +17,48 @@ from pipeline.stages import normalize
 ROOT = Path(__file__).resolve().parents[2]
 
 #: the keys of ``alert_events.payload``, the alert topic's records and SSE frames (+ ``seq``)
-PAYLOAD_KEYS = ["event_key", "alert_id", "kind", "state", "tenant_id", "host", "metric", "value",
-                "severity", "ts_event", "opened_at", "rule", "threshold", "message", "score",
-                "explanation", "model_version", "event_id"]
+PAYLOAD_KEYS = [
+    "event_key",
+    "alert_id",
+    "kind",
+    "state",
+    "tenant_id",
+    "host",
+    "metric",
+    "value",
+    "severity",
+    "ts_event",
+    "opened_at",
+    "rule",
+    "threshold",
+    "message",
+    "score",
+    "explanation",
+    "model_version",
+    "event_id",
+]
 
 
 def event(**kw) -> AlertEvent:
     ts = kw.pop("ts", 1_780_000_123.456789)
-    base = dict(alert_id=alert_id("acme", "web-1", "cpu", "cpu_high", ts), kind="open",
-                tenant_id="acme", host="web-1", metric="cpu", value=97.5, severity="critical",
-                ts=ts, opened_at=ts, rule="cpu_high", threshold=90, message="cpu on web-1 is 97.5",
-                score=1.0, explanation={"components": ["threshold"], "actual": 97.5},
-                model_version=None, event_id="e1")
+    base = dict(
+        alert_id=alert_id("acme", "web-1", "cpu", "cpu_high", ts),
+        kind="open",
+        tenant_id="acme",
+        host="web-1",
+        metric="cpu",
+        value=97.5,
+        severity="critical",
+        ts=ts,
+        opened_at=ts,
+        rule="cpu_high",
+        threshold=90,
+        message="cpu on web-1 is 97.5",
+        score=1.0,
+        explanation={"components": ["threshold"], "actual": 97.5},
+        model_version=None,
+        event_id="e1",
+    )
     return AlertEvent(**{**base, **kw})
 
 
@@ -60,12 +90,15 @@ def _fields(ev: AlertEvent) -> dict:
     return {k: getattr(ev, k) for k in ev.__dataclass_fields__}
 
 
-@pytest.mark.parametrize(("change", "error"), [
-    ({"kind": "reopen"}, ValueError),
-    ({"severity": "info"}, ValueError),
-    ({"event_key": "x:open:1.0"}, ValueError),  # does not match the transition
-    ({"alert_id": None}, KeyError),  # removed below
-])
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"kind": "reopen"}, ValueError),
+        ({"severity": "info"}, ValueError),
+        ({"event_key": "x:open:1.0"}, ValueError),  # does not match the transition
+        ({"alert_id": None}, KeyError),  # removed below
+    ],
+)
 def test_a_record_that_is_not_an_alert_event_is_refused(change, error):
     d = event().to_dict()
     d.update(change)

@@ -45,8 +45,14 @@ def test_importing_the_seam_and_the_entry_points_does_not_import_mlflow():
         "    importlib.import_module(m)\n"
         "print(sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.')))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                         text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert out.stdout.strip() == "[]", out.stdout
 
 

@@ -12,7 +12,9 @@ def test_seasonal_expected_of_an_unlearned_series_does_not_depend_on_other_serie
     X0 = {"series": np.array([0]), "start": np.array([3600.0]), "mean": np.array([5.0])}
     alone = SeasonalProfile()
     after_other = SeasonalProfile()
-    after_other.learn_many({"series": np.array([1]), "start": np.array([0.0]), "mean": np.array([7.0])})
+    after_other.learn_many(
+        {"series": np.array([1]), "start": np.array([0.0]), "mean": np.array([7.0])}
+    )
     e_alone, _ = alone.expected_many(X0)
     e_after, _ = after_other.expected_many(X0)
     assert np.isnan(e_alone[0]) and np.isnan(e_after[0])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
-OUTSIDE = ("shared/datasets", "shared\" / \"datasets", "nab-dev")
+OUTSIDE = ("shared/datasets", 'shared" / "datasets', "nab-dev")
 
 
 def test_no_test_reads_data_from_outside_the_repository():

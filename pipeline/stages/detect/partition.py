@@ -56,8 +56,14 @@ def load_state(blob: bytes) -> dict:
 class PartitionState:
     """Everything detect keeps for one input partition."""
 
-    def __init__(self, rules: RuleSet, window_s: float, lateness_s: float,
-                 ensemble: Ensemble | None = None, idle_close_s: float | None = None) -> None:
+    def __init__(
+        self,
+        rules: RuleSet,
+        window_s: float,
+        lateness_s: float,
+        ensemble: Ensemble | None = None,
+        idle_close_s: float | None = None,
+    ) -> None:
         self.keys: dict[tuple[str, str, str], int] = {}
         self.names: list[tuple[str, str, str]] = []
         #: metric family per (tenant, metric): detectors share a family's prior and River model,
@@ -68,8 +74,9 @@ class PartitionState:
         self.hosts: dict[tuple[str, str], int] = {}
         self.host: list[int] = []
         self._host_codes = np.empty(0, np.int64)
-        self.agg = WindowAggregator(window_s=window_s, allowed_lateness_s=lateness_s,
-                                    idle_close_s=idle_close_s)
+        self.agg = WindowAggregator(
+            window_s=window_s, allowed_lateness_s=lateness_s, idle_close_s=idle_close_s
+        )
         self.ensemble = ensemble or default_ensemble()
         self.rule_alerts = RuleAlerts(rules)
         self.score_alerts = ScoreAlerts()
@@ -102,28 +109,39 @@ class PartitionState:
         return self._host_codes[series]
 
     def to_state(self) -> dict:
-        return {"version": STATE_VERSION, "names": list(self.names), "families": dict(self.families),
-                "family": list(self.family), "agg": self.agg.to_state(),
-                "ensemble": self.ensemble.to_state(), "rule_alerts": self.rule_alerts.to_state(),
-                "score_alerts": self.score_alerts.to_state()}
+        return {
+            "version": STATE_VERSION,
+            "names": list(self.names),
+            "families": dict(self.families),
+            "family": list(self.family),
+            "agg": self.agg.to_state(),
+            "ensemble": self.ensemble.to_state(),
+            "rule_alerts": self.rule_alerts.to_state(),
+            "score_alerts": self.score_alerts.to_state(),
+        }
 
     def dumps(self) -> bytes:
         """The checkpoint blob of this state."""
         return pickle.dumps(self.to_state(), protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
-    def loads(cls, blob: bytes, rules: RuleSet, idle_close_s: float | None = None) -> PartitionState:
+    def loads(
+        cls, blob: bytes, rules: RuleSet, idle_close_s: float | None = None
+    ) -> PartitionState:
         """Back from a checkpoint blob of any version (see the module docstring)."""
         return cls.from_state(load_state(blob), rules, idle_close_s)
 
     @classmethod
-    def from_state(cls, st: dict, rules: RuleSet, idle_close_s: float | None = None) -> PartitionState:
+    def from_state(
+        cls, st: dict, rules: RuleSet, idle_close_s: float | None = None
+    ) -> PartitionState:
         """Rebuild from :meth:`to_state`; ``idle_close_s`` is the running configuration's (it
         also applies to checkpoints written before event time was kept per host)."""
         version = st.get("version", 1)
         if version > STATE_VERSION:
-            raise ValueError(f"detect state version {version} is newer than this code's "
-                             f"({STATE_VERSION})")
+            raise ValueError(
+                f"detect state version {version} is newer than this code's ({STATE_VERSION})"
+            )
         ps = cls.__new__(cls)
         ps.names = [tuple(n) for n in st["names"]]
         ps.keys = {n: i for i, n in enumerate(ps.names)}
@@ -133,10 +151,10 @@ class PartitionState:
         for n in ps.names:
             ps.host.append(ps.hosts.setdefault(n[:2], len(ps.hosts)))
         ps._host_codes = np.empty(0, np.int64)
-        ps.agg = WindowAggregator.from_state(st["agg"], host_of=np.asarray(ps.host, np.int64),
-                                             idle_close_s=idle_close_s)
+        ps.agg = WindowAggregator.from_state(
+            st["agg"], host_of=np.asarray(ps.host, np.int64), idle_close_s=idle_close_s
+        )
         ps.ensemble = Ensemble.from_state(st["ensemble"])
         ps.rule_alerts = RuleAlerts.from_state(st["rule_alerts"], rules)
         ps.score_alerts = ScoreAlerts.from_state(st["score_alerts"])
         return ps
-

@@ -60,7 +60,9 @@ class RuleAlerts:
         """Re-arm open alerts read back from storage (after a restart or a rebalance)."""
         for a in open_alerts:
             self.series[(a.tenant_id, a.host, a.metric)] = SeriesAlert(
-                level=LEVEL[a.severity], alert_id=a.alert_id, opened_at=float(a.opened_at),
+                level=LEVEL[a.severity],
+                alert_id=a.alert_id,
+                opened_at=float(a.opened_at),
                 last_ts=float(a.last_ts),
             )
 
@@ -75,8 +77,9 @@ class RuleAlerts:
         checkpoints of version 1 pickled)."""
         ra = cls(rules)
         for k, v in st.items():
-            ra.series[tuple(k)] = v if isinstance(v, SeriesAlert) else SeriesAlert(
-                v[0], v[1], v[2], dict(v[3]), v[4])
+            ra.series[tuple(k)] = (
+                v if isinstance(v, SeriesAlert) else SeriesAlert(v[0], v[1], v[2], dict(v[3]), v[4])
+            )
         return ra
 
     def __call__(self, batch: MetricBatch) -> AlertBatch:
@@ -89,7 +92,9 @@ class RuleAlerts:
         # every event of a series that is above a threshold here, or whose alert is open or
         # pending, runs through the state machine (healthy events clear alerts)
         hot_idx = np.flatnonzero(hot)
-        keys = set(zip(batch.tenant_id[hot_idx], batch.host[hot_idx], batch.metric[hot_idx], strict=True))
+        keys = set(
+            zip(batch.tenant_id[hot_idx], batch.host[hot_idx], batch.metric[hot_idx], strict=True)
+        )
         keys.update(k for k, s in self.series.items() if s.level or s.pending)
         if keys:
             hosts = np.array(sorted({k[1] for k in keys}), dtype=object)
@@ -101,8 +106,14 @@ class RuleAlerts:
         rows = np.flatnonzero(hot)
         if not len(rows):
             return out
-        order = np.lexsort((batch.ts[rows], batch.metric[rows].astype(str),
-                            batch.host[rows].astype(str), batch.tenant_id[rows].astype(str)))
+        order = np.lexsort(
+            (
+                batch.ts[rows],
+                batch.metric[rows].astype(str),
+                batch.host[rows].astype(str),
+                batch.tenant_id[rows].astype(str),
+            )
+        )
         for j in rows[order]:
             self._step(batch, int(j), int(idx[j]), int(up[j]), int(down[j]), out)
         # forget healthy series so the dict holds only open/pending ones
@@ -134,7 +145,9 @@ class RuleAlerts:
             if c == 0:
                 s.alert_id = ""
             return
-        fire = max((k for k, since in s.pending.items() if k > L and ts - since >= rule.for_s), default=0)
+        fire = max(
+            (k for k, since in s.pending.items() if k > L and ts - since >= rule.for_s), default=0
+        )
         if fire:
             if L == 0:
                 s.opened_at = ts
@@ -147,8 +160,16 @@ class RuleAlerts:
             del s.pending[k]
 
     @staticmethod
-    def _emit(out: AlertBatch, s: SeriesAlert, key: SeriesKey, rule: Rule, b: MetricBatch, j: int,
-              kind: str, level: int) -> None:
+    def _emit(
+        out: AlertBatch,
+        s: SeriesAlert,
+        key: SeriesKey,
+        rule: Rule,
+        b: MetricBatch,
+        j: int,
+        kind: str,
+        level: int,
+    ) -> None:
         tenant, host, metric = key
         ts = float(b.ts[j])
         value = float(b.value[j])
@@ -159,11 +180,29 @@ class RuleAlerts:
         else:
             cmp = ">=" if rule.direction == "above" else "<="
             msg = f"{metric} on {host} is {value:g} ({cmp} {sev} threshold {thr:g})"
-        out.events.append(AlertEvent(
-            alert_id=s.alert_id, kind=kind, tenant_id=tenant, host=host, metric=metric, value=value,
-            severity=sev, ts=ts, opened_at=s.opened_at, rule=rule.name, threshold=thr, message=msg,
-            score=1.0 if level == 2 else (0.5 if level == 1 else 0.0),
-            explanation={"components": ["threshold"], "actual": value, "threshold": thr,
-                         "direction": rule.direction, "for_s": rule.for_s},
-            model_version=None, event_id=b.event_id[j],
-        ))
+        out.events.append(
+            AlertEvent(
+                alert_id=s.alert_id,
+                kind=kind,
+                tenant_id=tenant,
+                host=host,
+                metric=metric,
+                value=value,
+                severity=sev,
+                ts=ts,
+                opened_at=s.opened_at,
+                rule=rule.name,
+                threshold=thr,
+                message=msg,
+                score=1.0 if level == 2 else (0.5 if level == 1 else 0.0),
+                explanation={
+                    "components": ["threshold"],
+                    "actual": value,
+                    "threshold": thr,
+                    "direction": rule.direction,
+                    "for_s": rule.for_s,
+                },
+                model_version=None,
+                event_id=b.event_id[j],
+            )
+        )

@@ -45,7 +45,9 @@ class ScoreAlerts:
             self.ok_run = np.concatenate([self.ok_run, np.zeros(extra, np.int32)])
             self.cool = np.concatenate([self.cool, np.zeros(extra, np.int32)])
 
-    def step(self, series: np.ndarray, sev: np.ndarray, on_event: Callable[[int, str, int, int], None]) -> None:
+    def step(
+        self, series: np.ndarray, sev: np.ndarray, on_event: Callable[[int, str, int, int], None]
+    ) -> None:
         """Advance per window row (rows of one series in window order)."""
         if not series.size:
             return
@@ -81,9 +83,14 @@ class ScoreAlerts:
                 on_event(i, "escalate" if v > L else "deescalate", s, v)
 
     def to_state(self) -> dict:
-        return {"level": self.level, "ok_run": self.ok_run, "cool": self.cool,
-                "alert_id": dict(self.alert_id), "clear": self.clear_windows,
-                "cooldown": self.cooldown_windows}
+        return {
+            "level": self.level,
+            "ok_run": self.ok_run,
+            "cool": self.cool,
+            "alert_id": dict(self.alert_id),
+            "clear": self.clear_windows,
+            "cooldown": self.cooldown_windows,
+        }
 
     @classmethod
     def from_state(cls, st: dict) -> ScoreAlerts:
@@ -92,10 +99,21 @@ class ScoreAlerts:
         sa.alert_id = dict(st["alert_id"])
         return sa
 
-
-    def event(self, code: int, series: tuple[str, str, str], kind: str, level: int, *,
-              start: np.float64, end: np.float64, score: float, actual: float,
-              explanation: dict[str, Any], threshold: float, model_version: str | None) -> AlertEvent:
+    def event(
+        self,
+        code: int,
+        series: tuple[str, str, str],
+        kind: str,
+        level: int,
+        *,
+        start: np.float64,
+        end: np.float64,
+        score: float,
+        actual: float,
+        explanation: dict[str, Any],
+        threshold: float,
+        model_version: str | None,
+    ) -> AlertEvent:
         """The alert event of a transition that :meth:`step` reported for the window
         ``[start, end)`` of series ``code`` (named ``series``); keeps the series' alert id.
 
@@ -117,8 +135,20 @@ class ScoreAlerts:
             if others:
                 msg += f"; {others} other metric{'s' if others > 1 else ''} of {h} moved too"
         return AlertEvent(
-            alert_id=aid, kind=kind, tenant_id=t, host=h, metric=m, value=actual,
-            severity=SEVERITIES[level], ts=float(end), opened_at=opened, rule=ANOMALY_RULE,
-            threshold=threshold, message=msg, score=score, explanation=explanation,
-            model_version=model_version, event_id=f"window:{t}|{h}|{m}:{float(start)!r}",
+            alert_id=aid,
+            kind=kind,
+            tenant_id=t,
+            host=h,
+            metric=m,
+            value=actual,
+            severity=SEVERITIES[level],
+            ts=float(end),
+            opened_at=opened,
+            rule=ANOMALY_RULE,
+            threshold=threshold,
+            message=msg,
+            score=score,
+            explanation=explanation,
+            model_version=model_version,
+            event_id=f"window:{t}|{h}|{m}:{float(start)!r}",
         )

@@ -90,11 +90,16 @@ class DetectStage:
     #: seconds between two log lines about the same failing challenger
     SHADOW_LOG_EVERY_S = 60.0
 
-    def __init__(self, rules: RuleSet, window_s: float = 60.0, lateness_s: float = 30.0,
-                 model: ModelProvider | None = None,
-                 ensemble_factory: Callable[[], Ensemble] = default_ensemble,
-                 shadow: ModelProvider | None = None,
-                 idle_close_s: float | None = IDLE_CLOSE_S) -> None:
+    def __init__(
+        self,
+        rules: RuleSet,
+        window_s: float = 60.0,
+        lateness_s: float = 30.0,
+        model: ModelProvider | None = None,
+        ensemble_factory: Callable[[], Ensemble] = default_ensemble,
+        shadow: ModelProvider | None = None,
+        idle_close_s: float | None = IDLE_CLOSE_S,
+    ) -> None:
         self.rules = rules
         self.window_s, self.lateness_s = window_s, lateness_s
         self.idle_close_s = idle_close_s
@@ -114,8 +119,13 @@ class DetectStage:
     def partition(self, p: int) -> PartitionState:
         ps = self.parts.get(p)
         if ps is None:
-            ps = self.parts[p] = PartitionState(self.rules, self.window_s, self.lateness_s,
-                                                self.ensemble_factory(), self.idle_close_s)
+            ps = self.parts[p] = PartitionState(
+                self.rules,
+                self.window_s,
+                self.lateness_s,
+                self.ensemble_factory(),
+                self.idle_close_s,
+            )
         return ps
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -143,7 +153,11 @@ class DetectStage:
         version, model = self.model()
         shadow = self._challenger(version)
         for p in np.unique(part).tolist():
-            idx = np.flatnonzero(part == p) if len(part) and part.min() != part.max() else np.arange(n)
+            idx = (
+                np.flatnonzero(part == p)
+                if len(part) and part.min() != part.max()
+                else np.arange(n)
+            )
             sub = batch if idx.size == n else batch.take(idx)
             ps = self.partition(int(p))
             out.alerts.extend(ps.rule_alerts(sub).events)
@@ -179,7 +193,9 @@ class DetectStage:
             return None
         return version, model
 
-    def _shadow_score(self, rows: WindowRows, X: dict[str, np.ndarray], version: str, model) -> None:
+    def _shadow_score(
+        self, rows: WindowRows, X: dict[str, np.ndarray], version: str, model
+    ) -> None:
         """Fill ``rows.shadow_*`` with the challenger's scores of ``X`` (skipped on failure).
 
         Runs after everything of the batch is decided, on read-only views of the columns: the
@@ -201,9 +217,14 @@ class DetectStage:
             last_version, last_t = self._shadow_logged
             if version != last_version or now - last_t >= self.SHADOW_LOG_EVERY_S:
                 self._shadow_logged = (version, now)
-                log.warning("challenger v%s failed to score %d windows; shadow scores skipped "
-                            "(%d failed batches so far)", version, n, self.shadow_failures,
-                            exc_info=True)
+                log.warning(
+                    "challenger v%s failed to score %d windows; shadow scores skipped "
+                    "(%d failed batches so far)",
+                    version,
+                    n,
+                    self.shadow_failures,
+                    exc_info=True,
+                )
             return
         ok = np.isfinite(raw)
         if ok.all():
@@ -214,8 +235,15 @@ class DetectStage:
         rows.shadow_raw = raw
         rows.shadow_score = calibrate_batch_score(raw)
 
-    def _score(self, ps: PartitionState, closed, version: str | None, model,
-               alerts: list[AlertEvent], shadow: tuple[str, Any] | None = None) -> WindowRows:
+    def _score(
+        self,
+        ps: PartitionState,
+        closed,
+        version: str | None,
+        model,
+        alerts: list[AlertEvent],
+        shadow: tuple[str, Any] | None = None,
+    ) -> WindowRows:
         X = closed.columns()
         s = np.asarray(X["series"], np.int64)
         X["family"] = np.asarray(ps.family, np.int64)[s]
@@ -227,8 +255,11 @@ class DetectStage:
         if model is not None:
             batch_score = calibrate_batch_score(np.asarray(model.score_many(X), np.float64))
             score = np.maximum(score, batch_score)
-            sev = np.maximum(sev, (batch_score >= ps.ensemble.warning).astype(np.int8)
-                             + (batch_score >= ps.ensemble.critical))
+            sev = np.maximum(
+                sev,
+                (batch_score >= ps.ensemble.warning).astype(np.int8)
+                + (batch_score >= ps.ensemble.critical),
+            )
         names = ps.names
         tenant = np.array([names[i][0] for i in s.tolist()], dtype=object)
         host = np.array([names[i][1] for i in s.tolist()], dtype=object)
@@ -246,21 +277,44 @@ class DetectStage:
                 e["fired"].append("batch")
             e["model_version"] = version
             if host_n[i] > 1:  # what the rest of the host did in the same window
-                e["host"] = {"metrics": int(host_n[i]), "deviating": int(host_dev[i]),
-                             "max_z": round(float(host_maxz[i]), 2)}
+                e["host"] = {
+                    "metrics": int(host_n[i]),
+                    "deviating": int(host_dev[i]),
+                    "max_z": round(float(host_maxz[i]), 2),
+                }
             explanation[i] = e
         start, end = closed.start, closed.end
 
         def on_event(i: int, kind: str, code: int, level: int) -> None:
-            alerts.append(ps.score_alerts.event(
-                code, names[code], kind, level, start=start[i], end=end[i], score=float(score[i]),
-                actual=float(res.actual[i]), explanation=explanation[i] or res.explain(i),
-                threshold=ps.ensemble.warning, model_version=version))
+            alerts.append(
+                ps.score_alerts.event(
+                    code,
+                    names[code],
+                    kind,
+                    level,
+                    start=start[i],
+                    end=end[i],
+                    score=float(score[i]),
+                    actual=float(res.actual[i]),
+                    explanation=explanation[i] or res.explain(i),
+                    threshold=ps.ensemble.warning,
+                    model_version=version,
+                )
+            )
 
         ps.score_alerts.step(s, sev.astype(np.int8), on_event)
         rows = WindowRows(
-            tenant, host, metric, start, end, {k: X[k] for k in FEATURES if k in X}, score,
-            np.array(SEVERITIES, dtype=object)[sev], components, res.expected, explanation,
+            tenant,
+            host,
+            metric,
+            start,
+            end,
+            {k: X[k] for k in FEATURES if k in X},
+            score,
+            np.array(SEVERITIES, dtype=object)[sev],
+            components,
+            res.expected,
+            explanation,
             [version] * s.size,
         )
         if shadow is not None:

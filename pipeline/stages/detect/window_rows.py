@@ -53,8 +53,11 @@ class WindowRows:
         """Row indices (int64) that carry a shadow score."""
         if self.shadow_version is None:
             return np.empty(0, np.int64)
-        return np.flatnonzero(np.fromiter((v is not None for v in self.shadow_version), bool,
-                                          len(self.shadow_version)))
+        return np.flatnonzero(
+            np.fromiter(
+                (v is not None for v in self.shadow_version), bool, len(self.shadow_version)
+            )
+        )
 
     def _shadow_columns(self) -> tuple[list[str | None], np.ndarray, np.ndarray]:
         if self.shadow_version is None:
@@ -71,12 +74,18 @@ class WindowRows:
             return parts[0]
         cat = np.concatenate
         out = WindowRows(
-            cat([p.tenant_id for p in parts]), cat([p.host for p in parts]),
-            cat([p.metric for p in parts]), cat([p.start for p in parts]), cat([p.end for p in parts]),
+            cat([p.tenant_id for p in parts]),
+            cat([p.host for p in parts]),
+            cat([p.metric for p in parts]),
+            cat([p.start for p in parts]),
+            cat([p.end for p in parts]),
             {k: cat([p.features[k] for p in parts]) for k in parts[0].features},
-            cat([p.score for p in parts]), cat([p.severity for p in parts]),
-            [c for p in parts for c in p.components], cat([p.expected for p in parts]),
-            [e for p in parts for e in p.explanation], [v for p in parts for v in p.model_version],
+            cat([p.score for p in parts]),
+            cat([p.severity for p in parts]),
+            [c for p in parts for c in p.components],
+            cat([p.expected for p in parts]),
+            [e for p in parts for e in p.explanation],
+            [v for p in parts for v in p.model_version],
         )
         if any(p.shadow_version is not None for p in parts):
             cols = [p._shadow_columns() for p in parts]
@@ -100,25 +109,38 @@ class WindowRows:
         f["count"] = f["count"].astype(np.int64)
         # records of producers older than the cross-metric features lack them: NaN (NULL)
         nan = float("nan")
-        f.update({k: np.asarray([r["features"].get(k, nan) for r in recs], np.float64)
-                  for k in CROSS_FEATURES})
+        f.update(
+            {
+                k: np.asarray([r["features"].get(k, nan) for r in recs], np.float64)
+                for k in CROSS_FEATURES
+            }
+        )
         out = WindowRows(
-            obj([r["tenant_id"] for r in recs]), obj([r["host"] for r in recs]),
-            obj([r["metric"] for r in recs]), np.asarray([r["window_start"] for r in recs], np.float64),
-            np.asarray([r["window_end"] for r in recs], np.float64), f,
-            np.asarray([r["score"] for r in recs], np.float64), obj([r["severity"] for r in recs]),
+            obj([r["tenant_id"] for r in recs]),
+            obj([r["host"] for r in recs]),
+            obj([r["metric"] for r in recs]),
+            np.asarray([r["window_start"] for r in recs], np.float64),
+            np.asarray([r["window_end"] for r in recs], np.float64),
+            f,
+            np.asarray([r["score"] for r in recs], np.float64),
+            obj([r["severity"] for r in recs]),
             [r["components"] for r in recs],
-            np.asarray([np.nan if r["expected"] is None else r["expected"] for r in recs], np.float64),
-            [r["explanation"] for r in recs], [r["model_version"] for r in recs],
+            np.asarray(
+                [np.nan if r["expected"] is None else r["expected"] for r in recs], np.float64
+            ),
+            [r["explanation"] for r in recs],
+            [r["model_version"] for r in recs],
         )
         shadow = [r.get("shadow") for r in recs]
         if any(sh is not None for sh in shadow):
             out.shadow_version = [None if sh is None else sh["model_version"] for sh in shadow]
-            out.shadow_score = np.asarray([np.nan if sh is None else sh["score"] for sh in shadow],
-                                          np.float64)
+            out.shadow_score = np.asarray(
+                [np.nan if sh is None else sh["score"] for sh in shadow], np.float64
+            )
             out.shadow_raw = np.asarray(
                 [np.nan if sh is None or sh.get("raw") is None else sh["raw"] for sh in shadow],
-                np.float64)
+                np.float64,
+            )
         return out
 
     def records(self) -> list[dict]:
@@ -133,16 +155,24 @@ class WindowRows:
         ss, sr = ss.tolist(), sr.tolist()
         for i in range(len(self)):
             rec = {
-                "tenant_id": self.tenant_id[i], "host": self.host[i], "metric": self.metric[i],
-                "window_start": float(self.start[i]), "window_end": float(self.end[i]),
-                "features": {k: f[k][i] for k in f}, "score": float(self.score[i]),
-                "severity": self.severity[i], "components": self.components[i],
+                "tenant_id": self.tenant_id[i],
+                "host": self.host[i],
+                "metric": self.metric[i],
+                "window_start": float(self.start[i]),
+                "window_end": float(self.end[i]),
+                "features": {k: f[k][i] for k in f},
+                "score": float(self.score[i]),
+                "severity": self.severity[i],
+                "components": self.components[i],
                 "expected": None if np.isnan(self.expected[i]) else float(self.expected[i]),
-                "explanation": self.explanation[i], "model_version": self.model_version[i],
+                "explanation": self.explanation[i],
+                "model_version": self.model_version[i],
             }
             if sv[i] is not None:
-                rec["shadow"] = {"model_version": sv[i], "score": ss[i],
-                                 "raw": None if sr[i] != sr[i] else sr[i]}
+                rec["shadow"] = {
+                    "model_version": sv[i],
+                    "score": ss[i],
+                    "raw": None if sr[i] != sr[i] else sr[i],
+                }
             out.append(rec)
         return out
-
