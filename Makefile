@@ -96,11 +96,13 @@ eval: venv
 	$(BIN)/eventops backtest "$(DATA)/data" --windows "$(DATA)/windows.json" --out "$(EVAL_OUT)"
 	@echo "report: $(EVAL_OUT)/report.json"
 
-# every check runs, then the target fails if any did: style (ruff), the layer contracts
-# (import-linter, pyproject [tool.importlinter]), types (mypy, pyproject [tool.mypy])
+# every check runs, then the target fails if any did: style (ruff check, ruff format --check),
+# the layer contracts (import-linter, pyproject [tool.importlinter]), types (mypy, pyproject
+# [tool.mypy])
 lint: venv
 	@rc=0; \
 	echo "== ruff"; $(BIN)/ruff check $(PACKAGES) tests benchmarks || rc=1; \
+	echo "== ruff format"; $(BIN)/ruff format --check $(PACKAGES) tests benchmarks || rc=1; \
 	echo "== import-linter"; $(BIN)/lint-imports || rc=1; \
 	echo "== mypy"; $(BIN)/mypy || rc=1; \
 	exit $$rc

@@ -3,9 +3,9 @@
 Loads ``--rows`` (default 5M) metric rows — 500 hosts x 4 metrics, one sample per 10 s — plus
 50k alerts into a scratch database server-side (``INSERT … SELECT generate_series``; the
 table's own secondary indexes, whatever the migrations define, are dropped first and rebuilt
-afterwards). Serves the API with ``eventops api`` in a subprocess (``--workers`` processes, Kafka mode,
-rate limit off; uvloop/httptools when installed) and drives it from a *separate* load
-generator process so that the client does not run on the server's interpreter:
+afterwards). Serves the API with ``eventops api`` in a subprocess (``--workers`` processes,
+Kafka mode, rate limit off; uvloop/httptools when installed) and drives it from a *separate*
+load generator process so that the client does not run on the server's interpreter:
 
 * ``wrk`` when it is on ``PATH`` (C, epoll; Debian package ``wrk``), a Lua script adding the
   key and a random host per request;
@@ -16,8 +16,9 @@ generator process so that the client does not run on the server's interpreter:
 Both are closed loops: ``--clients`` connections, each sending its next request as soon as the
 previous answer arrived, for ``--duration`` seconds per endpoint after a warm-up that opens the
 connections and the server's pool; ``--repeat`` rounds over all endpoints, and every statistic
-reported is the median over the rounds (the host is shared: one noisy burst moves one round). Baseline: ``/healthz`` (HTTP + event loop, no database)
-measured the same way in the same run; ``ratio`` = value / the same statistic of ``/healthz``.
+reported is the median over the rounds (the host is shared: one noisy burst moves one round).
+Baseline: ``/healthz`` (HTTP + event loop, no database) measured the same way in the same run;
+``ratio`` = value / the same statistic of ``/healthz``.
 
 ``--workers`` defaults to 2, one per core: ``eventops api --workers 2`` runs two processes that
 each bind the port with ``SO_REUSEPORT`` (serving/serve.py), so the kernel spreads the 50
@@ -25,7 +26,8 @@ connections over them. (With ``uvicorn --workers``, processes sharing one listen
 connections split unevenly at accept time, e.g. 39/11, and the busier process set the p99.)
 Result: benchmarks/results/api.json (``[{"name","value","unit","baseline","ratio"}, …]``).
 
-    python -m benchmarks.bench_api [--rows 5000000] [--clients 50] [--duration 5] [--repeat 3] [--workers 2]
+    python -m benchmarks.bench_api [--rows 5000000] [--clients 50] [--duration 5]
+                                   [--repeat 3] [--workers 2]
                                    [--db NAME]   # keep/reuse a loaded database across runs
 """
 
@@ -100,13 +102,15 @@ end
 
 
 def _secondary_indexes(c) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """``(constraints, indexes)`` of ``metrics`` besides its primary key, as ``(name, definition)``."""
+    """``(constraints, indexes)`` of ``metrics`` besides its primary key, as
+    ``(name, definition)``."""
     cons = c.execute(
         "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
         "WHERE conrelid = 'metrics'::regclass AND contype IN ('u', 'x')"
     ).fetchall()
     idx = c.execute(
-        "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+        "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x "
+        "JOIN pg_class i ON i.oid = x.indexrelid "
         "WHERE x.indrelid = 'metrics'::regclass AND NOT EXISTS "
         " (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid)"
     ).fetchall()
@@ -129,7 +133,8 @@ def load(s: Settings, rows: int, tenant: str) -> None:
             "SELECT 'b:' || h || ':' || m || ':' || g, %s, 'host-' || lpad(h::text, 3, '0'), "
             " (ARRAY['cpu_load','mem_used_pct','latency_p99','req_rate'])[m], "
             " 40 + 20 * sin(g / 500.0 + h) + random() * 5, now() - g * interval '10 s', '' "
-            "FROM generate_series(0, %s - 1) h, generate_series(1, 4) m, generate_series(0, %s - 1) g",
+            "FROM generate_series(0, %s - 1) h, generate_series(1, 4) m,"
+            " generate_series(0, %s - 1) g",
             (tenant, HOSTS, per_series),
         )
         print(
@@ -143,13 +148,14 @@ def load(s: Settings, rows: int, tenant: str) -> None:
             c.execute(definition.replace(" ON ONLY ", " ON ", 1))
         # 50k alerts spread over the hosts and the last two weeks
         c.execute(
-            "INSERT INTO alerts (alert_id, tenant_id, host, metric, value, severity, ts_event, state,"
-            " rule, message, opened_at, updated_at, resolved_at) "
+            "INSERT INTO alerts (alert_id, tenant_id, host, metric, value, severity,"
+            " ts_event, state, rule, message, opened_at, updated_at, resolved_at) "
             "SELECT 'a' || g, %s, 'host-' || lpad((g %% %s)::text, 3, '0'), 'cpu_load', 95,"
             " CASE WHEN g %% 3 = 0 THEN 'critical' ELSE 'warning' END, now() - g * interval '20 s',"
             " CASE WHEN g %% 10 = 0 THEN 'open' ELSE 'resolved' END, 'cpu_load', 'bench',"
             " now() - g * interval '20 s', now() - g * interval '20 s' + interval '5 min',"
-            " CASE WHEN g %% 10 = 0 THEN NULL ELSE now() - g * interval '20 s' + interval '5 min' END "
+            " CASE WHEN g %% 10 = 0 THEN NULL"
+            " ELSE now() - g * interval '20 s' + interval '5 min' END "
             "FROM generate_series(1, 50000) g",
             (tenant, HOSTS),
         )
@@ -163,7 +169,8 @@ def load(s: Settings, rows: int, tenant: str) -> None:
 
 @contextlib.contextmanager
 def database(base: Settings, keep: str | None, rows: int):
-    """Settings of a loaded database: a scratch one (dropped after), or ``keep`` (reused if loaded)."""
+    """Settings of a loaded database: a scratch one (dropped after), or ``keep`` (reused if
+    loaded)."""
     if keep is None:
         with scratch(base, partitions=1) as s:
             load(s, rows, TENANT)
@@ -402,7 +409,8 @@ def main() -> None:
         proc, url = serve(s, a.workers)
         gen = LoadGen(url, key, Path(tmp))
         print(
-            f"server: eventops api --workers {a.workers} ({loop}); load generator: {gen.tool}, closed loop; "
+            f"server: eventops api --workers {a.workers} ({loop}); "
+            f"load generator: {gen.tool}, closed loop; "
             f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
             flush=True,
         )
@@ -418,7 +426,8 @@ def main() -> None:
                 gen.run(tpl, 1, 1)
                 solo[name] = r = gen.run(tpl, 1, 3)
                 print(
-                    f"{name:<28} c1   p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  {r['rps']:6.0f} req/s",
+                    f"{name:<28} c1   p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  "
+                    f"{r['rps']:6.0f} req/s",
                     flush=True,
                 )
             # rounds over all endpoints: a burst of noise from the (shared) host lands in one
@@ -429,7 +438,8 @@ def main() -> None:
                     gen.run(tpl, a.clients, 2)  # warm-up: connections, pool, prepared statements
                     rounds[name].append(r := gen.run(tpl, a.clients, a.duration))
                     print(
-                        f"{name:<28} c{a.clients:<3} p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  "
+                        f"{name:<28} c{a.clients:<3} p50 {r['p50']:7.1f} ms  "
+                        f"p99 {r['p99']:7.1f} ms  "
                         f"{r['rps']:6.0f} req/s  ({r['requests']:,} requests)  round {i + 1}",
                         flush=True,
                     )
@@ -483,7 +493,8 @@ def main() -> None:
     worst = max((r["p99"], n) for n, r in out.items() if n != "healthz")
     print(
         f"load generator: {gen.tool}; target p99 < {TARGET_P99_MS:.0f} ms at {a.clients} clients: "
-        f"{'met' if worst[0] < TARGET_P99_MS else 'NOT met'} (worst {worst[1]} p99 {worst[0]:.1f} ms)"
+        f"{'met' if worst[0] < TARGET_P99_MS else 'NOT met'}"
+        f" (worst {worst[1]} p99 {worst[0]:.1f} ms)"
     )
 
 

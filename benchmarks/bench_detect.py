@@ -3,8 +3,9 @@
 Measures, in one run (so ratios are side by side):
 
 * events/s from decoded numpy columns: window aggregation (60 s windows, 10k series, 4 per
-  host, event time per host as in the detect stage) + the per-host cross-metric features (``features.cross``, as the detect stage adds them)
-  + the shipped detector set (``models.presets.default_ensemble()``) on the closed windows;
+  host, event time per host as in the detect stage) + the per-host cross-metric features
+  (``features.cross``, as the detect stage adds them) + the shipped detector set
+  (``models.presets.default_ensemble()``) on the closed windows;
 * events/s including ``orjson`` decode of ~180-byte JSON events into columns;
 * peak RSS vs active series (1k / 10k / 100k), each in a fresh subprocess (``ru_maxrss``);
 * the baseline: a naive per-event pure-Python implementation (dicts) of the same aggregation and
@@ -107,7 +108,8 @@ def run_json(msgs: list[bytes], batch: int = 10_000) -> float:
     for i in range(0, len(msgs), batch):
         evs = [orjson.loads(m) for m in msgs[i : i + batch]]
         s = np.fromiter(
-            (codes.setdefault((e["tenant_id"], e["source_id"], e["metric"]), len(codes)) for e in evs),
+            (codes.setdefault((e["tenant_id"], e["source_id"], e["metric"]), len(codes))
+             for e in evs),
             np.int64, len(evs),
         )  # fmt: skip
         ts = np.fromiter((e["ts"] for e in evs), np.float64, len(evs))
@@ -180,12 +182,14 @@ def main(quick: bool = False) -> list[dict]:
     rows.append({"name": "naive_python_dicts_events_per_s", "value": round(naive),
                  "unit": "events/s", "baseline": None, "ratio": None})  # fmt: skip
     rows.append({"name": "detect_from_columns_events_per_s", "value": round(ev_cols),
-                 "unit": "events/s", "baseline": round(naive), "ratio": round(ev_cols / naive, 2)})  # fmt: skip
+                 "unit": "events/s", "baseline": round(naive),
+                 "ratio": round(ev_cols / naive, 2)})  # fmt: skip
     m = min(s.size, 300_000)
     msgs = make_json(s[:m], ts[:m], v[:m])
     ev_json = m / run_json(msgs)
     rows.append({"name": "detect_incl_orjson_decode_events_per_s", "value": round(ev_json),
-                 "unit": "events/s", "baseline": round(naive), "ratio": round(ev_json / naive, 2)})  # fmt: skip
+                 "unit": "events/s", "baseline": round(naive),
+                 "ratio": round(ev_json / naive, 2)})  # fmt: skip
     rows.append({"name": "avg_json_event_bytes", "value": round(sum(map(len, msgs)) / m, 1),
                  "unit": "bytes", "baseline": None, "ratio": None})  # fmt: skip
     for ns in (1_000, 10_000, 100_000):
@@ -194,7 +198,8 @@ def main(quick: bool = False) -> list[dict]:
             capture_output=True, text=True, check=True,
             cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
-        rows.append({"name": f"peak_rss_{ns}_series", "value": round(float(out.stdout.split()[-1]), 1),
+        rows.append({"name": f"peak_rss_{ns}_series",
+                     "value": round(float(out.stdout.split()[-1]), 1),
                      "unit": "MiB", "baseline": None, "ratio": None})  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(rows, indent=2))

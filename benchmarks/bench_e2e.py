@@ -123,7 +123,8 @@ def run_mvp_baseline(base: Settings, n: int) -> float:
             d = json.loads(raw)
             with psycopg.connect(dsn) as c:
                 c.execute(
-                    "INSERT INTO metrics (event_id, tenant_id, host, metric, value, ts_event, unit, tags) "
+                    "INSERT INTO metrics"
+                    " (event_id, tenant_id, host, metric, value, ts_event, unit, tags) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                     (
                         f"mvp-{i}",

@@ -17,9 +17,9 @@ default) spread over ``--days`` daily partitions before today, plus one ``featur
    ratios (each round runs the configurations back to back, so they share the machine's load).
 2. **retention**: while a writer thread keeps ingesting into the filled database, the
    maintenance job drops the oldest day's ``metrics`` partition (``DETACH`` + ``DROP``, see
-   :func:`storage.partitions.maintain`), ``--drops`` times (a day each). Reported: the drop's duration,
-   the longest ``write`` overlapping it against the median ``write``, the ingest rate in the
-   second around the drop against the steady rate before it, and ingest errors (must be 0).
+   :func:`storage.partitions.maintain`), ``--drops`` times (a day each). Reported: the drop's
+   duration, the longest ``write`` overlapping it against the median ``write``, the ingest rate
+   in the second around the drop against the steady rate before it, and ingest errors (must be 0).
 
 Results: printed and saved to benchmarks/results/growth.json. The databases are dropped at the
 end (``--keep`` keeps them). Disk: ~400 bytes per metric row with its indexes and windows
@@ -182,11 +182,15 @@ def fill(s: Settings, rows: int, days: int, series: int, today: float) -> dict:
                     )
                 conn.execute(
                     sql.SQL(
-                        "INSERT INTO {} (event_id, tenant_id, host, metric, value, ts_event, unit, tags)"
-                        " SELECT 'ingest.raw.agent:' || mod(s, 6) || ':' || (%(base)s + k * %(n)s + s),"
-                        " %(t)s, 'host-' || lpad((s / 4)::text, 5, '0'), (%(m)s::text[])[mod(s, 4) + 1],"
+                        "INSERT INTO {}"
+                        " (event_id, tenant_id, host, metric, value, ts_event, unit, tags)"
+                        " SELECT 'ingest.raw.agent:' || mod(s, 6) || ':'"
+                        " || (%(base)s + k * %(n)s + s),"
+                        " %(t)s, 'host-' || lpad((s / 4)::text, 5, '0'),"
+                        " (%(m)s::text[])[mod(s, 4) + 1],"
                         " round((random() * 100)::numeric, 2)::float8,"
-                        " to_timestamp(%(day)s + k * %(step)s + mod(s, 97) * 0.01), 'percent', %(tags)s::jsonb"
+                        " to_timestamp(%(day)s + k * %(step)s + mod(s, 97) * 0.01),"
+                        " 'percent', %(tags)s::jsonb"
                     ).format(p["metrics"])
                     + sql.SQL(gen),
                     dict(
@@ -203,22 +207,24 @@ def fill(s: Settings, rows: int, days: int, series: int, today: float) -> dict:
                 win = dict(per=wins, n=series, t=TENANT, m=list(METRICS), day=day, step=wstep)
                 conn.execute(
                     sql.SQL(
-                        "INSERT INTO {} (tenant_id, host, metric, window_start, window_end, count, mean,"
-                        " std, min, max, last, slope, change, gap, host_metrics, host_deviating, host_max_z,"
-                        " host_mean_z) SELECT "
+                        "INSERT INTO {} (tenant_id, host, metric, window_start, window_end,"
+                        " count, mean, std, min, max, last, slope, change, gap, host_metrics,"
+                        " host_deviating, host_max_z, host_mean_z) SELECT "
                         + win_key
                         + ", 6, random() * 100, random() * 5, random() * 50,"
-                        " 50 + random() * 50, random() * 100, random() - 0.5, random() - 0.5, 0, 4, 0,"
-                        " random() * 2, random()" + gen
+                        " 50 + random() * 50, random() * 100, random() - 0.5, random() - 0.5,"
+                        " 0, 4, 0, random() * 2, random()" + gen
                     ).format(p["features"]),
                     win,
                 )
                 conn.execute(
                     sql.SQL(
-                        "INSERT INTO {} (tenant_id, host, metric, window_start, window_end, score, severity,"
-                        " components, actual, expected, explanation, model_version) SELECT "
+                        "INSERT INTO {} (tenant_id, host, metric, window_start, window_end,"
+                        " score, severity, components, actual, expected,"
+                        " explanation, model_version) SELECT "
                         + win_key
-                        + ', random() * 0.3, \'ok\', \'{{"rules": 0.0, "seasonal": 0.12, "ewma": 0.08}}\','
+                        + ', random() * 0.3, \'ok\', \'{{"rules": 0.0, "seasonal": 0.12,'
+                        ' "ewma": 0.08}}\','
                         " random() * 100, random() * 100, '{{}}', '3'" + gen
                     ).format(p["scores"]),
                     win,
@@ -268,7 +274,8 @@ def fill(s: Settings, rows: int, days: int, series: int, today: float) -> dict:
 
 
 def ingest_run(sink: Sink, feed: Feed, batches: int) -> tuple[float, list[float]]:
-    """Rows per second spent in ``Sink.write`` over ``batches`` batches, and each write's seconds."""
+    """Rows per second spent in ``Sink.write`` over ``batches`` batches, and each write's
+    seconds."""
     took, rows = [], 0
     for _ in range(batches):
         batch, windows = feed.next()
@@ -406,9 +413,11 @@ def main() -> None:
                 )
                 d = drops[-1]
                 print(
-                    f"  drop {i + 1}: {', '.join(rep.dropped) or 'nothing'} in {d['drop_s'] * 1e3:.0f} ms"
+                    f"  drop {i + 1}: {', '.join(rep.dropped) or 'nothing'}"
+                    f" in {d['drop_s'] * 1e3:.0f} ms"
                     f" ({d['attempts']} tries, {d['detach_s'] * 1e3:.0f} ms in DETACH);"
-                    f" ingest {d['around']:,.0f} rows/s around it vs {steady:,.0f} before; longest write"
+                    f" ingest {d['around']:,.0f} rows/s around it vs {steady:,.0f} before;"
+                    " longest write"
                     f" {d['max_during'] * 1e3:.0f} ms vs median {d['median_write'] * 1e3:.0f} ms;"
                     f" errors {d['errors']}",
                     flush=True,

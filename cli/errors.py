@@ -87,7 +87,8 @@ def pg_problem(
     ...            "h", 1)[1]
     5
     >>> pg_problem(Exception('FATAL:  database "x" does not exist'), "h", 1, "x")[0]
-    'PostgreSQL at h:1 has no database "x" — run `make services-up` (it creates it) or set EVENTOPS_PG_DATABASE'
+    'PostgreSQL at h:1 has no database "x" — run `make services-up` (it creates it) or set
+    EVENTOPS_PG_DATABASE'
     """
     raw = str(err)
     named_db = re.search(r'database "([^"]*)" does not exist', raw)
@@ -213,7 +214,9 @@ def describe(e: BaseException) -> tuple[str, int]:
     ("tenant 'x' does not exist", 4)
     >>> describe(FileNotFoundError(2, "No such file or directory", "missing.jsonl"))[1]
     4
-    >>> describe(ZeroDivisionError("division by zero"))[0].startswith("unexpected ZeroDivisionError")
+    >>> describe(ZeroDivisionError("division by zero"))[0].startswith(
+    ...     "unexpected ZeroDivisionError"
+    ... )
     True
     """
     if isinstance(e, KeyboardInterrupt):

@@ -34,7 +34,8 @@ def keys_create(
             raise BadArgument(str(e)) from None
     typer.echo(key)
     typer.echo(
-        f"key id {key_id}, tenant {tenant}, scope {scope} — store the key now, it is not shown again",
+        f"key id {key_id}, tenant {tenant}, scope {scope} — "
+        "store the key now, it is not shown again",
         err=True,
     )
 

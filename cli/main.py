@@ -265,7 +265,8 @@ def worker(
     health_port: Annotated[
         int | None,
         typer.Option(
-            help="serve /healthz and /readyz on this port (default EVENTOPS_WORKER_HEALTH_PORT; 0 = off)"
+            help="serve /healthz and /readyz on this port"
+            " (default EVENTOPS_WORKER_HEALTH_PORT; 0 = off)"
         ),
     ] = None,
 ) -> None:
@@ -443,8 +444,8 @@ def simulate(
     settle: Annotated[
         float,
         typer.Option(
-            help="then follow the events until each is stored or dead-lettered, giving up after N s "
-            "without progress; 0 = do not follow"
+            help="then follow the events until each is stored or dead-lettered, "
+            "giving up after N s without progress; 0 = do not follow"
         ),
     ] = 15.0,
 ) -> None:

@@ -91,7 +91,8 @@ class MetricBatch:
     ts: np.ndarray
     unit: np.ndarray
     tags: np.ndarray
-    #: input partition of each event (int64), when the runner knows it; detect keeps state per partition
+    #: input partition of each event (int64), when the runner knows it; detect keeps state
+    #: per partition
     partition: np.ndarray | None = None
     #: index (int64) of each row's input record in the micro-batch the runner handed to the first
     #: stage, so a later stage's dead letter carries that record's bytes and offset. Meaningful
@@ -141,7 +142,9 @@ class MetricBatch:
 def pairs(a: np.ndarray, b: np.ndarray) -> tuple[list[tuple[str, str]], np.ndarray]:
     """Unique (a, b) pairs of two object columns and the code of each row, via hashing.
 
-    >>> u, c = pairs(np.array(["t", "t", "u"], dtype=object), np.array(["x", "x", "x"], dtype=object))
+    >>> u, c = pairs(
+    ...     np.array(["t", "t", "u"], dtype=object), np.array(["x", "x", "x"], dtype=object)
+    ... )
     >>> [u[i] for i in c]
     [('t', 'x'), ('t', 'x'), ('u', 'x')]
     """

@@ -66,8 +66,10 @@ class Settings(BaseSettings):
     worker_health_port: int = Field(default=0, ge=0, le=65535)
     worker_health_host: str = "127.0.0.1"
 
-    # --- Storage: time partitions and retention (storage.partitions.Partitions, `eventops db maintain`) ---
-    #: length of one partition of metrics/features/scores/shadow_scores; divides a day or is whole days
+    # --- Storage: time partitions and retention ----------------------------------------------
+    # (storage.partitions.Partitions, `eventops db maintain`)
+    #: length of one partition of metrics/features/scores/shadow_scores; divides a day or is
+    #: whole days
     partition_interval_hours: int = Field(default=24, ge=1, le=24 * 31)
     #: the maintenance job creates partitions this many days ahead of now
     partition_ahead_days: int = Field(default=2, ge=0, le=366)
@@ -89,7 +91,9 @@ class Settings(BaseSettings):
     max_past_age_s: float = 7 * 24 * 3600.0
     known_tenants: str = Field(
         default="",
-        description="Comma-separated tenant ids accepted at normalize; empty = use the tenants table.",
+        description=(
+            "Comma-separated tenant ids accepted at normalize; empty = use the tenants table."
+        ),
     )
 
     # --- Serving ----------------------------------------------------------------------------
@@ -137,7 +141,8 @@ class Settings(BaseSettings):
         floor = self.max_future_skew_s + self.window_s + self.allowed_lateness_s
         if not self.idle_close_s > floor:
             raise ValueError(
-                f"EVENTOPS_IDLE_CLOSE_S={self.idle_close_s:g} must exceed EVENTOPS_MAX_FUTURE_SKEW_S"
+                f"EVENTOPS_IDLE_CLOSE_S={self.idle_close_s:g} must exceed"
+                " EVENTOPS_MAX_FUTURE_SKEW_S"
                 f" + EVENTOPS_WINDOW_S + EVENTOPS_ALLOWED_LATENESS_S = {floor:g} (else a tenant"
                 f" stamping events within the accepted skew closes other tenants' windows);"
                 f" set EVENTOPS_IDLE_CLOSE_S above {floor:g}"

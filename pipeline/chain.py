@@ -347,7 +347,8 @@ def parse_chain(spec: str | Sequence[str] | Chain) -> Chain:
     >>> parse_chain("sink,detect")
     Traceback (most recent call last):
     ...
-    ValueError: stages must be contiguous and in order normalize,enrich,detect,sink: ['sink', 'detect']
+    ValueError: stages must be contiguous and in order
+    normalize,enrich,detect,sink: ['sink', 'detect']
     """
     if isinstance(spec, Chain):
         return spec

@@ -237,7 +237,8 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         if self.stateful:
             self._in_callback = True
             try:
-                self.finish()  # (a no-op when it is the outer finish() that is waiting out an outage)
+                # (a no-op when it is the outer finish() that is waiting out an outage)
+                self.finish()
             except Stopped:
                 raise
             except Exception:  # the next owner replays from the last checkpoint
@@ -352,7 +353,8 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 ).start()
             except OSError as e:
                 raise ServiceError(
-                    f"worker health port {self.s.worker_health_host}:{port} is not available ({e.strerror}); "
+                    f"worker health port {self.s.worker_health_host}:{port} is not available"
+                    f" ({e.strerror}); "
                     "set EVENTOPS_WORKER_HEALTH_PORT to a free port or 0 to turn it off"
                 ) from e
 

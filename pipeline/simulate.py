@@ -103,7 +103,10 @@ class Simulator:
                     out.append(
                         dumps(
                             {
-                                "event_id": f"sim-{self.seed}-{self.tenant}-{name}-{metric}-{int(ts * 1000)}",
+                                "event_id": (
+                                    f"sim-{self.seed}-{self.tenant}-{name}-{metric}"
+                                    f"-{int(ts * 1000)}"
+                                ),
                                 "tenant_id": self.tenant,
                                 "host": name,
                                 "metric": metric,

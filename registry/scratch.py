@@ -38,7 +38,8 @@ def _ensure_template(settings: Settings) -> str:
             ready = (
                 row is not None
                 and admin.execute(
-                    "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                    "SELECT shobj_description(oid, 'pg_database') FROM pg_database"
+                    " WHERE datname = %s",
                     (name,),
                 ).fetchone()[0]
                 == "migrated"

@@ -57,7 +57,8 @@ class AlertDetail(Alert):
 
 
 def alert_row(r) -> dict:
-    """An alert row of :mod:`storage.alerts` as a dict of :class:`Alert`'s fields (``id`` dropped)."""
+    """An alert row of :mod:`storage.alerts` as a dict of :class:`Alert`'s fields (``id``
+    dropped)."""
     return dict(zip((*ALERT_COLUMNS, "feedback"), r[:-1], strict=True))
 
 
@@ -159,7 +160,8 @@ async def stream(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_id: Annotated[str | None, Query(alias="last_event_id", max_length=20)] = None,
 ) -> StreamingResponse:
-    """Live alert events of the key's tenant as SSE (``id:`` = sequence; resumes after ``Last-Event-ID``)."""
+    """Live alert events of the key's tenant as SSE (``id:`` = sequence; resumes after
+    ``Last-Event-ID``)."""
     resume = parse_last_id(last_event_id, last_id)
     body = alert_stream(
         request,

@@ -80,7 +80,8 @@ def alert_frame(seq: int, data: str) -> bytes:
 
 
 async def read_page(pool, tenant: str, after: int, limit: int) -> tuple[list[Item], list[str]]:
-    """The tenant's transitions with ``seq > after``, oldest first (at most ``limit``), and their keys."""
+    """The tenant's transitions with ``seq > after``, oldest first (at most ``limit``), and
+    their keys."""
     async with pool.connection(timeout=DB_TIMEOUT_S) as conn:
         rows = await alerts_repo.events_after(conn, tenant, after, limit)
     now = time.monotonic()
@@ -231,7 +232,8 @@ class Broadcaster:
         self.ring_threadsafe({event.tenant_id: (event.seq, [event.event_key])})
 
     def ring_threadsafe(self, news: dict[str, tuple[int | None, list]]) -> None:
-        """``{tenant: (highest seq or None, event keys of transitions without seq)}``, any thread."""
+        """``{tenant: (highest seq or None, event keys of transitions without seq)}``, any
+        thread."""
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.ring, news)
 

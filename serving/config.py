@@ -40,22 +40,26 @@ class ServingSettings(BaseSettings):
         default=1000,
         ge=1,
         le=100_000,
-        description="Rows per PostgreSQL page of an SSE replay/refill/feed read; pages repeat until the client has caught up.",
+        description="Rows per PostgreSQL page of an SSE replay/refill/feed read; "
+        "pages repeat until the client has caught up.",
     )
     sse_auth_check_s: float = Field(
         default=2.0,
         gt=0,
-        description="An open SSE stream re-checks its key this often; a revoked key's streams end within 2x this.",
+        description="An open SSE stream re-checks its key this often; "
+        "a revoked key's streams end within 2x this.",
     )
     sse_db_retry_s: float = Field(
         default=15.0,
         gt=0,
-        description="PostgreSQL unavailable this long: an SSE stream closes with a retry hint (the client resumes).",
+        description="PostgreSQL unavailable this long: "
+        "an SSE stream closes with a retry hint (the client resumes).",
     )
     sse_poll_s: float = Field(
         default=5.0,
         gt=0,
-        description="Alert feeds poll PostgreSQL this often without a doorbell (1 s while Kafka is degraded).",
+        description="Alert feeds poll PostgreSQL this often without a doorbell "
+        "(1 s while Kafka is degraded).",
     )
     score_poll_s: float = Field(
         default=1.0, gt=0, description="How often a score stream polls the scores table."
@@ -65,12 +69,14 @@ class ServingSettings(BaseSettings):
         ge=1,
         le=200,
         description="PostgreSQL connections per API process. Requests beyond it wait in the pool's "
-        "FIFO queue: a few connections per core keep the database's run queue short, which sets the tail.",
+        "FIFO queue: a few connections per core keep the database's run queue short, "
+        "which sets the tail.",
     )
     db_pool_timeout_s: float = Field(
         default=5.0,
         gt=0,
-        description="Longest wait of a request for a PostgreSQL connection (and for a new connection); "
+        description="Longest wait of a request for a PostgreSQL connection "
+        "(and for a new connection); "
         "past it the request answers 503 with Retry-After, and while the database is away every "
         "request needing it answers 503 at once.",
     )

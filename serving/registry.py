@@ -79,7 +79,8 @@ class ShadowStats(BaseModel):
     )
     feedback: dict[str, FeedbackHits] = Field(
         default_factory=dict,
-        description="per feedback label (true_positive, false_positive): the labelled alerts of the period "
+        description="per feedback label (true_positive, false_positive): "
+        "the labelled alerts of the period "
         "and how many of them each model scores high in their episode",
     )
 

@@ -158,7 +158,8 @@ async def series_scores(
     end: EndQ = None,
     limit: LimitQ = 2000,
 ) -> list[Score]:
-    """Anomaly scores of the series' windows in ``[start, end)`` (default: last 6 h), oldest first."""
+    """Anomaly scores of the series' windows in ``[start, end)`` (default: last 6 h), oldest
+    first."""
     rows = await _windows(
         pool, series_repo.score_rows, key.tenant_id, host, metric, start, end, limit
     )

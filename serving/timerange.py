@@ -79,7 +79,8 @@ EndQ = Annotated[
 def time_range(
     start: datetime | None, end: datetime | None, default_span: timedelta = timedelta(hours=1)
 ) -> tuple[datetime, datetime]:
-    """``[start, end)`` in UTC (possibly empty: ``end <= start``); defaults from ``default_span``."""
+    """``[start, end)`` in UTC (possibly empty: ``end <= start``); defaults from
+    ``default_span``."""
     end = utc(end) if end is not None else datetime.now(UTC)
     if start is None:
         start = end - default_span if end - MIN_UTC > default_span else MIN_UTC

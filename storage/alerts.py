@@ -23,7 +23,8 @@ ALERT_ROW: tuple[str, ...] = (*ALERT_COLUMNS, "feedback", "id")
 _SELECT = (
     "SELECT "
     + ", ".join(f"a.{c}" for c in ALERT_COLUMNS)
-    + ", (SELECT f.label FROM feedback f WHERE f.tenant_id = a.tenant_id AND f.alert_id = a.alert_id"
+    + ", (SELECT f.label FROM feedback f WHERE f.tenant_id = a.tenant_id"
+    " AND f.alert_id = a.alert_id"
     " ORDER BY f.created_at DESC LIMIT 1) AS feedback, a.id FROM alerts a "
 )
 

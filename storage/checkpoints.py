@@ -26,7 +26,8 @@ class Checkpoint:
 def save_checkpoints(conn: psycopg.Connection, cps: Iterable[Checkpoint]) -> None:
     for c in cps:
         conn.execute(
-            "INSERT INTO checkpoints (consumer_group, topic, partition, next_offset, state, updated_at)"
+            "INSERT INTO checkpoints"
+            " (consumer_group, topic, partition, next_offset, state, updated_at)"
             " VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (consumer_group, topic, partition)"
             " DO UPDATE SET next_offset = EXCLUDED.next_offset, state = EXCLUDED.state,"
             " updated_at = now()",
@@ -39,7 +40,8 @@ def load_checkpoints(
 ) -> dict[int, tuple[int, bytes]]:
     """partition -> (next offset, state) of a consumer group's checkpoints on a topic."""
     rows = conn.execute(
-        "SELECT partition, next_offset, state FROM checkpoints WHERE consumer_group = %s AND topic = %s",
+        "SELECT partition, next_offset, state FROM checkpoints"
+        " WHERE consumer_group = %s AND topic = %s",
         (group, topic),
     ).fetchall()
     conn.commit()

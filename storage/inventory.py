@@ -41,7 +41,8 @@ def _upsert_params(tenant: str, source: str, tags: dict, replace: bool) -> dict:
 def set_inventory(
     conn: psycopg.Connection, tenant: str, source: str, tags: dict, replace: bool = False
 ) -> dict:
-    """Upsert one inventory entry; merges into existing tags unless ``replace``. Returns its tags."""
+    """Upsert one inventory entry; merges into existing tags unless ``replace``. Returns its
+    tags."""
     row = conn.execute(_UPSERT, _upsert_params(tenant, source, tags, replace)).fetchone()
     conn.commit()
     return row[1]

@@ -112,7 +112,8 @@ def _bound(text: str) -> float:
 
 
 def partitions_of(conn: psycopg.Connection, table: str) -> tuple[list[Partition], str | None]:
-    """Range partitions of ``table`` (sorted by lower bound) and the name of its DEFAULT partition."""
+    """Range partitions of ``table`` (sorted by lower bound) and the name of its DEFAULT
+    partition."""
     rows = conn.execute(
         "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
         " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",

@@ -4,7 +4,8 @@ The migrations (``storage/migrations/*.sql``) create the tables; this module nam
 columns the code writes and reads. The per-window feature columns are *derived* from the
 feature code (:data:`features.windows.FEATURES`, :data:`features.cross.CROSS_FEATURES`), never
 written out again: a new feature is a new name there plus a migration adding its column
-(``tests/integration/test_schema_migrated.py`` checks the migrated ``features`` table against this list).
+(``tests/integration/test_schema_migrated.py`` checks the migrated ``features`` table against
+this list).
 
 >>> FEATURE_COLUMNS[:3], CROSS_COLUMNS[0]
 (('count', 'mean', 'std'), 'host_metrics')

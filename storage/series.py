@@ -90,8 +90,10 @@ async def list_series(
 async def series_exists(conn: AsyncConnection, tenant: str, host: str, metric: str) -> bool:
     """The tenant has samples or scores of the series."""
     cur = await conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM metrics WHERE tenant_id = %(t)s AND host = %(h)s AND metric = %(m)s)"
-        " OR EXISTS (SELECT 1 FROM scores WHERE tenant_id = %(t)s AND host = %(h)s AND metric = %(m)s)",
+        "SELECT EXISTS (SELECT 1 FROM metrics"
+        " WHERE tenant_id = %(t)s AND host = %(h)s AND metric = %(m)s)"
+        " OR EXISTS (SELECT 1 FROM scores"
+        " WHERE tenant_id = %(t)s AND host = %(h)s AND metric = %(m)s)",
         {"t": tenant, "h": host, "m": metric},
     )
     return (await cur.fetchone())[0]
@@ -182,7 +184,8 @@ async def cpu_points(conn: AsyncConnection, tenant: str, host: str, limit: int) 
     """The newest ``limit`` ``cpu_load`` samples (:data:`POINT_ROW`) of one host, newest first."""
     cur = await conn.execute(
         "SELECT ts_event, value, host, metric, unit, tags FROM metrics "
-        "WHERE tenant_id = %s AND host = %s AND metric = 'cpu_load' ORDER BY ts_event DESC LIMIT %s",
+        "WHERE tenant_id = %s AND host = %s AND metric = 'cpu_load' "
+        "ORDER BY ts_event DESC LIMIT %s",
         (tenant, host, limit),
     )
     return await cur.fetchall()

@@ -25,7 +25,8 @@ SELECT count(*), avg(score), avg((score >= %(threshold)s)::int)::float8,
        avg((champion_score >= %(threshold)s)::int)::float8,
        array_agg(DISTINCT champion_version) FILTER (WHERE champion_score IS NOT NULL),
        extract(epoch FROM min(window_start))::float8, extract(epoch FROM max(window_end))::float8,
-       count(*) FILTER (WHERE score >= %(threshold)s AND coalesce(champion_score, 0) < %(threshold)s),
+       count(*) FILTER (WHERE score >= %(threshold)s AND \
+coalesce(champion_score, 0) < %(threshold)s),
        count(*) FILTER (WHERE champion_score >= %(threshold)s AND score < %(threshold)s),
        (SELECT jsonb_object_agg(label, jsonb_build_object(
                  'alerts', n, 'scored', scored, 'challenger_high', ch, 'champion_high', cp))
@@ -68,7 +69,8 @@ def shadow_params(
 
 
 def stats_row(conn: psycopg.Connection, params: dict[str, Any]) -> tuple:
-    """The statistics row of :func:`shadow_params` ``params`` (see ``training.status.shadow_summary``)."""
+    """The statistics row of :func:`shadow_params` ``params`` (see
+    ``training.status.shadow_summary``)."""
     return conn.execute(_STATS, params).fetchone()
 
 

@@ -80,7 +80,8 @@ _STAGE_COPY_TYPES = [
 _COPY_WINDOWS_STAGE = f"COPY windows_stage ({_STAGE_COLS}) FROM STDIN (FORMAT BINARY)"
 _INSERT_FEATURES = (
     f"INSERT INTO features ({_FEATURES_COLS}) SELECT tenant_id, host, metric, to_timestamp(ws),"
-    f" to_timestamp(we), {', '.join(WINDOW_FEATURE_COLUMNS)} FROM windows_stage ON CONFLICT DO NOTHING"
+    f" to_timestamp(we), {', '.join(WINDOW_FEATURE_COLUMNS)} FROM windows_stage"
+    " ON CONFLICT DO NOTHING"
 )
 _INSERT_SCORES = (
     f"INSERT INTO scores ({_SCORES_COLS}) SELECT tenant_id, host, metric, to_timestamp(ws),"
@@ -294,7 +295,8 @@ class Sink:
         return len(b)
 
     def _copy_windows(self, w) -> None:
-        """COPY (text) straight into ``features`` and ``scores``; fails on an already-stored window."""
+        """COPY (text) straight into ``features`` and ``scores``; fails on an already-stored
+        window."""
         ws = np.datetime_as_string((w.start * 1e6).astype("datetime64[us]"), unit="us").tolist()
         we = np.datetime_as_string((w.end * 1e6).astype("datetime64[us]"), unit="us").tolist()
         cols = [w.features[k].tolist() for k in FEATURE_COLUMNS]
@@ -488,7 +490,8 @@ class Sink:
             "SELECT s.idx FROM metrics_stage s LEFT JOIN LATERAL ("
             " SELECT 1 AS hit FROM metrics m WHERE m.tenant_id = s.tenant_id"
             " AND m.event_id = s.event_id AND m.host = s.host AND m.metric = s.metric"
-            " AND m.value = s.value AND m.ts_event BETWEEN s.ts::timestamptz - interval '1 microsecond'"
+            " AND m.value = s.value"
+            " AND m.ts_event BETWEEN s.ts::timestamptz - interval '1 microsecond'"
             " AND s.ts::timestamptz + interval '1 microsecond' LIMIT 1) x ON true"
             " WHERE x.hit IS NULL ORDER BY s.idx"
         ).fetchall()
@@ -511,8 +514,9 @@ class Sink:
             ts_event = ev.ts_event
             if ev.kind == "open":
                 cur.execute(
-                    "INSERT INTO alerts (alert_id, tenant_id, host, metric, value, severity, ts_event,"
-                    " state, rule, threshold, message, score, explanation, model_version,"
+                    "INSERT INTO alerts (alert_id, tenant_id, host, metric, value, severity,"
+                    " ts_event, state, rule, threshold, message, score, explanation,"
+                    " model_version,"
                     " opened_at, updated_at) VALUES (%s,%s,%s,%s,%s,%s,%s,'open',%s,%s,%s,%s,%s,%s,"
                     " to_timestamp(%s), %s) ON CONFLICT (alert_id) DO NOTHING",
                     (
@@ -557,7 +561,8 @@ class Sink:
         return stored
 
     def write_dead_letters(self, dead: Iterable[DeadLetter]) -> None:
-        """Dead letters into ``dead_letters`` (the embedded runner's DLQ), in the caller's transaction."""
+        """Dead letters into ``dead_letters`` (the embedded runner's DLQ), in the caller's
+        transaction."""
         with self.conn.cursor().copy(
             "COPY dead_letters (reason, detail, stage, source, raw) FROM STDIN"
         ) as cp:
@@ -569,7 +574,8 @@ class Sink:
     def unpublished(self, limit: int = 10_000) -> list[AlertEvent]:
         """Alert events stored but not yet confirmed on the alert topic (outbox), with ``seq``."""
         rows = self.conn.execute(
-            "SELECT seq, payload FROM alert_events WHERE published_at IS NULL ORDER BY seq LIMIT %s",
+            "SELECT seq, payload FROM alert_events WHERE published_at IS NULL"
+            " ORDER BY seq LIMIT %s",
             (limit,),
         ).fetchall()
         self.conn.commit()

@@ -46,7 +46,8 @@ def add_key(
     conn: psycopg.Connection, key_id: str, tenant: str, scope: str, key_hash: bytes, label: str = ""
 ) -> None:
     conn.execute(
-        "INSERT INTO api_keys (key_id, tenant_id, scope, key_hash, label) VALUES (%s, %s, %s, %s, %s)",
+        "INSERT INTO api_keys (key_id, tenant_id, scope, key_hash, label)"
+        " VALUES (%s, %s, %s, %s, %s)",
         (key_id, tenant, scope, key_hash, label),
     )
     conn.commit()

@@ -161,21 +161,25 @@ def seed(
             )
             for m in metrics:
                 cur.execute(
-                    "INSERT INTO metrics (event_id, tenant_id, host, metric, value, ts_event, unit, tags) "
+                    "INSERT INTO metrics"
+                    " (event_id, tenant_id, host, metric, value, ts_event, unit, tags) "
                     "SELECT %s || g, %s, %s, %s, 50 + g, %s - g * interval '10 s', 'percent', %s "
                     "FROM generate_series(0, %s - 1) g",
                     (f"{tenant}:{h}:{m}:", tenant, h, m, now, Jsonb({"owner": marker}), n),
                 )
                 cur.execute(
-                    "INSERT INTO features (tenant_id, host, metric, window_start, window_end, count, mean, std,"
-                    " min, max, last, slope, change, gap) SELECT %s, %s, %s, %s - (g + 1) * interval '1 min',"
-                    " %s - g * interval '1 min', 6, 50, 1, 49, 51, 50, 0, 0, 0 FROM generate_series(0, 9) g",
+                    "INSERT INTO features (tenant_id, host, metric, window_start, window_end,"
+                    " count, mean, std, min, max, last, slope, change, gap)"
+                    " SELECT %s, %s, %s, %s - (g + 1) * interval '1 min',"
+                    " %s - g * interval '1 min', 6, 50, 1, 49, 51, 50, 0, 0, 0"
+                    " FROM generate_series(0, 9) g",
                     (tenant, h, m, now, now),
                 )
                 cur.execute(
-                    "INSERT INTO scores (tenant_id, host, metric, window_start, window_end, score, severity,"
-                    " components, actual, expected, explanation, model_version)"
-                    " SELECT %s, %s, %s, %s - (g + 1) * interval '1 min', %s - g * interval '1 min',"
+                    "INSERT INTO scores (tenant_id, host, metric, window_start, window_end,"
+                    " score, severity, components, actual, expected, explanation, model_version)"
+                    " SELECT %s, %s, %s, %s - (g + 1) * interval '1 min',"
+                    " %s - g * interval '1 min',"
                     " 0.1 * (g %% 10), 'ok', '{\"rules\": 0.1}', 50, 49, %s, '1'"
                     " FROM generate_series(0, 9) g",
                     (tenant, h, m, now, now, Jsonb({"typical_deviation": 1.0, "marker": marker})),
@@ -186,7 +190,8 @@ def seed(
     a2 = alert_event(tenant, hosts[-1], metrics[-1], ts=now - timedelta(minutes=3), marker=marker)
     _, stored = store_alerts(s, [a1, a2])
     conn.execute(
-        "INSERT INTO feedback (tenant_id, alert_id, label, comment) VALUES (%s, %s, 'true_positive', %s)",
+        "INSERT INTO feedback (tenant_id, alert_id, label, comment)"
+        " VALUES (%s, %s, 'true_positive', %s)",
         (tenant, a1.alert_id, marker),
     )
     return {

@@ -204,7 +204,8 @@ def spawn_worker(s: Settings, chain: str, log_path: Path) -> subprocess.Popen:
 
 
 def group_lag(s: Settings, chain: str, topic: str | None = None) -> int:
-    """Records of ``topic`` (default: the raw topic) not yet committed by ``chain``'s consumer group."""
+    """Records of ``topic`` (default: the raw topic) not yet committed by ``chain``'s consumer
+    group."""
     from confluent_kafka import TopicPartition
 
     topic = topic or s.topic_raw

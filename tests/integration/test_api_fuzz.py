@@ -52,8 +52,10 @@ max-steps = 12
 [[operations]]
 include-path = "/ingest"
 headers = {{ Authorization = "Bearer ${{FUZZ_INGEST_KEY}}" }}
-checks.negative_data_rejection.expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429, "5xx"]
-checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 401, 403, 404, 409, 413, 429, "5xx"]
+checks.negative_data_rejection.expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, \
+415, 422, 428, 429, "5xx"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 401, 403, 404, 409, 413, \
+429, "5xx"]
 """
 
 

@@ -321,7 +321,8 @@ def _last_dead_letter(w) -> int:
 
 
 def _event(source: str, value: str = "1.5", **extra: str) -> str:
-    """An event of host ``source`` as JSON text; ``value`` and ``extra`` are JSON literals, as given."""
+    """An event of host ``source`` as JSON text; ``value`` and ``extra`` are JSON literals, as
+    given."""
     fields = {
         "host": json.dumps(source),
         "metric": '"cpu_load"',
@@ -486,7 +487,8 @@ def test_ingest_events_without_an_id_from_two_api_processes_are_both_stored(w):
 def test_ingest_embedded_counts_what_was_stored_and_dead_lettered_per_reason(w):
     r = _post_ingest(
         w,
-        f'[{_event("ing-count")}, {{"host": "x"}}, {_event("ing-count", ts_event=json.dumps("never"))}]',
+        f'[{_event("ing-count")}, {{"host": "x"}}, '
+        f"{_event('ing-count', ts_event=json.dumps('never'))}]",
     )
     assert r.status_code == 202, r.text
     got = r.json()

@@ -1,4 +1,5 @@
-"""``GET /metrics`` downsampling (numpy over two PostgreSQL arrays) equals SQL ``date_bin`` + GROUP BY."""
+"""``GET /metrics`` downsampling (numpy over two PostgreSQL arrays) equals SQL ``date_bin`` +
+GROUP BY."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def series(conn, tenant):
     times += [t0 + timedelta(minutes=m) for m in range(0, 170, 3)] + [t0 + timedelta(seconds=70)]
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO metrics (event_id, tenant_id, host, metric, value, ts_event) VALUES (%s, %s, 'h1', 'cpu_load', %s, %s)",
+            "INSERT INTO metrics (event_id, tenant_id, host, metric, value, ts_event)"
+            " VALUES (%s, %s, 'h1', 'cpu_load', %s, %s)",
             [(f"{tenant}:{i}", tenant, (i * 37 % 101) - 20.5, t) for i, t in enumerate(times)],
         )
         # another series and another tenant's rows in the same range never count
@@ -32,8 +34,10 @@ def series(conn, tenant):
 
 def oracle(conn, tenant, start, end, step_s):
     return conn.execute(
-        "SELECT date_bin(%s, ts_event, %s), avg(value), min(value), max(value), count(*) FROM metrics "
-        "WHERE tenant_id = %s AND host = 'h1' AND metric = 'cpu_load' AND ts_event >= %s AND ts_event < %s "
+        "SELECT date_bin(%s, ts_event, %s), avg(value), min(value), max(value), count(*) "
+        "FROM metrics "
+        "WHERE tenant_id = %s AND host = 'h1' AND metric = 'cpu_load' "
+        "AND ts_event >= %s AND ts_event < %s "
         "GROUP BY 1 ORDER BY 1",
         (timedelta(seconds=step_s), start, tenant, start, end),
     ).fetchall()

@@ -139,7 +139,8 @@ def test_bad_last_event_id_is_400(env):
 def test_resume_replays_more_than_a_page_and_is_not_capped(env):
     """Regression (issue 8): the replay stopped at EVENTOPS_SSE_REPLAY_MAX and never resumed.
 
-    With pages of 5, a client back after 23 missed alerts gets all 23 (five pages), then live ones."""
+    With pages of 5, a client back after 23 missed alerts gets all 23 (five pages), then live
+    ones."""
     s, conn, tenant, other, pipe, api, key = env
     from serving.config import ServingSettings
 

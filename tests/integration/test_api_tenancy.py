@@ -272,8 +272,8 @@ def test_score_stream_only_for_own_series(world):
     now = datetime.now(UTC) + timedelta(minutes=5)
     for t, h in ((w.b, w.seed_b["hosts"][1]), (w.b, "host-a"), (w.a, w.seed_a["hosts"][1])):
         w.conn.execute(
-            "INSERT INTO scores (tenant_id, host, metric, window_start, window_end, score, severity,"
-            " explanation) VALUES (%s, %s, 'cpu_load', %s, %s, 0.9, 'critical', %s)",
+            "INSERT INTO scores (tenant_id, host, metric, window_start, window_end, score,"
+            " severity, explanation) VALUES (%s, %s, 'cpu_load', %s, %s, 0.9, 'critical', %s)",
             (t, h, now, now + timedelta(minutes=1), Jsonb({"who": t})),
         )
     wait_for(lambda: c.events, 10, what="score event")

@@ -38,7 +38,8 @@ def test_windows_scores_and_anomaly_alerts_flow_to_postgres_and_score_topic(
     )
     assert count_rows(conn, "features", "tenant_id = %s", (tenant,)) == nwin
     row = conn.execute(
-        "SELECT count, mean, std, min, max FROM features WHERE tenant_id = %s AND metric = 'cpu_load'"
+        "SELECT count, mean, std, min, max FROM features"
+        " WHERE tenant_id = %s AND metric = 'cpu_load'"
         " ORDER BY window_start LIMIT 1 OFFSET 30",
         (tenant,),
     ).fetchone()  # past the partial first windows
@@ -66,7 +67,8 @@ def test_windows_scores_and_anomaly_alerts_flow_to_postgres_and_score_topic(
     ]
     assert max(hits) >= 0.5, hits
     noisy = conn.execute(
-        "SELECT avg((score >= 0.5)::int) FROM scores WHERE tenant_id = %s AND window_start > to_timestamp(%s)",
+        "SELECT avg((score >= 0.5)::int) FROM scores"
+        " WHERE tenant_id = %s AND window_start > to_timestamp(%s)",
         (tenant, sim.start + 120 * 20),
     ).fetchone()[0]
     assert noisy < 0.05
@@ -86,7 +88,8 @@ def _snapshot(c):
         " FROM scores ORDER BY 1, 2, 3"
     ).fetchall()
     alerts = c.execute(
-        "SELECT alert_id, host, metric, rule, severity, state, value, ts_event, opened_at, resolved_at"
+        "SELECT alert_id, host, metric, rule, severity, state, value, ts_event, opened_at,"
+        " resolved_at"
         " FROM alerts ORDER BY 1"
     ).fetchall()
     events = c.execute("SELECT event_key, kind FROM alert_events ORDER BY 1").fetchall()

@@ -69,7 +69,8 @@ def test_detect_worker_swaps_champion_within_10s_without_losing_events(
         return {
             r[0]
             for r in conn.execute(
-                "SELECT DISTINCT model_version FROM scores WHERE tenant_id = %s AND window_start >= to_timestamp(%s)",
+                "SELECT DISTINCT model_version FROM scores"
+                " WHERE tenant_id = %s AND window_start >= to_timestamp(%s)",
                 (tenant, t),
             )
         }
@@ -97,7 +98,8 @@ def test_detect_worker_swaps_champion_within_10s_without_losing_events(
     )
     wait_for(lambda: versions_after(boundary + 40) == {v2}, 30, what="scores by the new champion")
     before = conn.execute(
-        "SELECT DISTINCT model_version FROM scores WHERE tenant_id = %s AND window_end <= to_timestamp(%s)",
+        "SELECT DISTINCT model_version FROM scores"
+        " WHERE tenant_id = %s AND window_end <= to_timestamp(%s)",
         (tenant, boundary - 20),
     ).fetchall()
     assert {r[0] for r in before} == {v1}

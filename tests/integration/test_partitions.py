@@ -228,13 +228,16 @@ def test_migration_converts_populated_tables_and_their_rows_still_deduplicate(fr
         )
         c.execute(
             "INSERT INTO features (tenant_id, host, metric, window_start, window_end, count, mean)"
-            " SELECT 't1', 'h', 'm', to_timestamp(%s + i * 60), to_timestamp(%s + i * 60 + 60), 1, i"
+            " SELECT 't1', 'h', 'm', to_timestamp(%s + i * 60), to_timestamp(%s + i * 60 + 60),"
+            " 1, i"
             " FROM generate_series(0, 99) i",
             (TODAY - DAY, TODAY - DAY),
         )
         c.execute(
-            "INSERT INTO scores (tenant_id, host, metric, window_start, window_end, score, severity)"
-            " SELECT 't1', 'h', 'm', to_timestamp(%s + i * 60), to_timestamp(%s + i * 60 + 60), 0.5, 'ok'"
+            "INSERT INTO scores"
+            " (tenant_id, host, metric, window_start, window_end, score, severity)"
+            " SELECT 't1', 'h', 'm', to_timestamp(%s + i * 60), to_timestamp(%s + i * 60 + 60),"
+            " 0.5, 'ok'"
             " FROM generate_series(0, 99) i",
             (TODAY - DAY, TODAY - DAY),
         )

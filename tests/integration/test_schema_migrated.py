@@ -13,7 +13,8 @@ _PG_TYPE = {"integer": "int4", "double precision": "float8"}
 def test_schema_feature_columns_are_the_migrated_features_table(conn):
     rows = conn.execute(
         "SELECT column_name, data_type FROM information_schema.columns"
-        " WHERE table_schema = current_schema() AND table_name = 'features' ORDER BY ordinal_position"
+        " WHERE table_schema = current_schema() AND table_name = 'features'"
+        " ORDER BY ordinal_position"
     ).fetchall()
     names = [n for n, _ in rows]
     assert names[: len(WINDOW_KEY)] == list(WINDOW_KEY)

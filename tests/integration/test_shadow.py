@@ -129,7 +129,8 @@ def test_worker_scores_challenger_in_shadow_without_alerting_on_it(
     # the champion's side of each shadow row is the batch component of the stored score, and the
     # stored score never comes from the challenger (it is the ensemble's and the champion's)
     bad = conn.execute(
-        "SELECT count(*) FROM shadow_scores h JOIN scores s USING (tenant_id, host, metric, window_start)"
+        "SELECT count(*) FROM shadow_scores h"
+        " JOIN scores s USING (tenant_id, host, metric, window_start)"
         " WHERE h.tenant_id = %s AND (h.window_end <> s.window_end"
         " OR h.champion_score IS DISTINCT FROM (s.components->>'batch')::float8"
         " OR s.components ? 'shadow' OR s.score < h.champion_score - 1e-4)",
@@ -343,13 +344,15 @@ def test_shadow_stats_compare_both_models_on_labelled_alerts(conn, tenant):
             aid = f"{tenant}-{h}"
             conn.execute(
                 "INSERT INTO alerts (alert_id, tenant_id, host, metric, value, severity, ts_event,"
-                " state, opened_at, updated_at, resolved_at) VALUES (%s, %s, %s, 'cpu', 1, 'warning',"
+                " state, opened_at, updated_at, resolved_at)"
+                " VALUES (%s, %s, %s, 'cpu', 1, 'warning',"
                 " %s, 'resolved', %s, %s, %s)",
                 (aid, tenant, h, ts(t0 + 60), ts(t0 + 60), ts(t0 + 120), ts(t0 + 120)),
             )
             # an earlier, superseded label: only the latest one counts
             conn.execute(
-                "INSERT INTO feedback (tenant_id, alert_id, label, created_at) VALUES (%s, %s, %s, %s)",
+                "INSERT INTO feedback (tenant_id, alert_id, label, created_at)"
+                " VALUES (%s, %s, %s, %s)",
                 (
                     tenant,
                     aid,

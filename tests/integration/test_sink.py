@@ -1,4 +1,5 @@
-"""The sink's COPY fast path: exact bytes for awkward strings, and replays fall back to ON CONFLICT."""
+"""The sink's COPY fast path: exact bytes for awkward strings, and replays fall back to ON
+CONFLICT."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def test_replayed_batch_is_written_again_without_duplicates(conn, tenant):
     sink = Sink(conn)
     ids = [f"{tenant}-{i}" for i in range(100)]
     assert sink.write(batch(tenant, ids[:60]))[0] == 60
-    # overlaps the stored rows: the fast path hits the unique key, the ON CONFLICT path stores the rest
+    # overlaps the stored rows: the fast path hits the unique key, the ON CONFLICT path stores
+    # the rest
     assert sink.write(batch(tenant, ids))[0] == 40
     assert count_rows(conn, "metrics", "tenant_id = %s", (tenant,)) == 100

@@ -111,7 +111,8 @@ def cpu_s(pid: int) -> float:
 
 
 def settle(readers: list[Reader], n: int, timeout: float, stall: float) -> None:
-    """Until every reader has ``n`` alerts (or stopped), none progressed for ``stall`` s, or ``timeout``."""
+    """Until every reader has ``n`` alerts (or stopped), none progressed for ``stall`` s, or
+    ``timeout``."""
     deadline = time.monotonic() + timeout
     seen, moved = -1, time.monotonic()
     while time.monotonic() < deadline and time.monotonic() - moved < stall:

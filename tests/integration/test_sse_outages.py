@@ -114,7 +114,8 @@ def world(private):
 
 
 def store(s, tenant: str, n: int, publish: bool) -> list[int]:
-    """``n`` transitions stored like the sink does; published to the alert topic (outbox) if asked."""
+    """``n`` transitions stored like the sink does; published to the alert topic (outbox) if
+    asked."""
     ts = datetime.now(UTC)
     events = [
         alert_event(tenant, f"h{uuid.uuid4().hex[:6]}", ts=ts + timedelta(milliseconds=i))

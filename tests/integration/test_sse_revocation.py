@@ -124,7 +124,8 @@ def test_score_stream_ends_when_its_key_is_revoked_and_sends_nothing_stored_afte
     def score(i: int) -> datetime:
         ws = start + timedelta(minutes=i)
         conn.execute(
-            "INSERT INTO scores (tenant_id, host, metric, window_start, window_end, score, severity, explanation)"
+            "INSERT INTO scores"
+            " (tenant_id, host, metric, window_start, window_end, score, severity, explanation)"
             " VALUES (%s, 'h', 'cpu_load', %s, %s, 0.5, 'ok', %s)",
             (tenant, ws, ws + timedelta(minutes=1), Jsonb({"i": i})),
         )

@@ -1,4 +1,5 @@
-"""Partition arithmetic of storage.partitions (no database) and the partition settings' validation."""
+"""Partition arithmetic of storage.partitions (no database) and the partition settings'
+validation."""
 
 from __future__ import annotations
 
