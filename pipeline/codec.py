@@ -21,10 +21,11 @@ from core.reasons import DlqReason
 from pipeline.stages.normalize import suspects, text_fault
 
 
-def encode_metrics(b: MetricBatch) -> tuple[list[bytes], list[str]]:
-    """signals.metric.v1 / signals.enriched.v1 records: one JSON object per event."""
+def encode_rows(b: MetricBatch, default=None) -> list[bytes]:
+    """One record per row of ``b`` (the metric stream's JSON object); ``default`` as orjson's
+    (dead letters re-encoding a hand-built batch pass ``str``)."""
     dumps = orjson.dumps
-    vals = [
+    return [
         dumps(
             {
                 "event_id": e,
@@ -35,7 +36,8 @@ def encode_metrics(b: MetricBatch) -> tuple[list[bytes], list[str]]:
                 "ts": ts,
                 "unit": u,
                 "tags": g,
-            }
+            },
+            default=default,
         )
         for e, t, h, m, v, ts, u, g in zip(
             b.event_id,
@@ -49,7 +51,11 @@ def encode_metrics(b: MetricBatch) -> tuple[list[bytes], list[str]]:
             strict=True,
         )
     ]
-    return vals, b.keys()
+
+
+def encode_metrics(b: MetricBatch) -> tuple[list[bytes], list[str]]:
+    """signals.metric.v1 / signals.enriched.v1 records and their keys (``tenant_id|host``)."""
+    return encode_rows(b), b.keys()
 
 
 def decode_metrics(

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
-import orjson
 
 from core.batch import DeadLetter, MetricBatch
 from core.reasons import DlqReason
+from pipeline.codec import encode_rows
 
 #: the input record of a row: (original bytes, topic, partition, offset)
 Origin = tuple[bytes, str, int, int]
@@ -39,19 +39,9 @@ def late_letters(
             raw, topic, part, off = origin(i)
             out.append(DeadLetter(raw, DlqReason.TS_TOO_OLD, detail, topic, part, off, stage))
         return out
-    for i in idx.tolist():
-        ev = {
-            "event_id": batch.event_id[i],
-            "tenant_id": batch.tenant_id[i],
-            "host": batch.host[i],
-            "metric": batch.metric[i],
-            "value": float(batch.value[i]),
-            "ts": float(batch.ts[i]),
-            "unit": batch.unit[i],
-            "tags": batch.tags[i],
-        }
+    for i, raw in zip(idx.tolist(), encode_rows(batch.take(idx), default=str), strict=True):
         part = -1 if batch.partition is None else int(batch.partition[i])
-        out.append(DeadLetter(orjson.dumps(ev), DlqReason.TS_TOO_OLD, detail, "", part, -1, stage))
+        out.append(DeadLetter(raw, DlqReason.TS_TOO_OLD, detail, "", part, -1, stage))
     return out
 
 
@@ -73,8 +63,11 @@ def collision_letters(
     """
     src = batch.src
     stage = DlqReason(reason).stage
+    with_origin = origin is not None and src is not None
+    # without the input records: the rows as the sink received them
+    encoded = [] if with_origin else encode_rows(batch.take(idx), default=str)
     out = []
-    for i in idx.tolist():
+    for j, i in enumerate(idx.tolist()):
         if reason == DlqReason.DUPLICATE_EVENT_ID:
             detail = (
                 f"tenant {batch.tenant_id[i]} already stored a different event under "
@@ -82,22 +75,10 @@ def collision_letters(
             )
         else:
             detail = "PostgreSQL refused the row's values"
-        if origin is not None and src is not None:
+        if with_origin:
             raw, t, part, off = origin(int(src[i]))
         else:
-            raw = orjson.dumps(
-                {
-                    "event_id": batch.event_id[i],
-                    "tenant_id": batch.tenant_id[i],
-                    "host": batch.host[i],
-                    "metric": batch.metric[i],
-                    "value": float(batch.value[i]),
-                    "ts": float(batch.ts[i]),
-                    "unit": batch.unit[i],
-                    "tags": batch.tags[i],
-                },
-                default=str,
-            )
+            raw = encoded[j]
             t, off = topic, -1
             part = -1 if batch.partition is None else int(batch.partition[i])
         out.append(DeadLetter(raw, reason, detail[:500], t, part, off, stage))
