@@ -58,6 +58,12 @@ class EnsembleResult:
     expected, scale : numpy.ndarray
         Expected value of the window mean and its typical deviation, from the highest-scoring
         component that can tell (NaN when none can).
+    actual : numpy.ndarray
+        The window mean.
+    confidence : numpy.ndarray
+        float64 (n,) in [0, 1]: how much of the series' own history backs the score
+        (windows learnt / ``min_windows``); below 1 the series is *warming* and is scored
+        partly from the population of similar series.
     """
 
     score: np.ndarray
@@ -66,6 +72,12 @@ class EnsembleResult:
     expected: np.ndarray
     scale: np.ndarray
     actual: np.ndarray
+    confidence: np.ndarray
+
+    @property
+    def warming(self) -> np.ndarray:
+        """bool (n,): the series had less than ``min_windows`` windows of its own history."""
+        return self.confidence < 1.0
 
     def explain(self, i: int, fired: float = 0.5) -> dict[str, Any]:
         """Explanation of row ``i``: components that fired, actual vs expected, top components."""
@@ -79,6 +91,8 @@ class EnsembleResult:
             "expected": None if np.isnan(self.expected[i]) else float(self.expected[i]),
             "typical_deviation": None if np.isnan(self.scale[i]) else float(self.scale[i]),
             "top": [{"component": k, "score": round(v, 4)} for k, v in top[:3]],
+            "confidence": round(float(self.confidence[i]), 4),
+            "warming": bool(self.confidence[i] < 1.0),
         }
 
 
@@ -188,6 +202,7 @@ class Ensemble:
             raise ValueError("record_halflife and record_floor must be >= 0")
         self.record_halflife, self.record_floor = float(record_halflife), float(record_floor)
         self._rec = {k: np.zeros(0) for k in self.components}  # decayed max surprise per series
+        self._count = np.zeros(0)  # windows learnt per series (confidence / warming)
 
     # ------------------------------------------------------------------ scoring
     def _combine(self, comp: dict[str, np.ndarray]) -> np.ndarray:
@@ -233,10 +248,13 @@ class Ensemble:
                 better = comp[k] > best
                 exp, sc = np.where(better, e, exp), np.where(better, sd, sc)
                 best = np.where(better, comp[k], best)
+        self._count = _grow(self._count, int(s.max()) + 1, 0.0)
+        conf = np.minimum(self._count[s] / max(self.min_windows, 1), 1.0)
         if learn:
             for d in self.components.values():
                 d.learn_many(X)
-        return score, comp, exp, sc
+            self._count[s] += 1.0
+        return score, comp, exp, sc, conf
 
     def _record(self, s: np.ndarray, comp: dict[str, np.ndarray], learn: bool):
         """Damp component scores that do not exceed the series' decayed record surprise."""
@@ -284,11 +302,12 @@ class Ensemble:
         score = np.zeros(n)
         exp, sc = np.full(n, np.nan), np.full(n, np.nan)
         comp = {k: np.zeros(n) for k in self.components}
+        conf = np.zeros(n)
         parts = rounds(s) if learn else [np.arange(n)]
         for r in parts:
             Xr = X if r.size == n else take(X, r)
-            sr, cr, er, scr = self._round(Xr, learn)
-            score[r], exp[r], sc[r] = sr, er, scr
+            sr, cr, er, scr, cfr = self._round(Xr, learn)
+            score[r], exp[r], sc[r], conf[r] = sr, er, scr, cfr
             for k in comp:
                 comp[k][r] = cr[k]
             if on_round is not None:
@@ -297,7 +316,7 @@ class Ensemble:
         sev[score >= self.warning] = 1
         sev[score >= self.critical] = 2
         actual = np.asarray(X.get("mean", np.full(n, np.nan)), np.float64)
-        return EnsembleResult(score, sev, comp, exp, sc, actual)
+        return EnsembleResult(score, sev, comp, exp, sc, actual, conf)
 
     def score_many(self, X: dict[str, np.ndarray]) -> np.ndarray:
         """Combined score without learning or touching the cooldown state."""
@@ -335,6 +354,7 @@ class Ensemble:
                 for k, d in self.components.items()
             },
             "cooldown_left": self._left.copy(),
+            "count": self._count.copy(),
         }
 
     @classmethod
@@ -352,6 +372,7 @@ class Ensemble:
         ens = cls(comps, **state["config"])
         ens._left = np.array(state["cooldown_left"], np.float64)
         ens._lk = np.array(state["likelihood_state"], np.float64).reshape(-1, 4)
+        ens._count = np.array(state.get("count", np.zeros(0)), np.float64)
         for k, c in state.get("calibration_state", {}).items():
             ens._cal[k] = ScoreLikelihood.from_state(c)
         for k, r in state.get("record_state", {}).items():
