@@ -3,9 +3,14 @@
 ``run_backtest`` reads ``timestamp,value`` CSV files (files or directory trees), turns each file
 into one series (code = file index), aggregates it with :func:`features.windows.window_features`
 and scores the closed windows with the default :class:`models.ensemble.Ensemble` -- the same
-objects the detect stage uses.  It writes ``timestamp,value,anomaly_score`` per input file under
-``out_dir`` (mirroring the input tree) and, when labelled windows are given, evaluates with
-:mod:`training.evaluate` and writes ``report.json``.
+objects the detect stage uses.  It writes ``timestamp,value,anomaly_score,window_score`` per input
+file under ``out_dir`` (mirroring the input tree) and, when labelled windows are given, evaluates
+with :mod:`training.evaluate` and writes ``report.json``.
+
+``window_score`` is the per-window score (high for as long as an anomaly lasts);
+``anomaly_score`` is the alert openings (:mod:`models.episodes`): the window score where the
+alert layer would open an alert, 0 elsewhere -- for every threshold at once, so NAB's threshold
+sweep scores exactly the alerts a user would get.
 
 Window length: by default each file's window is **its own sampling interval** (the median positive
 difference of its timestamps, so a 5-minute series gets 5-minute windows and an hourly series
