@@ -402,10 +402,10 @@ class Ensemble:
 
 def default_registry() -> dict[str, type[Detector]]:
     """Detector classes known to :meth:`Ensemble.from_state`."""
-    from models import baselines, batch, context, online
+    from models import baselines, batch, context, hostcorr, online
 
     out: dict[str, type[Detector]] = {}
-    for mod in (baselines, context, online, batch):
+    for mod in (baselines, context, hostcorr, online, batch):
         for name in getattr(mod, "__all__", []):
             obj = getattr(mod, name)
             if isinstance(obj, type) and issubclass(obj, Detector):

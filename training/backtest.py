@@ -180,7 +180,8 @@ def run_backtest(
         # the live detector input (features.cross): files named ``<host>.<metric>.csv`` in one
         # folder are the metrics of one host; any other file is a host of its own
         host = np.asarray(_host_codes([rel for _, rel in files]), np.int64)
-        X.update(cross_metric_features(host[cw.series], cw.start, X))
+        X["host"] = host[cw.series]
+        X.update(cross_metric_features(X["host"], cw.start, X))
         ens = default_ensemble(**cfg.detectors)
         task = progress.add_task("detect", total=len(cw))
         res = ens.process(X, on_round=lambda k, n: progress.advance(task, k))

@@ -248,7 +248,8 @@ class DetectStage:
         s = np.asarray(X["series"], np.int64)
         X["family"] = np.asarray(ps.family, np.int64)[s]
         # every window of a host with the same start is closed by the same push (features.cross)
-        X.update(cross_metric_features(ps.host_codes(s), X["start"], X))
+        X["host"] = ps.host_codes(s)
+        X.update(cross_metric_features(X["host"], X["start"], X))
         res = ps.ensemble.process(X)
         score, sev = res.score, res.severity
         batch_score = None
