@@ -1,4 +1,4 @@
-"""Does a metric still move with the rest of its host?  A per-host correlation model of window means.
+"""Does a metric still move with the rest of its host?  A per-host model of window means.
 
 Sensors of one machine (temperature, pressure, flow, current …) or metrics of one server move
 together with its load: a load step moves all of them and is no fault, while a fault breaks their
