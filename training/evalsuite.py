@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -371,6 +372,9 @@ def run_eval(
     runs = _Runs(out_dir)
     result: dict[str, Any] = {"sets": list(sets), "skipped": {}, "size": sz.__dict__}
     roots: dict[str, Path] = {}
+    for name in ("synthetic", "simulator"):  # regenerated: no file of an earlier size stays
+        if name in sets and (out_dir / "sets" / name).is_dir():
+            shutil.rmtree(out_dir / "sets" / name)
     if "synthetic" in sets:
         roots["synthetic"] = write_corpus(
             out_dir / "sets" / "synthetic", seed=sz.corpus_seed, scale=sz.corpus_scale

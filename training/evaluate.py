@@ -570,8 +570,9 @@ def evaluate(series: list[LabelledSeries]) -> dict[str, Any]:
     """Full report: NAB score per profile (each with its own optimal threshold) + event metrics.
 
     Event metrics are computed at the standard profile's threshold.  Also ``auc`` (ROC / PR AUC
-    of the per-row belief, :func:`auc_scores`), ``per_kind`` (:func:`per_kind` at the corpus
-    thresholds) and ``kind_folds`` (leave-one-kind-out material, :func:`kind_folds`).
+    of the per-row belief, :func:`auc_scores`) and, when the series are of more than one kind
+    (:func:`kind_of`; empty otherwise), ``per_kind`` (:func:`per_kind` at the corpus thresholds)
+    and ``kind_folds`` (leave-one-kind-out material, :func:`kind_folds`).
 
     >>> import numpy as np, pandas as pd
     >>> ts = pd.date_range("2024-01-01", periods=100, freq="5min").to_numpy()
@@ -594,6 +595,9 @@ def evaluate(series: list[LabelledSeries]) -> dict[str, Any]:
         per_file[s.name] = {"raw_standard": r["raw"], "windows": r["windows"]}
     out = {"nab": nab, "events": ev, "per_file": per_file, "n_series": len(series)}
     out["auc"] = auc_scores(series)
-    out["per_kind"] = per_kind(series, {name: r["threshold"] for name, r in nab.items()})
-    out["kind_folds"] = kind_folds(series)
+    # one kind (e.g. the series of a training set): its figures are the corpus's, no fold exists
+    several = len(_groups(series)) > 1
+    thresholds = {name: r["threshold"] for name, r in nab.items()}
+    out["per_kind"] = per_kind(series, thresholds) if several else {}
+    out["kind_folds"] = kind_folds(series) if several else {}
     return out
