@@ -170,6 +170,24 @@ def rss_child(n_series: int) -> None:
     print(kib / 1024)  # MiB
 
 
+def state_bytes_per_series(n_series: int = 10_000) -> float:
+    """Pickled detector state (the default ensemble after 30 windows a series) per series."""
+    import pickle
+
+    from models.presets import default_ensemble
+
+    rng = np.random.default_rng(1)
+    n = 30
+    X = {
+        "series": np.tile(np.arange(n_series, dtype=np.int64), n),
+        "start": 1.7e9 + np.repeat(np.arange(n, dtype=np.float64), n_series) * 60.0,
+        "mean": rng.normal(50, 5, n * n_series),
+    }
+    ens = default_ensemble()
+    ens.process(X)
+    return len(pickle.dumps(ens.to_state())) / n_series
+
+
 def main(quick: bool = False) -> list[dict]:
     rows: list[dict] = []
     n_series, per = 10_000, (30 if quick else 100)
@@ -191,6 +209,9 @@ def main(quick: bool = False) -> list[dict]:
                  "unit": "events/s", "baseline": round(naive),
                  "ratio": round(ev_json / naive, 2)})  # fmt: skip
     rows.append({"name": "avg_json_event_bytes", "value": round(sum(map(len, msgs)) / m, 1),
+                 "unit": "bytes", "baseline": None, "ratio": None})  # fmt: skip
+    rows.append({"name": "detector_state_bytes_per_series",
+                 "value": round(state_bytes_per_series(), 1),
                  "unit": "bytes", "baseline": None, "ratio": None})  # fmt: skip
     for ns in (1_000, 10_000, 100_000):
         out = subprocess.run(

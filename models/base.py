@@ -204,5 +204,9 @@ class VectorDetector(Detector):
         for k, v in state["arrays"].items():
             setattr(det, k, np.array(v, dtype=np.float64))
         det.n_series = int(state["n_series"])
+        for k, fill in cls._arrays.items():  # arrays added after the checkpoint was written
+            if k not in state["arrays"]:
+                shape = (det.n_series,) + det._inner_shape(k)
+                setattr(det, k, np.full(shape, fill, dtype=np.float64))
         det._load_extra(state)
         return det

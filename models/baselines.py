@@ -186,7 +186,9 @@ class SeasonalProfile(VectorDetector):
 
     The bucket of a window is ``floor((start mod period_s) / bucket_s)`` -- by default the hour of
     the day (``period_s=86400, bucket_s=3600``); use ``period_s=604800`` for hour-of-week.  A
-    bucket scores only after ``min_count`` windows; until then the score is 0.
+    bucket scores only after ``min_count`` windows **and** once the series' history spans
+    ``min_periods`` periods (a slot learnt on one day knows nothing of day-to-day variation);
+    until then the score is 0 and the ensemble's non-seasonal components decide.
 
     Examples
     --------
@@ -202,12 +204,17 @@ class SeasonalProfile(VectorDetector):
     """
 
     name = "seasonal"
-    _arrays: ClassVar[dict[str, float]] = {"n": 0.0, "m": 0.0, "v": 0.0}
-    _params = ("feature", "alpha", "period_s", "bucket_s", "min_count", "decades", "min_std")
+    _arrays: ClassVar[dict[str, float]] = {"n": 0.0, "m": 0.0, "v": 0.0, "first": np.nan}
+    _params = (
+        "feature", "alpha", "period_s", "bucket_s", "min_count", "decades", "min_std",
+        "min_periods",
+    )  # fmt: skip
     #: per-series state (float64, axes: series code, bucket), made by ``_init_arrays``
     n: np.ndarray
     m: np.ndarray
     v: np.ndarray
+    #: start of the first window learnt, per series
+    first: np.ndarray
 
     def __init__(
         self,
@@ -218,9 +225,13 @@ class SeasonalProfile(VectorDetector):
         min_count: int = 3,
         decades: float = 4.0,
         min_std: float = 1e-3,
+        min_periods: float = 0.0,
     ) -> None:
         if not 0.0 < alpha < 1.0:
             raise ValueError("alpha must be in (0, 1)")
+        if min_periods < 0:
+            raise ValueError("min_periods must be >= 0")
+        self.min_periods = float(min_periods)
         if bucket_s <= 0 or period_s < bucket_s or min_count < 1:
             raise ValueError("need 0 < bucket_s <= period_s and min_count >= 1")
         self.feature, self.alpha = feature, float(alpha)
@@ -230,7 +241,7 @@ class SeasonalProfile(VectorDetector):
         self._init_arrays()
 
     def _inner_shape(self, k):
-        return (int(np.ceil(self.period_s / self.bucket_s)),)
+        return () if k == "first" else (int(np.ceil(self.period_s / self.bucket_s)),)
 
     def _bucket(self, X):
         b = np.floor(np.mod(np.asarray(X["start"], np.float64), self.period_s) / self.bucket_s)
@@ -254,11 +265,17 @@ class SeasonalProfile(VectorDetector):
         n[known] = self.n[s[known], b[known]]
         m[known], v[known] = self.m[s[known], b[known]], self.v[s[known], b[known]]
         sd = np.sqrt(v) + self.min_std * (np.abs(m) + 1e-9) + 1e-12
-        z = np.where(n >= self.min_count, np.abs(x - m) / sd, 0.0)
+        span = np.zeros(s.size)
+        span[known] = np.asarray(X["start"], np.float64)[known] - self.first[s[known]]
+        span[known & np.isnan(span)] = np.inf  # restored from before ``first`` was kept
+        ready = (n >= self.min_count) & (span >= self.min_periods * self.period_s)
+        z = np.where(ready, np.abs(x - m) / sd, 0.0)
         return tail_score(z, self.decades)
 
     def _learn_unique(self, X):
         s = np.asarray(X["series"], np.int64)
+        st = np.asarray(X["start"], np.float64)
+        self.first[s] = np.where(np.isnan(self.first[s]), st, self.first[s])
         b = self._bucket(X)
         x = np.asarray(X[self.feature], np.float64)
         ok = np.isfinite(x)

@@ -35,6 +35,7 @@ from typing import Any, cast
 import numpy as np
 
 from models.base import Detector, VectorDetector, _grow, rounds, take
+from models.episodes import OpeningGate
 from models.likelihood import ScoreLikelihood
 
 __all__ = ["SEVERITIES", "Ensemble", "EnsembleResult"]
@@ -161,6 +162,8 @@ class Ensemble:
         calib_decades: float = 4.0,
         record_halflife: float = 0.0,
         record_floor: float = 1.0,
+        open_horizon: int = 100,
+        open_blocks: int = 10,
     ) -> None:
         if not components:
             raise ValueError("an ensemble needs at least one component")
@@ -203,6 +206,9 @@ class Ensemble:
         self.record_halflife, self.record_floor = float(record_halflife), float(record_floor)
         self._rec = {k: np.zeros(0) for k in self.components}  # decayed max surprise per series
         self._count = np.zeros(0)  # windows learnt per series (confidence / warming)
+        # the alert layer's opening rule (models.episodes); configuration only, no state here
+        OpeningGate(open_horizon, open_blocks)  # validates
+        self.open_horizon, self.open_blocks = int(open_horizon), int(open_blocks)
 
     # ------------------------------------------------------------------ scoring
     def _combine(self, comp: dict[str, np.ndarray]) -> np.ndarray:
@@ -239,13 +245,15 @@ class Ensemble:
                 self._left[s] = np.where(fire, self.cooldown, np.maximum(left - 1, 0))
         else:
             score = raw
+        # expected value and band: from the highest-scoring component that has one (every
+        # component with history has one, so a window lacks a band only on a series' first)
         exp = np.full(s.size, np.nan)
         sc = np.full(s.size, np.nan)
-        best = -np.ones(s.size)
+        best = np.full(s.size, -np.inf)
         for k, d in self.components.items():
             if hasattr(d, "expected_many") and getattr(d, "feature", "mean") == "mean":
                 e, sd = d.expected_many(X)
-                better = comp[k] > best
+                better = (comp[k] > best) & np.isfinite(e)
                 exp, sc = np.where(better, e, exp), np.where(better, sd, sc)
                 best = np.where(better, comp[k], best)
         self._count = _grow(self._count, int(s.max()) + 1, 0.0)
@@ -318,6 +326,10 @@ class Ensemble:
         actual = np.asarray(X.get("mean", np.full(n, np.nan)), np.float64)
         return EnsembleResult(score, sev, comp, exp, sc, actual, conf)
 
+    def opening_gate(self) -> OpeningGate:
+        """A fresh alert-opening gate with this ensemble's rule (:mod:`models.episodes`)."""
+        return OpeningGate(self.open_horizon, self.open_blocks)
+
     def score_many(self, X: dict[str, np.ndarray]) -> np.ndarray:
         """Combined score without learning or touching the cooldown state."""
         return self.process(X, learn=False).score
@@ -345,6 +357,8 @@ class Ensemble:
                 "calib_decades": self.calib_decades,
                 "record_halflife": self.record_halflife,
                 "record_floor": self.record_floor,
+                "open_horizon": self.open_horizon,
+                "open_blocks": self.open_blocks,
             },
             "likelihood_state": self._lk.copy(),
             "calibration_state": {k: c.to_state() for k, c in self._cal.items()},
@@ -372,11 +386,14 @@ class Ensemble:
         ens = cls(comps, **state["config"])
         ens._left = np.array(state["cooldown_left"], np.float64)
         ens._lk = np.array(state["likelihood_state"], np.float64).reshape(-1, 4)
-        ens._count = np.array(state.get("count", np.zeros(0)), np.float64)
         for k, c in state.get("calibration_state", {}).items():
             ens._cal[k] = ScoreLikelihood.from_state(c)
         for k, r in state.get("record_state", {}).items():
             ens._rec[k] = np.array(r, np.float64)
+        if "count" in state:
+            ens._count = np.array(state["count"], np.float64)
+        elif ens._cal:  # checkpoints before the count: the calibration counts the same windows
+            ens._count = next(iter(ens._cal.values())).state[:, 0].copy()
         return ens
 
     def clone(self) -> Ensemble:

@@ -16,7 +16,7 @@ from models.baselines import EWMAZScore, RobustMAD, SeasonalProfile
 from models.context import ContextNovelty
 from models.ensemble import Ensemble
 
-__all__ = ["DEFAULTS", "default_ensemble"]
+__all__ = ["ABLATIONS", "DEFAULTS", "TUNING_GRID", "default_ensemble"]
 
 #: Default parameters; ``default_ensemble(**overrides)`` replaces entries by name.
 DEFAULTS: dict[str, Any] = {
@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "decades": 4.0,
     "warmup": 30,
     "combine": "max",
-    "cooldown": 100,
+    "cooldown": 0,
     "cooldown_level": 0.5,
     "cooldown_factor": 0.0,
     "weights": None,
@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "min_windows": 100,
     "record_halflife": 8000.0,
     "record_floor": 1.0,
+    "open_horizon": 100,
+    "open_blocks": 10,
     # Components switched on: the hour-of-day profile (seasonal residual) and a slow EWMA
     # z-score of the value (level shifts / drifts against ~1000 windows of memory).  Each is
     # calibrated per series against its own score history (``calibrate``, models/likelihood.py)
@@ -55,6 +57,30 @@ DEFAULTS: dict[str, Any] = {
     # ewma_diff / mad / context (CAD-like novelty, models/context.py) lowered the score; they
     # stay available by name.
     "components": ("seasonal", "ewma_slow"),
+}
+
+
+#: Candidate settings the leave-one-kind-out evaluation chooses among (``eventops eval``): the
+#: defaults and their nearest alternatives on the knobs that trade recall for false alarms.
+TUNING_GRID: dict[str, dict[str, Any]] = {
+    "default": {},
+    "horizon_50": {"open_horizon": 50},
+    "horizon_200": {"open_horizon": 200},
+    "with_mad": {"components": ("seasonal", "ewma_slow", "mad")},
+    "with_diff": {"components": ("seasonal", "ewma_slow", "ewma_diff")},
+    "no_record_gate": {"record_halflife": 0.0},
+}
+
+#: The ablation table of ``eventops eval --ablation``: each component or mechanism removed (or
+#: the River component added) in turn.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "without seasonal": {"components": ("ewma_slow",)},
+    "without ewma_slow": {"components": ("seasonal",)},
+    "without calibration": {"calibrate": False},
+    "without record gate": {"record_halflife": 0.0},
+    "with River HalfSpaceTrees": {"online": True},
+    "score cooldown (before)": {"cooldown": 100},
 }
 
 
@@ -101,4 +127,6 @@ def default_ensemble(**overrides: Any) -> Ensemble:
         calib_decades=d,
         record_halflife=c["record_halflife"],
         record_floor=c["record_floor"],
+        open_horizon=c["open_horizon"],
+        open_blocks=c["open_blocks"],
     )

@@ -3,9 +3,14 @@
 ``run_backtest`` reads ``timestamp,value`` CSV files (files or directory trees), turns each file
 into one series (code = file index), aggregates it with :func:`features.windows.window_features`
 and scores the closed windows with the default :class:`models.ensemble.Ensemble` -- the same
-objects the detect stage uses.  It writes ``timestamp,value,anomaly_score`` per input file under
-``out_dir`` (mirroring the input tree) and, when labelled windows are given, evaluates with
-:mod:`training.evaluate` and writes ``report.json``.
+objects the detect stage uses.  It writes ``timestamp,value,anomaly_score,window_score`` per input
+file under ``out_dir`` (mirroring the input tree) and, when labelled windows are given, evaluates
+with :mod:`training.evaluate` and writes ``report.json``.
+
+``window_score`` is the per-window score (high for as long as an anomaly lasts);
+``anomaly_score`` is the alert openings (:mod:`models.episodes`): the window score where the
+alert layer would open an alert, 0 elsewhere -- for every threshold at once, so NAB's threshold
+sweep scores exactly the alerts a user would get.
 
 Window length: by default each file's window is **its own sampling interval** (the median positive
 difference of its timestamps, so a 5-minute series gets 5-minute windows and an hourly series
@@ -33,6 +38,7 @@ import pandas as pd
 
 from features.cross import cross_metric_features
 from features.windows import ClosedWindows, window_features
+from models.episodes import opening_signal
 from models.presets import default_ensemble
 from training.evaluate import LabelledSeries, evaluate, load_windows
 
@@ -110,6 +116,22 @@ def _row_scores(ts: np.ndarray, w_end: np.ndarray, w_score: np.ndarray) -> np.nd
     return np.where(k >= 0, w_score[np.maximum(k, 0)], 0.0)
 
 
+def _host_codes(rels: list[str]) -> list[int]:
+    """Host code per file: ``dir/<host>.<metric>.csv`` files of one folder share a host.
+
+    >>> _host_codes(["m/a.temp.csv", "m/a.flow.csv", "m/b.temp.csv", "x/nyc_taxi.csv"])
+    [0, 0, 1, 2]
+    """
+    keys: dict[str, int] = {}
+    out = []
+    for rel in rels:
+        folder, _, name = rel.rpartition("/")
+        stem = name[:-4] if name.endswith(".csv") else name
+        key = f"{folder}/{stem.split('.')[0]}" if "." in stem else rel
+        out.append(keys.setdefault(key, len(keys)))
+    return out
+
+
 def _match_windows(rel: str, windows: dict[str, list]) -> list | None:
     if rel in windows:
         return windows[rel]
@@ -155,11 +177,15 @@ def run_backtest(
             closed.append(window_features(s, t, v, wl))
         cw = ClosedWindows.concat(closed)
         X = cw.columns()
-        # the live detector input: each file is a host of its own (features.cross)
-        X.update(cross_metric_features(cw.series, cw.start, X))
+        # the live detector input (features.cross): files named ``<host>.<metric>.csv`` in one
+        # folder are the metrics of one host; any other file is a host of its own
+        host = np.asarray(_host_codes([rel for _, rel in files]), np.int64)
+        X.update(cross_metric_features(host[cw.series], cw.start, X))
         ens = default_ensemble(**cfg.detectors)
         task = progress.add_task("detect", total=len(cw))
         res = ens.process(X, on_round=lambda k, n: progress.advance(task, k))
+        # NAB detections = alert openings (models.episodes), for every threshold at once
+        signal = opening_signal(ens.opening_gate(), cw.series, res.score)
     t_detect = time.perf_counter() - t0
 
     windows = load_windows(windows_path) if windows_path else None
@@ -167,13 +193,16 @@ def run_backtest(
     for i, ((_f, rel), df) in enumerate(zip(files, frames, strict=False)):
         m = cw.series == i
         order = np.argsort(cw.end[m], kind="stable")
-        scores = _row_scores(ts_s[i], cw.end[m][order], res.score[m][order])
+        ends = cw.end[m][order]
+        belief = _row_scores(ts_s[i], ends, res.score[m][order])
+        scores = _row_scores(ts_s[i], ends, signal[m][order])
         if cfg.write_csv:
             dest = out_dir / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             pd.DataFrame(
-                {"timestamp": df["timestamp"], "value": df["value"], "anomaly_score": scores}
-            ).to_csv(dest, index=False)
+                {"timestamp": df["timestamp"], "value": df["value"], "anomaly_score": scores,
+                 "window_score": belief}
+            ).to_csv(dest, index=False)  # fmt: skip
         if windows is not None:
             w = _match_windows(rel, windows)
             if w is None:

@@ -79,7 +79,7 @@ class PartitionState:
         )
         self.ensemble = ensemble or default_ensemble()
         self.rule_alerts = RuleAlerts(rules)
-        self.score_alerts = ScoreAlerts()
+        self.score_alerts = ScoreAlerts(gate=self.ensemble.opening_gate())
 
     def codes(self, b: MetricBatch) -> np.ndarray:
         """Series codes of a batch's events; new series are registered (per unique series)."""

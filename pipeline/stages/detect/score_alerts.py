@@ -17,25 +17,30 @@ import numpy as np
 from core.records import AlertEvent
 from core.records import alert_id as alert_id_of
 from models.ensemble import SEVERITIES
+from models.episodes import OpeningGate, opening_signal
 
 #: the ``rule`` of every score alert
 ANOMALY_RULE = "anomaly:ensemble"
 
 
 class ScoreAlerts:
-    """Anomaly alerts from window severities, per series code, with flap damping.
+    """Anomaly alerts from window scores and severities, per series code: episodes, not windows.
 
-    An alert opens when a window is ``warning`` or worse, escalates/de-escalates with the
-    severity, and resolves after ``clear_windows`` consecutive ``ok`` windows (flap damping).
-    After a resolve, the series cannot re-open a warning for ``cooldown_windows`` windows
-    (a critical window still opens). One open alert per series at most (dedup).
+    The window score is never muted (it describes the anomaly for as long as it lasts); the
+    repetition rule lives here.  An alert opens when a window is ``warning`` or worse **and** its
+    score is the highest of its series in the opening gate's horizon
+    (:class:`models.episodes.OpeningGate`, the same rule backtests score as NAB detections);
+    it escalates/de-escalates with the severity and resolves after ``clear_windows``
+    consecutive ``ok`` windows (flap damping).  A series that resolved re-opens only on a window
+    above every score of the horizon -- so one fault that lasts an hour is one alert, and a
+    flapping series does not page every few minutes.  One open alert per series at most.
     """
 
-    def __init__(self, clear_windows: int = 3, cooldown_windows: int = 5) -> None:
-        self.clear_windows, self.cooldown_windows = clear_windows, cooldown_windows
+    def __init__(self, clear_windows: int = 3, gate: OpeningGate | None = None) -> None:
+        self.clear_windows = clear_windows
+        self.gate = gate if gate is not None else OpeningGate()
         self.level = np.zeros(0, np.int8)
         self.ok_run = np.zeros(0, np.int32)
-        self.cool = np.zeros(0, np.int32)
         self.alert_id: dict[int, tuple[str, float]] = {}
 
     def _grow(self, n: int) -> None:
@@ -43,38 +48,37 @@ class ScoreAlerts:
             extra = n - self.level.size
             self.level = np.concatenate([self.level, np.zeros(extra, np.int8)])
             self.ok_run = np.concatenate([self.ok_run, np.zeros(extra, np.int32)])
-            self.cool = np.concatenate([self.cool, np.zeros(extra, np.int32)])
 
     def step(
-        self, series: np.ndarray, sev: np.ndarray, on_event: Callable[[int, str, int, int], None]
+        self,
+        series: np.ndarray,
+        sev: np.ndarray,
+        score: np.ndarray,
+        on_event: Callable[[int, str, int, int], None],
     ) -> None:
         """Advance per window row (rows of one series in window order)."""
         if not series.size:
             return
         self._grow(int(series.max()) + 1)
-        # fast path: series with only healthy windows here and no open alert just tick their
-        # cooldown; every other series runs its windows in order (exact, batch-size independent)
+        opens = opening_signal(self.gate, series, score) > 0  # every row feeds the gate
+        # fast path: series with only healthy windows here and no open alert have nothing to
+        # do; every other series runs its windows in order (exact, batch-size independent)
         n = self.level.size
         hot = np.zeros(n, bool)
         hot[series[sev > 0]] = True
         hot |= self.level > 0
-        rows_hot = hot[series]
-        np.subtract.at(self.cool, series[~rows_hot], 1)
-        np.maximum(self.cool, 0, out=self.cool)
-        for i in np.flatnonzero(rows_hot):
+        for i in np.flatnonzero(hot[series]):
             s, v = int(series[i]), int(sev[i])
             L = int(self.level[s])
             if L == 0:
-                if v == 2 or (v == 1 and self.cool[s] <= 0):
+                if v > 0 and opens[i]:
                     self.level[s], self.ok_run[s] = v, 0
                     on_event(i, "open", s, v)
-                elif self.cool[s] > 0:
-                    self.cool[s] -= 1
                 continue
             if v == 0:
                 self.ok_run[s] += 1
                 if self.ok_run[s] >= self.clear_windows:
-                    self.level[s], self.cool[s] = 0, self.cooldown_windows
+                    self.level[s] = 0
                     on_event(i, "resolve", s, L)
                 continue
             self.ok_run[s] = 0
@@ -86,16 +90,17 @@ class ScoreAlerts:
         return {
             "level": self.level,
             "ok_run": self.ok_run,
-            "cool": self.cool,
             "alert_id": dict(self.alert_id),
             "clear": self.clear_windows,
-            "cooldown": self.cooldown_windows,
+            "gate": self.gate.to_state(),
         }
 
     @classmethod
     def from_state(cls, st: dict) -> ScoreAlerts:
-        sa = cls(st["clear"], st["cooldown"])
-        sa.level, sa.ok_run, sa.cool = st["level"].copy(), st["ok_run"].copy(), st["cool"].copy()
+        # checkpoints before the opening gate held a re-open cooldown instead: it starts fresh
+        gate = OpeningGate.from_state(st["gate"]) if "gate" in st else None
+        sa = cls(st["clear"], gate)
+        sa.level, sa.ok_run = st["level"].copy(), st["ok_run"].copy()
         sa.alert_id = dict(st["alert_id"])
         return sa
 

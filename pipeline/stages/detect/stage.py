@@ -302,7 +302,7 @@ class DetectStage:
                 )
             )
 
-        ps.score_alerts.step(s, sev.astype(np.int8), on_event)
+        ps.score_alerts.step(s, sev.astype(np.int8), score, on_event)
         rows = WindowRows(
             tenant,
             host,
