@@ -11,14 +11,15 @@ SVC_ENV := eval "$$(scripts/services.sh env)" && unset MLFLOW_TRACKING_URI
 # the Python packages, bottom layer last (ARCHITECTURE.md); pyproject's pytest testpaths match
 PACKAGES := cli serving training pipeline storage registry features models core
 
-.PHONY: help setup apt venv services-up services-down services-status migrate topics demo test test-unit test-integration bench eval lint clean mlflow
+.PHONY: help setup apt venv services-up services-down services-status migrate topics demo test test-unit test-integration bench eval backtest lint clean mlflow
 
 help:
 	@echo "make demo   - local PostgreSQL + embedded pipeline + simulator + API/UI"
 	@echo "make test   - unit, model and integration tests against real Kafka + PostgreSQL, doctests"
 	@echo "make lint   - ruff, import-linter layer contracts, mypy"
 	@echo "make bench  - benchmarks (results in benchmarks/results/)"
-	@echo "make eval   - NAB-style scores of the detectors on labelled series (DATA=<NAB-layout dir>)"
+	@echo "make eval   - leave-one-kind-out on nab-dev (DATA=<NAB-layout dir>), synthetic corpus, simulator"
+	@echo "make backtest DATA=<NAB-layout dir> - NAB-style scores of the default detectors on DATA"
 	@echo "make setup | services-up | services-down | test-unit"
 
 setup: apt venv
@@ -83,18 +84,24 @@ mlflow: services-up
 	$(BIN)/mlflow server --backend-store-uri "postgresql+psycopg://eventops:eventops@127.0.0.1:$${EVENTOPS_PG_PORT:-55432}/mlflow" \
 	  --artifacts-destination mlruns --workers 1 --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 
-# NAB-style evaluation on labelled series from outside the repository (a NAB checkout or the
-# layout training/synthetic.py writes: DATA/data/<category>/<name>.csv + DATA/windows.json), through
-# the backtest (`eventops backtest`): the live window/feature/detector code, NAB scores per profile
-# and event-wise metrics printed, per-row scores and report.json under EVAL_OUT. Not part of
-# `make test`, which needs no data from outside the repository.
+# The evaluation (`eventops eval`, training/evalsuite.py): (a) leave-one-kind-out on DATA (a NAB
+# checkout or nab-dev: DATA/data/<category>/<name>.csv + DATA/windows.json; skipped with a note
+# when DATA is empty), (b) the synthetic corpus of training/corpus.py, (c) the simulator on held-out
+# seeds. Tables printed, eval.json under EVAL_OUT. ABLATION=1 adds the ablation table; SETS=loko,...
+# picks sets. Not part of `make test`, which needs no data from outside the repository.
 DATA ?= $(wildcard ../shared/datasets/nab-dev)
 EVAL_OUT ?= eval-out
 eval: venv
-	@if [ -z "$(DATA)" ]; then echo "make eval: no labelled data: give DATA=<dir with data/ and windows.json> (the default ../shared/datasets/nab-dev is absent)" >&2; exit 2; fi
-	@if [ ! -d "$(DATA)/data" ] || [ ! -f "$(DATA)/windows.json" ]; then echo "make eval: $(DATA) is not a NAB-layout directory: expected $(DATA)/data/ and $(DATA)/windows.json" >&2; exit 2; fi
-	$(BIN)/eventops backtest "$(DATA)/data" --windows "$(DATA)/windows.json" --out "$(EVAL_OUT)"
-	@echo "report: $(EVAL_OUT)/report.json"
+	$(BIN)/eventops eval $(if $(DATA),--data "$(DATA)") --out "$(EVAL_OUT)" $(if $(ABLATION),--ablation) $(if $(SETS),--sets "$(SETS)")
+
+# One backtest of the default detectors on DATA (`eventops backtest`): NAB scores per profile and
+# event-wise metrics printed, per-row scores and report.json under BACKTEST_OUT.
+BACKTEST_OUT ?= $(EVAL_OUT)/backtest
+backtest: venv
+	@if [ -z "$(DATA)" ]; then echo "make backtest: no labelled data: give DATA=<dir with data/ and windows.json> (the default ../shared/datasets/nab-dev is absent)" >&2; exit 2; fi
+	@if [ ! -d "$(DATA)/data" ] || [ ! -f "$(DATA)/windows.json" ]; then echo "make backtest: $(DATA) is not a NAB-layout directory: expected $(DATA)/data/ and $(DATA)/windows.json" >&2; exit 2; fi
+	$(BIN)/eventops backtest "$(DATA)/data" --windows "$(DATA)/windows.json" --out "$(BACKTEST_OUT)"
+	@echo "report: $(BACKTEST_OUT)/report.json"
 
 # every check runs, then the target fails if any did: style (ruff check, ruff format --check),
 # the layer contracts (import-linter, pyproject [tool.importlinter]), types (mypy, pyproject

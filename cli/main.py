@@ -604,6 +604,20 @@ def backtest(ctx: typer.Context) -> None:
     typer.main.get_command(one)(ctx.args, prog_name="eventops backtest")
 
 
+@app.command(
+    "eval",
+    add_help_option=False,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+def eval_(ctx: typer.Context) -> None:
+    """Leave-one-kind-out on nab-dev (--data), the synthetic corpus and the simulator, NAB-style."""
+    from training.evalsuite import eval_command  # pandas and the detectors: only this command
+
+    one = typer.Typer(add_completion=False)
+    one.command()(eval_command)
+    typer.main.get_command(one)(ctx.args, prog_name="eventops eval")
+
+
 def main() -> None:
     """Run the CLI; an error ends it with one line on stderr and its exit code
     (:mod:`cli.errors`), the traceback only at DEBUG level."""

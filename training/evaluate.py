@@ -55,11 +55,17 @@ __all__ = [
     "PROFILES",
     "CostProfile",
     "LabelledSeries",
+    "auc_scores",
     "evaluate",
     "event_metrics",
+    "kind_folds",
+    "kind_of",
     "load_windows",
     "nab_score",
+    "per_kind",
+    "row_labels",
     "scaled_sigmoid",
+    "scored_days",
 ]
 
 
@@ -96,6 +102,10 @@ class LabelledSeries:
         Labelled windows (anything ``numpy.datetime64`` accepts), inclusive.
     probation : float
         Fraction of leading rows never scored.
+    belief : numpy.ndarray, optional
+        float64, shape (n,), the per-row window score (the detector's belief that the row's
+        window is anomalous, high for as long as an anomaly lasts); ROC / PR AUC rank it when
+        given, else ``scores``.  NAB and event metrics always use ``scores`` (the detections).
     """
 
     name: str
@@ -103,6 +113,7 @@ class LabelledSeries:
     scores: np.ndarray
     windows: list
     probation: float = 0.15
+    belief: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.timestamps = np.asarray(self.timestamps).astype("datetime64[ns]")
@@ -113,6 +124,12 @@ class LabelledSeries:
             raise ValueError("probation must be in [0, 1)")
         if np.isnan(self.scores).any():
             raise ValueError(f"{self.name}: NaN scores")
+        if self.belief is not None:
+            self.belief = np.asarray(self.belief, dtype=np.float64)
+            if self.belief.shape != self.scores.shape:
+                raise ValueError(f"{self.name}: belief must have the shape of scores")
+            if np.isnan(self.belief).any():
+                raise ValueError(f"{self.name}: NaN belief")
 
 
 def scaled_sigmoid(y: np.ndarray | float) -> np.ndarray:
@@ -328,17 +345,243 @@ def event_metrics(series: list[LabelledSeries], threshold: float) -> dict[str, A
     }
 
 
+def kind_of(name: str) -> str:
+    """The kind of a series: the first folder of its name (``""`` for a bare file name).
+
+    >>> kind_of("realKnownCause/nyc_taxi.csv"), kind_of("a.csv")
+    ('realKnownCause', '')
+    """
+    head, sep, _ = name.partition("/")
+    return head if sep else ""
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def row_labels(s: LabelledSeries) -> tuple[np.ndarray, np.ndarray]:
+    """``(inside, scored)``: bool (n,) rows inside a labelled window, bool (n,) post-probation rows.
+
+    >>> import numpy as np, pandas as pd
+    >>> ts = pd.date_range("2024-01-01", periods=10, freq="h").to_numpy()
+    >>> inside, scored = row_labels(LabelledSeries("x", ts, np.zeros(10), [(ts[4], ts[6])], 0.2))
+    >>> inside.astype(int).tolist(), int(scored.sum())
+    ([0, 0, 0, 0, 1, 1, 1, 0, 0, 0], 8)
+    """
+    prep = _prepare(s)
+    return prep.row_window >= 0, np.arange(prep.n) >= prep.probation_rows
+
+
+def scored_days(s: LabelledSeries) -> float:
+    """Days from the first post-probation row to the last row of ``s`` (0 when none is scored)."""
+    p = int(np.floor(s.probation * len(s.scores)))
+    if p >= len(s.scores):
+        return 0.0
+    return float((s.timestamps[-1] - s.timestamps[p]) / np.timedelta64(1, "D"))
+
+
+def auc_scores(series: list[LabelledSeries]) -> dict[str, Any]:
+    """ROC AUC and PR AUC (average precision) of the per-row score against the labels.
+
+    Pools the post-probation rows of every series; a row is positive when it lies inside a
+    labelled window.  The score ranked is each series' ``belief`` when it has one, else its
+    ``scores``.  ``roc`` / ``pr`` are ``None`` when the rows hold only one class.
+
+    Returns
+    -------
+    dict
+        ``roc``, ``pr``, ``rows``, ``positives``, ``signal`` (``"belief"``, ``"scores"`` or
+        ``"mixed"``).
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> ts = pd.date_range("2024-01-01", periods=8, freq="h").to_numpy()
+    >>> sc = np.array([0.9, 0.1, 0.2, 0.8, 0.7, 0.3, 0.6, 0.1])  # row 0 is probation
+    >>> r = auc_scores([LabelledSeries("x", ts, sc, [(ts[3], ts[4])], probation=0.125)])
+    >>> r["roc"], round(r["pr"], 3), r["rows"], r["positives"]
+    (1.0, 1.0, 7, 2)
+    """
+    ys, xs, kinds = [], [], set()
+    for s in series:
+        inside, scored = row_labels(s)
+        x = s.scores if s.belief is None else s.belief
+        kinds.add("scores" if s.belief is None else "belief")
+        ys.append(inside[scored])
+        xs.append(x[scored])
+    y = np.concatenate(ys) if ys else np.zeros(0, dtype=bool)
+    x = np.concatenate(xs) if xs else np.zeros(0)
+    pos = int(y.sum())
+    out: dict[str, Any] = {
+        "roc": None,
+        "pr": None,
+        "rows": int(y.size),
+        "positives": pos,
+        "signal": kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "scores"),
+    }
+    if 0 < pos < y.size:
+        from sklearn.metrics import average_precision_score, roc_auc_score
+
+        out["roc"] = float(roc_auc_score(y, x))
+        out["pr"] = float(average_precision_score(y, x))
+    return out
+
+
+def _groups(series: list[LabelledSeries]) -> dict[str, list[int]]:
+    """Indices of the series of each kind, kinds sorted by name."""
+    g: dict[str, list[int]] = {}
+    for i, s in enumerate(series):
+        g.setdefault(kind_of(s.name), []).append(i)
+    return dict(sorted(g.items()))
+
+
+def _events_brief(m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("tp", "fp", "fn", "precision", "recall", "f1")
+    return {**{k: m[k] for k in keys}, "mean_delay_s": _finite(m["mean_delay_s"])}
+
+
+def per_kind(series: list[LabelledSeries], thresholds: dict[str, float]) -> dict[str, Any]:
+    """Figures of each kind (:func:`kind_of`) at fixed thresholds (profile name -> threshold).
+
+    Per kind: ``series``, ``windows`` (scored), ``nab`` (normalised score per profile at its
+    threshold, ``None`` for a kind without windows), ``events`` at the standard threshold,
+    ``auc`` (:func:`auc_scores`), ``series_days`` (post-probation, summed) and
+    ``fp_per_series_day`` (false-positive events per series-day).
+
+    >>> import numpy as np, pandas as pd
+    >>> ts = pd.date_range("2024-01-01", periods=288, freq="5min").to_numpy()
+    >>> sc = np.zeros(288); sc[[100, 200]] = 1.0
+    >>> ss = [LabelledSeries("a/x.csv", ts, sc, [(ts[95], ts[110])]),
+    ...       LabelledSeries("b/y.csv", ts, sc, [])]
+    >>> k = per_kind(ss, {p: 0.5 for p in PROFILES})
+    >>> k["a"]["nab"]["standard"] > 90, k["b"]["nab"]["standard"], k["b"]["events"]["fp"]
+    (True, None, 2)
+    """
+    out: dict[str, Any] = {}
+    for kind, idx in _groups(series).items():
+        ss = [series[i] for i in idx]
+        nab: dict[str, float | None] = {}
+        n_win = 0
+        for name, prof in PROFILES.items():
+            r = nab_score(ss, prof, threshold=thresholds[name])
+            nab[name] = _finite(r["score"]) if r["windows"] else None
+            n_win = r["windows"]
+        ev = event_metrics(ss, thresholds["standard"])
+        days = sum(scored_days(s) for s in ss)
+        out[kind] = {
+            "series": len(ss),
+            "windows": n_win,
+            "nab": nab,
+            "events": _events_brief(ev),
+            "auc": auc_scores(ss),
+            "series_days": days,
+            "fp_per_series_day": ev["fp"] / days if days > 0 else None,
+        }
+    return out
+
+
+def _corpus(parts: list[tuple[list, list, int]], prof: CostProfile, threshold: float | None):
+    """NAB corpus score from per-series sweep parts (:func:`_sweep_deltas`), as ``nab_score``."""
+    vals = [v for p in parts for v in p[0]]
+    dels = [d for p in parts for d in p[1]]
+    n_win = sum(p[2] for p in parts)
+    null = -prof.a_fn * n_win
+    perfect = prof.a_tp * float(scaled_sigmoid(-1.0)) * n_win
+    v = np.concatenate(vals) if vals else np.empty(0)
+    d = np.concatenate(dels) if dels else np.empty(0)
+    if threshold is None:
+        order = np.argsort(-v, kind="stable")
+        v, d = v[order], d[order]
+        last = np.ones(v.size, dtype=bool)
+        last[:-1] = v[1:] != v[:-1]
+        cand_v = np.concatenate([[np.inf], v[last]])
+        cand_raw = null + np.concatenate([[0.0], np.cumsum(d)[last]])
+        best = int(np.argmax(cand_raw))
+        thr, raw = float(cand_v[best]), float(cand_raw[best])
+    else:
+        thr, raw = float(threshold), null + float(d[v >= threshold].sum())
+    denom = perfect - null
+    score = 100.0 * (raw - null) / denom if denom > 0 else float("nan")
+    return {"score": score, "raw": raw, "raw_null": null, "raw_perfect": perfect,
+            "threshold": thr, "windows": n_win}  # fmt: skip
+
+
+def kind_folds(series: list[LabelledSeries]) -> dict[str, Any]:
+    """Leave-one-kind-out material: per kind with labelled windows, thresholds chosen without it.
+
+    For each kind ``K`` that has at least one scored window, and each profile: the threshold
+    that maximises the NAB score of all *other* series (kinds without windows included: they
+    only add false positives), that training score, and the score of ``K``'s series at that
+    threshold (``test``, with its ``test_raw`` / ``test_null`` / ``test_perfect`` so folds can
+    be pooled).  Also ``no_anomaly_fp``: false-positive events, per profile, on the training
+    series that have no labelled window, and ``test_events`` at the standard training
+    threshold.  Scores are ``None`` where no window is scored.
+
+    >>> import numpy as np, pandas as pd
+    >>> ts = pd.date_range("2024-01-01", periods=200, freq="5min").to_numpy()
+    >>> def s(name, hit):
+    ...     sc = np.zeros(200); sc[100] = hit
+    ...     return LabelledSeries(name, ts, sc, [(ts[95], ts[110])])
+    >>> f = kind_folds([s("a/1.csv", 0.9), s("b/1.csv", 0.8), s("c/1.csv", 0.3)])
+    >>> f["c"]["standard"]["threshold"], f["c"]["standard"]["test"]
+    (0.8, 0.0)
+    >>> round(f["a"]["standard"]["test"], 1)  # threshold 0.3, chosen on b and c
+    97.2
+    """
+    groups = _groups(series)
+    preps = [_prepare(s) for s in series]
+    parts = {
+        name: [_sweep_deltas(s, p, prof) for s, p in zip(series, preps, strict=True)]
+        for name, prof in PROFILES.items()
+    }
+    no_win = [i for i, p in enumerate(preps) if not any(p.scored)]
+    out: dict[str, Any] = {}
+    for kind, idx in groups.items():
+        if not any(parts["standard"][i][2] for i in idx):
+            continue
+        test = set(idx)
+        train = [i for i in range(len(series)) if i not in test]
+        fold: dict[str, Any] = {}
+        for name, prof in PROFILES.items():
+            tr = _corpus([parts[name][i] for i in train], prof, None)
+            te = _corpus([parts[name][i] for i in idx], prof, tr["threshold"])
+            fold[name] = {
+                "threshold": tr["threshold"],
+                "train": _finite(tr["score"]),
+                "test": _finite(te["score"]),
+                "test_raw": te["raw"],
+                "test_null": te["raw_null"],
+                "test_perfect": te["raw_perfect"],
+            }
+        quiet = [series[i] for i in no_win if i not in test]
+        fold["no_anomaly_fp"] = {
+            name: event_metrics(quiet, fold[name]["threshold"])["fp"] if quiet else 0
+            for name in PROFILES
+        }
+        fold["no_anomaly_series"] = len(quiet)
+        fold["test_events"] = _events_brief(
+            event_metrics([series[i] for i in idx], fold["standard"]["threshold"])
+        )
+        out[kind] = fold
+    return out
+
+
 def evaluate(series: list[LabelledSeries]) -> dict[str, Any]:
     """Full report: NAB score per profile (each with its own optimal threshold) + event metrics.
 
-    Event metrics are computed at the standard profile's threshold.
+    Event metrics are computed at the standard profile's threshold.  Also ``auc`` (ROC / PR AUC
+    of the per-row belief, :func:`auc_scores`) and, when the series are of more than one kind
+    (:func:`kind_of`; empty otherwise), ``per_kind`` (:func:`per_kind` at the corpus thresholds)
+    and ``kind_folds`` (leave-one-kind-out material, :func:`kind_folds`).
 
     >>> import numpy as np, pandas as pd
     >>> ts = pd.date_range("2024-01-01", periods=100, freq="5min").to_numpy()
     >>> sc = np.zeros(100); sc[62] = 0.8; sc[90] = 0.3  # a hit 35 min into the window, a blip
     >>> rep = evaluate([LabelledSeries("a.csv", ts, sc, [(ts[55], ts[74])])])
-    >>> sorted(rep), sorted(rep["nab"])
-    (['events', 'n_series', 'nab', 'per_file'], ['reward_low_FN', 'reward_low_FP', 'standard'])
+    >>> sorted(rep)
+    ['auc', 'events', 'kind_folds', 'n_series', 'nab', 'per_file', 'per_kind']
+    >>> sorted(rep["nab"])
+    ['reward_low_FN', 'reward_low_FP', 'standard']
     >>> std, ev = rep["nab"]["standard"], rep["events"]
     >>> round(std["score"], 1), std["threshold"], ev["tp"], ev["fp"], ev["mean_delay_s"] / 60
     (96.6, 0.8, 1, 0, 35.0)
@@ -350,4 +593,11 @@ def evaluate(series: list[LabelledSeries]) -> dict[str, Any]:
     for s in series:
         r = nab_score([s], PROFILES["standard"], threshold=thr)
         per_file[s.name] = {"raw_standard": r["raw"], "windows": r["windows"]}
-    return {"nab": nab, "events": ev, "per_file": per_file, "n_series": len(series)}
+    out = {"nab": nab, "events": ev, "per_file": per_file, "n_series": len(series)}
+    out["auc"] = auc_scores(series)
+    # one kind (e.g. the series of a training set): its figures are the corpus's, no fold exists
+    several = len(_groups(series)) > 1
+    thresholds = {name: r["threshold"] for name, r in nab.items()}
+    out["per_kind"] = per_kind(series, thresholds) if several else {}
+    out["kind_folds"] = kind_folds(series) if several else {}
+    return out
