@@ -257,6 +257,16 @@ class SeasonalProfile(VectorDetector):
         m[known], v[known] = self.m[s[known], b[known]], self.v[s[known], b[known]]
         return m, np.sqrt(v)
 
+    def ready_many(self, X):
+        """bool (n,): the window's slot has enough history to score (else it scores 0)."""
+        s = np.asarray(X["series"], np.int64)
+        b, known = self._bucket(X), self._known(s)
+        n, span = np.zeros(s.size), np.zeros(s.size)
+        n[known] = self.n[s[known], b[known]]
+        span[known] = np.asarray(X["start"], np.float64)[known] - self.first[s[known]]
+        span[known & np.isnan(span)] = np.inf
+        return (n >= self.min_count) & (span >= self.min_periods * self.period_s)
+
     def _score(self, X):
         s = np.asarray(X["series"], np.int64)
         b, known = self._bucket(X), self._known(s)
@@ -265,11 +275,7 @@ class SeasonalProfile(VectorDetector):
         n[known] = self.n[s[known], b[known]]
         m[known], v[known] = self.m[s[known], b[known]], self.v[s[known], b[known]]
         sd = np.sqrt(v) + self.min_std * (np.abs(m) + 1e-9) + 1e-12
-        span = np.zeros(s.size)
-        span[known] = np.asarray(X["start"], np.float64)[known] - self.first[s[known]]
-        span[known & np.isnan(span)] = np.inf  # restored from before ``first`` was kept
-        ready = (n >= self.min_count) & (span >= self.min_periods * self.period_s)
-        z = np.where(ready, np.abs(x - m) / sd, 0.0)
+        z = np.where(self.ready_many(X), np.abs(x - m) / sd, 0.0)
         return tail_score(z, self.decades)
 
     def _learn_unique(self, X):

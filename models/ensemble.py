@@ -164,6 +164,9 @@ class Ensemble:
         record_floor: float = 1.0,
         open_horizon: int = 100,
         open_blocks: int = 10,
+        seasonal_cap: float = 0.0,
+        seasonal: str = "seasonal",
+        capped: tuple[str, ...] = ("ewma_slow", "ewma_value", "ewma_diff", "mad"),
     ) -> None:
         if not components:
             raise ValueError("an ensemble needs at least one component")
@@ -206,6 +209,10 @@ class Ensemble:
         self.record_halflife, self.record_floor = float(record_halflife), float(record_floor)
         self._rec = {k: np.zeros(0) for k in self.components}  # decayed max surprise per series
         self._count = np.zeros(0)  # windows learnt per series (confidence / warming)
+        if seasonal_cap < 0:
+            raise ValueError("seasonal_cap must be >= 0")
+        self.seasonal_cap, self.seasonal = float(seasonal_cap), seasonal
+        self.capped = tuple(capped)
         # the alert layer's opening rule (models.episodes); configuration only, no state here
         OpeningGate(open_horizon, open_blocks)  # validates
         self.open_horizon, self.open_blocks = int(open_horizon), int(open_blocks)
@@ -233,6 +240,8 @@ class Ensemble:
                     self._cal[k].learn(s, v)
         if self.record_halflife > 0:
             comp = self._record(s, comp, learn)
+        if self.seasonal_cap > 0:
+            comp = self._cap_by_season(X, comp)
         raw = np.clip(self._combine(comp), 0.0, 1.0)
         if self.likelihood:
             raw = self._likelihood(s, raw, learn)
@@ -263,6 +272,20 @@ class Ensemble:
                 d.learn_many(X)
             self._count[s] += 1.0
         return score, comp, exp, sc, conf
+
+    def _cap_by_season(self, X: dict[str, np.ndarray], comp: dict[str, np.ndarray]):
+        """Where the seasonal profile knows the window's slot, cap the non-seasonal level
+        components at ``seasonal_cap`` times its score: what happens every night at 02:00 (a
+        batch job, a backup) is no anomaly however far it is from the all-day level."""
+        det = self.components.get(self.seasonal)
+        if det is None or not hasattr(det, "ready_many"):
+            return comp
+        ready = det.ready_many(X)
+        cap = self.seasonal_cap * comp[self.seasonal]
+        return {
+            k: np.where(ready, np.minimum(v, cap), v) if k in self.capped else v
+            for k, v in comp.items()
+        }
 
     def _record(self, s: np.ndarray, comp: dict[str, np.ndarray], learn: bool):
         """Damp component scores that do not exceed the series' decayed record surprise."""
@@ -359,6 +382,9 @@ class Ensemble:
                 "record_floor": self.record_floor,
                 "open_horizon": self.open_horizon,
                 "open_blocks": self.open_blocks,
+                "seasonal_cap": self.seasonal_cap,
+                "seasonal": self.seasonal,
+                "capped": self.capped,
             },
             "likelihood_state": self._lk.copy(),
             "calibration_state": {k: c.to_state() for k, c in self._cal.items()},

@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "host_alpha": 0.002,
     "open_horizon": 100,
     "open_blocks": 10,
+    "seasonal_cap": 2.0,
     # Components switched on: the hour-of-day profile (seasonal residual) and a slow EWMA
     # z-score of the value (level shifts / drifts against ~1000 windows of memory).  Each is
     # calibrated per series against its own score history (``calibrate``, models/likelihood.py)
@@ -133,4 +134,5 @@ def default_ensemble(**overrides: Any) -> Ensemble:
         record_floor=c["record_floor"],
         open_horizon=c["open_horizon"],
         open_blocks=c["open_blocks"],
+        seasonal_cap=c["seasonal_cap"],
     )

@@ -210,7 +210,7 @@ def run_backtest(
                 log.warning("%s has no entry in %s; not evaluated", rel, windows_path)
                 continue
             labelled.append(
-                LabelledSeries(rel, df["timestamp"].to_numpy(), scores, w, cfg.probation)
+                LabelledSeries(rel, df["timestamp"].to_numpy(), scores, w, cfg.probation, belief)
             )
     report: dict[str, Any] = {
         "files": len(files),
