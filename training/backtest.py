@@ -63,6 +63,10 @@ class BacktestConfig:
         Show a rich progress bar.
     write_csv : bool
         Write the per-row score files.
+    families : {"none", "folder"}
+        Metric families (the population a new series is scored against while it warms up):
+        ``"none"`` = every file its own; ``"folder"`` = the files of one folder are one metric
+        of many hosts (e.g. ``cpu_load/<host>.csv``).
     """
 
     window_s: float | None = None
@@ -70,12 +74,15 @@ class BacktestConfig:
     probation: float = 0.15
     progress: bool = True
     write_csv: bool = True
+    families: str = "none"
 
     def __post_init__(self) -> None:
         if self.window_s is not None and not self.window_s > 0:
             raise ValueError("window_s must be > 0")
         if not 0 <= self.probation < 1:
             raise ValueError("probation must be in [0, 1)")
+        if self.families not in ("none", "folder"):
+            raise ValueError("families must be 'none' or 'folder'")
 
 
 def discover_csvs(paths: list[Path]) -> list[tuple[Path, str]]:
@@ -181,6 +188,10 @@ def run_backtest(
         # folder are the metrics of one host; any other file is a host of its own
         host = np.asarray(_host_codes([rel for _, rel in files]), np.int64)
         X["host"] = host[cw.series]
+        if cfg.families == "folder":
+            folders = [rel.rpartition("/")[0] for _, rel in files]
+            codes = {f: i for i, f in enumerate(dict.fromkeys(folders))}
+            X["family"] = np.asarray([codes[f] for f in folders], np.int64)[cw.series]
         X.update(cross_metric_features(X["host"], cw.start, X))
         ens = default_ensemble(**cfg.detectors)
         task = progress.add_task("detect", total=len(cw))

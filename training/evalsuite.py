@@ -186,8 +186,10 @@ class _Runs:
         self.out_dir = out_dir
         self.reports: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def run(self, set_name: str, root: Path, name: str, overrides: dict) -> dict[str, Any]:
-        key = (set_name, json.dumps(overrides, sort_keys=True, default=str))
+    def run(
+        self, set_name: str, root: Path, name: str, overrides: dict, families: str = "none"
+    ) -> dict[str, Any]:
+        key = (set_name, json.dumps(overrides, sort_keys=True, default=str), families)
         if key not in self.reports:
             safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name) or "config"
             t0 = time.perf_counter()
@@ -195,7 +197,9 @@ class _Runs:
                 [root / "data"],
                 root / "windows.json",
                 self.out_dir / "runs" / set_name / safe,
-                BacktestConfig(detectors=dict(overrides), progress=False, write_csv=False),
+                BacktestConfig(
+                    detectors=dict(overrides), progress=False, write_csv=False, families=families
+                ),
             )
             log.info("%s / %s: %.1f s", set_name, name, time.perf_counter() - t0)
             self.reports[key] = report
@@ -394,6 +398,15 @@ def run_eval(
             result["loko"] = _loko(runs, nab_dir, candidates(configs))
     for name, root in roots.items():
         result[name] = _set_figures(runs.run(name, root, "default", {}))
+    if "simulator" in roots:  # cold start: a metric's other hosts as the population, or none
+        with_prior = runs.run("simulator", roots["simulator"], "population", {}, "folder")
+        result["first_day"] = {
+            "population prior": with_prior["evaluation"]["first_day"],
+            "own history only": runs.run("simulator", roots["simulator"], "default", {})[
+                "evaluation"
+            ]["first_day"],
+        }
+        result["simulator_population"] = _set_figures(with_prior)
     if ablation:
         table: dict[str, dict[str, Any]] = {}
         for name, ov in {"default": {}, **ablations()}.items():
@@ -501,6 +514,19 @@ def print_eval(result: dict[str, Any], console: Any = None) -> None:
                 kind, str(k["series"]), str(k["windows"]), *(_f(k["nab"][p]) for p in PROFILES),
                 _f(e["precision"], ".2f"), _f(e["recall"], ".2f"), _f(e["f1"], ".2f"),
                 _f(a["roc"], ".3f"), _f(a["pr"], ".3f"), _f(k["fp_per_series_day"], ".2f"),
+            )  # fmt: skip
+        con.print(t)
+    fd = result.get("first_day")
+    if fd:
+        t = Table(title="(c) simulator, first day of every series (probation included)")
+        for c in ("cold start", "windows", "detected", "rate", "false alarms", "per series",
+                  "threshold"):  # fmt: skip
+            t.add_column(c, justify="left" if c == "cold start" else "right")
+        for name, r in fd.items():
+            t.add_row(
+                name, str(r["windows"]), str(r["detected"]), _f(r["detection_rate"], ".2f"),
+                str(r["false_alarms"]), _f(r["false_alarms_per_series"], ".2f"),
+                _f(r["threshold"], ".3f"),
             )  # fmt: skip
         con.print(t)
     abl = result.get("ablation")

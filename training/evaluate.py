@@ -380,6 +380,48 @@ def scored_days(s: LabelledSeries) -> float:
     return float((s.timestamps[-1] - s.timestamps[p]) / np.timedelta64(1, "D"))
 
 
+def first_day(series: list[LabelledSeries], threshold: float, days: float = 1.0) -> dict[str, Any]:
+    """Detection and false alarms in each series' first ``days`` (probation included: this is
+    what a new series pages in its first day).
+
+    ``windows`` / ``detected``: labelled windows that start within the first day and have a
+    detection (a row ``>= threshold``) inside them; ``false_alarms``: runs of consecutive
+    detections outside every window within the first day, summed over series;
+    ``false_alarms_per_series``: their mean per series.
+
+    >>> import numpy as np, pandas as pd
+    >>> ts = pd.date_range("2024-01-01", periods=48, freq="h").to_numpy()
+    >>> sc = np.zeros(48); sc[[3, 4, 10, 30]] = 0.9
+    >>> r = first_day([LabelledSeries("a", ts, sc, [(ts[9], ts[12]), (ts[29], ts[31])])], 0.5)
+    >>> r["windows"], r["detected"], r["false_alarms"]
+    (1, 1, 1)
+    """
+    wins = det = fa = 0
+    for s in series:
+        if not len(s.scores):
+            continue
+        horizon = s.timestamps[0] + np.timedelta64(int(days * 86400), "s")
+        early = s.timestamps < horizon
+        inside, _ = row_labels(s)
+        hit = s.scores >= threshold
+        for a, b in s.windows:
+            a64, b64 = np.datetime64(pd.Timestamp(a)), np.datetime64(pd.Timestamp(b))
+            if a64 < horizon:
+                wins += 1
+                det += bool((hit & (s.timestamps >= a64) & (s.timestamps <= b64)).any())
+        out = hit & ~inside & early
+        fa += int(np.sum(out & ~np.r_[False, out[:-1]]))
+    n = max(len(series), 1)
+    return {
+        "windows": wins,
+        "detected": det,
+        "detection_rate": round(det / wins, 3) if wins else None,
+        "false_alarms": fa,
+        "false_alarms_per_series": round(fa / n, 3),
+        "threshold": threshold,
+    }
+
+
 def auc_scores(series: list[LabelledSeries]) -> dict[str, Any]:
     """ROC AUC and PR AUC (average precision) of the per-row score against the labels.
 
@@ -579,7 +621,7 @@ def evaluate(series: list[LabelledSeries]) -> dict[str, Any]:
     >>> sc = np.zeros(100); sc[62] = 0.8; sc[90] = 0.3  # a hit 35 min into the window, a blip
     >>> rep = evaluate([LabelledSeries("a.csv", ts, sc, [(ts[55], ts[74])])])
     >>> sorted(rep)
-    ['auc', 'events', 'kind_folds', 'n_series', 'nab', 'per_file', 'per_kind']
+    ['auc', 'events', 'first_day', 'kind_folds', 'n_series', 'nab', 'per_file', 'per_kind']
     >>> sorted(rep["nab"])
     ['reward_low_FN', 'reward_low_FP', 'standard']
     >>> std, ev = rep["nab"]["standard"], rep["events"]
@@ -595,6 +637,7 @@ def evaluate(series: list[LabelledSeries]) -> dict[str, Any]:
         per_file[s.name] = {"raw_standard": r["raw"], "windows": r["windows"]}
     out = {"nab": nab, "events": ev, "per_file": per_file, "n_series": len(series)}
     out["auc"] = auc_scores(series)
+    out["first_day"] = first_day(series, thr)
     # one kind (e.g. the series of a training set): its figures are the corpus's, no fold exists
     several = len(_groups(series)) > 1
     thresholds = {name: r["threshold"] for name, r in nab.items()}
