@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     #: even if the host sent nothing since (must exceed max_future_skew_s + window_s +
     #: allowed_lateness_s, so a tenant stamping within the accepted skew never closes another's)
     idle_close_s: float = 600.0
+    #: processing-time idle close: a partition that has received nothing for this many seconds
+    #: of wall clock (and is read to its end) has each host's windows closed as if its clock had
+    #: moved on by that time (newest event + idle time - lateness, up to its newest window);
+    #: 0 = off (windows then wait for newer events, or idle_close_s)
+    idle_close_wall_s: float = Field(default=30.0, ge=0)
     checkpoint_interval_s: float = 10.0
 
     # --- Worker outages and health ----------------------------------------------------------

@@ -22,6 +22,12 @@ Choose ``idle_close_s`` larger than the accepted future skew plus a window plus 
 current window.  The cost: a silent host's last windows are emitted ``idle_close_s`` late, and a
 host whose clock lags the partition's newest event by more than ``idle_close_s`` is late.
 
+A partition that receives nothing at all (no clock moves) keeps its windows open; the caller
+can close them by processing time with :meth:`WindowAggregator.advance` (the detect stage's
+idle tick): every host's windows close as if its clock had moved on by the wall-clock time since
+the partition's last event, up to the window holding its newest event.  A source that resumes
+after that with timestamps inside a window so closed finds it late.
+
 An event is *late* when its window is closed at the moment it arrives: its window index is below
 the host's closed bound, i.e. the bound given by every valid event *before it* in the input order
 (its host's clock, the partition clock, plus :meth:`WindowAggregator.flush`).  Late events are not
@@ -508,6 +514,43 @@ class WindowAggregator:
             return _empty_closed(self.watermark)
         np.maximum.at(self._host_closed, self._host_of[self._open_series], self._open_win + 1)
         self._dirty = True
+        return self._close()
+
+    def advance(self, seconds: float) -> ClosedWindows:
+        """Close what each host's clock would close had it moved on by ``seconds`` with no event:
+        the processing-time idle close (the caller's wall clock; see the module docstring).
+
+        Per host with open windows, its clock (its newest event, found in its open windows) plus
+        ``seconds`` minus the allowed lateness bounds the windows closed -- never past the window
+        holding the host's newest event, so events after it are never made late.  The raised
+        bounds are state (checkpointed): events behind them are late afterwards.
+
+        >>> agg = WindowAggregator(window_s=60.0, allowed_lateness_s=30.0)
+        >>> _ = agg.push(np.array([0, 0]), np.array([10.0, 70.0]), np.ones(2))
+        >>> len(agg.advance(0.0)), agg.advance(19.0).start.tolist()  # 70 + 19 - 30 < 60
+        (0, [])
+        >>> agg.advance(20.0).start.tolist()  # 70 + 20 - 30 = 60: [0, 60) closes
+        [0.0]
+        >>> agg.advance(1e9).start.tolist(), agg.n_open  # at most up to the newest window
+        ([60.0], 0)
+        """
+        seconds = float(seconds)
+        if not np.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
+        if self._open_win.size == 0:
+            return _empty_closed(self.watermark)
+        h = self._host_of[self._open_series]
+        newest = np.full(self._n_hosts, -np.inf)
+        np.maximum.at(newest, h, self._open_win * self.window_s + self._open["tlast"])
+        top = np.full(self._n_hosts, _NONE, np.int64)
+        np.maximum.at(top, h, self._open_win + 1)
+        has = np.flatnonzero(top > _NONE)
+        level = np.minimum(
+            _level(newest[has] + seconds, self.allowed_lateness_s, self.window_s), top[has]
+        )
+        if (level > self._host_closed[has]).any():
+            np.maximum.at(self._host_closed, has, level)
+            self._dirty = True
         return self._close()
 
     # ------------------------------------------------------------------ state

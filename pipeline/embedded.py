@@ -6,10 +6,16 @@ backtests, tests).
 per record on a stage error like the Kafka runner's, then hands the batch to the sink: rows,
 windows, alerts and dead letters (the ``dead_letters`` table: there is no DLQ topic here) are
 stored in one transaction of the sink. Alert events go to an in-process :class:`Bus`.
+
+Idle close: :meth:`EmbeddedPipeline.tick` closes the windows of a pipeline that has been fed
+nothing for ``EVENTOPS_IDLE_CLOSE_WALL_S`` (processing time; :meth:`DetectStage.tick`) and
+stores them like a batch's; :meth:`EmbeddedPipeline.start_idle_close` runs it every second on a
+thread of its own (the demo and ``POST /ingest`` do), :meth:`feed` and :meth:`tick` taking turns.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +35,8 @@ from storage.alerts import load_open_alerts
 from storage.connect import connect
 from storage.partitions import Maintainer, PartitionPolicy, Partitions
 from storage.sink import Sink
+
+log = logging.getLogger(__name__)
 
 #: the embedded runner's chain: every stage
 CHAIN = parse_chain(STAGES)
@@ -132,9 +140,21 @@ class EmbeddedPipeline:
         self._history.rebase(self.stages.detect)
         self.stats = Stats()
         self._seq = 0
+        # feed() and tick() take turns (one connection, one stage state)
+        self._lock = threading.RLock()
+        #: monotonic time of the last feed with records (or of the start): the idle clock
+        self.fed_at = time.monotonic()
+        self._ticker: threading.Thread | None = None
+        self._closing = threading.Event()
 
     def feed(self, raws: Sequence[bytes]) -> tuple[int, list[DeadLetter], list[AlertEvent]]:
         """Process one micro-batch; returns (rows stored, dead letters, alert events)."""
+        with self._lock:
+            if raws:
+                self.fed_at = time.monotonic()
+            return self._feed(raws)
+
+    def _feed(self, raws: Sequence[bytes]) -> tuple[int, list[DeadLetter], list[AlertEvent]]:
         self.stages.refresh()
         first = self._seq
         self._seq += len(raws)
@@ -172,7 +192,69 @@ class EmbeddedPipeline:
         st.alerts += len(stored_alerts)
         return stored, dead, stored_alerts
 
+    def tick(self, now: float | None = None) -> tuple[int, list[AlertEvent]]:
+        """Idle close: if nothing was fed for ``EVENTOPS_IDLE_CLOSE_WALL_S`` up to ``now``
+        (``time.monotonic()`` by default), close the windows due by processing time and store
+        them (scores, features, alert transitions) in one transaction; returns (windows stored,
+        alert events newly stored). Nothing happens before that, or with the setting at 0."""
+        with self._lock:
+            now = time.monotonic() if now is None else now
+            det = self.stages.detect
+            out = det.tick(0, now - self.fed_at)
+            if out.windows is None and not out.alerts:
+                return 0, []
+            empty = MetricBatch.empty()
+            try:
+                self.sink.ensure_partitions(empty, out.windows)
+                _, stored_alerts = self.sink.write(empty, out.alerts, out.windows)
+            except Exception:
+                self._history.rewind(det)  # not stored: the windows open again, for a next tick
+                raise
+            self._history.rebase(det)  # a later failed batch rewinds to after the tick
+            self.sink.mark_published([a.seq for a in stored_alerts])
+            for a in stored_alerts:
+                self.bus.publish(a)
+            n = 0 if out.windows is None else len(out.windows)
+            self.stats.idle_closed += n
+            self.stats.alerts += len(stored_alerts)
+            log.info(
+                "%s: idle for %.0f s: %d windows closed by processing time",
+                self.source,
+                now - self.fed_at,
+                n,
+            )
+            return n, stored_alerts
+
+    def start_idle_close(self, every_s: float = 1.0) -> EmbeddedPipeline:
+        """Call :meth:`tick` every ``every_s`` on a daemon thread until :meth:`close` (a no-op
+        with ``EVENTOPS_IDLE_CLOSE_WALL_S=0``)."""
+        if self._ticker is not None or not self.s.idle_close_wall_s:
+            return self
+        self._ticker = threading.Thread(
+            target=self._tick_forever, args=(every_s,), name="idle-close", daemon=True
+        )
+        self._ticker.start()
+        return self
+
+    def _tick_forever(self, every_s: float) -> None:
+        warned = -float("inf")
+        while not self._closing.wait(every_s):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the database away: tried again next time
+                if time.monotonic() - warned > 60:
+                    warned = time.monotonic()
+                    log.warning("idle close failed; retrying every %.0f s", every_s, exc_info=True)
+                try:
+                    self.conn.rollback()
+                except Exception:  # noqa: BLE001 - a broken connection stays broken
+                    pass
+
     def close(self) -> None:
-        if self.maintainer is not None:
-            self.maintainer.stop()
-        self.conn.close()
+        self._closing.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=10)
+        with self._lock:
+            if self.maintainer is not None:
+                self.maintainer.stop()
+            self.conn.close()

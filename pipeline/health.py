@@ -49,6 +49,8 @@ class Stats:
     dead: int = 0
     alerts: int = 0
     commit_failures: int = 0
+    #: windows closed by processing time (the idle close of quiet partitions)
+    idle_closed: int = 0
     #: failed attempts waited out, per service ("postgres", "kafka")
     outage_retries: dict = field(default_factory=lambda: {"postgres": 0, "kafka": 0})
     started: float = field(default_factory=time.monotonic)

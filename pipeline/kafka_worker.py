@@ -10,6 +10,15 @@ deterministic event ids make the replay write nothing twice.
 This module keeps consuming, producing, rebalancing and the detect checkpoints; outages
 (PostgreSQL or Kafka away) are ridden out by :mod:`pipeline.outages`, offsets committed by
 :mod:`pipeline.offsets`. The worker's readiness is served on ``EVENTOPS_WORKER_HEALTH_PORT``.
+
+Idle close (detect workers, ``EVENTOPS_IDLE_CLOSE_WALL_S``): a partition that is read to its
+end (the consumer reported end-of-partition at the offset processed) and has received nothing
+for that long is ticked (:meth:`pipeline.stages.detect.stage.DetectStage.tick` with the idle
+time); the windows it closes are scored and written like a batch's, with a checkpoint of the
+partition at its unchanged offset in the same transaction, so a restart after that commit
+keeps them closed. The idle time counts from the partition's last record, its assignment or
+the end of a pause (an outage), whichever is latest, and not while a service is degraded: a
+backlog being caught up after a restart or an outage is never mistaken for silence.
 """
 
 from __future__ import annotations
@@ -48,6 +57,9 @@ from storage.partitions import Maintainer, PartitionPolicy, Partitions
 from storage.sink import Sink
 
 log = logging.getLogger(__name__)
+
+#: seconds between two looks for partitions due an idle close
+IDLE_CHECK_S = 1.0
 
 
 class _ClientLogFilter(logging.Filter):
@@ -124,6 +136,8 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         # detect keeps state per input partition and restores it on assignment from its
         # checkpoint (seeking to the checkpoint's offset): that needs eager assignment
         self.stateful = self.chain.has_detect
+        # idle close: the consumer says when a partition is read to its end
+        self.idle_close = self.stateful and s.idle_close_wall_s > 0
         self.consumer = kq.consumer(
             s,
             self.group,
@@ -131,6 +145,7 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             logger=_client_log,
             on_commit=self._on_commit,
             **({"partition.assignment.strategy": "range"} if self.stateful else {}),
+            **({"enable.partition.eof": True} if self.idle_close else {}),
         )
         self._stop = threading.Event()
         # outage handling: partitions paused while a step is retried, messages a poll returned
@@ -159,6 +174,12 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         self._restored: dict[int, int] = {}
         # what it takes to undo a failed detect call (the failure path pays for it)
         self._history = DetectHistory() if self.stateful else None
+        # idle close, per input partition: when it last received a record (or was assigned or
+        # resumed), the next offset processed, the end offset the consumer reported
+        self._rx_at: dict[int, float] = {}
+        self._pos: dict[int, int] = {}
+        self._eof: dict[int, int] = {}
+        self._idle_checked = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -194,9 +215,13 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         )
         open_alerts = None
         self._restored = {}
+        now = time.monotonic()
         for tp in parts:
             cp = cps.get(tp.partition)
             self.stages.detect.restore(tp.partition, cp[1] if cp else None)
+            self._rx_at[tp.partition] = now  # idle only after a silence of its own
+            self._eof.pop(tp.partition, None)
+            self._pos[tp.partition] = cp[0] if cp else -1
             if cp:
                 tp.offset = cp[0]
                 self._with_cp.add(tp.partition)
@@ -250,6 +275,8 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         if self.stateful:
             for tp in parts:
                 self.stages.detect.drop(tp.partition)
+                for d in (self._rx_at, self._pos, self._eof):
+                    d.pop(tp.partition, None)
                 self._next.pop(tp.partition, None)
                 self._with_cp.discard(tp.partition)
                 self._restored.pop(tp.partition, None)
@@ -316,7 +343,9 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                     err = m.error()
                     if err is None:
                         good.append(m)
-                    elif err.code() != KafkaError._PARTITION_EOF:
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        self._eof[m.partition()] = m.offset()  # read to its end, up to here
+                    else:
                         if err.fatal():
                             raise KafkaException(err)
                         if kafka_transient(err):
@@ -330,11 +359,13 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                     elif self._restored:
                         self._commit_restored()
                     self._refresh()
+                    self._idle_close()
                     if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
                     continue
                 idle_since = time.monotonic()
                 self.process(good)
+                self._idle_close()  # a quiet partition beside busy ones
         except Stopped:
             log.warning(
                 "stopped while waiting out an outage: the batch in flight was not committed "
@@ -472,6 +503,11 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         st.dead += len(dead)
         st.alerts += len(alerts)
         offsets = kq.next_offsets(msgs)
+        if self.idle_close:
+            now = time.monotonic()
+            for tp in offsets:
+                self._rx_at[tp.partition] = now
+                self._pos[tp.partition] = tp.offset
         cps = self._checkpoints(offsets)
         if self.sink is None:
             self._flush()
@@ -484,6 +520,104 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             args = (batch, msgs, alerts + alerts_in, windows, cps)
             fut = self._writer.submit(self._write, *args)
             self._pending = (offsets, fut, bool(alerts_in), args)
+
+    # -- idle close ----------------------------------------------------------------------------
+    def _resume(self) -> None:
+        """Resume after an outage: the pause is no silence of the partitions (their records
+        were not fetched), so their idle time starts again."""
+        paused = self._paused
+        super()._resume()
+        if paused:
+            self._idle_restart()
+
+    def _idle_restart(self) -> None:
+        now = time.monotonic()
+        for p in self._rx_at:
+            self._rx_at[p] = now
+
+    def _idle_close(self) -> None:
+        """Tick the partitions idle for ``EVENTOPS_IDLE_CLOSE_WALL_S`` and write what closes.
+
+        Idle: read to its end (the end offset the consumer reported is at or past the next
+        offset processed) and no record since :attr:`_rx_at`. Looked at every
+        :data:`IDLE_CHECK_S`; while a service is degraded the idle time starts again (no write
+        could be made, and what was produced meanwhile may not be fetched yet). The tick runs on
+        the main thread, before the batch in flight is finished (detect's state is this
+        thread's; the batch's checkpoint blobs are made already); its rows are written after
+        that batch's commit, so commits stay in order.
+        """
+        if not self.idle_close:
+            return
+        now = time.monotonic()
+        if now - self._idle_checked < IDLE_CHECK_S:
+            return
+        self._idle_checked = now
+        if self._paused or self.health.is_degraded():
+            self._idle_restart()
+            return
+        wall, det = self.s.idle_close_wall_s, self.stages.detect
+        epoch = self._epoch
+        outs = []
+        for p, at in self._rx_at.items():
+            if p not in det.parts or self._eof.get(p, -2) < self._pos.get(p, -1):
+                continue
+            if now - at >= wall:
+                out = det.tick(p, now - at)
+                if out.windows is not None or out.alerts:
+                    outs.append((p, out))
+        if not outs:
+            return
+        self.finish()
+        if self._epoch != epoch:  # a rebalance while finish() waited out an outage
+            return  # (the partitions' new owner restores them from their checkpoints)
+        for p, out in outs:
+            self._write_idle(p, out)
+
+    def _write_idle(self, p: int, out) -> None:
+        """The windows and alert transitions of partition ``p``'s idle close, with its
+        checkpoint at its unchanged offset: produced (scores, and alerts when no sink follows)
+        and written like a batch's, offsets untouched."""
+        det, s = self.stages.detect, self.s
+        windows, alerts = out.windows, out.alerts
+        blob = det.snapshot(p)
+        cps = [Checkpoint(self.group, self.inputs[0], p, self._pos[p], blob)]
+        self._with_cp.add(p)
+        self._history.rebase(det, {p: blob})
+        n = len(windows) if windows is not None else 0
+        self.stats.idle_closed += n
+        self.stats.alerts += len(alerts)
+        log.info(
+            "%s[%d]: idle for %.0f s: %d windows closed by processing time, %d alert transitions",
+            self.inputs[0],
+            p,
+            time.monotonic() - self._rx_at[p],
+            n,
+            len(alerts),
+        )
+        if windows is not None:
+            recs = windows.records()
+            kq.produce_all(
+                self.producer,
+                s.topic_score,
+                [orjson.dumps(r) for r in recs],
+                [f"{r['tenant_id']}|{r['host']}" for r in recs],
+            )
+        if self.sink is None:
+            if alerts:
+                kq.produce_all(
+                    self.producer,
+                    s.topic_alert,
+                    [kq.encode_alert(a) for a in alerts],
+                    [a.partition_key for a in alerts],
+                )
+            self._flush()
+            self._retry_pg(
+                "checkpoint save", lambda: self._save_checkpoints(cps), self._reconnect_ref
+            )
+            return
+        args = (MetricBatch.empty(), [], alerts, windows, cps)
+        self._pending = ([], self._writer.submit(self._write, *args), False, args)
+        self.finish()
 
     def _save_checkpoints(self, cps: list[Checkpoint]) -> None:
         with self.conn.transaction():

@@ -47,6 +47,8 @@ class OffsetCommits:
         of each partition is eventually committed: :attr:`_commit_want` keeps it until a commit
         of it (or beyond) succeeds, and :meth:`_retry_commits` sends it again after a backoff.
         """
+        if not offsets:  # (an idle close: rows and a checkpoint, no new input)
+            return
         now = time.monotonic()
         for tp in offsets:
             key = (tp.topic, tp.partition)

@@ -59,6 +59,7 @@ class StageSet:
             model=model,
             shadow=shadow,
             idle_close_s=s.idle_close_s,
+            idle_close_wall_s=s.idle_close_wall_s,
         )
         self._refreshed = 0.0
         self._rules_checked = 0.0

@@ -267,6 +267,9 @@ def create_app(
         try:
             yield
         finally:
+            ingest = getattr(app.state, "ingest_pipeline", None)  # POST /ingest, embedded mode
+            if ingest is not None:
+                await asyncio.to_thread(ingest.close)
             await b.aclose()
             if unsubscribe:
                 unsubscribe()

@@ -69,7 +69,7 @@ def feed_forever(
         model=watcher.current if watcher else None,
         shadow=challenger.current if challenger else None,
         maintain=True,
-    )
+    ).start_idle_close()  # quiet hosts get their windows closed by processing time
     trained = False
     sim = Simulator(
         hosts=hosts,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from core.errors import NotFound
 from serving.deps import PoolDep, ReadKey
@@ -24,6 +24,10 @@ class Host(BaseModel):
     max_score: float | None
     open_alerts: int
     series: int
+    warming: int = Field(0, description="series whose latest score is warming (confidence below 1)")
+    confidence: float | None = Field(
+        None, description="lowest confidence among the latest scores of the host's series"
+    )
     last_seen: datetime
     tags: dict
 
@@ -43,6 +47,7 @@ def summarize(series: list[Series]) -> list[HostDetail]:
     out = []
     for host, ss in by.items():
         scores = [s.score for s in ss if s.score is not None]
+        conf = [s.score_confidence for s in ss if s.score_confidence is not None]
         out.append(
             HostDetail(
                 host=host,
@@ -50,6 +55,8 @@ def summarize(series: list[Series]) -> list[HostDetail]:
                 max_score=max(scores) if scores else None,
                 open_alerts=sum(1 for s in ss if s.alert_severity),
                 series=len(ss),
+                warming=sum(1 for s in ss if s.score_warming),
+                confidence=min(conf) if conf else None,
                 last_seen=max(s.last_ts for s in ss),
                 tags=ss[0].tags,
                 metrics=ss,

@@ -185,7 +185,7 @@ def _send_embedded(app, settings, raws: list[bytes]) -> Accepted:
             source = f"api-ingest-{uuid.uuid4().hex[:12]}"
             pipe = app.state.ingest_pipeline = EmbeddedPipeline(
                 settings, app.state.bus, source=source
-            )
+            ).start_idle_close()  # closed at shutdown (serving.app)
         base = getattr(pipe, "_seq", None)  # the offset the pipeline gives this batch's first event
         stored, dead, _ = pipe.feed(raws)
     reasons = Counter(d.reason for d in dead)

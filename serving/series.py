@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from core.errors import NotFound
 from serving.deps import PoolDep, ReadKey, ServingDep, SettingsDep, StreamKey
@@ -33,6 +33,12 @@ class Series(BaseModel):
     score_ts: datetime | None = None
     alert_severity: str | None = None
     tags: dict = {}
+    score_confidence: float | None = Field(
+        None, description="confidence of the latest score in [0, 1] (null: unknown)"
+    )
+    score_warming: bool | None = Field(
+        None, description="the latest score is from a series still warming (confidence < 1)"
+    )
 
 
 class Score(BaseModel):
@@ -41,10 +47,23 @@ class Score(BaseModel):
     score: float
     severity: str
     components: dict
-    actual: float | None
-    expected: float | None
-    lower: float | None
-    upper: float | None
+    actual: float | None = Field(description="the window mean")
+    expected: float | None = Field(description="what the detectors expected of the window mean")
+    typical_deviation: float | None = Field(
+        None, description="typical deviation of the window mean around `expected`"
+    )
+    lower: float | None = Field(description="expected band: expected - 3 typical deviations")
+    upper: float | None = Field(description="expected band: expected + 3 typical deviations")
+    confidence: float | None = Field(
+        None,
+        description="how much of the series' own history backs the score, in [0, 1] (windows "
+        "learnt / the windows a series needs); null for windows stored before it was recorded",
+    )
+    warming: bool | None = Field(
+        None,
+        description="confidence below 1: the series is still learning and is scored partly "
+        "from similar series",
+    )
     explanation: dict
     model_version: str | None
 
@@ -89,6 +108,8 @@ async def list_series(
             score_ts=r[7],
             alert_severity=r[8],
             tags=r[9],
+            score_confidence=r[10],
+            score_warming=r[11],
         )
         for r in rows
     ]

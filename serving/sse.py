@@ -230,15 +230,24 @@ async def alert_stream(
         b.unsubscribe(sub)
 
 
+#: half-width of the expected band, in typical deviations of the window mean
+BAND_K = 3.0
+
+
 def score_row(r) -> dict:
     """A score row of :mod:`storage.series` (:data:`~storage.series.SCORE_ROW`) with the band
-    ``lower``/``upper`` (expected ± 3 typical deviations)."""
+    ``lower``/``upper``: expected ± :data:`BAND_K` typical deviations, for every window with
+    both (rows stored before migration 009 have the deviation only in an alert's explanation).
+    """
     d = dict(zip(series_repo.SCORE_ROW, r, strict=True))
-    dev = (d["explanation"] or {}).get("typical_deviation")
-    exp = d["expected"]
-    ok = isinstance(dev, int | float) and exp is not None
-    d["lower"] = exp - 3 * dev if ok else None
-    d["upper"] = exp + 3 * dev if ok else None
+    dev = d["typical_deviation"]
+    if dev is None:
+        dev = (d["explanation"] or {}).get("typical_deviation")
+        d["typical_deviation"] = dev if isinstance(dev, int | float) else None
+    dev, exp = d["typical_deviation"], d["expected"]
+    ok = dev is not None and exp is not None
+    d["lower"] = exp - BAND_K * dev if ok else None
+    d["upper"] = exp + BAND_K * dev if ok else None
     return d
 
 

@@ -11,6 +11,12 @@ this list).
 (('count', 'mean', 'std'), 'host_metrics')
 >>> [feature_type(c) for c in ("count", "gap", "host_metrics")]
 ['int4', 'float8', 'float8']
+
+The columns of ``scores`` are listed once, with their types (:data:`SCORE_COLUMN_TYPES`); the
+sink's COPY and staging statements and the repositories' reads are built from that list.
+
+>>> SCORE_COLUMNS[-3:], dict(SCORE_COLUMN_TYPES)["warming"]
+(('typical_deviation', 'confidence', 'warming'), 'bool')
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ __all__ = [
     "FEATURE_COLUMNS",
     "METRIC_COLUMNS",
     "SCORE_COLUMNS",
+    "SCORE_COLUMN_TYPES",
     "TABLES",
     "WINDOW_FEATURE_COLUMNS",
     "WINDOW_KEY",
@@ -73,16 +80,24 @@ WINDOW_FEATURE_COLUMNS: tuple[str, ...] = FEATURE_COLUMNS + CROSS_COLUMNS
 #: feature columns stored as ``integer`` (the others are ``double precision``)
 _INTEGER_FEATURES = frozenset({"count"})
 
-#: columns of ``scores`` after the window key
-SCORE_COLUMNS: tuple[str, ...] = (
-    "score",
-    "severity",
-    "components",
-    "actual",
-    "expected",
-    "explanation",
-    "model_version",
+#: columns of ``scores`` after the window key, in table order, with their type (binary COPY
+#: name): the score and what backs it. ``typical_deviation`` (the expected window mean's typical
+#: deviation; the API derives the band from it), ``confidence`` and ``warming`` came with
+#: migration 009 (NULL in rows stored before it)
+SCORE_COLUMN_TYPES: tuple[tuple[str, str], ...] = (
+    ("score", "float8"),
+    ("severity", "text"),
+    ("components", "jsonb"),
+    ("actual", "float8"),
+    ("expected", "float8"),
+    ("explanation", "jsonb"),
+    ("model_version", "text"),
+    ("typical_deviation", "float8"),
+    ("confidence", "float8"),
+    ("warming", "bool"),
 )
+#: columns of ``scores`` after the window key
+SCORE_COLUMNS: tuple[str, ...] = tuple(k for k, _ in SCORE_COLUMN_TYPES)
 
 #: columns of ``alerts`` the API reads, in :class:`serving.alerts.Alert`'s field order
 ALERT_COLUMNS: tuple[str, ...] = (

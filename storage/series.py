@@ -39,11 +39,12 @@ WITH RECURSIVE s AS (
     ORDER BY host, metric LIMIT 1) n
 )
 SELECT s.host, s.metric, l.unit, l.value, l.ts_event, sc.score, sc.severity, sc.window_end,
-       al.severity, coalesce(i.tags, '{}'::jsonb)
+       al.severity, coalesce(i.tags, '{}'::jsonb), sc.confidence, sc.warming
 FROM s
 CROSS JOIN LATERAL (SELECT unit, value, ts_event FROM metrics m WHERE m.tenant_id = %(t)s
     AND m.host = s.host AND m.metric = s.metric ORDER BY ts_event DESC LIMIT 1) l
-LEFT JOIN LATERAL (SELECT score, severity, window_end FROM scores c WHERE c.tenant_id = %(t)s
+LEFT JOIN LATERAL (SELECT score, severity, window_end, confidence, warming
+    FROM scores c WHERE c.tenant_id = %(t)s
     AND c.host = s.host AND c.metric = s.metric ORDER BY window_start DESC LIMIT 1) sc ON true
 LEFT JOIN LATERAL (SELECT severity FROM alerts a WHERE a.tenant_id = %(t)s AND a.host = s.host
     AND a.metric = s.metric AND a.state = 'open'
@@ -77,7 +78,8 @@ async def list_series(
     limit: int = 1000,
 ) -> list[tuple]:
     """The tenant's series in (host, metric) order: ``host, metric, unit, last value, last
-    ts_event, latest score, its severity, its window_end, open alert severity, inventory tags``.
+    ts_event, latest score, its severity, its window_end, open alert severity, inventory tags,
+    the latest score's confidence and warming flag`` (NULL in rows stored before migration 009).
 
     ``q``: substring of host, metric or inventory tags (case-insensitive).
     """

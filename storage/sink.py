@@ -27,6 +27,7 @@ from storage.schema import (
     CROSS_COLUMNS,
     FEATURE_COLUMNS,
     METRIC_COLUMNS,
+    SCORE_COLUMN_TYPES,
     SCORE_COLUMNS,
     WINDOW_FEATURE_COLUMNS,
     WINDOW_KEY,
@@ -43,15 +44,10 @@ CREATE TEMP TABLE IF NOT EXISTS metrics_stage (
 ) ON COMMIT DELETE ROWS
 """
 #: ``windows_stage`` columns after (tenant_id, host, metric, ws, we) and their binary COPY types
+#: (JSON is staged as text and cast by the INSERT)
 _STAGE_WINDOW_TYPES: tuple[tuple[str, str], ...] = (
     *((k, feature_type(k)) for k in FEATURE_COLUMNS),
-    ("score", "float8"),
-    ("severity", "text"),
-    ("components", "text"),
-    ("actual", "float8"),
-    ("expected", "float8"),
-    ("explanation", "text"),
-    ("model_version", "text"),
+    *((k, "text" if t == "jsonb" else t) for k, t in SCORE_COLUMN_TYPES),
     *((k, feature_type(k)) for k in CROSS_COLUMNS),
 )
 _STAGE_WINDOWS = (
@@ -85,8 +81,9 @@ _INSERT_FEATURES = (
 )
 _INSERT_SCORES = (
     f"INSERT INTO scores ({_SCORES_COLS}) SELECT tenant_id, host, metric, to_timestamp(ws),"
-    " to_timestamp(we), score, severity, components::jsonb, actual, expected, explanation::jsonb,"
-    " model_version FROM windows_stage ON CONFLICT DO NOTHING"
+    " to_timestamp(we), "
+    + ", ".join(f"{k}::jsonb" if t == "jsonb" else k for k, t in SCORE_COLUMN_TYPES)
+    + " FROM windows_stage ON CONFLICT DO NOTHING"
 )
 
 
@@ -99,6 +96,41 @@ def _optional_column(w, k: str) -> list[float | None]:
 
 
 _NULL = "\\N"
+
+
+def _nullable(x: np.ndarray) -> list[float | None]:
+    """float64 values as floats, ``None`` for NaN."""
+    return [None if v != v else v for v in np.asarray(x, np.float64).tolist()]
+
+
+def _score_values(w, dumps=orjson.dumps) -> dict[str, list]:
+    """The ``scores`` columns of window rows ``w`` (:data:`SCORE_COLUMNS`), as Python values
+    (``None``: NULL; JSON as text)."""
+    return {
+        "score": w.score.tolist(),
+        "severity": list(w.severity),
+        "components": [dumps(c).decode() for c in w.components],
+        "actual": w.features["mean"].tolist(),
+        "expected": _nullable(w.expected),
+        "explanation": [dumps(e).decode() for e in w.explanation],
+        "model_version": list(w.model_version),
+        "typical_deviation": _nullable(w.scale),
+        "confidence": _nullable(w.confidence),
+        "warming": w.warming,
+    }
+
+
+def _copy_text(kind: str, xs: list) -> list[str]:
+    """Values of a column of COPY type ``kind`` in COPY text format (NULL for None)."""
+    if kind == "float8":
+        return [_num(x) for x in xs]
+    if kind == "bool":
+        return [_NULL if x is None else "t" if x else "f" for x in xs]
+    out = [_NULL if x is None else x for x in xs]
+    # JSON text has no raw tab/newline (orjson escapes them), only backslashes to double
+    if kind == "jsonb" and "\\" in "".join(out):
+        out = [x.replace("\\", "\\\\") for x in out]
+    return out
 
 
 def _num(x: float | int | None) -> str:
@@ -312,30 +344,9 @@ class Sink:
                 for k, vals in zip(keys, zip(*cols, strict=True), strict=True)
             ]
         )
-        dumps = orjson.dumps
-        comp = [dumps(c).decode() for c in w.components]
-        expl = [dumps(e).decode() for e in w.explanation]
-        if "\\" in "".join(comp) or "\\" in "".join(expl):
-            comp = [c.replace("\\", "\\\\") for c in comp]
-            expl = [e.replace("\\", "\\\\") for e in expl]
-        mean = w.features["mean"].tolist()
-        version = [_NULL if v is None else v for v in w.model_version]
-        scores = "".join(
-            [
-                f"{k}\t{_num(sc)}\t{sev}\t{c}\t{_num(a)}\t{_num(x)}\t{e}\t{v}\n"
-                for k, sc, sev, c, a, x, e, v in zip(
-                    keys,
-                    w.score.tolist(),
-                    w.severity,
-                    comp,
-                    mean,
-                    w.expected.tolist(),
-                    expl,
-                    version,
-                    strict=True,
-                )
-            ]
-        )
+        vals = _score_values(w)
+        cols = [_copy_text(t, vals[k]) for k, t in SCORE_COLUMN_TYPES]
+        scores = "".join(["\t".join(row) + "\n" for row in zip(keys, *cols, strict=True)])
         cur = self.conn.cursor()
         with cur.copy(f"COPY features ({_FEATURES_COLS}) FROM STDIN") as cp:
             cp.write(feats)
@@ -351,11 +362,10 @@ class Sink:
             ).tolist()
             for k in FEATURE_COLUMNS
         ]
-        mean = base[FEATURE_COLUMNS.index("mean")]
         start, end = w.start.tolist(), w.end.tolist()
-        expected = [None if x != x else x for x in w.expected.tolist()]
+        vals = _score_values(w)
+        scores = [vals[k] for k in SCORE_COLUMNS]
         cross = [_optional_column(w, k) for k in CROSS_COLUMNS]
-        dumps = orjson.dumps
         with cur.copy(_COPY_WINDOWS_STAGE) as cp:
             cp.set_types(_STAGE_COPY_TYPES)
             for i in range(len(w)):
@@ -367,13 +377,7 @@ class Sink:
                         start[i],
                         end[i],
                         *(c[i] for c in base),
-                        float(w.score[i]),
-                        w.severity[i],
-                        dumps(w.components[i]).decode(),
-                        mean[i],
-                        expected[i],
-                        dumps(w.explanation[i]).decode(),
-                        w.model_version[i],
+                        *(c[i] for c in scores),
                         *(c[i] for c in cross),
                     )
                 )

@@ -39,6 +39,9 @@ async function api(path, opts = {}) {
 
 const fmtTime = (iso) => new Date(iso).toLocaleTimeString();
 const fmtNum = (v) => (v == null ? "–" : Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2));
+const fmtPct = (c) => `${Math.floor(100 * (c || 0))} %`;
+// a series whose latest score is warming (its own history is still short): said, not hidden
+const warmingText = (c) => `warming (confidence ${fmtPct(c)})`;
 
 // --- model status ------------------------------------------------------------------------------
 async function loadModel() {
@@ -66,11 +69,14 @@ async function loadHosts() {
   const hosts = await api("/hosts");
   const box = $("hosts");
   box.replaceChildren(...hosts.map((h) => el("div", {
-    class: `host lvl-${h.level}${h.host === state.host ? " selected" : ""}`,
-    dataset: { host: h.host, level: h.level }, onclick: () => selectHost(h.host) },
+    class: `host lvl-${h.level}${h.host === state.host ? " selected" : ""}${h.warming ? " warming" : ""}`,
+    dataset: { host: h.host, level: h.level, warming: h.warming ? "1" : "0" }, onclick: () => selectHost(h.host) },
     el("div", { class: "name" }, h.host),
     el("small", {}, `${h.level}${h.open_alerts ? ` · ${h.open_alerts} open` : ""}`),
-    el("small", {}, h.max_score == null ? "score –" : `score ${h.max_score.toFixed(2)}`))));
+    el("small", {}, h.max_score == null ? "no window scored yet" : `score ${h.max_score.toFixed(2)}`),
+    ...(h.warming ? [el("small", { class: "warming-note",
+      title: `${h.warming} of ${h.series} series still learning their own baseline; scored partly from similar series` },
+    warmingText(h.confidence))] : []))));
   if (!state.host && hosts.length) selectHost(hosts[0].host);
 }
 
@@ -80,8 +86,9 @@ async function selectHost(host) {
   const d = await api(`/hosts/${encodeURIComponent(host)}`);
   $("series-title").textContent = host;
   $("series-list").replaceChildren(...d.metrics.map((s) => el("span", {
-    class: `chip${state.series === s.metric ? " selected" : ""}`, dataset: { metric: s.metric },
-    onclick: () => selectSeries(host, s.metric) }, `${s.metric} ${fmtNum(s.last_value)} ${s.unit}`)));
+    class: `chip${state.series === s.metric ? " selected" : ""}`, dataset: { metric: s.metric, warming: s.score_warming ? "1" : "0" },
+    onclick: () => selectSeries(host, s.metric) }, `${s.metric} ${fmtNum(s.last_value)} ${s.unit}`
+      + (s.score_warming ? ` · ${warmingText(s.score_confidence)}` : ""))));
   const keep = d.metrics.find((s) => s.metric === state.series);
   selectSeries(host, keep ? keep.metric : d.metrics[0].metric);
 }
@@ -102,35 +109,53 @@ async function selectSeries(host, metric) {
   watchScores(host, metric, scores);
 }
 
+// chart columns after x: value, expected low, expected high, expected, score, alert
+const COLS = 6;
+// a score's chart values: the band (expected ± 3 typical deviations) and the score, at window end
+const scorePoint = (s) => [null, s.lower, s.upper, s.expected, s.score, null];
+
+function chartNote(scores, stepS) {
+  if (!scores.length) return `no window scored yet for this series; step ${stepS}s`;
+  const last = scores[scores.length - 1];
+  const banded = scores.filter((s) => s.lower != null).length;
+  return `${scores.length} scored windows (${banded} with an expected band); step ${stepS}s`
+    + (last.warming ? ` · latest score ${warmingText(last.confidence)}: the series is still `
+      + "learning its own baseline and is scored partly from similar series" : "");
+}
+
 function drawChart(vals, scores, alerts) {
   const t = new Map();
-  const put = (ts, i, v) => {
+  const row = (ts) => {
     const k = Math.floor(Date.parse(ts) / 1000);
-    if (!t.has(k)) t.set(k, [null, null, null, null, null]);
-    t.get(k)[i] = v;
+    if (!t.has(k)) t.set(k, Array(COLS).fill(null));
+    return t.get(k);
   };
-  vals.points.forEach((p) => put(p.ts, 0, p.avg));
-  scores.forEach((s) => { put(s.window_end, 1, s.lower); put(s.window_end, 2, s.upper); put(s.window_end, 3, s.score); });
-  alerts.forEach((a) => put(a.ts_event, 4, a.value));
+  vals.points.forEach((p) => { row(p.ts)[0] = p.avg; });
+  scores.forEach((s) => { const r = row(s.window_end); scorePoint(s).forEach((v, i) => { if (v != null) r[i] = v; }); });
+  alerts.forEach((a) => { row(a.ts_event)[5] = a.value; });
   const xs = [...t.keys()].sort((a, b) => a - b);
-  const cols = [xs, ...[0, 1, 2, 3, 4].map((i) => xs.map((x) => t.get(x)[i]))];
+  const cols = [xs, ...[...Array(COLS).keys()].map((i) => xs.map((x) => t.get(x)[i]))];
   const width = Math.max(300, $("chart").clientWidth || 700);
   const opts = {
     width, height: 300, title: `${vals.host} · ${vals.metric}`,
     scales: { score: { range: [0, 1] } },
     series: [{}, { label: "value", stroke: "#4c8dff", spanGaps: true },
-      { label: "expected low", stroke: "#5a6a8a", dash: [4, 4], spanGaps: true },
-      { label: "expected high", stroke: "#5a6a8a", dash: [4, 4], spanGaps: true },
+      { label: "expected low", stroke: "#5a6a8a", width: 1, spanGaps: true },
+      { label: "expected high", stroke: "#5a6a8a", width: 1, spanGaps: true },
+      { label: "expected", stroke: "#8b93a7", dash: [4, 4], spanGaps: true },
       { label: "score", stroke: "#e0a100", scale: "score", spanGaps: true },
       { label: "alert", stroke: "#e5484d", width: 0, points: { show: true, size: 9, fill: "#e5484d" } }],
+    // the expected band: filled between "expected high" (series 3) and "expected low" (series 2)
+    bands: [{ series: [3, 2], fill: "rgba(139, 147, 167, 0.18)" }],
     axes: [{ stroke: "#8b93a7", grid: { stroke: "#26304a" } }, { stroke: "#8b93a7", grid: { stroke: "#26304a" } },
       { scale: "score", side: 1, stroke: "#e0a100", grid: { show: false } }],
   };
   if (state.chart) state.chart.destroy();
   state.chart = new uPlot(opts, cols, $("chart"));
   state.chartData = cols;
-  $("chart-note").textContent = scores.length ? `${scores.length} scored windows; step ${vals.step_s}s`
-    : `no window scores yet for this series; step ${vals.step_s}s`;
+  state.chartScores = scores.slice();
+  state.chartStep = vals.step_s;
+  $("chart-note").textContent = chartNote(scores, vals.step_s);
 }
 
 function watchScores(host, metric) {
@@ -142,8 +167,10 @@ function watchScores(host, metric) {
     if (!state.chart || s.host !== state.host || s.metric !== state.series) return;
     const d = state.chartData;
     d[0].push(Math.floor(Date.parse(s.window_end) / 1000));
-    [null, s.lower, s.upper, s.score, null].forEach((v, i) => d[i + 1].push(v));
+    scorePoint(s).forEach((v, i) => d[i + 1].push(v));
     state.chart.setData(d);
+    state.chartScores.push(s);
+    $("chart-note").textContent = chartNote(state.chartScores, state.chartStep);
   });
 }
 

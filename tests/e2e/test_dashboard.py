@@ -62,6 +62,14 @@ def test_live_anomaly_arrives_and_is_marked_false_positive(demo, browser, output
     page.wait_for_selector("#chart .uplot", timeout=10_000)
     assert "#key" not in page.url  # the key moved to localStorage, out of the address bar
     assert page.evaluate("localStorage.getItem('eventops.key')") == key
+    # one hour of history is fewer windows than a series needs: its scores say they are warming
+    note = page.wait_for_selector(".host[data-host='host-000'] .warming-note", timeout=10_000)
+    assert note.inner_text().startswith("warming (confidence ")
+    assert "warming (confidence " in page.inner_text("#series-list")
+    chart = page.wait_for_selector("#chart-note:has-text('with an expected band')", timeout=10_000)
+    banded = int(chart.inner_text().split("(")[1].split()[0])
+    assert banded > 0, chart.inner_text()  # the band is drawn for every window that has one
+    assert "latest score warming (confidence" in chart.inner_text()
     page.screenshot(path=str(output_dir / "dashboard-1-overview.png"), full_page=True)
 
     # inject an anomaly through the embedded pipeline: cpu 97 % on host-004

@@ -18,6 +18,14 @@ The closed windows of a push get the per-host cross-metric features of :mod:`fea
 ensemble, the champion and the challenger all read the same columns that the sink stores and
 training reads back (:data:`~pipeline.stages.detect.window_rows.FEATURES`).
 
+Processing-time idle close (:meth:`DetectStage.tick`): a partition that receives nothing at all
+moves no clock, so its windows would wait for the next event. The runner tells the stage how long
+(wall clock) a partition has received nothing; from ``idle_close_wall_s`` on, every host of it
+closes the windows its clock would close had it moved on by that time (its newest event + the idle
+time - the allowed lateness), never past the window of its newest event
+(:meth:`features.windows.WindowAggregator.advance`). The windows are scored and alerted like any
+others; the stage reads no clock itself, so a test drives it with numbers.
+
 Work is vectorized over the closed windows of a micro-batch; Python loops only run per closed
 window that is anomalous (explanations, alert transitions) and per new series.
 
@@ -52,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: default ``idle_close_s`` of :class:`DetectStage` (the ``EVENTOPS_IDLE_CLOSE_S`` default)
 IDLE_CLOSE_S = 600.0
+#: default ``idle_close_wall_s`` of :class:`DetectStage` (``EVENTOPS_IDLE_CLOSE_WALL_S``)
+IDLE_CLOSE_WALL_S = 30.0
 
 #: () -> (model version, model with ``score_many(X)``) or (None, None); see registry/champion.py
 ModelProvider = Callable[[], tuple[str | None, Any]]
@@ -85,6 +95,9 @@ class DetectStage:
     ``model`` provides the champion batch model, whose calibrated score joins the ensemble's;
     ``shadow`` the challenger, scored on the same windows for comparison only (see the module
     docstring). Each provider is read once per batch.
+
+    ``idle_close_wall_s``: a partition idle that long (wall clock, told by the runner through
+    :meth:`tick`) has its windows closed by processing time; ``None`` or 0: never.
     """
 
     #: seconds between two log lines about the same failing challenger
@@ -99,10 +112,14 @@ class DetectStage:
         ensemble_factory: Callable[[], Ensemble] = default_ensemble,
         shadow: ModelProvider | None = None,
         idle_close_s: float | None = IDLE_CLOSE_S,
+        idle_close_wall_s: float | None = IDLE_CLOSE_WALL_S,
     ) -> None:
         self.rules = rules
         self.window_s, self.lateness_s = window_s, lateness_s
         self.idle_close_s = idle_close_s
+        if idle_close_wall_s is not None and not idle_close_wall_s >= 0:
+            raise ValueError(f"idle_close_wall_s must be >= 0 or None, got {idle_close_wall_s!r}")
+        self.idle_close_wall_s = idle_close_wall_s or None
         self.model = model or _no_model
         self.shadow = shadow or _no_model
         self.ensemble_factory = ensemble_factory
@@ -184,6 +201,30 @@ class DetectStage:
             if len(closed):
                 windows.append(self._score(ps, closed, version, model, out.alerts, shadow))
         out.windows = WindowRows.concat(windows)
+        return out
+
+    def tick(self, p: int, idle_s: float) -> DetectOutput:
+        """Processing-time idle close of partition ``p``, which has received nothing for
+        ``idle_s`` seconds of the runner's wall clock.
+
+        Below ``idle_close_wall_s`` (or with it off) nothing happens. From it on, each host of
+        the partition closes the windows that end at or before its newest event + ``idle_s`` -
+        the allowed lateness, up to the window of its newest event; they are scored and alerted
+        like the windows of a batch. Calling it again with a larger ``idle_s`` closes what is
+        due by then; a call that closes nothing leaves the state as it was. The state it leaves
+        is what the runner checkpoints (with the partition's unchanged offset), so a restart
+        after that checkpoint keeps the windows closed: events behind them are late.
+        """
+        out = DetectOutput()
+        wall = self.idle_close_wall_s
+        ps = self.parts.get(p)
+        if wall is None or ps is None or not idle_s >= wall:
+            return out
+        closed = ps.agg.advance(idle_s)
+        if len(closed):
+            version, model = self.model()
+            shadow = self._challenger(version)
+            out.windows = self._score(ps, closed, version, model, out.alerts, shadow)
         return out
 
     def _challenger(self, champion: str | None) -> tuple[str, Any] | None:
@@ -317,6 +358,8 @@ class DetectStage:
             res.expected,
             explanation,
             [version] * s.size,
+            scale=res.scale,
+            confidence=res.confidence,
         )
         if shadow is not None:
             self._shadow_score(rows, X, *shadow)

@@ -4,6 +4,12 @@ columns — what the detect stage hands the sink and sends on ``signals.score.v1
 
 The storage layer takes it by duck typing (it may not import ``pipeline``): the sink reads the
 columns named here and :data:`FEATURES`.
+
+Besides the score, every window carries what the ensemble expected of it (``expected``: the window
+mean, ``scale``: its typical deviation; the band the dashboard draws is derived from both) and
+how much of its own series' history backs the score (``confidence`` in [0, 1]: windows learnt /
+the ensemble's ``min_windows``; ``warming`` while it is below 1). NaN where unknown: no detector
+could tell, or a record of a producer older than these columns.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ FEATURES = WINDOW_FEATURES + CROSS_FEATURES
 @dataclass
 class WindowRows:
     """Closed windows of a batch with their features and scores (columns).
+
+    ``scale`` and ``confidence`` (float64, NaN where unknown; ``None`` given: unknown for every
+    row) are :class:`models.ensemble.EnsembleResult`'s; :attr:`warming` is derived from
+    ``confidence``.
 
     The ``shadow_*`` columns are the challenger's scores (``None`` when no window of the batch
     was shadow-scored): ``shadow_version`` per row (``None`` = row not scored), ``shadow_score``
@@ -45,9 +55,22 @@ class WindowRows:
     shadow_version: list[str | None] | None = None
     shadow_score: np.ndarray | None = None
     shadow_raw: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self)
+        # unknown for every row: NaN columns, so every row has them
+        self.scale = np.full(n, np.nan) if self.scale is None else self.scale
+        self.confidence = np.full(n, np.nan) if self.confidence is None else self.confidence
 
     def __len__(self) -> int:
         return int(self.score.shape[0])
+
+    @property
+    def warming(self) -> list[bool | None]:
+        """Per row: the series is still warming (confidence below 1); ``None``: unknown."""
+        return [None if c != c else c < 1.0 for c in self.confidence.tolist()]
 
     def shadow_idx(self) -> np.ndarray:
         """Row indices (int64) that carry a shadow score."""
@@ -86,6 +109,8 @@ class WindowRows:
             cat([p.expected for p in parts]),
             [e for p in parts for e in p.explanation],
             [v for p in parts for v in p.model_version],
+            scale=cat([p.scale for p in parts]),
+            confidence=cat([p.confidence for p in parts]),
         )
         if any(p.shadow_version is not None for p in parts):
             cols = [p._shadow_columns() for p in parts]
@@ -130,6 +155,9 @@ class WindowRows:
             ),
             [r["explanation"] for r in recs],
             [r["model_version"] for r in recs],
+            # records of producers older than these columns lack them: NaN (NULL)
+            scale=_floats([r.get("typical_deviation") for r in recs]),
+            confidence=_floats([r.get("confidence") for r in recs]),
         )
         shadow = [r.get("shadow") for r in recs]
         if any(sh is not None for sh in shadow):
@@ -153,6 +181,9 @@ class WindowRows:
         f = {k: v.tolist() for k, v in self.features.items()}
         sv, ss, sr = self._shadow_columns()
         ss, sr = ss.tolist(), sr.tolist()
+        scale = [None if x != x else x for x in self.scale.tolist()]
+        conf = [None if x != x else x for x in self.confidence.tolist()]
+        warming = self.warming
         for i in range(len(self)):
             rec = {
                 "tenant_id": self.tenant_id[i],
@@ -165,6 +196,9 @@ class WindowRows:
                 "severity": self.severity[i],
                 "components": self.components[i],
                 "expected": None if np.isnan(self.expected[i]) else float(self.expected[i]),
+                "typical_deviation": scale[i],
+                "confidence": conf[i],
+                "warming": warming[i],
                 "explanation": self.explanation[i],
                 "model_version": self.model_version[i],
             }
@@ -176,3 +210,8 @@ class WindowRows:
                 }
             out.append(rec)
         return out
+
+
+def _floats(xs: list) -> np.ndarray:
+    """float64 array of ``xs``, NaN for ``None``."""
+    return np.asarray([np.nan if x is None else x for x in xs], np.float64)
