@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-from scipy.special import log_ndtr
+from scipy.special import log_ndtr, stdtr
 
 from models.base import VectorDetector, _grow
 
@@ -37,6 +37,20 @@ def tail_score(z: np.ndarray, decades: float = 4.0) -> np.ndarray:
     logp = np.log(2.0) + log_ndtr(-z)  # log of the two-sided tail probability
     u = np.maximum(-logp / _LN10, 0.0) / decades
     return u / (1.0 + u)
+
+
+def t_tail_score(t: np.ndarray, df: np.ndarray, decades: float = 4.0) -> np.ndarray:
+    """:func:`tail_score` for a Student-t statistic with ``df`` degrees of freedom: the same
+    log-rarity scale, with the heavier tails of a variance estimated from few samples.
+
+    >>> [round(float(v), 3) for v in t_tail_score(np.array([5.0, 5.0]), np.array([2.0, 1e6]))]
+    [0.262, 0.609]
+    """
+    t = np.abs(np.asarray(t, np.float64))
+    p = 2.0 * stdtr(np.asarray(df, np.float64), -t)
+    u = np.maximum(-np.log10(np.maximum(p, 1e-300)), 0.0) / decades
+    gauss = tail_score(t, decades)  # beyond float range the t tail is the Gaussian's
+    return np.where(p > 1e-290, u / (1.0 + u), gauss)
 
 
 def _family(X: dict[str, np.ndarray]) -> np.ndarray:
@@ -207,7 +221,7 @@ class SeasonalProfile(VectorDetector):
     _arrays: ClassVar[dict[str, float]] = {"n": 0.0, "m": 0.0, "v": 0.0, "first": np.nan}
     _params = (
         "feature", "alpha", "period_s", "bucket_s", "min_count", "decades", "min_std",
-        "min_periods",
+        "min_periods", "small_sample",
     )  # fmt: skip
     #: per-series state (float64, axes: series code, bucket), made by ``_init_arrays``
     n: np.ndarray
@@ -226,12 +240,13 @@ class SeasonalProfile(VectorDetector):
         decades: float = 4.0,
         min_std: float = 1e-3,
         min_periods: float = 0.0,
+        small_sample: bool = False,
     ) -> None:
         if not 0.0 < alpha < 1.0:
             raise ValueError("alpha must be in (0, 1)")
         if min_periods < 0:
             raise ValueError("min_periods must be >= 0")
-        self.min_periods = float(min_periods)
+        self.min_periods, self.small_sample = float(min_periods), bool(small_sample)
         if bucket_s <= 0 or period_s < bucket_s or min_count < 1:
             raise ValueError("need 0 < bucket_s <= period_s and min_count >= 1")
         self.feature, self.alpha = feature, float(alpha)
@@ -276,7 +291,12 @@ class SeasonalProfile(VectorDetector):
         m[known], v[known] = self.m[s[known], b[known]], self.v[s[known], b[known]]
         sd = np.sqrt(v) + self.min_std * (np.abs(m) + 1e-9) + 1e-12
         z = np.where(self.ready_many(X), np.abs(x - m) / sd, 0.0)
-        return tail_score(z, self.decades)
+        if not self.small_sample:
+            return tail_score(z, self.decades)
+        # a young slot's variance comes from a handful of windows: Student's t with the slot's
+        # sample size instead of the Gaussian (the same once the slot has seen many windows)
+        df = np.maximum(n - 1.0, 1.0)
+        return t_tail_score(z, df, self.decades)
 
     def _learn_unique(self, X):
         s = np.asarray(X["series"], np.int64)

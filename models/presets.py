@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "slow_alpha": 0.001,
     "diff_alpha": 0.01,
     "seasonal_alpha": 0.05,
+    "seasonal_min_periods": 0.0,
+    "seasonal_small_sample": False,
     "mad_size": 64,
     "decades": 4.0,
     "warmup": 30,
@@ -72,6 +74,7 @@ TUNING_GRID: dict[str, dict[str, Any]] = {
     "with_mad": {"components": ("seasonal", "ewma_slow", "host_corr", "mad")},
     "with_diff": {"components": ("seasonal", "ewma_slow", "host_corr", "ewma_diff")},
     "no_record_gate": {"record_halflife": 0.0},
+    "season_small_sample": {"seasonal_small_sample": True},
 }
 
 #: The ablation table of ``eventops eval --ablation``: each component or mechanism removed (or
@@ -100,7 +103,13 @@ def default_ensemble(**overrides: Any) -> Ensemble:
         "ewma_diff": EWMAZScore(
             "mean", alpha=c["diff_alpha"], diff=True, warmup=c["warmup"], decades=d
         ),
-        "seasonal": SeasonalProfile("mean", alpha=c["seasonal_alpha"], decades=d),
+        "seasonal": SeasonalProfile(
+            "mean",
+            alpha=c["seasonal_alpha"],
+            decades=d,
+            min_periods=c["seasonal_min_periods"],
+            small_sample=c["seasonal_small_sample"],
+        ),
         "mad": RobustMAD("mean", size=c["mad_size"], decades=d),
         "ewma_slow": EWMAZScore("mean", alpha=c["slow_alpha"], warmup=c["warmup"], decades=d),
         "context": ContextNovelty("mean"),
