@@ -261,40 +261,10 @@ def nab_score(
     >>> nab_score([s], PROFILES["standard"], threshold=0.5)["score"]
     0.0
     """
-    vals, dels = [], []
-    n_win = 0
-    for s in series:
-        v, d, k = _sweep_deltas(s, _prepare(s), profile)
-        vals += v
-        dels += d
-        n_win += k
-    null = -profile.a_fn * n_win
-    perfect = profile.a_tp * float(scaled_sigmoid(-1.0)) * n_win
-    v = np.concatenate(vals) if vals else np.empty(0)
-    d = np.concatenate(dels) if dels else np.empty(0)
-    if threshold is None:
-        order = np.argsort(-v, kind="stable")
-        v, d = v[order], d[order]
-        cum = np.cumsum(d)
-        last = np.ones(v.size, dtype=bool)
-        last[:-1] = v[1:] != v[:-1]  # last position of each distinct value
-        cand_v = np.concatenate([[np.inf], v[last]])
-        cand_raw = null + np.concatenate([[0.0], cum[last]])
-        best = int(np.argmax(cand_raw))
-        thr, raw = float(cand_v[best]), float(cand_raw[best])
-    else:
-        thr = float(threshold)
-        raw = null + float(d[v >= thr].sum())
-    denom = perfect - null
-    score = 100.0 * (raw - null) / denom if denom > 0 else float("nan")
-    return {
-        "score": round(score, 4),
-        "raw": raw,
-        "raw_null": null,
-        "raw_perfect": perfect,
-        "threshold": thr,
-        "windows": n_win,
-    }
+    parts = [_sweep_deltas(s, _prepare(s), profile) for s in series]
+    out = _corpus(parts, profile, threshold)
+    out["score"] = round(out["score"], 4)
+    return out
 
 
 def event_metrics(series: list[LabelledSeries], threshold: float) -> dict[str, Any]:
