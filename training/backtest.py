@@ -124,17 +124,21 @@ def _row_scores(ts: np.ndarray, w_end: np.ndarray, w_score: np.ndarray) -> np.nd
 
 
 def _host_codes(rels: list[str]) -> list[int]:
-    """Host code per file: ``dir/<host>.<metric>.csv`` files of one folder share a host.
+    """Host code per file, by two layouts: ``dir/<host>.<metric>.csv`` files of one folder share
+    a host (host-major), and so do files of the same name in different folders
+    (``<metric>/<host>.csv``, metric-major).  NAB's file names are unique: one host each.
 
     >>> _host_codes(["m/a.temp.csv", "m/a.flow.csv", "m/b.temp.csv", "x/nyc_taxi.csv"])
     [0, 0, 1, 2]
+    >>> _host_codes(["cpu/h1.csv", "cpu/h2.csv", "mem/h1.csv"])
+    [0, 1, 0]
     """
     keys: dict[str, int] = {}
     out = []
     for rel in rels:
         folder, _, name = rel.rpartition("/")
         stem = name[:-4] if name.endswith(".csv") else name
-        key = f"{folder}/{stem.split('.')[0]}" if "." in stem else rel
+        key = f"{folder}/{stem.split('.')[0]}" if "." in stem else f"*/{stem}"
         out.append(keys.setdefault(key, len(keys)))
     return out
 
@@ -184,8 +188,7 @@ def run_backtest(
             closed.append(window_features(s, t, v, wl))
         cw = ClosedWindows.concat(closed)
         X = cw.columns()
-        # the live detector input (features.cross): files named ``<host>.<metric>.csv`` in one
-        # folder are the metrics of one host; any other file is a host of its own
+        # the live detector input (features.cross): the files of one host (``_host_codes``)
         host = np.asarray(_host_codes([rel for _, rel in files]), np.int64)
         X["host"] = host[cw.series]
         if cfg.families == "folder":
