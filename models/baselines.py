@@ -142,8 +142,17 @@ class EWMAZScore(VectorDetector):
         return s, known, n + fn, m_eff, v_eff
 
     def expected_many(self, X):
-        """Expected value and scale of the modelled feature (for explanations)."""
-        s, known, n, m, v = self._stats(X)
+        """Expected value and scale of the modelled feature (for explanations and the band):
+        the series' own statistics (NaN before its first window).  Not the family blend: the
+        family statistics depend on how series interleave in micro-batches, and the band of a
+        replayed window must not."""
+        s = np.asarray(X["series"], dtype=np.int64)
+        known = self._known(s)
+        m, v = np.full(s.size, np.nan), np.full(s.size, np.nan)
+        sk = s[known]
+        seen = self.n[sk] >= 1
+        m[known] = np.where(seen, self.m[sk], np.nan)
+        v[known] = np.where(seen, self.v[sk], np.nan)
         return m, np.sqrt(v)
 
     def _score(self, X):

@@ -260,11 +260,16 @@ class Ensemble:
         sc = np.full(s.size, np.nan)
         best = np.full(s.size, -np.inf)
         for k, d in self.components.items():
-            if hasattr(d, "expected_many") and getattr(d, "feature", "mean") == "mean":
+            # a component modelling the window mean itself (not its change) can tell
+            mean_model = getattr(d, "feature", "mean") == "mean" and not getattr(d, "diff", False)
+            if hasattr(d, "expected_many") and mean_model:
                 e, sd = d.expected_many(X)
-                better = (comp[k] > best) & np.isfinite(e)
+                # compared to 1e-9: a last-bit difference of two near-equal scores (a batch
+                # split changes summation order) must not switch the expectation shown
+                c = np.round(comp[k], 9)
+                better = (c > best) & np.isfinite(e)
                 exp, sc = np.where(better, e, exp), np.where(better, sd, sc)
-                best = np.where(better, comp[k], best)
+                best = np.where(better, c, best)
         self._count = _grow(self._count, int(s.max()) + 1, 0.0)
         conf = np.minimum(self._count[s] / max(self.min_windows, 1), 1.0)
         if learn:
