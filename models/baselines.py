@@ -285,10 +285,15 @@ class SeasonalProfile(VectorDetector):
         """bool (n,): the window's slot has enough history to score (else it scores 0)."""
         s = np.asarray(X["series"], np.int64)
         b, known = self._bucket(X), self._known(s)
-        n, span = np.zeros(s.size), np.zeros(s.size)
+        n = np.zeros(s.size)
         n[known] = self.n[s[known], b[known]]
+        return self._ready(X, s, known, n)
+
+    def _ready(self, X, s, known, n):
+        """Readiness of rows whose slot counts ``n`` are already looked up."""
+        span = np.zeros(s.size)
         span[known] = np.asarray(X["start"], np.float64)[known] - self.first[s[known]]
-        span[known & np.isnan(span)] = np.inf
+        span[known & np.isnan(span)] = np.inf  # restored from before ``first`` was kept
         return (n >= self.min_count) & (span >= self.min_periods * self.period_s)
 
     def _score(self, X):
@@ -299,7 +304,7 @@ class SeasonalProfile(VectorDetector):
         n[known] = self.n[s[known], b[known]]
         m[known], v[known] = self.m[s[known], b[known]], self.v[s[known], b[known]]
         sd = np.sqrt(v) + self.min_std * (np.abs(m) + 1e-9) + 1e-12
-        z = np.where(self.ready_many(X), np.abs(x - m) / sd, 0.0)
+        z = np.where(self._ready(X, s, known, n), np.abs(x - m) / sd, 0.0)
         if not self.small_sample:
             return tail_score(z, self.decades)
         # a young slot's variance comes from a handful of windows: Student's t with the slot's

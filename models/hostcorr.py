@@ -33,8 +33,12 @@ State: four floats per series, ``slots**2 + 2`` per host (8 slots: ~530 bytes a 
 >>> det = HostCorrelation(alpha=0.01, cov_alpha=0.01)
 >>> X = {"series": np.tile([0, 1], n), "host": np.zeros(2 * n, np.int64),
 ...      "start": np.repeat(np.arange(n) * 60.0, 2), "mean": np.column_stack([a, b]).ravel()}
->>> out = np.concatenate([det.process_many({k: v[2 * i: 2 * i + 2] for k, v in X.items()})
-...                       for i in range(n)])
+>>> out = []
+>>> for i in range(n):  # prequential, one window per metric at a time: score, then learn
+...     x = {k: v[2 * i: 2 * i + 2] for k, v in X.items()}
+...     out.append(det.score_many(x))
+...     det.learn_many(x)
+>>> out = np.concatenate(out)
 >>> b_score = out[1::2]  # rows alternate a, b
 >>> fault, steps = b_score[500:530].mean(), b_score[100:500].mean()
 >>> bool(fault > 5 * steps), bool(b_score[100:500].max() < fault)
@@ -221,12 +225,6 @@ class HostCorrelation(VectorDetector):
             c = self.cov[h]
             self.cov[h] = np.where(mm > 0, (1 - b) * c + b * zz, c)
             self.host_n[h] += 1
-
-    def process_many(self, X: dict[str, np.ndarray]) -> np.ndarray:
-        """Score then learn (prequential), for examples and tests."""
-        out = self.score_many(X)
-        self.learn_many(X)
-        return out
 
     def expected_many(self, X: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         s = np.asarray(X["series"], np.int64)
