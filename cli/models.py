@@ -30,7 +30,23 @@ TrackingOpt = Annotated[
                  help="MLflow tracking URI (default: the project's PostgreSQL, db `mlflow`)"),
 ]  # fmt: skip
 
+TenantOpt = Annotated[
+    str,
+    typer.Option("--tenant", envvar="EVENTOPS_TENANT",
+                 help="the tenant whose registered model this is (each tenant has its own)"),
+]  # fmt: skip
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _name(s, tenant: str) -> str:
+    """The tenant's registered model; a bad tenant id is one line."""
+    from registry.names import tenant_model
+
+    try:
+        return tenant_model(s, tenant)
+    except ValueError as e:
+        raise BadArgument(str(e)) from e
 
 
 def parse_every(text: str) -> float:
@@ -179,14 +195,15 @@ def register(app: typer.Typer) -> None:
             time.sleep(max(0.0, interval - (time.monotonic() - t0)))
 
     @models_app.command("list")
-    def models_list(tracking_uri: TrackingOpt = None) -> None:
-        """Registered versions, newest first: aliases, decision and NAB score."""
+    def models_list(tenant: TenantOpt, tracking_uri: TrackingOpt = None) -> None:
+        """The tenant's registered versions, newest first: aliases, decision and NAB score."""
         from registry.status import list_versions
 
         s = _settings()
-        rows = list_versions(s, _tracking(s, tracking_uri))
+        _name(s, tenant)
+        rows = list_versions(s, tenant, _tracking(s, tracking_uri))
         if not rows:
-            typer.echo("no registered versions")
+            typer.echo(f"no registered versions for tenant {tenant}")
             return
         for r in rows:
             nab = (r["metrics"] or {}).get("nab_standard")
@@ -198,21 +215,25 @@ def register(app: typer.Typer) -> None:
 
     @models_app.command("status")
     def models_status(
+        tenant: TenantOpt,
         tracking_uri: TrackingOpt = None,
-        tenant: Annotated[
-            str | None,
+        shadow: Annotated[
+            bool,
             typer.Option(
-                help="add the challenger's shadow-scoring statistics for this tenant (last 24 h)"
+                "--shadow/--no-shadow",
+                help="add the challenger's shadow-scoring statistics (last 24 h)",
             ),
-        ] = None,
+        ] = True,
     ) -> None:
-        """Champion, challenger and the last decision (the API's /models) as JSON."""
+        """The tenant's champion, challenger, last decision and alias history (the API's
+        /models) as JSON."""
         from registry.status import model_status
         from training.status import shadow_stats
 
         s = _settings()
-        st = model_status(s, _tracking(s, tracking_uri))
-        if tenant is not None and st.get("challenger"):
+        _name(s, tenant)
+        st = model_status(s, tenant, _tracking(s, tracking_uri))
+        if shadow and st.get("challenger"):
             from storage.connect import connect
 
             with connect(s, autocommit=True) as conn:
@@ -224,26 +245,32 @@ def register(app: typer.Typer) -> None:
     @models_app.command("promote")
     def models_promote(
         version: Annotated[str, typer.Argument(help="registered version to make champion")],
+        tenant: TenantOpt,
         reason: Annotated[str, typer.Option()] = "manual",
         tracking_uri: TrackingOpt = None,
     ) -> None:
-        """Make VERSION the champion now (operator override; no evaluation)."""
+        """Make VERSION the tenant's champion now (operator override; no evaluation)."""
         from registry.aliases import promote
         from registry.client import client
 
         s = _settings()
-        prev = promote(client(s, _tracking(s, tracking_uri)), s.model_name, version, reason)
-        typer.echo(f"{s.model_name}: champion {prev or '-'} -> {version}")
+        name = _name(s, tenant)
+        try:
+            prev = promote(client(s, _tracking(s, tracking_uri)), name, version, reason)
+        except ValueError as e:
+            raise BadArgument(str(e)) from e
+        typer.echo(f"{name}: champion {prev or '-'} -> {version.removeprefix('v')}")
 
     @models_app.command("rollback")
-    def models_rollback(tracking_uri: TrackingOpt = None) -> None:
-        """Restore the champion that the current champion replaced."""
+    def models_rollback(tenant: TenantOpt, tracking_uri: TrackingOpt = None) -> None:
+        """Restore the tenant's champion before the current one (again: one further back)."""
         from registry.aliases import rollback
         from registry.client import client
 
         s = _settings()
+        name = _name(s, tenant)
         try:
-            cur, prev = rollback(client(s, _tracking(s, tracking_uri)), s.model_name)
+            cur, prev = rollback(client(s, _tracking(s, tracking_uri)), name)
         except ValueError as e:
             raise BadArgument(str(e)) from e
-        typer.echo(f"{s.model_name}: champion {cur} -> {prev} (rolled back)")
+        typer.echo(f"{name}: champion {cur} -> {prev} (rolled back)")

@@ -82,7 +82,8 @@ class KafkaWorker(OutageHandling, OffsetCommits):
     """A consumer-group member running ``chain`` over micro-batches.
 
     A detect worker given no ``model`` provider watches the registry itself (:func:`start_watcher`):
-    ``watcher`` follows the champion, ``shadow_watcher`` the challenger (shadow scoring).
+    ``watcher`` follows every tenant's champion, ``shadow_watcher`` every tenant's challenger
+    (shadow scoring); each tenant's windows are scored by its own (none: the ensemble alone).
     """
 
     def __init__(
@@ -412,8 +413,13 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                         w.alias,
                     )
                     break
-            version = w.current()[0]
-            log.info("batch model %s@%s: %s", w.name, w.alias, version or "none")
+            cur = w.current()
+            log.info(
+                "batch models @%s: %s",
+                w.alias,
+                ", ".join(f"{t} v{vm[0]}" for t, vm in sorted(cur.items()))
+                or "none (every tenant scored by the ensemble alone)",
+            )
 
     def close(self) -> None:
         try:

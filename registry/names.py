@@ -34,9 +34,7 @@ TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 def tenant_model(settings: Settings, tenant: str) -> str:
     """The registered model of ``tenant``; ``ValueError`` for a string that is no tenant id."""
     if not isinstance(tenant, str) or not TENANT_ID.fullmatch(tenant):
-        raise ValueError(
-            f"invalid tenant id {tenant!r}: use 1-64 letters, digits, '_', '.' or '-'"
-        )
+        raise ValueError(f"invalid tenant id {tenant!r}: use 1-64 letters, digits, '_', '.' or '-'")
     return f"{settings.model_name}.{tenant}"
 
 

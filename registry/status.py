@@ -1,4 +1,4 @@
-"""What the registry holds, for the API's ``/models``, ``eventops models list|status``, notebooks.
+"""What a tenant's registered model holds: the API's ``/models``, ``eventops models``, notebooks.
 
 :func:`model_status` is cheap (a handful of registry reads, no model loading) and never raises
 for a store without models: it reports what is there.  :func:`list_versions` lists every version
@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from registry.aliases import alias_version
+from registry.aliases import alias_log, alias_version, champion_stack
 from registry.client import client, is_server_uri, resolve_tracking_uri
+from registry.names import tenant_model
 from registry.tags import (
     CHALLENGER,
     CHAMPION,
@@ -59,23 +60,28 @@ def _version_info(mv: Any) -> dict[str, Any]:
     }
 
 
-def model_status(settings: Settings, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Champion and challenger (version, metrics, decision tags) and the last decision.
+def model_status(
+    settings: Settings, tenant: str, tracking_uri: str | None = None
+) -> dict[str, Any]:
+    """``tenant``'s champion and challenger (version, metrics, decision tags), its last
+    decision and its alias history.
 
     Returns
     -------
     dict
-        ``{"name", "tracking": "postgresql" | "server", "champion": {...} | None,
-        "challenger": {...} | None, "last_decision": {...} | None, "versions": int}``.
+        ``{"name", "tenant", "tracking": "postgresql" | "server", "champion": {...} | None,
+        "challenger": {...} | None, "last_decision": {...} | None, "versions": int,
+        "history": [alias moves, oldest first], "champion_stack": [versions]}``.
         Each model entry has ``version, run_id, created_at, aliases, family, features,
         decision, reason, compared_with, previous_champion, decided_at, metrics``.
     """
     from mlflow.exceptions import MlflowException
 
     c = client(settings, tracking_uri)
-    name = settings.model_name
+    name = tenant_model(settings, tenant)
     out: dict[str, Any] = {
         "name": name,
+        "tenant": tenant,
         "tracking": "server"
         if is_server_uri(resolve_tracking_uri(settings, tracking_uri))
         else "postgresql",
@@ -83,6 +89,8 @@ def model_status(settings: Settings, tracking_uri: str | None = None) -> dict[st
         "challenger": None,
         "last_decision": None,
         "versions": 0,
+        "history": [],
+        "champion_stack": [],
     }
     try:
         rm = c.get_registered_model(name)
@@ -91,6 +99,8 @@ def model_status(settings: Settings, tracking_uri: str | None = None) -> dict[st
             return out
         raise
     out["last_decision"] = _loads(rm.tags.get(TAG_LAST_DECISION))
+    out["history"] = alias_log(c, name)
+    out["champion_stack"] = champion_stack(c, name)
     out["versions"] = len(c.search_model_versions(f"name = '{name}'", max_results=1000))
     for alias in (CHAMPION, CHALLENGER):
         v = alias_version(c, name, alias)
@@ -99,12 +109,16 @@ def model_status(settings: Settings, tracking_uri: str | None = None) -> dict[st
     return out
 
 
-def list_versions(settings: Settings, tracking_uri: str | None = None) -> list[dict[str, Any]]:
-    """Every registered version (newest first) with its aliases and decision tags."""
+def list_versions(
+    settings: Settings, tenant: str, tracking_uri: str | None = None
+) -> list[dict[str, Any]]:
+    """Every registered version of ``tenant``'s model (newest first) with its aliases and
+    decision tags."""
     c = client(settings, tracking_uri)
-    mvs = c.search_model_versions(f"name = '{settings.model_name}'", max_results=1000)
-    champ = alias_version(c, settings.model_name, CHAMPION) if mvs else None
-    chall = alias_version(c, settings.model_name, CHALLENGER) if mvs else None
+    name = tenant_model(settings, tenant)
+    mvs = c.search_model_versions(f"name = '{name}'", max_results=1000)
+    champ = alias_version(c, name, CHAMPION) if mvs else None
+    chall = alias_version(c, name, CHALLENGER) if mvs else None
     out = []
     for mv in sorted(mvs, key=lambda m: -int(m.version)):
         info = _version_info(mv)

@@ -4,7 +4,7 @@ One module so that the writer (training's promotion, ``eventops models``) and th
 champion watcher, the API's ``/models``, ``eventops models list``) cannot drift apart.  The
 values are a public contract: operators read them in the MLflow UI and tests pin them.
 
-Aliases of the registered model (``Settings.model_name``):
+Aliases of a tenant's registered model (:func:`registry.names.tenant_model`):
 
 * :data:`CHAMPION` -- the version every detect worker scores with;
 * :data:`CHALLENGER` -- a version that passed the guardrails but did not win; scored in shadow.
@@ -26,7 +26,11 @@ Registered-model tags:
 
 * :data:`TAG_LAST_DECISION` -- JSON ``{"action", "version", "previous", "reason", "at", …}``;
 * :data:`TAG_SET_AT` -- ``eventops.<alias>_set_at``: epoch seconds of the alias's last move
-  (:func:`set_at_tag`), from which the watcher reports the alias-to-swap delay.
+  (:func:`set_at_tag`), from which the watcher reports the alias-to-swap delay;
+* :data:`TAG_CHAMPION_STACK` -- JSON list of the champion versions in the order they became
+  champion (newest last, rolled-back ones popped): what ``rollback`` walks back through;
+* :data:`TAG_ALIAS_LOG` -- JSON list of the last :data:`ALIAS_LOG_KEEP` alias moves
+  ``{"alias", "from", "to", "action", "reason", "at"}`` (newest last).
 
 This module imports nothing: any layer may read the names for free.
 """
@@ -36,7 +40,10 @@ from __future__ import annotations
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
+    "ALIAS_LOG_KEEP",
+    "TAG_ALIAS_LOG",
     "TAG_CHAMPION_METRICS",
+    "TAG_CHAMPION_STACK",
     "TAG_COMPARED",
     "TAG_DECIDED_AT",
     "TAG_DECISION",
@@ -68,6 +75,10 @@ TAG_PREVIOUS = "eventops.previous_champion"
 
 # --- registered-model tags
 TAG_LAST_DECISION = "eventops.last_decision"
+TAG_CHAMPION_STACK = "eventops.champion_stack"
+TAG_ALIAS_LOG = "eventops.alias_log"
+#: alias moves kept in :data:`TAG_ALIAS_LOG`
+ALIAS_LOG_KEEP = 50
 #: ``TAG_SET_AT.format(alias=...)``; prefer :func:`set_at_tag`
 TAG_SET_AT = "eventops.{alias}_set_at"
 

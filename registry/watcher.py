@@ -1,4 +1,8 @@
-"""The batch model of a detect worker: a background watcher of a registry alias, hot swap.
+"""The batch models of a detect worker: background watchers of registry aliases, hot swap.
+
+Every tenant has its own registered model (:mod:`registry.names`); a detect worker follows all
+of them with one :class:`TenantWatcher` (one registry query per poll), whose ``current()`` is
+``{tenant: (version, BatchModel)}``.  :class:`ChampionWatcher` follows one registered model.
 
 The detect stage never waits on MLflow: a :class:`ChampionWatcher` thread polls the
 ``champion`` alias (``get_model_version_by_alias``, ~5 ms against Postgres), loads a new version
@@ -41,7 +45,7 @@ from registry.tags import CHALLENGER, CHAMPION, set_at_tag
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
 
-__all__ = ["ChampionWatcher", "Swap", "measure_swap_delay", "start_watcher"]
+__all__ = ["ChampionWatcher", "Swap", "TenantWatcher", "measure_swap_delay", "start_watcher"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,7 @@ class Swap:
     ready_s: float
     load_s: float
     alias_set_at: float | None
+    tenant: str | None = None
 
     @property
     def delay_s(self) -> float | None:
@@ -82,6 +87,10 @@ class ChampionWatcher:
         ``"champion"``, or ``"challenger"`` for shadow scoring.
     on_swap : callable, optional
         ``on_swap(swap: Swap)`` called from the watcher thread after each publish.
+    name : str, optional
+        The registered model followed (default ``settings.model_name``; a tenant's is
+        :func:`registry.names.tenant_model` -- detect workers follow every tenant's at once
+        with :class:`TenantWatcher`).
 
     Attributes
     ----------
@@ -99,11 +108,12 @@ class ChampionWatcher:
         tracking_uri: str | None = None,
         alias: str = CHAMPION,
         on_swap: Any = None,
+        name: str | None = None,
     ) -> None:
         if not poll_s > 0:
             raise ValueError("poll_s must be > 0")
         self.settings, self.poll_s, self.alias = settings, float(poll_s), alias
-        self.name = settings.model_name
+        self.name = name or settings.model_name
         self.tracking_uri = tracking_uri
         self.on_swap = on_swap
         self.swaps: list[Swap] = []
@@ -223,6 +233,180 @@ class ChampionWatcher:
             self._wake.clear()
 
 
+class TenantWatcher:
+    """Background poller of every tenant's ``models:/<model_name>.<tenant>@<alias>``.
+
+    One thread for all tenants: each poll is one ``search_registered_models`` over the tenants'
+    registered models (:func:`registry.names.like_pattern`; the result carries each model's
+    aliases and tags, so the poll costs one query whatever the number of tenants).  A tenant
+    whose alias moved gets the new version loaded in the background; :meth:`current` returns
+    the published ``{tenant: (version, BatchModel)}`` (one attribute read; tenants without the
+    alias are absent, so the detect stage scores them with the ensemble alone).
+
+    Failure policy: a registry error keeps every loaded model and is retried with backoff; a
+    version that fails to load keeps that tenant's previous model (other tenants unaffected) and
+    is retried at the next poll.  A deleted alias (or registered model) unloads that tenant.
+
+    The interface is :class:`ChampionWatcher`'s, per tenant: ``start``, ``stop``, ``poke``,
+    ``wait_first``, ``wait_for(version, timeout, tenant=...)``, ``swaps``, ``last_error``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        poll_s: float = 2.0,
+        *,
+        tracking_uri: str | None = None,
+        alias: str = CHAMPION,
+        on_swap: Any = None,
+    ) -> None:
+        if not poll_s > 0:
+            raise ValueError("poll_s must be > 0")
+        self.settings, self.poll_s, self.alias = settings, float(poll_s), alias
+        self.tracking_uri = tracking_uri
+        self.on_swap = on_swap
+        self.swaps: list[Swap] = []
+        self.last_error: BaseException | None = None
+        self.load_errors: dict[str, str] = {}
+        self.checks = 0
+        self._current: dict[str, tuple[str, BatchModel]] = {}
+        self._client = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._changed = threading.Condition()
+        self._first = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def current(self) -> dict[str, tuple[str, BatchModel]]:
+        """``{tenant: (version, model)}`` published last (empty before the first load)."""
+        return self._current
+
+    def version(self, tenant: str) -> str | None:
+        """The version scoring ``tenant``'s windows now (``None``: the ensemble alone)."""
+        hit = self._current.get(tenant)
+        return None if hit is None else hit[0]
+
+    def start(self) -> TenantWatcher:
+        if self._thread is not None:
+            raise RuntimeError("watcher already started")
+        self._thread = threading.Thread(
+            target=self._run, name=f"watch-tenants-{self.alias}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def wait_first(self, timeout: float) -> bool:
+        return self._first.wait(timeout)
+
+    def wait_for(self, version: str | int | None, timeout: float, *, tenant: str) -> bool:
+        """Block until ``tenant`` is scored by ``version`` (``None``: by no batch model)."""
+        want = None if version is None else str(version)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.version(tenant) != want:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 0.5))
+        return True
+
+    def _targets(self) -> dict[str, tuple[str, float | None]]:
+        """``{tenant: (version, alias set at)}`` of every tenant model with the alias."""
+        from registry.names import like_pattern, tenant_of
+
+        out: dict[str, tuple[str, float | None]] = {}
+        token = None
+        while True:
+            page = self._client.search_registered_models(
+                filter_string=like_pattern(self.settings), max_results=1000, page_token=token
+            )
+            for rm in page:
+                tenant = tenant_of(self.settings, rm.name)
+                v = (getattr(rm, "aliases", None) or {}).get(self.alias)
+                if tenant is not None and v is not None:
+                    at = (rm.tags or {}).get(set_at_tag(self.alias))
+                    out[tenant] = (str(v), float(at) if at else None)
+            token = getattr(page, "token", None)
+            if not token:
+                return out
+
+    def check_once(self) -> bool:
+        """One poll (and the loads it calls for); ``True`` when anything was published."""
+        from registry.names import tenant_model
+
+        if self._client is None:
+            self._client = client(self.settings, self.tracking_uri)
+        self.checks += 1
+        seen = time.time()
+        targets = self._targets()
+        cur = self._current
+        new = {t: vm for t, vm in cur.items() if t in targets and targets[t][0] == vm[0]}
+        swaps = [
+            Swap(vm[0], None, seen, time.time(), 0.0, None, t)
+            for t, vm in cur.items()
+            if t not in targets
+        ]
+        for tenant, (version, set_at) in sorted(targets.items()):
+            if tenant in new:
+                continue
+            t0 = time.perf_counter()
+            try:
+                model = load_version(
+                    self._client, tenant_model(self.settings, tenant), version, self.tracking_uri
+                )
+            except Exception as e:  # noqa: BLE001 - this tenant keeps its model; retried
+                if self.load_errors.get(tenant) != version:
+                    log.warning("tenant %s: loading v%s failed (%s); keeping %s", tenant,
+                                version, e, cur.get(tenant, ("none",))[0])  # fmt: skip
+                self.load_errors[tenant] = version
+                if tenant in cur:
+                    new[tenant] = cur[tenant]
+                continue
+            self.load_errors.pop(tenant, None)
+            new[tenant] = (version, model)
+            old = cur.get(tenant)
+            swaps.append(Swap(old[0] if old else None, version, seen, time.time(),
+                              time.perf_counter() - t0, set_at, tenant))  # fmt: skip
+        if not swaps:
+            return False
+        with self._changed:
+            self._current = new
+            self._changed.notify_all()
+        for sw in swaps:
+            self.swaps.append(sw)
+            log.info("tenant %s batch model @%s: %s -> %s (load %.2f s, %s after the alias moved)",
+                     sw.tenant, self.alias, sw.old, sw.new, sw.load_s,
+                     "?" if sw.delay_s is None else f"{sw.delay_s:.2f} s")  # fmt: skip
+            if self.on_swap is not None:
+                self.on_swap(sw)
+        return True
+
+    def _run(self) -> None:
+        backoff = self.poll_s
+        while not self._stop.is_set():
+            try:
+                self.check_once()
+                self.last_error = None
+                backoff = self.poll_s
+            except Exception as e:  # noqa: BLE001 - keep the current models, retry
+                self.last_error = e
+                log.warning("model registry check failed (%s); retrying in %.1f s", e, backoff)
+                backoff = min(backoff * 2, max(self.poll_s, 30.0))
+            self._first.set()
+            self._wake.wait(backoff)
+            self._wake.clear()
+
+
 def measure_swap_delay(
     watcher: ChampionWatcher, client: MlflowClient, version: str | int, timeout: float = 30.0
 ) -> float:
@@ -237,13 +421,13 @@ def measure_swap_delay(
     return time.perf_counter() - t0
 
 
-def start_watcher(s: Settings, alias: str = CHAMPION) -> ChampionWatcher | None:
-    """A started watcher of the model ``alias`` for a detect worker; ``None`` when turned off.
+def start_watcher(s: Settings, alias: str = CHAMPION) -> TenantWatcher | None:
+    """A started watcher of every tenant's ``alias`` for a detect worker; ``None`` when off.
 
     ``champion_poll_s <= 0`` turns off both; ``shadow_scoring=False`` the challenger's.
     """
     if s.champion_poll_s <= 0 or (alias == CHALLENGER and not s.shadow_scoring):
         return None
-    return ChampionWatcher(
+    return TenantWatcher(
         s, poll_s=s.champion_poll_s, alias=alias, tracking_uri=s.mlflow_tracking_uri_override
     ).start()

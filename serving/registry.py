@@ -100,27 +100,43 @@ class ModelVersion(BaseModel):
     shadow: ShadowStats | None = None
 
 
+class AliasMove(BaseModel):
+    alias: str
+    to: str
+    from_: str | None = Field(None, alias="from")
+    action: str = "moved"
+    reason: str = ""
+    at: str | None = None
+
+
 class ModelStatus(BaseModel):
     name: str
+    tenant: str | None = None
     available: bool
     detail: str = ""
     champion: ModelVersion | None = None
     challenger: ModelVersion | None = None
     last_decision: dict[str, Any] | None = None
     versions: int = 0
+    history: list[AliasMove] = []
+    champion_stack: list[str] = []
 
 
-def _query(s: Settings) -> dict[str, Any]:
-    """Champion/challenger with their metrics and the last promotion decision (registry.status)."""
+def _query(s: Settings, tenant: str) -> dict[str, Any]:
+    """The tenant's champion/challenger with their metrics, the last promotion decision and
+    the alias history (registry.status)."""
     from registry.status import model_status as registry_status
 
-    st = registry_status(s, s.mlflow_tracking_uri_override)
+    st = registry_status(s, tenant, s.mlflow_tracking_uri_override)
     out: dict[str, Any] = {
         "name": st["name"],
+        "tenant": tenant,
         "available": True,
         "detail": "",
         "last_decision": st.get("last_decision"),
         "versions": st.get("versions", 0),
+        "history": st.get("history") or [],
+        "champion_stack": st.get("champion_stack") or [],
     }
     for alias in (CHAMPION, CHALLENGER):
         mv = st.get(alias)
@@ -132,25 +148,35 @@ def _query(s: Settings) -> dict[str, Any]:
             }
         out[alias] = mv
     if out.get("champion") is None:
-        out["detail"] = f"no version of {s.model_name!r} has the alias 'champion' yet"
+        out["detail"] = (
+            f"no version of {st['name']!r} has the alias 'champion' yet: this tenant's windows"
+            " are scored by the default ensemble alone"
+        )
     return out
 
 
-async def model_status(settings: Settings) -> dict:
-    """``{"name", "available", "detail", "champion", "challenger"}``; never raises."""
-    hit = _CACHE.get(settings.model_name)
+async def model_status(settings: Settings, tenant: str) -> dict:
+    """``{"name", "tenant", "available", "detail", "champion", "challenger", …}`` of
+    ``tenant``'s registered model; never raises."""
+    from registry.names import tenant_model
+
+    name = tenant_model(settings, tenant)
+    hit = _CACHE.get(name)
     if hit and hit[0] > time.monotonic():
         return hit[1]
-    base = {"name": settings.model_name, "available": False, "champion": None, "challenger": None}
+    base = {"name": name, "tenant": tenant, "available": False, "champion": None,
+            "challenger": None}  # fmt: skip
     if not mlflow_installed():
         out = {**base, "detail": "mlflow is not installed"}
     else:
         try:
-            out = await asyncio.wait_for(asyncio.to_thread(_query, settings), timeout=20)
+            out = await asyncio.wait_for(asyncio.to_thread(_query, settings, tenant), timeout=20)
         except Exception as e:  # noqa: BLE001 - reported in the answer, not raised
             log.warning("model registry unavailable: %s", e)
             out = {**base, "detail": f"registry unavailable: {type(e).__name__}"}
-    _CACHE[settings.model_name] = (time.monotonic() + CACHE_S, out)
+    if len(_CACHE) > 1000:
+        _CACHE.clear()
+    _CACHE[name] = (time.monotonic() + CACHE_S, out)
     return out
 
 
@@ -180,8 +206,9 @@ async def shadow_stats(
 async def models(
     request: Request, key: ReadKey, settings: SettingsDep, pool: PoolDep
 ) -> ModelStatus:
-    """Champion and challenger of the batch model; the challenger's last day of shadow scores."""
-    st = await request.app.state.model_status(settings)
+    """The key's tenant's champion and challenger, last decision and alias history; the
+    challenger's last day of shadow scores."""
+    st = await request.app.state.model_status(settings, key.tenant_id)
     challenger = st.get("challenger")
     if challenger and challenger.get("version"):
         shadow = await shadow_stats(pool, settings, key.tenant_id, challenger["version"])

@@ -47,8 +47,17 @@ const warmingText = (c) => `warming (confidence ${fmtPct(c)})`;
 async function loadModel() {
   try {
     const m = await api("/models");
-    let txt = m.champion ? `model: ${m.name} v${m.champion.version} (champion)` : "model: rules + baselines (no champion yet)";
-    const tip = [m.detail || ""];
+    let txt = m.champion ? `model: v${m.champion.version} (champion)` : "model: ensemble only (no champion for this tenant)";
+    const tip = [m.name || "", m.detail || ""];
+    const d = m.last_decision;
+    if (d) {
+      // the last promotion decision, with its out-of-sample evidence, in one glance
+      txt += ` · last decision: ${d.action} v${d.version}`;
+      tip.push(`last decision (${d.at || ""}): ${d.action} v${d.version}: ${d.reason || ""}`);
+    }
+    for (const h of (m.history || []).slice(-3).reverse()) {
+      tip.push(`${h.at || ""} ${h.alias} ${h.from || "–"} → ${h.to} (${h.action}${h.reason ? `: ${h.reason}` : ""})`);
+    }
     const sh = m.challenger && m.challenger.shadow;
     if (sh) {
       // the challenger scored in shadow: how it does on the alerts operators labelled

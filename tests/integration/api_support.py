@@ -29,9 +29,10 @@ def hdr(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-async def stub_model_status(settings: Settings) -> dict:
+async def stub_model_status(settings: Settings, tenant: str) -> dict:
     return {
-        "name": settings.model_name,
+        "name": f"{settings.model_name}.{tenant}",
+        "tenant": tenant,
         "available": False,
         "detail": "stub",
         "champion": None,

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,8 +63,72 @@ IDLE_CLOSE_S = 600.0
 #: default ``idle_close_wall_s`` of :class:`DetectStage` (``EVENTOPS_IDLE_CLOSE_WALL_S``)
 IDLE_CLOSE_WALL_S = 30.0
 
-#: () -> (model version, model with ``score_many(X)``) or (None, None); see registry/champion.py
-ModelProvider = Callable[[], tuple[str | None, Any]]
+#: () -> the batch models: ``{tenant: (version, model)}`` (a tenant not in it is scored by the
+#: ensemble alone; what :class:`registry.watcher.TenantWatcher` publishes), or one
+#: ``(version, model)`` pair scoring every tenant's windows alike (replays, tests), ``(None,
+#: None)`` for none. ``model.score_many(X)`` returns one raw score per window.
+ModelProvider = Callable[[], "Mapping[str, tuple[str, Any]] | tuple[str | None, Any]"]
+
+
+class ModelTable:
+    """One read of a :data:`ModelProvider`: which model scores which tenant's windows.
+
+    >>> ModelTable(("3", "m")).groups(np.array(["a", "b", "a"], dtype=object))
+    [(None, '3', 'm')]
+    >>> g = ModelTable({"a": ("3", "m")}).groups(np.array(["a", "b", "a"], dtype=object))
+    >>> [(idx.tolist(), v, m) for idx, v, m in g]
+    [([0, 2], '3', 'm')]
+    >>> ModelTable((None, None)).groups(np.array(["a"], dtype=object))
+    []
+    """
+
+    __slots__ = ("per_tenant", "single")
+
+    def __init__(self, got: Any) -> None:
+        self.single: tuple[str, Any] | None = None
+        self.per_tenant: Mapping[str, tuple[str, Any]] = {}
+        if isinstance(got, tuple):
+            if got[1] is not None:
+                self.single = (None if got[0] is None else str(got[0]), got[1])  # type: ignore[assignment]
+        elif got:
+            self.per_tenant = got
+
+    def __bool__(self) -> bool:
+        return self.single is not None or bool(self.per_tenant)
+
+    def version(self, tenant: str) -> str | None:
+        if self.single is not None:
+            return self.single[0]
+        hit = self.per_tenant.get(tenant)
+        return None if hit is None else hit[0]
+
+    def groups(self, tenant: np.ndarray) -> list[tuple[np.ndarray | None, str, Any]]:
+        """``(rows or None = all, version, model)`` for the windows with a model."""
+        if self.single is not None:
+            return [(None, *self.single)]
+        if not self.per_tenant or not tenant.size:
+            return []
+        out = []
+        for t in sorted(set(tenant.tolist()) & self.per_tenant.keys()):
+            v, m = self.per_tenant[t]
+            out.append((np.flatnonzero(tenant == t), v, m))
+        return out
+
+    def without(self, champion: ModelTable) -> ModelTable:
+        """The challengers that are not their tenant's champion (what shadow-scores)."""
+        if self.single is not None:
+            v = self.single[0]
+            if v is None or champion.single is not None and champion.single[0] == v:
+                return ModelTable((None, None))
+            return self
+        keep = {t: vm for t, vm in self.per_tenant.items() if champion.version(t) != vm[0]}
+        return ModelTable(keep)
+
+
+def _take(X: dict[str, np.ndarray], idx: np.ndarray | None, n: int) -> dict[str, np.ndarray]:
+    if idx is None or idx.size == n:
+        return X
+    return {k: (v[idx] if isinstance(v, np.ndarray) and len(v) == n else v) for k, v in X.items()}
 
 
 @dataclass
@@ -92,9 +156,10 @@ class DetectStage:
     Event time is per host (``tenant|host``): see :mod:`features.windows` for the lateness
     policy and ``idle_close_s``.
 
-    ``model`` provides the champion batch model, whose calibrated score joins the ensemble's;
-    ``shadow`` the challenger, scored on the same windows for comparison only (see the module
-    docstring). Each provider is read once per batch.
+    ``model`` provides the champion batch models (:data:`ModelProvider`: per tenant, or one for
+    all), whose calibrated score joins the ensemble's on the windows of their tenant; ``shadow``
+    the challengers, scored on the same windows for comparison only (see the module docstring).
+    Each provider is read once per batch.
 
     ``idle_close_wall_s``: a partition idle that long (wall clock, told by the runner through
     :meth:`tick`) has its windows closed by processing time; ``None`` or 0: never.
@@ -167,8 +232,8 @@ class DetectStage:
             return out
         part = batch.partition if batch.partition is not None else np.zeros(n, np.int64)
         windows, late = [], []
-        version, model = self.model()
-        shadow = self._challenger(version)
+        models = ModelTable(self.model())
+        shadow = ModelTable(self.shadow()).without(models)
         for p in np.unique(part).tolist():
             idx = (
                 np.flatnonzero(part == p)
@@ -183,7 +248,7 @@ class DetectStage:
             if closed.late_idx.size:
                 late.append(idx[closed.late_idx])
             if len(closed):
-                w = self._score(ps, closed, version, model, out.alerts, shadow)
+                w = self._score(ps, closed, models, out.alerts, shadow)
                 windows.append(w)
         out.windows = WindowRows.concat(windows)
         if late:
@@ -193,13 +258,13 @@ class DetectStage:
     def flush(self) -> DetectOutput:
         """Close every open window (end of a replay)."""
         out = DetectOutput()
-        version, model = self.model()
-        shadow = self._challenger(version)
+        models = ModelTable(self.model())
+        shadow = ModelTable(self.shadow()).without(models)
         windows = []
         for ps in self.parts.values():
             closed = ps.agg.flush()
             if len(closed):
-                windows.append(self._score(ps, closed, version, model, out.alerts, shadow))
+                windows.append(self._score(ps, closed, models, out.alerts, shadow))
         out.windows = WindowRows.concat(windows)
         return out
 
@@ -222,24 +287,18 @@ class DetectStage:
             return out
         closed = ps.agg.advance(idle_s)
         if len(closed):
-            version, model = self.model()
-            shadow = self._challenger(version)
-            out.windows = self._score(ps, closed, version, model, out.alerts, shadow)
+            models = ModelTable(self.model())
+            shadow = ModelTable(self.shadow()).without(models)
+            out.windows = self._score(ps, closed, models, out.alerts, shadow)
         return out
 
-    def _challenger(self, champion: str | None) -> tuple[str, Any] | None:
-        """``(version, model)`` of the challenger when it is loaded and not the champion."""
-        version, model = self.shadow()
-        if model is None or version is None or version == champion:
-            return None
-        return version, model
-
     def _shadow_score(
-        self, rows: WindowRows, X: dict[str, np.ndarray], version: str, model
+        self, rows: WindowRows, X: dict[str, np.ndarray], shadow: ModelTable, tenant: np.ndarray
     ) -> None:
-        """Fill ``rows.shadow_*`` with the challenger's scores of ``X`` (skipped on failure).
+        """Fill ``rows.shadow_*`` with the challengers' scores of ``X`` (a failing challenger's
+        windows are skipped).
 
-        Runs after everything of the batch is decided, on read-only views of the columns: the
+        Runs after everything of the batch is decided, on read-only views of the columns: a
         challenger can neither change the champion's results nor the stored features.
         """
         n = len(rows)
@@ -248,42 +307,47 @@ class DetectStage:
             v = np.asarray(v).view()
             v.flags.writeable = False
             cols[k] = v
-        try:
-            raw = np.asarray(model.score_many(cols), np.float64)
-            if raw.shape != (n,):
-                raise ValueError(f"score_many returned shape {raw.shape} for {n} windows")
-        except Exception:  # noqa: BLE001 - a broken challenger must not cost the batch
-            self.shadow_failures += 1
-            now = time.monotonic()
-            last_version, last_t = self._shadow_logged
-            if version != last_version or now - last_t >= self.SHADOW_LOG_EVERY_S:
-                self._shadow_logged = (version, now)
-                log.warning(
-                    "challenger v%s failed to score %d windows; shadow scores skipped "
-                    "(%d failed batches so far)",
-                    version,
-                    n,
-                    self.shadow_failures,
-                    exc_info=True,
-                )
+        raw_all = np.full(n, np.nan)
+        versions: list[str | None] = [None] * n
+        for idx, version, model in shadow.groups(tenant):
+            m = n if idx is None else idx.size
+            try:
+                raw = np.asarray(model.score_many(_take(cols, idx, n)), np.float64)
+                if raw.shape != (m,):
+                    raise ValueError(f"score_many returned shape {raw.shape} for {m} windows")
+            except Exception:  # noqa: BLE001 - a broken challenger must not cost the batch
+                self.shadow_failures += 1
+                now = time.monotonic()
+                last_version, last_t = self._shadow_logged
+                if version != last_version or now - last_t >= self.SHADOW_LOG_EVERY_S:
+                    self._shadow_logged = (version, now)
+                    log.warning(
+                        "challenger v%s failed to score %d windows; shadow scores skipped "
+                        "(%d failed batches so far)",
+                        version,
+                        m,
+                        self.shadow_failures,
+                        exc_info=True,
+                    )
+                continue
+            rows_i = np.arange(n) if idx is None else idx
+            ok = np.isfinite(raw)
+            raw_all[rows_i[ok]] = raw[ok]  # a window the challenger cannot score is left out
+            for r in rows_i[ok].tolist():
+                versions[r] = version
+        if all(v is None for v in versions):
             return
-        ok = np.isfinite(raw)
-        if ok.all():
-            rows.shadow_version = [version] * n
-        else:  # a window the challenger cannot score is left out, not stored as NULL
-            rows.shadow_version = [version if o else None for o in ok.tolist()]
-            raw = np.where(ok, raw, np.nan)
-        rows.shadow_raw = raw
-        rows.shadow_score = calibrate_batch_score(raw)
+        rows.shadow_version = versions
+        rows.shadow_raw = raw_all
+        rows.shadow_score = calibrate_batch_score(raw_all)
 
     def _score(
         self,
         ps: PartitionState,
         closed,
-        version: str | None,
-        model,
+        models: ModelTable,
         alerts: list[AlertEvent],
-        shadow: tuple[str, Any] | None = None,
+        shadow: ModelTable | None = None,
     ) -> WindowRows:
         X = closed.columns()
         s = np.asarray(X["series"], np.int64)
@@ -293,23 +357,36 @@ class DetectStage:
         X.update(cross_metric_features(X["host"], X["start"], X))
         res = ps.ensemble.process(X)
         score, sev = res.score, res.severity
-        batch_score = None
-        if model is not None:
-            batch_score = calibrate_batch_score(np.asarray(model.score_many(X), np.float64))
-            score = np.maximum(score, batch_score)
-            sev = np.maximum(
-                sev,
-                (batch_score >= ps.ensemble.warning).astype(np.int8)
-                + (batch_score >= ps.ensemble.critical),
-            )
         names = ps.names
         tenant = np.array([names[i][0] for i in s.tolist()], dtype=object)
         host = np.array([names[i][1] for i in s.tolist()], dtype=object)
         metric = np.array([names[i][2] for i in s.tolist()], dtype=object)
-        comp_cols = {k: np.round(v, 4).tolist() for k, v in res.components.items()}
+        n = s.size
+        versions: list[str | None] = [None] * n
+        batch_score = None  # calibrated batch score, NaN where the tenant has no model
+        for idx, v, model in models.groups(tenant):
+            if batch_score is None:
+                batch_score = np.full(n, np.nan)
+            raw = np.asarray(model.score_many(_take(X, idx, n)), np.float64)
+            if idx is None:
+                batch_score[:] = calibrate_batch_score(raw)
+                versions = [v] * n
+            else:
+                batch_score[idx] = calibrate_batch_score(raw)
+                for r in idx.tolist():
+                    versions[r] = v
         if batch_score is not None:
-            comp_cols["batch"] = np.round(batch_score, 4).tolist()
-        components = [{k: v[i] for k, v in comp_cols.items()} for i in range(s.size)]
+            b = np.nan_to_num(batch_score, nan=0.0)
+            score = np.maximum(score, b)
+            sev = np.maximum(
+                sev, (b >= ps.ensemble.warning).astype(np.int8) + (b >= ps.ensemble.critical)
+            )
+        comp_cols = {k: np.round(v, 4).tolist() for k, v in res.components.items()}
+        components = [{k: v[i] for k, v in comp_cols.items()} for i in range(n)]
+        if batch_score is not None:
+            for i, b in enumerate(np.round(batch_score, 4).tolist()):
+                if b == b:  # not NaN: this window's tenant has a batch model
+                    components[i]["batch"] = b
         explanation: list[dict] = [{}] * s.size
         host_n, host_dev, host_maxz = X["host_metrics"], X["host_deviating"], X["host_max_z"]
         for i in np.flatnonzero(sev > 0).tolist():
@@ -317,7 +394,7 @@ class DetectStage:
             e["score"], e["severity"] = float(score[i]), SEVERITIES[int(sev[i])]
             if batch_score is not None and batch_score[i] >= 0.5 and "batch" not in e["fired"]:
                 e["fired"].append("batch")
-            e["model_version"] = version
+            e["model_version"] = versions[i]
             if host_n[i] > 1:  # what the rest of the host did in the same window
                 e["host"] = {
                     "metrics": int(host_n[i]),
@@ -340,7 +417,7 @@ class DetectStage:
                     actual=float(res.actual[i]),
                     explanation=explanation[i] or res.explain(i),
                     threshold=ps.ensemble.warning,
-                    model_version=version,
+                    model_version=versions[i],
                 )
             )
 
@@ -357,10 +434,10 @@ class DetectStage:
             components,
             res.expected,
             explanation,
-            [version] * s.size,
+            versions,
             scale=res.scale,
             confidence=res.confidence,
         )
-        if shadow is not None:
-            self._shadow_score(rows, X, *shadow)
+        if shadow:
+            self._shadow_score(rows, X, shadow, tenant)
         return rows
