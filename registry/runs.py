@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.client import DEFAULT_EXPERIMENT, client, ensure_experiment, use
@@ -52,6 +53,10 @@ def log_and_register_model(
     tracking_uri: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
     run_name: str | None = None,
+    name: str | None = None,
+    datasets: Sequence[tuple[pd.DataFrame, str, str]] = (),
+    artifacts: Mapping[str, Path] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> tuple[str, str]:
     """Log ``estimator`` in a new run of ``experiment`` and register it as ``settings.model_name``.
 
@@ -70,15 +75,27 @@ def log_and_register_model(
         More tags of the new version (e.g. ``eventops.family``).
     skops_trusted : sequence of str
         Types skops must trust to load the model (sklearn's own are trusted by default).
+    name : str, optional
+        The registered model (default ``settings.model_name``; a tenant's is
+        :func:`registry.names.tenant_model`).
+    datasets : sequence of (DataFrame, name, context)
+        Logged as the run's inputs (``mlflow.data.from_pandas``; context ``training`` /
+        ``evaluation``), so the MLflow UI shows what the model was fitted and judged on.
+    artifacts : mapping of str to Path, optional
+        Files logged under the run's artifact root (``artifact path -> local file``).
+    tags : mapping, optional
+        Run tags (the decision, the tenant …).
 
     Returns
     -------
     (version, run_id) : tuple of str
     """
     import mlflow
+    import mlflow.data
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
+    name = name or settings.model_name
     use(settings, tracking_uri)
     exp_id = ensure_experiment(settings, experiment, tracking_uri)
     signature = infer_signature(example, estimator.predict(example))
@@ -86,10 +103,17 @@ def log_and_register_model(
         mlflow.log_params(dict(params))
         if metrics:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+        for df, ds_name, context in datasets:
+            mlflow.log_input(mlflow.data.from_pandas(df, name=ds_name), context=context)
+        for dest, local in (artifacts or {}).items():
+            folder = str(Path(dest).parent)
+            mlflow.log_artifact(str(local), artifact_path=None if folder == "." else folder)
+        if tags:
+            mlflow.set_tags(dict(tags))
         info = mlflow.sklearn.log_model(
             estimator,
             name="model",
-            registered_model_name=settings.model_name,
+            registered_model_name=name,
             signature=signature,
             input_example=example,
             pip_requirements=pip_requirements(),
@@ -98,7 +122,7 @@ def log_and_register_model(
         )
         version = str(info.registered_model_version)
     c = client(settings, tracking_uri)
-    tags = {TAG_FEATURES: json.dumps(features), **(version_tags or {})}
-    for k, v in tags.items():
-        c.set_model_version_tag(settings.model_name, version, k, v)
+    vtags = {TAG_FEATURES: json.dumps(features), **(version_tags or {})}
+    for k, v in vtags.items():
+        c.set_model_version_tag(name, version, k, v)
     return version, run.info.run_id

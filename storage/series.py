@@ -290,3 +290,42 @@ def load_features(
     cross = ", ".join(k if k in have else f"NULL::float8 AS {k}" for k in CROSS_COLUMNS)
     q = _FEATURES.format(base=", ".join(FEATURE_COLUMNS), cross=cross)
     return conn.execute(q, {"tenant": tenant, "since": since, "until": until}).fetchall()
+
+
+_EVENTS = """
+SELECT host, metric, extract(epoch FROM ts_event)::float8, value
+FROM metrics
+WHERE tenant_id = %(tenant)s
+  AND (%(since)s::float8 IS NULL OR ts_event >= to_timestamp(%(since)s))
+  AND (%(until)s::float8 IS NULL OR ts_event < to_timestamp(%(until)s))
+ORDER BY ts_event
+"""
+
+
+def load_events(
+    conn: psycopg.Connection,
+    tenant: str,
+    since: float | None = None,
+    until: float | None = None,
+    chunk: int = 50_000,
+) -> dict[str, np.ndarray]:
+    """The stored metric events of ``tenant`` (only), time-ordered, as columns ``host``,
+    ``metric`` (object), ``ts`` (epoch s) and ``value`` (float64) -- what a replay feeds
+    the detect stage. ``since``/``until`` bound ``ts_event`` (epoch s). Read through a
+    server-side cursor in ``chunk``-row pages."""
+    hosts, metrics, ts, values = [], [], [], []
+    with conn.cursor(name="eventops_load_events") as cur:
+        cur.itersize = chunk
+        cur.execute(_EVENTS, {"tenant": tenant, "since": since, "until": until})
+        while rows := cur.fetchmany(chunk):
+            h, m, t, v = zip(*rows, strict=True)
+            hosts += h
+            metrics += m
+            ts += t
+            values += v
+    return {
+        "host": np.array(hosts, dtype=object),
+        "metric": np.array(metrics, dtype=object),
+        "ts": np.array(ts, dtype=np.float64),
+        "value": np.array(values, dtype=np.float64),
+    }

@@ -46,6 +46,8 @@ __all__ = [
     "Decision",
     "PromotionPolicy",
     "decide",
+    "decide_replay",
+    "record_replay_decision",
     "evaluate_and_promote",
     "evaluate_model",
     "evaluate_scores",
@@ -218,6 +220,95 @@ def decide(
         False,
         f"not better by margin: {policy.metric} {c} vs champion {h} (margin {policy.margin})",
     )
+
+
+def decide_replay(
+    arms: dict[str, dict[str, Any]],
+    in_sample: dict[str, dict[str, Any]],
+    policy: PromotionPolicy,
+) -> tuple[bool, str]:
+    """``(promote, reason)`` from the out-of-sample replay of :func:`training.replay.judge`.
+
+    The candidate must pass the guardrails on the evaluation part and beat, by ``margin``, the
+    current champion -- or, for a first model, the ensemble alone (a batch model that adds
+    nothing to the ensemble is not worth its latency). The reason states both numbers and the
+    candidate's in-sample figure.
+
+    >>> p = PromotionPolicy(margin=1.0)
+    >>> m = lambda nab: {"nab_standard": nab, "alerts_per_series_day": 1, "latency_ms_per_10k": 9}
+    >>> ok, why = decide_replay({"ensemble": m(44.0), "candidate": m(41.2)},
+    ...                         {"candidate": m(63.5)}, p)
+    >>> ok
+    False
+    >>> print(why)
+    not better out of sample: nab_standard 41.2 vs ensemble alone 44.0 (margin 1.0; in sample 63.5)
+    >>> decide_replay({"ensemble": m(44.0), "champion": m(46.0), "candidate": m(47.5)},
+    ...               {"candidate": m(50.0)}, p)[1]
+    'better out of sample: nab_standard 47.5 vs champion 46.0 (margin 1.0; in sample 50.0)'
+    """
+    cand = arms["candidate"]
+    fails = guardrail_failures(cand, policy)
+    if fails:
+        return False, "guardrail (out of sample): " + "; ".join(fails)
+    base, label = ("champion", "champion") if "champion" in arms else ("ensemble", "ensemble alone")
+    c, b = cand[policy.metric], arms[base].get(policy.metric)
+    ins = in_sample.get("candidate", {}).get(policy.metric)
+    tail = f"(margin {policy.margin}; in sample {ins})"
+    if b is None:
+        return True, f"{label}'s {policy.metric} is undefined; candidate {c} out of sample {tail}"
+    if c >= b + policy.margin:
+        return True, f"better out of sample: {policy.metric} {c} vs {label} {b} {tail}"
+    return False, f"not better out of sample: {policy.metric} {c} vs {label} {b} {tail}"
+
+
+def record_replay_decision(
+    settings: Settings,
+    name: str,
+    version: str,
+    ok: bool,
+    reason: str,
+    arms: dict[str, dict[str, Any]],
+    policy: PromotionPolicy,
+    *,
+    champion_version: str | None,
+    tracking_uri: str | None = None,
+    promote_alias: bool = True,
+    challenger: bool = True,
+) -> Decision:
+    """Write a replay decision on version ``version`` of ``name`` and move the aliases.
+
+    ``promote_alias=False`` records the evaluation (decision ``would_promote`` /
+    ``rejected``) and never moves the champion (a notebook run without its ``PROMOTE``
+    parameter)."""
+    client = make_client(settings, tracking_uri)
+    cand = arms["candidate"]
+    base = arms.get("champion") or arms.get("ensemble")
+    d = Decision(version, ok and promote_alias, reason, cand, champion_version, base)
+    action = d.action if promote_alias or not ok else "would_promote"
+    tag_decision(
+        client, name, version, action=action, reason=reason, metrics=cand,
+        champion_metrics={"arms": arms}, compared_with=champion_version, policy=asdict(policy),
+        decided_at=d.decided_at,
+    )  # fmt: skip
+    if ok and promote_alias:
+        promote(client, name, version, reason)
+        return d
+    d.challenger = promote_alias and challenger and not guardrail_failures(cand, policy)
+    if d.challenger:
+        move_alias(client, name, CHALLENGER, version, action="challenger", reason=reason)
+    record_decision(
+        client, name,
+        {"action": action, "version": version, "previous": champion_version, "reason": reason,
+         "at": d.decided_at, "challenger": d.challenger,
+         "out_of_sample": {a: {k: m.get(k) for k in _BRIEF} for a, m in arms.items()}},
+    )  # fmt: skip
+    log.info("%s v%s %s: %s", name, version, action, reason)
+    return d
+
+
+#: the figures of each arm kept in the last-decision tag (the API and the dashboard show them)
+_BRIEF = ("nab_standard", "precision", "recall", "f1", "alerts_per_series_day",
+          "feedback_precision", "feedback_recall", "latency_ms_per_10k")  # fmt: skip
 
 
 # --- the decision, recorded in the registry ---------------------------------------------------

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,12 +33,28 @@ from registry.runs import log_and_register_model
 from registry.tags import TAG_FAMILY
 from training.datasets import WindowDataset
 from training.estimators import CalibratedDetector
-from training.promotion import Decision, PromotionPolicy, evaluate_and_promote, evaluate_model
+from training.promotion import (
+    Decision,
+    PromotionPolicy,
+    decide_replay,
+    evaluate_and_promote,
+    evaluate_model,
+    record_replay_decision,
+)
+from training.replay import Events, ReplayReport, judge
 
 if TYPE_CHECKING:  # pragma: no cover
     from core.settings import Settings
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "log_and_register", "train_and_register"]
+__all__ = [
+    "Judgement",
+    "TrainConfig",
+    "TrainResult",
+    "fit",
+    "log_and_register",
+    "train_and_judge",
+    "train_and_register",
+]
 
 log = logging.getLogger(__name__)
 
@@ -177,3 +195,160 @@ def train_and_register(
         decision.reason if decision else "not evaluated for promotion",
     )
     return TrainResult(version, run_id, metrics, decision, t)
+
+
+@dataclass
+class Judgement:
+    """Outcome of :func:`train_and_judge`: the registered version, its MLflow run, the decision
+    and the replay comparison it rests on."""
+
+    version: str
+    run_id: str
+    decision: Decision
+    report: ReplayReport
+    timings: dict[str, float]
+    #: ``promoted``, ``rejected`` or ``would_promote`` (better, but ``promote=False``)
+    action: str = "rejected"
+
+    def summary(self) -> str:
+        """One line: the decision with the out-of-sample figures of each arm."""
+        arms = self.report.arms
+        figs = ", ".join(
+            f"{a} nab {m['nab_standard']} P {_f(m['precision'])} R {_f(m['recall'])} "
+            f"{_f(m['alerts_per_series_day'])} alerts/series-day"
+            for a, m in arms.items()
+        )
+        what = (
+            self.decision.action
+            if self.decision.promoted or not self.decision.reason
+            else ("rejected")
+        )
+        return f"v{self.version} {what} ({self.decision.reason}); out of sample: {figs}"
+
+
+def _f(x: Any) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def run_name(family: str, tenant: str, at: float | None = None) -> str:
+    """``<family>-<tenant>-<UTC yyyymmdd-hhmm>``: what the MLflow UI lists.
+
+    >>> run_name("isolation_forest", "acme", 0.0)
+    'isolation_forest-acme-19700101-0000'
+    """
+    from datetime import UTC, datetime
+
+    t = datetime.fromtimestamp(time.time() if at is None else at, UTC)
+    return f"{family}-{tenant}-{t:%Y%m%d-%H%M}"
+
+
+def train_and_judge(
+    settings: Settings,
+    tenant: str,
+    events: Events,
+    cfg: TrainConfig | None = None,
+    policy: PromotionPolicy | None = None,
+    *,
+    train_fraction: float = 0.7,
+    per_series: int = 2,
+    seed: int = 0,
+    feedback: Sequence[tuple[str, str, str, float, float]] = (),
+    promote: bool = True,
+    tracking_uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    artifacts_dir: Path | None = None,
+) -> Judgement:
+    """Fit on the older part of ``events``, judge by replay on the newer part, log, decide.
+
+    ``events`` are ``tenant``'s only (:meth:`training.replay.Events.from_postgres` reads no
+    other tenant). The candidate is fitted on the training part's windows
+    (:func:`training.replay.judge`), compared with ``tenant``'s current champion and with the
+    ensemble alone (:func:`training.promotion.decide_replay`), logged as one MLflow run named
+    :func:`run_name` -- params, the out-of-sample metrics of every arm (``oos_<arm>_<metric>``)
+    and the candidate's in-sample ones (``ins_candidate_<metric>``), the training and
+    evaluation windows as datasets, the evaluation table and the replay plot as artifacts, the
+    decision as tags -- and registered as a version of ``tenant``'s model, on which the decision
+    is tagged. ``promote=False`` never moves an alias (decision ``would_promote`` or
+    ``rejected``).
+    """
+    import tempfile
+
+    from registry.aliases import alias_version
+    from registry.client import client as make_client
+    from registry.loading import load_version
+    from registry.names import tenant_model
+    from registry.tags import CHAMPION
+
+    cfg = cfg or TrainConfig()
+    policy = policy or PromotionPolicy()
+    name = tenant_model(settings, tenant)
+    if events.tenant != tenant:
+        raise ValueError(f"events of tenant {events.tenant!r} cannot train {tenant!r}'s model")
+    t: dict[str, float] = {}
+    mc = make_client(settings, tracking_uri)
+    champ_v = alias_version(mc, name, CHAMPION)
+    champion = None
+    if champ_v is not None:
+        champion = (champ_v, load_version(mc, name, champ_v, tracking_uri))
+
+    def fit_rows(X: dict[str, np.ndarray], rows: np.ndarray) -> BatchModel:
+        if cfg.max_train_windows is not None and rows.size > cfg.max_train_windows:
+            rng = np.random.default_rng(cfg.seed)
+            rows = np.sort(rng.choice(rows, cfg.max_train_windows, replace=False))
+        M = np.column_stack([np.asarray(X[k], np.float64)[rows] for k in cfg.features])
+        est = CalibratedDetector(cfg.family, cfg.features, cfg.quantile, cfg.seed, **cfg.params)
+        return BatchModel(est.fit(M), cfg.features, version="candidate")
+
+    t0 = time.perf_counter()
+    candidate, report = judge(
+        events, fit_rows, champion, train_fraction=train_fraction, per_series=per_series,
+        seed=seed, feedback=feedback,
+    )  # fmt: skip
+    t["replay_s"] = time.perf_counter() - t0
+    ok, reason = decide_replay(report.arms, report.in_sample, policy)
+
+    t0 = time.perf_counter()
+    base = report.replays["ensemble"]
+    cols = {"host": base.host, "metric": base.metric, "start": base.start, "end": base.end}
+    win = pd.DataFrame({**cols, **{k: base.features[k] for k in cfg.features}})
+    train_df = win[win.end <= report.split_ts]
+    eval_df = win[win.end > report.split_ts]
+    metrics = {f"oos_{a}_{k}": v for a, m in report.arms.items() for k, v in m.items()}
+    metrics.update({f"ins_candidate_{k}": v for k, v in report.in_sample["candidate"].items()})
+    metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    action = ("promoted" if promote else "would_promote") if ok else "rejected"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(artifacts_dir or tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        table = out / "evaluation.csv"
+        report.table().to_csv(table, index=False)
+        plot = report.plot(out / "replay.png")
+        version, run_id = log_and_register_model(
+            settings, candidate.estimator, features=cfg.features,
+            example=train_df[list(cfg.features)].head(5).astype(np.float64),
+            params={
+                "family": cfg.family, "tenant": tenant, "features": ",".join(cfg.features),
+                "quantile": cfg.quantile, "seed": cfg.seed, "train_fraction": train_fraction,
+                "split_ts": report.split_ts, "train_windows": candidate.estimator.n_train_,
+                "eval_windows": len(eval_df), "injected_per_series_part": per_series,
+                "feedback_labels": len(feedback), "champion_compared": champ_v or "none",
+                **{f"model_{k}": v for k, v in cfg.params.items()},
+            },
+            metrics=metrics, version_tags={TAG_FAMILY: cfg.family}, skops_trusted=SKOPS_TRUSTED,
+            tracking_uri=tracking_uri, experiment=experiment,
+            run_name=run_name(cfg.family, tenant), name=name,
+            datasets=[(train_df, f"{tenant}-train", "training"),
+                      (eval_df, f"{tenant}-evaluation", "evaluation")],
+            artifacts={"evaluation/evaluation.csv": table, "evaluation/replay.png": plot},
+            tags={"eventops.tenant": tenant, "eventops.decision": action,
+                  "eventops.reason": reason[:4000]},
+        )  # fmt: skip
+    t["log_register_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    decision = record_replay_decision(
+        settings, name, version, ok, reason, report.arms, policy, champion_version=champ_v,
+        tracking_uri=tracking_uri, promote_alias=promote,
+    )  # fmt: skip
+    t["decide_s"] = time.perf_counter() - t0
+    log.info("tenant %s: v%s %s (%s)", tenant, version, action, reason)
+    return Judgement(version, run_id, decision, report, t, action)
