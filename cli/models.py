@@ -94,21 +94,23 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def train(
+        tenant: TenantOpt,
         source: Annotated[
-            str, typer.Option(help="postgres (features + feedback) or csv")
+            str, typer.Option(help="postgres (the tenant's stored events + feedback) or csv")
         ] = "postgres",
         csv: Annotated[list[Path] | None, typer.Option(help="CSV files/dirs (source=csv)")] = None,
-        windows: Annotated[
-            Path | None, typer.Option(help="NAB windows.json labels (source=csv)")
-        ] = None,
-        window_s: Annotated[float | None, typer.Option(help="window length for CSV series")] = None,
-        tenant: Annotated[
-            str | None, typer.Option(help="only this tenant (source=postgres)")
+        window_s: Annotated[
+            float | None, typer.Option(help="window length for CSV series (default: sampling)")
         ] = None,
         since_hours: Annotated[
             float | None, typer.Option(help="history to use (source=postgres)")
         ] = None,
-        inject: Annotated[int, typer.Option(help="synthetic anomalies injected per series")] = 2,
+        train_fraction: Annotated[
+            float, typer.Option(help="older share of the range the model is fitted on")
+        ] = 0.7,
+        inject: Annotated[
+            int, typer.Option(help="synthetic anomalies injected per series in each part")
+        ] = 2,
         seed: Annotated[int, typer.Option()] = 0,
         family: Annotated[
             str, typer.Option(help="isolation_forest | robust_z")
@@ -122,24 +124,31 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         max_train_windows: Annotated[int | None, typer.Option()] = 200_000,
-        margin: Annotated[float, typer.Option(help="NAB points the candidate must win by")] = 1.0,
+        margin: Annotated[
+            float, typer.Option(help="NAB points the candidate must win by out of sample")
+        ] = 1.0,
         max_alerts_per_series_day: Annotated[float, typer.Option()] = 6.0,
         max_latency_ms: Annotated[float, typer.Option(help="per 10k windows")] = 500.0,
-        no_promote: Annotated[bool, typer.Option("--no-promote", help="register only")] = False,
+        no_promote: Annotated[
+            bool, typer.Option("--no-promote", help="register and judge, never move an alias")
+        ] = False,
         every: Annotated[
             str | None, typer.Option(help="retrain forever at this interval, e.g. 6h")
         ] = None,
         experiment: Annotated[str, typer.Option()] = DEFAULT_EXPERIMENT,
         tracking_uri: TrackingOpt = None,
     ) -> None:
-        """Train a batch detector, log and register it in MLflow, promote it if it is better."""
+        """Train the tenant's batch detector on the older part of its data, judge it by replay
+        on the newer part against its champion and the ensemble alone, register it in MLflow
+        and promote it only when it wins out of sample."""
         from features.cross import CROSS_FEATURES
         from features.windows import FEATURES
-        from training import datasets
         from training.promotion import PromotionPolicy
-        from training.train import TrainConfig, train_and_register
+        from training.replay import Events, feedback_from_postgres
+        from training.train import TrainConfig, train_and_judge
 
         s = _settings()
+        _name(s, tenant)
         cfg = TrainConfig(
             family=family, seed=seed, max_train_windows=max_train_windows,
             params={"n_estimators": n_estimators} if family == "isolation_forest" else {},
@@ -156,26 +165,32 @@ def register(app: typer.Typer) -> None:
             raise BadArgument(f"unknown --source {source!r}: use postgres or csv")
         if source == "csv" and not csv:
             raise BadArgument("--csv is required with --source csv")
+        if not 0 < train_fraction < 1:
+            raise BadArgument(f"--train-fraction must be in (0, 1), got {train_fraction}")
         uri = _tracking(s, tracking_uri)
 
         def once() -> None:
+            feedback: list = []
             if source == "csv":
-                ds = datasets.from_csv(csv, windows, window_s)
+                events = Events.from_csv(csv or [], tenant, window_s)
             else:
                 since = time.time() - since_hours * 3600 if since_hours else None
-                ds = datasets.from_postgres(s, tenant=tenant, since=since)
-            if inject:
-                ds = datasets.inject_anomalies(ds, per_series=inject, seed=seed)
-            r = train_and_register(
-                s, ds, cfg, policy, tracking_uri=uri, experiment=experiment, promote=not no_promote
-            )
-            d = r.decision
+                events = Events.from_postgres(s, tenant, since=since)
+                feedback = feedback_from_postgres(s, tenant, pad_s=s.window_s)
+            j = train_and_judge(
+                s, tenant, events, cfg, policy, train_fraction=train_fraction,
+                per_series=inject, seed=seed, feedback=feedback, promote=not no_promote,
+                tracking_uri=uri, experiment=experiment,
+            )  # fmt: skip
+            d = j.decision
             typer.echo(json.dumps({
-                "version": r.version, "run_id": r.run_id, "dataset": ds.summary(),
-                "metrics": r.metrics, "timings_s": {k: round(v, 3) for k, v in r.timings.items()},
-                "decision": None if d is None else
-                {"action": d.action, "reason": d.reason, "champion_version": d.champion_version,
-                 "challenger": d.challenger},
+                "tenant": tenant, "version": j.version, "run_id": j.run_id,
+                "events": len(events), "split_at": j.report.split_ts,
+                "decision": {"action": j.action, "reason": d.reason,
+                             "champion_version": d.champion_version, "challenger": d.challenger},
+                "out_of_sample": j.report.arms,
+                "in_sample": {"candidate": j.report.in_sample["candidate"]},
+                "timings_s": {k: round(v, 3) for k, v in j.timings.items()},
             }, indent=2, default=str))  # fmt: skip
 
         if interval is None:

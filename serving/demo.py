@@ -25,27 +25,20 @@ log = logging.getLogger(__name__)
 
 
 def train_first_model(s: Settings, tenant: str) -> None:
-    """Train a batch model on the back-filled windows (+ injected anomalies) and let promotion
-    decide; the champion watcher of the demo pipeline then swaps it in."""
+    """Fit a batch model on the older 70 % of the back-filled events and judge it by replay on
+    the newer 30 % against the ensemble alone (:func:`training.train.train_and_judge`); it is
+    promoted only when it wins there, and the demo pipeline's watcher then swaps it in."""
     try:
-        from training import datasets
-        from training.train import TrainConfig, train_and_register
+        from training.replay import Events, feedback_from_postgres
+        from training.train import TrainConfig, train_and_judge
 
-        ds = datasets.inject_anomalies(
-            datasets.from_postgres(s, tenant=tenant), per_series=2, seed=0
-        )
-        r = train_and_register(
-            s,
-            ds,
-            TrainConfig(params={"n_estimators": 100}),
+        events = Events.from_postgres(s, tenant)
+        j = train_and_judge(
+            s, tenant, events, TrainConfig(params={"n_estimators": 100}),
+            feedback=feedback_from_postgres(s, tenant, pad_s=s.window_s),
             tracking_uri=s.mlflow_tracking_uri_override,
-        )
-        d = r.decision
-        print(
-            f"  model:     {s.model_name} v{r.version} trained on {len(ds)} windows; "
-            f"{d.action if d else 'registered'} ({d.reason if d else ''})",
-            flush=True,
-        )
+        )  # fmt: skip
+        print(f"  model:     {j.summary()}", flush=True)
     except Exception:  # the demo goes on without a batch model
         log.exception("training the demo model failed")
 

@@ -323,6 +323,7 @@ def evaluate_and_promote(
     tracking_uri: str | None = None,
     candidate_metrics: dict[str, Any] | None = None,
     challenger: bool = True,
+    name: str | None = None,
 ) -> Decision:
     """Evaluate ``version`` and the current champion on ``ds``; promote, or reject with a reason.
 
@@ -331,7 +332,7 @@ def evaluate_and_promote(
     """
     policy = policy or PromotionPolicy()
     client = make_client(settings, tracking_uri)
-    name, version = settings.model_name, str(version)
+    name, version = name or settings.model_name, str(version)
     if candidate_metrics is None:
         cand = load_version(client, name, version, tracking_uri)
         candidate_metrics = evaluate_model(cand, ds, policy)

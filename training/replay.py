@@ -499,7 +499,7 @@ class ReplayReport:
         pdays = self.per_day()
         if len(pdays):
             pdays.plot.bar(ax=ax1, rot=0)
-            ax1.set_xticklabels([d.strftime("%m-%d") for d in pdays.index])
+            ax1.set_xticks(range(len(pdays)), [d.strftime("%m-%d") for d in pdays.index])
         ax1.set_title(f"{self.tenant}: would-have-fired alerts per day (evaluation part)")
         key = max(self.labels, key=lambda k: len(self.labels[k]), default=None)
         for arm in ARMS:

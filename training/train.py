@@ -29,6 +29,7 @@ import pandas as pd
 from features.windows import FEATURES
 from models.batch import BatchModel
 from registry.client import DEFAULT_EXPERIMENT
+from registry.names import tenant_model
 from registry.runs import log_and_register_model
 from registry.tags import TAG_FAMILY
 from training.datasets import WindowDataset
@@ -128,8 +129,10 @@ def log_and_register(
     experiment: str = DEFAULT_EXPERIMENT,
     run_name: str | None = None,
     extra_params: dict[str, Any] | None = None,
+    tenant: str | None = None,
 ) -> tuple[str, str]:
-    """Log ``model`` with params/metrics/signature/example in a run and register it.
+    """Log ``model`` with params/metrics/signature/example in a run and register it (as
+    ``tenant``'s model, :func:`registry.names.tenant_model`; ``None``: ``settings.model_name``).
 
     Returns ``(version, run_id)``; the version is tagged with its feature columns and family
     (:func:`registry.runs.log_and_register_model` does the MLflow part).
@@ -150,6 +153,7 @@ def log_and_register(
         settings, model.estimator, features=cfg.features, example=example, params=params,
         metrics=metrics, version_tags={TAG_FAMILY: cfg.family}, skops_trusted=SKOPS_TRUSTED,
         tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
+        name=None if tenant is None else tenant_model(settings, tenant),
     )  # fmt: skip
 
 
@@ -163,8 +167,15 @@ def train_and_register(
     experiment: str = DEFAULT_EXPERIMENT,
     run_name: str | None = None,
     promote: bool = True,
+    tenant: str | None = None,
 ) -> TrainResult:
-    """Fit, evaluate on ``ds``'s labels, log + register, then (optionally) decide promotion."""
+    """Fit, evaluate on ``ds``'s labels, log + register, then (optionally) decide promotion.
+
+    **In sample**: the model is evaluated on the windows it was fitted on. Entry points judge
+    out of sample with :func:`train_and_judge`; this is the building block for tests and
+    experiments on a labelled window set. ``tenant`` registers the version as that tenant's
+    (``None``: ``settings.model_name``).
+    """
     cfg = cfg or TrainConfig()
     policy = policy or PromotionPolicy()
     t: dict[str, float] = {}
@@ -177,15 +188,17 @@ def train_and_register(
     t0 = time.perf_counter()
     version, run_id = log_and_register(
         settings, model, cfg, ds, {**metrics, "fit_s": t["fit_s"]},
-        tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
+        tracking_uri=tracking_uri, experiment=experiment, run_name=run_name, tenant=tenant,
     )  # fmt: skip
     t["log_register_s"] = time.perf_counter() - t0
     decision = None
     if promote:
         t0 = time.perf_counter()
+        name = None if tenant is None else tenant_model(settings, tenant)
         decision = evaluate_and_promote(
-            settings, version, ds, policy, tracking_uri=tracking_uri, candidate_metrics=metrics
-        )
+            settings, version, ds, policy, tracking_uri=tracking_uri,
+            candidate_metrics=metrics, name=name,
+        )  # fmt: skip
         t["promote_s"] = time.perf_counter() - t0
     log.info(
         "trained %s v%s (run %s): %s",
@@ -276,7 +289,6 @@ def train_and_judge(
     from registry.aliases import alias_version
     from registry.client import client as make_client
     from registry.loading import load_version
-    from registry.names import tenant_model
     from registry.tags import CHAMPION
 
     cfg = cfg or TrainConfig()

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline import kafka as kq
 from pipeline.simulate import Simulator
+from registry.names import tenant_model
 from storage.connect import count_rows
 from tests.integration.conftest import nab_dir, wait_for
 
@@ -30,11 +31,14 @@ def test_detect_worker_swaps_champion_within_10s_without_losing_events(
 
     ds = datasets.from_csv(nab_dir() / "data" / "artificialWithAnomaly", nab_dir() / "windows.json")
     v1 = train_and_register(
-        store, ds, TrainConfig(params={"n_estimators": 30}), promote=False
+        store, ds, TrainConfig(params={"n_estimators": 30}), promote=False, tenant=tenant
     ).version
-    v2 = train_and_register(store, ds, TrainConfig(family="robust_z"), promote=False).version
+    v2 = train_and_register(
+        store, ds, TrainConfig(family="robust_z"), promote=False, tenant=tenant
+    ).version
     c = client(store)
-    promote(c, store.model_name, v1, reason="test: first champion")
+    name = tenant_model(store, tenant)
+    promote(c, name, v1, reason="test: first champion")
 
     s = settings.model_copy(
         update={
@@ -47,7 +51,7 @@ def test_detect_worker_swaps_champion_within_10s_without_losing_events(
         }
     )
     w = start_worker(CHAIN, s)
-    assert w.worker.watcher.wait_for(v1, 30), w.worker.watcher.last_error
+    assert w.worker.watcher.wait_for(v1, 30, tenant=tenant), w.worker.watcher.last_error
 
     sim = Simulator(hosts=5, tenant=tenant, seed=2, interval=10.0, start=time.time() - 3000)
     p = kq.producer(s)
@@ -84,8 +88,8 @@ def test_detect_worker_swaps_champion_within_10s_without_losing_events(
     assert versions_after(0) == {v1}
 
     t_alias = time.monotonic()
-    promote(c, store.model_name, v2, reason="test: swap")
-    assert w.worker.watcher.wait_for(v2, 10), (
+    promote(c, name, v2, reason="test: swap")
+    assert w.worker.watcher.wait_for(v2, 10, tenant=tenant), (
         "the worker did not pick up the new champion within 10 s"
     )
     swap_s = time.monotonic() - t_alias
@@ -113,7 +117,7 @@ def test_detect_worker_swaps_champion_within_10s_without_losing_events(
     # the API's /models view of the same registry: champion, its predecessor, the last decision
     from serving.registry import ModelStatus, _query
 
-    st = ModelStatus(**_query(s))
+    st = ModelStatus(**_query(s, tenant))
     assert st.champion is not None and st.champion.version == v2
     assert st.champion.previous_champion == v1
     assert st.last_decision and st.last_decision.get("version") == v2
@@ -134,8 +138,10 @@ def test_a_starting_worker_scores_its_first_windows_with_the_champion(
 
     st = store.model_copy(update={"model_name": f"start-{uuid.uuid4().hex[:8]}"})
     ds = datasets.from_csv(nab_dir() / "data" / "artificialWithAnomaly", nab_dir() / "windows.json")
-    v1 = train_and_register(st, ds, TrainConfig(params={"n_estimators": 30}), promote=False).version
-    promote(client(st), st.model_name, v1, reason="test: champion before the worker starts")
+    v1 = train_and_register(
+        st, ds, TrainConfig(params={"n_estimators": 30}), promote=False, tenant=tenant
+    ).version
+    promote(client(st), tenant_model(st, tenant), v1, reason="test: champion before the start")
     s = settings.model_copy(
         update={
             "mlflow_database": st.mlflow_database,

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from core.settings import Settings
+from registry.names import tenant_model
 from tests.integration.conftest import nab_dir, wait_for
 
 pytestmark = pytest.mark.integration
@@ -43,20 +44,23 @@ def test_lifecycle_champion_promotion_rejection_rollback(mlflow_settings, labell
     s = _own_model(mlflow_settings)
     c = client(s)
     policy = PromotionPolicy(margin=1.0)
+    name = tenant_model(s, "t")
 
     # v1: first model that passes the guardrails becomes champion
-    r1 = train_and_register(s, labelled, TrainConfig(family="robust_z"), policy)
+    r1 = train_and_register(s, labelled, TrainConfig(family="robust_z"), policy, tenant="t")
     assert r1.decision.promoted, r1.decision.reason
     assert r1.decision.reason.startswith("first model")
-    assert alias_version(c, s.model_name, CHAMPION) == r1.version
+    assert alias_version(c, name, CHAMPION) == r1.version
 
     # v2: better on the same labelled set by more than the margin -> promoted
-    r2 = train_and_register(s, labelled, TrainConfig(params={"n_estimators": 50}), policy)
+    r2 = train_and_register(
+        s, labelled, TrainConfig(params={"n_estimators": 50}), policy, tenant="t"
+    )
     assert r2.decision.promoted, r2.decision.reason
     assert r2.metrics["nab_standard"] >= r1.metrics["nab_standard"] + policy.margin
     assert r2.decision.champion_version == r1.version
-    assert alias_version(c, s.model_name, CHAMPION) == r2.version
-    t2 = c.get_model_version(s.model_name, r2.version).tags
+    assert alias_version(c, name, CHAMPION) == r2.version
+    t2 = c.get_model_version(name, r2.version).tags
     assert t2["eventops.decision"] == "promoted"
     assert t2["eventops.previous_champion"] == r1.version
     # the champion was re-evaluated on the same set: same metrics as when it was trained
@@ -66,18 +70,18 @@ def test_lifecycle_champion_promotion_rejection_rollback(mlflow_settings, labell
 
     # v3: worse -> rejected with a reason tag, champion unchanged, becomes the challenger
     r3 = train_and_register(
-        s, labelled, TrainConfig(params={"n_estimators": 2, "max_samples": 4}), policy
+        s, labelled, TrainConfig(params={"n_estimators": 2, "max_samples": 4}), policy, tenant="t"
     )
     assert not r3.decision.promoted
-    t3 = c.get_model_version(s.model_name, r3.version).tags
+    t3 = c.get_model_version(name, r3.version).tags
     assert t3["eventops.decision"] == "rejected"
     assert t3["eventops.reason"].startswith("not better by margin"), t3["eventops.reason"]
     assert t3["eventops.compared_with"] == r2.version
     assert json.loads(t3["eventops.metrics"])["nab_standard"] < r2.metrics["nab_standard"]
-    assert alias_version(c, s.model_name, CHAMPION) == r2.version
-    assert alias_version(c, s.model_name, CHALLENGER) == r3.version
+    assert alias_version(c, name, CHAMPION) == r2.version
+    assert alias_version(c, name, CHALLENGER) == r3.version
 
-    st = model_status(s)
+    st = model_status(s, "t")
     assert st["champion"]["version"] == r2.version
     assert st["challenger"]["version"] == r3.version
     assert st["last_decision"]["action"] == "rejected"
@@ -85,12 +89,12 @@ def test_lifecycle_champion_promotion_rejection_rollback(mlflow_settings, labell
     assert st["versions"] == 3
 
     # rollback restores the previous champion
-    assert rollback(c, s.model_name) == (r2.version, r1.version)
-    assert alias_version(c, s.model_name, CHAMPION) == r1.version
-    assert c.get_model_version(s.model_name, r2.version).tags["eventops.decision"] == "rolled_back"
-    assert model_status(s)["last_decision"]["action"] == "rollback"
-    with pytest.raises(ValueError, match="no previous champion"):
-        rollback(c, s.model_name)  # v1 was the first champion
+    assert rollback(c, name) == (r2.version, r1.version)
+    assert alias_version(c, name, CHAMPION) == r1.version
+    assert c.get_model_version(name, r2.version).tags["eventops.decision"] == "rolled_back"
+    assert model_status(s, "t")["last_decision"]["action"] == "rollback"
+    with pytest.raises(ValueError, match="first champion recorded"):
+        rollback(c, name)  # v1 was the first champion
 
 
 def test_guardrail_rejects_first_model(mlflow_settings, labelled):
@@ -251,8 +255,8 @@ def test_cli_models_commands(mlflow_settings, labelled, tmp_path):
     s = _own_model(mlflow_settings)
     cfg = TrainConfig(family="robust_z")
     m = fit(labelled, cfg)
-    v1, _ = log_and_register(s, m, cfg, labelled)
-    v2, _ = log_and_register(s, m, cfg, labelled)
+    v1, _ = log_and_register(s, m, cfg, labelled, tenant="t")
+    v2, _ = log_and_register(s, m, cfg, labelled, tenant="t")
     env = {
         "EVENTOPS_MLFLOW_DATABASE": s.mlflow_database,
         "EVENTOPS_MODEL_NAME": s.model_name,
@@ -260,19 +264,20 @@ def test_cli_models_commands(mlflow_settings, labelled, tmp_path):
         "MLFLOW_TRACKING_URI": "",
     }
     run = CliRunner().invoke
-    r = run(app, ["models", "promote", v1], env=env)
+    r = run(app, ["models", "promote", v1, "--tenant", "t"], env=env)
     assert r.exit_code == 0, r.output
-    r = run(app, ["models", "promote", v2], env=env)
+    r = run(app, ["models", "promote", v2, "--tenant", "t"], env=env)
     assert f"champion {v1} -> {v2}" in r.output
-    r = run(app, ["models", "list"], env=env)
+    r = run(app, ["models", "list", "--tenant", "t"], env=env)
     assert r.exit_code == 0 and f"v{v2}" in r.output and "champion" in r.output
-    r = run(app, ["models", "rollback"], env=env)
+    r = run(app, ["models", "rollback", "--tenant", "t"], env=env)
     assert r.exit_code == 0 and f"champion {v2} -> {v1}" in r.output, r.output
-    r = run(app, ["models", "status"], env=env)
+    r = run(app, ["models", "status", "--tenant", "t", "--no-shadow"], env=env)
     assert json.loads(r.stdout)["champion"]["version"] == v1
-    assert client(s).get_model_version_by_alias(s.model_name, "champion").version in (v1, int(v1))
+    champ = client(s).get_model_version_by_alias(tenant_model(s, "t"), "champion")
+    assert champ.version in (v1, int(v1))
 
-    # eventops train on CSV series, registered and promoted in one command
+    # eventops train on CSV series: fitted on the older 70 %, judged by replay on the rest
     csv = nab_dir() / "data" / "artificialWithAnomaly" / "art_daily_jumpsup.csv"
     s2 = _own_model(mlflow_settings)
     env2 = {**env, "EVENTOPS_MODEL_NAME": s2.model_name}
@@ -285,16 +290,20 @@ def test_cli_models_commands(mlflow_settings, labelled, tmp_path):
             "csv",
             "--csv",
             str(csv),
-            "--windows",
-            str(nab_dir() / "windows.json"),
             "--family",
             "robust_z",
             "--inject",
             "3",
+            "--tenant",
+            "t",
         ],
         env=env2,
     )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["version"] == "1" and out["decision"]["action"] == "promoted"
-    assert time.perf_counter() - t < 30
+    assert out["version"] == "1" and out["tenant"] == "t"
+    d = out["decision"]
+    assert d["action"] in ("promoted", "rejected") and "out of sample" in d["reason"], d
+    assert set(out["out_of_sample"]) == {"ensemble", "candidate"}
+    assert out["out_of_sample"]["candidate"]["labelled"] >= 3
+    assert time.perf_counter() - t < 60

@@ -15,6 +15,7 @@ import pytest
 from pipeline.stages.detect.score_alerts import ANOMALY_RULE
 from pipeline.stages.detect.stage import calibrate_batch_score
 from registry.loading import load_version
+from registry.names import tenant_model
 from registry.tags import CHALLENGER, TAG_SET_AT
 from storage.connect import count_rows
 from storage.sink import Sink
@@ -28,6 +29,10 @@ def store(mlflow_settings):
     return mlflow_settings.model_copy(update={"model_name": f"shadow-{uuid.uuid4().hex[:8]}"})
 
 
+#: the tenant whose registered model the module's versions are (each test creates it)
+TENANT = f"sh{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture(scope="module")
 def registry(store):
     """Two registered versions: ``champion`` = v1, ``challenger`` = v2; returns (v1, v2)."""
@@ -38,18 +43,17 @@ def registry(store):
 
     ds = datasets.from_csv(nab_dir() / "data" / "artificialWithAnomaly", nab_dir() / "windows.json")
     v1 = train_and_register(
-        store, ds, TrainConfig(params={"n_estimators": 30}), promote=False
+        store, ds, TrainConfig(params={"n_estimators": 30}), promote=False, tenant=TENANT
     ).version
     # a trigger-happy challenger: half of the training windows already reach its 0.5
     v2 = train_and_register(
-        store, ds, TrainConfig(family="robust_z", quantile=0.51), promote=False
+        store, ds, TrainConfig(family="robust_z", quantile=0.51), promote=False, tenant=TENANT
     ).version
     c = client(store)
-    promote(c, store.model_name, v1, reason="test: champion")
-    c.set_registered_model_alias(store.model_name, CHALLENGER, str(v2))
-    c.set_registered_model_tag(
-        store.model_name, TAG_SET_AT.format(alias=CHALLENGER), repr(time.time())
-    )
+    name = tenant_model(store, TENANT)
+    promote(c, name, v1, reason="test: champion")
+    c.set_registered_model_alias(name, CHALLENGER, str(v2))
+    c.set_registered_model_tag(name, TAG_SET_AT.format(alias=CHALLENGER), repr(time.time()))
     return str(v1), str(v2)
 
 
@@ -71,12 +75,14 @@ def test_start_watcher_honours_the_settings(base_settings):
     ids=["one", "split"],
 )
 def test_worker_scores_challenger_in_shadow_without_alerting_on_it(
-    settings, conn, tenant, store, registry, start_worker, chains
+    settings, conn, store, registry, start_worker, chains
 ):
     """``split``: the shadow scores travel on signals.score.v1 to a separate sink worker."""
     from registry.client import client
 
     v1, v2 = registry
+    tenant = TENANT
+    create_tenant(conn, tenant)
     c = client(store)
     s = settings.model_copy(
         update={
@@ -90,8 +96,10 @@ def test_worker_scores_challenger_in_shadow_without_alerting_on_it(
     )
     workers = [start_worker(chain, s) for chain in chains]
     w = workers[0]
-    assert w.worker.watcher.wait_for(v1, 30), w.worker.watcher.last_error
-    assert w.worker.shadow_watcher.wait_for(v2, 30), w.worker.shadow_watcher.last_error
+    assert w.worker.watcher.wait_for(v1, 30, tenant=tenant), w.worker.watcher.last_error
+    assert w.worker.shadow_watcher.wait_for(v2, 30, tenant=tenant), (
+        w.worker.shadow_watcher.last_error
+    )
 
     _, sent = produce_sim(s, tenant, hosts=5, ticks=200, seed=4, anomaly_rate=0.03)
     wait_for(
@@ -151,8 +159,8 @@ def test_worker_scores_challenger_in_shadow_without_alerting_on_it(
     X = {k: arr[:, 3 + j] for j, k in enumerate(cols)}
     X["count"] = X["count"].astype(np.int64)
     X["series"] = np.zeros(len(arr), np.int64)
-    raw2 = load_version(c, store.model_name, v2).score_many(X)
-    raw1 = load_version(c, store.model_name, v1).score_many(X)
+    raw2 = load_version(c, tenant_model(store, tenant), v2).score_many(X)
+    raw1 = load_version(c, tenant_model(store, tenant), v1).score_many(X)
     np.testing.assert_allclose(arr[:, 0], raw2, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(arr[:, 1], calibrate_batch_score(raw2), atol=1e-12)
     np.testing.assert_allclose(arr[:, 2], np.round(calibrate_batch_score(raw1), 4), atol=1e-9)
@@ -212,13 +220,11 @@ def test_worker_scores_challenger_in_shadow_without_alerting_on_it(
             "challenger_high": 0,
             "champion_high": 0,
         }
-        # another tenant's key sees the same registry but none of this tenant's shadow scores
+        # another tenant's key sees its own registered model: none, so no shadow statistics
         r = httpx.get(api.url + "/models", headers=hdr(make_key(conn, other)), timeout=30)
         assert r.status_code == 200, r.text
-        sh = r.json()["challenger"]["shadow"]
-        assert (
-            sh["windows"] == 0 and sh["champion"] is None and sh["challenger"]["mean_score"] is None
-        )
+        assert r.json()["champion"] is None and r.json()["challenger"] is None
+        assert r.json()["tenant"] == other
     finally:
         api.stop()
     # the same statistics for scripts, from training.status on a plain connection
