@@ -115,6 +115,7 @@ class Settings(BaseSettings):
 
     # --- MLflow -----------------------------------------------------------------------------
     mlflow_artifacts: Path = REPO_ROOT / "mlruns"
+    #: prefix of the registered models: each tenant has its own, ``<model_name>.<tenant>``
     model_name: str = "eventops-detector"
     #: seconds between champion alias checks in detect workers (0 = no batch model)
     champion_poll_s: float = 2.0

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from registry.client import DEFAULT_EXPERIMENT, client, ensure_experiment, use
 from registry.tags import TAG_FEATURES
 
@@ -98,7 +100,7 @@ def log_and_register_model(
     name = name or settings.model_name
     use(settings, tracking_uri)
     exp_id = ensure_experiment(settings, experiment, tracking_uri)
-    signature = infer_signature(example, estimator.predict(example))
+    signature = infer_signature(example, np.asarray(estimator.predict(example), np.float64))
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
         mlflow.log_params(dict(params))
         if metrics:

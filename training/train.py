@@ -322,7 +322,9 @@ def train_and_judge(
     t0 = time.perf_counter()
     base = report.replays["ensemble"]
     cols = {"host": base.host, "metric": base.metric, "start": base.start, "end": base.end}
-    win = pd.DataFrame({**cols, **{k: base.features[k] for k in cfg.features}})
+    win = pd.DataFrame(
+        {**cols, **{k: np.asarray(base.features[k], np.float64) for k in cfg.features}}
+    )
     train_df = win[win.end <= report.split_ts]
     eval_df = win[win.end > report.split_ts]
     metrics = {f"oos_{a}_{k}": v for a, m in report.arms.items() for k, v in m.items()}

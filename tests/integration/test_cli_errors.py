@@ -148,9 +148,9 @@ PG_COMMANDS = [
     ["keys", "create", "--tenant", "acme"],
     ["worker", "normalize"],
     ["simulate", "--duration", "1"],
-    ["models", "list"],
-    ["models", "status"],
-    ["train", "--no-promote"],
+    ["models", "list", "--tenant", "acme"],
+    ["models", "status", "--tenant", "acme"],
+    ["train", "--no-promote", "--tenant", "acme"],
 ]
 
 
@@ -207,7 +207,10 @@ def test_kafka_that_accepts_but_never_answers_is_bounded(env):
 
 def test_mlflow_tracking_server_unreachable_is_bounded(env):
     port = closed_port()
-    r = eventops(["models", "list"], {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+    r = eventops(
+        ["models", "list", "--tenant", "acme"],
+        {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
+    )
     one_line_error(r, 5, f"http://127.0.0.1:{port}", "MLFLOW_TRACKING_URI", max_s=BOUND_S)
 
 
