@@ -81,6 +81,7 @@ bench: services-up
 
 # MLflow UI on the project's PostgreSQL (database `mlflow`), artifacts under mlruns/
 mlflow: services-up
+	@$(SVC_ENV) && $(BIN)/python -c "from core.settings import Settings; from registry.client import ensure_experiment, DEFAULT_EXPERIMENT; import os; print('MLflow UI: http://127.0.0.1:' + os.environ.get('MLFLOW_PORT', '5000') + '/#/experiments/' + ensure_experiment(Settings(), DEFAULT_EXPERIMENT))"
 	$(BIN)/mlflow server --backend-store-uri "postgresql+psycopg://eventops:eventops@127.0.0.1:$${EVENTOPS_PG_PORT:-55432}/mlflow" \
 	  --artifacts-destination mlruns --workers 1 --host 127.0.0.1 --port $${MLFLOW_PORT:-5000}
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DEFAULT_EXPERIMENT",
     "HTTP_RETRY_DEFAULTS",
+    "ML_EXPERIMENT_TAGS",
     "artifact_location",
     "client",
     "ensure_experiment",
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 
 #: Experiment that ``eventops train`` and the notebooks log to.
 DEFAULT_EXPERIMENT = "eventops-detector"
+
+#: Tags of every experiment we create: MLflow 3's UI opens an experiment of kind
+#: ``custom_model_development`` on its runs table (model training), not on the GenAI views.
+ML_EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 #: MLflow's HTTP client defaults retry a refused connection 7 times with backoff factor 2
 #: (minutes); an entry point sets these in its environment unless the environment does.
@@ -133,11 +138,14 @@ def ensure_experiment(
     exp = c.get_experiment_by_name(name)
     if exp is None:
         try:
-            return c.create_experiment(name, artifact_location=want)
+            return c.create_experiment(name, artifact_location=want, tags=ML_EXPERIMENT_TAGS)
         except MlflowException:  # created concurrently
             exp = c.get_experiment_by_name(name)
             if exp is None:
                 raise
+    for k, v in ML_EXPERIMENT_TAGS.items():  # experiments created before the tag existed
+        if exp.tags.get(k) is None:
+            c.set_experiment_tag(exp.experiment_id, k, v)
     if want is not None and exp.artifact_location.rstrip("/") != want.rstrip("/"):
         raise ValueError(
             f"experiment {name!r} stores artifacts at {exp.artifact_location}, expected {want}; "
