@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from core.settings import Settings
 from models.batch import BatchModel
@@ -72,7 +72,100 @@ class Swap:
         return None if self.alias_set_at is None else self.ready_s - self.alias_set_at
 
 
-class ChampionWatcher:
+class _Poller:
+    """The polling thread both watchers share: first check at once, then every ``poll_s``
+    (backing off up to 30 s while the registry fails, keeping what is loaded); subclasses
+    implement :meth:`check_once`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        poll_s: float,
+        *,
+        tracking_uri: str | None,
+        alias: str,
+        on_swap: Any,
+    ) -> None:
+        if not poll_s > 0:
+            raise ValueError("poll_s must be > 0")
+        self.settings, self.poll_s, self.alias = settings, float(poll_s), alias
+        self.tracking_uri = tracking_uri
+        self.on_swap = on_swap
+        self.swaps: list[Swap] = []
+        self.last_error: BaseException | None = None
+        self.checks = 0
+        self._client: Any = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._changed = threading.Condition()
+        self._first = threading.Event()  # the first check finished (loaded, none, or failed)
+        self._thread: threading.Thread | None = None
+
+    def check_once(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _begin_check(self) -> float:
+        """Count a check (making the client on the first); returns its ``time.time()``."""
+        if self._client is None:
+            self._client = client(self.settings, self.tracking_uri)
+        self.checks += 1
+        return time.time()
+
+    def _wait(self, done: Any, timeout: float) -> bool:
+        """Block until ``done()`` holds after a publish; ``False`` on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 0.5))
+        return True
+
+    def start(self) -> Self:
+        """Start the polling thread (first check at once); returns ``self``."""
+        if self._thread is not None:
+            raise RuntimeError("watcher already started")
+        self._thread = threading.Thread(
+            target=self._run, name=f"watch-{type(self).__name__}-{self.alias}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop polling and join the thread (a load in progress finishes first)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def poke(self) -> None:
+        """Check the alias now instead of at the next poll."""
+        self._wake.set()
+
+    def wait_first(self, timeout: float) -> bool:
+        """Block until the first check has finished (the model loaded, no alias, or an error);
+        ``False`` on timeout."""
+        return self._first.wait(timeout)
+
+    def _run(self) -> None:
+        backoff = self.poll_s
+        while not self._stop.is_set():
+            try:
+                self.check_once()
+                self.last_error = None
+                backoff = self.poll_s
+            except Exception as e:  # noqa: BLE001 - keep what is loaded, retry
+                self.last_error = e
+                log.warning("model registry check failed (%s); retrying in %.1f s", e, backoff)
+                backoff = min(backoff * 2, max(self.poll_s, 30.0))
+            self._first.set()
+            self._wake.wait(backoff)
+            self._wake.clear()
+
+
+class ChampionWatcher(_Poller):
     """Background poller of ``models:/<name>@<alias>``, loading new versions off the hot path.
 
     Parameters
@@ -110,74 +203,26 @@ class ChampionWatcher:
         on_swap: Any = None,
         name: str | None = None,
     ) -> None:
-        if not poll_s > 0:
-            raise ValueError("poll_s must be > 0")
-        self.settings, self.poll_s, self.alias = settings, float(poll_s), alias
+        super().__init__(settings, poll_s, tracking_uri=tracking_uri, alias=alias, on_swap=on_swap)
         self.name = name or settings.model_name
-        self.tracking_uri = tracking_uri
-        self.on_swap = on_swap
-        self.swaps: list[Swap] = []
-        self.last_error: BaseException | None = None
-        self.checks = 0
         self._current: tuple[str | None, BatchModel | None] = (None, None)
         self._target: str | None = None  # alias target seen last
-        self._client = None
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._changed = threading.Condition()
-        self._first = threading.Event()  # the first check finished (loaded, none, or failed)
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ API for the detect stage
     def current(self) -> tuple[str | None, BatchModel | None]:
         """``(version, model)`` published last; ``(None, None)`` before the first load."""
         return self._current
 
-    def start(self) -> ChampionWatcher:
-        """Start the polling thread (first check at once); returns ``self``."""
-        if self._thread is not None:
-            raise RuntimeError("watcher already started")
-        self._thread = threading.Thread(target=self._run, name=f"watch-{self.alias}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop polling and join the thread (a load in progress finishes first)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def poke(self) -> None:
-        """Check the alias now instead of at the next poll."""
-        self._wake.set()
-
-    def wait_first(self, timeout: float) -> bool:
-        """Block until the first check has finished (the model loaded, no alias, or an error);
-        ``False`` on timeout."""
-        return self._first.wait(timeout)
-
     def wait_for(self, version: str | int | None, timeout: float) -> bool:
         """Block until ``current()[0] == str(version)`` (``None``: no model); ``False`` on
         timeout."""
         want = None if version is None else str(version)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while self._current[0] != want:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(min(left, 0.5))
-        return True
+        return self._wait(lambda: self._current[0] == want, timeout)
 
     # ------------------------------------------------------------------ thread
     def check_once(self) -> bool:
         """One poll (and load when the alias moved); ``True`` when a new model was published."""
-        if self._client is None:
-            self._client = client(self.settings, self.tracking_uri)
-        self.checks += 1
-        seen = time.time()
+        seen = self._begin_check()
         target = alias_version(self._client, self.name, self.alias)
         if target == self._current[0]:
             self._target = target
@@ -217,23 +262,8 @@ class ChampionWatcher:
         except Exception:  # noqa: BLE001 - informational only
             return None
 
-    def _run(self) -> None:
-        backoff = self.poll_s
-        while not self._stop.is_set():
-            try:
-                self.check_once()
-                self.last_error = None
-                backoff = self.poll_s
-            except Exception as e:  # noqa: BLE001 - keep the current model, retry
-                self.last_error = e
-                log.warning("model registry check failed (%s); retrying in %.1f s", e, backoff)
-                backoff = min(backoff * 2, max(self.poll_s, 30.0))
-            self._first.set()
-            self._wake.wait(backoff)
-            self._wake.clear()
 
-
-class TenantWatcher:
+class TenantWatcher(_Poller):
     """Background poller of every tenant's ``models:/<model_name>.<tenant>@<alias>``.
 
     One thread for all tenants: each poll is one ``search_registered_models`` over the tenants'
@@ -260,22 +290,9 @@ class TenantWatcher:
         alias: str = CHAMPION,
         on_swap: Any = None,
     ) -> None:
-        if not poll_s > 0:
-            raise ValueError("poll_s must be > 0")
-        self.settings, self.poll_s, self.alias = settings, float(poll_s), alias
-        self.tracking_uri = tracking_uri
-        self.on_swap = on_swap
-        self.swaps: list[Swap] = []
-        self.last_error: BaseException | None = None
+        super().__init__(settings, poll_s, tracking_uri=tracking_uri, alias=alias, on_swap=on_swap)
         self.load_errors: dict[str, str] = {}
-        self.checks = 0
         self._current: dict[str, tuple[str, BatchModel]] = {}
-        self._client = None
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._changed = threading.Condition()
-        self._first = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def current(self) -> dict[str, tuple[str, BatchModel]]:
         """``{tenant: (version, model)}`` published last (empty before the first load)."""
@@ -286,39 +303,10 @@ class TenantWatcher:
         hit = self._current.get(tenant)
         return None if hit is None else hit[0]
 
-    def start(self) -> TenantWatcher:
-        if self._thread is not None:
-            raise RuntimeError("watcher already started")
-        self._thread = threading.Thread(
-            target=self._run, name=f"watch-tenants-{self.alias}", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def poke(self) -> None:
-        self._wake.set()
-
-    def wait_first(self, timeout: float) -> bool:
-        return self._first.wait(timeout)
-
     def wait_for(self, version: str | int | None, timeout: float, *, tenant: str) -> bool:
         """Block until ``tenant`` is scored by ``version`` (``None``: by no batch model)."""
         want = None if version is None else str(version)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while self.version(tenant) != want:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(min(left, 0.5))
-        return True
+        return self._wait(lambda: self.version(tenant) == want, timeout)
 
     def _targets(self) -> dict[str, tuple[str, float | None]]:
         """``{tenant: (version, alias set at)}`` of every tenant model with the alias."""
@@ -344,10 +332,7 @@ class TenantWatcher:
         """One poll (and the loads it calls for); ``True`` when anything was published."""
         from registry.names import tenant_model
 
-        if self._client is None:
-            self._client = client(self.settings, self.tracking_uri)
-        self.checks += 1
-        seen = time.time()
+        seen = self._begin_check()
         targets = self._targets()
         cur = self._current
         new = {t: vm for t, vm in cur.items() if t in targets and targets[t][0] == vm[0]}
@@ -390,21 +375,6 @@ class TenantWatcher:
             if self.on_swap is not None:
                 self.on_swap(sw)
         return True
-
-    def _run(self) -> None:
-        backoff = self.poll_s
-        while not self._stop.is_set():
-            try:
-                self.check_once()
-                self.last_error = None
-                backoff = self.poll_s
-            except Exception as e:  # noqa: BLE001 - keep the current models, retry
-                self.last_error = e
-                log.warning("model registry check failed (%s); retrying in %.1f s", e, backoff)
-                backoff = min(backoff * 2, max(self.poll_s, 30.0))
-            self._first.set()
-            self._wake.wait(backoff)
-            self._wake.clear()
 
 
 def measure_swap_delay(
