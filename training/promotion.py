@@ -281,27 +281,51 @@ def record_replay_decision(
     ``rejected``) and never moves the champion (a notebook run without its ``PROMOTE``
     parameter)."""
     client = make_client(settings, tracking_uri)
-    cand = arms["candidate"]
+    brief = {a: {k: m.get(k) for k in _BRIEF} for a, m in arms.items()}
     base = arms.get("champion") or arms.get("ensemble")
-    d = Decision(version, ok and promote_alias, reason, cand, champion_version, base)
-    action = d.action if promote_alias or not ok else "would_promote"
+    return _write_outcome(
+        client, name, version, ok, reason, arms["candidate"], champion_version, base, policy,
+        champion_tag={"arms": arms}, promote_alias=promote_alias, challenger=challenger,
+        extra={"out_of_sample": brief},
+    )  # fmt: skip
+
+
+def _write_outcome(
+    client: Any,
+    name: str,
+    version: str,
+    ok: bool,
+    reason: str,
+    cand: dict[str, Any],
+    champion_version: str | None,
+    champion_metrics: dict[str, Any] | None,
+    policy: PromotionPolicy,
+    *,
+    champion_tag: Any,
+    promote_alias: bool = True,
+    challenger: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> Decision:
+    """Tag the decision on the version; then promote it, or make it challenger (it passed the
+    guardrails) and record why it was not promoted."""
+    d = Decision(version, ok and promote_alias, reason, cand, champion_version, champion_metrics)
+    action = "would_promote" if ok and not promote_alias else d.action
     tag_decision(
         client, name, version, action=action, reason=reason, metrics=cand,
-        champion_metrics={"arms": arms}, compared_with=champion_version, policy=asdict(policy),
+        champion_metrics=champion_tag, compared_with=champion_version, policy=asdict(policy),
         decided_at=d.decided_at,
     )  # fmt: skip
-    if ok and promote_alias:
+    if d.promoted:
         promote(client, name, version, reason)
-        return d
-    d.challenger = promote_alias and challenger and not guardrail_failures(cand, policy)
-    if d.challenger:
-        move_alias(client, name, CHALLENGER, version, action="challenger", reason=reason)
-    record_decision(
-        client, name,
-        {"action": action, "version": version, "previous": champion_version, "reason": reason,
-         "at": d.decided_at, "challenger": d.challenger,
-         "out_of_sample": {a: {k: m.get(k) for k in _BRIEF} for a, m in arms.items()}},
-    )  # fmt: skip
+    else:
+        d.challenger = promote_alias and challenger and not guardrail_failures(cand, policy)
+        if d.challenger:
+            move_alias(client, name, CHALLENGER, version, action="challenger", reason=reason)
+        record_decision(
+            client, name,
+            {"action": action, "version": version, "previous": champion_version,
+             "reason": reason, "at": d.decided_at, "challenger": d.challenger, **(extra or {})},
+        )  # fmt: skip
     log.info("%s v%s %s: %s", name, version, action, reason)
     return d
 
@@ -341,36 +365,7 @@ def evaluate_and_promote(
     if champ_v is not None and champ_v != version:
         champ_m = evaluate_model(load_version(client, name, champ_v, tracking_uri), ds, policy)
     ok, reason = decide(candidate_metrics, champ_m, policy)
-    d = Decision(version, ok, reason, candidate_metrics, champ_v, champ_m)
-    tag_decision(
-        client,
-        name,
-        version,
-        action=d.action,
-        reason=reason,
-        metrics=candidate_metrics,
-        champion_metrics=champ_m,
-        compared_with=champ_v,
-        policy=asdict(policy),
-        decided_at=d.decided_at,
-    )
-    if ok:
-        promote(client, name, version, reason)
-    else:
-        d.challenger = challenger and not guardrail_failures(candidate_metrics, policy)
-        if d.challenger:
-            move_alias(client, name, CHALLENGER, version)
-        record_decision(
-            client,
-            name,
-            {
-                "action": "rejected",
-                "version": version,
-                "previous": champ_v,
-                "reason": reason,
-                "at": d.decided_at,
-                "challenger": d.challenger,
-            },
-        )
-    log.info("%s v%s %s: %s", name, version, d.action, reason)
-    return d
+    return _write_outcome(
+        client, name, version, ok, reason, candidate_metrics, champ_v, champ_m, policy,
+        champion_tag=champ_m, challenger=challenger,
+    )  # fmt: skip

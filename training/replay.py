@@ -98,8 +98,7 @@ class Events:
 
     def series(self) -> tuple[list[SeriesKey], np.ndarray]:
         """``(keys, code per event)``: the distinct ``(host, metric)`` pairs, sorted."""
-        key = np.char.add(np.char.add(self.host.astype(str), "\x1f"), self.metric.astype(str))
-        uniq, code = np.unique(key, return_inverse=True)
+        uniq, code = np.unique(_series_key(self.host, self.metric), return_inverse=True)
         keys = [tuple(k.split("\x1f", 1)) for k in uniq.tolist()]
         return keys, code.astype(np.int64)  # type: ignore[return-value]
 
@@ -331,8 +330,14 @@ def replay(
     )
 
 
+def _series_key(host: np.ndarray, metric: np.ndarray) -> np.ndarray:
+    """``host<US>metric`` per row (unit separator: in no host or metric name)."""
+    return np.char.add(np.char.add(host.astype(str), "\x1f"), metric.astype(str))
+
+
 def _series_rows(r: Replayed) -> list[tuple[SeriesKey, np.ndarray]]:
-    key = np.char.add(np.char.add(r.host.astype(str), "\x1f"), r.metric.astype(str))
+    """``(key, rows)`` per series of a replay (rows are contiguous: replays sort by series)."""
+    key = _series_key(r.host, r.metric)
     change = np.flatnonzero(key[1:] != key[:-1]) + 1
     bounds = np.concatenate([[0], change, [key.size]])
     return [

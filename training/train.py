@@ -52,6 +52,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "fit",
+    "fit_rows",
     "log_and_register",
     "train_and_judge",
     "train_and_register",
@@ -109,12 +110,17 @@ class TrainResult:
 
 def fit(ds: WindowDataset, cfg: TrainConfig) -> BatchModel:
     """Fit ``cfg`` on the windows of ``ds`` not labelled anomalous; returns a local BatchModel."""
-    rows = ds.training_rows()
+    return fit_rows(ds.X, ds.training_rows(), cfg)
+
+
+def fit_rows(X: dict[str, np.ndarray], rows: np.ndarray, cfg: TrainConfig) -> BatchModel:
+    """Fit ``cfg`` on rows ``rows`` of the window columns ``X`` (subsampled, seeded, above
+    ``cfg.max_train_windows``); returns a local BatchModel."""
     if cfg.max_train_windows is not None and rows.size > cfg.max_train_windows:
         rng = np.random.default_rng(cfg.seed)
         rows = np.sort(rng.choice(rows, cfg.max_train_windows, replace=False))
-    X = ds.matrix(cfg.features)[rows]
-    est = CalibratedDetector(cfg.family, cfg.features, cfg.quantile, cfg.seed, **cfg.params).fit(X)
+    M = np.nan_to_num(np.column_stack([np.asarray(X[k], np.float64)[rows] for k in cfg.features]))
+    est = CalibratedDetector(cfg.family, cfg.features, cfg.quantile, cfg.seed, **cfg.params).fit(M)
     return BatchModel(est, cfg.features, version="local")
 
 
@@ -303,18 +309,10 @@ def train_and_judge(
     if champ_v is not None:
         champion = (champ_v, load_version(mc, name, champ_v, tracking_uri))
 
-    def fit_rows(X: dict[str, np.ndarray], rows: np.ndarray) -> BatchModel:
-        if cfg.max_train_windows is not None and rows.size > cfg.max_train_windows:
-            rng = np.random.default_rng(cfg.seed)
-            rows = np.sort(rng.choice(rows, cfg.max_train_windows, replace=False))
-        M = np.column_stack([np.asarray(X[k], np.float64)[rows] for k in cfg.features])
-        est = CalibratedDetector(cfg.family, cfg.features, cfg.quantile, cfg.seed, **cfg.params)
-        return BatchModel(est.fit(M), cfg.features, version="candidate")
-
     t0 = time.perf_counter()
     candidate, report = judge(
-        events, fit_rows, champion, train_fraction=train_fraction, per_series=per_series,
-        seed=seed, feedback=feedback,
+        events, lambda X, rows: fit_rows(X, rows, cfg), champion,
+        train_fraction=train_fraction, per_series=per_series, seed=seed, feedback=feedback,
     )  # fmt: skip
     t["replay_s"] = time.perf_counter() - t0
     ok, reason = decide_replay(report.arms, report.in_sample, policy)

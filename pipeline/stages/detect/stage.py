@@ -308,7 +308,7 @@ class DetectStage:
             v.flags.writeable = False
             cols[k] = v
         raw_all = np.full(n, np.nan)
-        versions: list[str | None] = [None] * n
+        versions = np.full(n, None, dtype=object)
         for idx, version, model in shadow.groups(tenant):
             m = n if idx is None else idx.size
             try:
@@ -333,11 +333,10 @@ class DetectStage:
             rows_i = np.arange(n) if idx is None else idx
             ok = np.isfinite(raw)
             raw_all[rows_i[ok]] = raw[ok]  # a window the challenger cannot score is left out
-            for r in rows_i[ok].tolist():
-                versions[r] = version
-        if all(v is None for v in versions):
+            versions[rows_i[ok]] = version
+        if not np.isfinite(raw_all).any():
             return
-        rows.shadow_version = versions
+        rows.shadow_version = versions.tolist()
         rows.shadow_raw = raw_all
         rows.shadow_score = calibrate_batch_score(raw_all)
 
@@ -362,19 +361,16 @@ class DetectStage:
         host = np.array([names[i][1] for i in s.tolist()], dtype=object)
         metric = np.array([names[i][2] for i in s.tolist()], dtype=object)
         n = s.size
-        versions: list[str | None] = [None] * n
+        version = np.full(n, None, dtype=object)  # the batch model's version per window
         batch_score = None  # calibrated batch score, NaN where the tenant has no model
         for idx, v, model in models.groups(tenant):
             if batch_score is None:
                 batch_score = np.full(n, np.nan)
+            rows_i = slice(None) if idx is None else idx
             raw = np.asarray(model.score_many(_take(X, idx, n)), np.float64)
-            if idx is None:
-                batch_score[:] = calibrate_batch_score(raw)
-                versions = [v] * n
-            else:
-                batch_score[idx] = calibrate_batch_score(raw)
-                for r in idx.tolist():
-                    versions[r] = v
+            batch_score[rows_i] = calibrate_batch_score(raw)
+            version[rows_i] = v
+        versions: list[str | None] = version.tolist()
         if batch_score is not None:
             b = np.nan_to_num(batch_score, nan=0.0)
             score = np.maximum(score, b)
