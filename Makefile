@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 # with EVENTOPS_PG_PORT / EVENTOPS_KAFKA_PORT); tests make their own MLflow stores
 SVC_ENV := eval "$$(scripts/services.sh env)" && unset MLFLOW_TRACKING_URI
 # the Python packages, bottom layer last (ARCHITECTURE.md); pyproject's pytest testpaths match
-PACKAGES := cli serving training pipeline storage registry features models core
+PACKAGES := cli serving training pipeline notify storage registry features models core
 
 .PHONY: help setup apt venv services-up services-down services-status migrate topics demo test test-unit test-integration bench eval backtest lint clean mlflow
 
@@ -34,6 +34,8 @@ apt:
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing >/dev/null; \

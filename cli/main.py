@@ -270,11 +270,16 @@ def worker(
         ),
     ] = None,
 ) -> None:
-    """Run a Kafka worker for a chain of stages.
+    """Run a Kafka worker for a chain of stages, or `notify`: the delivery worker.
 
     It rides out PostgreSQL and Kafka outages (paused, retrying with backoff; readiness
     `degraded`) and exits only when stopped, or after EVENTOPS_OUTAGE_GIVE_UP_S if that is set.
+    `eventops worker notify` sends alert transitions to the tenants' channels (Alertmanager,
+    webhooks) with retries; it needs PostgreSQL only.
     """
+    if stages.strip() == "notify":
+        _notify_worker()
+        return
     from pipeline import kafka as kq
     from pipeline.chain import parse_chain
     from pipeline.kafka_worker import KafkaWorker
@@ -306,6 +311,25 @@ def worker(
         st.alerts,
         st.outage_retries["postgres"],
         st.outage_retries["kafka"],
+    )
+
+
+def _notify_worker() -> None:
+    from notify.worker import NotifyWorker
+
+    s = _settings()
+    check_postgres(s)
+    w = NotifyWorker(s)
+    w.install_signal_handlers()
+    log.info("notify worker started (dashboard links to %s)", w.dashboard)
+    st = w.run()
+    log.info(
+        "notify worker done: %d fanned out, %d delivered, %d retried, %d failed, %d silenced",
+        st.fanned_out,
+        st.delivered,
+        st.retried,
+        st.failed,
+        st.silenced,
     )
 
 
@@ -575,7 +599,7 @@ def _register_plugins() -> None:
     """
     import importlib
 
-    for name in ("cli.keys", "cli.models"):
+    for name in ("cli.keys", "cli.models", "cli.notify"):
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:

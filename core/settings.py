@@ -113,6 +113,32 @@ class Settings(BaseSettings):
     sse_queue_size: int = 1000
     sse_heartbeat_s: float = 15.0
 
+    #: the dashboard's address as people reach it (links in notifications); empty =
+    #: http://<api_host>:<api_port>
+    public_url: str = ""
+
+    # --- Notifications (`eventops worker notify`) -------------------------------------------
+    #: seconds between two steps of the notify worker (fan-out, release, dispatch)
+    notify_poll_s: float = Field(default=0.5, gt=0)
+    #: seconds between re-reads of the channels and silences
+    notify_refresh_s: float = Field(default=2.0, ge=0)
+    #: longest wait for one endpoint's answer
+    notify_timeout_s: float = Field(default=10.0, gt=0)
+    #: first wait before a failed delivery is retried; doubles per attempt (with jitter)
+    notify_backoff_s: float = Field(default=2.0, gt=0)
+    #: longest wait between two attempts of one delivery
+    notify_backoff_max_s: float = Field(default=600.0, gt=0)
+    #: attempts after which a delivery is marked failed (kept; `eventops notify replay`)
+    notify_max_attempts: int = Field(default=12, ge=1)
+    #: endpoints delivered to at the same time
+    notify_concurrency: int = Field(default=8, ge=1, le=256)
+    #: the local Alertmanager (scripts/services.sh; compose: http://alertmanager:9093): the
+    #: address `eventops channels add --kind alertmanager` suggests and the benchmarks use
+    alertmanager_url: str = "http://127.0.0.1:59094"
+    #: seconds between re-sends of firing alerts to Alertmanager (their endsAt is 4 of these
+    #: ahead, as Prometheus does)
+    notify_resend_s: float = Field(default=60.0, gt=0)
+
     # --- MLflow -----------------------------------------------------------------------------
     mlflow_artifacts: Path = REPO_ROOT / "mlruns"
     #: prefix of the registered models: each tenant has its own, ``<model_name>.<tenant>``

@@ -327,10 +327,12 @@ class Ensemble:
         return out
 
     def process(
-        self, X: dict[str, np.ndarray], learn: bool = True, on_round=None
+        self, X: dict[str, np.ndarray], learn: bool | np.ndarray = True, on_round=None
     ) -> EnsembleResult:
         """Score the windows ``X`` (then learn them when ``learn``); see :class:`EnsembleResult`.
 
+        ``learn`` may be a bool per window: windows where it is false (inside a maintenance
+        window) are scored like the others but not learnt, after the batch's learnt windows.
         ``on_round(done, total)`` is called after each round (progress reporting).
         """
         s = np.asarray(X["series"], np.int64)
@@ -339,10 +341,17 @@ class Ensemble:
         exp, sc = np.full(n, np.nan), np.full(n, np.nan)
         comp = {k: np.zeros(n) for k in self.components}
         conf = np.zeros(n)
-        parts = rounds(s) if learn else [np.arange(n)]
-        for r in parts:
+        if isinstance(learn, np.ndarray):
+            keep = np.flatnonzero(learn)
+            skip = np.flatnonzero(~learn)
+            parts = [(keep[r], True) for r in rounds(s[keep])]
+            if skip.size:
+                parts.append((skip, False))
+        else:
+            parts = [(r, learn) for r in (rounds(s) if learn else [np.arange(n)])]
+        for r, lr in parts:
             Xr = X if r.size == n else take(X, r)
-            sr, cr, er, scr, cfr = self._round(Xr, learn)
+            sr, cr, er, scr, cfr = self._round(Xr, lr)
             score[r], exp[r], sc[r], conf[r] = sr, er, scr, cfr
             for k in comp:
                 comp[k][r] = cr[k]

@@ -16,10 +16,11 @@ from core.batch import DeadLetter, MetricBatch
 from core.settings import Settings
 from models.rules import RuleSet, RulesFile
 from pipeline.chain import Chain
-from pipeline.stages.detect.stage import DetectStage, ModelProvider
+from pipeline.stages.detect.stage import DetectStage, Maintenance, ModelProvider
 from pipeline.stages.enrich import Enricher
 from pipeline.stages.normalize import NormalizeConfig, Normalizer
 from storage.inventory import load_inventory
+from storage.notify import load_silences
 from storage.tenants import load_tenants
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,27 @@ class StageSet:
         # sets the next attempt with retry_in()
         if self.chain.has_normalize:
             self.normalizer = Normalizer(normalize_config(self.s, load_tenants(self.conn)))
+        inventory = None
         if self.chain.has_enrich:
-            self.enricher.update(load_inventory(self.conn))
+            inventory = load_inventory(self.conn)
+            self.enricher.update(inventory)
+        if self.chain.has_detect:
+            self.detect.maintenance = self._maintenance(inventory)
+
+    def _maintenance(self, inventory) -> Maintenance:
+        """The maintenance windows that can still cover an accepted event, and host tags."""
+        windows: dict[str, list] = {}
+        for w in load_silences(
+            self.conn, kind="maintenance", since=time.time() - self.s.max_past_age_s
+        ):
+            windows.setdefault(w.tenant_id, []).append(w)
+        self.conn.commit()
+        if not windows:
+            return Maintenance()
+        if inventory is None:
+            inventory = load_inventory(self.conn)
+        tags = {k: v for k, v in inventory.items() if k[0] in windows}
+        return Maintenance({t: tuple(ws) for t, ws in windows.items()}, tags)
 
     def retry_in(self, seconds: float) -> None:
         """Attempt the next reference-data refresh in ``seconds`` instead of a full period."""

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Local backing services for EventOps: a private PostgreSQL cluster and a single-node Apache
-# Kafka 4.x broker (KRaft, broker+controller in one JVM). Loopback only; all state lives in one
-# directory. Mirrors what docker-compose.yml runs (there: postgres:16 + Redpanda).
+# Local backing services for EventOps: a private PostgreSQL cluster, a single-node Apache
+# Kafka 4.x broker (KRaft, broker+controller in one JVM) and a Prometheus Alertmanager (Debian's
+# prometheus-alertmanager, no clustering). Loopback only; all state lives in one directory.
+# Mirrors what docker-compose.yml runs (there: postgres:16 + Redpanda + Alertmanager).
 #
-# Usage: scripts/services.sh {up|down|status|pg-up|pg-down|kafka-up|kafka-down|reset|env|logs}
+# Usage: scripts/services.sh {up|down|status|pg-up|pg-down|kafka-up|kafka-down|am-up|am-down|
+#                             reset|env|logs}
 #
-#   up          start PostgreSQL and Kafka (idempotent; fast when both already run; recovers
-#               from stale pid files / postmaster.pid after a crash)
-#   down        stop Kafka (SIGTERM, then SIGKILL after a grace period) and PostgreSQL
-#               (pg_ctl stop -m fast)
-#   status      print what is up; exit 0 only if both are up
-#   pg-up | pg-down | kafka-up | kafka-down    one service only
+#   up          start PostgreSQL, Kafka and Alertmanager (idempotent; fast when they already
+#               run; recovers from stale pid files / postmaster.pid after a crash)
+#   down        stop Alertmanager, Kafka (SIGTERM, then SIGKILL after a grace period) and
+#               PostgreSQL (pg_ctl stop -m fast)
+#   status      print what is up; exit 0 only if all are up
+#   pg-up | pg-down | kafka-up | kafka-down | am-up | am-down    one service only
 #   reset       down + delete the whole state directory (data, logs, downloaded jars)
 #   env         print `export …` lines for the EventOps settings that point at these services
 #   logs        print the paths of the log files
@@ -20,6 +22,7 @@
 #   EVENTOPS_PG_PORT                [55432]   PostgreSQL TCP port on 127.0.0.1
 #   EVENTOPS_KAFKA_PORT             [59092]   Kafka PLAINTEXT listener on 127.0.0.1
 #   EVENTOPS_KAFKA_CONTROLLER_PORT  [59093]   KRaft CONTROLLER listener on 127.0.0.1
+#   EVENTOPS_ALERTMANAGER_PORT      [59094]   Alertmanager's HTTP API on 127.0.0.1
 #   EVENTOPS_KAFKA_HEAP             [1g]      broker -Xmx
 #   EVENTOPS_KAFKA_START_TIMEOUT    [90]      seconds to wait for the broker to answer
 #   EVENTOPS_PG_START_TIMEOUT       [60]      seconds to wait for PostgreSQL
@@ -37,6 +40,7 @@
 #   <state>/kafka/data       log.dirs (KRaft metadata + topic data)
 #   <state>/kafka/logs       server.log, controller.log, state-change.log (log4j2), kafka.out
 #   <state>/kafka/server.properties, kafka.pid, cluster.id
+#   <state>/alertmanager/    alertmanager.yml, data/ (its silences, notification log), am.log
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -44,6 +48,7 @@ STATE_DIR="${EVENTOPS_STATE_DIR:-$REPO_DIR/.services}"
 PG_PORT="${EVENTOPS_PG_PORT:-55432}"
 KAFKA_PORT="${EVENTOPS_KAFKA_PORT:-59092}"
 KAFKA_CPORT="${EVENTOPS_KAFKA_CONTROLLER_PORT:-59093}"
+AM_PORT="${EVENTOPS_ALERTMANAGER_PORT:-59094}"
 KAFKA_HEAP="${EVENTOPS_KAFKA_HEAP:-1g}"
 KAFKA_START_TIMEOUT="${EVENTOPS_KAFKA_START_TIMEOUT:-90}"
 PG_START_TIMEOUT="${EVENTOPS_PG_START_TIMEOUT:-60}"
@@ -66,7 +71,7 @@ die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
-for p in "$PG_PORT" "$KAFKA_PORT" "$KAFKA_CPORT"; do
+for p in "$PG_PORT" "$KAFKA_PORT" "$KAFKA_CPORT" "$AM_PORT"; do
   [[ "$p" =~ ^[0-9]+$ ]] && [ "$p" -gt 0 ] && [ "$p" -lt 65536 ] || die "invalid port: $p"
 done
 [ "$KAFKA_PORT" != "$KAFKA_CPORT" ] || die "EVENTOPS_KAFKA_PORT and EVENTOPS_KAFKA_CONTROLLER_PORT must differ"
@@ -691,6 +696,110 @@ kafka_status() {
 }
 
 # ----------------------------------------------------------------------------------------------
+# Alertmanager
+# ----------------------------------------------------------------------------------------------
+AM_DIR="" AM_CONF="" AM_PID="" AM_LOG=""
+
+am_paths() {
+  AM_DIR="$STATE_DIR/alertmanager"
+  AM_CONF="$AM_DIR/alertmanager.yml"
+  AM_PID="$AM_DIR/am.pid"
+  AM_LOG="$AM_DIR/am.log"
+}
+
+am_bin() {
+  local b
+  for b in prometheus-alertmanager alertmanager; do
+    if command -v "$b" >/dev/null 2>&1; then command -v "$b"; return 0; fi
+  done
+  return 1
+}
+
+am_pid() {
+  local pid=""
+  [ -f "$AM_PID" ] && pid="$(cat "$AM_PID" 2>/dev/null || true)"
+  if pid_alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--config.file=$AM_CONF"; then
+    echo "$pid"
+    return 0
+  fi
+  return 1
+}
+
+am_ready() { curl -fsS -m 2 "http://127.0.0.1:$AM_PORT/-/ready" >/dev/null 2>&1; }
+
+am_up() {
+  ensure_state_dir
+  am_paths
+  local pid bin
+  if pid="$(am_pid)" && am_ready; then
+    log "alertmanager: already up on 127.0.0.1:$AM_PORT (pid $pid)"
+    return 0
+  fi
+  bin="$(am_bin)" || { apt_install prometheus-alertmanager; bin="$(am_bin)"; } || die "no alertmanager binary after installing prometheus-alertmanager"
+  if port_open "$AM_PORT"; then
+    die "port $AM_PORT is taken by $(who_listens "$AM_PORT"); set EVENTOPS_ALERTMANAGER_PORT to a free port"
+  fi
+  mkdir -p "$AM_DIR/data"
+  # one route to a receiver without integrations: alerts are received, grouped and kept
+  # (GET /api/v2/alerts); nothing is sent anywhere from here
+  printf '%s\n' \
+    'route:' \
+    '  receiver: eventops-local' \
+    '  group_by: [tenant, alertname, host]' \
+    '  group_wait: 1s' \
+    '  group_interval: 5s' \
+    '  repeat_interval: 1h' \
+    'receivers:' \
+    '  - name: eventops-local' >"$AM_CONF"
+  log "alertmanager: starting on 127.0.0.1:$AM_PORT (log: $AM_LOG)"
+  setsid nohup bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$AM_PID" \
+    "$bin" "--config.file=$AM_CONF" "--storage.path=$AM_DIR/data" \
+    "--web.listen-address=127.0.0.1:$AM_PORT" "--cluster.listen-address=" \
+    "--log.level=warn" >>"$AM_LOG" 2>&1 </dev/null 9>&- &
+  local deadline=$(( $(date +%s) + 30 ))
+  until am_ready; do
+    if ! am_pid >/dev/null && [ "$(date +%s)" -ge "$(( deadline - 28 ))" ]; then
+      tail_log "$AM_LOG" 20
+      die "alertmanager exited during start-up"
+    fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      tail_log "$AM_LOG" 20
+      die "alertmanager not ready on 127.0.0.1:$AM_PORT after 30s"
+    fi
+    sleep 0.2
+  done
+  log "alertmanager: up on 127.0.0.1:$AM_PORT (pid $(am_pid || echo '?'))"
+}
+
+am_down() {
+  resolve_state_dir
+  am_paths
+  local pid i
+  if ! pid="$(am_pid)"; then
+    rm -f "$AM_PID"
+    log "alertmanager: not running"
+    return 0
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do pid_alive "$pid" || break; sleep 0.1; done
+  if pid_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  rm -f "$AM_PID"
+  log "alertmanager: stopped"
+}
+
+am_status() {
+  resolve_state_dir
+  am_paths
+  local pid
+  if pid="$(am_pid)" && am_ready; then
+    echo "alertmanager: up  127.0.0.1:$AM_PORT  pid $pid"
+    return 0
+  fi
+  echo "alertmanager: down  (127.0.0.1:$AM_PORT)"
+  return 1
+}
+
+# ----------------------------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------------------------
 cmd_env() {
@@ -702,6 +811,7 @@ export EVENTOPS_PG_PASSWORD=$PG_PASSWORD
 export EVENTOPS_PG_DATABASE=eventops
 export EVENTOPS_MLFLOW_DATABASE=mlflow
 export EVENTOPS_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+export EVENTOPS_ALERTMANAGER_URL=http://127.0.0.1:$AM_PORT
 export MLFLOW_TRACKING_URI=postgresql+psycopg://$PG_ROLE:$PG_PASSWORD@127.0.0.1:$PG_PORT/mlflow
 EOF
 }
@@ -712,10 +822,13 @@ cmd_logs() {
   kafka_paths
   echo "postgres: $PG_LOG"
   echo "kafka:    $K_LOGS/server.log  $K_LOGS/controller.log  $K_OUT"
+  am_paths
+  echo "alertmanager: $AM_LOG"
 }
 
 cmd_reset() {
   with_lock
+  am_down
   kafka_down
   pg_down
   [ -n "$STATE_DIR" ] && [ "$STATE_DIR" != "/" ] || die "refusing to delete '$STATE_DIR'"
@@ -738,18 +851,22 @@ main() {
       with_lock
       kafka_start      # the JVM boots while PostgreSQL starts
       pg_up
+      am_up
       kafka_wait
       log "all services up (${SECONDS}s)"
       ;;
-    down) with_lock; kafka_down; pg_down ;;
+    down) with_lock; am_down; kafka_down; pg_down ;;
     pg-up) with_lock; pg_up ;;
     pg-down) with_lock; pg_down ;;
     kafka-up) with_lock; kafka_up ;;
     kafka-down) with_lock; kafka_down ;;
+    am-up) with_lock; am_up ;;
+    am-down) with_lock; am_down ;;
     status)
       local rc=0
       pg_status || rc=1
       kafka_status || rc=1
+      am_status || rc=1
       return "$rc"
       ;;
     reset) cmd_reset ;;

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from core.errors import NotFound
 from serving.deps import BroadcasterDep, PoolDep, ReadKey, ServingDep, SettingsDep, StreamKey
+from serving.notify import muting
 from serving.openapi import links
 from serving.params import NamePath, OptNameQ
 from serving.render import json_response
@@ -41,6 +42,9 @@ class Alert(BaseModel):
     updated_at: datetime
     resolved_at: datetime | None
     feedback: str | None = None  # latest label: true_positive | false_positive
+    #: ids of the silences muting this alert now (open alerts; it is stored and listed, and
+    #: not notified)
+    silenced_by: list[str] = []
 
 
 class AlertTransition(BaseModel):
@@ -135,14 +139,17 @@ async def list_alerts(
             before=_uncursor(cursor) if cursor else None,
             limit=limit + 1,
         )
-    headers = {}
-    if len(rows) > limit:
-        rows = rows[:limit]
-        nxt = _cursor(rows[-1][ALERT_COLUMNS.index("ts_event")], rows[-1][-1])
-        headers["X-Next-Cursor"] = nxt
-        headers["Link"] = f'<?cursor={nxt}&limit={limit}>; rel="next"'
+        headers = {}
+        if len(rows) > limit:
+            rows = rows[:limit]
+            nxt = _cursor(rows[-1][ALERT_COLUMNS.index("ts_event")], rows[-1][-1])
+            headers["X-Next-Cursor"] = nxt
+            headers["Link"] = f'<?cursor={nxt}&limit={limit}>; rel="next"'
+        out = [alert_row(r) for r in rows]
+        for a, muted in zip(out, await muting(conn, key.tenant_id, out), strict=True):
+            a["silenced_by"] = muted
     # typed columns in Alert's field order: serialized without a per-row model (serving.render)
-    return json_response([alert_row(r) for r in rows], headers)
+    return json_response(out, headers)
 
 
 @router.get(
@@ -197,4 +204,6 @@ async def get_alert(pool: PoolDep, key: ReadKey, alert_id: NamePath) -> AlertDet
             AlertTransition(seq=s, kind=k, created_at=c, payload=p)
             for s, k, c, p in await alerts_repo.alert_events(conn, key.tenant_id, alert_id)
         ]
-    return AlertDetail(**to_alert(row).model_dump(), events=events)
+        a = alert_row(row)
+        (a["silenced_by"],) = await muting(conn, key.tenant_id, [a])
+    return AlertDetail(**a, events=events)

@@ -330,12 +330,24 @@ def create_app(
         ingest,
         inventory,
         metrics,
+        notify,
         registry,
         series,
     )
 
     app.include_router(health.router)
-    for mod in (metrics, series, hosts, alerts, incidents, feedback, inventory, registry, ingest):
+    for mod in (
+        metrics,
+        series,
+        hosts,
+        alerts,
+        incidents,
+        feedback,
+        notify,
+        inventory,
+        registry,
+        ingest,
+    ):
         app.include_router(mod.router, responses=ERROR_RESPONSES)
     app.mount("/", Dashboard(app), name="dashboard")
     _document(app, settings)

@@ -8,6 +8,7 @@
         ├── BadRequest     400  well-formed but unusable parameters
         ├── Unauthorized   401  no key, malformed key, unknown or revoked key
         ├── Forbidden      403  the key's scope does not allow the operation
+        ├── Conflict       409  the resource exists already (a channel of that name)
         ├── TooLarge       413  request body above ``max_request_bytes``
         ├── UnsupportedMedia 415  a body that is not ``application/json``
         └── RateLimited    429  the key exceeded its request rate (``Retry-After`` says when)
@@ -60,6 +61,10 @@ class Forbidden(ApiError):
     """The key is valid but its scope does not allow this operation."""
 
 
+class Conflict(ApiError):
+    """The resource already exists (e.g. a channel of that name)."""
+
+
 class TooLarge(ApiError):
     """The request body is larger than allowed."""
 
@@ -82,6 +87,7 @@ STATUS: dict[type[Exception], int] = {
     BadRequest: 400,
     Unauthorized: 401,
     Forbidden: 403,
+    Conflict: 409,
     TooLarge: 413,
     UnsupportedMedia: 415,
     RateLimited: 429,

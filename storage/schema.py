@@ -53,6 +53,11 @@ TABLES: tuple[str, ...] = (
     "dead_letters",
     "schema_migrations",
     "series",  # migration 002; nothing writes it (series are named by tenant, host, metric)
+    "channels",  # migration 010: notifications
+    "silences",
+    "deliveries",
+    "delivery_attempts",
+    "notify_cursor",
 )
 
 #: columns of ``metrics`` the sink writes, in COPY order

@@ -12,9 +12,12 @@ Bounded for ``make test`` (1-3 minutes): a fixed seed (reproducible; change it t
 ``FUZZ_EXAMPLES`` per operation and ``STATEFUL_SCENARIOS`` link walks. The SSE streams are
 excluded: they never end (tests/integration/test_api_tenancy.py and test_api_sse_resume.py
 cover them). ``POST /ingest`` runs with an ``ingest`` key, everything else with an ``admin``
-key. One configured exception: for ``POST /ingest`` a 413 counts as a rejection and as an
+key. Configured exceptions: for ``POST /ingest`` a 413 counts as a rejection and as an
 acceptable answer to a schema-valid body, because the byte limit of a request
-(``EVENTOPS_MAX_REQUEST_BYTES``) is something an OpenAPI schema cannot state.
+(``EVENTOPS_MAX_REQUEST_BYTES``) is something an OpenAPI schema cannot state; for ``POST
+/silences`` and ``POST /channels`` a 400 is an acceptable answer to a schema-valid body, for the
+same reason (a silence that would end in the past, a cron expression croniter refuses, a regex
+matcher that does not compile, a URL without a host).
 
 By hand, with many more examples::
 
@@ -55,6 +58,17 @@ headers = {{ Authorization = "Bearer ${{FUZZ_INGEST_KEY}}" }}
 checks.negative_data_rejection.expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, \
 415, 422, 428, 429, "5xx"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 401, 403, 404, 409, 413, \
+429, "5xx"]
+[[operations]]
+include-path = "/silences"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 401, 403, 404, 409, \
+429, "5xx"]
+
+[[operations]]
+include-path = "/channels"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 400, 401, 403, 404, 409, \
 429, "5xx"]
 """
 

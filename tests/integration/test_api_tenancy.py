@@ -6,6 +6,7 @@ carries a marker string, so any response to A that contains it is a leak.
 
 from __future__ import annotations
 
+import time
 import uuid
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -14,8 +15,10 @@ import httpx
 import pytest
 from psycopg.types.json import Jsonb
 
+from core.silences import new_silence
 from pipeline.embedded import Bus
 from serving import auth
+from storage import notify as notify_repo
 from storage.connect import connect, count_rows
 from storage.tenants import create_tenant, revoke_key
 from tests.integration.api_support import Api, alert_event, hdr, make_key, seed, store_alerts
@@ -42,6 +45,13 @@ def world(base_settings, test_db):
     w.seed_a = seed(s, conn, w.a, w.mark_a, hosts=("host-a", f"only-{w.a}"))
     w.seed_b = seed(s, conn, w.b, w.mark_b, hosts=("host-a", f"only-{w.b}"))
     w.keys = {(t, sc): make_key(conn, t, sc) for t in (w.a, w.b) for sc in auth.SCOPES}
+    w.silence = {}
+    for t, mark in ((w.a, w.mark_a), (w.b, w.mark_b)):
+        sil = new_silence(t, ["host=nothing"], now=time.time(), duration_s=86400, comment=mark)
+        w.silence[t] = notify_repo.add_silence(conn, sil).id
+        notify_repo.add_channel(
+            conn, t, "hook", "webhook", f"http://127.0.0.1:9/{mark}", "whsec_" + "A" * 43 + "=", {}
+        )
     w.conn = conn
     w.bus = Bus()
     w.api = Api(s, bus=w.bus)
@@ -58,6 +68,7 @@ def ids(w: World, tenant: str) -> dict:
         "alert": sd["alerts"][0],
         "incident": f"inc-{sd['alerts'][0]}",
         "source": sd["hosts"][1],
+        "silence": w.silence[tenant],
     }
 
 
@@ -85,6 +96,11 @@ ENDPOINTS = [
     ("GET", "/inventory/{source}", "read", "id", None),
     ("DELETE", "/inventory/{source}", "admin", "id", None),
     ("GET", "/models", "read", "list", None),
+    ("GET", "/channels", "read", "list", None),
+    ("GET", "/silences", "read", "list", None),
+    ("GET", "/silences?expired=true", "read", "list", None),
+    ("GET", "/silences/{silence}", "read", "id", None),
+    ("GET", "/alerts/{alert}/deliveries", "read", "id", None),
 ]
 STREAMS = [
     ("GET", "/alerts/stream", "read", "list", None),

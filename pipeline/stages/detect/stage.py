@@ -35,6 +35,11 @@ calibration. Its scores ride along in :class:`~pipeline.stages.detect.window_row
 (``shadow_*`` columns) to the
 ``shadow_scores`` table only; they never reach the ensemble, severities, alerts, ``scores`` or
 the ``score`` of ``signals.score.v1`` records. A failing challenger is logged and skipped.
+
+Maintenance windows (:class:`Maintenance`, set by the runner from the ``silences`` table): a
+closed window that overlaps one matching its series is scored and alerted like any other but
+not learnt (:meth:`models.ensemble.Ensemble.process` with a learn mask), so a deploy or a
+backup does not become the series' new normal.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import numpy as np
 
 from core.batch import MetricBatch
 from core.records import AlertEvent
+from core.silences import Silence, alert_labels, maintenance_mask
 from features.cross import cross_metric_features
 from models.ensemble import SEVERITIES, Ensemble
 from models.presets import default_ensemble
@@ -68,6 +74,44 @@ IDLE_CLOSE_WALL_S = 30.0
 #: ``(version, model)`` pair scoring every tenant's windows alike (replays, tests), ``(None,
 #: None)`` for none. ``model.score_many(X)`` returns one raw score per window.
 ModelProvider = Callable[[], "Mapping[str, tuple[str, Any]] | tuple[str | None, Any]"]
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """Every tenant's maintenance windows and its hosts' inventory tags (the labels the
+    windows' matchers read besides host and metric).
+
+    >>> from core.silences import new_silence
+    >>> w = new_silence("a", ["metric=cpu"], now=0.0, schedule="0 * * * *", duration_s=600)
+    >>> m = Maintenance({"a": (w,)})
+    >>> names = [("a", "h", "cpu"), ("a", "h", "mem"), ("b", "h", "cpu")]
+    >>> m.mask(names, np.array([0, 1, 2, 0]), np.array([0.0, 0.0, 0.0, 900.0]),
+    ...        np.array([60.0, 60.0, 60.0, 960.0])).tolist()
+    [True, False, False, False]
+    """
+
+    windows: Mapping[str, tuple[Silence, ...]] = field(default_factory=dict)
+    tags: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
+
+    def mask(self, names, codes: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """bool per closed window (series ``codes``, ``[start, end)``): in maintenance."""
+        out = np.zeros(codes.size, bool)
+        if not self.windows or not codes.size:
+            return out
+        uniq, inv = np.unique(codes, return_inverse=True)
+        tenant = np.array([names[c][0] for c in uniq.tolist()], dtype=object)[inv]
+
+        def labels_of(code: int) -> dict[str, str]:
+            t, h, m = names[code]
+            return alert_labels(h, m, "", "", self.tags.get((t, h)))
+
+        for t in set(tenant.tolist()) & set(self.windows):
+            idx = np.flatnonzero(tenant == t)
+            ws = self.windows[t]
+            hit = maintenance_mask(ws, start[idx], codes[idx], labels_of)
+            hit |= maintenance_mask(ws, np.asarray(end[idx]) - 1e-6, codes[idx], labels_of)
+            out[idx] = hit
+        return out
 
 
 class ModelTable:
@@ -191,6 +235,10 @@ class DetectStage:
         self.parts: dict[int, PartitionState] = {}
         #: closed-window batches the challenger failed to score (skipped)
         self.shadow_failures = 0
+        #: maintenance windows in force (the runner refreshes them)
+        self.maintenance = Maintenance()
+        #: closed windows scored but not learnt because they were in a maintenance window
+        self.maintenance_windows = 0
         self._shadow_logged: tuple[str | None, float] = (None, -float("inf"))
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -354,7 +402,13 @@ class DetectStage:
         # every window of a host with the same start is closed by the same push (features.cross)
         X["host"] = ps.host_codes(s)
         X.update(cross_metric_features(X["host"], X["start"], X))
-        res = ps.ensemble.process(X)
+        learn: bool | np.ndarray = True
+        if self.maintenance.windows:
+            skip = self.maintenance.mask(ps.names, s, closed.start, closed.end)
+            if skip.any():
+                learn = ~skip
+                self.maintenance_windows += int(skip.sum())
+        res = ps.ensemble.process(X, learn=learn)
         score, sev = res.score, res.severity
         names = ps.names
         tenant = np.array([names[i][0] for i in s.tolist()], dtype=object)
