@@ -489,3 +489,12 @@ async def atags(conn: AsyncConnection, tenant: str, hosts: Iterable[str]) -> dic
         (tenant, hosts),
     )
     return dict(await cur.fetchall())
+
+
+def tenant_tags(conn: psycopg.Connection, tenant: str) -> dict[str, dict]:
+    """Inventory tags of every host of one tenant: host -> tags."""
+    return dict(
+        conn.execute(
+            "SELECT source_id, tags FROM inventory WHERE tenant_id = %s", (tenant,)
+        ).fetchall()
+    )

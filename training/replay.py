@@ -73,6 +73,27 @@ Interval = tuple[float, float]
 SeriesKey = tuple[str, str]
 
 
+def in_maintenance(conn, tenant: str, cols: dict[str, np.ndarray]) -> np.ndarray:
+    """bool per event of ``cols`` (``host``, ``metric``, ``ts``): inside one of the tenant's
+    maintenance windows that matches its series."""
+    from core.silences import alert_labels, maintenance_mask
+    from storage.notify import load_maintenance, tenant_tags
+
+    ts = cols["ts"]
+    windows = load_maintenance(conn, tenant, float(ts.min()), float(ts.max()) + 1.0)
+    if not windows:
+        return np.zeros(ts.size, bool)
+    tags = tenant_tags(conn, tenant)
+    pairs, codes = np.unique(_series_key(cols["host"], cols["metric"]), return_inverse=True)
+    names = [p.split("\x1f", 1) for p in pairs.tolist()]
+
+    def labels_of(code: int) -> dict[str, str]:
+        h, m = names[code]
+        return alert_labels(h, m, "", "", tags.get(h))
+
+    return maintenance_mask(windows, ts, codes, labels_of)
+
+
 @dataclass
 class Events:
     """Metric events of one tenant as time-ordered columns (what a replay feeds detect)."""
@@ -116,13 +137,19 @@ class Events:
         until: float | None = None,
     ) -> Events:
         """``tenant``'s stored events (no other tenant's row is read); windows of the
-        pipeline's ``window_s``."""
+        pipeline's ``window_s``. Events inside the tenant's maintenance windows (the silences
+        with a schedule, matched on host, metric and inventory tags) are left out, so a deploy
+        is not learnt as normal."""
         import psycopg
 
         from storage.series import load_events
 
         with psycopg.connect(settings.pg_dsn(), connect_timeout=10) as conn:
             cols = load_events(conn, tenant, since, until)
+            if cols["ts"].size:
+                keep = ~in_maintenance(conn, tenant, cols)
+                if not keep.all():
+                    cols = {k: v[keep] for k, v in cols.items()}
         if not cols["ts"].size:
             raise ValueError(f"tenant {tenant!r} has no stored events in this time range")
         return cls(tenant, **cols, window_s=float(settings.window_s))

@@ -285,3 +285,33 @@ def test_channel_filters_severity_and_matchers(nsettings, conn, tenant):
     finally:
         w.stop()
         rx.close()
+
+
+def test_maintenance_windows_are_not_learnt_live_nor_trained_on(nsettings, conn, tenant):
+    from pipeline.embedded import EmbeddedPipeline
+    from tests.integration.notify_support import event
+    from training.replay import Events
+
+    now = time.time()
+    mw = new_silence(tenant, ["host=mw-1"], now=now, starts_at=now - 86400,
+                     schedule="0 * * * *", duration_s=3600, comment="always")
+    repo.add_silence(conn, mw)
+    start = now - 1800
+    evs = [event(tenant, h, "cpu_load", 20.0 + (i % 5), start + i * 10)
+           for i in range(120) for h in ("mw-1", "ok-1")]
+    pipe = EmbeddedPipeline(nsettings)
+    try:
+        _, dead, _ = pipe.feed(evs)
+        assert not dead
+        det = pipe.stages.detect
+        assert tenant in det.maintenance.windows
+        n_mw = det.maintenance_windows
+        assert n_mw >= 15  # mw-1's closed windows (20 min of them), scored and not learnt
+        scored = conn.execute(
+            "SELECT host, count(*) FROM scores WHERE tenant_id = %s GROUP BY host ORDER BY host",
+            (tenant,)).fetchall()
+        assert dict(scored).get("mw-1", 0) >= n_mw  # still scored and stored
+    finally:
+        pipe.close()
+    ev = Events.from_postgres(nsettings, tenant)
+    assert set(ev.host.tolist()) == {"ok-1"}
