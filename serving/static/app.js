@@ -6,7 +6,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { key: null, host: null, series: null, chart: null, alerts: null, scores: null,
-                refresh: null, seen: new Set() };
+                refresh: null, alertsById: new Map() };
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -184,32 +184,80 @@ function watchScores(host, metric) {
 }
 
 // --- live alert feed + feedback ---------------------------------------------------------------------
+// One entry per alert, newest first, showing its state (firing / resolved / silenced): a
+// transition updates the entry of its alert instead of adding one.
+// opened_at: ISO from the API, epoch seconds in an SSE transition
+const openedIso = (a) => (typeof a.opened_at === "number" ? new Date(a.opened_at * 1000).toISOString() : a.opened_at || a.ts_event);
+
+function alertState(a) {
+  if (a.state === "resolved" || a.kind === "resolve") return "resolved";
+  return (a.silenced_by || []).length ? "silenced" : "open";
+}
+
+function stateBadge(a) {
+  const s = alertState(a);
+  const text = s === "open" ? "firing" : s;
+  const title = s === "silenced" ? `silenced by ${a.silenced_by.join(", ")}` : "";
+  return el("span", { class: `state state-${s}`, title }, text);
+}
+
 function alertItem(a, fresh) {
-  const li = el("li", { class: fresh ? "new" : "", dataset: { alertId: a.alert_id } },
-    el("span", { class: `sev-${a.severity}` }, a.severity), " ",
-    el("b", {}, `${a.host} · ${a.metric}`), " ", el("span", { class: "muted" }, fmtTime(a.ts_event)),
-    el("div", {}, a.message || ""));
+  const li = el("li", { class: `${fresh ? "new" : ""} ${alertState(a) === "resolved" ? "resolved" : ""}`,
+    dataset: { alertId: a.alert_id, state: alertState(a) } });
+  fillAlertItem(li, a);
+  return li;
+}
+
+function fillAlertItem(li, a) {
   const label = el("span", { class: "label" }, a.feedback ? `labelled ${a.feedback.replace("_", " ")}` : "");
   const give = (lab) => async () => {
     try {
       await api(`/alerts/${encodeURIComponent(a.alert_id)}/feedback`, { method: "POST", body: JSON.stringify({ label: lab }) });
       label.textContent = `labelled ${lab.replace("_", " ")}`;
       li.dataset.feedback = lab;
+      a.feedback = lab;
     } catch (e) { showError(`feedback not saved: ${e.message}`); }
   };
-  li.append(el("div", { class: "actions" },
-    el("button", { class: "tp", onclick: give("true_positive") }, "True positive"),
-    el("button", { class: "fp", onclick: give("false_positive") }, "False positive"), label));
-  return li;
+  const mute = async () => {
+    try {
+      await api("/silences", { method: "POST", body: JSON.stringify({ matchers: [`host=${a.host}`, `metric=${a.metric}`], duration_s: 3600, comment: "from the alert feed" }) });
+      await Promise.all([loadSilences(), refreshAlert(a.alert_id)]);
+    } catch (e) { showError(`silence not created: ${e.message}`); }
+  };
+  li.className = `${li.className.includes("new") ? "new " : ""}${alertState(a) === "resolved" ? "resolved" : ""}`;
+  li.dataset.state = alertState(a);
+  if (a.feedback) li.dataset.feedback = a.feedback;
+  li.replaceChildren(
+    el("span", { class: `sev-${a.severity}` }, a.severity), " ",
+    el("b", {}, `${a.host} · ${a.metric}`), stateBadge(a), " ",
+    el("span", { class: "muted" }, fmtTime(openedIso(a))),
+    el("div", {}, a.message || ""),
+    el("div", { class: "actions" },
+      el("button", { class: "tp", onclick: give("true_positive") }, "True positive"),
+      el("button", { class: "fp", onclick: give("false_positive") }, "False positive"),
+      alertState(a) === "open" ? el("button", { class: "mute", onclick: mute }, "Silence 1 h") : "",
+      el("button", { class: "ghost details", onclick: () => showAlert(a.alert_id) }, "details"), label));
 }
 
 function addAlert(a, fresh) {
-  if (a.kind && a.kind !== "open") return;  // the feed lists openings; state is in incidents
-  if (state.seen.has(a.alert_id)) return;
-  state.seen.add(a.alert_id);
   const feed = $("feed");
+  const have = feed.querySelector(`li[data-alert-id="${CSS.escape(a.alert_id)}"]`);
+  if (have) {  // a later transition (escalate, resolve) or a refresh: update in place
+    const cur = state.alertsById.get(a.alert_id) || {};
+    const merged = { ...cur, ...a, state: a.kind === "resolve" ? "resolved" : (a.state || cur.state) };
+    if (a.kind && a.kind !== "resolve" && merged.state !== "resolved") merged.state = "open";
+    state.alertsById.set(a.alert_id, merged);
+    fillAlertItem(have, merged);
+    return;
+  }
+  if (a.kind && a.kind !== "open") return;  // a transition of an alert that is not listed
+  state.alertsById.set(a.alert_id, a);
   fresh ? feed.prepend(alertItem(a, true)) : feed.append(alertItem(a, false));
   while (feed.children.length > 200) feed.lastChild.remove();
+}
+
+async function refreshAlert(id) {
+  try { addAlert(await api(`/alerts/${encodeURIComponent(id)}`), false); } catch (_) { /* gone */ }
 }
 
 async function loadAlerts() {
@@ -225,6 +273,7 @@ function watchAlerts() {
   state.alerts.addEventListener("alert", (m) => {
     const a = JSON.parse(m.data);
     addAlert(a, true);
+    refreshAlert(a.alert_id);  // its stored state, with the silences that mute it
     clearTimeout(state.soon);
     state.soon = setTimeout(() => { loadHosts().catch(() => {}); loadIncidents().catch(() => {}); }, 500);
   });
@@ -236,10 +285,110 @@ function watchAlerts() {
   });
 }
 
+// --- silences ------------------------------------------------------------------------------------
+const matcherText = (m) => `${m.name}${m.op}${m.value}`;
+
+async function loadSilences() {
+  const xs = await api("/silences");
+  $("silences").replaceChildren(...(xs.length ? xs.map((s) => el("li", { dataset: { silenceId: s.id, state: s.state } },
+    el("span", { class: `state state-${s.state === "active" ? "silenced" : "open"}` }, s.kind === "maintenance" ? `maintenance · ${s.state}` : s.state), " ",
+    el("b", {}, s.matchers.map(matcherText).join(" ") || "(every alert)"),
+    el("div", { class: "muted" }, s.schedule ? `${s.schedule} (UTC) for ${Math.round(s.duration_s / 60)} min` : `until ${fmtTime(s.ends_at)}`,
+      ` · ${s.author}${s.comment ? ` · ${s.comment}` : ""}`),
+    el("div", { class: "actions" }, el("button", { class: "expire", onclick: () => expireSilence(s.id) }, "Expire"))))
+    : [el("li", { class: "muted" }, "no active silences")]));
+}
+
+async function expireSilence(id) {
+  try {
+    await api(`/silences/${encodeURIComponent(id)}/expire`, { method: "POST" });
+    await loadSilences();
+    await reloadFeedStates();
+  } catch (e) { showError(`silence not expired: ${e.message}`); }
+}
+
+async function reloadFeedStates() {
+  const alerts = await api("/alerts?limit=50");
+  alerts.forEach((a) => addAlert(a, false));
+}
+
+async function createSilence(e) {
+  e.preventDefault();
+  const matchers = $("silence-matchers").value.split(/[\s,]+/).filter(Boolean);
+  try {
+    await api("/silences", { method: "POST", body: JSON.stringify({ matchers, duration_s: Number($("silence-duration").value), comment: $("silence-comment").value }) });
+    $("silence-matchers").value = ""; $("silence-comment").value = "";
+    await loadSilences();
+    await reloadFeedStates();
+  } catch (err) { showError(`silence not created: ${err.message}`); }
+}
+
+// --- channels ------------------------------------------------------------------------------------
+async function loadChannels() {
+  const xs = await api("/channels");
+  $("channels").replaceChildren(...(xs.length ? xs.map((c) => el("li", { dataset: { channel: c.name } },
+    el("b", {}, c.name), ` · ${c.kind} · `, el("span", { class: "muted" }, c.url),
+    el("div", { class: "muted" }, `${c.filter.min_severity || "warning"}+ ${(c.filter.matchers || []).map(matcherText).join(" ")}`)))
+    : [el("li", { class: "muted" }, "no channels: alerts are only stored and shown here")]));
+}
+
+async function createChannel(e) {
+  e.preventDefault();
+  try {
+    const c = await api("/channels", { method: "POST", body: JSON.stringify({ name: $("channel-name").value.trim(), kind: $("channel-kind").value,
+      url: $("channel-url").value.trim(), filter: { min_severity: $("channel-severity").value, matchers: [] } }) });
+    $("channel-secret").hidden = !c.secret;
+    $("channel-secret").textContent = c.secret ? `signing secret of ${c.name} (shown once, store it now): ${c.secret}` : "";
+    $("channel-name").value = ""; $("channel-url").value = "";
+    await loadChannels();
+  } catch (err) { showError(`channel not added: ${err.message}${err.message.startsWith("403") ? " (adding channels needs an admin key)" : ""}`); }
+}
+
+// --- incident and alert detail ---------------------------------------------------------------------
+function deliveryTable(ds) {
+  if (!ds.length) return el("p", { class: "muted" }, "no deliveries (no channel matched, or none configured)");
+  return el("table", { class: "deliveries" },
+    el("tr", {}, ...["transition", "channel", "state", "attempts", "last status", "latency"].map((h) => el("th", {}, h))),
+    ...ds.map((d) => el("tr", { dataset: { state: d.state } }, el("td", {}, d.kind), el("td", {}, `${d.channel} (${d.channel_kind})`),
+      el("td", {}, d.state + (d.silenced_by.length ? ` by ${d.silenced_by.join(", ")}` : "")), el("td", {}, d.attempts),
+      el("td", {}, d.last_status ?? (d.last_error || "–")),
+      el("td", {}, d.log.length ? `${d.log[d.log.length - 1].latency_ms.toFixed(0)} ms` : "–"))));
+}
+
+async function alertBlock(a) {
+  const [full, ds] = await Promise.all([api(`/alerts/${encodeURIComponent(a.alert_id)}`), api(`/alerts/${encodeURIComponent(a.alert_id)}/deliveries`)]);
+  return el("div", { class: "alert-detail", dataset: { alertId: a.alert_id } },
+    el("h3", {}, el("span", { class: `sev-${full.severity}` }, full.severity), ` ${full.host} · ${full.metric} `, stateBadge(full),
+      " ", el("a", { href: "#", onclick: (e) => { e.preventDefault(); state.series = full.metric; selectHost(full.host); } }, "series")),
+    el("p", {}, full.message),
+    el("ul", { class: "timeline" }, ...full.events.map((ev) => el("li", {}, `${fmtTime(ev.payload.ts_event)} ${ev.kind} (${ev.payload.severity}, score ${fmtNum(ev.payload.score)})`))),
+    el("h4", {}, "Deliveries"), deliveryTable(ds));
+}
+
+async function showAlert(id) {
+  try {
+    $("detail-title").textContent = "Alert";
+    $("detail").replaceChildren(await alertBlock({ alert_id: id }));
+    $("detail-panel").hidden = false;
+    $("detail-panel").scrollIntoView({ block: "nearest" });
+  } catch (e) { showError(`alert ${id}: ${e.message}`); }
+}
+
+async function showIncident(id) {
+  try {
+    const inc = await api(`/incidents/${encodeURIComponent(id)}`);
+    $("detail-title").textContent = `Incident on ${inc.host} (${inc.state}, ${inc.alert_count} alerts, likely root ${inc.root.metric})`;
+    const blocks = await Promise.all(inc.alerts.slice(0, 10).map(alertBlock));
+    $("detail").replaceChildren(el("p", { class: "muted" }, `from ${fmtTime(inc.started_at)}${inc.ended_at ? ` to ${fmtTime(inc.ended_at)}` : ""}; series in rank order: ${inc.series.join(", ")}`), ...blocks);
+    $("detail-panel").hidden = false;
+    $("detail-panel").scrollIntoView({ block: "nearest" });
+  } catch (e) { showError(`incident: ${e.message}`); }
+}
+
 // --- incidents -----------------------------------------------------------------------------------
 async function loadIncidents() {
   const incs = await api("/incidents?limit=20");
-  $("incidents").replaceChildren(...(incs.length ? incs.map((i) => el("li", { dataset: { incidentId: i.incident_id } },
+  $("incidents").replaceChildren(...(incs.length ? incs.map((i) => el("li", { dataset: { incidentId: i.incident_id }, onclick: () => showIncident(i.incident_id) },
     el("span", { class: `sev-${i.severity}` }, i.severity), " ", el("b", {}, i.host), ` · ${i.state} · `,
     `${i.alert_count} alert${i.alert_count > 1 ? "s" : ""} since ${fmtTime(i.started_at)} · root: `,
     el("b", {}, i.root.metric), i.series.length > 1 ? ` → ${i.series.slice(1).join(", ")}` : ""))
@@ -250,6 +399,10 @@ async function loadIncidents() {
 function stop() {
   for (const s of [state.alerts, state.scores]) if (s) s.close();
   clearInterval(state.refresh);
+  state.alertsById.clear();
+  for (const id of ["feed", "silences", "channels", "detail"]) $(id).replaceChildren();
+  $("detail-panel").hidden = true;
+  $("channel-secret").hidden = true; $("channel-secret").textContent = "";
   $("main").hidden = true;
   $("live").textContent = "live: off"; $("live").className = "pill off";
 }
@@ -259,10 +412,12 @@ async function start() {
   $("main").hidden = false;
   $("tenant").textContent = `key ${state.key.split("_")[1] || ""}`;
   try {
-    await Promise.all([loadHosts(), loadAlerts(), loadIncidents(), loadModel()]);
+    await Promise.all([loadHosts(), loadAlerts(), loadIncidents(), loadModel(), loadSilences(), loadChannels()]);
   } catch (e) { if (e.message !== "401") showError(e.message); return; }
   watchAlerts();
-  state.refresh = setInterval(() => { loadHosts().catch(() => {}); loadIncidents().catch(() => {}); }, 15000);
+  const deep = location.hash.match(/alert=([^&]+)/);  // the link in a notification
+  if (deep) showAlert(decodeURIComponent(deep[1]));
+  state.refresh = setInterval(() => { loadHosts().catch(() => {}); loadIncidents().catch(() => {}); loadSilences().catch(() => {}); }, 15000);
 }
 
 function init() {
@@ -279,6 +434,13 @@ function init() {
     localStorage.setItem("eventops.key", k);
     $("keyinput").value = "";
     state.key = k; stop(); start();
+  });
+  $("silence-form").addEventListener("submit", createSilence);
+  $("channel-form").addEventListener("submit", createChannel);
+  $("detail-close").addEventListener("click", () => { $("detail-panel").hidden = true; });
+  window.addEventListener("hashchange", () => {
+    const deep = location.hash.match(/alert=([^&]+)/);
+    if (deep && state.key) showAlert(decodeURIComponent(deep[1]));
   });
   $("logout").addEventListener("click", () => { localStorage.removeItem("eventops.key"); state.key = null; stop(); showError("No API key: enter one above."); });
   if (state.key) start(); else showError("No API key: enter one above (`eventops keys create --tenant T`).");

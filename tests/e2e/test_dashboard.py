@@ -97,3 +97,68 @@ def test_live_anomaly_arrives_and_is_marked_false_positive(demo, browser, output
     page.screenshot(path=str(output_dir / "dashboard-3-feedback.png"), full_page=True)
     assert not [e for e in errors if "Content Security Policy" in e or "TypeError" in e], errors
     page.close()
+
+
+def test_a_silence_made_in_the_dashboard_marks_the_alert_and_its_delivery(
+    demo, browser, output_dir
+):
+    from notify.channels import ChannelSpec
+    from storage import notify as notify_repo
+    from tests.integration.notify_support import Receiver, WorkerThread
+
+    s, conn, tenant, pipe, api, key = demo
+    rx = Receiver()
+    spec = ChannelSpec.check("pager", "webhook", rx.url, None)
+    rx.secret = spec.secret
+    notify_repo.add_channel(conn, tenant, spec.name, spec.kind, spec.url, spec.secret,
+                            spec.filter)
+    worker = WorkerThread(s.model_copy(update={"notify_poll_s": 0.05, "notify_refresh_s": 0.0}))
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(f"{api.url}/#key={key}")
+        page.wait_for_selector("#live.on", timeout=15_000)
+        page.wait_for_selector("#channels li[data-channel='pager']", timeout=10_000)
+        page.fill("#silence-matchers", "host=host-005")
+        page.fill("#silence-comment", "deploy of host-005")
+        page.click("#silence-form button[type=submit]")
+        page.wait_for_selector("#silences li[data-state='active']:has-text('host=host-005')",
+                               timeout=10_000)
+        (sid,) = [r[0] for r in conn.execute(
+            "SELECT id FROM silences WHERE tenant_id = %s", (tenant,)).fetchall()]
+
+        now = datetime.now(UTC)
+        _, _, stored = pipe.feed([raw_event(tenant, "host-005", 97.0, ts=now)])
+        (opened,) = [a for a in stored if a.kind == "open"]
+        item = page.wait_for_selector(
+            f"#feed li[data-alert-id='{opened.alert_id}'][data-state='silenced']", timeout=10_000
+        )
+        assert "silenced" in item.inner_text()
+        # the worker kept it from the channel, and said why
+        wait_for(lambda: conn.execute(
+            "SELECT state, silenced_by FROM deliveries WHERE alert_id = %s",
+            (opened.alert_id,)).fetchone() == ("silenced", [sid]), 15, what="a silenced delivery")
+        item.query_selector("button.details").click()
+        page.wait_for_selector("#detail-panel:not([hidden]) table.deliveries tr[data-state='silenced']",
+                               timeout=10_000)
+        page.screenshot(path=str(output_dir / "dashboard-4-silenced.png"), full_page=True)
+        assert not [r for r in rx.accepted if r["body"]["data"]["host"] == "host-005"]
+
+        # the resolution updates the alert's entry instead of adding one
+        later = datetime.fromtimestamp(now.timestamp() + 1, UTC)
+        pipe.feed([raw_event(tenant, "host-005", 20.0, ts=later)])
+        page.wait_for_selector(
+            f"#feed li[data-alert-id='{opened.alert_id}'][data-state='resolved']", timeout=10_000
+        )
+        assert page.locator(f"#feed li[data-alert-id='{opened.alert_id}']").count() == 1
+
+        # expiring the silence from the dashboard
+        page.click(f"#silences li[data-silence-id='{sid}'] button.expire")
+        page.wait_for_selector("#silences li:has-text('no active silences')", timeout=10_000)
+        page.screenshot(path=str(output_dir / "dashboard-5-expired.png"), full_page=True)
+    finally:
+        worker.stop()
+        rx.close()
+        page.close()
+    assert not errors, errors
