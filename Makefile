@@ -79,6 +79,7 @@ bench: services-up
 	$(BIN)/python -m benchmarks.bench_detect
 	$(BIN)/python -m benchmarks.bench_train
 	$(BIN)/python -m benchmarks.bench_api
+	$(BIN)/python -m benchmarks.bench_notify
 	$(BIN)/python -m benchmarks.bench_growth --rows $(GROWTH_ROWS)
 
 # MLflow UI on the project's PostgreSQL (database `mlflow`), artifacts under mlruns/

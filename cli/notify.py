@@ -35,6 +35,16 @@ def _conn():
     return connect(Settings())
 
 
+def _known(conn, tenant: str) -> None:
+    from storage.tenants import load_tenants
+
+    if tenant not in load_tenants(conn):
+        raise BadArgument(
+            f"no tenant {tenant!r} (`eventops tenants list`; create it with"
+            " `eventops tenants create`)"
+        )
+
+
 def parse_time(text: str | None) -> float | None:
     """ISO 8601 (``2026-12-01T02:00:00Z``) or ``now`` as epoch seconds.
 
@@ -89,6 +99,7 @@ def channels_add(
     except ValueError as e:
         raise BadArgument(str(e)) from None
     with _conn() as conn:
+        _known(conn, tenant)
         row = add_channel(conn, tenant, spec.name, spec.kind, spec.url, spec.secret, spec.filter)
     if row is None:
         raise BadArgument(
@@ -176,6 +187,7 @@ def silences_add(
     except ValueError as e:
         raise BadArgument(str(e)) from None
     with _conn() as conn:
+        _known(conn, tenant)
         s = add_silence(conn, s)
     d = s.to_dict(time.time())
     typer.echo(f"{s.id}\t{s.kind}\t{d['state']}\t{d['starts_at']} → {d['ends_at'] or 'no end'}")

@@ -154,16 +154,24 @@ def run_demo(
         args=(s, bus, tenant, hosts, backfill_s, interval, stop),
     )
     feeder.start()
+    # the delivery worker, in this process: channels added in the dashboard get the alerts
+    from notify.worker import NotifyWorker
+
+    notifier = NotifyWorker(s)
+    threading.Thread(target=notifier.run, name="demo-notify", daemon=True).start()
     url = f"http://{s.api_host}:{s.api_port}"
     print(
         f"\nEventOps demo (tenant '{tenant}')\n"
         f"  dashboard: {url}/#key={key}\n"
         f"  API key:   {key}   (admin scope; curl -H 'Authorization: Bearer {key}' {url}/alerts)\n"
-        f"  API docs:  {url}/docs\n",
+        f"  API docs:  {url}/docs\n"
+        f"  alerts to Alertmanager or a webhook: add a channel in the dashboard (the delivery\n"
+        f"  worker runs in this process; `eventops worker notify` elsewhere)\n",
         flush=True,
     )
     try:
         uvicorn.run(create_app(s, bus=bus), host=s.api_host, port=s.api_port, log_level="warning")
     finally:
         stop.set()
+        notifier.stop()
         feeder.join(timeout=10)

@@ -55,17 +55,19 @@ def free_ports(n: int) -> list[int]:
 
 
 class PrivateServices:
-    """PostgreSQL + Kafka of :mod:`scripts/services.sh` under ``root`` on free ports."""
+    """PostgreSQL + Kafka (+ Alertmanager) of :mod:`scripts/services.sh` under ``root`` on free
+    ports."""
 
     def __init__(self, root: Path, base: Settings) -> None:
         self.root = root
-        self.pg_port, self.kafka_port, self.controller_port = free_ports(3)
+        self.pg_port, self.kafka_port, self.controller_port, self.am_port = free_ports(4)
         self.env = {
             **os.environ,
             "EVENTOPS_STATE_DIR": str(root),
             "EVENTOPS_PG_PORT": str(self.pg_port),
             "EVENTOPS_KAFKA_PORT": str(self.kafka_port),
             "EVENTOPS_KAFKA_CONTROLLER_PORT": str(self.controller_port),
+            "EVENTOPS_ALERTMANAGER_PORT": str(self.am_port),
             "EVENTOPS_KAFKA_HEAP": "512m",
             "PYTHON": sys.executable,
         }
@@ -74,6 +76,7 @@ class PrivateServices:
                 "pg_port": self.pg_port,
                 "pg_database": "eventops",
                 "kafka_bootstrap": f"127.0.0.1:{self.kafka_port}",
+                "alertmanager_url": f"http://127.0.0.1:{self.am_port}",
                 "state_dir": root,
             }
         )

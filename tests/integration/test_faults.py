@@ -25,12 +25,15 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
 import orjson
 import pytest
 
+from core.settings import REPO_ROOT
 from pipeline import kafka as kq
 from pipeline.stages import normalize
 from storage.connect import connect
@@ -498,3 +501,50 @@ def _unpublished(s, tenant: str) -> int:
             "SELECT count(*) FROM alert_events WHERE tenant_id = %s AND published_at IS NULL",
             (tenant,),
         ).fetchone()[0]
+
+
+def test_notify_worker_rides_out_a_postgres_outage_and_loses_no_delivery(services, tmp_path):
+    """The delivery worker with PostgreSQL away for a while mid-retry: it stays up, and once
+    PostgreSQL is back every delivery is accepted, each under one webhook-id."""
+    from notify.channels import ChannelSpec
+    from storage import notify as notify_repo
+    from tests.integration.notify_support import Receiver, cpu_incident
+
+    s = services.settings.model_copy(update={
+        "notify_poll_s": 0.1, "notify_refresh_s": 0.0, "notify_backoff_s": 0.5,
+        "notify_backoff_max_s": 1.0, "retry_backoff_max_s": 1.0,
+    })
+    tenant = f"tnnotify{uuid.uuid4().hex[:6]}"
+    rx = Receiver(answer=lambda n: 503 if n <= 2 else 200)
+    with connect(s, autocommit=True) as c:
+        create_tenant(c, tenant)
+        spec = ChannelSpec.check("hook", "webhook", rx.url, None)
+        notify_repo.add_channel(c, tenant, spec.name, spec.kind, spec.url, spec.secret,
+                                spec.filter)
+    rx.secret = spec.secret
+    now = time.time()
+    for i in range(3):
+        cpu_incident(s, tenant, f"n-{i}", start=now - 100 + 10 * i)
+    log = tmp_path / "notify.log"
+    p = subprocess.Popen([sys.executable, "-m", "cli", "worker", "notify"],
+                         env=settings_env(s), cwd=REPO_ROOT, stdout=open(log, "ab"),
+                         stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: len(rx.requests) >= 2, 60, what="the first failing attempts")
+        services.run("pg-down")
+        wait_for(lambda: "PostgreSQL unavailable" in log.read_text(), 30,
+                 what="the worker noticing the outage")
+        assert p.poll() is None, log.read_text()[-3000:]
+        services.run("pg-up")
+        wait_for(lambda: len({r["id"] for r in rx.accepted}) == 6, 90,
+                 what="all six deliveries accepted after the outage")
+        assert p.poll() is None
+        with connect(s, autocommit=True) as c:
+            states = c.execute("SELECT state, count(*) FROM deliveries WHERE tenant_id = %s"
+                               " GROUP BY state", (tenant,)).fetchall()
+        assert states == [("delivered", 6)], states
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+        rx.close()
+    assert "Traceback" not in log.read_text()

@@ -35,9 +35,10 @@ APP_SERVICES = {
     "worker-enrich": ["worker", "enrich"],
     "worker-detect": ["worker", "detect"],
     "worker-sink": ["worker", "sink"],
+    "worker-notify": ["worker", "notify"],
     "api": ["api", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"],
 }
-INFRA_SERVICES = {"redpanda", "postgres", "ui"}
+INFRA_SERVICES = {"redpanda", "postgres", "ui", "alertmanager"}
 APP_ENV = (
     "EVENTOPS_PG_HOST",
     "EVENTOPS_PG_PORT",
@@ -182,6 +183,7 @@ def test_services_status_reports_both_up(services_up):
     assert r.returncode == 0, f"status:\n{r.stdout}\n{r.stderr}"
     assert re.search(rf"^postgres:\s+up\s+127\.0\.0\.1:{PG_PORT}\b", r.stdout, re.M), r.stdout
     assert re.search(rf"^kafka:\s+up\s+127\.0\.0\.1:{KAFKA_PORT}\b", r.stdout, re.M), r.stdout
+    assert re.search(r"^alertmanager:\s+up\s+127\.0\.0\.1:\d+\b", r.stdout, re.M), r.stdout
 
 
 def test_services_accept_the_documented_credentials(services_up):
