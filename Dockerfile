@@ -24,6 +24,7 @@ COPY models ./models
 COPY storage ./storage
 COPY registry ./registry
 COPY pipeline ./pipeline
+COPY notify ./notify
 COPY training ./training
 COPY serving ./serving
 COPY cli ./cli

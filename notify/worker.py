@@ -165,29 +165,39 @@ class NotifyWorker:
         """Loop until :meth:`stop` (or ``until()`` is true); PostgreSQL outages are waited out."""
         self.pool.open()
         failures = 0
+        down_since = 0.0
         try:
             while not self._stop.is_set() and not (until and until()):
                 try:
                     self.step()
+                    if failures:
+                        log.info(
+                            "notify: recovered after %.1f s (%d retries)",
+                            time.monotonic() - down_since,
+                            failures,
+                        )
                     failures = 0
                     self._stop.wait(self.s.notify_poll_s)
                 except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as e:
+                    if not failures:
+                        down_since = time.monotonic()
+                        log.warning(
+                            "notify: PostgreSQL unavailable (%s); deliveries paused, retrying",
+                            _first_line(e),
+                        )
                     failures += 1
                     self.stats.outages += 1
-                    wait = backoff_s(failures, self.s.retry_backoff_s, self.s.retry_backoff_max_s)
-                    log.warning(
-                        "notify: PostgreSQL unavailable (%s); retrying in %.1f s",
-                        _first_line(e),
-                        wait,
+                    self._stop.wait(
+                        backoff_s(failures, self.s.retry_backoff_s, self.s.retry_backoff_max_s)
                     )
-                    self._stop.wait(wait)
                 except Exception as e:  # noqa: BLE001 - a failing step is logged and retried
+                    if not failures:
+                        down_since = time.monotonic()
+                        log.exception("notify: step failed (%s); retrying", _first_line(e))
                     failures += 1
-                    wait = backoff_s(failures, self.s.retry_backoff_s, self.s.retry_backoff_max_s)
-                    log.exception(
-                        "notify: step failed (%s); retrying in %.1f s", _first_line(e), wait
+                    self._stop.wait(
+                        backoff_s(failures, self.s.retry_backoff_s, self.s.retry_backoff_max_s)
                     )
-                    self._stop.wait(wait)
         finally:
             self.tasks.shutdown(wait=True, cancel_futures=True)
             self.pool.close()
