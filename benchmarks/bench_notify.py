@@ -47,8 +47,14 @@ def noise(s: Settings, hosts: int, days: float) -> list[dict]:
         conn.commit()
     interval = 30.0
     ticks = int(days * 86400 / interval)
-    sim = Simulator(hosts=hosts, tenant=tenant, seed=7, interval=interval,
-                    start=time.time() - days * 86400 - 600, anomaly_rate=0.0015)
+    sim = Simulator(
+        hosts=hosts,
+        tenant=tenant,
+        seed=7,
+        interval=interval,
+        start=time.time() - days * 86400 - 600,
+        anomaly_rate=0.0015,
+    )
     pipe = EmbeddedPipeline(s)
     t0 = time.perf_counter()
     chunk: list[bytes] = []
@@ -65,7 +71,9 @@ def noise(s: Settings, hosts: int, days: float) -> list[dict]:
         rows = conn.execute(
             "SELECT host, metric, rule, extract(epoch FROM opened_at)::float8,"
             " extract(epoch FROM resolved_at)::float8 FROM alerts WHERE tenant_id = %s"
-            " ORDER BY host, metric, opened_at", (tenant,)).fetchall()
+            " ORDER BY host, metric, opened_at",
+            (tenant,),
+        ).fetchall()
     series_days = hosts * len(METRICS) * days
     n_rule = sum(1 for r in rows if not r[2].startswith("anomaly"))
     flaps = 0
@@ -80,17 +88,25 @@ def noise(s: Settings, hosts: int, days: float) -> list[dict]:
     for a in sim.anomalies:
         caught += any(r[0] == a.host and a.start - 60 <= r[3] <= a.end + 300 for r in rows)
     n = len(rows)
-    print(f"noise: {hosts} hosts x {len(METRICS)} metrics x {days:g} d fed in {feed_s:.0f} s; "
-          f"{n} alerts ({n_rule} threshold, {n - n_rule} anomaly), {flaps} flaps, "
-          f"{caught}/{len(sim.anomalies)} incidents alerted")
+    print(
+        f"noise: {hosts} hosts x {len(METRICS)} metrics x {days:g} d fed in {feed_s:.0f} s; "
+        f"{n} alerts ({n_rule} threshold, {n - n_rule} anomaly), {flaps} flaps, "
+        f"{caught}/{len(sim.anomalies)} incidents alerted"
+    )
     return [
         {"name": "alerts_per_series_day", "value": n / series_days, "unit": "alerts"},
         {"name": "rule_alerts_per_series_day", "value": n_rule / series_days, "unit": "alerts"},
-        {"name": "anomaly_alerts_per_series_day", "value": (n - n_rule) / series_days,
-         "unit": "alerts"},
+        {
+            "name": "anomaly_alerts_per_series_day",
+            "value": (n - n_rule) / series_days,
+            "unit": "alerts",
+        },
         {"name": "flapping_share_pct", "value": 100.0 * flaps / max(n, 1), "unit": "%"},
-        {"name": "incidents_alerted_pct",
-         "value": 100.0 * caught / max(len(sim.anomalies), 1), "unit": "%"},
+        {
+            "name": "incidents_alerted_pct",
+            "value": 100.0 * caught / max(len(sim.anomalies), 1),
+            "unit": "%",
+        },
     ]
 
 
@@ -100,11 +116,12 @@ def time_to_notify(s: Settings, incidents: int) -> list[dict]:
     with connect(s) as conn:
         create_tenant(conn, tenant)
         conn.commit()
-        for name, kind, url in (("am", "alertmanager", s.alertmanager_url),
-                                ("hook", "webhook", rx.url)):
+        for name, kind, url in (
+            ("am", "alertmanager", s.alertmanager_url),
+            ("hook", "webhook", rx.url),
+        ):
             spec = ChannelSpec.check(name, kind, url, None)
-            repo.add_channel(conn, tenant, spec.name, spec.kind, spec.url, spec.secret,
-                             spec.filter)
+            repo.add_channel(conn, tenant, spec.name, spec.kind, spec.url, spec.secret, spec.filter)
             if spec.secret:
                 rx.secret = spec.secret
     w = WorkerThread(s)
@@ -122,8 +139,9 @@ def time_to_notify(s: Settings, incidents: int) -> list[dict]:
             deadline = t0 + 30
             while (got_am is None or got_hook is None) and time.time() < deadline:
                 now = time.time()
-                if got_am is None and any(a["labels"]["host"] == host
-                                          for a in am_alerts(s.alertmanager_url, tenant)):
+                if got_am is None and any(
+                    a["labels"]["host"] == host for a in am_alerts(s.alertmanager_url, tenant)
+                ):
                     got_am = now
                 if got_hook is None:
                     hit = [r["at"] for r in rx.accepted if r["body"]["data"]["host"] == host]
@@ -143,20 +161,38 @@ def time_to_notify(s: Settings, incidents: int) -> list[dict]:
         return float(np.percentile(xs, q)) if xs else float("nan")
 
     poll_ms = s.notify_poll_s * 1000
-    print(f"time to notify over {incidents} incidents: Alertmanager p50 {pct(am_ms, 50):.0f} ms,"
-          f" p99 {pct(am_ms, 99):.0f} ms ({len(am_ms)} received); webhook p50"
-          f" {pct(hook_ms, 50):.0f} ms, p99 {pct(hook_ms, 99):.0f} ms; poll {poll_ms:.0f} ms")
+    print(
+        f"time to notify over {incidents} incidents: Alertmanager p50 {pct(am_ms, 50):.0f} ms,"
+        f" p99 {pct(am_ms, 99):.0f} ms ({len(am_ms)} received); webhook p50"
+        f" {pct(hook_ms, 50):.0f} ms, p99 {pct(hook_ms, 99):.0f} ms; poll {poll_ms:.0f} ms"
+    )
     return [
-        {"name": "event_to_alertmanager_p50_ms", "value": pct(am_ms, 50), "unit": "ms",
-         "baseline": poll_ms, "ratio": pct(am_ms, 50) / poll_ms},
-        {"name": "event_to_alertmanager_p99_ms", "value": pct(am_ms, 99), "unit": "ms",
-         "baseline": poll_ms, "ratio": pct(am_ms, 99) / poll_ms},
+        {
+            "name": "event_to_alertmanager_p50_ms",
+            "value": pct(am_ms, 50),
+            "unit": "ms",
+            "baseline": poll_ms,
+            "ratio": pct(am_ms, 50) / poll_ms,
+        },
+        {
+            "name": "event_to_alertmanager_p99_ms",
+            "value": pct(am_ms, 99),
+            "unit": "ms",
+            "baseline": poll_ms,
+            "ratio": pct(am_ms, 99) / poll_ms,
+        },
         {"name": "event_to_webhook_p50_ms", "value": pct(hook_ms, 50), "unit": "ms"},
         {"name": "event_to_webhook_p99_ms", "value": pct(hook_ms, 99), "unit": "ms"},
-        {"name": "notified_of_incidents", "value": float(min(len(am_ms), len(hook_ms))),
-         "unit": f"of {incidents}"},
-        {"name": "event_to_alertmanager_mean_ms", "value": statistics.fmean(am_ms) if am_ms
-         else float("nan"), "unit": "ms"},
+        {
+            "name": "notified_of_incidents",
+            "value": float(min(len(am_ms), len(hook_ms))),
+            "unit": f"of {incidents}",
+        },
+        {
+            "name": "event_to_alertmanager_mean_ms",
+            "value": statistics.fmean(am_ms) if am_ms else float("nan"),
+            "unit": "ms",
+        },
     ]
 
 

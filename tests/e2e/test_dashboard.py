@@ -110,8 +110,7 @@ def test_a_silence_made_in_the_dashboard_marks_the_alert_and_its_delivery(
     rx = Receiver()
     spec = ChannelSpec.check("pager", "webhook", rx.url, None)
     rx.secret = spec.secret
-    notify_repo.add_channel(conn, tenant, spec.name, spec.kind, spec.url, spec.secret,
-                            spec.filter)
+    notify_repo.add_channel(conn, tenant, spec.name, spec.kind, spec.url, spec.secret, spec.filter)
     worker = WorkerThread(s.model_copy(update={"notify_poll_s": 0.05, "notify_refresh_s": 0.0}))
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     errors: list[str] = []
@@ -123,10 +122,15 @@ def test_a_silence_made_in_the_dashboard_marks_the_alert_and_its_delivery(
         page.fill("#silence-matchers", "host=host-005")
         page.fill("#silence-comment", "deploy of host-005")
         page.click("#silence-form button[type=submit]")
-        page.wait_for_selector("#silences li[data-state='active']:has-text('host=host-005')",
-                               timeout=10_000)
-        (sid,) = [r[0] for r in conn.execute(
-            "SELECT id FROM silences WHERE tenant_id = %s", (tenant,)).fetchall()]
+        page.wait_for_selector(
+            "#silences li[data-state='active']:has-text('host=host-005')", timeout=10_000
+        )
+        (sid,) = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM silences WHERE tenant_id = %s", (tenant,)
+            ).fetchall()
+        ]
 
         now = datetime.now(UTC)
         _, _, stored = pipe.feed([raw_event(tenant, "host-005", 97.0, ts=now)])
@@ -136,12 +140,21 @@ def test_a_silence_made_in_the_dashboard_marks_the_alert_and_its_delivery(
         )
         assert "silenced" in item.inner_text()
         # the worker kept it from the channel, and said why
-        wait_for(lambda: conn.execute(
-            "SELECT state, silenced_by FROM deliveries WHERE alert_id = %s",
-            (opened.alert_id,)).fetchone() == ("silenced", [sid]), 15, what="a silenced delivery")
+        wait_for(
+            lambda: (
+                conn.execute(
+                    "SELECT state, silenced_by FROM deliveries WHERE alert_id = %s",
+                    (opened.alert_id,),
+                ).fetchone()
+                == ("silenced", [sid])
+            ),
+            15,
+            what="a silenced delivery",
+        )
         item.query_selector("button.details").click()
-        page.wait_for_selector("#detail-panel:not([hidden]) table.deliveries tr[data-state='silenced']",
-                               timeout=10_000)
+        page.wait_for_selector(
+            "#detail-panel:not([hidden]) table.deliveries tr[data-state='silenced']", timeout=10_000
+        )
         page.screenshot(path=str(output_dir / "dashboard-4-silenced.png"), full_page=True)
         assert not [r for r in rx.accepted if r["body"]["data"]["host"] == "host-005"]
 

@@ -510,38 +510,54 @@ def test_notify_worker_rides_out_a_postgres_outage_and_loses_no_delivery(service
     from storage import notify as notify_repo
     from tests.integration.notify_support import Receiver, cpu_incident
 
-    s = services.settings.model_copy(update={
-        "notify_poll_s": 0.1, "notify_refresh_s": 0.0, "notify_backoff_s": 0.5,
-        "notify_backoff_max_s": 1.0, "retry_backoff_max_s": 1.0,
-    })
+    s = services.settings.model_copy(
+        update={
+            "notify_poll_s": 0.1,
+            "notify_refresh_s": 0.0,
+            "notify_backoff_s": 0.5,
+            "notify_backoff_max_s": 1.0,
+            "retry_backoff_max_s": 1.0,
+        }
+    )
     tenant = f"tnnotify{uuid.uuid4().hex[:6]}"
     rx = Receiver(answer=lambda n: 503 if n <= 2 else 200)
     with connect(s, autocommit=True) as c:
         create_tenant(c, tenant)
         spec = ChannelSpec.check("hook", "webhook", rx.url, None)
-        notify_repo.add_channel(c, tenant, spec.name, spec.kind, spec.url, spec.secret,
-                                spec.filter)
+        notify_repo.add_channel(c, tenant, spec.name, spec.kind, spec.url, spec.secret, spec.filter)
     rx.secret = spec.secret
     now = time.time()
     for i in range(3):
         cpu_incident(s, tenant, f"n-{i}", start=now - 100 + 10 * i)
     log = tmp_path / "notify.log"
-    p = subprocess.Popen([sys.executable, "-m", "cli", "worker", "notify"],
-                         env=settings_env(s), cwd=REPO_ROOT, stdout=open(log, "ab"),
-                         stderr=subprocess.STDOUT)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "cli", "worker", "notify"],
+        env=settings_env(s),
+        cwd=REPO_ROOT,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for(lambda: len(rx.requests) >= 2, 60, what="the first failing attempts")
         services.run("pg-down")
-        wait_for(lambda: "PostgreSQL unavailable" in log.read_text(), 30,
-                 what="the worker noticing the outage")
+        wait_for(
+            lambda: "PostgreSQL unavailable" in log.read_text(),
+            30,
+            what="the worker noticing the outage",
+        )
         assert p.poll() is None, log.read_text()[-3000:]
         services.run("pg-up")
-        wait_for(lambda: len({r["id"] for r in rx.accepted}) == 6, 90,
-                 what="all six deliveries accepted after the outage")
+        wait_for(
+            lambda: len({r["id"] for r in rx.accepted}) == 6,
+            90,
+            what="all six deliveries accepted after the outage",
+        )
         assert p.poll() is None
         with connect(s, autocommit=True) as c:
-            states = c.execute("SELECT state, count(*) FROM deliveries WHERE tenant_id = %s"
-                               " GROUP BY state", (tenant,)).fetchall()
+            states = c.execute(
+                "SELECT state, count(*) FROM deliveries WHERE tenant_id = %s GROUP BY state",
+                (tenant,),
+            ).fetchall()
         assert states == [("delivered", 6)], states
     finally:
         p.send_signal(signal.SIGTERM)

@@ -293,12 +293,22 @@ def test_maintenance_windows_are_not_learnt_live_nor_trained_on(nsettings, conn,
     from training.replay import Events
 
     now = time.time()
-    mw = new_silence(tenant, ["host=mw-1"], now=now, starts_at=now - 86400,
-                     schedule="0 * * * *", duration_s=3600, comment="always")
+    mw = new_silence(
+        tenant,
+        ["host=mw-1"],
+        now=now,
+        starts_at=now - 86400,
+        schedule="0 * * * *",
+        duration_s=3600,
+        comment="always",
+    )
     repo.add_silence(conn, mw)
     start = now - 1800
-    evs = [event(tenant, h, "cpu_load", 20.0 + (i % 5), start + i * 10)
-           for i in range(120) for h in ("mw-1", "ok-1")]
+    evs = [
+        event(tenant, h, "cpu_load", 20.0 + (i % 5), start + i * 10)
+        for i in range(120)
+        for h in ("mw-1", "ok-1")
+    ]
     pipe = EmbeddedPipeline(nsettings)
     try:
         _, dead, _ = pipe.feed(evs)
@@ -309,7 +319,8 @@ def test_maintenance_windows_are_not_learnt_live_nor_trained_on(nsettings, conn,
         assert n_mw >= 15  # mw-1's closed windows (20 min of them), scored and not learnt
         scored = conn.execute(
             "SELECT host, count(*) FROM scores WHERE tenant_id = %s GROUP BY host ORDER BY host",
-            (tenant,)).fetchall()
+            (tenant,),
+        ).fetchall()
         assert dict(scored).get("mw-1", 0) >= n_mw  # still scored and stored
     finally:
         pipe.close()

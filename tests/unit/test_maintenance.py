@@ -18,13 +18,22 @@ T0 = 1_780_000_000.0 - (1_780_000_000.0 % 3600)
 
 def batch(values, start=T0, step=10.0, host="web-1"):
     raws = [
-        orjson.dumps({"tenant_id": "acme", "host": host, "metric": "latency_ms", "value": v,
-                      "ts_event": iso_z(start + i * step, "milliseconds"), "unit": "ms",
-                      "tags": {}})
+        orjson.dumps(
+            {
+                "tenant_id": "acme",
+                "host": host,
+                "metric": "latency_ms",
+                "value": v,
+                "ts_event": iso_z(start + i * step, "milliseconds"),
+                "unit": "ms",
+                "tags": {},
+            }
+        )
         for i, v in enumerate(values)
     ]
-    b, dead = Normalizer(NormalizeConfig(max_past_age_s=1e12))(raws, "raw", [0] * len(raws),
-                                                              range(len(raws)))
+    b, dead = Normalizer(NormalizeConfig(max_past_age_s=1e12))(
+        raws, "raw", [0] * len(raws), range(len(raws))
+    )
     assert not dead
     b.partition = np.zeros(len(b), np.int64)
     return b
@@ -50,8 +59,9 @@ def run(maint: Maintenance | None):
 
 def test_windows_in_a_maintenance_window_are_scored_but_not_learnt():
     deploy_start = T0 + 360 * 6 * 10.0
-    w = Silence("mw", "acme", (parse_matcher("metric=latency_ms"),), deploy_start,
-                deploy_start + 3600.0)
+    w = Silence(
+        "mw", "acme", (parse_matcher("metric=latency_ms"),), deploy_start, deploy_start + 3600.0
+    )
     plain, score_plain, n_plain = run(None)
     maint, score_maint, n_maint = run(Maintenance({"acme": (w,)}))
     assert maint.maintenance_windows >= 59 and plain.maintenance_windows == 0
