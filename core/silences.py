@@ -309,7 +309,8 @@ def new_silence(
     """
     import uuid
 
-    start = now if starts_at is None else float(starts_at)
+    # whole microseconds, as PostgreSQL stores them (a silence read back starts when it said)
+    start = round(now if starts_at is None else float(starts_at), 6)
     ms = tuple(parse_matcher(m) for m in matchers)
     if schedule is not None:
         if not duration_s:

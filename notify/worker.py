@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: transitions fanned out per transaction
 FANOUT_BATCH = 1000
+#: key of the advisory lock the delivering worker holds
+NOTIFY_LOCK = 0x6E6F74696679  # "notify"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,8 @@ class NotifyWorker:
         self._refreshed = -float("inf")
         self._resent = time.monotonic()
         self._lock = threading.Lock()
+        self._lock_conn: psycopg.Connection | None = None
+        self._standing_by = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -200,11 +204,41 @@ class NotifyWorker:
                     )
         finally:
             self.tasks.shutdown(wait=True, cancel_futures=True)
+            if self._lock_conn is not None:
+                self._lock_conn.close()
             self.pool.close()
             self.http.close()
         return self.stats
 
+    def _leader(self) -> bool:
+        """Whether this worker holds the notify lock (a session advisory lock on a connection
+        of its own): one worker delivers at a time, so a second one (a replica, a restart that
+        overlaps) stands by instead of sending duplicates out of order. A lost connection
+        loses the lock; it is taken again when PostgreSQL is back."""
+        c = self._lock_conn
+        if c is not None and not c.closed and not c.broken:
+            return True
+        if c is not None:
+            c.close()
+            self._lock_conn = None
+        c = psycopg.connect(
+            self.s.pg_dsn(), autocommit=True, connect_timeout=max(1, int(self.s.connect_timeout_s))
+        )
+        if repo.try_lock(c, NOTIFY_LOCK):
+            self._lock_conn = c
+            if self._standing_by:
+                log.info("notify: took over deliveries")
+            self._standing_by = False
+            return True
+        c.close()
+        if not self._standing_by:
+            log.info("notify: another notify worker delivers; standing by")
+        self._standing_by = True
+        return False
+
     def step(self) -> None:
+        if not self._leader():
+            return
         with self.pool.connection() as conn:
             self._refresh(conn)
             while self._fan_out(conn) == FANOUT_BATCH:
@@ -240,17 +274,7 @@ class NotifyWorker:
                 return 0
             mine = [e for e in evs if e[1] in self.by_tenant]
             tags = repo.alert_tags(conn, {(e[1], e[4]["host"]) for e in mine})
-            told = (
-                set(
-                    conn.execute(
-                        "SELECT channel_id, alert_id FROM deliveries WHERE alert_id = ANY(%s)"
-                        " AND state <> 'silenced'",
-                        (list({e[2] for e in mine}),),
-                    ).fetchall()
-                )
-                if mine
-                else set()
-            )
+            told = repo.told(conn, {e[2] for e in mine})
             now = time.time()
             rows = []
             for seq, tenant, aid, kind, p in mine:
@@ -327,14 +351,7 @@ class NotifyWorker:
         """Send the channel's due deliveries in order; stop at the first failure."""
         while not self._stop.is_set():
             with self.pool.connection() as conn:
-                head = conn.execute(
-                    "SELECT d.id, d.seq, d.alert_id, d.kind, d.attempts,"
-                    " extract(epoch FROM d.next_attempt_at)::float8, e.payload"
-                    " FROM deliveries d JOIN alert_events e ON e.seq = d.seq"
-                    " WHERE d.channel_id = %s AND d.state = 'pending' ORDER BY d.seq LIMIT 1",
-                    (ch.id,),
-                ).fetchone()
-                conn.commit()
+                head = repo.next_delivery(conn, ch.id)
             if head is None or head[5] > time.time():
                 return
             if not self._deliver(ch, head):

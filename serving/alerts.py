@@ -42,8 +42,8 @@ class Alert(BaseModel):
     updated_at: datetime
     resolved_at: datetime | None
     feedback: str | None = None  # latest label: true_positive | false_positive
-    #: ids of the silences muting this alert now (open alerts; it is stored and listed, and
-    #: not notified)
+    #: ids of the silences muting this alert now (open), or that held back any of its
+    #: notifications (resolved): it is stored and listed, and not notified
     silenced_by: list[str] = []
 
 

@@ -252,7 +252,7 @@ async def add_silence(pool: PoolDep, key: ReadKey, body: SilenceIn) -> SilenceOu
         raise BadRequest(str(e)) from None
     async with pool.connection() as conn:
         s = await repo.aadd_silence(conn, s)
-    return _silence(s, now)
+    return _silence(s, time.time())
 
 
 @router.get("/silences/{silence_id}", response_model=SilenceOut)
@@ -279,24 +279,31 @@ async def expire_silence(pool: PoolDep, key: ReadKey, silence_id: NamePath) -> S
 
 
 async def muting(conn, tenant: str, alerts: Sequence[dict]) -> list[list[str]]:
-    """Per alert dict: the ids of the silences muting it now (open alerts only)."""
-    if not any(a["state"] == "open" for a in alerts):
-        return [[] for _ in alerts]
+    """Per alert dict: the ids of the silences muting it now (an open alert), or that held back
+    any of its notifications (a resolved one, from its deliveries)."""
+    if not alerts:
+        return []
+    out: list[list[str]] = [[] for _ in alerts]
+    shut = [a["alert_id"] for a in alerts if a["state"] != "open"]
+    if shut:
+        held = await repo.amuted_by(conn, tenant, shut)
+        for i, a in enumerate(alerts):
+            if a["state"] != "open":
+                out[i] = held.get(a["alert_id"], [])
+    if len(shut) == len(alerts):
+        return out
     silences = await repo.alist_silences(conn, tenant)
     if not silences:
-        return [[] for _ in alerts]
+        return out
     tags = await repo.atags(conn, tenant, {a["host"] for a in alerts if a["state"] == "open"})
     now = time.time()
-    return [
-        silencing(
-            silences,
-            alert_labels(a["host"], a["metric"], a["severity"], a["rule"], tags.get(a["host"])),
-            now,
-        )
-        if a["state"] == "open"
-        else []
-        for a in alerts
-    ]
+    for i, a in enumerate(alerts):
+        if a["state"] == "open":
+            labels = alert_labels(
+                a["host"], a["metric"], a["severity"], a["rule"], tags.get(a["host"])
+            )
+            out[i] = silencing(silences, labels, now)
+    return out
 
 
 # --- deliveries -----------------------------------------------------------------------------

@@ -322,6 +322,39 @@ def fan_out_batch(conn: psycopg.Connection, rows: Sequence[tuple], last_seq: int
     return n
 
 
+def told(conn: psycopg.Connection, alert_ids: Iterable[str]) -> set[tuple[int, str]]:
+    """``(channel_id, alert_id)`` of the alerts' deliveries that were not muted (the channels
+    that were told the alert fires)."""
+    ids = list(alert_ids)
+    if not ids:
+        return set()
+    rows = conn.execute(
+        "SELECT channel_id, alert_id FROM deliveries WHERE alert_id = ANY(%s)"
+        " AND state <> 'silenced'",
+        (ids,),
+    ).fetchall()
+    return {(c, a) for c, a in rows}
+
+
+def next_delivery(conn: psycopg.Connection, channel_id: int) -> tuple | None:
+    """The channel's oldest pending delivery: ``(id, seq, alert_id, kind, attempts,
+    next_attempt_at epoch, payload)``."""
+    row = conn.execute(
+        "SELECT d.id, d.seq, d.alert_id, d.kind, d.attempts,"
+        " extract(epoch FROM d.next_attempt_at)::float8, e.payload"
+        " FROM deliveries d JOIN alert_events e ON e.seq = d.seq"
+        " WHERE d.channel_id = %s AND d.state = 'pending' ORDER BY d.seq LIMIT 1",
+        (channel_id,),
+    ).fetchone()
+    conn.commit()
+    return row
+
+
+def try_lock(conn: psycopg.Connection, key: int) -> bool:
+    """A session advisory lock (held until ``conn`` closes), if no other session holds it."""
+    return bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+
+
 def head_deliveries(conn: psycopg.Connection) -> list[tuple]:
     """The oldest pending delivery of each channel (per-endpoint order: a channel's next
     delivery waits for its head): ``(id, channel_id, seq, alert_id, kind, attempts,
@@ -498,3 +531,14 @@ def tenant_tags(conn: psycopg.Connection, tenant: str) -> dict[str, dict]:
             "SELECT source_id, tags FROM inventory WHERE tenant_id = %s", (tenant,)
         ).fetchall()
     )
+
+
+async def amuted_by(conn: AsyncConnection, tenant: str, alert_ids: Sequence[str]) -> dict:
+    """alert id -> ids of the silences that held back any of its deliveries."""
+    cur = await conn.execute(
+        "SELECT d.alert_id, array_agg(DISTINCT s ORDER BY s) FROM deliveries d,"
+        " unnest(d.silenced_by) s WHERE d.tenant_id = %s AND d.alert_id = ANY(%s)"
+        " GROUP BY d.alert_id",
+        (tenant, list(alert_ids)),
+    )
+    return dict(await cur.fetchall())

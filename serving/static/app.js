@@ -316,8 +316,10 @@ async function createSilence(e) {
   e.preventDefault();
   const matchers = $("silence-matchers").value.split(/[\s,]+/).filter(Boolean);
   try {
-    await api("/silences", { method: "POST", body: JSON.stringify({ matchers, duration_s: Number($("silence-duration").value), comment: $("silence-comment").value }) });
-    $("silence-matchers").value = ""; $("silence-comment").value = "";
+    // with a schedule it is a maintenance window: the duration each time the schedule fires
+    const schedule = $("silence-schedule").value.trim() || null;
+    await api("/silences", { method: "POST", body: JSON.stringify({ matchers, duration_s: Number($("silence-duration").value), comment: $("silence-comment").value, schedule }) });
+    $("silence-matchers").value = ""; $("silence-comment").value = ""; $("silence-schedule").value = "";
     await loadSilences();
     await reloadFeedStates();
   } catch (err) { showError(`silence not created: ${err.message}`); }

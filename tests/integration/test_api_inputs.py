@@ -283,7 +283,13 @@ def test_an_undocumented_method_is_405_with_the_paths_methods_in_allow(w):
     spec = w.c.get("/openapi.json").json()
     for path, ops in spec["paths"].items():
         url = path.format(
-            host="host-a", metric="cpu_load", alert_id="x", incident_id="inc-x", source_id="x"
+            host="host-a",
+            metric="cpu_load",
+            alert_id="x",
+            incident_id="inc-x",
+            source_id="x",
+            name="x",
+            silence_id="x",
         )
         documented = sorted(m.upper() for m in ops)
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):

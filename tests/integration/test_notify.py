@@ -326,3 +326,26 @@ def test_maintenance_windows_are_not_learnt_live_nor_trained_on(nsettings, conn,
         pipe.close()
     ev = Events.from_postgres(nsettings, tenant)
     assert set(ev.host.tolist()) == {"ok-1"}
+
+
+def test_a_second_worker_stands_by_and_takes_over(nsettings, conn, tenant):
+    rx = Receiver()
+    rx.secret = channel(conn, tenant, "hook", "webhook", rx.url).secret
+    w1 = WorkerThread(nsettings)
+    wait_for(lambda: w1.w._lock_conn is not None, 10, what="the first worker leading")
+    w2 = WorkerThread(nsettings)
+    try:
+        wait_for(lambda: w2.w._standing_by, 10, what="the second worker standing by")
+        now = time.time()
+        for i in range(3):
+            cpu_incident(nsettings, tenant, f"ha-{i}", start=now - 100 + i * 10)
+        wait_for(lambda: len(rx.accepted) == 6, 30, what="six deliveries")
+        assert w2.w.stats.delivered == 0 and len(rx.requests) == 6
+        w1.stop()
+        cpu_incident(nsettings, tenant, "ha-9", start=now - 50)
+        wait_for(lambda: len(rx.accepted) == 8, 30, what="the second worker delivering")
+        assert w2.w.stats.delivered == 2 and len({r["id"] for r in rx.requests}) == 8
+    finally:
+        w1.stop()
+        w2.stop()
+        rx.close()

@@ -17,7 +17,7 @@ from core.settings import REPO_ROOT
 _RUNS_SQL = re.compile(r"\.(execute|executemany)\(|\.copy\(\s*f?[\"']")
 
 
-@pytest.mark.parametrize("package", ["pipeline", "serving", "training", "cli"])
+@pytest.mark.parametrize("package", ["pipeline", "notify", "serving", "training", "cli"])
 def test_no_sql_outside_storage(package):
     found = [
         f"{path.relative_to(REPO_ROOT)}:{i}: {line.strip()}"
