@@ -82,7 +82,7 @@ def test_migration_009_keeps_stored_scores_and_the_api_band_falls_back_to_the_ex
                 " FROM generate_series(0, 2) i",
                 ('{"typical_deviation": 2.0}',),
             )
-            assert migrate(c) == ["009_score_band_confidence"]
+            assert migrate(c, upto="009_score_band_confidence") == ["009_score_band_confidence"]
             rows = c.execute(
                 "SELECT window_start, window_end, " + ", ".join(SCORE_ROW[2:]) + " FROM scores"
             ).fetchall()
@@ -94,3 +94,24 @@ def test_migration_009_keeps_stored_scores_and_the_api_band_falls_back_to_the_ex
         d = score_row(r)
         assert (d["confidence"], d["warming"]) == (None, None)
         assert (d["typical_deviation"], d["lower"], d["upper"]) == (2.0, 4.0, 16.0)
+
+
+def test_migration_010_starts_the_notify_cursor_at_the_newest_stored_transition(base_settings):
+    """An upgrade does not page for old alerts: the fan-out cursor starts past them."""
+    name = f"eventops_test_{uuid.uuid4().hex[:8]}"
+    admin = connect(base_settings, autocommit=True)
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with connect(base_settings.model_copy(update={"pg_database": name}), autocommit=True) as c:
+            migrate(c, upto="009_score_band_confidence")
+            c.execute(
+                "INSERT INTO alert_events (event_key, alert_id, tenant_id, kind, payload)"
+                " SELECT 'k' || i, 'a' || i, 't1', 'open', '{}'::jsonb FROM generate_series(1, 3) i"
+            )
+            (newest,) = c.execute("SELECT max(seq) FROM alert_events").fetchone()
+            assert migrate(c) == ["010_notifications"]
+            (cursor,) = c.execute("SELECT last_seq FROM notify_cursor").fetchone()
+            assert cursor == newest
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
