@@ -9,7 +9,8 @@ import typer
 keys_app = typer.Typer(help="API keys (per tenant, scope read|ingest|admin).", no_args_is_help=True)
 
 
-def _conn():
+def connect_db():
+    """A connection to the EventOps database (the table commands of the CLI)."""
     from core.settings import Settings
     from storage.connect import connect
 
@@ -25,7 +26,7 @@ def keys_create(
     """Create a key and print it once (only its hash is stored)."""
     from serving import auth
 
-    with _conn() as conn:
+    with connect_db() as conn:
         try:
             key_id, key = auth.create_key(conn, tenant, scope, label)
         except ValueError as e:  # unknown tenant, bad scope: one line, exit 2
@@ -45,7 +46,7 @@ def keys_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
     """List keys (ids, never secrets)."""
     from storage.tenants import list_keys
 
-    with _conn() as conn:
+    with connect_db() as conn:
         for k in list_keys(conn, tenant):
             state = f"revoked {k['revoked_at']:%Y-%m-%d %H:%M}" if k["revoked_at"] else "active"
             typer.echo(f"{k['key_id']}\t{k['tenant_id']}\t{k['scope']}\t{state}\t{k['label']}")
@@ -56,7 +57,7 @@ def keys_revoke(key_id: str) -> None:
     """Revoke a key by id (running APIs stop accepting it within EVENTOPS_AUTH_CACHE_S)."""
     from storage.tenants import revoke_key
 
-    with _conn() as conn:
+    with connect_db() as conn:
         ok = revoke_key(conn, key_id)
     typer.echo("revoked" if ok else "no such active key")
     if not ok:

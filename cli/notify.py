@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from cli.errors import BadArgument
+from cli.keys import connect_db
 
 channels_app = typer.Typer(
     help="Notification channels (Alertmanager, webhooks) per tenant.", no_args_is_help=True
@@ -26,13 +27,6 @@ notify_app = typer.Typer(
 )
 
 TenantOpt = Annotated[str, typer.Option("--tenant", envvar="EVENTOPS_TENANT", help="tenant id")]
-
-
-def _conn():
-    from core.settings import Settings
-    from storage.connect import connect
-
-    return connect(Settings())
 
 
 def _known(conn, tenant: str) -> None:
@@ -98,7 +92,7 @@ def channels_add(
         )
     except ValueError as e:
         raise BadArgument(str(e)) from None
-    with _conn() as conn:
+    with connect_db() as conn:
         _known(conn, tenant)
         row = add_channel(conn, tenant, spec.name, spec.kind, spec.url, spec.secret, spec.filter)
     if row is None:
@@ -120,7 +114,7 @@ def channels_list(tenant: TenantOpt) -> None:
     """The tenant's channels (never their secrets)."""
     from storage.notify import list_channels
 
-    with _conn() as conn:
+    with connect_db() as conn:
         for cid, _t, name, kind, url, filt, enabled, _c in list_channels(conn, tenant):
             typer.echo(
                 f"{cid}\t{name}\t{kind}\t{url}\t{json.dumps(filt)}\t"
@@ -133,7 +127,7 @@ def channels_delete(tenant: TenantOpt, name: str) -> None:
     """Delete a channel (and its delivery log)."""
     from storage.notify import delete_channel
 
-    with _conn() as conn:
+    with connect_db() as conn:
         if not delete_channel(conn, tenant, name):
             raise BadArgument(
                 f"tenant {tenant!r} has no channel {name!r} (`eventops channels list --tenant …`)"
@@ -186,7 +180,7 @@ def silences_add(
         )
     except ValueError as e:
         raise BadArgument(str(e)) from None
-    with _conn() as conn:
+    with connect_db() as conn:
         _known(conn, tenant)
         s = add_silence(conn, s)
     d = s.to_dict(time.time())
@@ -202,7 +196,7 @@ def silences_list(
     from storage.notify import list_silences
 
     now = time.time()
-    with _conn() as conn:
+    with connect_db() as conn:
         for s in list_silences(conn, tenant, expired):
             d = s.to_dict(now)
             what = " ".join(str(m) for m in s.matchers) or "(every alert)"
@@ -218,7 +212,7 @@ def silences_expire(tenant: TenantOpt, silence_id: str) -> None:
     """End a silence now (it is kept, expired); alerts it muted that still fire are sent."""
     from storage.notify import expire_silence
 
-    with _conn() as conn:
+    with connect_db() as conn:
         if expire_silence(conn, tenant, silence_id) is None:
             raise BadArgument(f"tenant {tenant!r} has no active silence {silence_id!r}")
     typer.echo(f"silence {silence_id} expired")
@@ -236,7 +230,7 @@ def notify_log(
     """Deliveries, newest first: channel, transition, state, attempts, last status."""
     from storage.notify import deliveries
 
-    with _conn() as conn:
+    with connect_db() as conn:
         for r in deliveries(conn, tenant, alert, limit):
             (
                 _id,
@@ -274,7 +268,7 @@ def notify_replay(
 
     t = parse_time(since)
     states = ("failed", "delivered") if all_ else ("failed",)
-    with _conn() as conn:
+    with connect_db() as conn:
         n = replay(
             conn,
             tenant,

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from core.records import iso_z
+
 #: matcher operators, as Alertmanager's: equal, not equal, regex match, regex non-match
 OPS = ("=", "!=", "=~", "!~")
 #: kinds of silence
@@ -200,17 +202,27 @@ class Silence:
             return self.starts_at <= t < self.ends_at
         return bool(len(self.intervals(t, t + 1e-6)))
 
-    def active_mask(self, ts: np.ndarray) -> np.ndarray:
-        """bool per time of ``ts``: the silence is active then (vectorized)."""
+    def active_mask(self, ts: np.ndarray, until: np.ndarray | None = None) -> np.ndarray:
+        """bool per time of ``ts`` (or per span ``[ts, until)``): the silence is active then
+        (for a span: at some time of it). Vectorized; occurrences may overlap (a duration longer
+        than the schedule's period).
+
+        >>> w = new_silence("a", [], now=0.0, schedule="0 * * * *", duration_s=30)
+        >>> w.active_mask(np.array([10.0, 40.0, 40.0]), np.array([11.0, 41.0, 3601.0])).tolist()
+        [True, False, True]
+        """
         ts = np.asarray(ts, np.float64)
+        end = ts + 1e-6 if until is None else np.asarray(until, np.float64)
         if not ts.size:
             return np.zeros(0, bool)
-        iv = self.intervals(float(ts.min()), float(ts.max()) + 1e-6)
+        iv = self.intervals(float(ts.min()), float(end.max()))
         if not len(iv):
             return np.zeros(ts.size, bool)
-        k = np.searchsorted(iv[:, 0], ts, side="right") - 1
-        ok = k >= 0
-        return ok & (ts < iv[np.maximum(k, 0), 1])
+        # the last occurrence starting before the span ends; the latest end among those up to
+        # it (a running max) tells whether any of them reaches into the span
+        k = np.searchsorted(iv[:, 0], end, side="left") - 1
+        reach = np.maximum.accumulate(iv[:, 1])
+        return (k >= 0) & (reach[np.maximum(k, 0)] > ts)
 
     # -- labels ------------------------------------------------------------------------------
     def matches(self, labels: Mapping[str, str]) -> bool:
@@ -229,8 +241,6 @@ class Silence:
         return "active" if self.active_at(now) else "scheduled"
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
-        from core.records import iso_z
-
         d: dict[str, Any] = {
             "id": self.id,
             "kind": self.kind,
@@ -346,11 +356,12 @@ def maintenance_mask(
     ts: np.ndarray,
     codes: np.ndarray,
     labels_of: Callable[[int], Mapping[str, str]],
+    until: np.ndarray | None = None,
 ) -> np.ndarray:
-    """bool per row: the row (a window or an event at ``ts``, of the series ``codes[i]``) lies
-    in one of the maintenance ``windows`` (all of one tenant) that matches its series' labels
-    (``labels_of(code)``: host, metric, inventory tags). Time is vectorized; the matchers are
-    evaluated once per series in force.
+    """bool per row: the row (an event at ``ts``, or a window ``[ts, until)``, of the series
+    ``codes[i]``) lies in (a window: overlaps) one of the maintenance ``windows`` (all of one
+    tenant) that matches its series' labels (``labels_of(code)``: host, metric, inventory
+    tags). Time is vectorized; the matchers are evaluated once per series in force.
 
     >>> w = new_silence("acme", ["host=web-1"], now=0.0, schedule="0 * * * *", duration_s=600)
     >>> names = {0: {"host": "web-1"}, 1: {"host": "db-1"}}
@@ -362,7 +373,7 @@ def maintenance_mask(
     codes = np.asarray(codes)
     out = np.zeros(ts.size, bool)
     for w in windows:
-        hit = w.active_mask(ts) & ~out
+        hit = w.active_mask(ts, until) & ~out
         if not hit.any():
             continue
         if not w.matchers:

@@ -244,8 +244,8 @@ class NotifyWorker:
             while self._fan_out(conn) == FANOUT_BATCH:
                 pass
             self._release(conn)
-            heads = repo.head_deliveries(conn)
-        self._dispatch(heads)
+            due = repo.due_channels(conn)
+        self._dispatch(due)
         if time.monotonic() - self._resent >= self.s.notify_resend_s:
             self._resent = time.monotonic()
             self._submit(-1, self._resend)
@@ -339,11 +339,11 @@ class NotifyWorker:
         except Exception as e:  # noqa: BLE001 - a task's failure is retried by the next step
             log.exception("notify: delivery task failed (%s); it is retried", _first_line(e))
 
-    def _dispatch(self, heads: list[tuple]) -> None:
+    def _dispatch(self, due: list[tuple[int, float]]) -> None:
         now = time.time()
-        for h in heads:
-            ch = self.channels.get(h[1])
-            if ch is None or h[6] > now:
+        for channel_id, at in due:
+            ch = self.channels.get(channel_id)
+            if ch is None or at > now:
                 continue
             self._submit(ch.id, lambda ch=ch: self._drain(ch))
 

@@ -98,7 +98,6 @@ class StageSet:
             self.conn, kind="maintenance", since=time.time() - self.s.max_past_age_s
         ):
             windows.setdefault(w.tenant_id, []).append(w)
-        self.conn.commit()
         if not windows:
             return Maintenance()
         if inventory is None:

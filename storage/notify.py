@@ -2,7 +2,7 @@
 
 Tables of ``010_notifications.sql``. Every function that serves the API or the CLI takes the
 tenant and filters by it; the notify worker's functions (:func:`fan_out_batch`,
-:func:`head_deliveries`, :func:`finish_attempt`, :func:`silenced_open`) read every tenant. The
+:func:`due_channels`, :func:`finish_attempt`, :func:`silenced_open`) read every tenant. The
 SQL of an operation lives once, in a module constant; the API calls the ``a*`` coroutines, the
 CLI and the worker the plain functions.
 
@@ -355,16 +355,13 @@ def try_lock(conn: psycopg.Connection, key: int) -> bool:
     return bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
 
 
-def head_deliveries(conn: psycopg.Connection) -> list[tuple]:
-    """The oldest pending delivery of each channel (per-endpoint order: a channel's next
-    delivery waits for its head): ``(id, channel_id, seq, alert_id, kind, attempts,
-    next_attempt_at epoch, payload, alert_state)``."""
+def due_channels(conn: psycopg.Connection) -> list[tuple[int, float]]:
+    """``(channel_id, next_attempt_at epoch)`` of each channel's oldest pending delivery (per
+    endpoint order: a channel's next delivery waits for its head)."""
     rows = conn.execute(
-        "SELECT DISTINCT ON (d.channel_id) d.id, d.channel_id, d.seq, d.alert_id, d.kind,"
-        " d.attempts, extract(epoch FROM d.next_attempt_at)::float8, e.payload, a.state"
-        " FROM deliveries d JOIN alert_events e ON e.seq = d.seq"
-        " LEFT JOIN alerts a ON a.alert_id = d.alert_id"
-        " WHERE d.state = 'pending' ORDER BY d.channel_id, d.seq"
+        "SELECT DISTINCT ON (channel_id) channel_id,"
+        " extract(epoch FROM next_attempt_at)::float8"
+        " FROM deliveries WHERE state = 'pending' ORDER BY channel_id, seq"
     ).fetchall()
     conn.commit()
     return rows

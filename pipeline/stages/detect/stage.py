@@ -108,9 +108,7 @@ class Maintenance:
         for t in set(tenant.tolist()) & set(self.windows):
             idx = np.flatnonzero(tenant == t)
             ws = self.windows[t]
-            hit = maintenance_mask(ws, start[idx], codes[idx], labels_of)
-            hit |= maintenance_mask(ws, np.asarray(end[idx]) - 1e-6, codes[idx], labels_of)
-            out[idx] = hit
+            out[idx] = maintenance_mask(ws, start[idx], codes[idx], labels_of, until=end[idx])
         return out
 
 
