@@ -585,11 +585,18 @@ def simulate(
 def demo(
     hosts: Annotated[int, typer.Option()] = 12,
     backfill_hours: Annotated[float, typer.Option()] = 6.0,
+    port: Annotated[
+        int | None,
+        typer.Option(help="port of the dashboard and API (default EVENTOPS_DEMO_PORT, 8080)"),
+    ] = None,
 ) -> None:
     """Embedded pipeline + simulator with anomalies + API on one process (no Kafka needed)."""
     from serving.demo import run_demo
 
-    run_demo(_settings(), hosts=hosts, backfill_s=backfill_hours * 3600)
+    s = _settings()
+    if port is not None:
+        s = s.model_copy(update={"demo_port": port})
+    run_demo(s, hosts=hosts, backfill_s=backfill_hours * 3600)
 
 
 def _register_plugins() -> None:

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     # --- Serving ----------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    #: the port of `eventops demo`: another than the API's, so a demo and `eventops api` can
+    #: both run
+    demo_port: int = 8080
     api_workers: int = Field(
         default=1,
         ge=1,

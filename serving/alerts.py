@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from core.errors import NotFound
 from serving.deps import BroadcasterDep, PoolDep, ReadKey, ServingDep, SettingsDep, StreamKey
@@ -58,6 +58,9 @@ class AlertTransition(BaseModel):
 
 class AlertDetail(Alert):
     events: list[AlertTransition]
+    incident_id: str | None = Field(
+        None, description="the incident this alert is part of (`GET /incidents/{incident_id}`)"
+    )
 
 
 def alert_row(r) -> dict:
@@ -191,11 +194,16 @@ async def stream(
             alert_feedback={"alert_id": "$response.body#/alert_id"},
             host_detail={"host": "$response.body#/host"},
             series_get={"host": "$response.body#/host", "metric": "$response.body#/metric"},
+            get_incident={"incident_id": "$response.body#/incident_id"},
         )
     },
 )
-async def get_alert(pool: PoolDep, key: ReadKey, alert_id: NamePath) -> AlertDetail:
-    """One alert with its transitions (open, escalate, …, resolve)."""
+async def get_alert(
+    pool: PoolDep, key: ReadKey, serving: ServingDep, alert_id: NamePath
+) -> AlertDetail:
+    """One alert with its transitions (open, escalate, …, resolve) and its incident."""
+    from serving.incidents import incident_of  # incidents are built of alerts
+
     async with pool.connection() as conn:
         row = await alerts_repo.get_alert(conn, key.tenant_id, alert_id)
         if row is None:
@@ -206,4 +214,6 @@ async def get_alert(pool: PoolDep, key: ReadKey, alert_id: NamePath) -> AlertDet
         ]
         a = alert_row(row)
         (a["silenced_by"],) = await muting(conn, key.tenant_id, [a])
-    return AlertDetail(**a, events=events)
+        gap = timedelta(seconds=serving.incident_gap_s)
+        incident = await incident_of(conn, key.tenant_id, Alert(**a), gap)
+    return AlertDetail(**a, events=events, incident_id=incident)

@@ -12,7 +12,9 @@ not have is a 405 with ``Allow``). Operation ids are the route functions' names.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
+import hashlib
 import json
 import logging
 import re
@@ -23,7 +25,7 @@ import orjson
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -57,16 +59,41 @@ SECURITY_HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
-# the dashboard loads only its own files; /docs and /redoc (CDN assets) get no CSP
+# the dashboard and /docs load only files of this server (Swagger UI is vendored: /docs works
+# offline); /docs runs FastAPI's one inline script, allowed by its hash (docs_page)
 CSP = (
     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+SWAGGER = "/vendor/swagger-ui"  # serving/static/vendor/swagger-ui (vendor/README.md)
+
+
+def docs_page(openapi_url: str, title: str) -> tuple[bytes, bytes]:
+    """The Swagger UI page from the vendored files, and the CSP that lets exactly its inline
+    script run (a ``sha256-`` source; Swagger UI sets inline styles, hence style-src)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    html = get_swagger_ui_html(
+        openapi_url=openapi_url,
+        title=title,
+        swagger_js_url=f"{SWAGGER}/swagger-ui-bundle.js",
+        swagger_css_url=f"{SWAGGER}/swagger-ui.css",
+        swagger_favicon_url=f"{SWAGGER}/favicon-32x32.png",
+    ).body
+    scripts = re.findall(rb"<script>(.*?)</script>", html, re.S)
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(s).digest()).decode() + "'" for s in scripts
+    )
+    csp = (
+        f"default-src 'self'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'"
+    ).encode()
+    return bytes(html), csp
 
 
 # what SecurityHeaders appends when the response set none of these itself (precomputed)
 _EXTRA = [*SECURITY_HEADERS, (b"content-security-policy", CSP), (b"cache-control", b"no-store")]
-_DOCS_EXTRA = [*SECURITY_HEADERS, (b"cache-control", b"no-store")]
 _ADDED = frozenset(k for k, _ in _EXTRA)
 
 
@@ -98,18 +125,16 @@ class SecurityHeaders:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        docs = path.startswith(("/docs", "/redoc"))
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 names = {k.lower() for k, _ in headers}
                 if names.isdisjoint(_ADDED):  # the common case: nothing to skip
-                    headers += _DOCS_EXTRA if docs else _EXTRA
+                    headers += _EXTRA
                 else:
                     headers += [h for h in SECURITY_HEADERS if h[0] not in names]
-                    if not docs and b"content-security-policy" not in names:
+                    if b"content-security-policy" not in names:
                         headers.append((b"content-security-policy", CSP))
                     if b"cache-control" not in names:
                         headers.append((b"cache-control", b"no-store"))
@@ -288,7 +313,19 @@ def create_app(
         "(`Authorization: Bearer eo_…` or `X-API-Key`).",
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
+        docs_url=None,  # served below from the vendored Swagger UI
+        redoc_url=None,
     )
+    page, page_csp = docs_page(app.openapi_url or "/openapi.json", f"{app.title} - docs")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": page_csp.decode()})
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> RedirectResponse:  # the old address of the docs
+        return RedirectResponse("/docs", status_code=308)
+
     from serving.registry import model_status
 
     app.state.settings = settings

@@ -95,6 +95,28 @@ def _incident(host: str, xs: list[Alert]) -> IncidentDetail:
     )
 
 
+async def incident_of(conn, tenant: str, alert: Alert, gap: timedelta) -> str:
+    """The id of the incident an alert belongs to. Whether it joins the group before it
+    depends only on the host's earlier alerts, so those are read (further back while the
+    group reaches the start of what was read)."""
+    span = 7 * gap
+    for _ in range(6):
+        since = alert.opened_at - span
+        rows = await alerts_repo.host_opened_since(
+            conn, tenant, alert.host, since, MAX_ALERTS, until=alert.opened_at
+        )
+        alerts = [to_alert(r) for r in rows]
+        if not any(a.alert_id == alert.alert_id for a in alerts):
+            alerts.append(alert)  # more than MAX_ALERTS before it: it starts its own group
+        for inc in group(alerts, gap):
+            if any(a.alert_id == alert.alert_id for a in inc.alerts):
+                if inc.started_at > since + gap or len(rows) >= MAX_ALERTS:
+                    return inc.incident_id
+                break
+        span *= 4
+    return inc.incident_id
+
+
 @router.get(
     "",
     response_model=list[Incident],

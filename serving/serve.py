@@ -52,26 +52,32 @@ def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def bind_or_explain(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+def bind_or_explain(
+    host: str,
+    port: int,
+    reuse_port: bool = False,
+    choose: str = "--port or EVENTOPS_API_PORT",
+    host_choose: str = "--host or EVENTOPS_API_HOST",
+) -> socket.socket:
     """:func:`bind`, raising :class:`~core.errors.ConfigError` with the fix when the address
-    cannot be used (port taken, privileged port, address not on this machine)."""
+    cannot be used (port taken, privileged port, address not on this machine); ``choose`` says
+    how to set another port."""
     try:
         return bind(host, port, reuse_port)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             why = (
                 f"port {port} on {host} is already in use — stop what listens there or choose "
-                "another port with --port or EVENTOPS_API_PORT"
+                f"another port with {choose}"
             )
         elif e.errno == errno.EACCES:
             why = (
-                f"no permission to listen on {host}:{port} — choose a port above 1023 with "
-                "--port or EVENTOPS_API_PORT"
+                f"no permission to listen on {host}:{port} — choose a port above 1023 with {choose}"
             )
         else:
             why = (
-                f"cannot listen on {host}:{port} ({e.strerror or e}) — set --host or "
-                "EVENTOPS_API_HOST to an address of this machine"
+                f"cannot listen on {host}:{port} ({e.strerror or e}) — set {host_choose} "
+                "to an address of this machine"
             )
         raise ConfigError(why) from e
 

@@ -145,13 +145,19 @@ async def host_and_opening(
 
 
 async def host_opened_since(
-    conn: AsyncConnection, tenant: str, host: str, since: datetime, limit: int
+    conn: AsyncConnection,
+    tenant: str,
+    host: str,
+    since: datetime,
+    limit: int,
+    until: datetime | None = None,
 ) -> list[tuple]:
-    """The alerts of one host of the tenant opened at or after ``since``, oldest first."""
+    """The alerts of one host of the tenant opened at or after ``since`` (and at or before
+    ``until``), oldest first."""
     cur = await conn.execute(
         _SELECT + "WHERE a.tenant_id = %s AND a.host = %s AND a.opened_at >= %s "
-        "ORDER BY a.opened_at LIMIT %s",
-        (tenant, host, since, limit),
+        "AND (%s::timestamptz IS NULL OR a.opened_at <= %s) ORDER BY a.opened_at LIMIT %s",
+        (tenant, host, since, until, until, limit),
     )
     return await cur.fetchall()
 

@@ -2,11 +2,19 @@
 // The API key lives in localStorage ("eventops.key"); a "#key=eo_…" fragment (printed by
 // `make demo`) is moved there and removed from the address bar. EventSource cannot send
 // headers, so the streams get the key as ?key=.
+// Tenant isolation on screen: every view is drawn from answers to the current key only. A key
+// change (or a refused key) bumps state.gen, aborts the requests in flight and clears every
+// view; an answer that arrives for an older generation is dropped (Stale), never drawn.
+// Addresses: #alert=<id>, #incident=<id>, #series=<host>/<metric>[@<ISO time>] (links).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { key: null, host: null, series: null, chart: null, alerts: null, scores: null,
-                refresh: null, alertsById: new Map() };
+const state = { key: null, host: null, series: null, at: null, chart: null, alerts: null, scores: null,
+                refresh: null, soon: null, redraw: null, alertsById: new Map(), gen: 0, ctl: new AbortController(),
+                hostPick: 0, seriesPick: 0 };
+
+// an answer for a key that is no longer the current one: dropped by every caller
+class Stale extends Error { constructor() { super("stale"); } }
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -26,16 +34,29 @@ function showError(msg) {
 }
 
 async function api(path, opts = {}) {
-  const r = await fetch(path, { ...opts, headers: { Authorization: `Bearer ${state.key}`,
-    "Content-Type": "application/json", ...(opts.headers || {}) } });
-  if (r.status === 401) { showError("The API key was refused (401). Enter a valid key."); stop(); throw new Error("401"); }
+  const gen = state.gen;
+  let r, body = null;
+  try {
+    r = await fetch(path, { ...opts, signal: state.ctl.signal, headers: { Authorization: `Bearer ${state.key}`,
+      "Content-Type": "application/json", ...(opts.headers || {}) } });
+    if (r.ok && r.status !== 204) body = await r.json();
+  } catch (e) {
+    if (gen !== state.gen) throw new Stale();
+    throw e;
+  }
+  if (gen !== state.gen) throw new Stale();
+  if (r.status === 401) { stop(); showError("The API key was refused (401). Enter a valid key."); throw new Stale(); }
   if (!r.ok) {
     let detail = r.statusText;
     try { detail = (await r.json()).detail; } catch (_) { /* not JSON */ }
     throw new Error(`${r.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`);
   }
-  return r.status === 204 ? null : r.json();
+  return body;
 }
+
+// an error worth showing (not a dropped answer of an older key)
+function fail(what, e) { if (!(e instanceof Stale)) showError(`${what}: ${e.message}`); }
+const quiet = (p) => p.catch((e) => { if (!(e instanceof Stale)) console.warn(e.message); });
 
 const fmtTime = (iso) => new Date(iso).toLocaleTimeString();
 const fmtNum = (v) => (v == null ? "–" : Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2));
@@ -70,7 +91,7 @@ async function loadModel() {
     }
     $("model").textContent = txt;
     $("model").title = tip.filter(Boolean).join("\n");
-  } catch (e) { $("model").textContent = "model: unknown"; }
+  } catch (e) { if (!(e instanceof Stale)) $("model").textContent = "model: unknown"; }
 }
 
 // --- hosts overview ----------------------------------------------------------------------------
@@ -86,101 +107,159 @@ async function loadHosts() {
     ...(h.warming ? [el("small", { class: "warming-note",
       title: `${h.warming} of ${h.series} series still learning their own baseline; scored partly from similar series` },
     warmingText(h.confidence))] : []))));
-  if (!state.host && hosts.length) selectHost(hosts[0].host);
+  if (!state.host && hosts.length) quiet(selectHost(hosts[0].host));
 }
 
-async function selectHost(host) {
+// at: an ISO time to centre the chart on (a link from an alert), or null for the last 6 h
+async function selectHost(host, metric = null, at = null) {
+  const pick = ++state.hostPick;  // a later pick wins over this one's answer
   state.host = host;
+  if (metric) state.series = metric;
   document.querySelectorAll(".host").forEach((n) => n.classList.toggle("selected", n.dataset.host === host));
   const d = await api(`/hosts/${encodeURIComponent(host)}`);
+  if (pick !== state.hostPick) return;
   $("series-title").textContent = host;
   $("series-list").replaceChildren(...d.metrics.map((s) => el("span", {
     class: `chip${state.series === s.metric ? " selected" : ""}`, dataset: { metric: s.metric, warming: s.score_warming ? "1" : "0" },
-    onclick: () => selectSeries(host, s.metric) }, `${s.metric} ${fmtNum(s.last_value)} ${s.unit}`
+    onclick: () => quiet(selectSeries(host, s.metric)) }, `${s.metric} ${fmtNum(s.last_value)} ${s.unit}`
       + (s.score_warming ? ` · ${warmingText(s.score_confidence)}` : ""))));
   const keep = d.metrics.find((s) => s.metric === state.series);
-  selectSeries(host, keep ? keep.metric : d.metrics[0].metric);
+  if (!d.metrics.length) return;
+  await selectSeries(host, keep ? keep.metric : d.metrics[0].metric, at);
 }
 
-// --- series chart: values (bucket averages), expected band, score, alerts -------------------------
-async function selectSeries(host, metric) {
+// --- series chart: value envelope (min–max per bucket) and mean, expected band, score, alerts ----
+const SPAN_MS = 6 * 3600e3;
+
+async function selectSeries(host, metric, at = null) {
+  const pick = ++state.seriesPick;
   state.series = metric;
+  state.at = at;
   document.querySelectorAll(".chip").forEach((n) => n.classList.toggle("selected", n.dataset.metric === metric));
   const enc = `${encodeURIComponent(host)}/${encodeURIComponent(metric)}`;
-  const end = new Date(), start = new Date(end - 6 * 3600e3);
+  // a time from a link: that moment in the middle of the view (or as late as now allows)
+  const end = at ? new Date(Math.min(Date.now(), Date.parse(at) + SPAN_MS / 2)) : new Date();
+  const start = new Date(end - SPAN_MS);
   const q = `start=${start.toISOString()}&end=${end.toISOString()}`;
   const [vals, scores, alerts] = await Promise.all([
     api(`/metrics?host=${encodeURIComponent(host)}&metric=${encodeURIComponent(metric)}&${q}&points=400`),
-    api(`/series/${enc}/scores?${q}`),
+    api(`/series/${enc}/scores?${q}&limit=10000`),
     api(`/alerts?host=${encodeURIComponent(host)}&metric=${encodeURIComponent(metric)}&since=${start.toISOString()}&limit=200`),
   ]);
-  drawChart(vals, scores, alerts);
-  watchScores(host, metric, scores);
+  if (pick !== state.seriesPick) return;
+  drawChart(vals, scores, alerts.filter((a) => Date.parse(a.opened_at) < end.getTime()), at);
+  watchScores(host, metric);
 }
 
-// chart columns after x: value, expected low, expected high, expected, score, alert
-const COLS = 6;
-// a score's chart values: the band (expected ± 3 typical deviations) and the score, at window end
-const scorePoint = (s) => [null, s.lower, s.upper, s.expected, s.score, null];
+// chart columns after x: value min, max, mean, expected low, high, expected, score, alert
+const COLS = 8;
+
+// One row per value bucket (start of [x, x + step)): the bucket's min, max and mean, the windows
+// scored in it (the highest score, the widest band, the mean expectation) and its alerts, so a
+// hover shows every series at once. A hole longer than 2.5 typical spacings between buckets gets
+// a null row: lines and bands break there instead of bridging it.
+function chartColumns(vals, scores, alerts) {
+  const step = vals.step_s;
+  const pts = vals.points.map((p) => ({ x: Date.parse(p.ts) / 1000, p }));
+  const gaps = pts.slice(1).map((q, i) => q.x - pts[i].x).sort((a, b) => a - b);
+  const typical = Math.max(step, gaps.length ? gaps[Math.floor(gaps.length / 2)] : step);
+  const ws = scores.map((s) => ({ a: Date.parse(s.window_start) / 1000, b: Date.parse(s.window_end) / 1000, s }))
+    .sort((u, v) => u.b - v.b);
+  const xs = [], cols = Array.from({ length: COLS }, () => []);
+  const push = (x, row) => { xs.push(x); row.forEach((v, i) => cols[i].push(v)); };
+  let j = 0;
+  pts.forEach(({ x, p }, i) => {
+    if (i > 0 && x - pts[i - 1].x > 2.5 * typical) push(pts[i - 1].x + typical, Array(COLS).fill(null));
+    while (j < ws.length && ws[j].b <= x) j++;
+    let score = null, lo = null, hi = null, ex = 0, n = 0;
+    for (let k = j; k < ws.length && ws[k].a < x + step; k++) {
+      const s = ws[k].s;
+      if (ws[k].b <= x) continue;
+      score = Math.max(score ?? 0, s.score);
+      if (s.lower != null && s.upper != null) {
+        lo = lo == null ? s.lower : Math.min(lo, s.lower);
+        hi = hi == null ? s.upper : Math.max(hi, s.upper);
+        if (s.expected != null) { ex += s.expected; n++; }
+      }
+    }
+    push(x, [p.min, p.max, p.avg, lo, hi, n ? ex / n : null, score, null]);
+  });
+  for (const a of alerts) {  // an alert at the bucket of its opening, at its value
+    const t = Date.parse(a.opened_at) / 1000;
+    let i = xs.length - 1;
+    while (i >= 0 && (xs[i] > t || cols[2][i] == null)) i--;
+    // at the value that opened it (an alert's value follows the series until it resolves)
+    const v = (a.explanation && typeof a.explanation.actual === "number") ? a.explanation.actual : a.value;
+    if (i >= 0 && t < xs[i] + step) cols[7][i] = Math.max(cols[7][i] ?? -Infinity, v);
+  }
+  return [xs, ...cols];
+}
 
 function chartNote(scores, stepS) {
   if (!scores.length) return `no window scored yet for this series; step ${stepS}s`;
   const last = scores[scores.length - 1];
   const banded = scores.filter((s) => s.lower != null).length;
-  return `${scores.length} scored windows (${banded} with an expected band); step ${stepS}s`
+  return `${scores.length} scored windows (${banded} with an expected band); step ${stepS}s; `
+    + "the shaded blue envelope is each step's min–max, the line its mean"
     + (last.warming ? ` · latest score ${warmingText(last.confidence)}: the series is still `
       + "learning its own baseline and is scored partly from similar series" : "");
 }
 
-function drawChart(vals, scores, alerts) {
-  const t = new Map();
-  const row = (ts) => {
-    const k = Math.floor(Date.parse(ts) / 1000);
-    if (!t.has(k)) t.set(k, Array(COLS).fill(null));
-    return t.get(k);
-  };
-  vals.points.forEach((p) => { row(p.ts)[0] = p.avg; });
-  scores.forEach((s) => { const r = row(s.window_end); scorePoint(s).forEach((v, i) => { if (v != null) r[i] = v; }); });
-  alerts.forEach((a) => { row(a.ts_event)[5] = a.value; });
-  const xs = [...t.keys()].sort((a, b) => a - b);
-  const cols = [xs, ...[...Array(COLS).keys()].map((i) => xs.map((x) => t.get(x)[i]))];
-  const width = Math.max(300, $("chart").clientWidth || 700);
+const chartSize = () => {
+  const w = Math.max(200, Math.floor($("chart").clientWidth || 300));
+  return { width: w, height: w < 500 ? 220 : 300 };
+};
+const NOPTS = { show: false };
+const legendValue = (digits) => (u, v) => (v == null ? "–" : digits == null ? fmtNum(v) : v.toFixed(digits));
+
+function drawChart(vals, scores, alerts, at) {
+  const cols = chartColumns(vals, scores, alerts);
+  const envelope = "rgba(76, 141, 255, 0.45)";
   const opts = {
-    width, height: 300, title: `${vals.host} · ${vals.metric}`,
+    ...chartSize(), title: `${vals.host} · ${vals.metric}${at ? ` around ${fmtTime(at)}` : ""}`,
     scales: { score: { range: [0, 1] } },
-    series: [{}, { label: "value", stroke: "#4c8dff", spanGaps: true },
-      { label: "expected low", stroke: "#5a6a8a", width: 1, spanGaps: true },
-      { label: "expected high", stroke: "#5a6a8a", width: 1, spanGaps: true },
-      { label: "expected", stroke: "#8b93a7", dash: [4, 4], spanGaps: true },
-      { label: "score", stroke: "#e0a100", scale: "score", spanGaps: true },
-      { label: "alert", stroke: "#e5484d", width: 0, points: { show: true, size: 9, fill: "#e5484d" } }],
-    // the expected band: filled between "expected high" (series 3) and "expected low" (series 2)
-    bands: [{ series: [3, 2], fill: "rgba(139, 147, 167, 0.18)" }],
+    series: [{},
+      { label: "min", points: NOPTS, stroke: envelope, width: 1, value: legendValue() },
+      { label: "max", points: NOPTS, stroke: envelope, width: 1, value: legendValue() },
+      { label: "mean", points: NOPTS, stroke: "#4c8dff", width: 2, value: legendValue() },
+      { label: "expected low", points: NOPTS, stroke: "#5a6a8a", width: 1, value: legendValue() },
+      { label: "expected high", points: NOPTS, stroke: "#5a6a8a", width: 1, value: legendValue() },
+      { label: "expected", points: NOPTS, stroke: "#8b93a7", dash: [4, 4], value: legendValue() },
+      { label: "score", points: NOPTS, stroke: "#e0a100", scale: "score", value: legendValue(2) },
+      { label: "alert", stroke: "#e5484d", width: 0, points: { show: true, size: 9, fill: "#e5484d" }, value: legendValue() }],
+    // the value envelope (max over min) and the expected band (high over low)
+    bands: [{ series: [2, 1], fill: "rgba(76, 141, 255, 0.18)" }, { series: [5, 4], fill: "rgba(139, 147, 167, 0.18)" }],
     axes: [{ stroke: "#8b93a7", grid: { stroke: "#26304a" } }, { stroke: "#8b93a7", grid: { stroke: "#26304a" } },
       { scale: "score", side: 1, stroke: "#e0a100", grid: { show: false } }],
   };
   if (state.chart) state.chart.destroy();
   state.chart = new uPlot(opts, cols, $("chart"));
   state.chartData = cols;
-  state.chartScores = scores.slice();
   state.chartStep = vals.step_s;
+  $("chart").dataset.series = `${vals.host}/${vals.metric}`;
   $("chart-note").textContent = chartNote(scores, vals.step_s);
+  // series → alert: the alerts drawn on the chart, each a link to its detail
+  $("chart-alerts").replaceChildren(...alerts.slice(0, 20).map((a) => el("li", {},
+    link(`${fmtTime(a.opened_at)} ${a.severity} ${a.state === "resolved" ? "(resolved)" : "(firing)"}: ${fmtNum(a.value)}`,
+      `alert=${encodeURIComponent(a.alert_id)}`, { class: `sev-${a.severity}`, dataset: { alertId: a.alert_id } }))));
 }
 
+// new scores of the series on view: the chart is read again, at most every 3 s (a view of the
+// past around an alert stays as it is)
 function watchScores(host, metric) {
   if (state.scores) state.scores.close();
   const url = `/series/${encodeURIComponent(host)}/${encodeURIComponent(metric)}/scores/stream?key=${encodeURIComponent(state.key)}`;
   state.scores = new EventSource(url);
   state.scores.addEventListener("score", (m) => {
     const s = JSON.parse(m.data);
-    if (!state.chart || s.host !== state.host || s.metric !== state.series) return;
-    const d = state.chartData;
-    d[0].push(Math.floor(Date.parse(s.window_end) / 1000));
-    scorePoint(s).forEach((v, i) => d[i + 1].push(v));
-    state.chart.setData(d);
-    state.chartScores.push(s);
-    $("chart-note").textContent = chartNote(state.chartScores, state.chartStep);
+    if (!state.chart || s.host !== state.host || s.metric !== state.series || state.at || state.redraw) return;
+    state.redraw = setTimeout(() => { state.redraw = null; quiet(selectSeries(host, metric)); }, 3000);
   });
+}
+
+// an in-page link: a real #address (copy it, open it in a tab), followed without a reload
+function link(text, hash, attrs = {}) {
+  return el("a", { ...attrs, href: `#${hash}`, onclick: (e) => { e.preventDefault(); history.pushState(null, "", `#${hash}`); route(); } }, text);
 }
 
 // --- live alert feed + feedback ---------------------------------------------------------------------
@@ -216,13 +295,13 @@ function fillAlertItem(li, a) {
       label.textContent = `labelled ${lab.replace("_", " ")}`;
       li.dataset.feedback = lab;
       a.feedback = lab;
-    } catch (e) { showError(`feedback not saved: ${e.message}`); }
+    } catch (e) { fail("feedback not saved", e); }
   };
   const mute = async () => {
     try {
       await api("/silences", { method: "POST", body: JSON.stringify({ matchers: [`host=${a.host}`, `metric=${a.metric}`], duration_s: 3600, comment: "from the alert feed" }) });
       await Promise.all([loadSilences(), refreshAlert(a.alert_id)]);
-    } catch (e) { showError(`silence not created: ${e.message}`); }
+    } catch (e) { fail("silence not created", e); }
   };
   li.className = `${li.className.includes("new") ? "new " : ""}${alertState(a) === "resolved" ? "resolved" : ""}`;
   li.dataset.state = alertState(a);
@@ -236,7 +315,7 @@ function fillAlertItem(li, a) {
       el("button", { class: "tp", onclick: give("true_positive") }, "True positive"),
       el("button", { class: "fp", onclick: give("false_positive") }, "False positive"),
       alertState(a) === "open" ? el("button", { class: "mute", onclick: mute }, "Silence 1 h") : "",
-      el("button", { class: "ghost details", onclick: () => showAlert(a.alert_id) }, "details"), label));
+      el("button", { class: "ghost details", onclick: () => { history.pushState(null, "", `#alert=${encodeURIComponent(a.alert_id)}`); route(); } }, "details"), label));
 }
 
 function addAlert(a, fresh) {
@@ -257,7 +336,7 @@ function addAlert(a, fresh) {
 }
 
 async function refreshAlert(id) {
-  try { addAlert(await api(`/alerts/${encodeURIComponent(id)}`), false); } catch (_) { /* gone */ }
+  try { addAlert(await api(`/alerts/${encodeURIComponent(id)}`), false); } catch (_) { /* gone, or another key's */ }
 }
 
 async function loadAlerts() {
@@ -275,7 +354,7 @@ function watchAlerts() {
     addAlert(a, true);
     refreshAlert(a.alert_id);  // its stored state, with the silences that mute it
     clearTimeout(state.soon);
-    state.soon = setTimeout(() => { loadHosts().catch(() => {}); loadIncidents().catch(() => {}); }, 500);
+    state.soon = setTimeout(() => { quiet(loadHosts()); quiet(loadIncidents()); }, 500);
   });
   // the server ends a stream whose key was revoked (a reconnect would only get 401); on
   // "unavailable" EventSource reconnects by itself and resumes from its Last-Event-ID
@@ -304,7 +383,7 @@ async function expireSilence(id) {
     await api(`/silences/${encodeURIComponent(id)}/expire`, { method: "POST" });
     await loadSilences();
     await reloadFeedStates();
-  } catch (e) { showError(`silence not expired: ${e.message}`); }
+  } catch (e) { fail("silence not expired", e); }
 }
 
 async function reloadFeedStates() {
@@ -322,7 +401,7 @@ async function createSilence(e) {
     $("silence-matchers").value = ""; $("silence-comment").value = ""; $("silence-schedule").value = "";
     await loadSilences();
     await reloadFeedStates();
-  } catch (err) { showError(`silence not created: ${err.message}`); }
+  } catch (err) { fail("silence not created", err); }
 }
 
 // --- channels ------------------------------------------------------------------------------------
@@ -343,7 +422,7 @@ async function createChannel(e) {
     $("channel-secret").textContent = c.secret ? `signing secret of ${c.name} (shown once, store it now): ${c.secret}` : "";
     $("channel-name").value = ""; $("channel-url").value = "";
     await loadChannels();
-  } catch (err) { showError(`channel not added: ${err.message}${err.message.startsWith("403") ? " (adding channels needs an admin key)" : ""}`); }
+  } catch (err) { fail("channel not added", err.message && err.message.startsWith("403") ? new Error(`${err.message} (adding channels needs an admin key)`) : err); }
 }
 
 // --- incident and alert detail ---------------------------------------------------------------------
@@ -357,11 +436,15 @@ function deliveryTable(ds) {
       el("td", {}, d.log.length ? `${d.log[d.log.length - 1].latency_ms.toFixed(0)} ms` : "–"))));
 }
 
-async function alertBlock(a) {
+const seriesHash = (host, metric, at) => `series=${encodeURIComponent(host)}/${encodeURIComponent(metric)}${at ? `@${at}` : ""}`;
+
+async function alertBlock(a, inIncident = null) {
   const [full, ds] = await Promise.all([api(`/alerts/${encodeURIComponent(a.alert_id)}`), api(`/alerts/${encodeURIComponent(a.alert_id)}/deliveries`)]);
+  // alert → its series at that time → its incident (and back to the alert from the chart)
+  const links = el("span", { class: "links" }, " ", link("series at that time", seriesHash(full.host, full.metric, full.opened_at), { class: "to-series" }),
+    ...(full.incident_id && full.incident_id !== inIncident ? [" · ", link("incident", `incident=${encodeURIComponent(full.incident_id)}`, { class: "to-incident" })] : []));
   return el("div", { class: "alert-detail", dataset: { alertId: a.alert_id } },
-    el("h3", {}, el("span", { class: `sev-${full.severity}` }, full.severity), ` ${full.host} · ${full.metric} `, stateBadge(full),
-      " ", el("a", { href: "#", onclick: (e) => { e.preventDefault(); state.series = full.metric; selectHost(full.host); } }, "series")),
+    el("h3", {}, el("span", { class: `sev-${full.severity}` }, full.severity), ` ${full.host} · ${full.metric} `, stateBadge(full), links),
     el("p", {}, full.message),
     el("ul", { class: "timeline" }, ...full.events.map((ev) => el("li", {}, `${fmtTime(ev.payload.ts_event)} ${ev.kind} (${ev.payload.severity}, score ${fmtNum(ev.payload.score)})`))),
     el("h4", {}, "Deliveries"), deliveryTable(ds));
@@ -369,28 +452,47 @@ async function alertBlock(a) {
 
 async function showAlert(id) {
   try {
+    const block = await alertBlock({ alert_id: id });
     $("detail-title").textContent = "Alert";
-    $("detail").replaceChildren(await alertBlock({ alert_id: id }));
+    $("detail-panel").dataset.view = `alert=${id}`;
+    $("detail").replaceChildren(block);
     $("detail-panel").hidden = false;
     $("detail-panel").scrollIntoView({ block: "nearest" });
-  } catch (e) { showError(`alert ${id}: ${e.message}`); }
+  } catch (e) { fail(`alert ${id}`, e); }
 }
 
 async function showIncident(id) {
   try {
     const inc = await api(`/incidents/${encodeURIComponent(id)}`);
+    const blocks = await Promise.all(inc.alerts.slice(0, 10).map((a) => alertBlock(a, inc.incident_id)));
     $("detail-title").textContent = `Incident on ${inc.host} (${inc.state}, ${inc.alert_count} alerts, likely root ${inc.root.metric})`;
-    const blocks = await Promise.all(inc.alerts.slice(0, 10).map(alertBlock));
-    $("detail").replaceChildren(el("p", { class: "muted" }, `from ${fmtTime(inc.started_at)}${inc.ended_at ? ` to ${fmtTime(inc.ended_at)}` : ""}; series in rank order: ${inc.series.join(", ")}`), ...blocks);
+    $("detail-panel").dataset.view = `incident=${id}`;
+    $("detail").replaceChildren(el("p", { class: "muted" }, `from ${fmtTime(inc.started_at)}${inc.ended_at ? ` to ${fmtTime(inc.ended_at)}` : ""}; likely root: `,
+      link(`${inc.root.metric} at ${fmtTime(inc.started_at)}`, seriesHash(inc.host, inc.root.metric, inc.started_at), { class: "to-series" }),
+      `; series in rank order: ${inc.series.join(", ")}`), ...blocks);
     $("detail-panel").hidden = false;
     $("detail-panel").scrollIntoView({ block: "nearest" });
-  } catch (e) { showError(`incident: ${e.message}`); }
+  } catch (e) { fail("incident", e); }
+}
+
+// the view an address names: #alert=…, #incident=…, #series=host/metric[@time]
+function route() {
+  if (!state.key) return;
+  const h = location.hash.slice(1);
+  let m;
+  if ((m = h.match(/^alert=([^&]+)/))) showAlert(decodeURIComponent(m[1]));
+  else if ((m = h.match(/^incident=([^&]+)/))) showIncident(decodeURIComponent(m[1]));
+  else if ((m = h.match(/^series=([^/]+)\/([^@&]+)(?:@([^&]+))?/))) {
+    const [host, metric, at] = [decodeURIComponent(m[1]), decodeURIComponent(m[2]), m[3] ? decodeURIComponent(m[3]) : null];
+    quiet(selectHost(host, metric, at).then(() => $("series-panel").scrollIntoView({ block: "start" })));
+  }
 }
 
 // --- incidents -----------------------------------------------------------------------------------
 async function loadIncidents() {
   const incs = await api("/incidents?limit=20");
-  $("incidents").replaceChildren(...(incs.length ? incs.map((i) => el("li", { dataset: { incidentId: i.incident_id }, onclick: () => showIncident(i.incident_id) },
+  $("incidents").replaceChildren(...(incs.length ? incs.map((i) => el("li", { dataset: { incidentId: i.incident_id },
+    onclick: () => { history.pushState(null, "", `#incident=${encodeURIComponent(i.incident_id)}`); route(); } },
     el("span", { class: `sev-${i.severity}` }, i.severity), " ", el("b", {}, i.host), ` · ${i.state} · `,
     `${i.alert_count} alert${i.alert_count > 1 ? "s" : ""} since ${fmtTime(i.started_at)} · root: `,
     el("b", {}, i.root.metric), i.series.length > 1 ? ` → ${i.series.slice(1).join(", ")}` : ""))
@@ -398,28 +500,50 @@ async function loadIncidents() {
 }
 
 // --- lifecycle -----------------------------------------------------------------------------------
+// Everything of the current key goes: its streams, timers, requests in flight and every view.
 function stop() {
+  state.gen += 1;
+  state.ctl.abort();
+  state.ctl = new AbortController();
   for (const s of [state.alerts, state.scores]) if (s) s.close();
+  state.alerts = state.scores = null;
   clearInterval(state.refresh);
+  clearTimeout(state.soon); clearTimeout(state.redraw);
+  state.refresh = state.soon = state.redraw = null;
+  if (state.chart) state.chart.destroy();
+  state.chart = state.chartData = null;
+  state.host = state.series = state.at = null;
   state.alertsById.clear();
-  for (const id of ["feed", "silences", "channels", "detail"]) $(id).replaceChildren();
+  for (const id of ["hosts", "series-list", "chart", "chart-alerts", "feed", "incidents", "silences", "channels", "detail"]) $(id).replaceChildren();
+  $("series-title").textContent = "pick a host";
+  $("chart-note").textContent = "";
+  delete $("chart").dataset.series;
+  $("detail-title").textContent = "Detail";
+  delete $("detail-panel").dataset.view;
   $("detail-panel").hidden = true;
   $("channel-secret").hidden = true; $("channel-secret").textContent = "";
+  $("model").textContent = "model: …"; $("model").title = "";
+  $("tenant").textContent = "";
   $("main").hidden = true;
   $("live").textContent = "live: off"; $("live").className = "pill off";
+  // an address names a view of this key's tenant (#alert=…): it does not carry over
+  if (/^#(alert|incident|series)=/.test(location.hash)) history.replaceState(null, "", location.pathname + location.search);
 }
 
+// The views are filled while hidden and shown once the key was accepted.
 async function start() {
+  const gen = state.gen;
   showError("");
-  $("main").hidden = false;
-  $("tenant").textContent = `key ${state.key.split("_")[1] || ""}`;
   try {
     await Promise.all([loadHosts(), loadAlerts(), loadIncidents(), loadModel(), loadSilences(), loadChannels()]);
-  } catch (e) { if (e.message !== "401") showError(e.message); return; }
+  } catch (e) { fail("loading the dashboard", e); return; }
+  if (gen !== state.gen) return;
+  $("tenant").textContent = `key ${state.key.split("_")[1] || ""}`;
+  $("main").hidden = false;
+  if (state.chart) state.chart.setSize(chartSize());
   watchAlerts();
-  const deep = location.hash.match(/alert=([^&]+)/);  // the link in a notification
-  if (deep) showAlert(decodeURIComponent(deep[1]));
-  state.refresh = setInterval(() => { loadHosts().catch(() => {}); loadIncidents().catch(() => {}); loadSilences().catch(() => {}); }, 15000);
+  route();  // the address of a link (a notification's #alert=…)
+  state.refresh = setInterval(() => { quiet(loadHosts()); quiet(loadIncidents()); quiet(loadSilences()); }, 15000);
 }
 
 function init() {
@@ -440,10 +564,8 @@ function init() {
   $("silence-form").addEventListener("submit", createSilence);
   $("channel-form").addEventListener("submit", createChannel);
   $("detail-close").addEventListener("click", () => { $("detail-panel").hidden = true; });
-  window.addEventListener("hashchange", () => {
-    const deep = location.hash.match(/alert=([^&]+)/);
-    if (deep && state.key) showAlert(decodeURIComponent(deep[1]));
-  });
+  window.addEventListener("hashchange", route);
+  new ResizeObserver(() => { if (state.chart) state.chart.setSize(chartSize()); }).observe($("chart"));
   $("logout").addEventListener("click", () => { localStorage.removeItem("eventops.key"); state.key = null; stop(); showError("No API key: enter one above."); });
   if (state.key) start(); else showError("No API key: enter one above (`eventops keys create --tenant T`).");
 }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import uuid
 
 import httpx
@@ -104,3 +107,24 @@ def test_cors_wildcard_is_refused():
 
     with pytest.raises(ConfigError):
         ServingSettings(_env_file=None, cors_origins="*").cors_list()
+
+
+def test_docs_are_served_from_this_server_with_a_strict_csp(hard):
+    r = httpx.get(hard.url + "/docs")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    # every asset the page loads is one of ours (vendored Swagger UI): /docs works offline
+    assets = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+    assert assets and all(a.startswith("/vendor/swagger-ui/") for a in assets), assets
+    assert "cdn" not in r.text.lower()
+    for a in assets:
+        got = httpx.get(hard.url + a)
+        assert got.status_code == 200 and len(got.content) > 500, a
+    csp = r.headers["content-security-policy"]
+    # only the page's own inline script runs, named by its hash
+    (script,) = re.findall(r"<script>(.*?)</script>", r.text, re.S)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in csp and "'unsafe-inline'" not in csp.split("style-src")[0]
+    assert "default-src 'self'" in csp
+    old = httpx.get(hard.url + "/redoc", follow_redirects=False)
+    assert old.status_code == 308 and old.headers["location"] == "/docs"
+    assert httpx.get(hard.url + "/openapi.json").status_code == 200

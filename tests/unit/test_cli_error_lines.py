@@ -172,7 +172,15 @@ def test_api_port_taken_was_a_48_line_traceback_now_a_config_error():
             ConfigError, match=f"port {port} on 127.0.0.1 is already in use.*--port"
         ):
             bind_or_explain("127.0.0.1", port)
+        # the demo names its own setting
+        with pytest.raises(ConfigError, match="another port with --port or EVENTOPS_DEMO_PORT$"):
+            bind_or_explain("127.0.0.1", port, choose="--port or EVENTOPS_DEMO_PORT")
     bind_or_explain("127.0.0.1", port).close()  # free again
+
+
+def test_the_demo_and_the_api_default_to_different_ports():
+    s = Settings(_env_file=None)
+    assert s.demo_port != s.api_port
 
 
 # --- local checks ---------------------------------------------------------------------------
