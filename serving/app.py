@@ -68,7 +68,7 @@ CSP = (
 SWAGGER = "/vendor/swagger-ui"  # serving/static/vendor/swagger-ui (vendor/README.md)
 
 
-def docs_page(openapi_url: str, title: str) -> tuple[bytes, bytes]:
+def docs_page(openapi_url: str, title: str) -> tuple[bytes, str]:
     """The Swagger UI page from the vendored files, and the CSP that lets exactly its inline
     script run (a ``sha256-`` source; Swagger UI sets inline styles, hence style-src)."""
     from fastapi.openapi.docs import get_swagger_ui_html
@@ -88,7 +88,7 @@ def docs_page(openapi_url: str, title: str) -> tuple[bytes, bytes]:
         f"default-src 'self'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; "
         "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
         "frame-ancestors 'none'"
-    ).encode()
+    )
     return bytes(html), csp
 
 
@@ -320,7 +320,7 @@ def create_app(
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return HTMLResponse(page, headers={"Content-Security-Policy": page_csp.decode()})
+        return HTMLResponse(page, headers={"Content-Security-Policy": page_csp})
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> RedirectResponse:  # the old address of the docs

@@ -53,7 +53,11 @@ def feed_forever(
     interval: float,
     stop: threading.Event,
     seed: int = 7,
+    started: float | None = None,
 ) -> None:
+    """Back-fill ``backfill_s`` of history, then feed live; ``started``: when the demo began
+    (the "ready" line's clock; default now)."""
+    started = time.time() if started is None else started
     watcher = start_watcher(s)
     challenger = start_watcher(s, CHALLENGER) if watcher else None
     pipe = EmbeddedPipeline(
@@ -94,7 +98,7 @@ def feed_forever(
                 )
                 dead.clear()
                 trained = True
-                print(f"  ready:     {_ready_text()}", flush=True)
+                print(f"  ready:     {_ready_text(started)}", flush=True)
                 threading.Thread(target=train_first_model, args=(s, tenant), daemon=True).start()
             if live and dead and time.monotonic() - reported > 60:
                 log.warning(
@@ -114,24 +118,22 @@ def feed_forever(
                 w.stop()
 
 
-def _ready_text() -> str:
-    """How long the demo took to a populated dashboard: since ``make demo`` started when it
-    says so (``EVENTOPS_DEMO_T0``, epoch seconds: venv, PostgreSQL and history included)."""
+def _ready_text(started: float) -> str:
+    """How long the demo took to a populated dashboard (``started``: when ``eventops demo``
+    began, epoch seconds), and since ``make demo`` started when it says so
+    (``EVENTOPS_DEMO_T0``, epoch seconds: venv, PostgreSQL and history included)."""
     t0 = os.environ.get("EVENTOPS_DEMO_T0", "")
     try:
         since_make = time.time() - float(t0)
     except ValueError:
         since_make = None
-    own = time.time() - _STARTED
+    own = time.time() - started
     if since_make is not None and 0 <= since_make < 86_400:
         return (
             f"dashboard populated {since_make:.0f} s after `make demo` started "
             f"({own:.0f} s of it in `eventops demo`)"
         )
     return f"dashboard populated {own:.0f} s after `eventops demo` started"
-
-
-_STARTED = time.time()
 
 
 def _reasons(dead: Counter[str]) -> str:
@@ -150,8 +152,7 @@ def run_demo(
     from serving.app import create_app
     from serving.serve import bind_or_explain
 
-    global _STARTED
-    _STARTED = time.time()
+    started = time.time()
     tenant = "demo"
     # the demo serves on demo_port (8080), so it does not collide with `eventops api` (8000)
     s = s.model_copy(update={"api_port": s.demo_port})
@@ -178,6 +179,7 @@ def run_demo(
         name="demo-feeder",
         daemon=True,
         args=(s, bus, tenant, hosts, backfill_s, interval, stop),
+        kwargs={"started": started},
     )
     feeder.start()
     # the delivery worker, in this process: channels added in the dashboard get the alerts

@@ -106,13 +106,13 @@ async def incident_of(conn, tenant: str, alert: Alert, gap: timedelta) -> str:
             conn, tenant, alert.host, since, MAX_ALERTS, until=alert.opened_at
         )
         alerts = [to_alert(r) for r in rows]
-        if not any(a.alert_id == alert.alert_id for a in alerts):
+        if alert.alert_id not in {a.alert_id for a in alerts}:
             alerts.append(alert)  # more than MAX_ALERTS before it: it starts its own group
-        for inc in group(alerts, gap):
-            if any(a.alert_id == alert.alert_id for a in inc.alerts):
-                if inc.started_at > since + gap or len(rows) >= MAX_ALERTS:
-                    return inc.incident_id
-                break
+        (inc,) = [
+            i for i in group(alerts, gap) if any(a.alert_id == alert.alert_id for a in i.alerts)
+        ]
+        if inc.started_at > since + gap or len(rows) >= MAX_ALERTS:
+            break  # the group starts inside what was read
         span *= 4
     return inc.incident_id
 

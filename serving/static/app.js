@@ -259,8 +259,11 @@ function watchScores(host, metric) {
 
 // an in-page link: a real #address (copy it, open it in a tab), followed without a reload
 function link(text, hash, attrs = {}) {
-  return el("a", { ...attrs, href: `#${hash}`, onclick: (e) => { e.preventDefault(); history.pushState(null, "", `#${hash}`); route(); } }, text);
+  return el("a", { ...attrs, href: `#${hash}`, onclick: (e) => { e.preventDefault(); go(hash); } }, text);
 }
+
+// open the view an address names, as a step the back button returns from
+function go(hash) { history.pushState(null, "", `#${hash}`); route(); }
 
 // --- live alert feed + feedback ---------------------------------------------------------------------
 // One entry per alert, newest first, showing its state (firing / resolved / silenced): a
@@ -315,7 +318,7 @@ function fillAlertItem(li, a) {
       el("button", { class: "tp", onclick: give("true_positive") }, "True positive"),
       el("button", { class: "fp", onclick: give("false_positive") }, "False positive"),
       alertState(a) === "open" ? el("button", { class: "mute", onclick: mute }, "Silence 1 h") : "",
-      el("button", { class: "ghost details", onclick: () => { history.pushState(null, "", `#alert=${encodeURIComponent(a.alert_id)}`); route(); } }, "details"), label));
+      el("button", { class: "ghost details", onclick: () => go(`alert=${encodeURIComponent(a.alert_id)}`) }, "details"), label));
 }
 
 function addAlert(a, fresh) {
@@ -492,7 +495,7 @@ function route() {
 async function loadIncidents() {
   const incs = await api("/incidents?limit=20");
   $("incidents").replaceChildren(...(incs.length ? incs.map((i) => el("li", { dataset: { incidentId: i.incident_id },
-    onclick: () => { history.pushState(null, "", `#incident=${encodeURIComponent(i.incident_id)}`); route(); } },
+    onclick: () => go(`incident=${encodeURIComponent(i.incident_id)}`) },
     el("span", { class: `sev-${i.severity}` }, i.severity), " ", el("b", {}, i.host), ` · ${i.state} · `,
     `${i.alert_count} alert${i.alert_count > 1 ? "s" : ""} since ${fmtTime(i.started_at)} · root: `,
     el("b", {}, i.root.metric), i.series.length > 1 ? ` → ${i.series.slice(1).join(", ")}` : ""))
