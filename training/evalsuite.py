@@ -187,15 +187,23 @@ class _Runs:
         self.reports: dict[tuple[str, str], dict[str, Any]] = {}
 
     def run(
-        self, set_name: str, root: Path, name: str, overrides: dict, families: str = "none"
+        self,
+        set_name: str,
+        root: Path | list[Path],
+        name: str,
+        overrides: dict,
+        families: str = "none",
+        windows: Path | None = None,
     ) -> dict[str, Any]:
+        """Backtest ``root`` (NAB layout; several: their ``data`` dirs with ``windows``)."""
         key = (set_name, json.dumps(overrides, sort_keys=True, default=str), families)
         if key not in self.reports:
             safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name) or "config"
+            roots = root if isinstance(root, list) else [root]
             t0 = time.perf_counter()
             report = run_backtest(
-                [root / "data"],
-                root / "windows.json",
+                [r / "data" for r in roots],
+                windows or roots[0] / "windows.json",
                 self.out_dir / "runs" / set_name / safe,
                 BacktestConfig(
                     detectors=dict(overrides), progress=False, write_csv=False, families=families
@@ -398,6 +406,8 @@ def run_eval(
             result["loko"] = _loko(runs, nab_dir, candidates(configs))
     for name, root in roots.items():
         result[name] = _set_figures(runs.run(name, root, "default", {}))
+    if nab_dir is not None and "loko" in sets and "synthetic" in roots:
+        result["pooled"] = _set_figures(_pooled_run(runs, out_dir, nab_dir, roots["synthetic"]))
     if "simulator" in roots:  # cold start: a metric's other hosts as the population, or none
         with_prior = runs.run("simulator", roots["simulator"], "population", {}, "folder")
         result["first_day"] = {
@@ -422,6 +432,23 @@ def run_eval(
     result["runtime_s"] = round(time.perf_counter() - t0, 1)
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
+
+
+def _pooled_run(runs: _Runs, out_dir: Path, nab_dir: Path, synthetic: Path) -> dict[str, Any]:
+    """nab-dev and the synthetic corpus backtested as one set: one NAB threshold for both, as a
+    benchmark of many kinds is scored (a configuration that needs a different threshold per
+    kind loses here what per-set thresholds hide)."""
+    windows: dict[str, Any] = {}
+    for root in (nab_dir, synthetic):
+        w = json.loads((root / "windows.json").read_text())
+        clash = set(w) & set(windows)
+        if clash:
+            raise ValueError(f"{root}: series also in nab-dev: {sorted(clash)[:3]}")
+        windows.update(w)
+    path = out_dir / "sets" / "pooled-windows.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(windows))
+    return runs.run("pooled", [nab_dir, synthetic], "default", {}, windows=path)
 
 
 def _brief(ev: dict[str, Any]) -> dict[str, Any]:
@@ -485,6 +512,8 @@ def print_eval(result: dict[str, Any], console: Any = None) -> None:
     summary = [(n, result[n]) for n in ("synthetic", "simulator") if n in result]
     if lk:
         summary.insert(0, ("nab-dev (in-sample)", lk["default"]["in_sample"]))
+    if "pooled" in result:
+        summary.append(("nab-dev + synthetic, one threshold", result["pooled"]))
     if summary:
         t = Table(title="Sets, default configuration (NAB threshold optimised per set and profile)")
         for c in ("set", "series", "windows", *_SHORT.values(), "P", "R", "F1", "ROC AUC",

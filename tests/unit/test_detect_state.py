@@ -89,14 +89,14 @@ def test_a_version_1_checkpoint_restores_its_open_and_pending_alerts_and_continu
     assert {a.rule for a in alerts} >= {"anomaly:ensemble", "threshold:cpu_load"}
     # and the windows an uninterrupted run scores after the cut, with the detector settings the
     # checkpoint carries (written before the score cooldown moved to the alert layer and before
-    # the host correlation component and the seasonal cap)
+    # the host correlation component, the seasonal cap and the calibration floor of 0.02)
     assert ps.ensemble.cooldown == 100
     fresh = DetectStage(
         RuleSet.from_toml(META["rules"]),
         window_s=60.0,
         lateness_s=30.0,
         ensemble_factory=lambda: default_ensemble(
-            cooldown=100, components=("seasonal", "ewma_slow"), seasonal_cap=0.0
+            cooldown=100, components=("seasonal", "ewma_slow"), seasonal_cap=0.0, calib_floor=0.05
         ),
     )
     run(fresh, batches, 0, CUT, flush=False)

@@ -11,7 +11,7 @@ import pytest
 
 from models.presets import DEFAULTS
 from training.backtest import BacktestConfig, run_backtest
-from training.evalsuite import SETS, loko_select, run_eval, write_simulated
+from training.evalsuite import SETS, _pooled_run, _Runs, loko_select, run_eval, write_simulated
 from training.evaluate import PROFILES, LabelledSeries, auc_scores, evaluate, load_windows
 
 TS = pd.date_range("2024-01-01", periods=400, freq="5min").to_numpy()
@@ -133,6 +133,21 @@ def test_run_eval_loko_on_a_tiny_nab_dir(tmp_path, tiny_nab):
     assert {f["candidate"] for f in d["loko"]["folds"]} == {"default"}
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["loko"]["folds_kinds"] == lk["folds_kinds"]
+
+
+def test_nab_dir_and_synthetic_are_also_scored_as_one_set_at_one_threshold(tmp_path, tiny_nab):
+    res = run_eval(tiny_nab, tmp_path, configs={"default": {}}, sets=("loko", "synthetic"),
+                   quick=True)  # fmt: skip
+    nab, syn, pooled = res["loko"]["default"]["in_sample"], res["synthetic"], res["pooled"]
+    assert pooled["series"] == nab["series"] + syn["series"]
+    assert pooled["windows"] == nab["windows"] + syn["windows"]
+    # every labelled window of both counts once, found or missed, at the one threshold
+    assert pooled["events"]["tp"] + pooled["events"]["fn"] == pooled["windows"]
+    assert set(pooled["per_kind"]) >= {"alpha", "machineSensors"}
+    assert json.loads((tmp_path / "eval.json").read_text())["pooled"]["series"] == pooled["series"]
+    # a series in both sets is refused, not silently overwritten
+    with pytest.raises(ValueError, match="also in nab-dev"):
+        _pooled_run(_Runs(tmp_path / "x"), tmp_path / "x", tiny_nab, tiny_nab)
 
 
 def test_run_eval_quick_sets_and_ablation(tmp_path):

@@ -62,7 +62,10 @@ def test_replay_arms_differ_only_by_the_batch_model_and_figures_are_per_part():
             return np.full(len(X["series"]), 0.99)
 
     loud = replay(ev, Loud(), "9")
-    assert np.array_equal(base.end, loud.end) and loud.opened.sum() >= base.opened.sum()
+    assert np.array_equal(base.end, loud.end)
+    # every series opens an alert under the loud model (which then stays open, so the count of
+    # openings says nothing against the base arm's)
+    assert set(loud.host[loud.opened]) == {"h0", "h1"}
     assert (loud.score >= 0.99 - 1e-9).all() and loud.latency_ms_per_10k() is not None
     s = split_time(ev)
     m_in = arm_metrics(loud, (ev.ts[0], s), {}, window_s=60.0)
