@@ -370,6 +370,7 @@ def create_app(
         notify,
         registry,
         series,
+        standards,
     )
 
     app.include_router(health.router)
@@ -384,6 +385,7 @@ def create_app(
         inventory,
         registry,
         ingest,
+        standards,
     ):
         app.include_router(mod.router, responses=ERROR_RESPONSES)
     app.mount("/", Dashboard(app), name="dashboard")

@@ -80,6 +80,25 @@ class ServingSettings(BaseSettings):
         "past it the request answers 503 with Retry-After, and while the database is away every "
         "request needing it answers 503 at once.",
     )
+    ingest_max_decompressed_bytes: int = Field(
+        default=16_000_000,
+        ge=1,
+        description="Largest OTLP / remote-write body after gzip or snappy decompression "
+        "(413 above).",
+    )
+    ingest_max_points: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most data points (samples) one OTLP / remote-write request may carry "
+        "(413 above; senders split their batches).",
+    )
+    ingest_max_inflight: int = Field(
+        default=4,
+        ge=1,
+        description="Ingest requests (POST /ingest, /v1/metrics, /api/v1/write) an API process "
+        "works on or queues at once; one more answers 503 with Retry-After, so senders back "
+        "off and retry instead of losing data.",
+    )
     incident_gap_s: float = Field(
         default=900.0,
         gt=0,

@@ -11,7 +11,8 @@
         ├── Conflict       409  the resource exists already (a channel of that name)
         ├── TooLarge       413  request body above ``max_request_bytes``
         ├── UnsupportedMedia 415  a body that is not ``application/json``
-        └── RateLimited    429  the key exceeded its request rate (``Retry-After`` says when)
+        ├── RateLimited    429  the key exceeded its request rate (``Retry-After`` says when)
+        └── Overloaded     503  too many ingest requests at once (``Retry-After`` says when)
 
 Besides the tree, these exceptions are mapped (:data:`STATUS`; :func:`install` registers the
 handlers):
@@ -81,6 +82,17 @@ class RateLimited(ApiError):
         self.retry_after = retry_after
 
 
+class Overloaded(ApiError):
+    """The process works on as many ingest requests as it may; retry in ``retry_after`` s."""
+
+    def __init__(self, retry_after: float = 1.0) -> None:
+        super().__init__(f"ingest is busy; retry in {max(1, round(retry_after))} s")
+        self.retry_after = retry_after
+
+
+#: ``Retry-After`` of a 503 for a service (Kafka, PostgreSQL) that is away
+SERVICE_RETRY_AFTER_S = 5
+
 #: exception class -> HTTP status (first match in MRO order wins)
 STATUS: dict[type[Exception], int] = {
     NotFound: 404,
@@ -91,6 +103,7 @@ STATUS: dict[type[Exception], int] = {
     TooLarge: 413,
     UnsupportedMedia: 415,
     RateLimited: 429,
+    Overloaded: 503,
     ServiceError: 503,
     ConfigError: 500,
     psycopg.DataError: 400,
@@ -153,8 +166,10 @@ def _message(exc: Exception) -> str:
 def response_for(exc: Exception) -> Response:
     status = status_of(exc)
     headers = {}
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited | Overloaded):
         headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.5)))
+    elif status == 503:  # Kafka or PostgreSQL away: senders retry later
+        headers["Retry-After"] = str(SERVICE_RETRY_AFTER_S)
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return error_response(status, _message(exc), headers)

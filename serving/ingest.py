@@ -38,10 +38,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from serving.deps import IngestKey, SettingsDep
-from serving.errors import ErrorBody, Forbidden, UnsupportedMedia, invalid, printable
+from serving.errors import ErrorBody, Forbidden, Overloaded, UnsupportedMedia, invalid, printable
 
 router = APIRouter(tags=["ingest"])
 _lock = threading.Lock()
+_feed_lock = threading.Lock()  # batches of the embedded pipeline, one at a time
 MAX_EVENTS = 10_000
 MAX_REJECTED = 100
 _DECODER = json.JSONDecoder()  # strict: raw control characters inside strings are refused
@@ -101,6 +102,20 @@ RESPONSES = {
         },
     },
 }
+
+
+async def guarded(request: Request, fn, *args):
+    """Run ``fn`` in a thread unless the process already has ``EVENTOPS_INGEST_MAX_INFLIGHT``
+    ingest requests in hand (then 503 with Retry-After: the sender backs off and retries)."""
+    app = request.app
+    busy = getattr(app.state, "ingest_inflight", 0)
+    if busy >= app.state.serving.ingest_max_inflight:
+        raise Overloaded(1.0)
+    app.state.ingest_inflight = busy + 1
+    try:
+        return await asyncio.to_thread(fn, *args)
+    finally:
+        app.state.ingest_inflight -= 1
 
 
 def split_events(body: bytes, tenant: str) -> tuple[list[bytes], list[bytes]]:
@@ -163,21 +178,23 @@ def split_events(body: bytes, tenant: str) -> tuple[list[bytes], list[bytes]]:
     return raws, keys
 
 
-def _send_kafka(app, settings, raws: list[bytes], keys: list[bytes]) -> None:
+def kafka_producer(app, settings):
+    """The API process' producer for ingest (made on first use)."""
     from pipeline import kafka as kq
 
     with _lock:
         p = getattr(app.state, "ingest_producer", None)
         if p is None:
             p = app.state.ingest_producer = kq.producer(settings)
-    kq.produce_all(p, settings.topic_raw, raws, keys)
-    kq.flush(p, timeout=30)
+    return p
 
 
-def _send_embedded(app, settings, raws: list[bytes]) -> Accepted:
+def embedded_pipeline(app, settings):
+    """``(pipeline, lock)``: the API's own embedded pipeline (made on first use) and the lock
+    its batches take turns on (one connection, one stage state)."""
     from pipeline.embedded import EmbeddedPipeline
 
-    with _lock:  # one pipeline (one connection, stage state): batches go through one at a time
+    with _lock:
         pipe = getattr(app.state, "ingest_pipeline", None)
         if pipe is None:
             # events without an event_id get "<source>:0:<n>": the source must be new per process,
@@ -186,6 +203,20 @@ def _send_embedded(app, settings, raws: list[bytes]) -> Accepted:
             pipe = app.state.ingest_pipeline = EmbeddedPipeline(
                 settings, app.state.bus, source=source
             ).start_idle_close()  # closed at shutdown (serving.app)
+    return pipe, _feed_lock
+
+
+def _send_kafka(app, settings, raws: list[bytes], keys: list[bytes]) -> None:
+    from pipeline import kafka as kq
+
+    p = kafka_producer(app, settings)
+    kq.produce_all(p, settings.topic_raw, raws, keys)
+    kq.flush(p, timeout=30)
+
+
+def _send_embedded(app, settings, raws: list[bytes]) -> Accepted:
+    pipe, lock = embedded_pipeline(app, settings)
+    with lock:
         base = getattr(pipe, "_seq", None)  # the offset the pipeline gives this batch's first event
         stored, dead, _ = pipe.feed(raws)
     reasons = Counter(d.reason for d in dead)
@@ -223,9 +254,9 @@ async def ingest(request: Request, key: IngestKey, settings: SettingsDep) -> Acc
             return Accepted(
                 accepted=0, mode="embedded", stored=0, dead_lettered=0, detail="no events"
             )
-        return await asyncio.to_thread(_send_embedded, app, settings, raws)
+        return await guarded(request, _send_embedded, app, settings, raws)
     if raws:
-        await asyncio.to_thread(_send_kafka, app, settings, raws, keys)
+        await guarded(request, _send_kafka, app, settings, raws, keys)
     return Accepted(
         accepted=len(raws),
         mode="kafka",
