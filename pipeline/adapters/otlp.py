@@ -59,6 +59,8 @@ class BadRequest(ValueError):
 def decode(body: bytes, json: bool) -> ExportMetricsServiceRequest:
     """The request from its protobuf or OTLP/JSON encoding; :class:`BadRequest` if it is not."""
     req = ExportMetricsServiceRequest()
+    if json and not body.lstrip()[:1] == b"{":
+        raise BadRequest("the body is not an OTLP/JSON ExportMetricsServiceRequest: not an object")
     try:
         if json:
             json_format.Parse(body, req, ignore_unknown_fields=True)
