@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import httpx
 import pytest
@@ -243,3 +244,43 @@ def test_request_metrics_label_the_route_template_never_the_raw_path():
 def test_request_metrics_bound_the_method_label(method):
     _call((method, "/series/a/b/scores"))
     assert 'method="BREW"' not in telemetry.exposition()[0].decode()
+
+
+def _gauge(name: str, **labels) -> float | None:
+    fams = _families(telemetry.exposition()[0])
+    return _value(fams, name, name, **labels)
+
+
+def test_champion_version_is_the_model_detect_picked_up_per_tenant():
+    import numpy as np
+
+    from core.settings import REPO_ROOT as ROOT
+    from models.rules import RulesFile
+    from pipeline.simulate import Simulator
+    from pipeline.stages.detect.stage import DetectStage
+    from pipeline.stages.normalize import NormalizeConfig, Normalizer
+
+    class Zero:
+        def score_many(self, X):
+            return np.zeros(len(X["series"]))
+
+    tenant = f"tc{os.getpid()}"
+    table: dict = {tenant: ("3", Zero())}
+    det = DetectStage(
+        RulesFile(ROOT / "pipeline" / "rules.default.toml").rules, model=lambda: table
+    )
+    sim = Simulator(hosts=1, tenant=tenant, seed=1, interval=10.0, start=time.time() - 1200)
+    norm = Normalizer(NormalizeConfig())
+    ticks = list(sim.events(ticks=60))
+
+    def feed(part: list) -> None:
+        raws = [r for evs in part for r in evs]
+        batch, dead = norm(raws, "raw", [0] * len(raws), range(len(raws)))
+        assert not dead
+        det(batch)
+
+    feed(ticks[:30])
+    assert _gauge("eventops_champion_version", tenant=tenant) == 3
+    table.clear()  # the champion archived: the default ensemble alone
+    feed(ticks[30:])
+    assert _gauge("eventops_champion_version", tenant=tenant) == 0
