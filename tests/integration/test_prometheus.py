@@ -192,3 +192,32 @@ def test_prometheus_scrapes_health_and_the_callers_scores(settings, conn, promet
         assert len(mine_t) == 2 and all(t["health"] == "up" for t in mine_t), mine_t
     finally:
         api.stop()
+
+
+def test_sse_clients_are_counted_while_connected(settings, conn, tenant):
+    key = make_key(conn, tenant)
+    api = Api(settings, bus=Bus())
+
+    def clients() -> float:
+        body = httpx.get(f"{api.url}/prometheus/metrics", timeout=10).text
+        return sum(s.value for s in _samples(body, "eventops_sse_clients"))
+
+    try:
+        base = clients()
+        with httpx.Client(timeout=10) as c:
+            streams = [
+                c.stream("GET", f"{api.url}/alerts/stream?key={key}"),
+                c.stream("GET", f"{api.url}/alerts/stream", headers=hdr(key)),
+            ]
+            frames = []  # kept: a dropped iterator closes its response (a disconnect)
+            for st in streams:
+                r = st.__enter__()
+                assert r.status_code == 200
+                frames.append(r.iter_bytes())
+                assert b"connected" in next(frames[-1])  # the stream runs: its first frame
+            wait_for(lambda: clients() == base + 2, 10, 0.1, "2 SSE clients counted")
+            for st in streams:
+                st.__exit__(None, None, None)
+        wait_for(lambda: clients() == base, 30, 0.2, "the SSE clients gone from the gauge")
+    finally:
+        api.stop()
