@@ -362,7 +362,11 @@ def api(
     ] = 5,
 ) -> None:
     """Serve the HTTP API (alerts from the Kafka alert topic)."""
+    from core.logs import configure
     from serving.serve import ServeOptions, serve
+
+    if log_format.strip().lower() == "json":  # `eventops api --log-format json`: the CLI's too
+        configure(logging.getLogger().getEffectiveLevel(), "json", force=True)
 
     s = _settings()
     raise typer.Exit(

@@ -100,11 +100,12 @@ def check_format(fmt: str) -> str:
     return f
 
 
-def configure(level: int, fmt: str = "text") -> None:
-    """The root logger of a command: one stderr handler in ``fmt``, secrets redacted."""
+def configure(level: int, fmt: str = "text", force: bool = False) -> None:
+    """The root logger of a command: one stderr handler in ``fmt``, secrets redacted
+    (``force``: replacing the handlers it has)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if check_format(fmt) == "json" else logging.Formatter(TEXT_FORMAT)
     )
     handler.addFilter(RedactSecrets())
-    logging.basicConfig(level=level, handlers=[handler])
+    logging.basicConfig(level=level, handlers=[handler], force=force)
