@@ -33,9 +33,10 @@ EventOps setting; ``serving/serve.py`` sets it for its API workers before they s
 :func:`exposition` then merges the files of every process (:class:`MultiProcessCollector`):
 counters and histograms are summed, each gauge is merged by its ``multiprocess_mode``
 (``livesum`` for the SSE clients: the processes' clients added up, a dead process's dropped;
-``livemostrecent`` for per-partition gauges: the last writer wins, so a partition moved to
-another worker shows its new owner's value; ``max`` for versions and build info). Without the
-variable the default registry of this process is exposed.
+``livemostrecent`` for the per-partition gauges and the champion version: the last writer
+wins, so a partition moved to another worker shows its new owner's value and a rolled-back
+champion its older version; ``max`` for the build info). Without the variable the default
+registry of this process is exposed.
 
 >>> body, ctype = exposition()
 >>> ctype.startswith("text/plain") and b"eventops_build_info{" in body
@@ -127,7 +128,7 @@ CHAMPION_VERSION = Gauge(
     "eventops_champion_version",
     "Registry version of the tenant's champion model scoring its windows; 0 = default ensemble.",
     ["tenant"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemostrecent",
 )
 SSE_CLIENTS = Gauge(
     "eventops_sse_clients",
