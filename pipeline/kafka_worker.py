@@ -53,7 +53,7 @@ from pipeline.stageset import StageSet
 from registry.tags import CHALLENGER
 from registry.watcher import start_watcher
 from storage.alerts import load_open_alerts
-from storage.checkpoints import Checkpoint, load_checkpoints, save_checkpoints
+from storage.checkpoints import Checkpoint, checkpoint_ages, load_checkpoints, save_checkpoints
 from storage.connect import connect
 from storage.partitions import Maintainer, PartitionPolicy, Partitions
 from storage.sink import Sink
@@ -218,9 +218,13 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             return
         # the checkpoints are needed before the first record: during a PostgreSQL outage this
         # waits (inside the callback, so without polling; librdkafka keeps the heartbeats going)
-        cps = self._retry_pg(
+        group, topic = self.group, self.inputs[0]
+        cps, ages = self._retry_pg(
             "checkpoint restore",
-            lambda: load_checkpoints(self.conn, self.group, self.inputs[0]),
+            lambda: (
+                load_checkpoints(self.conn, group, topic),
+                checkpoint_ages(self.conn, group, topic),  # eventops_checkpoint_age_seconds
+            ),
             self._reconnect_ref,
             pause=False,
         )
@@ -236,6 +240,8 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             if cp:
                 tp.offset = cp[0]
                 self._with_cp.add(tp.partition)
+                if tp.partition in ages:
+                    self._cp_saved[tp.partition] = time.time() - ages[tp.partition]
                 self._restored[tp.partition] = cp[0]
                 log.info(
                     "%s[%d]: detect state restored, resuming at offset %d",

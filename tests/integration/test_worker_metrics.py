@@ -42,7 +42,7 @@ def test_worker_exposes_what_it_did(settings, tenant, start_worker):
     p = kq.producer(s)
     kq.produce_all(p, s.topic_raw, [b"{not json", b"[1]"], [b"k", b"k"])
     kq.flush(p)
-    start_worker(CHAIN, s)
+    first = start_worker(CHAIN, s)
     url = f"http://127.0.0.1:{port}/metrics"
 
     def scraped() -> list:
@@ -81,3 +81,22 @@ def test_worker_exposes_what_it_did(settings, tenant, start_worker):
     ages = [x.value for x in got if x.name == "eventops_checkpoint_age_seconds"]
     assert ages and all(0 <= a < 60 for a in ages)
     assert _value(got, "eventops_champion_version", tenant=tenant) == 0  # the ensemble alone
+
+    # a restarted worker knows the age of the checkpoints it restored (before it writes one)
+    first.stop()
+    gone = _samples(telemetry.exposition()[0].decode())
+    assert not [x for x in gone if x.name == "eventops_checkpoint_age_seconds"]  # revoked
+    assert not [x for x in gone if x.name == "eventops_consumer_lag"
+                and x.labels["topic"] == s.topic_raw]  # fmt: skip
+    port2 = _free_port()
+    start_worker(CHAIN, s.model_copy(update={"worker_health_port": port2}))
+
+    def restored() -> list:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port2}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return []
+        return [x.value for x in _samples(text) if x.name == "eventops_checkpoint_age_seconds"]
+
+    again = wait_for(restored, 60, 0.3, "the restored checkpoints' age")
+    assert all(0 <= a < 120 for a in again) and len(again) == len(ages)
