@@ -39,6 +39,8 @@ apt:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-node-exporter >/dev/null || missing="$$missing prometheus-node-exporter"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -99,6 +101,7 @@ test-unit: venv
 GROWTH_ROWS ?= 50000000
 bench: services-up
 	$(BIN)/python -m benchmarks.bench_e2e
+	$(BIN)/python -m benchmarks.bench_remote_write
 	$(BIN)/python -m benchmarks.bench_detect
 	$(BIN)/python -m benchmarks.bench_train
 	$(BIN)/python -m benchmarks.bench_api

@@ -44,9 +44,15 @@ def _settings() -> Settings:
 _TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-def _setup_logging(level: str = "INFO") -> None:
+def _setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    from core.logs import check_format, configure
+
     lvl = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(level=lvl, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        fmt = check_format(fmt)
+    except ValueError as e:
+        raise BadArgument(str(e)) from None
+    configure(lvl, fmt)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # librdkafka's own lines (a refused connection is logged every few ms): the commands report
     # Kafka failures themselves; DEBUG shows them
@@ -91,6 +97,9 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     log_level: Annotated[str, typer.Option(envvar="EVENTOPS_LOG_LEVEL")] = "INFO",
+    log_format: Annotated[
+        str, typer.Option(envvar="EVENTOPS_LOG_FORMAT", help="text, or json: one object a line")
+    ] = "text",
     version: Annotated[
         bool,
         typer.Option(
@@ -98,7 +107,7 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
 
 
 # --- db / topics / tenants / inventory ---------------------------------------------------------
@@ -344,13 +353,20 @@ def api(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
+    log_format: Annotated[
+        str, typer.Option(envvar="EVENTOPS_LOG_FORMAT", help="text, or json: one object a line")
+    ] = "text",
     access_log: Annotated[bool, typer.Option()] = True,
     timeout_keep_alive: Annotated[
         int, typer.Option(help="seconds an idle keep-alive connection stays open")
     ] = 5,
 ) -> None:
     """Serve the HTTP API (alerts from the Kafka alert topic)."""
+    from core.logs import configure
     from serving.serve import ServeOptions, serve
+
+    if log_format.strip().lower() == "json":  # `eventops api --log-format json`: the CLI's too
+        configure(logging.getLogger().getEffectiveLevel(), "json", force=True)
 
     s = _settings()
     raise typer.Exit(
@@ -360,6 +376,7 @@ def api(
                 port=port or s.api_port,
                 workers=workers or s.api_workers,
                 log_level=log_level,
+                log_format=log_format,
                 access_log=access_log,
                 timeout_keep_alive=timeout_keep_alive,
             )

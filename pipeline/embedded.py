@@ -18,12 +18,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from core.batch import DeadLetter, MetricBatch
 from core.records import AlertEvent
 from core.settings import Settings
+from core.telemetry import count_events, timed
 from pipeline.chain import STAGES, Records, StageFailure, StageOutput, parse_chain
 from pipeline.health import Stats
 from pipeline.isolation import DetectHistory, run_isolated
@@ -168,7 +170,10 @@ class EmbeddedPipeline:
         self.sink.ensure_partitions(
             batch, out.windows
         )  # DDL, if any, outside the batch's transaction
-        with self.sink.conn.transaction():  # the sink's: rows and dead letters stored together
+        with (
+            timed("sink"),
+            self.sink.conn.transaction(),  # the sink's: rows and dead letters stored together
+        ):
             if dead:
                 self.sink.write_dead_letters(dead)
             stored, stored_alerts = self.sink.write(batch, alerts, out.windows)
@@ -190,6 +195,7 @@ class EmbeddedPipeline:
         st.stored += stored
         st.dead += len(dead)
         st.alerts += len(stored_alerts)
+        count_events("embedded", len(raws), stored, Counter(d.reason for d in dead))
         return stored, dead, stored_alerts
 
     def tick(self, now: float | None = None) -> tuple[int, list[AlertEvent]]:

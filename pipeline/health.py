@@ -21,6 +21,7 @@ daemon thread, stdlib only::
     GET /readyz   200 {"status": "ok", "checks": {"postgres": "ok", "kafka": "ok"}}
                   503 {"status": "degraded", "checks": {"postgres": "degraded: …", …},
                        "degraded_for_s": 12.3}  or  {"status": "starting", …}
+    GET /metrics  200 the Prometheus text exposition of the process (:mod:`core.telemetry`)
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from core.telemetry import exposition
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +184,8 @@ class Health:
 
 
 class HealthServer:
-    """``/healthz`` and ``/readyz`` of a :class:`Health` over HTTP, in a daemon thread."""
+    """``/healthz`` and ``/readyz`` of a :class:`Health` and ``/metrics`` over HTTP, in a
+    daemon thread."""
 
     def __init__(self, health: Health, host: str, port: int) -> None:
         hl = health
@@ -189,6 +193,9 @@ class HealthServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    data, ctype = exposition()
+                    return self._send(200, data, ctype)
                 if path == "/healthz":
                     body = hl.liveness()
                     code = 200 if body["status"] == "ok" else 503
@@ -196,10 +203,12 @@ class HealthServer:
                     body = hl.readiness()
                     code = 200 if body["status"] == OK else 503
                 else:
-                    body, code = {"detail": "not found; try /healthz or /readyz"}, 404
-                data = json.dumps(body).encode()
+                    body, code = {"detail": "not found; try /healthz, /readyz or /metrics"}, 404
+                self._send(code, json.dumps(body).encode(), "application/json")
+
+            def _send(self, code: int, data: bytes, ctype: str) -> None:
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
@@ -216,7 +225,7 @@ class HealthServer:
     def start(self) -> HealthServer:
         self.thread.start()
         log.info(
-            "health endpoints on http://%s:%d/healthz and /readyz",
+            "health endpoints on http://%s:%d/healthz, /readyz and /metrics",
             self.httpd.server_address[0],
             self.port,
         )

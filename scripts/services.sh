@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Local backing services for EventOps: a private PostgreSQL cluster, a single-node Apache
-# Kafka 4.x broker (KRaft, broker+controller in one JVM) and a Prometheus Alertmanager (Debian's
-# prometheus-alertmanager, no clustering). Loopback only; all state lives in one directory.
+# Kafka 4.x broker (KRaft, broker+controller in one JVM), a Prometheus Alertmanager (Debian's
+# prometheus-alertmanager, no clustering) and a Prometheus server (Debian's prometheus).
+# Loopback only; all state lives in one directory.
 # Mirrors what docker-compose.yml runs (there: postgres:16 + Redpanda + Alertmanager).
 #
 # Usage: scripts/services.sh {up|down|status|pg-up|pg-down|kafka-up|kafka-down|am-up|am-down|
-#                             reset|env|logs}
+#                             prom-up|prom-down|reset|env|logs}
 #
-#   up          start PostgreSQL, Kafka and Alertmanager (idempotent; fast when they already
-#               run; recovers from stale pid files / postmaster.pid after a crash)
-#   down        stop Alertmanager, Kafka (SIGTERM, then SIGKILL after a grace period) and
-#               PostgreSQL (pg_ctl stop -m fast)
+#   up          start PostgreSQL, Kafka, Alertmanager and Prometheus (idempotent; fast when they
+#               already run; recovers from stale pid files / postmaster.pid after a crash)
+#   down        stop Prometheus, Alertmanager, Kafka (SIGTERM, then SIGKILL after a grace
+#               period) and PostgreSQL (pg_ctl stop -m fast)
 #   status      print what is up; exit 0 only if all are up
-#   pg-up | pg-down | kafka-up | kafka-down | am-up | am-down    one service only
+#   pg-up | pg-down | kafka-up | kafka-down | am-up | am-down | prom-up | prom-down
+#               one service only
 #   reset       down + delete the whole state directory (data, logs, downloaded jars)
 #   env         print `export …` lines for the EventOps settings that point at these services
 #   logs        print the paths of the log files
@@ -23,6 +25,7 @@
 #   EVENTOPS_KAFKA_PORT             [59092]   Kafka PLAINTEXT listener on 127.0.0.1
 #   EVENTOPS_KAFKA_CONTROLLER_PORT  [59093]   KRaft CONTROLLER listener on 127.0.0.1
 #   EVENTOPS_ALERTMANAGER_PORT      [59094]   Alertmanager's HTTP API on 127.0.0.1
+#   EVENTOPS_PROMETHEUS_PORT        [59095]   Prometheus' HTTP API and UI on 127.0.0.1
 #   EVENTOPS_KAFKA_HEAP             [1g]      broker -Xmx
 #   EVENTOPS_KAFKA_START_TIMEOUT    [90]      seconds to wait for the broker to answer
 #   EVENTOPS_PG_START_TIMEOUT       [60]      seconds to wait for PostgreSQL
@@ -41,6 +44,9 @@
 #   <state>/kafka/logs       server.log, controller.log, state-change.log (log4j2), kafka.out
 #   <state>/kafka/server.properties, kafka.pid, cluster.id
 #   <state>/alertmanager/    alertmanager.yml, data/ (its silences, notification log), am.log
+#   <state>/prometheus/      prometheus.yml (written with no scrape jobs when absent; tests
+#                            rewrite it and POST /-/reload: --web.enable-lifecycle), data/
+#                            (the TSDB), prometheus.log, prometheus.pid
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -49,6 +55,7 @@ PG_PORT="${EVENTOPS_PG_PORT:-55432}"
 KAFKA_PORT="${EVENTOPS_KAFKA_PORT:-59092}"
 KAFKA_CPORT="${EVENTOPS_KAFKA_CONTROLLER_PORT:-59093}"
 AM_PORT="${EVENTOPS_ALERTMANAGER_PORT:-59094}"
+PROM_PORT="${EVENTOPS_PROMETHEUS_PORT:-59095}"
 KAFKA_HEAP="${EVENTOPS_KAFKA_HEAP:-1g}"
 KAFKA_START_TIMEOUT="${EVENTOPS_KAFKA_START_TIMEOUT:-90}"
 PG_START_TIMEOUT="${EVENTOPS_PG_START_TIMEOUT:-60}"
@@ -71,7 +78,7 @@ die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
-for p in "$PG_PORT" "$KAFKA_PORT" "$KAFKA_CPORT" "$AM_PORT"; do
+for p in "$PG_PORT" "$KAFKA_PORT" "$KAFKA_CPORT" "$AM_PORT" "$PROM_PORT"; do
   [[ "$p" =~ ^[0-9]+$ ]] && [ "$p" -gt 0 ] && [ "$p" -lt 65536 ] || die "invalid port: $p"
 done
 [ "$KAFKA_PORT" != "$KAFKA_CPORT" ] || die "EVENTOPS_KAFKA_PORT and EVENTOPS_KAFKA_CONTROLLER_PORT must differ"
@@ -800,9 +807,123 @@ am_status() {
 }
 
 # ----------------------------------------------------------------------------------------------
+# Prometheus
+# ----------------------------------------------------------------------------------------------
+# Debian's binary run directly (not its systemd unit, which would listen on :9090 as the
+# `prometheus` user): our own port, config and TSDB under the state directory.
+PROM_DIR="" PROM_CONF="" PROM_PID="" PROM_LOG=""
+PROM_START_TIMEOUT="${EVENTOPS_PROMETHEUS_START_TIMEOUT:-60}"
+
+prom_paths() {
+  PROM_DIR="$STATE_DIR/prometheus"
+  PROM_CONF="$PROM_DIR/prometheus.yml"
+  PROM_PID="$PROM_DIR/prometheus.pid"
+  PROM_LOG="$PROM_DIR/prometheus.log"
+}
+
+prom_bin() {
+  local b
+  for b in /usr/bin/prometheus prometheus; do
+    if command -v "$b" >/dev/null 2>&1; then command -v "$b"; return 0; fi
+  done
+  return 1
+}
+
+prom_pid() {
+  local pid=""
+  [ -f "$PROM_PID" ] && pid="$(cat "$PROM_PID" 2>/dev/null || true)"
+  if pid_alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--config.file=$PROM_CONF"; then
+    echo "$pid"
+    return 0
+  fi
+  return 1
+}
+
+prom_ready() { curl -fsS -m 2 "http://127.0.0.1:$PROM_PORT/-/ready" >/dev/null 2>&1; }
+
+prom_up() {
+  ensure_state_dir
+  prom_paths
+  local pid bin
+  if pid="$(prom_pid)" && prom_ready; then
+    log "prometheus: already up on 127.0.0.1:$PROM_PORT (pid $pid)"
+    return 0
+  fi
+  if pid="$(prom_pid)"; then # alive but not ready (still replaying its WAL?): stop and restart
+    log "prometheus: pid $pid is not ready; restarting it"
+    prom_down
+    prom_paths
+  fi
+  rm -f "$PROM_PID"
+  bin="$(prom_bin)" || { apt_install prometheus; bin="$(prom_bin)"; } || die "no prometheus binary after installing prometheus"
+  if port_open "$PROM_PORT"; then
+    die "port $PROM_PORT is taken by $(who_listens "$PROM_PORT"); set EVENTOPS_PROMETHEUS_PORT to a free port"
+  fi
+  mkdir -p "$PROM_DIR/data"
+  if [ ! -s "$PROM_CONF" ]; then
+    # no scrape jobs: tests (and you) write theirs here and POST /-/reload
+    printf '%s\n' \
+      '# Written by scripts/services.sh when absent; rewrite it and POST /-/reload.' \
+      'global:' \
+      '  scrape_interval: 15s' \
+      '  evaluation_interval: 15s' \
+      'scrape_configs: []' >"$PROM_CONF"
+  fi
+  log "prometheus: starting on 127.0.0.1:$PROM_PORT (log: $PROM_LOG)"
+  setsid nohup bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PROM_PID" \
+    "$bin" "--config.file=$PROM_CONF" "--storage.tsdb.path=$PROM_DIR/data" \
+    "--web.listen-address=127.0.0.1:$PROM_PORT" "--web.enable-lifecycle" \
+    "--storage.tsdb.retention.time=2d" "--log.level=warn" >>"$PROM_LOG" 2>&1 </dev/null 9>&- &
+  local i
+  for ((i = 0; i < 50; i++)); do [ -s "$PROM_PID" ] && break; sleep 0.05; done
+  local deadline=$(( $(date +%s) + PROM_START_TIMEOUT ))
+  until prom_ready; do
+    if ! prom_pid >/dev/null; then
+      tail_log "$PROM_LOG" 20
+      die "prometheus exited during start-up"
+    fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      tail_log "$PROM_LOG" 20
+      die "prometheus not ready on 127.0.0.1:$PROM_PORT after ${PROM_START_TIMEOUT}s"
+    fi
+    sleep 0.2
+  done
+  log "prometheus: up on 127.0.0.1:$PROM_PORT (pid $(prom_pid || echo '?'))"
+}
+
+prom_down() {
+  resolve_state_dir
+  prom_paths
+  local pid i
+  if ! pid="$(prom_pid)"; then
+    rm -f "$PROM_PID"
+    log "prometheus: not running"
+    return 0
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 300; i++)); do pid_alive "$pid" || break; sleep 0.1; done
+  if pid_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  rm -f "$PROM_PID"
+  log "prometheus: stopped"
+}
+
+prom_status() {
+  resolve_state_dir
+  prom_paths
+  local pid
+  if pid="$(prom_pid)" && prom_ready; then
+    echo "prometheus: up  127.0.0.1:$PROM_PORT  pid $pid"
+    return 0
+  fi
+  echo "prometheus: down  (127.0.0.1:$PROM_PORT)"
+  return 1
+}
+
+# ----------------------------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------------------------
 cmd_env() {
+  resolve_state_dir
   cat <<EOF
 export EVENTOPS_PG_HOST=127.0.0.1
 export EVENTOPS_PG_PORT=$PG_PORT
@@ -812,6 +933,8 @@ export EVENTOPS_PG_DATABASE=eventops
 export EVENTOPS_MLFLOW_DATABASE=mlflow
 export EVENTOPS_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 export EVENTOPS_ALERTMANAGER_URL=http://127.0.0.1:$AM_PORT
+export EVENTOPS_PROMETHEUS_URL=http://127.0.0.1:$PROM_PORT
+export EVENTOPS_PROMETHEUS_CONFIG=$STATE_DIR/prometheus/prometheus.yml
 export MLFLOW_TRACKING_URI=postgresql+psycopg://$PG_ROLE:$PG_PASSWORD@127.0.0.1:$PG_PORT/mlflow
 EOF
 }
@@ -824,10 +947,13 @@ cmd_logs() {
   echo "kafka:    $K_LOGS/server.log  $K_LOGS/controller.log  $K_OUT"
   am_paths
   echo "alertmanager: $AM_LOG"
+  prom_paths
+  echo "prometheus: $PROM_LOG"
 }
 
 cmd_reset() {
   with_lock
+  prom_down
   am_down
   kafka_down
   pg_down
@@ -852,21 +978,25 @@ main() {
       kafka_start      # the JVM boots while PostgreSQL starts
       pg_up
       am_up
+      prom_up
       kafka_wait
       log "all services up (${SECONDS}s)"
       ;;
-    down) with_lock; am_down; kafka_down; pg_down ;;
+    down) with_lock; prom_down; am_down; kafka_down; pg_down ;;
     pg-up) with_lock; pg_up ;;
     pg-down) with_lock; pg_down ;;
     kafka-up) with_lock; kafka_up ;;
     kafka-down) with_lock; kafka_down ;;
     am-up) with_lock; am_up ;;
     am-down) with_lock; am_down ;;
+    prom-up) with_lock; prom_up ;;
+    prom-down) with_lock; prom_down ;;
     status)
       local rc=0
       pg_status || rc=1
       kafka_status || rc=1
       am_status || rc=1
+      prom_status || rc=1
       return "$rc"
       ;;
     reset) cmd_reset ;;

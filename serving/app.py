@@ -309,7 +309,8 @@ def create_app(
         title="EventOps API",
         version=__version__,
         description="Anomaly scores, alerts, incidents and metrics of your telemetry, as JSON and "
-        "Server-Sent Events. Every route except health needs a per-tenant API key "
+        "Server-Sent Events. Every route except health and /prometheus/metrics needs a "
+        "per-tenant API key "
         "(`Authorization: Bearer eo_…` or `X-API-Key`).",
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
@@ -368,12 +369,14 @@ def create_app(
         inventory,
         metrics,
         notify,
+        prometheus,
         registry,
         series,
         standards,
     )
 
     app.include_router(health.router)
+    app.include_router(prometheus.router, responses=ERROR_RESPONSES)
     for mod in (
         metrics,
         series,
@@ -403,4 +406,6 @@ def create_app(
             expose_headers=["X-Next-Cursor", "Link", "Retry-After"],
             max_age=600,
         )
+    # outermost: every answer is counted, a 413 of BodyLimit or a CORS preflight included
+    app.add_middleware(prometheus.RequestMetrics)
     return app

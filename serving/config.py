@@ -105,6 +105,21 @@ class ServingSettings(BaseSettings):
         description="Alerts of a host opened within this gap form one incident.",
     )
 
+    prometheus_score_window_s: float = Field(
+        default=900.0,
+        gt=0,
+        le=7 * 86400,
+        description="GET /prometheus/scores exposes the latest score of each series whose "
+        "windows ended within this many seconds.",
+    )
+    prometheus_max_series: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="At most this many series in one GET /prometheus/scores (highest scores "
+        "first; and as many open-alert series).",
+    )
+
     def cors_list(self) -> list[str]:
         out = [o.strip() for o in self.cors_origins.split(",") if o.strip()]
         if "*" in out:

@@ -22,6 +22,10 @@ many were queued — validation happens in the normalize worker, which dead-lett
 to the DLQ topic. Embedded mode: the API's own pipeline processes the batch before answering,
 and the answer (202) counts what was stored and what was dead-lettered, per reason, with the
 first :data:`MAX_REJECTED` dead letters (index into the request, reason, detail).
+
+Every event taken is counted in ``eventops_ingest_points_total{protocol="json",outcome}``:
+``queued`` (Kafka mode), ``stored``, ``dead_lettered`` or ``skipped`` (embedded mode; skipped:
+an event id already stored for that very event, a replay written once).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from core.telemetry import INGEST_POINTS
 from serving.deps import IngestKey, SettingsDep
 from serving.errors import ErrorBody, Forbidden, Overloaded, UnsupportedMedia, invalid, printable
 
@@ -219,6 +224,10 @@ def _send_embedded(app, settings, raws: list[bytes]) -> Accepted:
     with lock:
         base = getattr(pipe, "_seq", None)  # the offset the pipeline gives this batch's first event
         stored, dead, _ = pipe.feed(raws)
+    points = INGEST_POINTS
+    points.labels("json", "stored").inc(stored)
+    points.labels("json", "dead_lettered").inc(len(dead))
+    points.labels("json", "skipped").inc(max(0, len(raws) - stored - len(dead)))
     reasons = Counter(d.reason for d in dead)
     rejected = []
     for d in dead[:MAX_REJECTED]:
@@ -257,6 +266,7 @@ async def ingest(request: Request, key: IngestKey, settings: SettingsDep) -> Acc
         return await guarded(request, _send_embedded, app, settings, raws)
     if raws:
         await guarded(request, _send_kafka, app, settings, raws, keys)
+        INGEST_POINTS.labels("json", "queued").inc(len(raws))
     return Accepted(
         accepted=len(raws),
         mode="kafka",

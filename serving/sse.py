@@ -36,20 +36,26 @@ Score stream: each client polls ``scores`` by primary key for windows newer than
 (``id:`` = window start in epoch milliseconds), with the same key and outage rules. Polling
 works the same in embedded and Kafka mode and resumes the same way; one indexed query per
 client per ``score_poll_s``.
+
+Both streams count themselves in ``eventops_sse_clients`` (:func:`counted`) from their first
+frame until they end, whichever way (the client gone, revoked, the database away).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
 from fastapi import Request
 
+from core.telemetry import SSE_CLIENTS
 from serving.auth import KeyStore, Principal
 from serving.broadcast import DB_DOWN, DB_TIMEOUT_S, Broadcaster, read_page
 from serving.errors import Unauthorized
@@ -102,6 +108,22 @@ def stream_conf(settings, serving) -> StreamConf:
     )
 
 
+def counted(stream: Callable[..., AsyncIterator[bytes]]) -> Callable[..., AsyncIterator[bytes]]:
+    """The stream body ``stream`` counted in ``eventops_sse_clients`` while it runs."""
+
+    @functools.wraps(stream)
+    async def body(*args, **kwargs) -> AsyncIterator[bytes]:
+        SSE_CLIENTS.inc()
+        try:
+            async with aclosing(stream(*args, **kwargs)) as frames:  # its finally runs first
+                async for chunk in frames:
+                    yield chunk
+        finally:
+            SSE_CLIENTS.dec()
+
+    return body
+
+
 class _Guard:
     """Key re-checks and the outage clock of one stream."""
 
@@ -134,6 +156,7 @@ class _Guard:
         return False
 
 
+@counted
 async def alert_stream(
     request: Request,
     pool,
@@ -255,6 +278,7 @@ def epoch_ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
+@counted
 async def score_stream(
     request: Request,
     pool,

@@ -40,6 +40,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from core.batch import DeadLetter
+from core.telemetry import INGEST_POINTS
 from serving.deps import IngestKey, SettingsDep
 from serving.errors import Overloaded, ServiceError, TooLarge, printable
 from serving.ingest import embedded_pipeline, guarded, kafka_producer
@@ -73,6 +74,15 @@ class Outcome:
 
     def reasons(self) -> dict[str, int]:
         return dict(Counter(d.reason.value for d in self.dead))
+
+    def count(self, protocol: str, skipped: int) -> None:
+        """Into ``eventops_ingest_points_total{protocol,outcome}``."""
+        if self.stored is not None:
+            INGEST_POINTS.labels(protocol, "stored").inc(self.stored)
+        if self.queued is not None:
+            INGEST_POINTS.labels(protocol, "queued").inc(self.queued)
+        INGEST_POINTS.labels(protocol, "dead_lettered").inc(len(self.dead))
+        INGEST_POINTS.labels(protocol, "skipped").inc(skipped)
 
     def summary(self) -> str:
         return ", ".join(f"{n} {r}" for r, n in sorted(self.reasons().items()))
@@ -232,6 +242,7 @@ async def otlp_metrics(request: Request, key: IngestKey, settings: SettingsDep) 
         out = await guarded(request, deliver, request.app, settings, raws, keys, "api:otlp")
     except (Overloaded, ServiceError) as e:
         return _otlp_error(503, str(e), as_json, retry_after=getattr(e, "retry_after", 5))
+    out.count("otlp", points.skipped)
     body = otlp.response(
         len(out.dead), f"dead-lettered: {out.summary()}" if out.dead else "", as_json
     )
@@ -289,6 +300,7 @@ async def remote_write(request: Request, key: IngestKey, settings: SettingsDep):
     _count_points(serving.ingest_max_points, len(points))
     raws, keys = points.encode(tenant)
     out = await guarded(request, deliver, request.app, settings, raws, keys, "api:remote_write")
+    out.count("remote_write", points.skipped)
     return Written(
         accepted=len(points) + points.skipped,
         skipped=points.skipped,

@@ -183,3 +183,25 @@ async def head_seq(conn: AsyncConnection, tenant: str) -> int:
         "SELECT coalesce(max(seq), 0) FROM alert_events WHERE tenant_id = %s", (tenant,)
     )
     return (await cur.fetchone())[0]
+
+
+async def open_alert_labels(conn: AsyncConnection, tenant: str, limit: int) -> list[tuple]:
+    """``(host, metric, severity, rule)`` of the tenant's open alerts, each once, at most
+    ``limit`` (critical first), for the Prometheus exposition."""
+    cur = await conn.execute(
+        "SELECT host, metric, severity, rule FROM alerts "
+        "WHERE tenant_id = %s AND state = 'open' GROUP BY host, metric, severity, rule "
+        "ORDER BY severity = 'critical' DESC, host, metric, severity, rule LIMIT %s",
+        (tenant, limit),
+    )
+    return await cur.fetchall()
+
+
+async def open_alert_counts(conn: AsyncConnection, tenant: str) -> dict[str, int]:
+    """The number of the tenant's open alerts per severity."""
+    cur = await conn.execute(
+        "SELECT severity, count(*) FROM alerts WHERE tenant_id = %s AND state = 'open' "
+        "GROUP BY severity",
+        (tenant,),
+    )
+    return {sev: n for sev, n in await cur.fetchall()}

@@ -46,3 +46,14 @@ def load_checkpoints(
     ).fetchall()
     conn.commit()
     return {p: (o, bytes(st) if st is not None else None) for p, o, st in rows}
+
+
+def checkpoint_ages(conn: psycopg.Connection, group: str, topic: str) -> dict[int, float]:
+    """partition -> seconds since its checkpoint was stored (the database's clock)."""
+    rows = conn.execute(
+        "SELECT partition, extract(epoch FROM now() - updated_at)::float8 FROM checkpoints"
+        " WHERE consumer_group = %s AND topic = %s",
+        (group, topic),
+    ).fetchall()
+    conn.commit()
+    return dict(rows)

@@ -329,3 +329,27 @@ def load_events(
         "ts": np.array(ts, dtype=np.float64),
         "value": np.array(values, dtype=np.float64),
     }
+
+
+# --- the Prometheus exposition of scores ------------------------------------------------------
+
+# the latest window of each series among the windows ending in the last %(w)s seconds (the
+# scores_tenant_end index), highest scores first
+_LATEST_SCORES = """
+SELECT host, metric, score FROM (
+  SELECT DISTINCT ON (host, metric) host, metric, score FROM scores
+  WHERE tenant_id = %(t)s AND window_end > now() - make_interval(secs => %(w)s)
+  ORDER BY host, metric, window_end DESC
+) s
+ORDER BY score DESC, host, metric
+LIMIT %(limit)s
+"""
+
+
+async def latest_scores(
+    conn: AsyncConnection, tenant: str, window_s: float, limit: int
+) -> list[tuple]:
+    """``(host, metric, score)`` of the latest window of each of the tenant's series among the
+    windows that ended in the last ``window_s`` seconds, at most ``limit``, highest first."""
+    cur = await conn.execute(_LATEST_SCORES, {"t": tenant, "w": window_s, "limit": limit})
+    return await cur.fetchall()

@@ -144,3 +144,63 @@ def _sockets(pid: int, port: int, state: str) -> list[str]:
         and r.split()[1].endswith(f":{port:04X}")
         and r.split()[3] == state
     ]
+
+
+def _metrics_dir(pid: int) -> str | None:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv]
+    d = dict(pairs).get(b"PROMETHEUS_MULTIPROC_DIR")
+    return d.decode() if d else None
+
+
+def _healthz_count(text: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "eventops_http_requests_total" and s.labels == {
+                "route": "/healthz",
+                "method": "GET",
+                "status": "200",
+            }:
+                return s.value
+    return 0.0
+
+
+def test_prometheus_metrics_of_two_workers_are_merged(settings, port):
+    """Every worker answers ``/prometheus/metrics`` with the requests of both (a private
+    PROMETHEUS_MULTIPROC_DIR set by the supervisor, removed when the set stops)."""
+    proc = _start(settings, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: len(_api_workers(proc.pid)) == 2 and _ready(url),
+            60,
+            interval=0.3,
+            what="2 workers ready",
+        )
+        workers = _api_workers(proc.pid)
+        dirs = {_metrics_dir(w) for w in workers}
+        assert len(dirs) == 1 and None not in dirs, dirs
+        (mdir,) = dirs
+        assert os.path.isdir(mdir) and mdir != os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        clients = [httpx.Client(base_url=url) for _ in range(20)]
+        try:
+            assert all(c.get("/healthz").status_code == 200 for c in clients)
+            served = {w: len(_sockets(w, port, "01")) for w in workers}
+            assert min(served.values()) > 0, served  # both workers answered some
+            # whichever worker answers, it reports all 20
+            answers = [_healthz_count(c.get("/prometheus/metrics").text) for c in clients]
+        finally:
+            for c in clients:
+                c.close()
+        assert answers == [20.0] * 20, answers
+        assert {f.rsplit("_", 1)[-1] for f in os.listdir(mdir) if f.startswith("counter_")} == {
+            f"{w}.db" for w in workers
+        }
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert not os.path.exists(mdir)  # removed with the set
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -12,12 +12,12 @@ import httpx
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-from tests.integration.test_prometheus import prometheus  # noqa: F401 - the fixture
 
 from pipeline.embedded import Bus
 from storage.tenants import create_tenant
 from tests.integration.api_support import Api, make_key
 from tests.integration.conftest import wait_for
+from tests.integration.test_prometheus import prometheus  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.integration
 

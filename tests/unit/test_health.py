@@ -131,3 +131,14 @@ def test_api_trips_its_breaker_on_connection_loss_not_on_a_failed_statement():
     assert not is_outage(psycopg.errors.DeadlockDetected("deadlock"))
     assert not is_outage(DatabaseUnavailable("already known"))
     assert not is_outage(ValueError("x"))
+
+
+def test_health_server_serves_the_prometheus_exposition():
+    srv = HealthServer(Health(), "127.0.0.1", 0).start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/metrics", timeout=5) as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            assert b"eventops_build_info{" in r.read()
+    finally:
+        srv.stop()

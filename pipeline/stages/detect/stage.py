@@ -55,6 +55,7 @@ import numpy as np
 from core.batch import MetricBatch
 from core.records import AlertEvent
 from core.silences import Silence, alert_labels, maintenance_mask
+from core.telemetry import CHAMPION_VERSION
 from features.cross import cross_metric_features
 from models.ensemble import SEVERITIES, Ensemble
 from models.presets import default_ensemble
@@ -238,6 +239,8 @@ class DetectStage:
         #: closed windows scored but not learnt because they were in a maintenance window
         self.maintenance_windows = 0
         self._shadow_logged: tuple[str | None, float] = (None, -float("inf"))
+        #: tenant -> the champion version last exported (``eventops_champion_version``)
+        self._champions: dict[str, str | None] = {}
 
     def set_rules(self, rules: RuleSet) -> None:
         self.rules = rules
@@ -386,6 +389,16 @@ class DetectStage:
         rows.shadow_raw = raw_all
         rows.shadow_score = calibrate_batch_score(raw_all)
 
+    def _export_champions(self, models: ModelTable, tenant: np.ndarray) -> None:
+        """``eventops_champion_version{tenant}``: the registry version of the model scoring the
+        windows of each tenant of this batch (0: the default ensemble alone), set when it
+        changes (one look per tenant of the closed windows, not per window)."""
+        for t in set(tenant.tolist()):
+            v = models.version(t)
+            if t not in self._champions or self._champions[t] != v:
+                self._champions[t] = v
+                CHAMPION_VERSION.labels(t).set(int(v) if v is not None and v.isdigit() else 0)
+
     def _score(
         self,
         ps: PartitionState,
@@ -412,6 +425,7 @@ class DetectStage:
         tenant = np.array([names[i][0] for i in s.tolist()], dtype=object)
         host = np.array([names[i][1] for i in s.tolist()], dtype=object)
         metric = np.array([names[i][2] for i in s.tolist()], dtype=object)
+        self._export_champions(models, tenant)
         n = s.size
         version = np.full(n, None, dtype=object)  # the batch model's version per window
         batch_score = None  # calibrated batch score, NaN where the tenant has no model
