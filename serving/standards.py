@@ -62,6 +62,11 @@ class Written(BaseModel):
     stored: int | None = Field(None, description="embedded: metric rows written")
     queued: int | None = Field(None, description="kafka: events produced to the raw topic")
     dead_lettered: int = Field(description="events dead-lettered with a reason")
+    duplicates: int | None = Field(
+        None,
+        description="embedded: events already stored under their id (a retried request), "
+        "not stored again",
+    )
     reasons: dict[str, int] = Field(default_factory=dict)
 
 
@@ -308,5 +313,6 @@ async def remote_write(request: Request, key: IngestKey, settings: SettingsDep):
         stored=out.stored,
         queued=out.queued,
         dead_lettered=len(out.dead),
+        duplicates=None if out.stored is None else len(raws) - out.stored - len(out.dead),
         reasons=out.reasons(),
     )

@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import math
 
-import orjson
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -42,7 +41,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
-from pipeline.adapters.points import Deltas, Points, otlp_unit, rate_unit
+from pipeline.adapters.points import Deltas, Points, dumps, otlp_unit, rate_unit
 
 __all__ = ["BadRequest", "decode", "response", "to_points", "QUANTILES"]
 
@@ -66,11 +65,11 @@ def decode(body: bytes, json: bool) -> ExportMetricsServiceRequest:
             json_format.Parse(body, req, ignore_unknown_fields=True)
         else:
             req.ParseFromString(body)
-    except (DecodeError, json_format.ParseError, ValueError, UnicodeDecodeError) as e:
-        what = "OTLP/JSON" if json else "OTLP protobuf"
-        raise BadRequest(f"the body is not an {what} ExportMetricsServiceRequest: {e}") from None
     except RecursionError:
         raise BadRequest("the body is nested too deeply") from None
+    except (DecodeError, json_format.ParseError, ValueError, TypeError, UnicodeDecodeError) as e:
+        what = "OTLP/JSON" if json else "OTLP protobuf"
+        raise BadRequest(f"the body is not an {what} ExportMetricsServiceRequest: {e}") from None
     return req
 
 
@@ -100,10 +99,10 @@ def _any(v) -> object:
     if kind == "bytes_value":
         return base64.b64encode(v.bytes_value).decode()
     if kind == "array_value":
-        return orjson.dumps([_any(x) for x in v.array_value.values], default=str).decode()
+        return dumps([_any(x) for x in v.array_value.values]).decode()
     if kind == "kvlist_value":
         kv = {x.key: _any(x.value) for x in v.kvlist_value.values}
-        return orjson.dumps(kv, default=str).decode()
+        return dumps(kv).decode()
     return ""
 
 
@@ -127,8 +126,8 @@ def _quantile(q: float, bounds, counts, lo: float, hi: float) -> float:
 
     >>> _quantile(0.5, [1.0, 2.0, 4.0], [0, 10, 10, 0], 0.0, 4.0)
     2.0
-    >>> _quantile(0.99, [1.0, 2.0], [0, 0, 5], 0.0, 7.0)  # all above the last bound: max
-    7.0
+    >>> _quantile(0.99, [1.0, 2.0], [0, 0, 5], 0.0, 7.0)  # above the last bound: up to max
+    6.95
     """
     total = sum(counts)
     rank = q * total
@@ -182,7 +181,7 @@ def to_points(req: ExportMetricsServiceRequest, deltas: Deltas, tenant: str) -> 
                         host, tags = _host_and_tags(res, _attrs(p.attributes))
                         t, t0 = p.time_unix_nano / 1e9, p.start_time_unix_nano / 1e9
                         v = float(p.as_double if p.WhichOneof("value") == "as_double" else p.as_int)
-                        key = (tenant, host, name, "sum", orjson.dumps(tags, default=str))
+                        key = (tenant, host, name, "sum", dumps(tags))
                         r = _rate(deltas, key, temporality, t, t0, v)
                         if r is None:
                             out.skipped += 1
@@ -219,7 +218,7 @@ def _histogram(out: Points, deltas: Deltas, tenant, res, name, unit, h) -> None:
         total = float(p.sum) if p.HasField("sum") else math.nan
         vec = (float(p.count), total if math.isfinite(total) else 0.0, *map(float, p.bucket_counts))
         if cumulative:
-            key = (tenant, host, name, "histogram", orjson.dumps(tags, default=str))
+            key = (tenant, host, name, "histogram", dumps(tags))
             got = deltas.delta(key, t, vec, t0)
             if got is None:
                 out.skipped += 1
@@ -235,8 +234,15 @@ def _histogram(out: Points, deltas: Deltas, tenant, res, name, unit, h) -> None:
             out.add(host, f"{name}:count_rate", count / dt, t, "per_s", tags)
             if p.HasField("sum"):
                 out.add(host, f"{name}:sum_rate", s / dt, t, rate_unit(unit), tags)
+        bounds = list(p.explicit_bounds)
+        if buckets and len(buckets) != len(bounds) + 1:
+            why = (
+                f"histogram point with {len(buckets)} bucket counts for "
+                f"{len(bounds)} explicit bounds (must be bounds + 1)"
+            )
+            out.add_invalid(host, f"{name}:p50", t, tags, why)
+            continue
         if count > 0 and buckets:
-            bounds = list(p.explicit_bounds)
             lo = p.min if p.HasField("min") else 0.0
             hi = p.max if p.HasField("max") else (bounds[-1] if bounds else 0.0)
             for q in QUANTILES:
@@ -261,7 +267,7 @@ def _counts(out: Points, deltas: Deltas, tenant, res, name, unit, h) -> None:
         t, t0 = p.time_unix_nano / 1e9, p.start_time_unix_nano / 1e9
         vec = (float(p.count), float(p.sum) if p.HasField("sum") else 0.0)
         if cumulative:
-            key = (tenant, host, name, "exphistogram", orjson.dumps(tags, default=str))
+            key = (tenant, host, name, "exphistogram", dumps(tags))
             got = deltas.delta(key, t, vec, t0)
         else:
             got = (t - t0, vec) if t0 > 0 and t > t0 else None
@@ -284,7 +290,7 @@ def _summary(out: Points, deltas: Deltas, tenant, res, name, unit, sm) -> None:
         for qv in p.quantile_values:
             metric = None if name is None else f"{name}:{_qname(qv.quantile)}"
             out.add(host, metric, qv.value, t, unit, tags)
-        key = (tenant, host, name, "summary", orjson.dumps(tags, default=str))
+        key = (tenant, host, name, "summary", dumps(tags))
         got = deltas.delta(key, t, (float(p.count), p.sum), t0)
         if got is None:
             out.skipped += not p.quantile_values  # a baseline that gave no quantile either

@@ -25,6 +25,7 @@ rate again, so its event id and value repeat. The state is per process and bound
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -145,6 +146,19 @@ class Deltas:
 _NON_FINITE = {math.inf: b"Infinity", -math.inf: b"-Infinity"}
 
 
+def dumps(obj: object) -> bytes:
+    """JSON of ``obj`` with sorted keys; text orjson refuses (a lone surrogate) is escaped by
+    the stdlib encoder instead, so normalize sees it and dead-letters the event (``bad_text``).
+
+    >>> dumps({"b": 1, "a": "x"}), dumps({"a": chr(0xD800)})
+    (b'{"a":"x","b":1}', b'{"a": "\\\\ud800"}')
+    """
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(obj, sort_keys=True, default=str).encode()
+
+
 @dataclass
 class Points:
     """Points of one request, as columns, turned into event bytes by :meth:`encode`."""
@@ -170,12 +184,16 @@ class Points:
         self.units.append(unit)
         self.tags.append(tags)
 
+    def add_invalid(self, host: str, metric: str | None, t: float, tags: dict, why: str) -> None:
+        """A point that cannot be read as a number: an event whose value is the reason (text),
+        which normalize dead-letters as ``bad_type`` — the letter's bytes say why."""
+        self.add(host, metric, math.nan, t, "", {**tags, "eventops.invalid": why})
+
     def __len__(self) -> int:
         return len(self.values)
 
     def encode(self, tenant: str) -> tuple[list[bytes], list[bytes]]:
         """``(event bytes, Kafka key)`` of every point, keyed ``tenant|host``."""
-        dumps = orjson.dumps
         blake = hashlib.blake2b
         proto = self.protocol
         raws: list[bytes] = []
@@ -183,11 +201,14 @@ class Points:
         for host, metric, value, t, unit, tags in zip(
             self.hosts, self.metrics, self.values, self.times, self.units, self.tags, strict=True
         ):
-            tag_bytes = dumps(tags, option=orjson.OPT_SORT_KEYS) if tags else b"{}"
+            why = tags.get("eventops.invalid") if tags else None
+            if why is not None:
+                tags = {k: v for k, v in tags.items() if k != "eventops.invalid"}
+            tag_bytes = dumps(tags) if tags else b"{}"
             h = blake(digest_size=12)
             h.update(f"{tenant}\0{host}\0{metric}\0{round(t * 1e9)}\0".encode("utf-8", "replace"))
             h.update(tag_bytes)
-            ev = {
+            ev: dict = {
                 "tenant_id": tenant,
                 "host": host,
                 "event_id": f"{proto}:{h.hexdigest()}",
@@ -197,7 +218,10 @@ class Points:
             }
             if metric is not None:  # no name: normalize dead-letters it (missing_field)
                 ev["metric"] = metric
-            if math.isfinite(value):
+            if why is not None:
+                ev["value"] = why
+                raw = dumps(ev)
+            elif math.isfinite(value):
                 ev["value"] = value
                 raw = dumps(ev)
             else:

@@ -52,6 +52,7 @@ def test_prometheus_remote_writes_scraped_samples_into_eventops(settings, conn, 
                     "url": f"{api.url}/api/v1/write",
                     "authorization": {"credentials": key},
                     "queue_config": {"batch_send_deadline": "1s", "max_backoff": "1s"},
+                    "remote_timeout": "5s",
                     "write_relabel_configs": [
                         {"source_labels": ["job"], "regex": job, "action": "keep"}
                     ],
@@ -85,5 +86,9 @@ def test_prometheus_remote_writes_scraped_samples_into_eventops(settings, conn, 
             (tenant.encode(),),
         ).fetchone()[0]
     finally:
+        # no more remote-write before the API goes: a reload stops the queue only once it has
+        # flushed (or its flush deadline passed), which needs the receiver still up
+        prom_conf.write_text(orjson.dumps({"scrape_configs": []}).decode())
+        httpx.post(f"{prom_url}/-/reload", timeout=90).raise_for_status()
         api.stop()
         server.shutdown()

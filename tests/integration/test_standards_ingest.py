@@ -13,6 +13,7 @@ import math
 import struct
 import time
 import uuid
+from collections import Counter
 
 import cramjam
 import httpx
@@ -447,3 +448,231 @@ def test_kafka_mode_validates_then_queues_valid_points_and_dead_letters_the_rest
     dlq = consume_all(settings, settings.topic_dlq, 1)
     assert dict(dlq[0].headers())["reason"] == b"non_finite"
     assert b"q_nan" in dlq[0].value()
+
+
+# --- the class of bad input: mutated bodies ------------------------------------------------------
+
+
+def _otlp_protobuf(host: str) -> bytes:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    kv = rm.resource.attributes.add()
+    kv.key, kv.value.string_value = "host.name", host
+    sm = rm.scope_metrics.add()
+    t = _now_ns()
+    g = sm.metrics.add(name="fz.gauge", unit="%")
+    p = g.gauge.data_points.add(time_unix_nano=t, as_double=3.5)
+    a = p.attributes.add()
+    a.key, a.value.int_value = "core", 1
+    c = sm.metrics.add(name="fz.count")
+    c.sum.aggregation_temporality, c.sum.is_monotonic = 2, True
+    c.sum.data_points.add(start_time_unix_nano=t - 10**10, time_unix_nano=t, as_int=42)
+    h = sm.metrics.add(name="fz.hist", unit="ms")
+    h.histogram.aggregation_temporality = 1
+    h.histogram.data_points.add(
+        start_time_unix_nano=t - 10**10,
+        time_unix_nano=t,
+        count=6,
+        sum=30.0,
+        bucket_counts=[1, 2, 3],
+        explicit_bounds=[1.0, 10.0],
+    )
+    s = sm.metrics.add(name="fz.summary")
+    sp = s.summary.data_points.add(time_unix_nano=t, count=3, sum=9.0)
+    q = sp.quantile_values.add()
+    q.quantile, q.value = 0.99, 7.0
+    return req.SerializeToString()
+
+
+def _mutations(body: bytes, seed: int, n: int):
+    import random
+
+    rnd = random.Random(seed)
+    for _ in range(n):
+        b = bytearray(body)
+        kind = rnd.randrange(4)
+        if kind == 0:  # flip bytes
+            for _ in range(rnd.randint(1, 4)):
+                b[rnd.randrange(len(b))] = rnd.randrange(256)
+        elif kind == 1:  # truncate
+            b = b[: rnd.randrange(len(b))]
+        elif kind == 2:  # insert junk
+            i = rnd.randrange(len(b))
+            b[i:i] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 8)))
+        else:  # duplicate a slice (repeated fields, odd lengths)
+            i, j = sorted(rnd.randrange(len(b)) for _ in range(2))
+            b[i:i] = b[i:j]
+        yield bytes(b)
+
+
+def test_mutated_otlp_and_remote_write_bodies_never_answer_5xx_and_lose_nothing(w):
+    host = f"fz-{uuid.uuid4().hex[:6]}"
+    proto = _otlp_protobuf(host)
+    ok = w.c.post(
+        "/v1/metrics",
+        content=proto,
+        headers={**hdr(w.ingest), "Content-Type": "application/x-protobuf"},
+    )
+    assert ok.status_code == 200 and ok.content == b"", ok.content  # all accepted: empty message
+    statuses: Counter = Counter()
+    for body in _mutations(proto, 7, 150):
+        r = w.c.post(
+            "/v1/metrics",
+            content=body,
+            headers={**hdr(w.ingest), "Content-Type": "application/x-protobuf"},
+        )
+        statuses[r.status_code] += 1
+        assert r.status_code in (200, 400), (r.status_code, r.content[:300])
+    ms = int(time.time() * 1000)
+    raw = rw.WriteRequest()
+    ts = raw.timeseries.add()
+    for k, v in (("__name__", "fz_total"), ("instance", host), ("job", "fz")):
+        lb = ts.labels.add()
+        lb.name, lb.value = k, v
+    for i in range(5):
+        s = ts.samples.add()
+        s.value, s.timestamp = 10.0 * i, ms + i * 1000
+    plain = raw.SerializeToString()
+    for body in _mutations(plain, 11, 150):
+        r = _post_write(w, bytes(cramjam.snappy.compress_raw(body)))
+        statuses[r.status_code] += 1
+        assert r.status_code in (200, 400), (r.status_code, r.text[:300])
+        if r.status_code == 200:
+            got = r.json()
+            # every sample is accounted for: stored, dead-lettered, skipped by rule or already
+            # stored under its id (a mutation can repeat an earlier body's sample)
+            parts = ("stored", "dead_lettered", "skipped", "duplicates")
+            assert got["accepted"] == sum(got[k] for k in parts), got
+    for body in _mutations(bytes(cramjam.snappy.compress_raw(plain)), 13, 100):
+        r = _post_write(w, body)
+        statuses[r.status_code] += 1
+        assert r.status_code in (200, 400, 413), (r.status_code, r.text[:300])
+    assert statuses[200] and statuses[400], statuses
+
+
+def test_otlp_json_with_odd_values_is_dead_lettered_and_lone_surrogates_are_400(w):
+    host = f"sg-{uuid.uuid4().hex[:6]}"
+    t = str(_now_ns())
+    attrs = [
+        {"key": "bad", "value": {"stringValue": "nul\u0000inside"}},
+        {"key": "nested", "value": {"kvlistValue": {"values": [{"key": "x", "value": {}}]}}},
+        {"key": "arr", "value": {"arrayValue": {"values": [{"doubleValue": "Infinity"}]}}},
+        {"key": "bytes", "value": {"bytesValue": "AAEC"}},
+    ]
+    body = json.dumps(
+        {
+            "resourceMetrics": [
+                {
+                    "resource": {
+                        "attributes": [{"key": "host.name", "value": {"stringValue": host}}]
+                    },
+                    "scopeMetrics": [
+                        {
+                            "metrics": [
+                                {
+                                    "name": "odd",
+                                    "gauge": {
+                                        "dataPoints": [
+                                            {"timeUnixNano": t, "asDouble": 1, "attributes": attrs},
+                                            {"timeUnixNano": t, "asDouble": 2},
+                                        ]
+                                    },
+                                },
+                                {
+                                    "name": "bad.hist",
+                                    "histogram": {
+                                        "aggregationTemporality": 1,
+                                        "dataPoints": [
+                                            {
+                                                "startTimeUnixNano": str(int(t) - 10**10),
+                                                "timeUnixNano": t,
+                                                "count": "3",
+                                                "bucketCounts": ["1", "1", "1"],
+                                                "explicitBounds": [1.0],
+                                            }
+                                        ],
+                                    },
+                                },
+                            ]
+                        }
+                    ],
+                }
+            ]
+        }
+    ).encode()
+    before = _last_dead(w)
+    r = w.c.post(
+        "/v1/metrics", content=body, headers={**hdr(w.ingest), "Content-Type": "application/json"}
+    )
+    assert r.status_code == 200, r.text
+    assert int(r.json()["partialSuccess"]["rejectedDataPoints"]) == 2, r.text
+    reasons = sorted(d[0] for d in _dead(w, before))
+    assert reasons == ["bad_text", "bad_type"], reasons
+    assert b"bucket counts" in next(bytes(d[1]) for d in _dead(w, before) if d[0] == "bad_type")
+    # a lone surrogate is not JSON protobuf takes: the whole body is 400 with the place named
+    r = w.c.post(
+        "/v1/metrics",
+        content=body.replace(b"nul\\u0000inside", b"\\ud800"),
+        headers={**hdr(w.ingest), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400 and "surrogate" in r.json()["message"], r.text
+
+
+def test_a_busy_api_answers_503_with_retry_after_and_takes_the_retry(base_settings, test_db):
+    """Past EVENTOPS_INGEST_MAX_INFLIGHT requests at once, the next is 503 + Retry-After (both
+    senders retry it), and the same body sent again once the API is free is stored."""
+    import threading
+
+    from serving import ingest
+    from serving.config import ServingSettings
+
+    s = base_settings.model_copy(update={"pg_database": test_db})
+    conn = connect(s, autocommit=True)
+    tenant = f"bp{uuid.uuid4().hex[:8]}"
+    create_tenant(conn, tenant)
+    key = make_key(conn, tenant, "ingest")
+    serving = ServingSettings(rate_limit_rps=0, ingest_max_inflight=1, _env_file=None)
+    api = Api(s, bus=Bus(), serving=serving)
+    ms = int(time.time() * 1000)
+    first = _write_request([({"__name__": "bp_a", "instance": "bp"}, [(1.0, ms)])])
+    second = _write_request([({"__name__": "bp_b", "instance": "bp"}, [(2.0, ms)])])
+    headers = {**hdr(key), "Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"}
+    answers: list = []
+    try:
+        with ingest._feed_lock:  # the pipeline is busy: the first request waits for it
+            t = threading.Thread(
+                target=lambda: answers.append(
+                    httpx.post(
+                        api.url + "/api/v1/write", content=first, headers=headers, timeout=60
+                    )
+                )
+            )
+            t.start()
+            wait_for(lambda: getattr(api.app.state, "ingest_inflight", 0) == 1, 30)
+            busy = httpx.post(
+                api.url + "/api/v1/write", content=second, headers=headers, timeout=60
+            )
+            assert busy.status_code == 503 and int(busy.headers["Retry-After"]) >= 1, busy.text
+            otlp = httpx.post(
+                api.url + "/v1/metrics",
+                content=_otlp_json("bp", []),
+                headers={**hdr(key), "Content-Type": "application/json"},
+                timeout=60,
+            )
+            assert otlp.status_code == 503 and otlp.headers["Retry-After"], otlp.text
+            assert otlp.json()["code"] == 14  # UNAVAILABLE, retryable by the OTLP spec
+        t.join(60)
+        assert answers and answers[0].status_code == 200, answers
+        again = httpx.post(api.url + "/api/v1/write", content=second, headers=headers, timeout=60)
+        assert again.status_code == 200 and again.json()["stored"] == 1, again.text
+        got = conn.execute(
+            "SELECT metric FROM metrics WHERE tenant_id = %s ORDER BY metric", (tenant,)
+        ).fetchall()
+        assert [m for (m,) in got] == ["bp_a", "bp_b"]
+    finally:
+        api.stop()
+        conn.close()

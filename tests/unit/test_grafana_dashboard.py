@@ -26,30 +26,32 @@ PROVISIONING = REPO / "docker" / "grafana" / "provisioning"
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DATASOURCE_UID = "eventops-prometheus"
 
-# The metric names EventOps exposes at /prometheus/metrics, the workers' /metrics and
-# /prometheus/scores. TODO(lead): once core/telemetry.py is on this branch, take these names
-# from core.telemetry instead of repeating them here.
-KNOWN_METRICS = frozenset(
+
+# The metric names EventOps exposes: the health metrics defined in core.telemetry (the
+# workers' /metrics and /prometheus/metrics), and the four /prometheus/scores builds per scrape.
+def _health_metrics() -> dict[str, str]:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from core import telemetry
+
+    out = {}
+    for obj in vars(telemetry).values():
+        if isinstance(obj, MetricWrapperBase):
+            name = obj._name + ("_total" if obj._type == "counter" else "")
+            out[name] = obj._type
+    return out
+
+
+SCORE_METRICS = frozenset(
     {
-        "eventops_events_consumed_total",
-        "eventops_events_stored_total",
-        "eventops_events_dead_lettered_total",
-        "eventops_stage_batch_seconds",
-        "eventops_consumer_lag",
-        "eventops_checkpoint_age_seconds",
-        "eventops_champion_version",
-        "eventops_sse_clients",
-        "eventops_http_requests_total",
-        "eventops_http_request_seconds",
-        "eventops_ingest_points_total",
-        "eventops_build_info",
         "eventops_anomaly_score",
         "eventops_alert_open",
         "eventops_alerts_open",
         "eventops_anomaly_score_series_truncated",
     }
 )
-HISTOGRAMS = frozenset({"eventops_stage_batch_seconds", "eventops_http_request_seconds"})
+KNOWN_METRICS = frozenset(_health_metrics()) | SCORE_METRICS
+HISTOGRAMS = frozenset(n for n, t in _health_metrics().items() if t == "histogram")
 # the series names a query may use: histograms only through their _bucket/_sum/_count series
 SERIES = (KNOWN_METRICS - HISTOGRAMS) | {
     h + suffix for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")
