@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections import defaultdict
 from datetime import datetime
 
@@ -44,32 +45,41 @@ from storage.tenants import create_tenant
 SAMPLES_PER_REQUEST = 2000
 
 
-def write_bodies(events: list[bytes]) -> list[bytes]:
-    """The events as remote-write requests: one series per (host, metric), in time order."""
+def write_bodies(events: list[bytes], shards: int = 2) -> list[list[bytes]]:
+    """The events as remote-write requests of up to SAMPLES_PER_REQUEST samples, in ``shards``
+    lists: as Prometheus does, a series always goes to the same shard (by host here), and each
+    shard sends its requests in time order, so no sample arrives behind its closed window."""
     series: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
     for raw in events:
         d = orjson.loads(raw)
         t = datetime.fromisoformat(d["ts_event"]).timestamp()
         series[(d["host"], d["metric"])].append((float(d["value"]), round(t * 1000)))
-    # requests of SAMPLES_PER_REQUEST samples, every series' samples in order across requests
-    flat = [(k, v, t) for k, samples in series.items() for v, t in samples]
-    flat.sort(key=lambda x: x[2])
-    bodies = []
-    for i in range(0, len(flat), SAMPLES_PER_REQUEST):
-        req = rw.WriteRequest()
-        by: dict[tuple[str, str], list] = defaultdict(list)
-        for k, v, t in flat[i : i + SAMPLES_PER_REQUEST]:
-            by[k].append((v, t))
-        for (host, metric), samples in by.items():
-            ts = req.timeseries.add()
-            for name, value in (("__name__", metric), ("instance", host)):
-                lb = ts.labels.add()
-                lb.name, lb.value = name, value
-            for v, t in samples:
-                s = ts.samples.add()
-                s.value, s.timestamp = v, t
-        bodies.append(bytes(cramjam.snappy.compress_raw(req.SerializeToString())))
-    return bodies
+    out: list[list[bytes]] = []
+    for shard in range(shards):
+        flat = [
+            (k, v, t)
+            for k, samples in series.items()
+            if zlib.crc32(k[0].encode()) % shards == shard
+            for v, t in samples
+        ]
+        flat.sort(key=lambda x: x[2])
+        bodies = []
+        for i in range(0, len(flat), SAMPLES_PER_REQUEST):
+            req = rw.WriteRequest()
+            by: dict[tuple[str, str], list] = defaultdict(list)
+            for k, v, t in flat[i : i + SAMPLES_PER_REQUEST]:
+                by[k].append((v, t))
+            for (host, metric), samples in by.items():
+                ts = req.timeseries.add()
+                for name, value in (("__name__", metric), ("instance", host)):
+                    lb = ts.labels.add()
+                    lb.name, lb.value = name, value
+                for v, t in samples:
+                    sample = ts.samples.add()
+                    sample.value, sample.timestamp = v, t
+            bodies.append(bytes(cramjam.snappy.compress_raw(req.SerializeToString())))
+        out.append(bodies)
+    return out
 
 
 def _free_port() -> int:
@@ -142,17 +152,17 @@ def run_remote_write(base: Settings, n: int) -> float:
                                 errors.append(f"{r.status_code} {r.text[:200]}")
                             break
 
-            senders = [
-                threading.Thread(target=send, args=(bodies[i::2],), daemon=True) for i in (0, 1)
-            ]
+            senders = [threading.Thread(target=send, args=(b,), daemon=True) for b in bodies]
             for t in senders:
                 t.start()
-            deadline = time.monotonic() + 900
-            while conn.execute("SELECT count(*) FROM metrics").fetchone()[0] < n:
+            last, moved = -1, time.monotonic()
+            while (got := conn.execute("SELECT count(*) FROM metrics").fetchone()[0]) < n:
                 if errors:
                     raise RuntimeError(f"remote-write failed: {errors[0]}")
-                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                    raise RuntimeError("remote-write run did not finish")
+                if got != last:
+                    last, moved = got, time.monotonic()
+                if time.monotonic() - moved > 60 or any(p.poll() is not None for p in procs):
+                    raise RuntimeError(f"remote-write run stalled at {got} of {n} rows")
                 time.sleep(0.5)
             for t in senders:
                 t.join(60)
