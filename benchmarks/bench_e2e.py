@@ -98,19 +98,26 @@ def run_pipeline(base: Settings, n: int, workers: int = 1) -> float:
                 if any(p.poll() is not None for p in procs):
                     raise RuntimeError("worker exited early")
                 time.sleep(0.5)
-            first_n, span = conn.execute(
-                "SELECT count(*) FILTER (WHERE ingested_at = t.lo),"
-                " extract(epoch FROM t.hi - t.lo)::float8"
-                " FROM metrics, (SELECT min(ingested_at) lo, max(ingested_at) hi FROM metrics) t"
-                " GROUP BY t.lo, t.hi"
-            ).fetchone()
+            rate = stored_rate(conn, n)
         finally:
             for p in procs:
                 p.terminate()
             for p in procs:
                 p.wait(30)
             conn.close()
-        return (n - first_n) / span
+        return rate
+
+
+def stored_rate(conn, n: int) -> float:
+    """Rows stored per second after the first batch's transaction, up to the last one
+    (``ingested_at`` is the transaction time), of the ``n`` rows in ``metrics``."""
+    first_n, span = conn.execute(
+        "SELECT count(*) FILTER (WHERE ingested_at = t.lo),"
+        " extract(epoch FROM t.hi - t.lo)::float8"
+        " FROM metrics, (SELECT min(ingested_at) lo, max(ingested_at) hi FROM metrics) t"
+        " GROUP BY t.lo, t.hi"
+    ).fetchone()
+    return (n - first_n) / span
 
 
 def run_mvp_baseline(base: Settings, n: int) -> float:

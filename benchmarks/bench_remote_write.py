@@ -33,7 +33,7 @@ import cramjam
 import httpx
 import orjson
 
-from benchmarks.bench_e2e import env_for, make_events, run_pipeline
+from benchmarks.bench_e2e import env_for, make_events, run_pipeline, stored_rate
 from benchmarks.common import median, scratch, write_results
 from core.settings import REPO_ROOT, Settings
 from pipeline import kafka as kq
@@ -166,19 +166,14 @@ def run_remote_write(base: Settings, n: int) -> float:
                 time.sleep(0.5)
             for t in senders:
                 t.join(60)
-            first_n, span = conn.execute(
-                "SELECT count(*) FILTER (WHERE ingested_at = t.lo),"
-                " extract(epoch FROM t.hi - t.lo)::float8"
-                " FROM metrics, (SELECT min(ingested_at) lo, max(ingested_at) hi FROM metrics) t"
-                " GROUP BY t.lo, t.hi"
-            ).fetchone()
+            rate = stored_rate(conn, n)
         finally:
             for p in procs:
                 p.terminate()
             for p in procs:
                 p.wait(30)
             conn.close()
-        return (n - first_n) / span
+        return rate
 
 
 def main() -> None:

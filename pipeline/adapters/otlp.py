@@ -120,6 +120,22 @@ def _host_and_tags(resource: dict, point: dict) -> tuple[str, dict]:
     return "unknown", tags
 
 
+def _points(out: Points, res: dict, data_points):
+    """``(point, host, tags, time, start time)`` of each point with a recorded value (the
+    others are counted as skipped)."""
+    for p in data_points:
+        if p.flags & _NO_RECORDED_VALUE:
+            out.skipped += 1
+            continue
+        host, tags = _host_and_tags(res, _attrs(p.attributes))
+        yield p, host, tags, p.time_unix_nano / 1e9, p.start_time_unix_nano / 1e9
+
+
+def _number(p) -> float | None:
+    kind = p.WhichOneof("value")
+    return None if kind is None else float(p.as_double if kind == "as_double" else p.as_int)
+
+
 def _quantile(q: float, bounds, counts, lo: float, hi: float) -> float:
     """The ``q`` quantile of explicit-bucket counts (bucket i: ``(bounds[i-1], bounds[i]]``,
     the last one unbounded), linear within a bucket; ``lo``/``hi`` bound the outer buckets.
@@ -164,23 +180,20 @@ def to_points(req: ExportMetricsServiceRequest, deltas: Deltas, tenant: str) -> 
                 kind = m.WhichOneof("data")
                 if kind == "gauge" or (kind == "sum" and not m.sum.is_monotonic):
                     pts = m.gauge.data_points if kind == "gauge" else m.sum.data_points
-                    for p in pts:
-                        if p.flags & _NO_RECORDED_VALUE:
-                            out.skipped += 1
-                            continue
-                        host, tags = _host_and_tags(res, _attrs(p.attributes))
-                        v = p.as_double if p.WhichOneof("value") == "as_double" else p.as_int
-                        add(host, name, float(v), p.time_unix_nano / 1e9, unit, tags)
+                    for p, host, tags, t, _t0 in _points(out, res, pts):
+                        v = _number(p)
+                        if v is None:
+                            out.add_invalid(host, name, t, tags, "number point without a value")
+                        else:
+                            add(host, name, v, t, unit, tags)
                 elif kind == "sum":
                     temporality = m.sum.aggregation_temporality
                     rname = None if name is None else f"{name}:rate"
-                    for p in m.sum.data_points:
-                        if p.flags & _NO_RECORDED_VALUE:
-                            out.skipped += 1
+                    for p, host, tags, t, t0 in _points(out, res, m.sum.data_points):
+                        v = _number(p)
+                        if v is None:
+                            out.add_invalid(host, rname, t, tags, "number point without a value")
                             continue
-                        host, tags = _host_and_tags(res, _attrs(p.attributes))
-                        t, t0 = p.time_unix_nano / 1e9, p.start_time_unix_nano / 1e9
-                        v = float(p.as_double if p.WhichOneof("value") == "as_double" else p.as_int)
                         key = (tenant, host, name, "sum", dumps(tags))
                         r = _rate(deltas, key, temporality, t, t0, v)
                         if r is None:
@@ -209,12 +222,7 @@ def _rate(deltas: Deltas, key: tuple, temporality: int, t: float, t0: float, v: 
 
 def _histogram(out: Points, deltas: Deltas, tenant, res, name, unit, h) -> None:
     cumulative = h.aggregation_temporality == _CUMULATIVE
-    for p in h.data_points:
-        if p.flags & _NO_RECORDED_VALUE:
-            out.skipped += 1
-            continue
-        host, tags = _host_and_tags(res, _attrs(p.attributes))
-        t, t0 = p.time_unix_nano / 1e9, p.start_time_unix_nano / 1e9
+    for p, host, tags, t, t0 in _points(out, res, h.data_points):
         total = float(p.sum) if p.HasField("sum") else math.nan
         vec = (float(p.count), total if math.isfinite(total) else 0.0, *map(float, p.bucket_counts))
         if cumulative:
@@ -259,12 +267,7 @@ def _histogram(out: Points, deltas: Deltas, tenant, res, name, unit, h) -> None:
 def _counts(out: Points, deltas: Deltas, tenant, res, name, unit, h) -> None:
     """Exponential histograms: the rates of their count and sum."""
     cumulative = h.aggregation_temporality == _CUMULATIVE
-    for p in h.data_points:
-        if p.flags & _NO_RECORDED_VALUE:
-            out.skipped += 1
-            continue
-        host, tags = _host_and_tags(res, _attrs(p.attributes))
-        t, t0 = p.time_unix_nano / 1e9, p.start_time_unix_nano / 1e9
+    for p, host, tags, t, t0 in _points(out, res, h.data_points):
         vec = (float(p.count), float(p.sum) if p.HasField("sum") else 0.0)
         if cumulative:
             key = (tenant, host, name, "exphistogram", dumps(tags))
@@ -281,12 +284,7 @@ def _counts(out: Points, deltas: Deltas, tenant, res, name, unit, h) -> None:
 
 
 def _summary(out: Points, deltas: Deltas, tenant, res, name, unit, sm) -> None:
-    for p in sm.data_points:
-        if p.flags & _NO_RECORDED_VALUE:
-            out.skipped += 1
-            continue
-        host, tags = _host_and_tags(res, _attrs(p.attributes))
-        t, t0 = p.time_unix_nano / 1e9, p.start_time_unix_nano / 1e9
+    for p, host, tags, t, t0 in _points(out, res, sm.data_points):
         for qv in p.quantile_values:
             metric = None if name is None else f"{name}:{_qname(qv.quantile)}"
             out.add(host, metric, qv.value, t, unit, tags)
