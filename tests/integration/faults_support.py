@@ -60,7 +60,7 @@ class PrivateServices:
 
     def __init__(self, root: Path, base: Settings) -> None:
         self.root = root
-        self.pg_port, self.kafka_port, self.controller_port, self.am_port = free_ports(4)
+        self.pg_port, self.kafka_port, self.controller_port, self.am_port, prom_port = free_ports(5)
         self.env = {
             **os.environ,
             "EVENTOPS_STATE_DIR": str(root),
@@ -68,6 +68,7 @@ class PrivateServices:
             "EVENTOPS_KAFKA_PORT": str(self.kafka_port),
             "EVENTOPS_KAFKA_CONTROLLER_PORT": str(self.controller_port),
             "EVENTOPS_ALERTMANAGER_PORT": str(self.am_port),
+            "EVENTOPS_PROMETHEUS_PORT": str(prom_port),
             "EVENTOPS_KAFKA_HEAP": "512m",
             "PYTHON": sys.executable,
         }

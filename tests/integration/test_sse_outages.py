@@ -59,6 +59,7 @@ class Private:
             "EVENTOPS_KAFKA_PORT": str(free_port()),
             "EVENTOPS_KAFKA_CONTROLLER_PORT": str(free_port()),
             "EVENTOPS_ALERTMANAGER_PORT": str(free_port()),
+            "EVENTOPS_PROMETHEUS_PORT": str(free_port()),
             "EVENTOPS_KAFKA_HEAP": "384m",
         }
         shared = Path(os.environ.get("EVENTOPS_STATE_DIR", REPO_ROOT / ".services")) / "kafka"
