@@ -47,6 +47,7 @@ from serving.ingest import embedded_pipeline, guarded, kafka_producer
 
 router = APIRouter(tags=["ingest"])
 _state_lock = threading.Lock()
+_convert_lock = threading.Lock()  # the counter state (Deltas) is one per process
 
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
 #: google.rpc.Code of an OTLP error body: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, …
@@ -158,14 +159,6 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     return out
 
 
-def _count_points(settings_limit: int, n: int) -> None:
-    if n > settings_limit:
-        raise TooLarge(
-            f"{n} data points in one request, more than the limit of {settings_limit}; "
-            "send smaller batches"
-        )
-
-
 def _status_body(code: int, message: str, json: bool) -> bytes:
     """A ``google.rpc.Status`` (``code`` = 1, ``message`` = 2) in protobuf or JSON."""
     rpc = _RPC_CODE.get(code, 2)
@@ -208,6 +201,53 @@ OTLP_RESPONSES = {
 }
 
 
+class _Refused(Exception):
+    """A request refused with a 4xx status (raised by the work of a request, in its thread)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _convert(adapter, req, app, tenant: str):
+    """``adapter.to_points`` under the lock of the process' counter state (up to
+    ``EVENTOPS_INGEST_MAX_INFLIGHT`` requests convert in threads at once)."""
+    deltas = _deltas(app)
+    with _convert_lock:
+        return adapter.to_points(req, deltas, tenant)
+
+
+def _deliver_points(app, settings, points, tenant: str, source: str) -> Outcome:
+    limit = app.state.serving.ingest_max_points
+    if len(points) > limit:
+        raise _Refused(
+            413,
+            f"{len(points)} data points in one request, more than the limit of {limit}; "
+            "send smaller batches",
+        )
+    raws, keys = points.encode(tenant)
+    out = deliver(app, settings, raws, keys, source)
+    out.count(points.protocol, points.skipped)
+    return out
+
+
+def _otlp_work(app, settings, body: bytes, encoding: str, as_json: bool, tenant: str):
+    """Decompress, decode, convert and deliver an OTLP request (in a worker thread: none of it
+    runs on the event loop). Returns ``(outcome, points)``."""
+    from pipeline.adapters import otlp
+
+    try:
+        if encoding == "gzip":
+            body = _gunzip(body, app.state.serving.ingest_max_decompressed_bytes)
+        req = otlp.decode(body, as_json)
+    except TooLarge as e:
+        raise _Refused(413, str(e)) from None
+    except ValueError as e:  # otlp.BadRequest, bad gzip
+        raise _Refused(400, printable(str(e))) from None
+    points = _convert(otlp, req, app, tenant)
+    return _deliver_points(app, settings, points, tenant, "api:otlp"), points
+
+
 @router.post(
     "/v1/metrics",
     status_code=200,
@@ -223,31 +263,18 @@ async def otlp_metrics(request: Request, key: IngestKey, settings: SettingsDep) 
     as_json = media == JSON
     if media not in (PROTOBUF, JSON):
         return _otlp_error(415, f"Content-Type must be {PROTOBUF} or {JSON}, not {media!r}", False)
-    serving = request.app.state.serving
-    body = await request.body()
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("gzip", "", "identity"):
+        return _otlp_error(415, f"Content-Encoding {encoding!r}: only gzip", as_json)
+    body = await request.body()
     try:
-        if encoding == "gzip":
-            body = _gunzip(body, serving.ingest_max_decompressed_bytes)
-        elif encoding not in ("", "identity"):
-            return _otlp_error(415, f"Content-Encoding {encoding!r}: only gzip", as_json)
-        req = otlp.decode(body, as_json)
-    except TooLarge as e:
-        return _otlp_error(413, str(e), as_json)
-    except ValueError as e:  # otlp.BadRequest, bad gzip
-        return _otlp_error(400, printable(str(e)), as_json)
-    tenant = key.tenant_id
-    points = otlp.to_points(req, _deltas(request.app), tenant)
-    try:
-        _count_points(serving.ingest_max_points, len(points))
-    except TooLarge as e:
-        return _otlp_error(413, str(e), as_json)
-    raws, keys = points.encode(tenant)
-    try:
-        out = await guarded(request, deliver, request.app, settings, raws, keys, "api:otlp")
+        out, _ = await guarded(
+            request, _otlp_work, request.app, settings, body, encoding, as_json, key.tenant_id
+        )
+    except _Refused as e:
+        return _otlp_error(e.status, str(e), as_json)
     except (Overloaded, ServiceError) as e:
         return _otlp_error(503, str(e), as_json, retry_after=getattr(e, "retry_after", 5))
-    out.count("otlp", points.skipped)
     body = otlp.response(
         len(out.dead), f"dead-lettered: {out.summary()}" if out.dead else "", as_json
     )
@@ -284,8 +311,6 @@ WRITE_RESPONSES = {
 )
 async def remote_write(request: Request, key: IngestKey, settings: SettingsDep):
     """Prometheus remote-write 1.0 (snappy-compressed protobuf) into the key's tenant."""
-    from pipeline.adapters import remote_write as rw
-
     media = _media(request)
     if media != PROTOBUF:
         return JSONResponse({"detail": f"Content-Type must be {PROTOBUF}, not {media!r}"}, 415)
@@ -294,18 +319,12 @@ async def remote_write(request: Request, key: IngestKey, settings: SettingsDep):
         return JSONResponse(
             {"detail": f"Content-Encoding must be snappy, not {encoding or 'none'!r}"}, 415
         )
-    serving = request.app.state.serving
     try:
-        req = rw.decode(rw.decompress(await request.body(), serving.ingest_max_decompressed_bytes))
-    except rw.BadRequest as e:
-        status = 413 if "more than the limit" in str(e) else 400
-        return JSONResponse({"detail": printable(str(e))}, status)
-    tenant = key.tenant_id
-    points = rw.to_points(req, _deltas(request.app), tenant)
-    _count_points(serving.ingest_max_points, len(points))
-    raws, keys = points.encode(tenant)
-    out = await guarded(request, deliver, request.app, settings, raws, keys, "api:remote_write")
-    out.count("remote_write", points.skipped)
+        out, points = await guarded(
+            request, _write_work, request.app, settings, await request.body(), key.tenant_id
+        )
+    except _Refused as e:
+        return JSONResponse({"detail": str(e)}, e.status)
     return Written(
         accepted=len(points) + points.skipped,
         skipped=points.skipped,
@@ -313,6 +332,21 @@ async def remote_write(request: Request, key: IngestKey, settings: SettingsDep):
         stored=out.stored,
         queued=out.queued,
         dead_lettered=len(out.dead),
-        duplicates=None if out.stored is None else len(raws) - out.stored - len(out.dead),
+        duplicates=None if out.stored is None else len(points) - out.stored - len(out.dead),
         reasons=out.reasons(),
     )
+
+
+def _write_work(app, settings, body: bytes, tenant: str):
+    """Decompress, decode, convert and deliver a remote-write request (in a worker thread).
+    Returns ``(outcome, points)``."""
+    from pipeline.adapters import remote_write as rw
+
+    try:
+        req = rw.decode(rw.decompress(body, app.state.serving.ingest_max_decompressed_bytes))
+    except rw.TooLarge as e:
+        raise _Refused(413, str(e)) from None
+    except rw.BadRequest as e:
+        raise _Refused(400, printable(str(e))) from None
+    points = _convert(rw, req, app, tenant)
+    return _deliver_points(app, settings, points, tenant, "api:remote_write"), points

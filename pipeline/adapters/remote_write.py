@@ -32,7 +32,15 @@ from google.protobuf.message import DecodeError
 
 from pipeline.adapters.points import Deltas, Points
 
-__all__ = ["BadRequest", "WriteRequest", "decompress", "decode", "to_points", "STALE_NAN"]
+__all__ = [
+    "BadRequest",
+    "TooLarge",
+    "WriteRequest",
+    "decompress",
+    "decode",
+    "to_points",
+    "STALE_NAN",
+]
 
 #: the bit pattern of Prometheus' staleness marker (value.StaleNaN)
 STALE_NAN = 0x7FF0000000000002
@@ -44,6 +52,10 @@ _RATE_TYPES, _GAUGE_TYPES = {1, 3, 5}, {2, 4}
 
 class BadRequest(ValueError):
     """The body is not a snappy-compressed ``WriteRequest`` (the message says why)."""
+
+
+class TooLarge(BadRequest):
+    """The body decompresses to more than the limit."""
 
 
 def _message_types():
@@ -98,7 +110,7 @@ def decompress(body: bytes, limit: int) -> bytes:
     except Exception as e:  # cramjam raises its own DecompressionError (a ValueError-like)
         raise BadRequest(f"the body is not snappy block-compressed: {e}") from None
     if n > limit:
-        raise BadRequest(f"the body decompresses to {n} bytes, more than the limit of {limit}")
+        raise TooLarge(f"the body decompresses to {n} bytes, more than the limit of {limit}")
     try:
         return bytes(cramjam.snappy.decompress_raw(body))
     except Exception as e:
