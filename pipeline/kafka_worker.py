@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from core.batch import DeadLetter, MetricBatch
 from core.errors import ServiceError
@@ -671,27 +671,24 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         self._produce_s = 0.0
 
     def _export_gauges(self) -> None:
-        """Consumer lag (high watermark - position) of every assigned partition and the age of
-        each partition's last stored checkpoint, every :data:`GAUGES_EVERY_S`. Local reads only:
-        the watermarks are the ones the last fetch responses carried (``cached=True``)."""
+        """Consumer lag (high watermark - next offset processed) of every partition this worker
+        has processed and the age of each partition's last stored checkpoint, every
+        :data:`GAUGES_EVERY_S`. The positions are the worker's own (``_next``); the watermarks
+        are the ones the last fetch responses carried (``cached=True``): no broker round trip."""
         now = time.monotonic()
         if now - self._gauges_at < GAUGES_EVERY_S:
             return
         self._gauges_at = now
-        try:
-            assigned = self.consumer.assignment()
-            positions = self.consumer.position(assigned) if assigned else []
-        except KafkaException:
-            return
-        for tp in positions:
+        topic = self.inputs[0]
+        for p, nxt in list(self._next.items()):
             try:
-                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
             except KafkaException:
                 continue
-            if high < 0 or tp.offset < 0:  # nothing fetched or consumed yet
+            if high < 0 or nxt < 0:  # nothing fetched yet
                 continue
-            CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
-            self._lag_parts.add((tp.topic, tp.partition))
+            CONSUMER_LAG.labels(topic, str(p)).set(max(0, high - nxt))
+            self._lag_parts.add((topic, p))
         wall = time.time()
         for p, at in self._cp_saved.items():
             CHECKPOINT_AGE.labels(str(p)).set(wall - at)
