@@ -27,18 +27,16 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from core.batch import DeadLetter, MetricBatch
 from core.errors import ServiceError
 from core.records import AlertEvent
 from core.settings import Settings
-from core.telemetry import CHECKPOINT_AGE, CONSUMER_LAG, count_events, forget, observe_stage, timed
 from pipeline import kafka as kq
 from pipeline.chain import Chain, Records, StageFailure, StageOutput, parse_chain
 from pipeline.codec import encode_metrics
@@ -53,7 +51,7 @@ from pipeline.stageset import StageSet
 from registry.tags import CHALLENGER
 from registry.watcher import start_watcher
 from storage.alerts import load_open_alerts
-from storage.checkpoints import Checkpoint, checkpoint_ages, load_checkpoints, save_checkpoints
+from storage.checkpoints import Checkpoint, load_checkpoints, save_checkpoints
 from storage.connect import connect
 from storage.partitions import Maintainer, PartitionPolicy, Partitions
 from storage.sink import Sink
@@ -62,8 +60,6 @@ log = logging.getLogger(__name__)
 
 #: seconds between two looks for partitions due an idle close
 IDLE_CHECK_S = 1.0
-#: seconds between two updates of the consumer-lag and checkpoint-age gauges
-GAUGES_EVERY_S = 5.0
 
 
 class _ClientLogFilter(logging.Filter):
@@ -185,12 +181,6 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         self._pos: dict[int, int] = {}
         self._eof: dict[int, int] = {}
         self._idle_checked = 0.0
-        # telemetry: produce + flush time of the batch in flight, when each partition's detect
-        # checkpoint was last stored (wall clock), the partitions whose lag is exported
-        self._produce_s = 0.0
-        self._cp_saved: dict[int, float] = {}
-        self._lag_parts: set[tuple[str, int]] = set()
-        self._gauges_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -218,13 +208,9 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             return
         # the checkpoints are needed before the first record: during a PostgreSQL outage this
         # waits (inside the callback, so without polling; librdkafka keeps the heartbeats going)
-        group, topic = self.group, self.inputs[0]
-        cps, ages = self._retry_pg(
+        cps = self._retry_pg(
             "checkpoint restore",
-            lambda: (
-                load_checkpoints(self.conn, group, topic),
-                checkpoint_ages(self.conn, group, topic),  # eventops_checkpoint_age_seconds
-            ),
+            lambda: load_checkpoints(self.conn, self.group, self.inputs[0]),
             self._reconnect_ref,
             pause=False,
         )
@@ -240,8 +226,6 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             if cp:
                 tp.offset = cp[0]
                 self._with_cp.add(tp.partition)
-                if tp.partition in ages:
-                    self._cp_saved[tp.partition] = time.time() - ages[tp.partition]
                 self._restored[tp.partition] = cp[0]
                 log.info(
                     "%s[%d]: detect state restored, resuming at offset %d",
@@ -289,9 +273,6 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 self._in_callback = False
         for key in gone:
             self._commit_want.pop(key, None)
-            if key in self._lag_parts:
-                self._lag_parts.discard(key)
-                forget(CONSUMER_LAG, key[0], str(key[1]))
         if self.stateful:
             for tp in parts:
                 self.stages.detect.drop(tp.partition)
@@ -300,8 +281,6 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 self._next.pop(tp.partition, None)
                 self._with_cp.discard(tp.partition)
                 self._restored.pop(tp.partition, None)
-                if self._cp_saved.pop(tp.partition, None) is not None:
-                    forget(CHECKPOINT_AGE, str(tp.partition))
             self._history.rebase(self.stages.detect)
 
     def _on_lost(self, consumer, parts) -> None:
@@ -352,7 +331,6 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 if self._commit_error is not None:
                     raise KafkaException(self._commit_error)
                 self._retry_commits()
-                self._export_gauges()
                 if self._paused:  # (no step waits any more: a rebalance may have re-paused)
                     self._resume()
                 if self._held:  # polled during an outage wait: first in line
@@ -494,7 +472,6 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             out.alerts_in,
             out.windows,
         )
-        t_produce = time.perf_counter()
         if dead:
             kq.produce_dead_letters(self.producer, s.topic_dlq, dead)
         if self.metric_out and len(batch):
@@ -515,9 +492,7 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 [kq.encode_alert(a) for a in alerts],
                 [a.partition_key for a in alerts],
             )
-        produce_s = time.perf_counter() - t_produce
         self.finish()
-        self._produce_s += produce_s  # observed with the flush that makes it durable
         if self.stateful and self._epoch != epoch:
             # partitions were revoked (and maybe restored from their checkpoints) while finish()
             # waited out an outage: this batch was detected on the state from before, so it is
@@ -533,7 +508,6 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         st.consumed += len(msgs)
         st.dead += len(dead)
         st.alerts += len(alerts)
-        count_events("kafka", len(msgs), 0, Counter(d.reason for d in dead))
         offsets = kq.next_offsets(msgs)
         if self.idle_close:
             now = time.monotonic()
@@ -542,13 +516,12 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 self._pos[tp.partition] = tp.offset
         cps = self._checkpoints(offsets)
         if self.sink is None:
-            self._timed_flush()
+            self._flush()
             if cps:
                 self._retry_pg(
                     "checkpoint save", lambda: self._save_checkpoints(cps), self._reconnect_ref
                 )
-            with timed("commit"):
-                self._commit(offsets)
+            self._commit(offsets)
         else:
             args = (batch, msgs, alerts + alerts_in, windows, cps)
             fut = self._writer.submit(self._write, *args)
@@ -655,43 +628,6 @@ class KafkaWorker(OutageHandling, OffsetCommits):
     def _save_checkpoints(self, cps: list[Checkpoint]) -> None:
         with self.conn.transaction():
             save_checkpoints(self.conn, cps)
-        self._checkpoints_stored(cps)
-
-    def _checkpoints_stored(self, cps: list[Checkpoint]) -> None:
-        now = time.time()
-        for cp in cps:
-            self._cp_saved[cp.partition] = now
-
-    # -- telemetry -----------------------------------------------------------------------------
-    def _timed_flush(self) -> None:
-        """:meth:`_flush`, observed as ``produce`` with the batch's produce calls."""
-        t0 = time.perf_counter()
-        self._flush()
-        observe_stage("produce", self._produce_s + time.perf_counter() - t0)
-        self._produce_s = 0.0
-
-    def _export_gauges(self) -> None:
-        """Consumer lag (high watermark - next offset processed) of every partition this worker
-        has processed and the age of each partition's last stored checkpoint, every
-        :data:`GAUGES_EVERY_S`. The positions are the worker's own (``_next``); the watermarks
-        are the ones the last fetch responses carried (``cached=True``): no broker round trip."""
-        now = time.monotonic()
-        if now - self._gauges_at < GAUGES_EVERY_S:
-            return
-        self._gauges_at = now
-        topic = self.inputs[0]
-        for p, nxt in list(self._next.items()):
-            try:
-                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
-            except KafkaException:
-                continue
-            if high < 0 or nxt < 0:  # nothing fetched yet
-                continue
-            CONSUMER_LAG.labels(topic, str(p)).set(max(0, high - nxt))
-            self._lag_parts.add((topic, p))
-        wall = time.time()
-        for p, at in self._cp_saved.items():
-            CHECKPOINT_AGE.labels(str(p)).set(wall - at)
 
     def _run_chain(self, msgs: list[Message]) -> StageOutput:
         """The chain on ``msgs`` (any slice of a micro-batch); raises :class:`StageFailure`."""
@@ -721,8 +657,7 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         offsets: a crash in between replays the batch, and the replay finds the same collisions
         again (their rows are still not stored), so none is lost.
         """
-        with timed("sink"):
-            out = self.sink.write(batch, events, windows, cps)
+        out = self.sink.write(batch, events, windows, cps)
         self._collisions = []
         if self.sink.collided.size or self.sink.refused.size:
             # (``src`` indexes the records of the micro-batch, whatever the chain's first stage)
@@ -774,7 +709,7 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         try:
             offsets, fut, from_topic, args = self._pending
             self._pending = None
-            self._timed_flush()
+            self._flush()
             try:
                 stored_n, stored_alerts = fut.result()
             except Exception as e:
@@ -786,13 +721,10 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                     "sink write", lambda: self._write(*args), self._reconnect_sink, failed=e
                 )
             self.stats.stored += stored_n
-            count_events("kafka", stored=stored_n)
-            self._checkpoints_stored(args[4])
             if self._collisions:  # after the DB commit, before the offsets: see _write
                 dead, self._collisions = self._collisions, []
                 kq.produce_dead_letters(self.producer, self.s.topic_dlq, dead)
                 self.stats.dead += len(dead)
-                count_events("kafka", dead=Counter(d.reason for d in dead))
                 self._flush()
             if from_topic:  # they came from the alert topic: already published
                 seqs = [a.seq for a in stored_alerts]
@@ -805,8 +737,7 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 # after an outage: transitions a lost COMMIT reply hid from the retried write
                 # (stored, so not returned again) are still unpublished
                 self._publish_outbox()
-            with timed("commit"):
-                self._commit(offsets)
+            self._commit(offsets)
         finally:
             self._finishing = False
 
