@@ -114,7 +114,7 @@ STAGE_SECONDS = Histogram(
 )
 CONSUMER_LAG = Gauge(
     "eventops_consumer_lag",
-    "High watermark minus position of an assigned partition (Kafka worker).",
+    "End offset minus the group's committed offset of a partition the Kafka worker owns.",
     ["topic", "partition"],
     multiprocess_mode="livemostrecent",
 )

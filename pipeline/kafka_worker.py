@@ -27,6 +27,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,6 +38,7 @@ from core.batch import DeadLetter, MetricBatch
 from core.errors import ServiceError
 from core.records import AlertEvent
 from core.settings import Settings
+from core.telemetry import count_events, observe_stage, timed
 from pipeline import kafka as kq
 from pipeline.chain import Chain, Records, StageFailure, StageOutput, parse_chain
 from pipeline.codec import encode_metrics
@@ -48,10 +50,11 @@ from pipeline.outages import OutageHandling, Stopped, kafka_transient, pg_unavai
 from pipeline.stages.detect.score_alerts import ANOMALY_RULE
 from pipeline.stages.detect.stage import ModelProvider
 from pipeline.stageset import StageSet
+from pipeline.worker_gauges import PartitionGauges
 from registry.tags import CHALLENGER
 from registry.watcher import start_watcher
 from storage.alerts import load_open_alerts
-from storage.checkpoints import Checkpoint, load_checkpoints, save_checkpoints
+from storage.checkpoints import Checkpoint, checkpoint_ages, load_checkpoints, save_checkpoints
 from storage.connect import connect
 from storage.partitions import Maintainer, PartitionPolicy, Partitions
 from storage.sink import Sink
@@ -139,12 +142,15 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         self.stateful = self.chain.has_detect
         # idle close: the consumer says when a partition is read to its end
         self.idle_close = self.stateful and s.idle_close_wall_s > 0
+        self.gauges = PartitionGauges()
         self.consumer = kq.consumer(
             s,
             self.group,
             error_cb=self._on_consumer_error,
             logger=_client_log,
             on_commit=self._on_commit,
+            stats_cb=self.gauges.on_stats,
+            **PartitionGauges.consumer_config(),
             **({"partition.assignment.strategy": "range"} if self.stateful else {}),
             **({"enable.partition.eof": True} if self.idle_close else {}),
         )
@@ -181,6 +187,9 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         self._pos: dict[int, int] = {}
         self._eof: dict[int, int] = {}
         self._idle_checked = 0.0
+        # telemetry: produce + flush time of the batch in flight (the consumer's statistics
+        # callback sets the consumer lag and checkpoint age: self.gauges)
+        self._produce_s = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -193,6 +202,7 @@ class KafkaWorker(OutageHandling, OffsetCommits):
     def _on_assign(self, consumer, parts) -> None:
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in parts])
         self._membership_warned = False
+        self.gauges.assigned((p.topic, p.partition) for p in parts)
         self._in_callback = True
         try:
             self._assign(consumer, parts)
@@ -208,9 +218,13 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             return
         # the checkpoints are needed before the first record: during a PostgreSQL outage this
         # waits (inside the callback, so without polling; librdkafka keeps the heartbeats going)
-        cps = self._retry_pg(
+        group, topic = self.group, self.inputs[0]
+        cps, ages = self._retry_pg(
             "checkpoint restore",
-            lambda: load_checkpoints(self.conn, self.group, self.inputs[0]),
+            lambda: (
+                load_checkpoints(self.conn, group, topic),
+                checkpoint_ages(self.conn, group, topic),  # eventops_checkpoint_age_seconds
+            ),
             self._reconnect_ref,
             pause=False,
         )
@@ -226,6 +240,8 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             if cp:
                 tp.offset = cp[0]
                 self._with_cp.add(tp.partition)
+                if tp.partition in ages:
+                    self.gauges.checkpoint_stored([tp.partition], max(0.0, ages[tp.partition]))
                 self._restored[tp.partition] = cp[0]
                 log.info(
                     "%s[%d]: detect state restored, resuming at offset %d",
@@ -273,6 +289,7 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 self._in_callback = False
         for key in gone:
             self._commit_want.pop(key, None)
+        self.gauges.revoked(gone)
         if self.stateful:
             for tp in parts:
                 self.stages.detect.drop(tp.partition)
@@ -432,6 +449,7 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             self.consumer.close()
         finally:
             self._writer.shutdown()
+            self.gauges.clear()
             if self.maintainer is not None:
                 self.maintainer.stop()
             for w in (self.watcher, self.shadow_watcher):
@@ -472,6 +490,7 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             out.alerts_in,
             out.windows,
         )
+        t_produce = time.perf_counter()
         if dead:
             kq.produce_dead_letters(self.producer, s.topic_dlq, dead)
         if self.metric_out and len(batch):
@@ -492,7 +511,9 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 [kq.encode_alert(a) for a in alerts],
                 [a.partition_key for a in alerts],
             )
+        produce_s = time.perf_counter() - t_produce
         self.finish()
+        self._produce_s += produce_s  # observed with the flush that makes it durable
         if self.stateful and self._epoch != epoch:
             # partitions were revoked (and maybe restored from their checkpoints) while finish()
             # waited out an outage: this batch was detected on the state from before, so it is
@@ -508,6 +529,7 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         st.consumed += len(msgs)
         st.dead += len(dead)
         st.alerts += len(alerts)
+        count_events("kafka", len(msgs), 0, Counter(d.reason for d in dead))
         offsets = kq.next_offsets(msgs)
         if self.idle_close:
             now = time.monotonic()
@@ -516,12 +538,13 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 self._pos[tp.partition] = tp.offset
         cps = self._checkpoints(offsets)
         if self.sink is None:
-            self._flush()
+            self._timed_flush()
             if cps:
                 self._retry_pg(
                     "checkpoint save", lambda: self._save_checkpoints(cps), self._reconnect_ref
                 )
-            self._commit(offsets)
+            with timed("commit"):
+                self._commit(offsets)
         else:
             args = (batch, msgs, alerts + alerts_in, windows, cps)
             fut = self._writer.submit(self._write, *args)
@@ -628,6 +651,19 @@ class KafkaWorker(OutageHandling, OffsetCommits):
     def _save_checkpoints(self, cps: list[Checkpoint]) -> None:
         with self.conn.transaction():
             save_checkpoints(self.conn, cps)
+        self._checkpoints_stored(cps)
+
+    def _checkpoints_stored(self, cps: list[Checkpoint]) -> None:
+        if cps:
+            self.gauges.checkpoint_stored(cp.partition for cp in cps)
+
+    # -- telemetry -----------------------------------------------------------------------------
+    def _timed_flush(self) -> None:
+        """:meth:`_flush`, observed as ``produce`` with the batch's produce calls."""
+        t0 = time.perf_counter()
+        self._flush()
+        observe_stage("produce", self._produce_s + time.perf_counter() - t0)
+        self._produce_s = 0.0
 
     def _run_chain(self, msgs: list[Message]) -> StageOutput:
         """The chain on ``msgs`` (any slice of a micro-batch); raises :class:`StageFailure`."""
@@ -657,7 +693,8 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         offsets: a crash in between replays the batch, and the replay finds the same collisions
         again (their rows are still not stored), so none is lost.
         """
-        out = self.sink.write(batch, events, windows, cps)
+        with timed("sink"):
+            out = self.sink.write(batch, events, windows, cps)
         self._collisions = []
         if self.sink.collided.size or self.sink.refused.size:
             # (``src`` indexes the records of the micro-batch, whatever the chain's first stage)
@@ -709,7 +746,7 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         try:
             offsets, fut, from_topic, args = self._pending
             self._pending = None
-            self._flush()
+            self._timed_flush()
             try:
                 stored_n, stored_alerts = fut.result()
             except Exception as e:
@@ -721,10 +758,13 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                     "sink write", lambda: self._write(*args), self._reconnect_sink, failed=e
                 )
             self.stats.stored += stored_n
+            count_events("kafka", stored=stored_n)
+            self._checkpoints_stored(args[4])
             if self._collisions:  # after the DB commit, before the offsets: see _write
                 dead, self._collisions = self._collisions, []
                 kq.produce_dead_letters(self.producer, self.s.topic_dlq, dead)
                 self.stats.dead += len(dead)
+                count_events("kafka", dead=Counter(d.reason for d in dead))
                 self._flush()
             if from_topic:  # they came from the alert topic: already published
                 seqs = [a.seq for a in stored_alerts]
@@ -737,7 +777,8 @@ class KafkaWorker(OutageHandling, OffsetCommits):
                 # after an outage: transitions a lost COMMIT reply hid from the retried write
                 # (stored, so not returned again) are still unpublished
                 self._publish_outbox()
-            self._commit(offsets)
+            with timed("commit"):
+                self._commit(offsets)
         finally:
             self._finishing = False
 

@@ -9,6 +9,7 @@ directory when they are there (same pom), otherwise Maven resolves them from its
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import math
 import os
@@ -259,12 +260,20 @@ class Readiness(threading.Thread):
         self._halt = threading.Event()
 
     def _get(self) -> tuple[str, dict]:
+        gone = (
+            OSError,
+            ValueError,
+            http.client.HTTPException,
+        )  # (IncompleteRead: killed mid-answer)
         try:
             with urllib.request.urlopen(self.url, timeout=1) as r:
                 body = orjson.loads(r.read())
         except urllib.error.HTTPError as e:
-            body = orjson.loads(e.read())
-        except (OSError, ValueError):
+            try:
+                body = orjson.loads(e.read())
+            except gone:
+                return "down", {}
+        except gone:
             return "down", {}
         return body["status"], body.get("checks", {})
 
