@@ -54,7 +54,7 @@ from pipeline.worker_gauges import PartitionGauges
 from registry.tags import CHALLENGER
 from registry.watcher import start_watcher
 from storage.alerts import load_open_alerts
-from storage.checkpoints import Checkpoint, checkpoint_ages, load_checkpoints, save_checkpoints
+from storage.checkpoints import Checkpoint, load_checkpoints, save_checkpoints
 from storage.connect import connect
 from storage.partitions import Maintainer, PartitionPolicy, Partitions
 from storage.sink import Sink
@@ -218,13 +218,9 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             return
         # the checkpoints are needed before the first record: during a PostgreSQL outage this
         # waits (inside the callback, so without polling; librdkafka keeps the heartbeats going)
-        group, topic = self.group, self.inputs[0]
-        cps, ages = self._retry_pg(
+        cps = self._retry_pg(
             "checkpoint restore",
-            lambda: (
-                load_checkpoints(self.conn, group, topic),
-                checkpoint_ages(self.conn, group, topic),  # eventops_checkpoint_age_seconds
-            ),
+            lambda: load_checkpoints(self.conn, self.group, self.inputs[0]),
             self._reconnect_ref,
             pause=False,
         )
@@ -240,8 +236,7 @@ class KafkaWorker(OutageHandling, OffsetCommits):
             if cp:
                 tp.offset = cp[0]
                 self._with_cp.add(tp.partition)
-                if tp.partition in ages:
-                    self.gauges.checkpoint_stored([tp.partition], max(0.0, ages[tp.partition]))
+                self.gauges.checkpoint_stored([tp.partition], age_s=cp[2])
                 self._restored[tp.partition] = cp[0]
                 log.info(
                     "%s[%d]: detect state restored, resuming at offset %d",
@@ -654,8 +649,7 @@ class KafkaWorker(OutageHandling, OffsetCommits):
         self._checkpoints_stored(cps)
 
     def _checkpoints_stored(self, cps: list[Checkpoint]) -> None:
-        if cps:
-            self.gauges.checkpoint_stored(cp.partition for cp in cps)
+        self.gauges.checkpoint_stored(cp.partition for cp in cps)
 
     # -- telemetry -----------------------------------------------------------------------------
     def _timed_flush(self) -> None:

@@ -77,11 +77,12 @@ class PartitionGauges:
     def clear(self) -> None:
         """The worker stops: every series of its partitions goes."""
         with self._lock:
-            owned = set(self._owned) | set(self._lagged)
-        self.revoked(owned)
-        with self._lock:
+            for topic, p in self._lagged:
+                forget(CONSUMER_LAG, topic, str(p))
             for p in self._saved:
                 forget(CHECKPOINT_AGE, str(p))
+            self._owned.clear()
+            self._lagged.clear()
             self._saved.clear()
 
     def on_stats(self, raw: str) -> None:

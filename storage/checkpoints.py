@@ -37,23 +37,14 @@ def save_checkpoints(conn: psycopg.Connection, cps: Iterable[Checkpoint]) -> Non
 
 def load_checkpoints(
     conn: psycopg.Connection, group: str, topic: str
-) -> dict[int, tuple[int, bytes]]:
-    """partition -> (next offset, state) of a consumer group's checkpoints on a topic."""
+) -> dict[int, tuple[int, bytes | None, float]]:
+    """partition -> (next offset, state, seconds since it was stored by the database's clock)
+    of a consumer group's checkpoints on a topic."""
     rows = conn.execute(
-        "SELECT partition, next_offset, state FROM checkpoints"
+        "SELECT partition, next_offset, state,"
+        " greatest(extract(epoch FROM now() - updated_at), 0)::float8 FROM checkpoints"
         " WHERE consumer_group = %s AND topic = %s",
         (group, topic),
     ).fetchall()
     conn.commit()
-    return {p: (o, bytes(st) if st is not None else None) for p, o, st in rows}
-
-
-def checkpoint_ages(conn: psycopg.Connection, group: str, topic: str) -> dict[int, float]:
-    """partition -> seconds since its checkpoint was stored (the database's clock)."""
-    rows = conn.execute(
-        "SELECT partition, extract(epoch FROM now() - updated_at)::float8 FROM checkpoints"
-        " WHERE consumer_group = %s AND topic = %s",
-        (group, topic),
-    ).fetchall()
-    conn.commit()
-    return dict(rows)
+    return {p: (o, bytes(st) if st is not None else None, age) for p, o, st, age in rows}
